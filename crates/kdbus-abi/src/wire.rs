@@ -1,0 +1,160 @@
+//! Framing of commands and events on the `SOCK_SEQPACKET` transport.
+//!
+//! kdbus issued one ioctl per command and the kernel answered in the same call. Here a
+//! client writes datagrams made of one or more *requests*, and the broker answers with
+//! datagrams made of one or more *records*. Batching both ways is what keeps a message
+//! at about one syscall per side: a client can put "I took message X", "free slice Y"
+//! and "send Z" in one datagram, and the broker coalesces every record it has for a
+//! connection during one loop iteration into one datagram.
+//!
+//! ```text
+//! request  = ReqHeader body[body_len] pad-to-8
+//! record   = RecHeader body[body_len] pad-to-8
+//! ```
+//! A request body is the kdbus command structure, followed by whatever the command
+//! points to: kdbus's user-space addresses (`msg_address`, `kdbus_vec.address`) become
+//! byte offsets into the request body. Records of kind [`REC_REPLY`] answer a request
+//! (by `req_id`) with the command structure as the kernel would have written it back;
+//! records of kind [`REC_MSG`] announce a message the broker queued into the pool.
+
+use crate::structs::read_struct;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Request flag: do not answer this request (errors are counted and logged, not sent).
+pub const REQ_NO_REPLY: u32 = 1 << 0;
+
+/// Record kind: the answer to a request.
+pub const REC_REPLY: u16 = 1;
+/// Record kind: a message was queued (body: [`MsgEvent`]).
+pub const REC_MSG: u16 = 2;
+
+/// Largest datagram the broker accepts: a full command, a message with the largest
+/// inline payload kdbus allows, and slack for framing.
+pub const MAX_REQUEST_DATAGRAM: usize = 2 * 1024 * 1024 + 64 * 1024;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct ReqHeader {
+    pub cmd: u32,
+    pub flags: u32,
+    pub req_id: u64,
+    pub body_len: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct RecHeader {
+    pub kind: u16,
+    /// How many of the datagram's `SCM_RIGHTS` fds belong to this record (records take
+    /// them in order).
+    pub n_fds: u16,
+    /// Positive errno, 0 on success.
+    pub error: i32,
+    pub req_id: u64,
+    pub body_len: u64,
+}
+
+/// A message now queued for the receiver, at `offset` in its pool.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct MsgEvent {
+    pub offset: u64,
+    pub msg_size: u64,
+    pub priority: i64,
+    /// Domain-wide sequence number of the message.
+    pub seq: u64,
+    /// Messages lost for this connection so far (broadcasts skipped for lack of space).
+    pub dropped_msgs: u64,
+}
+
+pub const REQ_HEADER_SIZE: usize = std::mem::size_of::<ReqHeader>();
+pub const REC_HEADER_SIZE: usize = std::mem::size_of::<RecHeader>();
+
+/// Split a datagram into `(header, body)` frames. Generic over the header type so the
+/// same walk serves requests and records.
+pub struct Frames<'a, H> {
+    buf: &'a [u8],
+    _h: std::marker::PhantomData<H>,
+}
+
+pub trait FrameHeader: FromBytes + Copy {
+    fn body_len(&self) -> u64;
+}
+impl FrameHeader for ReqHeader {
+    fn body_len(&self) -> u64 {
+        self.body_len
+    }
+}
+impl FrameHeader for RecHeader {
+    fn body_len(&self) -> u64 {
+        self.body_len
+    }
+}
+
+impl<'a, H: FrameHeader> Frames<'a, H> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Frames { buf, _h: std::marker::PhantomData }
+    }
+}
+
+impl<'a, H: FrameHeader> Iterator for Frames<'a, H> {
+    /// `Err(())` on a truncated frame; iteration stops after it.
+    type Item = Result<(H, &'a [u8]), ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let hsize = std::mem::size_of::<H>();
+        let Some(h) = read_struct::<H>(self.buf) else {
+            self.buf = &[];
+            return Some(Err(()));
+        };
+        let rest = &self.buf[hsize..];
+        let len = h.body_len();
+        if len > rest.len() as u64 {
+            self.buf = &[];
+            return Some(Err(()));
+        }
+        let len = len as usize;
+        let body = &rest[..len];
+        let skip = crate::align8_usize(len).min(rest.len());
+        self.buf = &rest[skip..];
+        Some(Ok((h, body)))
+    }
+}
+
+/// Append a frame (header + body + padding) to `out`.
+pub fn push_frame<H: IntoBytes + Immutable>(out: &mut Vec<u8>, header: &H, body_parts: &[&[u8]]) {
+    out.extend_from_slice(header.as_bytes());
+    for p in body_parts {
+        out.extend_from_slice(p);
+    }
+    let padded = crate::align8_usize(out.len());
+    out.resize(padded, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_roundtrip() {
+        let mut out = Vec::new();
+        push_frame(&mut out, &ReqHeader { cmd: 1, flags: 0, req_id: 5, body_len: 3 }, &[b"abc"]);
+        push_frame(&mut out, &ReqHeader { cmd: 2, flags: 0, req_id: 6, body_len: 0 }, &[]);
+        let v: Vec<_> = Frames::<ReqHeader>::new(&out).collect();
+        assert_eq!(v.len(), 2);
+        let (h, b) = v[0].unwrap();
+        assert_eq!((h.cmd, h.req_id, b), (1, 5, &b"abc"[..]));
+        assert_eq!(v[1].unwrap().0.cmd, 2);
+    }
+
+    #[test]
+    fn truncated_frame() {
+        let mut out = Vec::new();
+        push_frame(&mut out, &ReqHeader { cmd: 1, flags: 0, req_id: 5, body_len: 64 }, &[b"abc"]);
+        let v: Vec<_> = Frames::<ReqHeader>::new(&out).collect();
+        assert_eq!(v, vec![Err(())]);
+    }
+}

@@ -1,0 +1,88 @@
+//! A bus: a name in the domain, bloom parameters, and the connections on it.
+//!
+//! A bus lives as long as the handle that made it (kdbus's bus-owner fd); the broker
+//! tells the domain when that handle goes away. Connection ids are handed out per bus,
+//! from 1, and never reused.
+
+use crate::domain::ConnKey;
+use crate::meta::Peer;
+use kdbus_abi::{item, items::ItemIter, make_flags, names, BloomParameter, CmdGeneric, Errno};
+use std::collections::BTreeMap;
+
+pub struct Bus {
+    pub id: u64,
+    pub name: String,
+    pub flags: u64,
+    pub bloom: BloomParameter,
+    pub id128: [u8; 16],
+    /// Metadata every sender must at least agree to attach (HEAD `ATTACH_FLAGS_SEND`).
+    pub attach_flags_owner: u64,
+    pub creator: Peer,
+    /// Unique id -> connection.
+    pub conns: BTreeMap<u64, ConnKey>,
+    pub next_conn_id: u64,
+}
+
+/// What BUS_MAKE asked for, validated.
+pub struct BusSpec {
+    pub name: String,
+    pub flags: u64,
+    pub bloom: BloomParameter,
+    pub attach_flags_owner: u64,
+}
+
+/// Parse and validate a BUS_MAKE command (`kdbus_cmd` + items) from a caller with `uid`.
+pub fn bus_parse_make(body: &[u8], uid: u32) -> Result<BusSpec, Errno> {
+    let (cmd, size) = kdbus_abi::read_cmd::<CmdGeneric>(body)?;
+    if cmd.flags & !make_flags::ALL != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let items = &body[std::mem::size_of::<CmdGeneric>()..size as usize];
+    let mut name = None;
+    let mut bloom = None;
+    let mut attach = 0;
+    for it in ItemIter::new(items) {
+        let it = it?;
+        it.check_payload()?;
+        match it.type_ {
+            item::MAKE_NAME => {
+                if name.replace(it.as_str()?).is_some() {
+                    return Err(Errno::EEXIST);
+                }
+            }
+            item::BLOOM_PARAMETER => {
+                let p: BloomParameter = kdbus_abi::read_struct(it.payload).ok_or(Errno::EINVAL)?;
+                if bloom.replace(p).is_some() {
+                    return Err(Errno::EEXIST);
+                }
+            }
+            item::ATTACH_FLAGS_SEND => attach = it.as_u64()?,
+            _ => {} // unknown items are ignored, as kdbus does
+        }
+    }
+    let name = name.ok_or(Errno::EBADMSG)?;
+    let bloom = bloom.ok_or(Errno::EBADMSG)?;
+    names::validate_uid_prefixed(name, uid)?;
+    bus_validate_bloom(&bloom)?;
+    Ok(BusSpec { name: name.to_owned(), flags: cmd.flags, bloom, attach_flags_owner: attach })
+}
+
+/// 8 ≤ size ≤ 4096, a multiple of 8, at least one hash function.
+pub fn bus_validate_bloom(b: &BloomParameter) -> Result<(), Errno> {
+    let max = kdbus_abi::limits::BUS_BLOOM_MAX_SIZE;
+    if b.size < 8 || b.size > max || b.size % 8 != 0 || b.n_hash < 1 {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+/// Unix permission bits of a bus's sockets, from its access flags.
+pub fn bus_access_mode(flags: u64) -> u32 {
+    if flags & make_flags::ACCESS_WORLD != 0 {
+        0o666
+    } else if flags & make_flags::ACCESS_GROUP != 0 {
+        0o660
+    } else {
+        0o600
+    }
+}

@@ -1,0 +1,86 @@
+//! A connection: one HELLO'd client on a bus, with its receive pool and queue.
+//!
+//! Messages for a connection are written into its pool when they are sent (so a full
+//! pool is the sender's error, not a surprise later), then queued. The client learns of
+//! each queued message through an event record and claims it; the queue here stays the
+//! authority on what is pending (BYEBYE, REPLY_DEAD on disconnect, queue limits).
+
+use crate::memory::PoolMemory;
+use crate::meta::Peer;
+use crate::pool::{PoolAllocator, PoolQuota};
+use crate::queue::RecvQueue;
+use crate::reply::{Tracker, TrackerKey};
+use crate::domain::{BusKey, ConnKey};
+use kdbus_abi::hello_flags;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    Active,
+    /// After BYEBYE or bus teardown: every command fails with ECONNRESET.
+    Disconnected,
+}
+
+/// A message sitting in a connection's queue.
+#[derive(Clone, Copy, Debug)]
+pub struct Queued {
+    pub offset: u64,
+    pub size: u64,
+    /// Sender's connection (for REPLY_DEAD when dropped), `None` for bus messages.
+    pub src: Option<ConnKey>,
+    pub cookie: u64,
+    pub expect_reply: bool,
+    /// Quota charged to this user for this message.
+    pub user: u32,
+    pub fds: u32,
+}
+
+/// A match entry; its rules are kept verbatim until the match engine exists.
+#[derive(Clone, Debug)]
+pub struct MatchEntry {
+    pub cookie: u64,
+    pub rules: Vec<u8>,
+}
+
+pub struct Conn {
+    pub key: ConnKey,
+    pub id: u64,
+    pub bus: BusKey,
+    pub flags: u64,
+    pub attach_send: u64,
+    pub attach_recv: u64,
+    pub peer: Peer,
+    pub description: Option<Arc<str>>,
+    pub state: ConnState,
+    pub pool: PoolAllocator,
+    pub quota: PoolQuota,
+    pub mem: Box<dyn PoolMemory>,
+    pub queue: RecvQueue<Queued>,
+    /// Offset of a queued message's slice -> its sequence number (for CLAIM).
+    pub queued_at: HashMap<u64, u64>,
+    /// Answers this connection owes: (requester, cookie) -> tracker.
+    pub owed: HashMap<TrackerKey, Tracker>,
+    /// Answers this connection waits for: (replier, cookie).
+    pub awaited: HashSet<(ConnKey, u64)>,
+    pub dropped_msgs: u64,
+    pub matches: Vec<MatchEntry>,
+    /// Records waiting to be written to the client, and the fds going with them.
+    pub out: Vec<u8>,
+    pub out_fds: Vec<OwnedFd>,
+    pub dirty: bool,
+    /// Name given at HELLO (activators, policy holders).
+    pub special_name: Option<String>,
+}
+
+impl Conn {
+    pub fn is_ordinary(&self) -> bool {
+        self.flags & (hello_flags::ACTIVATOR | hello_flags::POLICY_HOLDER | hello_flags::MONITOR)
+            == 0
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.state == ConnState::Active
+    }
+}

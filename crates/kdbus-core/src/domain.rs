@@ -1,0 +1,1001 @@
+//! A domain: buses, their connections, and the one sequence number that orders every
+//! message in it.
+//!
+//! The broker hands the domain whole commands (a request body plus the credentials the
+//! kernel attached) and gets back records to write to each connection. Everything a
+//! command changes happens inside one call, so the order in which the broker feeds
+//! commands is the order of the bus: no locks, and a total order for free.
+//!
+//! Output is buffered per connection (`Conn::out`) and the keys of connections with
+//! output are collected in `dirty`; the broker flushes each dirty connection once per
+//! loop iteration, which is where batching comes from.
+
+use crate::bus::{bus_parse_make, Bus};
+use crate::clock::{Clock, Now};
+use crate::conn::{Conn, ConnState, MatchEntry, Queued};
+use crate::memory::PoolMemory;
+use crate::message::{
+    message_layout, message_layout_kernel, message_parse_send, message_payload, meta_len,
+    meta_write, SendRequest, SenderMeta,
+};
+use crate::meta::{Creds, Peer};
+use crate::pool::{PoolAllocator, PoolQuota};
+use crate::queue::RecvQueue;
+use crate::reply::{ReplyFailure, Tracker};
+use kdbus_abi::items::{ItemIter, ItemWriter};
+use kdbus_abi::wire::{self, MsgEvent, RecHeader};
+use kdbus_abi::{
+    attach, cmd, hello_flags, item, limits, list_flags, match_flags, read_cmd, recv_flags,
+    CmdFree, CmdGeneric, CmdHello, CmdInfo, CmdList, CmdMatch, CmdRecv, CmdSend,
+    Errno, Info, MsgInfo,
+};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use zerocopy::IntoBytes;
+
+pub type ConnKey = u64;
+pub type BusKey = u64;
+
+/// Quota user id for messages the bus generates itself.
+const KERNEL_USER: u32 = u32::MAX;
+/// Largest receive pool a client may ask for. The memfd is sparse, so this bounds
+/// address space, not memory; memory is bounded by the quota.
+pub const POOL_MAX_SIZE: u64 = 1 << 30;
+
+/// One command as the broker read it.
+pub struct Request<'a> {
+    pub cmd: u32,
+    pub flags: u32,
+    pub req_id: u64,
+    pub body: &'a [u8],
+    pub creds: Creds,
+}
+
+/// Result of a SEND.
+#[derive(Debug)]
+pub enum SendOutcome {
+    /// Answered now, with this write-back.
+    Done(CmdSend),
+    /// A synchronous call: answered when the reply, a timeout or a death resolves it.
+    Pending,
+}
+
+#[derive(Default)]
+struct UserUsage {
+    conns: usize,
+    buses: usize,
+}
+
+pub struct Domain {
+    clock: Box<dyn Clock>,
+    buses: HashMap<BusKey, Bus>,
+    bus_names: HashMap<String, BusKey>,
+    conns: HashMap<ConnKey, Conn>,
+    /// (deadline, replier, requester, cookie) of every tracker, earliest first.
+    deadlines: BTreeSet<(u64, ConnKey, ConnKey, u64)>,
+    users: HashMap<u32, UserUsage>,
+    seq: u64,
+    next_key: u64,
+    next_bus_id: u64,
+    dirty: Vec<ConnKey>,
+    closed: Vec<ConnKey>,
+    scratch: Vec<u8>,
+}
+
+impl Domain {
+    pub fn new(clock: Box<dyn Clock>) -> Self {
+        Domain {
+            clock,
+            buses: HashMap::new(),
+            bus_names: HashMap::new(),
+            conns: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            users: HashMap::new(),
+            seq: 0,
+            next_key: 1,
+            next_bus_id: 1,
+            dirty: Vec::new(),
+            closed: Vec::new(),
+            scratch: Vec::with_capacity(4096),
+        }
+    }
+
+    fn next_key(&mut self) -> u64 {
+        let k = self.next_key;
+        self.next_key += 1;
+        k
+    }
+
+    // ---------------------------------------------------------------- buses
+
+    /// BUS_MAKE from `peer`. `id128` is the bus's random UUID (randomness is the broker's).
+    pub fn bus_make(&mut self, peer: &Peer, body: &[u8], id128: [u8; 16]) -> Result<BusKey, Errno> {
+        let spec = bus_parse_make(body, peer.creds.uid)?;
+        if self.bus_names.contains_key(&spec.name) {
+            return Err(Errno::EEXIST);
+        }
+        let usage = self.users.entry(peer.creds.uid).or_default();
+        if !peer.privileged && usage.buses >= limits::USER_MAX_BUSES {
+            return Err(Errno::EMFILE);
+        }
+        usage.buses += 1;
+        let key = self.next_key();
+        let bus = Bus {
+            id: self.next_bus_id,
+            name: spec.name.clone(),
+            flags: spec.flags,
+            bloom: spec.bloom,
+            id128,
+            attach_flags_owner: spec.attach_flags_owner,
+            creator: peer.clone(),
+            conns: Default::default(),
+            next_conn_id: 1,
+        };
+        self.next_bus_id += 1;
+        self.bus_names.insert(spec.name, key);
+        self.buses.insert(key, bus);
+        tracing::debug!(bus = %self.buses[&key].name, "bus created");
+        Ok(key)
+    }
+
+    pub fn bus(&self, key: BusKey) -> Option<&Bus> {
+        self.buses.get(&key)
+    }
+
+    pub fn bus_by_name(&self, name: &str) -> Option<BusKey> {
+        self.bus_names.get(name).copied()
+    }
+
+    /// The bus's owner went away: disconnect everyone on it. The broker finds the
+    /// connections to hang up on in [`Domain::take_closed`].
+    pub fn bus_destroy(&mut self, key: BusKey) {
+        let Some(bus) = self.buses.get(&key) else { return };
+        let conns: Vec<ConnKey> = self
+            .conns
+            .values()
+            .filter(|c| c.bus == key && c.is_active())
+            .map(|c| c.key)
+            .collect();
+        let _ = bus;
+        for c in conns {
+            self.conn_disconnect(c);
+            self.closed.push(c);
+        }
+        if let Some(bus) = self.buses.remove(&key) {
+            self.bus_names.remove(&bus.name);
+            if let Some(u) = self.users.get_mut(&bus.creator.creds.uid) {
+                u.buses = u.buses.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Connections the broker should close (their bus is gone).
+    pub fn take_closed(&mut self) -> Vec<ConnKey> {
+        std::mem::take(&mut self.closed)
+    }
+
+    // ---------------------------------------------------------------- hello
+
+    /// HELLO on an endpoint of `bus`. `make_pool` creates the pool memory once the
+    /// command is known to be valid.
+    pub fn hello(
+        &mut self,
+        bus_key: BusKey,
+        peer: &Peer,
+        body: &[u8],
+        make_pool: &mut dyn FnMut(u64) -> Result<Box<dyn PoolMemory>, Errno>,
+    ) -> Result<(ConnKey, CmdHello), Errno> {
+        let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        let (cmd, size) = read_cmd::<CmdHello>(body)?;
+        if cmd.flags & !hello_flags::ALL != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if cmd.pool_size == 0 || cmd.pool_size % limits::PAGE_SIZE != 0 {
+            return Err(Errno::EFAULT);
+        }
+        if cmd.pool_size > POOL_MAX_SIZE {
+            return Err(Errno::EINVAL);
+        }
+        let kind = cmd.flags
+            & (hello_flags::ACTIVATOR | hello_flags::POLICY_HOLDER | hello_flags::MONITOR);
+        if kind.count_ones() > 1 {
+            return Err(Errno::EINVAL);
+        }
+        let privileged = peer.privileged || peer.creds.uid == bus.creator.creds.uid;
+        if kind != 0 && !privileged {
+            return Err(Errno::EPERM);
+        }
+        let mut description = None;
+        let mut name = None;
+        let items = &body[std::mem::size_of::<CmdHello>()..size as usize];
+        for it in ItemIter::new(items) {
+            let it = it?;
+            it.check_payload()?;
+            match it.type_ {
+                item::CONN_DESCRIPTION => {
+                    let s = it.as_str()?;
+                    kdbus_abi::names::validate_sysname(s)?;
+                    if description.replace(s).is_some() {
+                        return Err(Errno::EINVAL);
+                    }
+                }
+                item::NAME => {
+                    let s = it
+                        .payload
+                        .get(8..)
+                        .map(|p| kdbus_abi::Item { type_: it.type_, payload: p })
+                        .ok_or(Errno::EINVAL)?
+                        .as_str()?;
+                    let wildcard = cmd.flags & hello_flags::POLICY_HOLDER != 0;
+                    kdbus_abi::names::validate_well_known_name(s, wildcard)?;
+                    if name.replace(s).is_some() {
+                        return Err(Errno::EINVAL);
+                    }
+                }
+                item::CREDS | item::PIDS | item::SECLABEL if !peer.privileged => {
+                    return Err(Errno::EPERM)
+                }
+                _ => {}
+            }
+        }
+        let needs_name = cmd.flags & (hello_flags::ACTIVATOR | hello_flags::POLICY_HOLDER) != 0;
+        if needs_name != name.is_some() {
+            return Err(Errno::EINVAL);
+        }
+        if bus.attach_flags_owner & !cmd.attach_flags_send != 0 {
+            return Err(Errno::ECONNREFUSED);
+        }
+        let usage = self.users.entry(peer.creds.uid).or_default();
+        if !peer.privileged && usage.conns >= limits::USER_MAX_CONN {
+            return Err(Errno::EMFILE);
+        }
+        let mem = make_pool(cmd.pool_size)?;
+        usage.conns += 1;
+
+        let key = self.next_key();
+        let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        let id = bus.next_conn_id;
+        bus.next_conn_id += 1;
+        bus.conns.insert(id, key);
+        let bloom = bus.bloom;
+        let mut conn = Conn {
+            key,
+            id,
+            bus: bus_key,
+            flags: cmd.flags,
+            attach_send: cmd.attach_flags_send,
+            attach_recv: cmd.attach_flags_recv,
+            peer: peer.clone(),
+            description: description.map(Into::into),
+            state: ConnState::Active,
+            pool: PoolAllocator::new(cmd.pool_size),
+            quota: PoolQuota::new(),
+            mem,
+            queue: RecvQueue::new(),
+            queued_at: HashMap::new(),
+            owed: HashMap::new(),
+            awaited: HashSet::new(),
+            dropped_msgs: 0,
+            matches: Vec::new(),
+            out: Vec::new(),
+            out_fds: Vec::new(),
+            dirty: false,
+            special_name: name.map(str::to_owned),
+        };
+        // HEAD hands the bloom parameters back as an item in the pool.
+        self.scratch.clear();
+        ItemWriter::new(&mut self.scratch).push(item::BLOOM_PARAMETER, bloom.as_bytes());
+        let (offset, items_size) = conn_write_owner_slice(&mut conn, &self.scratch)?;
+        let mut reply = cmd;
+        reply.return_flags = 0;
+        reply.bus_flags = bus.flags;
+        reply.id = id;
+        reply.offset = offset;
+        reply.items_size = items_size;
+        reply.id128 = bus.id128;
+        tracing::debug!(bus = %bus.name, id, "hello");
+        self.conns.insert(key, conn);
+        Ok((key, reply))
+    }
+
+    pub fn conn(&self, key: ConnKey) -> Option<&Conn> {
+        self.conns.get(&key)
+    }
+
+    // ---------------------------------------------------------------- dispatch
+
+    /// Run one command of a HELLO'd connection. The answer (unless the request asked for
+    /// none) lands in the connection's output buffer. `fds` are the fds of the datagram
+    /// not yet taken by earlier requests.
+    pub fn conn_request(&mut self, key: ConnKey, req: &Request<'_>, fds: &mut Vec<OwnedFd>) {
+        let Some(conn) = self.conns.get(&key) else { return };
+        let result = if !conn.is_active() {
+            Err(if req.cmd == cmd::BYEBYE { Errno::EALREADY } else { Errno::ECONNRESET })
+        } else if !conn_may(conn, req.cmd) {
+            Err(Errno::EOPNOTSUPP)
+        } else {
+            match req.cmd {
+                cmd::SEND => match self.cmd_send(key, req, fds) {
+                    Ok(SendOutcome::Pending) => return,
+                    Ok(SendOutcome::Done(wb)) => Ok(Reply::Send(wb)),
+                    Err(e) => Err(e),
+                },
+                cmd::RECV => self.cmd_recv(key, req.body).map(Reply::Recv),
+                cmd::FREE => self.cmd_free(key, req.body).map(Reply::Free),
+                cmd::BYEBYE => self.cmd_byebye(key, req.body).map(Reply::Generic),
+                cmd::CONN_INFO => self.cmd_conn_info(key, req.body).map(Reply::Info),
+                cmd::BUS_CREATOR_INFO => self.cmd_bus_creator_info(key, req.body).map(Reply::Info),
+                cmd::UPDATE => self.cmd_update(key, req.body).map(Reply::Generic),
+                cmd::LIST => self.cmd_list(key, req.body).map(Reply::List),
+                cmd::MATCH_ADD => self.cmd_match_add(key, req.body).map(Reply::Match),
+                cmd::MATCH_REMOVE => self.cmd_match_remove(key, req.body).map(Reply::Match),
+                // The name registry is not built yet.
+                cmd::NAME_ACQUIRE | cmd::NAME_RELEASE => Err(Errno::EOPNOTSUPP),
+                _ => Err(Errno::ENOTTY),
+            }
+        };
+        if req.flags & wire::REQ_NO_REPLY != 0 {
+            if let Err(e) = result {
+                tracing::debug!(conn = key, cmd = cmd::name(req.cmd), %e, "unanswered request failed");
+            }
+            return;
+        }
+        let (errno, body): (i32, &[u8]) = match &result {
+            Ok(r) => (0, r.as_bytes()),
+            Err(e) => (e.0, &[]),
+        };
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn_push_record(conn, &mut self.dirty, wire::REC_REPLY, 0, errno, req.req_id, body);
+        }
+    }
+
+    // ---------------------------------------------------------------- send
+
+    fn cmd_send(&mut self, src_key: ConnKey, r: &Request<'_>, fds: &mut Vec<OwnedFd>) -> Result<SendOutcome, Errno> {
+        let src = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?;
+        let parsed = message_parse_send(r.body, fds.len(), src.id);
+        let req = match parsed {
+            Ok(req) => req,
+            Err(e) => {
+                fds.clear();
+                return Err(e);
+            }
+        };
+        let my_fds: Vec<OwnedFd> = fds.drain(..req.n_fds).collect();
+        let bus_key = src.bus;
+        let sender = SenderMeta {
+            id: src.id,
+            creds: r.creds,
+            peer: src.peer.clone(),
+            description: src.description.clone(),
+            attach_send: src.attach_send,
+        };
+        if req.msg.dst_id == kdbus_abi::DST_ID_BROADCAST {
+            // Broadcasts arrive with bloom filters and matches.
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if req.bloom.is_some() {
+            return Err(Errno::EBADMSG);
+        }
+        if req.msg.dst_id == kdbus_abi::DST_ID_NAME {
+            // Name lookup arrives with the name registry.
+            return Err(if req.dst_name.is_some() { Errno::ESRCH } else { Errno::EDESTADDRREQ });
+        }
+        let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        let dst_key = *bus.conns.get(&req.msg.dst_id).ok_or(Errno::ENXIO)?;
+        let dst = self.conns.get(&dst_key).ok_or(Errno::ENXIO)?;
+        if !dst.is_ordinary() {
+            return Err(Errno::ENXIO);
+        }
+        if !dst.is_active() {
+            return Err(Errno::ECONNRESET);
+        }
+        if !my_fds.is_empty() && dst.flags & hello_flags::ACCEPT_FD == 0 {
+            return Err(Errno::ECOMM);
+        }
+
+        // A reply: the sender owes the destination an answer for this cookie.
+        if let Some(cookie) = req.cookie_reply() {
+            let owed = self.conns.get(&src_key).and_then(|s| s.owed.get(&(dst_key, cookie)).copied());
+            if let Some(tracker) = owed {
+                if let Some(sync_req) = tracker.sync_req {
+                    self.deliver_sync_reply(src_key, dst_key, cookie, tracker, sync_req, &req, &sender, my_fds)?;
+                } else {
+                    self.deliver(dst_key, &req, &sender, my_fds)?;
+                    self.tracker_remove(src_key, dst_key, cookie);
+                }
+                return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
+            }
+        }
+
+        let expect = req.expects_reply();
+        let cookie = req.msg.cookie;
+        if expect {
+            let src = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?;
+            if src.awaited.len() >= limits::CONN_MAX_REQUESTS_PENDING {
+                return Err(Errno::EMLINK);
+            }
+            if src.awaited.contains(&(dst_key, cookie)) {
+                return Err(Errno::EEXIST);
+            }
+        }
+        self.deliver(dst_key, &req, &sender, my_fds)?;
+        if !expect {
+            return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
+        }
+        let sync_req = req.is_sync().then_some(r.req_id);
+        let deadline = req.msg.timeout_or_cookie_reply;
+        if let Some(dst) = self.conns.get_mut(&dst_key) {
+            dst.owed.insert((src_key, cookie), Tracker { deadline, sync_req });
+        }
+        if let Some(src) = self.conns.get_mut(&src_key) {
+            src.awaited.insert((dst_key, cookie));
+        }
+        self.deadlines.insert((deadline, dst_key, src_key, cookie));
+        Ok(if sync_req.is_some() {
+            SendOutcome::Pending
+        } else {
+            SendOutcome::Done(send_writeback(&req.cmd, None))
+        })
+    }
+
+    /// Write a message into `dst`'s pool, queue it and announce it.
+    fn deliver(&mut self, dst_key: ConnKey, req: &SendRequest<'_>, sender: &SenderMeta, fds: Vec<OwnedFd>) -> Result<(), Errno> {
+        let now = self.clock.now();
+        let seq = self.seq + 1;
+        let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
+        let mask = dst.attach_recv & sender.attach_send;
+        let data_off = message_layout(&mut self.scratch, req, sender.id, mask, sender, now, seq);
+        let total = data_off + req.payload_len;
+        let offset = dst.pool.alloc_for_delivery(total).map_err(|e| Errno(e.errno()))?;
+        let n_fds = fds.len() as u32;
+        if let Err(e) = dst.quota.charge(&dst.pool, sender.creds.uid, total, n_fds) {
+            let _ = dst.pool.free(offset);
+            return Err(Errno(e.errno()));
+        }
+        dst.mem.write(offset, &self.scratch);
+        let mut at = offset + kdbus_abi::align8(self.scratch.len() as u64);
+        for data in message_payload(req) {
+            dst.mem.write(at, data);
+            at += kdbus_abi::align8(data.len() as u64);
+        }
+        self.seq = seq;
+        let q = Queued {
+            offset,
+            size: total,
+            src: self.conns_key_of(sender.id, dst_key),
+            cookie: req.msg.cookie,
+            expect_reply: req.expects_reply(),
+            user: sender.creds.uid,
+            fds: n_fds,
+        };
+        let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
+        conn_enqueue(dst, &mut self.dirty, seq, req.msg.priority, q, fds);
+        Ok(())
+    }
+
+    /// The connection key of unique id `id` on the bus of `peer_key`.
+    fn conns_key_of(&self, id: u64, peer_key: ConnKey) -> Option<ConnKey> {
+        let bus = self.conns.get(&peer_key)?.bus;
+        self.buses.get(&bus)?.conns.get(&id).copied()
+    }
+
+    /// Hand a reply straight to a requester blocked in a synchronous SEND: it goes into
+    /// the requester's pool as its own (published) slice, never into the queue.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_sync_reply(
+        &mut self,
+        replier: ConnKey,
+        requester: ConnKey,
+        cookie: u64,
+        tracker: Tracker,
+        sync_req: u64,
+        req: &SendRequest<'_>,
+        sender: &SenderMeta,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), Errno> {
+        let now = self.clock.now();
+        let seq = self.seq + 1;
+        let dst = self.conns.get_mut(&requester).ok_or(Errno::ENXIO)?;
+        let mask = dst.attach_recv & sender.attach_send;
+        let data_off = message_layout(&mut self.scratch, req, sender.id, mask, sender, now, seq);
+        let total = data_off + req.payload_len;
+        let offset = dst.pool.alloc(total, false).map_err(|e| Errno(e.errno()))?;
+        let _ = dst.pool.publish(offset);
+        dst.mem.write(offset, &self.scratch);
+        let mut at = offset + kdbus_abi::align8(self.scratch.len() as u64);
+        for data in message_payload(req) {
+            dst.mem.write(at, data);
+            at += kdbus_abi::align8(data.len() as u64);
+        }
+        self.seq = seq;
+        let _ = tracker;
+        self.tracker_remove(replier, requester, cookie);
+        let wb = CmdSend {
+            size: std::mem::size_of::<CmdSend>() as u64,
+            flags: kdbus_abi::send_flags::SYNC_REPLY,
+            return_flags: 0,
+            msg_address: 0,
+            reply: MsgInfo { offset, msg_size: total, return_flags: 0 },
+        };
+        let dst = self.conns.get_mut(&requester).ok_or(Errno::ENXIO)?;
+        let n = fds.len() as u16;
+        dst.out_fds.extend(fds);
+        conn_push_record(dst, &mut self.dirty, wire::REC_REPLY, n, 0, sync_req, wb.as_bytes());
+        Ok(())
+    }
+
+    /// Forget the tracker "replier owes requester an answer to cookie".
+    fn tracker_remove(&mut self, replier: ConnKey, requester: ConnKey, cookie: u64) -> Option<Tracker> {
+        let t = self.conns.get_mut(&replier)?.owed.remove(&(requester, cookie))?;
+        self.deadlines.remove(&(t.deadline, replier, requester, cookie));
+        if let Some(r) = self.conns.get_mut(&requester) {
+            r.awaited.remove(&(replier, cookie));
+        }
+        Some(t)
+    }
+
+    /// A tracker ended without reply: wake a synchronous requester with an errno, or
+    /// send an asynchronous one REPLY_TIMEOUT / REPLY_DEAD.
+    fn tracker_fail(&mut self, requester: ConnKey, cookie: u64, t: Tracker, why: ReplyFailure) {
+        let Some(conn) = self.conns.get_mut(&requester) else { return };
+        if !conn.is_active() {
+            return;
+        }
+        if let Some(sync_req) = t.sync_req {
+            let e = match why {
+                ReplyFailure::Timeout => Errno::ETIMEDOUT,
+                ReplyFailure::Dead => Errno::EPIPE,
+            };
+            conn_push_record(conn, &mut self.dirty, wire::REC_REPLY, 0, e.0, sync_req, &[]);
+            return;
+        }
+        let item_type = match why {
+            ReplyFailure::Timeout => item::REPLY_TIMEOUT,
+            ReplyFailure::Dead => item::REPLY_DEAD,
+        };
+        self.deliver_kernel(requester, cookie, item_type);
+    }
+
+    /// Queue a bus-generated message; if it does not fit, count it as dropped.
+    fn deliver_kernel(&mut self, dst_key: ConnKey, cookie_reply: u64, item_type: u64) {
+        let now = self.clock.now();
+        let seq = self.seq + 1;
+        let Some(dst) = self.conns.get_mut(&dst_key) else { return };
+        let size = message_layout_kernel(&mut self.scratch, dst.id, cookie_reply, item_type, dst.attach_recv, now, seq);
+        let Ok(offset) = dst.pool.alloc_for_delivery(size) else {
+            dst.dropped_msgs += 1;
+            return;
+        };
+        if dst.quota.charge(&dst.pool, KERNEL_USER, size, 0).is_err() {
+            let _ = dst.pool.free(offset);
+            dst.dropped_msgs += 1;
+            return;
+        }
+        dst.mem.write(offset, &self.scratch);
+        self.seq = seq;
+        let q = Queued { offset, size, src: None, cookie: 0, expect_reply: false, user: KERNEL_USER, fds: 0 };
+        conn_enqueue(dst, &mut self.dirty, seq, 0, q, Vec::new());
+    }
+
+    // ---------------------------------------------------------------- timeouts
+
+    /// The earliest reply deadline (CLOCK_MONOTONIC ns), for the broker's poll timeout.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.first().map(|d| d.0)
+    }
+
+    /// Expire every tracker whose deadline has passed.
+    pub fn tick(&mut self) {
+        let now = self.clock.now().monotonic_ns;
+        while let Some(&(deadline, replier, requester, cookie)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            match self.tracker_remove(replier, requester, cookie) {
+                Some(t) => self.tracker_fail(requester, cookie, t, ReplyFailure::Timeout),
+                None => {
+                    self.deadlines.pop_first();
+                }
+            }
+        }
+    }
+
+    pub fn now(&self) -> Now {
+        self.clock.now()
+    }
+
+    // ---------------------------------------------------------------- recv / free
+
+    fn cmd_recv(&mut self, key: ConnKey, body: &[u8]) -> Result<CmdRecv, Errno> {
+        let (cmd, _) = read_cmd::<CmdRecv>(body)?;
+        if cmd.flags & !recv_flags::ALL != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
+        let peek = cmd.flags & recv_flags::PEEK != 0;
+        let prio = cmd.flags & recv_flags::USE_PRIORITY != 0;
+        let seq = if cmd.flags & recv_flags::CLAIM != 0 {
+            *conn.queued_at.get(&cmd.msg.offset).ok_or(Errno::ENXIO)?
+        } else if conn.queue.is_empty() {
+            return Err(Errno::EAGAIN);
+        } else if prio {
+            conn.queue.peek_priority(cmd.priority).ok_or(Errno::EAGAIN)?.0
+        } else {
+            conn.queue.peek().ok_or(Errno::EAGAIN)?.0
+        };
+        let q = *conn.queue.get(seq).ok_or(Errno::ENXIO)?;
+        let mut wb = cmd;
+        wb.msg = MsgInfo { offset: q.offset, msg_size: q.size, return_flags: 0 };
+        wb.dropped_msgs = conn.dropped_msgs;
+        wb.return_flags = if conn.dropped_msgs > 0 { recv_flags::RETURN_DROPPED_MSGS } else { 0 };
+        if peek {
+            return Ok(wb);
+        }
+        conn.queue.remove(seq);
+        conn.queued_at.remove(&q.offset);
+        conn.quota.uncharge(q.user, q.size, q.fds);
+        if cmd.flags & recv_flags::DROP != 0 {
+            let _ = conn.pool.free(q.offset);
+            if let (true, Some(src)) = (q.expect_reply, q.src) {
+                if let Some(t) = self.tracker_remove(key, src, q.cookie) {
+                    self.tracker_fail(src, q.cookie, t, ReplyFailure::Dead);
+                }
+            }
+        } else {
+            let _ = conn.pool.publish(q.offset);
+        }
+        Ok(wb)
+    }
+
+    fn cmd_free(&mut self, key: ConnKey, body: &[u8]) -> Result<CmdFree, Errno> {
+        let (cmd, _) = read_cmd::<CmdFree>(body)?;
+        if cmd.flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
+        conn.pool.free_public(cmd.offset).map_err(|e| Errno(e.errno()))?;
+        Ok(cmd)
+    }
+
+    // ---------------------------------------------------------------- lifecycle
+
+    fn cmd_byebye(&mut self, key: ConnKey, body: &[u8]) -> Result<CmdGeneric, Errno> {
+        let (cmd, _) = read_cmd::<CmdGeneric>(body)?;
+        if cmd.flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let conn = self.conns.get(&key).ok_or(Errno::ECONNRESET)?;
+        if !conn.queue.is_empty() {
+            return Err(Errno::EBUSY);
+        }
+        self.conn_disconnect(key);
+        Ok(cmd)
+    }
+
+    /// Take a connection off the bus: fail what it owed, forget what it waited for,
+    /// drop its queue. Its pool stays readable until the broker releases it.
+    fn conn_disconnect(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        if !conn.is_active() {
+            return;
+        }
+        conn.state = ConnState::Disconnected;
+        let (bus, id, uid) = (conn.bus, conn.id, conn.peer.creds.uid);
+        let owed: Vec<_> = conn.owed.keys().copied().collect();
+        let awaited: Vec<_> = conn.awaited.iter().copied().collect();
+        for q in conn.queue.drain().map(|(_, q)| q) {
+            let _ = conn.pool.free(q.offset);
+        }
+        conn.queued_at.clear();
+        conn.quota = PoolQuota::new();
+        conn.matches.clear();
+        if let Some(b) = self.buses.get_mut(&bus) {
+            b.conns.remove(&id);
+        }
+        if let Some(u) = self.users.get_mut(&uid) {
+            u.conns = u.conns.saturating_sub(1);
+        }
+        for (requester, cookie) in owed {
+            if let Some(t) = self.tracker_remove(key, requester, cookie) {
+                self.tracker_fail(requester, cookie, t, ReplyFailure::Dead);
+            }
+        }
+        for (replier, cookie) in awaited {
+            if let Some(t) = self.tracker_remove(replier, key, cookie) {
+                if let (Some(sync_req), Some(conn)) = (t.sync_req, self.conns.get_mut(&key)) {
+                    let e = Errno::ECONNRESET.0;
+                    conn_push_record(conn, &mut self.dirty, wire::REC_REPLY, 0, e, sync_req, &[]);
+                }
+            }
+        }
+        tracing::debug!(conn = key, id, "disconnected");
+    }
+
+    /// The client's socket is gone: disconnect (if not yet) and forget the connection.
+    pub fn conn_release(&mut self, key: ConnKey) {
+        self.conn_disconnect(key);
+        self.conns.remove(&key);
+    }
+
+    // ---------------------------------------------------------------- info
+
+    fn cmd_conn_info(&mut self, key: ConnKey, body: &[u8]) -> Result<CmdInfo, Errno> {
+        let (cmd, size) = read_cmd::<CmdInfo>(body)?;
+        if cmd.flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let items = &body[std::mem::size_of::<CmdInfo>()..size as usize];
+        let me = self.conns.get(&key).ok_or(Errno::ECONNRESET)?;
+        let target_key = if cmd.id == 0 {
+            let mut name = None;
+            for it in ItemIter::new(items) {
+                let it = it?;
+                if it.type_ == item::NAME {
+                    let s = it.payload.get(8..).ok_or(Errno::EINVAL)?;
+                    name = Some(kdbus_abi::Item { type_: item::NAME, payload: s }.as_str()?);
+                }
+            }
+            let name = name.ok_or(Errno::EINVAL)?;
+            kdbus_abi::names::validate_well_known_name(name, false)?;
+            return Err(Errno::ESRCH); // no name registry yet
+        } else {
+            kdbus_abi::items::validate_all(items)?;
+            let bus = self.buses.get(&me.bus).ok_or(Errno::ESHUTDOWN)?;
+            *bus.conns.get(&cmd.id).ok_or(Errno::ENXIO)?
+        };
+        let t = self.conns.get(&target_key).ok_or(Errno::ENXIO)?;
+        let meta = SenderMeta {
+            id: t.id,
+            creds: t.peer.creds,
+            peer: t.peer.clone(),
+            description: t.description.clone(),
+            attach_send: attach::ALL,
+        };
+        let (id, flags) = (t.id, t.flags);
+        let mask = cmd.attach_flags & INFO_ATTACH;
+        let (offset, info_size) = self.write_info(key, id, flags, mask, &meta)?;
+        let mut wb = cmd;
+        wb.offset = offset;
+        wb.info_size = info_size;
+        Ok(wb)
+    }
+
+    fn cmd_bus_creator_info(&mut self, key: ConnKey, body: &[u8]) -> Result<CmdInfo, Errno> {
+        let (cmd, size) = read_cmd::<CmdInfo>(body)?;
+        if cmd.flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        kdbus_abi::items::validate_all(&body[std::mem::size_of::<CmdInfo>()..size as usize])?;
+        let me = self.conns.get(&key).ok_or(Errno::ECONNRESET)?;
+        let bus = self.buses.get(&me.bus).ok_or(Errno::ESHUTDOWN)?;
+        let meta = SenderMeta {
+            id: 0,
+            creds: bus.creator.creds,
+            peer: bus.creator.clone(),
+            description: None,
+            attach_send: attach::ALL,
+        };
+        let (id, flags) = (bus.id, bus.flags);
+        let mask = cmd.attach_flags & INFO_ATTACH;
+        let (offset, info_size) = self.write_info(key, id, flags, mask, &meta)?;
+        let mut wb = cmd;
+        wb.offset = offset;
+        wb.info_size = info_size;
+        Ok(wb)
+    }
+
+    /// Write `kdbus_info` + metadata into the caller's pool as a published slice.
+    fn write_info(&mut self, key: ConnKey, id: u64, flags: u64, mask: u64, meta: &SenderMeta) -> Result<(u64, u64), Errno> {
+        let now = self.clock.now();
+        let size = std::mem::size_of::<Info>() + meta_len(mask & !attach::TIMESTAMP, meta);
+        self.scratch.clear();
+        self.scratch.extend_from_slice(Info { size: size as u64, id, flags }.as_bytes());
+        meta_write(&mut self.scratch, mask & !attach::TIMESTAMP, meta, now, 0);
+        let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
+        conn_write_owner_slice(conn, &self.scratch)
+    }
+
+    fn cmd_update(&mut self, key: ConnKey, body: &[u8]) -> Result<CmdGeneric, Errno> {
+        let (cmd, size) = read_cmd::<CmdGeneric>(body)?;
+        if cmd.flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let items = &body[std::mem::size_of::<CmdGeneric>()..size as usize];
+        let (mut send, mut recv) = (None, None);
+        for it in ItemIter::new(items) {
+            let it = it?;
+            it.check_payload()?;
+            match it.type_ {
+                item::ATTACH_FLAGS_SEND => send = Some(it.as_u64()?),
+                item::ATTACH_FLAGS_RECV => recv = Some(it.as_u64()?),
+                item::NAME | item::POLICY_ACCESS => return Err(Errno::EOPNOTSUPP),
+                _ => {}
+            }
+        }
+        let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
+        if let Some(s) = send {
+            conn.attach_send = s;
+        }
+        if let Some(r) = recv {
+            conn.attach_recv = r;
+        }
+        Ok(cmd)
+    }
+
+    fn cmd_list(&mut self, key: ConnKey, body: &[u8]) -> Result<CmdList, Errno> {
+        let (cmd, _) = read_cmd::<CmdList>(body)?;
+        if cmd.flags & !list_flags::ALL != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let me = self.conns.get(&key).ok_or(Errno::ECONNRESET)?;
+        let bus = self.buses.get(&me.bus).ok_or(Errno::ESHUTDOWN)?;
+        self.scratch.clear();
+        if cmd.flags & list_flags::UNIQUE != 0 {
+            for ck in bus.conns.values() {
+                let Some(c) = self.conns.get(ck).filter(|c| c.is_ordinary()) else { continue };
+                let desc_len = c.description.as_ref().map_or(0, |d| kdbus_abi::items::item_space(d.len() + 1));
+                let info = Info { size: (24 + desc_len) as u64, id: c.id, flags: c.flags };
+                self.scratch.extend_from_slice(info.as_bytes());
+                if let Some(d) = &c.description {
+                    ItemWriter::new(&mut self.scratch).push_str(item::CONN_DESCRIPTION, d);
+                }
+            }
+        }
+        let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
+        let (offset, list_size) = conn_write_owner_slice(conn, &self.scratch)?;
+        let mut wb = cmd;
+        wb.offset = offset;
+        wb.list_size = list_size;
+        Ok(wb)
+    }
+
+    // ---------------------------------------------------------------- matches
+
+    fn cmd_match_add(&mut self, key: ConnKey, body: &[u8]) -> Result<CmdMatch, Errno> {
+        let (cmd, size) = read_cmd::<CmdMatch>(body)?;
+        if cmd.flags & !match_flags::ALL != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let rules = &body[std::mem::size_of::<CmdMatch>()..size as usize];
+        kdbus_abi::items::validate_all(rules)?;
+        let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
+        if cmd.flags & match_flags::REPLACE != 0 {
+            conn.matches.retain(|m| m.cookie != cmd.cookie);
+        }
+        if conn.matches.len() >= limits::MATCH_MAX {
+            return Err(Errno::EMFILE);
+        }
+        conn.matches.push(MatchEntry { cookie: cmd.cookie, rules: rules.to_vec() });
+        Ok(cmd)
+    }
+
+    fn cmd_match_remove(&mut self, key: ConnKey, body: &[u8]) -> Result<CmdMatch, Errno> {
+        let (cmd, size) = read_cmd::<CmdMatch>(body)?;
+        if cmd.flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        kdbus_abi::items::validate_all(&body[std::mem::size_of::<CmdMatch>()..size as usize])?;
+        let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
+        let before = conn.matches.len();
+        conn.matches.retain(|m| m.cookie != cmd.cookie);
+        if conn.matches.len() == before {
+            return Err(Errno::EBADSLT);
+        }
+        Ok(cmd)
+    }
+
+    // ---------------------------------------------------------------- output
+
+    /// Connections with records to write; the broker calls [`Domain::conn_output`] for each.
+    pub fn take_dirty(&mut self, into: &mut Vec<ConnKey>) {
+        into.clear();
+        std::mem::swap(into, &mut self.dirty);
+    }
+
+    /// The pending output of a connection (records, fds); the broker drains what it wrote.
+    pub fn conn_output(&mut self, key: ConnKey) -> Option<(&mut Vec<u8>, &mut Vec<OwnedFd>)> {
+        let c = self.conns.get_mut(&key)?;
+        c.dirty = false;
+        Some((&mut c.out, &mut c.out_fds))
+    }
+
+    /// Mark a connection as having output again (after a partial write).
+    pub fn conn_mark_dirty(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+/// Metadata CONN_INFO and BUS_CREATOR_INFO can report (what was captured at connect).
+const INFO_ATTACH: u64 = attach::CREDS
+    | attach::PIDS
+    | attach::PID_COMM
+    | attach::EXE
+    | attach::CMDLINE
+    | attach::CONN_DESCRIPTION;
+
+/// Which commands each kind of connection may issue (spec CON13).
+fn conn_may(conn: &Conn, c: u32) -> bool {
+    let f = conn.flags;
+    let any = matches!(c, cmd::LIST | cmd::CONN_INFO | cmd::BUS_CREATOR_INFO);
+    if conn.is_ordinary() || any {
+        return true;
+    }
+    if f & hello_flags::MONITOR != 0 {
+        return matches!(c, cmd::RECV | cmd::FREE | cmd::MATCH_ADD | cmd::MATCH_REMOVE | cmd::UPDATE);
+    }
+    if f & hello_flags::POLICY_HOLDER != 0 {
+        return c == cmd::UPDATE;
+    }
+    false
+}
+
+/// A reply body, by command.
+enum Reply {
+    Send(CmdSend),
+    Recv(CmdRecv),
+    Free(CmdFree),
+    Generic(CmdGeneric),
+    Info(CmdInfo),
+    List(CmdList),
+    Match(CmdMatch),
+}
+
+impl Reply {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Reply::Send(c) => c.as_bytes(),
+            Reply::Recv(c) => c.as_bytes(),
+            Reply::Free(c) => c.as_bytes(),
+            Reply::Generic(c) => c.as_bytes(),
+            Reply::Info(c) => c.as_bytes(),
+            Reply::List(c) => c.as_bytes(),
+            Reply::Match(c) => c.as_bytes(),
+        }
+    }
+}
+
+fn send_writeback(cmd: &CmdSend, reply: Option<MsgInfo>) -> CmdSend {
+    let mut wb = *cmd;
+    wb.return_flags = 0;
+    wb.reply = reply.unwrap_or_default();
+    wb
+}
+
+fn conn_push_record(conn: &mut Conn, dirty: &mut Vec<ConnKey>, kind: u16, n_fds: u16, error: i32, req_id: u64, body: &[u8]) {
+    let h = RecHeader { kind, n_fds, error, req_id, body_len: body.len() as u64 };
+    wire::push_frame(&mut conn.out, &h, &[body]);
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(conn.key);
+    }
+}
+
+fn conn_enqueue(conn: &mut Conn, dirty: &mut Vec<ConnKey>, seq: u64, priority: i64, q: Queued, fds: Vec<OwnedFd>) {
+    conn.queue.push(seq, priority, q);
+    conn.queued_at.insert(q.offset, seq);
+    let ev = MsgEvent { offset: q.offset, msg_size: q.size, priority, seq, dropped_msgs: conn.dropped_msgs };
+    let n = fds.len() as u16;
+    conn.out_fds.extend(fds);
+    conn_push_record(conn, dirty, wire::REC_MSG, n, 0, 0, ev.as_bytes());
+}
+
+/// Write a result the owner asked for (info, list, hello items) into its pool: an
+/// unaccounted, published slice. Returns (offset, size).
+fn conn_write_owner_slice(conn: &mut Conn, data: &[u8]) -> Result<(u64, u64), Errno> {
+    let len = data.len() as u64;
+    let offset = conn.pool.alloc(len, false).map_err(|e| Errno(e.errno()))?;
+    let _ = conn.pool.publish(offset);
+    conn.mem.write(offset, data);
+    Ok((offset, len))
+}
+

@@ -1,0 +1,339 @@
+//! Messages: validating what a sender hands us, and laying out what a receiver finds in
+//! its pool.
+//!
+//! A SEND request body holds `kdbus_cmd_send`, the `kdbus_msg` at `msg_address`, and the
+//! payload bytes that `PAYLOAD_VEC` items point to (by offset into the body). The
+//! receiver gets, in one pool slice:
+//!
+//! ```text
+//! kdbus_msg | items (VEC→PAYLOAD_OFF, FDS, DST_NAME, BLOOM_FILTER) | metadata items | payload
+//! ```
+//! `msg.size` covers the header and items; payload follows, each vector 8-aligned, and
+//! `PAYLOAD_OFF.offset` is relative to the start of the message. Parsing does not
+//! allocate; layout writes into a caller-provided scratch buffer.
+
+use crate::clock::Now;
+use crate::meta::{Creds, Peer};
+use kdbus_abi::items::{item_space, ItemIter, ItemWriter};
+use kdbus_abi::{
+    align8, attach, item, limits, msg_flags, payload, read_struct, send_flags, CmdSend, Errno,
+    Msg, Pids, Timestamp, Vec_,
+};
+use std::sync::Arc;
+use zerocopy::IntoBytes;
+
+pub const MSG_HEADER_SIZE: usize = std::mem::size_of::<Msg>();
+
+/// The FDS item as written to the pool: all -1, since fd numbers only exist in the
+/// receiver, which gets the fds with the message event, in item order.
+static NO_FDS: [u8; limits::MSG_MAX_FDS * 4] = [0xff; limits::MSG_MAX_FDS * 4];
+
+/// A validated SEND.
+#[derive(Debug)]
+pub struct SendRequest<'a> {
+    pub cmd: CmdSend,
+    pub msg: Msg,
+    /// The message's items, verbatim.
+    pub items: &'a [u8],
+    /// The whole request body, where vector data lives.
+    pub body: &'a [u8],
+    /// Bytes the items take in the received message (before metadata).
+    pub out_items_len: usize,
+    /// Payload bytes in the received message (each vector padded to 8).
+    pub payload_len: u64,
+    pub n_fds: usize,
+    pub dst_name: Option<&'a str>,
+    pub bloom: Option<&'a [u8]>,
+}
+
+impl SendRequest<'_> {
+    pub fn expects_reply(&self) -> bool {
+        self.msg.flags & msg_flags::EXPECT_REPLY != 0
+    }
+    pub fn is_sync(&self) -> bool {
+        self.cmd.flags & send_flags::SYNC_REPLY != 0
+    }
+    /// `cookie_reply` if this message answers something.
+    pub fn cookie_reply(&self) -> Option<u64> {
+        (!self.expects_reply() && self.msg.timeout_or_cookie_reply != 0)
+            .then_some(self.msg.timeout_or_cookie_reply)
+    }
+}
+
+/// Validate a SEND request; `fds` is how many fds came with it.
+pub fn message_parse_send(body: &[u8], fds: usize, sender_id: u64) -> Result<SendRequest<'_>, Errno> {
+    let (cmd, size) = kdbus_abi::read_cmd::<CmdSend>(body)?;
+    if cmd.flags & !send_flags::ALL != 0 {
+        return Err(Errno::EINVAL);
+    }
+    // Items of the send command itself (HEAD: CANCEL_FD); framing only.
+    kdbus_abi::items::validate_all(&body[std::mem::size_of::<CmdSend>()..size as usize])?;
+
+    let at = usize::try_from(cmd.msg_address).map_err(|_| Errno::EFAULT)?;
+    if at % 8 != 0 || at >= body.len() {
+        return Err(Errno::EFAULT);
+    }
+    let mbuf = &body[at..];
+    let msg: Msg = read_struct(mbuf).ok_or(Errno::EFAULT)?;
+    if msg.size < MSG_HEADER_SIZE as u64 || msg.size > limits::MSG_MAX_SIZE {
+        return Err(Errno::EMSGSIZE);
+    }
+    if msg.size > mbuf.len() as u64 {
+        return Err(Errno::EFAULT);
+    }
+    message_check_header(&msg, &cmd, sender_id)?;
+
+    let items = &mbuf[MSG_HEADER_SIZE..msg.size as usize];
+    let mut req = SendRequest {
+        cmd,
+        msg,
+        items,
+        body,
+        out_items_len: 0,
+        payload_len: 0,
+        n_fds: 0,
+        dst_name: None,
+        bloom: None,
+    };
+    let mut n_items = 0;
+    let mut vec_total: u64 = 0;
+    let mut seen_fds = false;
+    for it in ItemIter::new(items) {
+        let it = it?;
+        it.check_payload()?;
+        n_items += 1;
+        if n_items > limits::MSG_MAX_ITEMS {
+            return Err(Errno::E2BIG);
+        }
+        match it.type_ {
+            item::PAYLOAD_VEC => {
+                let v: Vec_ = read_struct(it.payload).ok_or(Errno::EINVAL)?;
+                if v.size == 0 {
+                    return Err(Errno::EINVAL);
+                }
+                vec_total = vec_total.saturating_add(v.size);
+                if vec_total > limits::MSG_MAX_PAYLOAD_VEC_SIZE {
+                    return Err(Errno::EMSGSIZE);
+                }
+                if v.address_or_offset != 0 {
+                    let end = v.address_or_offset.checked_add(v.size).ok_or(Errno::EFAULT)?;
+                    if end > body.len() as u64 {
+                        return Err(Errno::EFAULT);
+                    }
+                    req.payload_len += align8(v.size);
+                }
+                req.out_items_len += item_space(16);
+            }
+            item::FDS => {
+                if seen_fds {
+                    return Err(Errno::EEXIST);
+                }
+                seen_fds = true;
+                req.n_fds = it.payload.len() / 4;
+                if req.n_fds > limits::MSG_MAX_FDS {
+                    return Err(Errno::EMFILE);
+                }
+                if req.n_fds > fds {
+                    return Err(Errno::EBADF);
+                }
+                req.out_items_len += item_space(it.payload.len());
+            }
+            item::DST_NAME => {
+                if req.dst_name.is_some() {
+                    return Err(Errno::EEXIST);
+                }
+                let name = it.as_str()?;
+                kdbus_abi::names::validate_well_known_name(name, false)?;
+                req.dst_name = Some(name);
+                req.out_items_len += item_space(it.payload.len());
+            }
+            item::BLOOM_FILTER => {
+                if req.bloom.is_some() {
+                    return Err(Errno::EEXIST);
+                }
+                req.bloom = Some(it.payload);
+                req.out_items_len += item_space(it.payload.len());
+            }
+            // Sealed memfds need the broker to inspect the fd; not supported yet.
+            item::PAYLOAD_MEMFD => return Err(Errno::EOPNOTSUPP),
+            _ => return Err(Errno::EINVAL),
+        }
+    }
+    Ok(req)
+}
+
+/// Header rules of kdbus HEAD (spec A.6 with HEAD's reply and signal rules).
+fn message_check_header(msg: &Msg, cmd: &CmdSend, sender_id: u64) -> Result<(), Errno> {
+    if msg.flags & !msg_flags::ALL != 0 {
+        return Err(Errno::EINVAL);
+    }
+    if msg.payload_type == payload::KERNEL {
+        return Err(Errno::EINVAL);
+    }
+    if msg.src_id != 0 && msg.src_id != sender_id {
+        return Err(Errno::EINVAL);
+    }
+    let expect = msg.flags & msg_flags::EXPECT_REPLY != 0;
+    if expect && (msg.timeout_or_cookie_reply == 0 || msg.cookie == 0) {
+        return Err(Errno::EINVAL);
+    }
+    if expect && msg.flags & msg_flags::SIGNAL != 0 {
+        return Err(Errno::EINVAL);
+    }
+    if cmd.flags & send_flags::SYNC_REPLY != 0 && !expect {
+        return Err(Errno::EINVAL);
+    }
+    if msg.dst_id == kdbus_abi::DST_ID_BROADCAST && (expect || msg.timeout_or_cookie_reply != 0) {
+        return Err(Errno::ENOTUNIQ);
+    }
+    Ok(())
+}
+
+/// What a receiver may learn about a sender, gathered once per send.
+#[derive(Clone, Debug, Default)]
+pub struct SenderMeta {
+    pub id: u64,
+    pub creds: Creds,
+    pub peer: Peer,
+    pub description: Option<Arc<str>>,
+    pub attach_send: u64,
+}
+
+/// Metadata items attached for a receiver that asked for `mask`.
+pub fn meta_len(mask: u64, m: &SenderMeta) -> usize {
+    let mut n = 0;
+    if mask & attach::TIMESTAMP != 0 {
+        n += item_space(24);
+    }
+    if mask & attach::CREDS != 0 {
+        n += item_space(64);
+    }
+    if mask & attach::PIDS != 0 {
+        n += item_space(24);
+    }
+    if mask & attach::PID_COMM != 0 {
+        n += m.peer.comm.as_ref().map_or(0, |s| item_space(s.len() + 1));
+    }
+    if mask & attach::EXE != 0 {
+        n += m.peer.exe.as_ref().map_or(0, |s| item_space(s.len() + 1));
+    }
+    if mask & attach::CMDLINE != 0 {
+        n += m.peer.cmdline.as_ref().map_or(0, |s| item_space(s.len()));
+    }
+    if mask & attach::CONN_DESCRIPTION != 0 {
+        n += m.description.as_ref().map_or(0, |s| item_space(s.len() + 1));
+    }
+    n
+}
+
+/// Append the metadata items for `mask` (see [`meta_len`]).
+pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u64) {
+    let mut w = ItemWriter::new(out);
+    if mask & attach::TIMESTAMP != 0 {
+        let ts = Timestamp { seqnum: seq, monotonic_ns: now.monotonic_ns, realtime_ns: now.realtime_ns };
+        w.push(item::TIMESTAMP, ts.as_bytes());
+    }
+    if mask & attach::CREDS != 0 {
+        let (u, g) = (m.creds.uid as u64, m.creds.gid as u64);
+        let c = kdbus_abi::Creds { uid: u, euid: u, suid: u, fsuid: u, gid: g, egid: g, sgid: g, fsgid: g };
+        w.push(item::CREDS, c.as_bytes());
+    }
+    if mask & attach::PIDS != 0 {
+        let p = Pids { pid: m.creds.pid as u64, tid: m.creds.pid as u64, ppid: 0 };
+        w.push(item::PIDS, p.as_bytes());
+    }
+    if mask & attach::PID_COMM != 0 {
+        if let Some(s) = &m.peer.comm {
+            w.push_str(item::PID_COMM, s);
+        }
+    }
+    if mask & attach::EXE != 0 {
+        if let Some(s) = &m.peer.exe {
+            w.push_str(item::EXE, s);
+        }
+    }
+    if mask & attach::CMDLINE != 0 {
+        if let Some(s) = &m.peer.cmdline {
+            w.push(item::CMDLINE, s);
+        }
+    }
+    if mask & attach::CONN_DESCRIPTION != 0 {
+        if let Some(s) = &m.description {
+            w.push_str(item::CONN_DESCRIPTION, s);
+        }
+    }
+}
+
+/// Lay out a received message in `out` (header and items only) and return the slice size
+/// including payload. `meta_mask` selects metadata, `seq` is the message's number.
+pub fn message_layout(out: &mut Vec<u8>, req: &SendRequest<'_>, src_id: u64, meta_mask: u64, m: &SenderMeta, now: Now, seq: u64) -> u64 {
+    out.clear();
+    let header_len = MSG_HEADER_SIZE + req.out_items_len + meta_len(meta_mask, m);
+    let mut hdr = req.msg;
+    hdr.src_id = src_id;
+    hdr.size = header_len as u64;
+    out.extend_from_slice(hdr.as_bytes());
+    let mut data_off = align8(header_len as u64);
+    let mut w = ItemWriter::new(out);
+    for it in ItemIter::new(req.items).flatten() {
+        match it.type_ {
+            item::PAYLOAD_VEC => {
+                let v: Vec_ = read_struct(it.payload).unwrap_or_default();
+                let off = if v.address_or_offset == 0 {
+                    !0
+                } else {
+                    let o = data_off;
+                    data_off += align8(v.size);
+                    o
+                };
+                w.push(item::PAYLOAD_OFF, Vec_ { size: v.size, address_or_offset: off }.as_bytes());
+            }
+            item::FDS => {
+                // Numbers are only meaningful in the receiver; it gets the fds with the
+                // message event, in this order.
+                w.push(item::FDS, &NO_FDS[..it.payload.len().min(NO_FDS.len())]);
+            }
+            _ => w.push(it.type_, it.payload),
+        }
+    }
+    meta_write(out, meta_mask, m, now, seq);
+    debug_assert_eq!(out.len(), header_len);
+    data_off
+}
+
+/// Iterate over the payload vectors of a request: `(size, data)` for non-NULL vectors.
+pub fn message_payload<'a>(req: &'a SendRequest<'a>) -> impl Iterator<Item = &'a [u8]> + 'a {
+    ItemIter::new(req.items).flatten().filter(|it| it.type_ == item::PAYLOAD_VEC).filter_map(|it| {
+        let v: Vec_ = read_struct(it.payload)?;
+        if v.address_or_offset == 0 {
+            return None;
+        }
+        let start = usize::try_from(v.address_or_offset).ok()?;
+        req.body.get(start..start.checked_add(usize::try_from(v.size).ok()?)?)
+    })
+}
+
+/// Lay out a message generated by the bus (REPLY_TIMEOUT, REPLY_DEAD): one header-only
+/// item of `item_type`, plus a timestamp if the receiver wants one.
+pub fn message_layout_kernel(out: &mut Vec<u8>, dst_id: u64, cookie_reply: u64, item_type: u64, attach_recv: u64, now: Now, seq: u64) -> u64 {
+    out.clear();
+    let ts = attach_recv & attach::TIMESTAMP != 0;
+    let size = MSG_HEADER_SIZE + 16 + if ts { item_space(24) } else { 0 };
+    let hdr = Msg {
+        size: size as u64,
+        flags: 0,
+        priority: 0,
+        dst_id,
+        src_id: kdbus_abi::SRC_ID_KERNEL,
+        payload_type: payload::KERNEL,
+        cookie: 0,
+        timeout_or_cookie_reply: cookie_reply,
+    };
+    out.extend_from_slice(hdr.as_bytes());
+    out.extend_from_slice(kdbus_abi::ItemHeader { size: 16, type_: item_type }.as_bytes());
+    if ts {
+        let ts = Timestamp { seqnum: seq, monotonic_ns: now.monotonic_ns, realtime_ns: now.realtime_ns };
+        ItemWriter::new(out).push(item::TIMESTAMP, ts.as_bytes());
+    }
+    size as u64
+}

@@ -1,0 +1,26 @@
+//! Who is on the other end of a socket: what the kernel told the broker.
+//!
+//! `Peer` is taken when a client connects (`SO_PEERCRED` plus `/proc`), `Creds` with every
+//! datagram (`SCM_CREDENTIALS`). Neither is ever read from a field a client filled in.
+
+use std::sync::Arc;
+
+/// Credentials of one datagram.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Creds {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A connecting process, as seen at connect time.
+#[derive(Clone, Debug, Default)]
+pub struct Peer {
+    pub creds: Creds,
+    /// Holds CAP_IPC_OWNER (or is root): may create special connections, skips user limits.
+    pub privileged: bool,
+    pub comm: Option<Arc<str>>,
+    pub exe: Option<Arc<str>>,
+    /// NUL-separated argv, as `/proc/PID/cmdline` has it.
+    pub cmdline: Option<Arc<[u8]>>,
+}
