@@ -76,13 +76,23 @@ pub struct ItemIter<'a> {
 impl<'a> ItemIter<'a> {
     /// Strict framing, for what clients send.
     pub fn new(buf: &'a [u8]) -> Self {
-        ItemIter { buf, pos: 0, failed: false, allow_empty: false }
+        ItemIter {
+            buf,
+            pos: 0,
+            failed: false,
+            allow_empty: false,
+        }
     }
 
     /// Also accepts header-only items, which the bus itself writes (REPLY_TIMEOUT,
     /// REPLY_DEAD): for reading messages out of a pool.
     pub fn received(buf: &'a [u8]) -> Self {
-        ItemIter { buf, pos: 0, failed: false, allow_empty: true }
+        ItemIter {
+            buf,
+            pos: 0,
+            failed: false,
+            allow_empty: true,
+        }
     }
 }
 
@@ -95,9 +105,12 @@ impl<'a> Iterator for ItemIter<'a> {
         }
         let rest = &self.buf[self.pos..];
         let hdr: Option<ItemHeader> = read_struct(rest);
-        let min = if self.allow_empty { ITEM_HEADER_SIZE } else { ITEM_HEADER_SIZE + 1 };
-        let Some(hdr) = hdr.filter(|h| h.size >= min && h.size <= rest.len() as u64)
-        else {
+        let min = if self.allow_empty {
+            ITEM_HEADER_SIZE
+        } else {
+            ITEM_HEADER_SIZE + 1
+        };
+        let Some(hdr) = hdr.filter(|h| h.size >= min && h.size <= rest.len() as u64) else {
             self.failed = true;
             return Some(Err(Errno::EINVAL));
         };
@@ -109,7 +122,10 @@ impl<'a> Iterator for ItemIter<'a> {
             return Some(Err(Errno::EINVAL));
         }
         self.pos = next;
-        Some(Ok(Item { type_: hdr.type_, payload }))
+        Some(Ok(Item {
+            type_: hdr.type_,
+            payload,
+        }))
     }
 }
 
@@ -136,7 +152,10 @@ impl<'a> ItemWriter<'a> {
     /// Append an item made of several payload parts.
     pub fn push_parts(&mut self, type_: u64, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let hdr = ItemHeader { size: ITEM_HEADER_SIZE + len as u64, type_ };
+        let hdr = ItemHeader {
+            size: ITEM_HEADER_SIZE + len as u64,
+            type_,
+        };
         self.buf.extend_from_slice(hdr.as_bytes());
         for p in parts {
             self.buf.extend_from_slice(p);
@@ -183,7 +202,10 @@ mod tests {
     #[test]
     fn header_only_item_is_invalid() {
         let hdr = ItemHeader { size: 16, type_: 1 };
-        assert!(matches!(ItemIter::new(hdr.as_bytes()).next(), Some(Err(Errno::EINVAL))));
+        assert!(matches!(
+            ItemIter::new(hdr.as_bytes()).next(),
+            Some(Err(Errno::EINVAL))
+        ));
     }
 
     #[test]
@@ -196,7 +218,10 @@ mod tests {
 
     #[test]
     fn string_must_be_terminated() {
-        let it = Item { type_: crate::item::MAKE_NAME, payload: b"abc" };
+        let it = Item {
+            type_: crate::item::MAKE_NAME,
+            payload: b"abc",
+        };
         assert_eq!(it.check_payload(), Err(Errno::EINVAL));
     }
 

@@ -52,7 +52,10 @@ pub fn validate_well_known_name(name: &str, allow_wildcard: bool) -> Result<(), 
         if first.is_ascii_digit() {
             return Err(Errno::EINVAL);
         }
-        if !el.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-') {
+        if !el
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        {
             return Err(Errno::EINVAL);
         }
         elements += 1;

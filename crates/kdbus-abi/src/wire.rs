@@ -33,7 +33,9 @@ pub const REC_MSG: u16 = 2;
 pub const MAX_REQUEST_DATAGRAM: usize = 2 * 1024 * 1024 + 64 * 1024;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct ReqHeader {
     pub cmd: u32,
     pub flags: u32,
@@ -42,7 +44,9 @@ pub struct ReqHeader {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct RecHeader {
     pub kind: u16,
     /// How many of the datagram's `SCM_RIGHTS` fds belong to this record (records take
@@ -56,7 +60,9 @@ pub struct RecHeader {
 
 /// A message now queued for the receiver, at `offset` in its pool.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct MsgEvent {
     pub offset: u64,
     pub msg_size: u64,
@@ -93,7 +99,10 @@ impl FrameHeader for RecHeader {
 
 impl<'a, H: FrameHeader> Frames<'a, H> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Frames { buf, _h: std::marker::PhantomData }
+        Frames {
+            buf,
+            _h: std::marker::PhantomData,
+        }
     }
 }
 
@@ -141,8 +150,26 @@ mod tests {
     #[test]
     fn frames_roundtrip() {
         let mut out = Vec::new();
-        push_frame(&mut out, &ReqHeader { cmd: 1, flags: 0, req_id: 5, body_len: 3 }, &[b"abc"]);
-        push_frame(&mut out, &ReqHeader { cmd: 2, flags: 0, req_id: 6, body_len: 0 }, &[]);
+        push_frame(
+            &mut out,
+            &ReqHeader {
+                cmd: 1,
+                flags: 0,
+                req_id: 5,
+                body_len: 3,
+            },
+            &[b"abc"],
+        );
+        push_frame(
+            &mut out,
+            &ReqHeader {
+                cmd: 2,
+                flags: 0,
+                req_id: 6,
+                body_len: 0,
+            },
+            &[],
+        );
         let v: Vec<_> = Frames::<ReqHeader>::new(&out).collect();
         assert_eq!(v.len(), 2);
         let (h, b) = v[0].unwrap();
@@ -153,7 +180,16 @@ mod tests {
     #[test]
     fn truncated_frame() {
         let mut out = Vec::new();
-        push_frame(&mut out, &ReqHeader { cmd: 1, flags: 0, req_id: 5, body_len: 64 }, &[b"abc"]);
+        push_frame(
+            &mut out,
+            &ReqHeader {
+                cmd: 1,
+                flags: 0,
+                req_id: 5,
+                body_len: 64,
+            },
+            &[b"abc"],
+        );
         let v: Vec<_> = Frames::<ReqHeader>::new(&out).collect();
         assert_eq!(v, vec![Err(())]);
     }

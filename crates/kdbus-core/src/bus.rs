@@ -64,7 +64,12 @@ pub fn bus_parse_make(body: &[u8], uid: u32) -> Result<BusSpec, Errno> {
     let bloom = bloom.ok_or(Errno::EBADMSG)?;
     names::validate_uid_prefixed(name, uid)?;
     bus_validate_bloom(&bloom)?;
-    Ok(BusSpec { name: name.to_owned(), flags: cmd.flags, bloom, attach_flags_owner: attach })
+    Ok(BusSpec {
+        name: name.to_owned(),
+        flags: cmd.flags,
+        bloom,
+        attach_flags_owner: attach,
+    })
 }
 
 /// 8 ≤ size ≤ 4096, a multiple of 8, at least one hash function.

@@ -35,6 +35,9 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Now {
         let t = self.0.get();
-        Now { monotonic_ns: t, realtime_ns: t }
+        Now {
+            monotonic_ns: t,
+            realtime_ns: t,
+        }
     }
 }

@@ -5,12 +5,12 @@
 //! each queued message through an event record and claims it; the queue here stays the
 //! authority on what is pending (BYEBYE, REPLY_DEAD on disconnect, queue limits).
 
+use crate::domain::{BusKey, ConnKey};
 use crate::memory::PoolMemory;
 use crate::meta::Peer;
 use crate::pool::{PoolAllocator, PoolQuota};
 use crate::queue::RecvQueue;
 use crate::reply::{Tracker, TrackerKey};
-use crate::domain::{BusKey, ConnKey};
 use kdbus_abi::hello_flags;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;

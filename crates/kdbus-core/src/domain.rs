@@ -25,9 +25,8 @@ use crate::reply::{ReplyFailure, Tracker};
 use kdbus_abi::items::{ItemIter, ItemWriter};
 use kdbus_abi::wire::{self, MsgEvent, RecHeader};
 use kdbus_abi::{
-    attach, cmd, hello_flags, item, limits, list_flags, match_flags, read_cmd, recv_flags,
-    CmdFree, CmdGeneric, CmdHello, CmdInfo, CmdList, CmdMatch, CmdRecv, CmdSend,
-    Errno, Info, MsgInfo,
+    attach, cmd, hello_flags, item, limits, list_flags, match_flags, read_cmd, recv_flags, CmdFree,
+    CmdGeneric, CmdHello, CmdInfo, CmdList, CmdMatch, CmdRecv, CmdSend, Errno, Info, MsgInfo,
 };
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -149,7 +148,9 @@ impl Domain {
     /// The bus's owner went away: disconnect everyone on it. The broker finds the
     /// connections to hang up on in [`Domain::take_closed`].
     pub fn bus_destroy(&mut self, key: BusKey) {
-        let Some(bus) = self.buses.get(&key) else { return };
+        let Some(bus) = self.buses.get(&key) else {
+            return;
+        };
         let conns: Vec<ConnKey> = self
             .conns
             .values()
@@ -223,7 +224,10 @@ impl Domain {
                     let s = it
                         .payload
                         .get(8..)
-                        .map(|p| kdbus_abi::Item { type_: it.type_, payload: p })
+                        .map(|p| kdbus_abi::Item {
+                            type_: it.type_,
+                            payload: p,
+                        })
                         .ok_or(Errno::EINVAL)?
                         .as_str()?;
                     let wildcard = cmd.flags & hello_flags::POLICY_HOLDER != 0;
@@ -308,9 +312,15 @@ impl Domain {
     /// none) lands in the connection's output buffer. `fds` are the fds of the datagram
     /// not yet taken by earlier requests.
     pub fn conn_request(&mut self, key: ConnKey, req: &Request<'_>, fds: &mut Vec<OwnedFd>) {
-        let Some(conn) = self.conns.get(&key) else { return };
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
         let result = if !conn.is_active() {
-            Err(if req.cmd == cmd::BYEBYE { Errno::EALREADY } else { Errno::ECONNRESET })
+            Err(if req.cmd == cmd::BYEBYE {
+                Errno::EALREADY
+            } else {
+                Errno::ECONNRESET
+            })
         } else if !conn_may(conn, req.cmd) {
             Err(Errno::EOPNOTSUPP)
         } else {
@@ -345,13 +355,26 @@ impl Domain {
             Err(e) => (e.0, &[]),
         };
         if let Some(conn) = self.conns.get_mut(&key) {
-            conn_push_record(conn, &mut self.dirty, wire::REC_REPLY, 0, errno, req.req_id, body);
+            conn_push_record(
+                conn,
+                &mut self.dirty,
+                wire::REC_REPLY,
+                0,
+                errno,
+                req.req_id,
+                body,
+            );
         }
     }
 
     // ---------------------------------------------------------------- send
 
-    fn cmd_send(&mut self, src_key: ConnKey, r: &Request<'_>, fds: &mut Vec<OwnedFd>) -> Result<SendOutcome, Errno> {
+    fn cmd_send(
+        &mut self,
+        src_key: ConnKey,
+        r: &Request<'_>,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<SendOutcome, Errno> {
         let src = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?;
         let parsed = message_parse_send(r.body, fds.len(), src.id);
         let req = match parsed {
@@ -379,7 +402,11 @@ impl Domain {
         }
         if req.msg.dst_id == kdbus_abi::DST_ID_NAME {
             // Name lookup arrives with the name registry.
-            return Err(if req.dst_name.is_some() { Errno::ESRCH } else { Errno::EDESTADDRREQ });
+            return Err(if req.dst_name.is_some() {
+                Errno::ESRCH
+            } else {
+                Errno::EDESTADDRREQ
+            });
         }
         let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
         let dst_key = *bus.conns.get(&req.msg.dst_id).ok_or(Errno::ENXIO)?;
@@ -396,10 +423,15 @@ impl Domain {
 
         // A reply: the sender owes the destination an answer for this cookie.
         if let Some(cookie) = req.cookie_reply() {
-            let owed = self.conns.get(&src_key).and_then(|s| s.owed.get(&(dst_key, cookie)).copied());
+            let owed = self
+                .conns
+                .get(&src_key)
+                .and_then(|s| s.owed.get(&(dst_key, cookie)).copied());
             if let Some(tracker) = owed {
                 if let Some(sync_req) = tracker.sync_req {
-                    self.deliver_sync_reply(src_key, dst_key, cookie, tracker, sync_req, &req, &sender, my_fds)?;
+                    self.deliver_sync_reply(
+                        src_key, dst_key, cookie, tracker, sync_req, &req, &sender, my_fds,
+                    )?;
                 } else {
                     self.deliver(dst_key, &req, &sender, my_fds)?;
                     self.tracker_remove(src_key, dst_key, cookie);
@@ -426,7 +458,8 @@ impl Domain {
         let sync_req = req.is_sync().then_some(r.req_id);
         let deadline = req.msg.timeout_or_cookie_reply;
         if let Some(dst) = self.conns.get_mut(&dst_key) {
-            dst.owed.insert((src_key, cookie), Tracker { deadline, sync_req });
+            dst.owed
+                .insert((src_key, cookie), Tracker { deadline, sync_req });
         }
         if let Some(src) = self.conns.get_mut(&src_key) {
             src.awaited.insert((dst_key, cookie));
@@ -440,14 +473,23 @@ impl Domain {
     }
 
     /// Write a message into `dst`'s pool, queue it and announce it.
-    fn deliver(&mut self, dst_key: ConnKey, req: &SendRequest<'_>, sender: &SenderMeta, fds: Vec<OwnedFd>) -> Result<(), Errno> {
+    fn deliver(
+        &mut self,
+        dst_key: ConnKey,
+        req: &SendRequest<'_>,
+        sender: &SenderMeta,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), Errno> {
         let now = self.clock.now();
         let seq = self.seq + 1;
         let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
         let mask = dst.attach_recv & sender.attach_send;
         let data_off = message_layout(&mut self.scratch, req, sender.id, mask, sender, now, seq);
         let total = data_off + req.payload_len;
-        let offset = dst.pool.alloc_for_delivery(total).map_err(|e| Errno(e.errno()))?;
+        let offset = dst
+            .pool
+            .alloc_for_delivery(total)
+            .map_err(|e| Errno(e.errno()))?;
         let n_fds = fds.len() as u32;
         if let Err(e) = dst.quota.charge(&dst.pool, sender.creds.uid, total, n_fds) {
             let _ = dst.pool.free(offset);
@@ -516,19 +558,41 @@ impl Domain {
             flags: kdbus_abi::send_flags::SYNC_REPLY,
             return_flags: 0,
             msg_address: 0,
-            reply: MsgInfo { offset, msg_size: total, return_flags: 0 },
+            reply: MsgInfo {
+                offset,
+                msg_size: total,
+                return_flags: 0,
+            },
         };
         let dst = self.conns.get_mut(&requester).ok_or(Errno::ENXIO)?;
         let n = fds.len() as u16;
         dst.out_fds.extend(fds);
-        conn_push_record(dst, &mut self.dirty, wire::REC_REPLY, n, 0, sync_req, wb.as_bytes());
+        conn_push_record(
+            dst,
+            &mut self.dirty,
+            wire::REC_REPLY,
+            n,
+            0,
+            sync_req,
+            wb.as_bytes(),
+        );
         Ok(())
     }
 
     /// Forget the tracker "replier owes requester an answer to cookie".
-    fn tracker_remove(&mut self, replier: ConnKey, requester: ConnKey, cookie: u64) -> Option<Tracker> {
-        let t = self.conns.get_mut(&replier)?.owed.remove(&(requester, cookie))?;
-        self.deadlines.remove(&(t.deadline, replier, requester, cookie));
+    fn tracker_remove(
+        &mut self,
+        replier: ConnKey,
+        requester: ConnKey,
+        cookie: u64,
+    ) -> Option<Tracker> {
+        let t = self
+            .conns
+            .get_mut(&replier)?
+            .owed
+            .remove(&(requester, cookie))?;
+        self.deadlines
+            .remove(&(t.deadline, replier, requester, cookie));
         if let Some(r) = self.conns.get_mut(&requester) {
             r.awaited.remove(&(replier, cookie));
         }
@@ -538,7 +602,9 @@ impl Domain {
     /// A tracker ended without reply: wake a synchronous requester with an errno, or
     /// send an asynchronous one REPLY_TIMEOUT / REPLY_DEAD.
     fn tracker_fail(&mut self, requester: ConnKey, cookie: u64, t: Tracker, why: ReplyFailure) {
-        let Some(conn) = self.conns.get_mut(&requester) else { return };
+        let Some(conn) = self.conns.get_mut(&requester) else {
+            return;
+        };
         if !conn.is_active() {
             return;
         }
@@ -547,7 +613,15 @@ impl Domain {
                 ReplyFailure::Timeout => Errno::ETIMEDOUT,
                 ReplyFailure::Dead => Errno::EPIPE,
             };
-            conn_push_record(conn, &mut self.dirty, wire::REC_REPLY, 0, e.0, sync_req, &[]);
+            conn_push_record(
+                conn,
+                &mut self.dirty,
+                wire::REC_REPLY,
+                0,
+                e.0,
+                sync_req,
+                &[],
+            );
             return;
         }
         let item_type = match why {
@@ -561,8 +635,18 @@ impl Domain {
     fn deliver_kernel(&mut self, dst_key: ConnKey, cookie_reply: u64, item_type: u64) {
         let now = self.clock.now();
         let seq = self.seq + 1;
-        let Some(dst) = self.conns.get_mut(&dst_key) else { return };
-        let size = message_layout_kernel(&mut self.scratch, dst.id, cookie_reply, item_type, dst.attach_recv, now, seq);
+        let Some(dst) = self.conns.get_mut(&dst_key) else {
+            return;
+        };
+        let size = message_layout_kernel(
+            &mut self.scratch,
+            dst.id,
+            cookie_reply,
+            item_type,
+            dst.attach_recv,
+            now,
+            seq,
+        );
         let Ok(offset) = dst.pool.alloc_for_delivery(size) else {
             dst.dropped_msgs += 1;
             return;
@@ -574,7 +658,15 @@ impl Domain {
         }
         dst.mem.write(offset, &self.scratch);
         self.seq = seq;
-        let q = Queued { offset, size, src: None, cookie: 0, expect_reply: false, user: KERNEL_USER, fds: 0 };
+        let q = Queued {
+            offset,
+            size,
+            src: None,
+            cookie: 0,
+            expect_reply: false,
+            user: KERNEL_USER,
+            fds: 0,
+        };
         conn_enqueue(dst, &mut self.dirty, seq, 0, q, Vec::new());
     }
 
@@ -620,15 +712,26 @@ impl Domain {
         } else if conn.queue.is_empty() {
             return Err(Errno::EAGAIN);
         } else if prio {
-            conn.queue.peek_priority(cmd.priority).ok_or(Errno::EAGAIN)?.0
+            conn.queue
+                .peek_priority(cmd.priority)
+                .ok_or(Errno::EAGAIN)?
+                .0
         } else {
             conn.queue.peek().ok_or(Errno::EAGAIN)?.0
         };
         let q = *conn.queue.get(seq).ok_or(Errno::ENXIO)?;
         let mut wb = cmd;
-        wb.msg = MsgInfo { offset: q.offset, msg_size: q.size, return_flags: 0 };
+        wb.msg = MsgInfo {
+            offset: q.offset,
+            msg_size: q.size,
+            return_flags: 0,
+        };
         wb.dropped_msgs = conn.dropped_msgs;
-        wb.return_flags = if conn.dropped_msgs > 0 { recv_flags::RETURN_DROPPED_MSGS } else { 0 };
+        wb.return_flags = if conn.dropped_msgs > 0 {
+            recv_flags::RETURN_DROPPED_MSGS
+        } else {
+            0
+        };
         if peek {
             return Ok(wb);
         }
@@ -654,7 +757,9 @@ impl Domain {
             return Err(Errno::EINVAL);
         }
         let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
-        conn.pool.free_public(cmd.offset).map_err(|e| Errno(e.errno()))?;
+        conn.pool
+            .free_public(cmd.offset)
+            .map_err(|e| Errno(e.errno()))?;
         Ok(cmd)
     }
 
@@ -676,7 +781,9 @@ impl Domain {
     /// Take a connection off the bus: fail what it owed, forget what it waited for,
     /// drop its queue. Its pool stays readable until the broker releases it.
     fn conn_disconnect(&mut self, key: ConnKey) {
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         if !conn.is_active() {
             return;
         }
@@ -733,7 +840,13 @@ impl Domain {
                 let it = it?;
                 if it.type_ == item::NAME {
                     let s = it.payload.get(8..).ok_or(Errno::EINVAL)?;
-                    name = Some(kdbus_abi::Item { type_: item::NAME, payload: s }.as_str()?);
+                    name = Some(
+                        kdbus_abi::Item {
+                            type_: item::NAME,
+                            payload: s,
+                        }
+                        .as_str()?,
+                    );
                 }
             }
             let name = name.ok_or(Errno::EINVAL)?;
@@ -786,11 +899,25 @@ impl Domain {
     }
 
     /// Write `kdbus_info` + metadata into the caller's pool as a published slice.
-    fn write_info(&mut self, key: ConnKey, id: u64, flags: u64, mask: u64, meta: &SenderMeta) -> Result<(u64, u64), Errno> {
+    fn write_info(
+        &mut self,
+        key: ConnKey,
+        id: u64,
+        flags: u64,
+        mask: u64,
+        meta: &SenderMeta,
+    ) -> Result<(u64, u64), Errno> {
         let now = self.clock.now();
         let size = std::mem::size_of::<Info>() + meta_len(mask & !attach::TIMESTAMP, meta);
         self.scratch.clear();
-        self.scratch.extend_from_slice(Info { size: size as u64, id, flags }.as_bytes());
+        self.scratch.extend_from_slice(
+            Info {
+                size: size as u64,
+                id,
+                flags,
+            }
+            .as_bytes(),
+        );
         meta_write(&mut self.scratch, mask & !attach::TIMESTAMP, meta, now, 0);
         let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
         conn_write_owner_slice(conn, &self.scratch)
@@ -833,9 +960,18 @@ impl Domain {
         self.scratch.clear();
         if cmd.flags & list_flags::UNIQUE != 0 {
             for ck in bus.conns.values() {
-                let Some(c) = self.conns.get(ck).filter(|c| c.is_ordinary()) else { continue };
-                let desc_len = c.description.as_ref().map_or(0, |d| kdbus_abi::items::item_space(d.len() + 1));
-                let info = Info { size: (24 + desc_len) as u64, id: c.id, flags: c.flags };
+                let Some(c) = self.conns.get(ck).filter(|c| c.is_ordinary()) else {
+                    continue;
+                };
+                let desc_len = c
+                    .description
+                    .as_ref()
+                    .map_or(0, |d| kdbus_abi::items::item_space(d.len() + 1));
+                let info = Info {
+                    size: (24 + desc_len) as u64,
+                    id: c.id,
+                    flags: c.flags,
+                };
                 self.scratch.extend_from_slice(info.as_bytes());
                 if let Some(d) = &c.description {
                     ItemWriter::new(&mut self.scratch).push_str(item::CONN_DESCRIPTION, d);
@@ -866,7 +1002,10 @@ impl Domain {
         if conn.matches.len() >= limits::MATCH_MAX {
             return Err(Errno::EMFILE);
         }
-        conn.matches.push(MatchEntry { cookie: cmd.cookie, rules: rules.to_vec() });
+        conn.matches.push(MatchEntry {
+            cookie: cmd.cookie,
+            rules: rules.to_vec(),
+        });
         Ok(cmd)
     }
 
@@ -931,7 +1070,10 @@ fn conn_may(conn: &Conn, c: u32) -> bool {
         return true;
     }
     if f & hello_flags::MONITOR != 0 {
-        return matches!(c, cmd::RECV | cmd::FREE | cmd::MATCH_ADD | cmd::MATCH_REMOVE | cmd::UPDATE);
+        return matches!(
+            c,
+            cmd::RECV | cmd::FREE | cmd::MATCH_ADD | cmd::MATCH_REMOVE | cmd::UPDATE
+        );
     }
     if f & hello_flags::POLICY_HOLDER != 0 {
         return c == cmd::UPDATE;
@@ -971,8 +1113,22 @@ fn send_writeback(cmd: &CmdSend, reply: Option<MsgInfo>) -> CmdSend {
     wb
 }
 
-fn conn_push_record(conn: &mut Conn, dirty: &mut Vec<ConnKey>, kind: u16, n_fds: u16, error: i32, req_id: u64, body: &[u8]) {
-    let h = RecHeader { kind, n_fds, error, req_id, body_len: body.len() as u64 };
+fn conn_push_record(
+    conn: &mut Conn,
+    dirty: &mut Vec<ConnKey>,
+    kind: u16,
+    n_fds: u16,
+    error: i32,
+    req_id: u64,
+    body: &[u8],
+) {
+    let h = RecHeader {
+        kind,
+        n_fds,
+        error,
+        req_id,
+        body_len: body.len() as u64,
+    };
     wire::push_frame(&mut conn.out, &h, &[body]);
     if !conn.dirty {
         conn.dirty = true;
@@ -980,10 +1136,23 @@ fn conn_push_record(conn: &mut Conn, dirty: &mut Vec<ConnKey>, kind: u16, n_fds:
     }
 }
 
-fn conn_enqueue(conn: &mut Conn, dirty: &mut Vec<ConnKey>, seq: u64, priority: i64, q: Queued, fds: Vec<OwnedFd>) {
+fn conn_enqueue(
+    conn: &mut Conn,
+    dirty: &mut Vec<ConnKey>,
+    seq: u64,
+    priority: i64,
+    q: Queued,
+    fds: Vec<OwnedFd>,
+) {
     conn.queue.push(seq, priority, q);
     conn.queued_at.insert(q.offset, seq);
-    let ev = MsgEvent { offset: q.offset, msg_size: q.size, priority, seq, dropped_msgs: conn.dropped_msgs };
+    let ev = MsgEvent {
+        offset: q.offset,
+        msg_size: q.size,
+        priority,
+        seq,
+        dropped_msgs: conn.dropped_msgs,
+    };
     let n = fds.len() as u16;
     conn.out_fds.extend(fds);
     conn_push_record(conn, dirty, wire::REC_MSG, n, 0, 0, ev.as_bytes());
@@ -998,4 +1167,3 @@ fn conn_write_owner_slice(conn: &mut Conn, data: &[u8]) -> Result<(u64, u64), Er
     conn.mem.write(offset, data);
     Ok((offset, len))
 }
-

@@ -23,8 +23,12 @@ impl VecPool {
 
 impl PoolMemory for VecPool {
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let Ok(start) = usize::try_from(offset) else { return };
-        let Some(dst) = self.0.get_mut(start..) else { return };
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        let Some(dst) = self.0.get_mut(start..) else {
+            return;
+        };
         let n = data.len().min(dst.len());
         dst[..n].copy_from_slice(&data[..n]);
     }
@@ -33,6 +37,8 @@ impl PoolMemory for VecPool {
     }
     fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
         let start = usize::try_from(offset).ok()?;
-        self.0.get(start..start.checked_add(len)?).map(|s| s.to_vec())
+        self.0
+            .get(start..start.checked_add(len)?)
+            .map(|s| s.to_vec())
     }
 }

@@ -16,8 +16,8 @@ use crate::clock::Now;
 use crate::meta::{Creds, Peer};
 use kdbus_abi::items::{item_space, ItemIter, ItemWriter};
 use kdbus_abi::{
-    align8, attach, item, limits, msg_flags, payload, read_struct, send_flags, CmdSend, Errno,
-    Msg, Pids, Timestamp, Vec_,
+    align8, attach, item, limits, msg_flags, payload, read_struct, send_flags, CmdSend, Errno, Msg,
+    Pids, Timestamp, Vec_,
 };
 use std::sync::Arc;
 use zerocopy::IntoBytes;
@@ -61,7 +61,11 @@ impl SendRequest<'_> {
 }
 
 /// Validate a SEND request; `fds` is how many fds came with it.
-pub fn message_parse_send(body: &[u8], fds: usize, sender_id: u64) -> Result<SendRequest<'_>, Errno> {
+pub fn message_parse_send(
+    body: &[u8],
+    fds: usize,
+    sender_id: u64,
+) -> Result<SendRequest<'_>, Errno> {
     let (cmd, size) = kdbus_abi::read_cmd::<CmdSend>(body)?;
     if cmd.flags & !send_flags::ALL != 0 {
         return Err(Errno::EINVAL);
@@ -116,7 +120,10 @@ pub fn message_parse_send(body: &[u8], fds: usize, sender_id: u64) -> Result<Sen
                     return Err(Errno::EMSGSIZE);
                 }
                 if v.address_or_offset != 0 {
-                    let end = v.address_or_offset.checked_add(v.size).ok_or(Errno::EFAULT)?;
+                    let end = v
+                        .address_or_offset
+                        .checked_add(v.size)
+                        .ok_or(Errno::EFAULT)?;
                     if end > body.len() as u64 {
                         return Err(Errno::EFAULT);
                     }
@@ -221,7 +228,10 @@ pub fn meta_len(mask: u64, m: &SenderMeta) -> usize {
         n += m.peer.cmdline.as_ref().map_or(0, |s| item_space(s.len()));
     }
     if mask & attach::CONN_DESCRIPTION != 0 {
-        n += m.description.as_ref().map_or(0, |s| item_space(s.len() + 1));
+        n += m
+            .description
+            .as_ref()
+            .map_or(0, |s| item_space(s.len() + 1));
     }
     n
 }
@@ -230,16 +240,33 @@ pub fn meta_len(mask: u64, m: &SenderMeta) -> usize {
 pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u64) {
     let mut w = ItemWriter::new(out);
     if mask & attach::TIMESTAMP != 0 {
-        let ts = Timestamp { seqnum: seq, monotonic_ns: now.monotonic_ns, realtime_ns: now.realtime_ns };
+        let ts = Timestamp {
+            seqnum: seq,
+            monotonic_ns: now.monotonic_ns,
+            realtime_ns: now.realtime_ns,
+        };
         w.push(item::TIMESTAMP, ts.as_bytes());
     }
     if mask & attach::CREDS != 0 {
         let (u, g) = (m.creds.uid as u64, m.creds.gid as u64);
-        let c = kdbus_abi::Creds { uid: u, euid: u, suid: u, fsuid: u, gid: g, egid: g, sgid: g, fsgid: g };
+        let c = kdbus_abi::Creds {
+            uid: u,
+            euid: u,
+            suid: u,
+            fsuid: u,
+            gid: g,
+            egid: g,
+            sgid: g,
+            fsgid: g,
+        };
         w.push(item::CREDS, c.as_bytes());
     }
     if mask & attach::PIDS != 0 {
-        let p = Pids { pid: m.creds.pid as u64, tid: m.creds.pid as u64, ppid: 0 };
+        let p = Pids {
+            pid: m.creds.pid as u64,
+            tid: m.creds.pid as u64,
+            ppid: 0,
+        };
         w.push(item::PIDS, p.as_bytes());
     }
     if mask & attach::PID_COMM != 0 {
@@ -266,7 +293,15 @@ pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u
 
 /// Lay out a received message in `out` (header and items only) and return the slice size
 /// including payload. `meta_mask` selects metadata, `seq` is the message's number.
-pub fn message_layout(out: &mut Vec<u8>, req: &SendRequest<'_>, src_id: u64, meta_mask: u64, m: &SenderMeta, now: Now, seq: u64) -> u64 {
+pub fn message_layout(
+    out: &mut Vec<u8>,
+    req: &SendRequest<'_>,
+    src_id: u64,
+    meta_mask: u64,
+    m: &SenderMeta,
+    now: Now,
+    seq: u64,
+) -> u64 {
     out.clear();
     let header_len = MSG_HEADER_SIZE + req.out_items_len + meta_len(meta_mask, m);
     let mut hdr = req.msg;
@@ -286,7 +321,14 @@ pub fn message_layout(out: &mut Vec<u8>, req: &SendRequest<'_>, src_id: u64, met
                     data_off += align8(v.size);
                     o
                 };
-                w.push(item::PAYLOAD_OFF, Vec_ { size: v.size, address_or_offset: off }.as_bytes());
+                w.push(
+                    item::PAYLOAD_OFF,
+                    Vec_ {
+                        size: v.size,
+                        address_or_offset: off,
+                    }
+                    .as_bytes(),
+                );
             }
             item::FDS => {
                 // Numbers are only meaningful in the receiver; it gets the fds with the
@@ -303,19 +345,31 @@ pub fn message_layout(out: &mut Vec<u8>, req: &SendRequest<'_>, src_id: u64, met
 
 /// Iterate over the payload vectors of a request: `(size, data)` for non-NULL vectors.
 pub fn message_payload<'a>(req: &'a SendRequest<'a>) -> impl Iterator<Item = &'a [u8]> + 'a {
-    ItemIter::new(req.items).flatten().filter(|it| it.type_ == item::PAYLOAD_VEC).filter_map(|it| {
-        let v: Vec_ = read_struct(it.payload)?;
-        if v.address_or_offset == 0 {
-            return None;
-        }
-        let start = usize::try_from(v.address_or_offset).ok()?;
-        req.body.get(start..start.checked_add(usize::try_from(v.size).ok()?)?)
-    })
+    ItemIter::new(req.items)
+        .flatten()
+        .filter(|it| it.type_ == item::PAYLOAD_VEC)
+        .filter_map(|it| {
+            let v: Vec_ = read_struct(it.payload)?;
+            if v.address_or_offset == 0 {
+                return None;
+            }
+            let start = usize::try_from(v.address_or_offset).ok()?;
+            req.body
+                .get(start..start.checked_add(usize::try_from(v.size).ok()?)?)
+        })
 }
 
 /// Lay out a message generated by the bus (REPLY_TIMEOUT, REPLY_DEAD): one header-only
 /// item of `item_type`, plus a timestamp if the receiver wants one.
-pub fn message_layout_kernel(out: &mut Vec<u8>, dst_id: u64, cookie_reply: u64, item_type: u64, attach_recv: u64, now: Now, seq: u64) -> u64 {
+pub fn message_layout_kernel(
+    out: &mut Vec<u8>,
+    dst_id: u64,
+    cookie_reply: u64,
+    item_type: u64,
+    attach_recv: u64,
+    now: Now,
+    seq: u64,
+) -> u64 {
     out.clear();
     let ts = attach_recv & attach::TIMESTAMP != 0;
     let size = MSG_HEADER_SIZE + 16 + if ts { item_space(24) } else { 0 };
@@ -330,9 +384,19 @@ pub fn message_layout_kernel(out: &mut Vec<u8>, dst_id: u64, cookie_reply: u64, 
         timeout_or_cookie_reply: cookie_reply,
     };
     out.extend_from_slice(hdr.as_bytes());
-    out.extend_from_slice(kdbus_abi::ItemHeader { size: 16, type_: item_type }.as_bytes());
+    out.extend_from_slice(
+        kdbus_abi::ItemHeader {
+            size: 16,
+            type_: item_type,
+        }
+        .as_bytes(),
+    );
     if ts {
-        let ts = Timestamp { seqnum: seq, monotonic_ns: now.monotonic_ns, realtime_ns: now.realtime_ns };
+        let ts = Timestamp {
+            seqnum: seq,
+            monotonic_ns: now.monotonic_ns,
+            realtime_ns: now.realtime_ns,
+        };
         ItemWriter::new(out).push(item::TIMESTAMP, ts.as_bytes());
     }
     size as u64

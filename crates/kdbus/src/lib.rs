@@ -1,0 +1,60 @@
+//! Client library for kdbus buses served by `kdbusd`.
+//!
+//! A [`Connection`] is one `SOCK_SEQPACKET` socket to a bus endpoint plus a read-only
+//! mapping of the receive pool the broker writes into. Commands are request datagrams
+//! answered by reply records; messages arrive as event records naming a pool slice.
+//!
+//! Receiving never waits for the broker: the library keeps the announced messages in a
+//! local queue, hands one out on [`Connection::recv`], and tells the broker it took it
+//! ("claim") and later that its slice is free, both without waiting for an answer and
+//! batched into the next datagram it writes anyway. That is what keeps a delivered
+//! message at one read syscall on the receiving side.
+//!
+//! A `Connection` may be shared between threads: one thread at a time reads the
+//! socket and files what it reads (replies by request id, messages in the queue) for
+//! whoever waits for it.
+
+mod conn;
+mod control;
+mod error;
+mod message;
+mod sys;
+
+pub use conn::{ConnInfo, Connection, HelloOptions, Received};
+pub use control::{BusOwner, Control};
+pub use error::{Error, Result};
+pub use kdbus_abi as abi;
+pub use kdbus_abi::Errno;
+pub use message::Message;
+
+/// Default pool size, as sd-bus and the kdbus selftests use.
+pub const DEFAULT_POOL_SIZE: u64 = 16 * 1024 * 1024;
+
+/// CLOCK_MONOTONIC now, in ns (reply deadlines are absolute on this clock).
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The runtime directory kdbusd uses by default (see kdbusd's documentation).
+pub fn default_runtime_dir() -> std::path::PathBuf {
+    let uid = rustix::process::getuid().as_raw();
+    if uid == 0 {
+        return "/run/kdbus".into();
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => std::path::Path::new(&d).join("kdbus"),
+        _ => format!("/tmp/kdbus-{uid}").into(),
+    }
+}
+
+/// The default bus endpoint: `<runtime>/<uid>-user/bus`, or `$KDBUS_BUS` if set.
+pub fn default_bus_path() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("KDBUS_BUS") {
+        return p.into();
+    }
+    let uid = rustix::process::getuid().as_raw();
+    default_runtime_dir()
+        .join(format!("{uid}-user"))
+        .join("bus")
+}

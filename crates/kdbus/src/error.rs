@@ -1,0 +1,41 @@
+//! Errors of the client library.
+
+use kdbus_abi::Errno;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bus refused the command; the errno says why (kdbus's contract).
+    #[error("kdbus: {0}")]
+    Bus(Errno),
+    /// The socket failed.
+    #[error("kdbus transport: {0}")]
+    Io(#[from] std::io::Error),
+    /// The broker sent something we cannot make sense of.
+    #[error("kdbus protocol: {0}")]
+    Protocol(&'static str),
+}
+
+impl Error {
+    /// The errno of this error, whatever its kind.
+    pub fn errno(&self) -> Errno {
+        match self {
+            Error::Bus(e) => *e,
+            Error::Io(e) => Errno(e.raw_os_error().unwrap_or(libc::EIO)),
+            Error::Protocol(_) => Errno::EPROTO,
+        }
+    }
+}
+
+impl From<Errno> for Error {
+    fn from(e: Errno) -> Self {
+        Error::Bus(e)
+    }
+}
+
+impl From<rustix::io::Errno> for Error {
+    fn from(e: rustix::io::Errno) -> Self {
+        Error::Io(e.into())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

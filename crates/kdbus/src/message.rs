@@ -1,0 +1,161 @@
+//! Building messages to send.
+
+use kdbus_abi::{item, msg_flags, payload, CmdSend, ItemWriter, Msg, Vec_};
+use std::os::fd::BorrowedFd;
+use zerocopy::IntoBytes;
+
+/// A message to send; build with [`Message::to`] and the setters.
+#[derive(Clone, Debug)]
+pub struct Message<'a> {
+    pub dst_id: u64,
+    pub dst_name: Option<&'a str>,
+    pub flags: u64,
+    pub priority: i64,
+    pub cookie: u64,
+    /// Absolute CLOCK_MONOTONIC deadline (with EXPECT_REPLY).
+    pub timeout_ns: u64,
+    pub cookie_reply: u64,
+    pub payload_type: u64,
+    pub payload: Vec<&'a [u8]>,
+    pub fds: Vec<BorrowedFd<'a>>,
+}
+
+impl<'a> Message<'a> {
+    /// A message to unique id `dst_id`.
+    pub fn to(dst_id: u64) -> Self {
+        Message {
+            dst_id,
+            dst_name: None,
+            flags: 0,
+            priority: 0,
+            cookie: 0,
+            timeout_ns: 0,
+            cookie_reply: 0,
+            payload_type: payload::DBUS,
+            payload: Vec::new(),
+            fds: Vec::new(),
+        }
+    }
+
+    /// A message to a well-known name.
+    pub fn to_name(name: &'a str) -> Self {
+        let mut m = Message::to(kdbus_abi::DST_ID_NAME);
+        m.dst_name = Some(name);
+        m
+    }
+
+    pub fn cookie(mut self, cookie: u64) -> Self {
+        self.cookie = cookie;
+        self
+    }
+
+    pub fn priority(mut self, p: i64) -> Self {
+        self.priority = p;
+        self
+    }
+
+    /// Ask for a reply before `deadline_ns` (absolute CLOCK_MONOTONIC).
+    pub fn expect_reply(mut self, deadline_ns: u64) -> Self {
+        self.flags |= msg_flags::EXPECT_REPLY;
+        self.timeout_ns = deadline_ns;
+        self
+    }
+
+    /// Mark this as the reply to `cookie`.
+    pub fn reply_to(mut self, cookie: u64) -> Self {
+        self.cookie_reply = cookie;
+        self
+    }
+
+    pub fn flags(mut self, flags: u64) -> Self {
+        self.flags |= flags;
+        self
+    }
+
+    /// Append a payload vector (copied into the receiver's pool).
+    pub fn payload(mut self, data: &'a [u8]) -> Self {
+        self.payload.push(data);
+        self
+    }
+
+    pub fn fd(mut self, fd: BorrowedFd<'a>) -> Self {
+        self.fds.push(fd);
+        self
+    }
+
+    pub fn payload_type(mut self, t: u64) -> Self {
+        self.payload_type = t;
+        self
+    }
+
+    /// Encode a SEND request body: `kdbus_cmd_send`, the message, then payload bytes
+    /// that the vectors address by offset (see `kdbus_abi::wire`).
+    pub(crate) fn encode_send(&self, send_flags: u64, out: &mut Vec<u8>) {
+        out.clear();
+        let cmd_size = std::mem::size_of::<CmdSend>();
+        let cmd = CmdSend {
+            size: cmd_size as u64,
+            flags: send_flags,
+            return_flags: 0,
+            msg_address: cmd_size as u64,
+            reply: Default::default(),
+        };
+        out.extend_from_slice(cmd.as_bytes());
+        let msg_start = out.len();
+        let header = Msg {
+            size: 0,
+            flags: self.flags,
+            priority: self.priority,
+            dst_id: self.dst_id,
+            src_id: 0,
+            payload_type: self.payload_type,
+            cookie: self.cookie,
+            timeout_or_cookie_reply: if self.flags & msg_flags::EXPECT_REPLY != 0 {
+                self.timeout_ns
+            } else {
+                self.cookie_reply
+            },
+        };
+        out.extend_from_slice(header.as_bytes());
+        // Vectors point behind the message; compute where each one will land.
+        let items_len: usize = self.payload.len() * 32
+            + if self.fds.is_empty() {
+                0
+            } else {
+                kdbus_abi::items::item_space(4 * self.fds.len())
+            }
+            + self
+                .dst_name
+                .map_or(0, |n| kdbus_abi::items::item_space(n.len() + 1));
+        let mut data_at = kdbus_abi::align8_usize(out.len() + items_len) as u64;
+        {
+            let mut w = ItemWriter::new(out);
+            if let Some(n) = self.dst_name {
+                w.push_str(item::DST_NAME, n);
+            }
+            for p in &self.payload {
+                let v = Vec_ {
+                    size: p.len() as u64,
+                    address_or_offset: data_at,
+                };
+                w.push(item::PAYLOAD_VEC, v.as_bytes());
+                data_at += kdbus_abi::align8(p.len() as u64);
+            }
+            if !self.fds.is_empty() {
+                let raw: Vec<u8> = self
+                    .fds
+                    .iter()
+                    .flat_map(|f| std::os::fd::AsRawFd::as_raw_fd(f).to_ne_bytes())
+                    .collect();
+                w.push(item::FDS, &raw);
+            }
+        }
+        let msg_size = (out.len() - msg_start) as u64;
+        out[msg_start..msg_start + 8].copy_from_slice(&msg_size.to_ne_bytes());
+        for p in &self.payload {
+            out.extend_from_slice(p);
+            let padded = kdbus_abi::align8_usize(out.len());
+            out.resize(padded, 0);
+        }
+    }
+}

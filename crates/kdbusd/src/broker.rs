@@ -1,0 +1,769 @@
+//! The broker: one epoll loop, one thread, every client a socket.
+//!
+//! Sockets play kdbus's device nodes: `control` makes buses, `<bus>/bus` is a bus's
+//! default endpoint. Each accepted socket is a *handle* that, like a kdbus file
+//! descriptor, is transformed once: a control handle into a bus owner, an endpoint
+//! handle into a connection (HELLO). All bus semantics are `kdbus_core::Domain`'s; this
+//! file moves bytes, fds and credentials between sockets and the domain.
+//!
+//! The loop never blocks on a client: sockets are non-blocking, what a client does not
+//! read in time waits in a bounded per-handle backlog, and a client that lets the
+//! backlog overflow is disconnected. Output is flushed once per iteration, so every
+//! record a connection got during one wakeup travels in one datagram.
+
+use crate::peer::{peer_from_creds, peer_from_socket};
+use crate::sys::{shutdown_signalfd, MappedPool};
+use kdbus_abi::wire::{self, Frames, RecHeader, ReqHeader};
+use kdbus_abi::{cmd, BloomParameter, Errno};
+use kdbus_core::bus::bus_access_mode;
+use kdbus_core::domain::Request;
+use kdbus_core::{BusKey, Clock, ConnKey, Creds, Domain, Now, Peer, PoolMemory};
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::io::Errno as SysErrno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+use std::collections::{HashMap, VecDeque};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use zerocopy::IntoBytes;
+
+/// Largest datagram the broker writes; records beyond it go in the next one.
+const MAX_OUT_DATAGRAM: usize = 64 * 1024;
+/// Output a client may leave unread before we give up on it.
+const MAX_BACKLOG: usize = 8 * 1024 * 1024;
+/// Datagrams read from one socket per wakeup, so that one busy client cannot starve
+/// the others.
+const READ_BUDGET: usize = 64;
+/// Most fds in one datagram (the kernel's SCM_MAX_FD).
+const MAX_FDS_PER_DATAGRAM: usize = 253;
+const TOKEN_SIGNAL: u64 = 0;
+const TOKEN_CONTROL: u64 = 1;
+
+/// Broker configuration, from the command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub runtime_dir: PathBuf,
+    /// Buses that live as long as the broker (full names, `<uid>-` included).
+    pub buses: Vec<String>,
+}
+
+/// The system clock, read once per loop iteration and whenever the domain asks.
+struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Now {
+        let mono = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let real = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+        let ns = |t: rustix::time::Timespec| t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64;
+        Now {
+            monotonic_ns: ns(mono),
+            realtime_ns: ns(real),
+        }
+    }
+}
+
+enum Role {
+    /// Connected to `control`, nothing made yet.
+    Control,
+    /// Made this bus; the bus lives as long as the handle.
+    BusOwner(BusKey),
+    /// Connected to a bus endpoint, no HELLO yet.
+    Endpoint(BusKey),
+    Conn(ConnKey),
+}
+
+struct Handle {
+    fd: OwnedFd,
+    peer: Peer,
+    role: Role,
+    /// Datagrams the client has not taken yet (its socket buffer was full).
+    backlog: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    backlog_bytes: usize,
+}
+
+enum Listener {
+    Control,
+    Bus(BusKey),
+}
+
+struct BusSockets {
+    dir: PathBuf,
+    listener_token: u64,
+}
+
+pub struct Broker {
+    cfg: Config,
+    domain: Domain,
+    epoll: OwnedFd,
+    /// Registered in `epoll`; kept here so it stays open.
+    _signal: OwnedFd,
+    listeners: HashMap<u64, (OwnedFd, Listener)>,
+    handles: HashMap<u64, Handle>,
+    conn_token: HashMap<ConnKey, u64>,
+    bus_sockets: HashMap<BusKey, BusSockets>,
+    next_token: u64,
+    rbuf: Vec<u8>,
+    dirty: Vec<ConnKey>,
+    me: Peer,
+}
+
+/// What `Broker::new` created, for the ready line.
+pub struct Ready {
+    pub control: PathBuf,
+    pub buses: Vec<PathBuf>,
+}
+
+impl Broker {
+    pub fn new(cfg: Config) -> std::io::Result<(Broker, Ready)> {
+        let signal = shutdown_signalfd()?;
+        crate::sys::ignore_sigpipe();
+        std::fs::create_dir_all(&cfg.runtime_dir)?;
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(
+            &epoll,
+            &signal,
+            EventData::new_u64(TOKEN_SIGNAL),
+            EventFlags::IN,
+        )?;
+        let me_creds = Creds {
+            pid: std::process::id(),
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+        };
+        let me = peer_from_creds(me_creds);
+        let mut b = Broker {
+            cfg: cfg.clone(),
+            domain: Domain::new(Box::new(SystemClock)),
+            epoll,
+            _signal: signal,
+            listeners: HashMap::new(),
+            handles: HashMap::new(),
+            conn_token: HashMap::new(),
+            bus_sockets: HashMap::new(),
+            next_token: 16,
+            rbuf: vec![0; wire::MAX_REQUEST_DATAGRAM],
+            dirty: Vec::new(),
+            me,
+        };
+        let control = cfg.runtime_dir.join("control");
+        let lfd = listen_unix(&control, 0o666)?;
+        epoll::add(
+            &b.epoll,
+            &lfd,
+            EventData::new_u64(TOKEN_CONTROL),
+            EventFlags::IN,
+        )?;
+        b.listeners.insert(TOKEN_CONTROL, (lfd, Listener::Control));
+        let mut buses = Vec::new();
+        for name in &cfg.buses {
+            let key = b.make_static_bus(name)?;
+            buses.push(b.bus_sockets[&key].dir.join("bus"));
+        }
+        Ok((b, Ready { control, buses }))
+    }
+
+    /// A bus owned by the broker itself (the default bus, `--bus`).
+    fn make_static_bus(&mut self, name: &str) -> std::io::Result<BusKey> {
+        let mut body = Vec::new();
+        kdbus_abi_builders::bus_make(
+            &mut body,
+            name,
+            0,
+            BloomParameter {
+                size: 64,
+                n_hash: 8,
+            },
+        );
+        let me = self.me.clone();
+        let key = self
+            .domain
+            .bus_make(&me, &body, random_id128())
+            .map_err(|e| std::io::Error::other(format!("bus {name}: {e}")))?;
+        self.bus_open_sockets(key)?;
+        Ok(key)
+    }
+
+    fn bus_open_sockets(&mut self, key: BusKey) -> std::io::Result<()> {
+        let bus = self
+            .domain
+            .bus(key)
+            .ok_or_else(|| std::io::Error::other("bus vanished"))?;
+        let dir = self.cfg.runtime_dir.join(&bus.name);
+        let mode = bus_access_mode(bus.flags);
+        std::fs::create_dir_all(&dir)?;
+        rustix::fs::chmod(&dir, Mode::from_raw_mode(0o755))?;
+        let lfd = listen_unix(&dir.join("bus"), mode)?;
+        let token = self.token();
+        epoll::add(&self.epoll, &lfd, EventData::new_u64(token), EventFlags::IN)?;
+        self.listeners.insert(token, (lfd, Listener::Bus(key)));
+        self.bus_sockets.insert(
+            key,
+            BusSockets {
+                dir,
+                listener_token: token,
+            },
+        );
+        Ok(())
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Run until SIGINT/SIGTERM; removes every socket it created on the way out.
+    pub fn run(&mut self) -> std::io::Result<()> {
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
+        loop {
+            let timeout = self.poll_timeout();
+            events.clear();
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                timeout.as_ref(),
+            ) {
+                Ok(_) => {}
+                Err(SysErrno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            for ev in &events {
+                let token = ev.data.u64();
+                let flags = ev.flags;
+                match token {
+                    TOKEN_SIGNAL => {
+                        tracing::info!("shutting down");
+                        self.shutdown();
+                        return Ok(());
+                    }
+                    t if self.listeners.contains_key(&t) => self.accept_all(t),
+                    t => self.handle_event(t, flags),
+                }
+            }
+            self.domain.tick();
+            for key in self.domain.take_closed() {
+                if let Some(token) = self.conn_token.get(&key).copied() {
+                    self.handle_close(token);
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<rustix::time::Timespec> {
+        let deadline = self.domain.next_deadline()?;
+        let now = self.domain.now().monotonic_ns;
+        let d = deadline.saturating_sub(now);
+        Some(rustix::time::Timespec {
+            tv_sec: (d / 1_000_000_000) as i64,
+            tv_nsec: (d % 1_000_000_000) as i64,
+        })
+    }
+
+    fn accept_all(&mut self, ltoken: u64) {
+        loop {
+            let Some((lfd, which)) = self.listeners.get(&ltoken) else {
+                return;
+            };
+            let fd =
+                match rustix::net::accept_with(lfd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+                    Ok(fd) => fd,
+                    Err(SysErrno::AGAIN) => return,
+                    Err(e) => {
+                        tracing::warn!(%e, "accept failed");
+                        return;
+                    }
+                };
+            let role = match which {
+                Listener::Control => Role::Control,
+                Listener::Bus(b) => Role::Endpoint(*b),
+            };
+            let peer = match peer_from_socket(&fd) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(%e, "no peer credentials, dropping");
+                    continue;
+                }
+            };
+            let _ = rustix::net::sockopt::set_socket_passcred(&fd, true);
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size(&fd, 1 << 20);
+            let token = self.token();
+            if epoll::add(&self.epoll, &fd, EventData::new_u64(token), EventFlags::IN).is_err() {
+                continue;
+            }
+            self.handles.insert(
+                token,
+                Handle {
+                    fd,
+                    peer,
+                    role,
+                    backlog: VecDeque::new(),
+                    backlog_bytes: 0,
+                },
+            );
+        }
+    }
+
+    fn handle_event(&mut self, token: u64, flags: EventFlags) {
+        if flags.contains(EventFlags::OUT) {
+            self.backlog_write(token);
+        }
+        if flags.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR) {
+            self.handle_read(token);
+        }
+    }
+
+    /// Read and run up to READ_BUDGET datagrams from one handle.
+    fn handle_read(&mut self, token: u64) {
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        for _ in 0..READ_BUDGET {
+            let Some(h) = self.handles.get(&token) else {
+                break;
+            };
+            let mut space = [MaybeUninit::uninit();
+                rustix::cmsg_space!(ScmRights(MAX_FDS_PER_DATAGRAM), ScmCredentials(1))];
+            let mut anc = RecvAncillaryBuffer::new(&mut space);
+            let mut iov = [IoSliceMut::new(&mut rbuf)];
+            let r = rustix::net::recvmsg(
+                &h.fd,
+                &mut iov,
+                &mut anc,
+                RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+            );
+            let msg = match r {
+                Ok(m) => m,
+                Err(SysErrno::AGAIN) => break,
+                Err(SysErrno::INTR) => continue,
+                Err(_) => {
+                    self.handle_close(token);
+                    break;
+                }
+            };
+            if msg.bytes == 0 && !msg.flags.contains(ReturnFlags::TRUNC) {
+                // Orderly shutdown by the client.
+                self.handle_close(token);
+                break;
+            }
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            let mut creds = None;
+            for m in anc.drain() {
+                match m {
+                    RecvAncillaryMessage::ScmRights(it) => fds.extend(it),
+                    RecvAncillaryMessage::ScmCredentials(c) => {
+                        creds = Some(Creds {
+                            pid: c.pid.as_raw_nonzero().get() as u32,
+                            uid: c.uid.as_raw(),
+                            gid: c.gid.as_raw(),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            let truncated =
+                msg.flags.contains(ReturnFlags::TRUNC) || msg.flags.contains(ReturnFlags::CTRUNC);
+            let len = msg.bytes.min(rbuf.len());
+            self.handle_datagram(token, &rbuf[..len], fds, creds, truncated);
+        }
+        self.rbuf = rbuf;
+    }
+
+    fn handle_datagram(
+        &mut self,
+        token: u64,
+        data: &[u8],
+        mut fds: Vec<OwnedFd>,
+        creds: Option<Creds>,
+        truncated: bool,
+    ) {
+        let Some(h) = self.handles.get(&token) else {
+            return;
+        };
+        let creds = creds.unwrap_or(h.peer.creds);
+        for frame in Frames::<ReqHeader>::new(data) {
+            let (hdr, body) = match frame {
+                Ok(f) => f,
+                Err(()) => {
+                    // A frame cut short: answer what we can identify, drop the rest.
+                    let req_id = kdbus_abi::read_struct::<ReqHeader>(data).map_or(0, |h| h.req_id);
+                    let e = if truncated {
+                        Errno::EMSGSIZE
+                    } else {
+                        Errno::EINVAL
+                    };
+                    self.reply_direct(token, req_id, e, &[], None);
+                    return;
+                }
+            };
+            let req = Request {
+                cmd: hdr.cmd,
+                flags: hdr.flags,
+                req_id: hdr.req_id,
+                body,
+                creds,
+            };
+            self.handle_request(token, &req, &mut fds);
+        }
+    }
+
+    fn handle_request(&mut self, token: u64, req: &Request<'_>, fds: &mut Vec<OwnedFd>) {
+        let Some(h) = self.handles.get(&token) else {
+            return;
+        };
+        match h.role {
+            Role::Conn(key) => self.domain.conn_request(key, req, fds),
+            Role::BusOwner(_) => self.reply_direct(token, req.req_id, Errno::EBADFD, &[], None),
+            Role::Control if req.cmd == cmd::BUS_MAKE => self.control_bus_make(token, req),
+            Role::Control => self.reply_direct(token, req.req_id, Errno::ENOTTY, &[], None),
+            Role::Endpoint(bus) if req.cmd == cmd::HELLO => self.endpoint_hello(token, bus, req),
+            Role::Endpoint(_) if req.cmd == cmd::ENDPOINT_MAKE => {
+                self.reply_direct(token, req.req_id, Errno::EOPNOTSUPP, &[], None)
+            }
+            Role::Endpoint(_) => self.reply_direct(token, req.req_id, Errno::ENOTTY, &[], None),
+        }
+    }
+
+    fn control_bus_make(&mut self, token: u64, req: &Request<'_>) {
+        let Some(h) = self.handles.get(&token) else {
+            return;
+        };
+        let mut peer = h.peer.clone();
+        peer.creds.uid = req.creds.uid;
+        peer.creds.gid = req.creds.gid;
+        let result = self.domain.bus_make(&peer, req.body, random_id128());
+        match result {
+            Ok(key) => {
+                if let Err(e) = self.bus_open_sockets(key) {
+                    tracing::warn!(%e, "cannot create bus sockets");
+                    self.domain.bus_destroy(key);
+                    self.reply_direct(token, req.req_id, Errno::EIO, &[], None);
+                    return;
+                }
+                if let Some(h) = self.handles.get_mut(&token) {
+                    h.role = Role::BusOwner(key);
+                }
+                let body =
+                    kdbus_abi::read_struct::<kdbus_abi::CmdGeneric>(req.body).unwrap_or_default();
+                self.reply_direct(token, req.req_id, Errno(0), body.as_bytes(), None);
+            }
+            Err(e) => self.reply_direct(token, req.req_id, e, &[], None),
+        }
+    }
+
+    fn endpoint_hello(&mut self, token: u64, bus: BusKey, req: &Request<'_>) {
+        let Some(h) = self.handles.get(&token) else {
+            return;
+        };
+        let mut peer = h.peer.clone();
+        peer.creds = req.creds;
+        let mut ro_fd = None;
+        let mut make_pool = |size: u64| -> Result<Box<dyn PoolMemory>, Errno> {
+            let (mem, fd) = pool_create(size).map_err(|e| {
+                tracing::warn!(%e, "cannot create pool");
+                Errno::ENOMEM
+            })?;
+            ro_fd = Some(fd);
+            Ok(Box::new(mem))
+        };
+        match self.domain.hello(bus, &peer, req.body, &mut make_pool) {
+            Ok((key, reply)) => {
+                if let Some(h) = self.handles.get_mut(&token) {
+                    h.role = Role::Conn(key);
+                }
+                self.conn_token.insert(key, token);
+                self.reply_direct(token, req.req_id, Errno(0), reply.as_bytes(), ro_fd);
+            }
+            Err(e) => self.reply_direct(token, req.req_id, e, &[], None),
+        }
+    }
+
+    /// Answer a request of a handle that is not (yet) a connection, right away.
+    fn reply_direct(
+        &mut self,
+        token: u64,
+        req_id: u64,
+        e: Errno,
+        body: &[u8],
+        fd: Option<OwnedFd>,
+    ) {
+        let n_fds = u16::from(fd.is_some());
+        let h = RecHeader {
+            kind: wire::REC_REPLY,
+            n_fds,
+            error: e.0,
+            req_id,
+            body_len: body.len() as u64,
+        };
+        let mut out = Vec::with_capacity(64 + body.len());
+        wire::push_frame(&mut out, &h, &[body]);
+        let fds: Vec<OwnedFd> = fd.into_iter().collect();
+        self.handle_send(token, out, fds);
+    }
+
+    /// Write every dirty connection's records, one datagram per connection if it fits.
+    fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        self.domain.take_dirty(&mut dirty);
+        for &key in &dirty {
+            let Some(&token) = self.conn_token.get(&key) else {
+                if let Some((out, fds)) = self.domain.conn_output(key) {
+                    out.clear();
+                    fds.clear();
+                }
+                continue;
+            };
+            let Some(h) = self.handles.get(&token) else {
+                continue;
+            };
+            let Some((out, fds)) = self.domain.conn_output(key) else {
+                continue;
+            };
+            if out.is_empty() {
+                continue;
+            }
+            if h.backlog.is_empty()
+                && out.len() <= MAX_OUT_DATAGRAM
+                && fds.len() <= MAX_FDS_PER_DATAGRAM
+            {
+                // The common case: one datagram, no copies.
+                match send_datagram(h.fd.as_fd(), out, fds) {
+                    Ok(()) => {
+                        out.clear();
+                        fds.clear();
+                        continue;
+                    }
+                    Err(SysErrno::AGAIN) => {}
+                    Err(_) => {
+                        out.clear();
+                        fds.clear();
+                        continue; // the read side will see the hang-up
+                    }
+                }
+            }
+            let chunks = split_records(out, fds);
+            out.clear();
+            for (bytes, fds) in chunks {
+                self.handle_send(token, bytes, fds);
+            }
+        }
+        self.dirty = dirty;
+    }
+
+    /// Send one datagram, or park it in the backlog if the client is behind.
+    fn handle_send(&mut self, token: u64, bytes: Vec<u8>, fds: Vec<OwnedFd>) {
+        let Some(h) = self.handles.get_mut(&token) else {
+            return;
+        };
+        if h.backlog.is_empty() {
+            match send_datagram(h.fd.as_fd(), &bytes, &fds) {
+                Ok(()) => return,
+                Err(SysErrno::AGAIN) => {}
+                Err(_) => return,
+            }
+        }
+        h.backlog_bytes += bytes.len();
+        h.backlog.push_back((bytes, fds));
+        if h.backlog_bytes > MAX_BACKLOG {
+            tracing::info!(token, "client does not read its socket, disconnecting");
+            self.handle_close(token);
+            return;
+        }
+        if h.backlog.len() == 1 {
+            let _ = epoll::modify(
+                &self.epoll,
+                &h.fd,
+                EventData::new_u64(token),
+                EventFlags::IN | EventFlags::OUT,
+            );
+        }
+    }
+
+    fn backlog_write(&mut self, token: u64) {
+        let Some(h) = self.handles.get_mut(&token) else {
+            return;
+        };
+        while let Some((bytes, fds)) = h.backlog.front() {
+            match send_datagram(h.fd.as_fd(), bytes, fds) {
+                Ok(()) => {
+                    h.backlog_bytes -= bytes.len();
+                    h.backlog.pop_front();
+                }
+                Err(SysErrno::AGAIN) => return,
+                Err(_) => {
+                    h.backlog.clear();
+                    h.backlog_bytes = 0;
+                    break;
+                }
+            }
+        }
+        let _ = epoll::modify(
+            &self.epoll,
+            &h.fd,
+            EventData::new_u64(token),
+            EventFlags::IN,
+        );
+    }
+
+    fn handle_close(&mut self, token: u64) {
+        let Some(h) = self.handles.remove(&token) else {
+            return;
+        };
+        let _ = epoll::delete(&self.epoll, &h.fd);
+        match h.role {
+            Role::Conn(key) => {
+                self.conn_token.remove(&key);
+                self.domain.conn_release(key);
+            }
+            Role::BusOwner(bus) => self.bus_remove(bus),
+            Role::Control | Role::Endpoint(_) => {}
+        }
+    }
+
+    fn bus_remove(&mut self, bus: BusKey) {
+        self.domain.bus_destroy(bus);
+        if let Some(s) = self.bus_sockets.remove(&bus) {
+            if let Some((lfd, _)) = self.listeners.remove(&s.listener_token) {
+                let _ = epoll::delete(&self.epoll, &lfd);
+            }
+            let _ = std::fs::remove_file(s.dir.join("bus"));
+            let _ = std::fs::remove_dir(&s.dir);
+        }
+        // The domain disconnected everyone on the bus: hang up on them.
+        for key in self.domain.take_closed() {
+            if let Some(token) = self.conn_token.get(&key).copied() {
+                self.handle_close(token);
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let buses: Vec<BusKey> = self.bus_sockets.keys().copied().collect();
+        for b in buses {
+            self.bus_remove(b);
+        }
+        let _ = std::fs::remove_file(self.cfg.runtime_dir.join("control"));
+    }
+}
+
+/// Small command builders the broker needs for itself.
+mod kdbus_abi_builders {
+    use kdbus_abi::{item, BloomParameter, CmdGeneric, ItemWriter};
+    use zerocopy::IntoBytes;
+
+    pub fn bus_make(out: &mut Vec<u8>, name: &str, flags: u64, bloom: BloomParameter) {
+        out.clear();
+        out.extend_from_slice(CmdGeneric::default().as_bytes());
+        let mut w = ItemWriter::new(out);
+        w.push_str(item::MAKE_NAME, name);
+        w.push(item::BLOOM_PARAMETER, bloom.as_bytes());
+        let size = out.len() as u64;
+        out[..8].copy_from_slice(&size.to_ne_bytes());
+        out[8..16].copy_from_slice(&flags.to_ne_bytes());
+    }
+}
+
+fn send_datagram(fd: BorrowedFd<'_>, bytes: &[u8], fds: &[OwnedFd]) -> Result<(), SysErrno> {
+    let borrowed: Vec<BorrowedFd<'_>>;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_DATAGRAM))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        borrowed = fds.iter().map(|f| f.as_fd()).collect();
+        anc.push(SendAncillaryMessage::ScmRights(&borrowed));
+    }
+    loop {
+        match rustix::net::sendmsg(
+            fd,
+            &[IoSlice::new(bytes)],
+            &mut anc,
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(SysErrno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Cut a record stream into datagrams that respect the size and fd limits, keeping
+/// each record's fds with it.
+fn split_records(out: &[u8], fds: &mut Vec<OwnedFd>) -> Vec<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut chunks = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    let mut cur_fds: Vec<OwnedFd> = Vec::new();
+    let mut fd_iter = fds.drain(..);
+    for (hdr, body) in Frames::<RecHeader>::new(out).flatten() {
+        let n = hdr.n_fds as usize;
+        let len = wire::REC_HEADER_SIZE + kdbus_abi::align8_usize(body.len());
+        if !cur.is_empty()
+            && (cur.len() + len > MAX_OUT_DATAGRAM || cur_fds.len() + n > MAX_FDS_PER_DATAGRAM)
+        {
+            chunks.push((std::mem::take(&mut cur), std::mem::take(&mut cur_fds)));
+        }
+        wire::push_frame(&mut cur, &hdr, &[body]);
+        cur_fds.extend(fd_iter.by_ref().take(n));
+    }
+    if !cur.is_empty() {
+        chunks.push((cur, cur_fds));
+    }
+    chunks
+}
+
+/// Create a bound, listening SEQPACKET socket at `path` with permissions `mode`.
+fn listen_unix(path: &Path, mode: u32) -> std::io::Result<OwnedFd> {
+    if path.exists() {
+        // A live broker answers; a stale socket from a crash does not.
+        let probe = rustix::net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None)?;
+        if rustix::net::connect(&probe, &SocketAddrUnix::new(path)?).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is served by another broker", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
+    rustix::fs::chmod(path, Mode::from_raw_mode(mode))?;
+    rustix::net::listen(&fd, 1024)?;
+    Ok(fd)
+}
+
+/// Create a receive pool: a sealed memfd the broker maps writable, and a read-only fd
+/// of it for the client. After the seals, no one can make a new writable mapping,
+/// write(2) to it, or resize it; the client's fd is read-only besides.
+fn pool_create(size: u64) -> std::io::Result<(MappedPool, OwnedFd)> {
+    let fd = rustix::fs::memfd_create(
+        "kdbus-pool",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    rustix::fs::ftruncate(&fd, size)?;
+    let mem = MappedPool::map(&fd, size as usize)?;
+    rustix::fs::fcntl_add_seals(
+        &fd,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE | SealFlags::SEAL,
+    )?;
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let ro = rustix::fs::open(
+        path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok((mem, ro))
+}
+
+fn random_id128() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    // UUID v4, DCE variant, as kdbus made them.
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    b
+}

@@ -1,0 +1,107 @@
+//! The broker's unsafe shell: shared memory mappings and signal plumbing.
+//!
+//! Everything else in the broker is safe Rust on top of rustix; what needs raw pointers
+//! or process-wide signal state lives here, small enough to audit at a glance.
+
+use kdbus_core::PoolMemory;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::mm::{MapFlags, ProtFlags};
+use std::io;
+
+/// A writable shared mapping of a connection's pool memfd. The broker is the only
+/// writer: the memfd carries `F_SEAL_FUTURE_WRITE`, which lets this (earlier) mapping
+/// write and denies every later writable mapping, including the client's.
+pub struct MappedPool {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl MappedPool {
+    pub fn map(fd: impl AsFd, len: usize) -> io::Result<Self> {
+        // SAFETY: we ask the kernel for a fresh mapping (null hint) of `len` bytes of a
+        // file we just sized to `len`; no existing Rust object aliases the new range.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd,
+                0,
+            )?
+        };
+        Ok(MappedPool {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+}
+
+impl PoolMemory for MappedPool {
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let Ok(off) = usize::try_from(offset) else {
+            return;
+        };
+        if off >= self.len {
+            return;
+        }
+        let n = data.len().min(self.len - off);
+        // SAFETY: `off + n <= len`, so the destination lies inside our live mapping;
+        // `data` is a Rust slice and cannot overlap the mapping, which no Rust reference
+        // points into. The client may read concurrently, which is fine for plain bytes.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), n) };
+    }
+
+    fn size(&self) -> u64 {
+        self.len as u64
+    }
+
+    fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        let off = usize::try_from(offset).ok()?;
+        if off.checked_add(len)? > self.len {
+            return None;
+        }
+        let mut v = vec![0; len];
+        // SAFETY: the source range is inside our mapping (checked above), `v` is a
+        // distinct heap buffer of `len` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), v.as_mut_ptr(), len) };
+        Some(v)
+    }
+}
+
+impl Drop for MappedPool {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned, and nothing borrows the
+        // mapping beyond this object's lifetime.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Block SIGINT and SIGTERM for the process and return a signalfd that reports them, so
+/// shutdown is just another event in the loop. Call before spawning threads.
+pub fn shutdown_signalfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain libc calls on a zeroed, locally owned sigset_t; the returned fd is
+    // checked and then owned exactly once.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(<OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd))
+    }
+}
+
+/// Ignore SIGPIPE: a client that vanished shows up as EPIPE on write, handled there.
+pub fn ignore_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_IGN has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
