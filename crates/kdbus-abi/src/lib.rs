@@ -9,6 +9,7 @@
 //! place, in the buffer it read them into.
 
 pub mod consts;
+pub mod encode;
 pub mod errno;
 pub mod items;
 pub mod names;

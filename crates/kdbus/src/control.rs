@@ -2,9 +2,8 @@
 
 use crate::conn::Transport;
 use crate::error::{Error, Result};
-use kdbus_abi::{cmd, item, BloomParameter, CmdGeneric, ItemWriter};
+use kdbus_abi::{cmd, BloomParameter};
 use std::path::{Path, PathBuf};
-use zerocopy::IntoBytes;
 
 /// A connection to a broker's `control` socket.
 pub struct Control {
@@ -31,7 +30,7 @@ impl Control {
     /// BUS_MAKE with raw flags and bloom parameters. On success this handle becomes
     /// the bus owner.
     pub fn make_bus(self, name: &str, flags: u64, bloom: BloomParameter) -> Result<BusOwner> {
-        let body = bus_make_body(name, flags, bloom);
+        let body = kdbus_abi::encode::bus_make(name, flags, bloom);
         let (e, _, _) = self.t.request(cmd::BUS_MAKE, &body, &[])?;
         if e != 0 {
             return Err(Error::Bus(kdbus_abi::Errno(e)));
@@ -57,17 +56,4 @@ impl BusOwner {
         let (e, b, _) = self._t.request(cmd, body, &[])?;
         Ok((e, b))
     }
-}
-
-/// Encode BUS_MAKE.
-pub fn bus_make_body(name: &str, flags: u64, bloom: BloomParameter) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(CmdGeneric::default().as_bytes());
-    let mut w = ItemWriter::new(&mut out);
-    w.push_str(item::MAKE_NAME, name);
-    w.push(item::BLOOM_PARAMETER, bloom.as_bytes());
-    let size = out.len() as u64;
-    out[..8].copy_from_slice(&size.to_ne_bytes());
-    out[8..16].copy_from_slice(&flags.to_ne_bytes());
-    out
 }

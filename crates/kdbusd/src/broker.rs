@@ -169,16 +169,12 @@ impl Broker {
 
     /// A bus owned by the broker itself (the default bus, `--bus`).
     fn make_static_bus(&mut self, name: &str) -> std::io::Result<BusKey> {
-        let mut body = Vec::new();
-        kdbus_abi_builders::bus_make(
-            &mut body,
-            name,
-            0,
-            BloomParameter {
-                size: 64,
-                n_hash: 8,
-            },
-        );
+        // sd-bus's default bloom parameters: 512 bits, 8 hash functions.
+        let bloom = BloomParameter {
+            size: 64,
+            n_hash: 8,
+        };
+        let body = kdbus_abi::encode::bus_make(name, 0, bloom);
         let me = self.me.clone();
         let key = self
             .domain
@@ -645,23 +641,6 @@ impl Broker {
             self.bus_remove(b);
         }
         let _ = std::fs::remove_file(self.cfg.runtime_dir.join("control"));
-    }
-}
-
-/// Small command builders the broker needs for itself.
-mod kdbus_abi_builders {
-    use kdbus_abi::{item, BloomParameter, CmdGeneric, ItemWriter};
-    use zerocopy::IntoBytes;
-
-    pub fn bus_make(out: &mut Vec<u8>, name: &str, flags: u64, bloom: BloomParameter) {
-        out.clear();
-        out.extend_from_slice(CmdGeneric::default().as_bytes());
-        let mut w = ItemWriter::new(out);
-        w.push_str(item::MAKE_NAME, name);
-        w.push(item::BLOOM_PARAMETER, bloom.as_bytes());
-        let size = out.len() as u64;
-        out[..8].copy_from_slice(&size.to_ne_bytes());
-        out[8..16].copy_from_slice(&flags.to_ne_bytes());
     }
 }
 

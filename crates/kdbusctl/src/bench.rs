@@ -1,0 +1,163 @@
+//! `kdbusctl bench`: request/reply round trips through the broker, measured next to a
+//! raw `socketpair(AF_UNIX, SOCK_SEQPACKET)` ping-pong in the same run.
+//!
+//! A brokered round trip is four socket hops (caller → broker → service → broker →
+//! caller) against the socketpair's two, so 0.5 is the ceiling of the ratio.
+
+use kdbus::{Connection, HelloOptions, Message};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Round trips to time (after a warm-up of a tenth as many).
+    #[arg(long, default_value_t = 20000)]
+    rounds: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+struct Stats {
+    per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn stats(mut samples: Vec<Duration>, total: Duration) -> Stats {
+    samples.sort();
+    let pct = |p: f64| {
+        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    Stats {
+        per_s: samples.len() as f64 / total.as_secs_f64(),
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+    }
+}
+
+pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let payload = vec![0x5au8; args.size];
+    let native = bench_native(bus, args.rounds, &payload)?;
+    let raw = bench_socketpair(args.rounds, &payload)?;
+    let ratio = native.per_s / raw.per_s;
+    if args.json {
+        let v = json!({
+            "native_round_trips_per_s": native.per_s.round(),
+            "socketpair_round_trips_per_s": raw.per_s.round(),
+            "ratio": (ratio * 1000.0).round() / 1000.0,
+            "p50_us": (native.p50_us * 10.0).round() / 10.0,
+            "p99_us": (native.p99_us * 10.0).round() / 10.0,
+            "socketpair_p50_us": (raw.p50_us * 10.0).round() / 10.0,
+            "rounds": args.rounds,
+            "payload_bytes": args.size,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "payload {} bytes, {} round trips each",
+            args.size, args.rounds
+        );
+        println!(
+            "native kdbus:       {:>10.0} round trips/s   p50 {:>7.1} us   p99 {:>7.1} us",
+            native.per_s, native.p50_us, native.p99_us
+        );
+        println!(
+            "socketpair:         {:>10.0} round trips/s   p50 {:>7.1} us   p99 {:>7.1} us",
+            raw.per_s, raw.p50_us, raw.p99_us
+        );
+        println!("ratio native/raw:   {ratio:.3}");
+    }
+    Ok(())
+}
+
+fn bench_native(
+    bus: &Path,
+    rounds: usize,
+    payload: &[u8],
+) -> Result<Stats, Box<dyn std::error::Error>> {
+    let server = Connection::hello(bus, &HelloOptions::new().description("bench-server"))?;
+    let client = Connection::hello(bus, &HelloOptions::new().description("bench-client"))?;
+    let server_id = server.id();
+    let t = std::thread::spawn(move || {
+        let _ = crate::serve_loop(&server);
+    });
+    let warmup = rounds / 10 + 1;
+    let mut samples = Vec::with_capacity(rounds);
+    let mut cookie = 1u64;
+    let mut start = Instant::now();
+    for i in 0..warmup + rounds {
+        if i == warmup {
+            start = Instant::now();
+        }
+        let t0 = Instant::now();
+        let r = client.call(
+            Message::to(server_id).cookie(cookie).payload(payload),
+            Duration::from_secs(10),
+        )?;
+        if r.payload().iter().map(|p| p.len()).sum::<usize>() != payload.len() {
+            return Err("echo returned a different payload".into());
+        }
+        drop(r);
+        if i >= warmup {
+            samples.push(t0.elapsed());
+        }
+        cookie += 1;
+    }
+    let total = start.elapsed();
+    client.byebye().ok();
+    drop(client);
+    // The server ends when the broker hangs up; do not wait for it.
+    drop(t);
+    Ok(stats(samples, total))
+}
+
+fn bench_socketpair(rounds: usize, payload: &[u8]) -> Result<Stats, Box<dyn std::error::Error>> {
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let size = payload.len();
+    let t = std::thread::spawn(move || {
+        let mut buf = vec![0u8; size.max(1) + 64];
+        loop {
+            match rustix::io::read(&b, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if rustix::io::write(&b, &buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut buf = vec![0u8; size.max(1) + 64];
+    let warmup = rounds / 10 + 1;
+    let mut samples = Vec::with_capacity(rounds);
+    let mut start = Instant::now();
+    for i in 0..warmup + rounds {
+        if i == warmup {
+            start = Instant::now();
+        }
+        let t0 = Instant::now();
+        rustix::io::write(&a, payload)?;
+        let n = rustix::io::read(&a, &mut buf)?;
+        if n != size {
+            return Err("socketpair echo returned a different size".into());
+        }
+        if i >= warmup {
+            samples.push(t0.elapsed());
+        }
+    }
+    let total = start.elapsed();
+    drop(a);
+    let _ = t.join();
+    Ok(stats(samples, total))
+}
