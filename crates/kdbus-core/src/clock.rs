@@ -27,6 +27,9 @@ impl ManualClock {
     pub fn set(&self, ns: u64) {
         self.0.set(ns)
     }
+    pub fn now_ns(&self) -> u64 {
+        self.0.get()
+    }
     pub fn advance(&self, ns: u64) {
         self.0.set(self.0.get() + ns)
     }

@@ -88,9 +88,9 @@ impl<'a> Message<'a> {
         self
     }
 
-    /// Encode a SEND request body: `kdbus_cmd_send`, the message, then payload bytes
+    /// Encode a SEND request body (`send_flags` from `kdbus_abi::send_flags`): `kdbus_cmd_send`, the message, then payload bytes
     /// that the vectors address by offset (see `kdbus_abi::wire`).
-    pub(crate) fn encode_send(&self, send_flags: u64, out: &mut Vec<u8>) {
+    pub fn encode_send(&self, send_flags: u64, out: &mut Vec<u8>) {
         out.clear();
         let cmd_size = std::mem::size_of::<CmdSend>();
         let cmd = CmdSend {

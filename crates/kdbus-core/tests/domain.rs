@@ -1,0 +1,415 @@
+//! The bus model driven directly: no sockets, a manual clock, heap-backed pools.
+
+use kdbus::{HelloOptions, Message};
+use kdbus_abi::wire::{self, Frames, MsgEvent, RecHeader};
+use kdbus_abi::{
+    attach, cmd, item, read_struct, recv_flags, send_flags, CmdFree, CmdRecv, CmdSend, Errno, Msg,
+};
+use kdbus_core::domain::Request;
+use kdbus_core::{ConnKey, Creds, Domain, ManualClock, Peer, PoolMemory, VecPool};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use zerocopy::IntoBytes;
+
+/// Pools stay readable by the test after the domain takes them.
+#[derive(Clone)]
+struct SharedPool(Rc<RefCell<VecPool>>);
+
+impl PoolMemory for SharedPool {
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0.borrow_mut().write(offset, data)
+    }
+    fn size(&self) -> u64 {
+        self.0.borrow().size()
+    }
+    fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        self.0.borrow().read(offset, len)
+    }
+}
+
+struct Bus {
+    d: Domain,
+    clock: ManualClock,
+    bus: u64,
+    pools: HashMap<ConnKey, SharedPool>,
+    req: u64,
+}
+
+#[derive(Debug)]
+struct Rec {
+    kind: u16,
+    error: i32,
+    req_id: u64,
+    body: Vec<u8>,
+}
+
+fn peer(uid: u32) -> Peer {
+    Peer {
+        creds: Creds {
+            pid: 100 + uid,
+            uid,
+            gid: uid,
+        },
+        privileged: uid == 0,
+        ..Default::default()
+    }
+}
+
+impl Bus {
+    fn new() -> Bus {
+        let clock = ManualClock::new(1_000_000_000);
+        let mut d = Domain::new(Box::new(clock.clone()));
+        let body = kdbus_abi::encode::bus_make(
+            "0-test",
+            0,
+            kdbus_abi::BloomParameter {
+                size: 64,
+                n_hash: 1,
+            },
+        );
+        let bus = d.bus_make(&peer(0), &body, [7; 16]).unwrap();
+        Bus {
+            d,
+            clock,
+            bus,
+            pools: HashMap::new(),
+            req: 0,
+        }
+    }
+
+    fn hello_with(&mut self, uid: u32, opts: &HelloOptions) -> Result<(ConnKey, u64), Errno> {
+        let mut made = None;
+        let mut mk = |size: u64| -> Result<Box<dyn PoolMemory>, Errno> {
+            let p = SharedPool(Rc::new(RefCell::new(VecPool::new(size))));
+            made = Some(p.clone());
+            Ok(Box::new(p))
+        };
+        let (key, h) = self
+            .d
+            .hello(self.bus, &peer(uid), &opts.encode(), &mut mk)?;
+        self.pools.insert(key, made.unwrap());
+        Ok((key, h.id))
+    }
+
+    fn hello(&mut self) -> (ConnKey, u64) {
+        self.hello_with(1000, &HelloOptions::new().attach_recv(attach::TIMESTAMP))
+            .unwrap()
+    }
+
+    fn request(&mut self, key: ConnKey, c: u32, body: &[u8]) -> u64 {
+        self.req += 1;
+        let r = Request {
+            cmd: c,
+            flags: 0,
+            req_id: self.req,
+            body,
+            creds: Creds {
+                pid: 1,
+                uid: 1000,
+                gid: 1000,
+            },
+        };
+        self.d.conn_request(key, &r, &mut Vec::new());
+        self.req
+    }
+
+    fn send(&mut self, key: ConnKey, m: &Message<'_>, flags: u64) -> u64 {
+        let mut body = Vec::new();
+        m.encode_send(flags, &mut body);
+        self.request(key, cmd::SEND, &body)
+    }
+
+    fn records(&mut self, key: ConnKey) -> Vec<Rec> {
+        let (out, fds) = self.d.conn_output(key).unwrap();
+        let recs = Frames::<RecHeader>::new(out)
+            .flatten()
+            .map(|(h, b)| Rec {
+                kind: h.kind,
+                error: h.error,
+                req_id: h.req_id,
+                body: b.to_vec(),
+            })
+            .collect();
+        out.clear();
+        fds.clear();
+        recs
+    }
+
+    fn answer(&mut self, key: ConnKey, req: u64) -> Rec {
+        self.records(key)
+            .into_iter()
+            .find(|r| r.kind == wire::REC_REPLY && r.req_id == req)
+            .expect("answer")
+    }
+
+    fn pool_msg(&self, key: ConnKey, offset: u64) -> (Msg, Vec<u8>) {
+        let p = &self.pools[&key];
+        let hdr: Msg = read_struct(&p.read(offset, 64).unwrap()).unwrap();
+        (hdr, p.read(offset, hdr.size as usize).unwrap())
+    }
+}
+
+fn events(recs: &[Rec]) -> Vec<MsgEvent> {
+    recs.iter()
+        .filter(|r| r.kind == wire::REC_MSG)
+        .map(|r| read_struct(&r.body).unwrap())
+        .collect()
+}
+
+#[test]
+fn ids_count_from_one_and_are_never_reused() {
+    let mut b = Bus::new();
+    let (k1, id1) = b.hello();
+    let (_, id2) = b.hello();
+    assert_eq!((id1, id2), (1, 2));
+    b.d.conn_release(k1);
+    let (_, id3) = b.hello();
+    assert_eq!(id3, 3);
+}
+
+#[test]
+fn unicast_is_written_to_the_pool_announced_and_claimed() {
+    let mut b = Bus::new();
+    let (a, _) = b.hello();
+    let (c, cid) = b.hello();
+    b.records(c);
+    let r = b.send(a, &Message::to(cid).cookie(5).payload(b"abc"), 0);
+    assert_eq!(b.answer(a, r).error, 0);
+    let ev = events(&b.records(c));
+    assert_eq!(ev.len(), 1);
+    let (hdr, bytes) = b.pool_msg(c, ev[0].offset);
+    assert_eq!((hdr.src_id, hdr.cookie), (1, 5));
+    // A TIMESTAMP item carries the message's sequence number.
+    let ts = kdbus_abi::ItemIter::received(&bytes[64..])
+        .flatten()
+        .find(|i| i.type_ == item::TIMESTAMP)
+        .unwrap();
+    let ts: kdbus_abi::Timestamp = read_struct(ts.payload).unwrap();
+    assert_eq!(ts.seqnum, ev[0].seq);
+    // Not yet claimed: FREE is refused, BYEBYE is busy.
+    let f = b.request(
+        c,
+        cmd::FREE,
+        CmdFree {
+            size: 32,
+            offset: ev[0].offset,
+            ..Default::default()
+        }
+        .as_bytes(),
+    );
+    assert_eq!(b.answer(c, f).error, Errno::EINVAL.0);
+    let claim = CmdRecv {
+        size: 64,
+        flags: recv_flags::CLAIM,
+        msg: kdbus_abi::MsgInfo {
+            offset: ev[0].offset,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let r = b.request(c, cmd::RECV, claim.as_bytes());
+    assert_eq!(b.answer(c, r).error, 0);
+    let f = b.request(
+        c,
+        cmd::FREE,
+        CmdFree {
+            size: 32,
+            offset: ev[0].offset,
+            ..Default::default()
+        }
+        .as_bytes(),
+    );
+    assert_eq!(b.answer(c, f).error, 0);
+    let f = b.request(
+        c,
+        cmd::FREE,
+        CmdFree {
+            size: 32,
+            offset: ev[0].offset,
+            ..Default::default()
+        }
+        .as_bytes(),
+    );
+    assert_eq!(b.answer(c, f).error, Errno::ENXIO.0);
+}
+
+#[test]
+fn unanswered_request_times_out_on_the_clock() {
+    let mut b = Bus::new();
+    let (a, _) = b.hello();
+    let (_c, cid) = b.hello();
+    let now = b.clock.now_ns();
+    for (i, ms) in [300u64, 100, 200].iter().enumerate() {
+        let m = Message::to(cid)
+            .cookie(10 + i as u64)
+            .expect_reply(now + ms * 1_000_000);
+        let r = b.send(a, &m, 0);
+        assert_eq!(b.answer(a, r).error, 0);
+    }
+    assert_eq!(b.d.next_deadline(), Some(now + 100_000_000));
+    b.clock.advance(150_000_000);
+    b.d.tick();
+    let ev = events(&b.records(a));
+    assert_eq!(ev.len(), 1, "only the 100 ms request expired");
+    let (hdr, bytes) = b.pool_msg(a, ev[0].offset);
+    assert_eq!((hdr.src_id, hdr.timeout_or_cookie_reply), (0, 11));
+    let first = kdbus_abi::ItemIter::received(&bytes[64..])
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.type_, item::REPLY_TIMEOUT);
+    b.clock.advance(1_000_000_000);
+    b.d.tick();
+    let cookies: Vec<u64> = events(&b.records(a))
+        .iter()
+        .map(|e| b.pool_msg(a, e.offset).0.timeout_or_cookie_reply)
+        .collect();
+    assert_eq!(cookies, vec![12, 10]);
+    assert_eq!(b.d.next_deadline(), None);
+}
+
+#[test]
+fn sync_call_is_answered_by_the_reply_and_bypasses_the_queue() {
+    let mut b = Bus::new();
+    let (a, aid) = b.hello();
+    let (c, cid) = b.hello();
+    let now = b.clock.now_ns();
+    let call = b.send(
+        a,
+        &Message::to(cid).cookie(3).expect_reply(now + 1_000_000_000),
+        send_flags::SYNC_REPLY,
+    );
+    assert!(b.records(a).is_empty(), "a sync call is answered later");
+    b.records(c);
+    let r = b.send(c, &Message::to(aid).reply_to(3).payload(b"pong"), 0);
+    assert_eq!(b.answer(c, r).error, 0);
+    let ans = b.answer(a, call);
+    assert_eq!(ans.error, 0);
+    let wb: CmdSend = read_struct(&ans.body).unwrap();
+    let (hdr, _) = b.pool_msg(a, wb.reply.offset);
+    assert_eq!((hdr.src_id, hdr.timeout_or_cookie_reply), (cid, 3));
+    assert!(b.d.conn(a).unwrap().queue.is_empty());
+    assert_eq!(b.d.next_deadline(), None, "the tracker is consumed");
+}
+
+#[test]
+fn sync_caller_gets_epipe_when_the_callee_leaves_and_timeout_when_silent() {
+    let mut b = Bus::new();
+    let (a, _) = b.hello();
+    let (c, cid) = b.hello();
+    let now = b.clock.now_ns();
+    let call = b.send(
+        a,
+        &Message::to(cid).cookie(1).expect_reply(now + 1_000_000_000),
+        send_flags::SYNC_REPLY,
+    );
+    b.d.conn_release(c);
+    assert_eq!(b.answer(a, call).error, Errno::EPIPE.0);
+
+    let (_c2, cid2) = b.hello();
+    let call = b.send(
+        a,
+        &Message::to(cid2).cookie(2).expect_reply(now + 1_000_000),
+        send_flags::SYNC_REPLY,
+    );
+    b.clock.advance(2_000_000);
+    b.d.tick();
+    assert_eq!(b.answer(a, call).error, Errno::ETIMEDOUT.0);
+}
+
+#[test]
+fn dropping_a_request_tells_the_requester_reply_dead() {
+    let mut b = Bus::new();
+    let (a, _) = b.hello();
+    let (c, cid) = b.hello();
+    let now = b.clock.now_ns();
+    let r = b.send(
+        a,
+        &Message::to(cid).cookie(9).expect_reply(now + 1_000_000_000),
+        0,
+    );
+    assert_eq!(b.answer(a, r).error, 0);
+    let drop = CmdRecv {
+        size: 64,
+        flags: recv_flags::DROP,
+        ..Default::default()
+    };
+    let r = b.request(c, cmd::RECV, drop.as_bytes());
+    assert_eq!(b.answer(c, r).error, 0);
+    let ev = events(&b.records(a));
+    let (hdr, bytes) = b.pool_msg(a, ev[0].offset);
+    assert_eq!(hdr.timeout_or_cookie_reply, 9);
+    assert_eq!(
+        kdbus_abi::ItemIter::received(&bytes[64..])
+            .next()
+            .unwrap()
+            .unwrap()
+            .type_,
+        item::REPLY_DEAD
+    );
+}
+
+#[test]
+fn a_full_pool_is_the_senders_error() {
+    let mut b = Bus::new();
+    let (a, _) = b.hello();
+    let (_c, cid) = b
+        .hello_with(2000, &HelloOptions::new().pool_size(16384))
+        .unwrap();
+    let big = vec![0u8; 600];
+    let mut errs = Vec::new();
+    for i in 0..20 {
+        let r = b.send(a, &Message::to(cid).cookie(i + 1).payload(&big), 0);
+        errs.push(b.answer(a, r).error);
+    }
+    assert_eq!(errs[0], 0);
+    let first_err = errs
+        .iter()
+        .copied()
+        .find(|&e| e != 0)
+        .expect("the pool fills up");
+    assert!(
+        first_err == Errno::ENOBUFS.0 || first_err == Errno::EXFULL.0,
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn broker_side_recv_honours_priorities() {
+    let mut b = Bus::new();
+    let (a, _) = b.hello();
+    let (c, cid) = b.hello();
+    for (i, p) in [
+        25i64, -600, 10, -35, -100, 20, -15, -800, -150, 10, -800, -10,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = b.send(a, &Message::to(cid).cookie(i as u64 + 1).priority(*p), 0);
+        assert_eq!(b.answer(a, r).error, 0);
+    }
+    b.records(c);
+    let mut got = Vec::new();
+    for max in [-200i64, -100, -400, -400, 10, 10] {
+        let cmd = CmdRecv {
+            size: 64,
+            flags: recv_flags::USE_PRIORITY,
+            priority: max,
+            ..Default::default()
+        };
+        let r = b.request(c, cmd::RECV, cmd.as_bytes());
+        let ans = b.answer(c, r);
+        if ans.error != 0 {
+            got.push(Err(ans.error));
+            continue;
+        }
+        let wb: CmdRecv = read_struct(&ans.body).unwrap();
+        got.push(Ok(b.pool_msg(c, wb.msg.offset).0.priority));
+    }
+    let eagain = Err(Errno::EAGAIN.0);
+    assert_eq!(
+        got,
+        vec![Ok(-800), Ok(-800), Ok(-600), eagain, Ok(-150), Ok(-100)]
+    );
+}
