@@ -277,6 +277,18 @@ struct Inner {
     notices: Vec<u8>,
     dead: Option<Errno>,
     dropped_msgs: u64,
+    /// The datagram buffer, lent to whoever reads.
+    rbuf: Vec<u8>,
+}
+
+impl Inner {
+    fn take_rbuf(&mut self) -> Vec<u8> {
+        let mut b = std::mem::take(&mut self.rbuf);
+        if b.len() < MAX_IN_DATAGRAM {
+            b.resize(MAX_IN_DATAGRAM, 0);
+        }
+        b
+    }
 }
 
 /// A connection to a bus.
@@ -472,11 +484,13 @@ impl Connection {
             }
             g.reading = true;
             let notices = std::mem::take(&mut g.notices);
+            let mut buf = g.take_rbuf();
             drop(g);
-            let r = self.read_some(&notices, left);
+            let r = self.read_some(&notices, left, &mut buf);
             g = self.lock();
             g.reading = false;
-            let r = r.map(|got| got.map(|(buf, n, fds)| dispatch(&mut g, &buf[..n], fds)));
+            let r = r.map(|got| got.map(|(n, fds)| dispatch(&mut g, &buf[..n], fds)));
+            g.rbuf = buf;
             self.cond.notify_all();
             if let Err(e) = r {
                 g.dead = Some(e.errno());
@@ -490,7 +504,8 @@ impl Connection {
         &self,
         notices: &[u8],
         left: Option<Duration>,
-    ) -> Result<Option<(Vec<u8>, usize, Vec<OwnedFd>)>> {
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, Vec<OwnedFd>)>> {
         if !notices.is_empty() {
             send_datagram(self.fd.as_fd(), notices, &[])?;
         }
@@ -511,9 +526,7 @@ impl Connection {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut buf = vec![0u8; MAX_IN_DATAGRAM];
-        let got = recv_datagram(self.fd.as_fd(), &mut buf, left.is_none())?;
-        Ok(got.map(|(n, fds)| (buf, n, fds)))
+        recv_datagram(self.fd.as_fd(), buf, left.is_none())
     }
 
     /// Pull in whatever the broker sent, without blocking.
@@ -522,25 +535,32 @@ impl Connection {
         if g.reading {
             return Ok(());
         }
+        g.reading = true;
         let notices = std::mem::take(&mut g.notices);
+        let mut buf = g.take_rbuf();
         drop(g);
+        let mut result = Ok(());
         if !notices.is_empty() {
-            send_datagram(self.fd.as_fd(), &notices, &[])?;
+            result = send_datagram(self.fd.as_fd(), &notices, &[]);
         }
-        let mut buf = vec![0u8; MAX_IN_DATAGRAM];
-        loop {
-            let got = match recv_datagram(self.fd.as_fd(), &mut buf, false) {
-                Ok(g) => g,
-                Err(e) => {
-                    self.lock().dead = Some(e.errno());
-                    return Err(e);
+        while result.is_ok() {
+            match recv_datagram(self.fd.as_fd(), &mut buf, false) {
+                Ok(Some((n, fds))) => {
+                    let mut g = self.lock();
+                    dispatch(&mut g, &buf[..n], fds);
                 }
-            };
-            let Some((n, fds)) = got else { return Ok(()) };
-            let mut g = self.lock();
-            dispatch(&mut g, &buf[..n], fds);
-            self.cond.notify_all();
+                Ok(None) => break,
+                Err(e) => result = Err(e),
+            }
         }
+        let mut g = self.lock();
+        g.reading = false;
+        g.rbuf = buf;
+        if let Err(e) = &result {
+            g.dead = Some(e.errno());
+        }
+        self.cond.notify_all();
+        result
     }
 
     // ------------------------------------------------------------ messages
