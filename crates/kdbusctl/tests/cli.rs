@@ -1,0 +1,162 @@
+//! kdbusctl against a real broker.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+struct Broker {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// kdbusd is built next to kdbusctl by `cargo test --workspace`.
+fn kdbusd_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_kdbusctl")).with_file_name("kdbusd");
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace (cargo build -p kdbusd)",
+        p.display()
+    );
+    p
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(kdbusd_bin())
+            .arg("--runtime-dir")
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("kdbusd ready:"));
+        Broker { child, dir }
+    }
+
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+            .arg("--runtime-dir")
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {:?}", out.stdout))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn status_json() {
+    let b = Broker::start();
+    let v = b.ctl_json(&["status", "--json"]);
+    assert_eq!(v["bus_id"], 1);
+    assert_eq!(v["bloom"]["size"], 64);
+    assert_eq!(v["id128"].as_str().unwrap().len(), 32);
+    assert_eq!(v["connections"], 1);
+}
+
+#[test]
+fn list_shows_a_serving_connection_and_call_reaches_it() {
+    let b = Broker::start();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+        .arg("--runtime-dir")
+        .arg(b.dir.path())
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = String::new();
+    BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut id)
+        .unwrap();
+    let id = id.trim().to_string();
+    let list = b.ctl_json(&["list", "--json"]);
+    let rows = list.as_array().unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["id"].to_string() == id)
+        .expect("serve is listed");
+    assert_eq!(row["description"], "kdbusctl");
+    assert_eq!(row["unique_name"], format!(":1.{id}"));
+    assert!(row["pid"].as_u64().unwrap() > 0);
+
+    let out = b.ctl(&["call", &id, "hello there"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello there");
+
+    let out = b.ctl(&["call", "999", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ENXIO"));
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
+
+#[test]
+fn bench_json_has_the_promised_fields() {
+    let b = Broker::start();
+    let v = b.ctl_json(&["bench", "--rounds", "200", "--json"]);
+    for k in [
+        "native_round_trips_per_s",
+        "socketpair_round_trips_per_s",
+        "ratio",
+        "p50_us",
+        "p99_us",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {v}");
+    }
+}
+
+#[test]
+fn make_bus_serves_until_interrupted() {
+    let b = Broker::start();
+    let mut mk = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+        .arg("--runtime-dir")
+        .arg(b.dir.path())
+        .args(["make-bus", "mine"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut path = String::new();
+    BufReader::new(mk.stdout.take().unwrap())
+        .read_line(&mut path)
+        .unwrap();
+    let path = PathBuf::from(path.trim());
+    assert!(path.ends_with(format!("{}-mine/bus", rustix::process::getuid().as_raw())));
+    assert!(path.exists());
+    let v = b.ctl_json(&["--bus", path.to_str().unwrap(), "status", "--json"]);
+    assert_eq!(v["bus_id"], 2);
+    let _ = mk.kill();
+    let _ = mk.wait();
+    // The bus goes with its owner.
+    for _ in 0..100 {
+        if !path.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!path.exists());
+}
