@@ -45,11 +45,10 @@ pub fn bus_parse_make(body: &[u8], uid: u32) -> Result<BusSpec, Errno> {
         let it = it?;
         it.check_payload()?;
         match it.type_ {
-            item::MAKE_NAME => {
-                if name.replace(it.as_str()?).is_some() {
+            item::MAKE_NAME
+                if name.replace(it.as_str()?).is_some() => {
                     return Err(Errno::EEXIST);
                 }
-            }
             item::BLOOM_PARAMETER => {
                 let p: BloomParameter = kdbus_abi::read_struct(it.payload).ok_or(Errno::EINVAL)?;
                 if bloom.replace(p).is_some() {
@@ -75,7 +74,7 @@ pub fn bus_parse_make(body: &[u8], uid: u32) -> Result<BusSpec, Errno> {
 /// 8 ≤ size ≤ 4096, a multiple of 8, at least one hash function.
 pub fn bus_validate_bloom(b: &BloomParameter) -> Result<(), Errno> {
     let max = kdbus_abi::limits::BUS_BLOOM_MAX_SIZE;
-    if b.size < 8 || b.size > max || b.size % 8 != 0 || b.n_hash < 1 {
+    if b.size < 8 || b.size > max || !b.size.is_multiple_of(8) || b.n_hash < 1 {
         return Err(Errno::EINVAL);
     }
     Ok(())

@@ -89,7 +89,6 @@ fn bench_native(
     });
     let warmup = rounds / 10 + 1;
     let mut samples = Vec::with_capacity(rounds);
-    let mut cookie = 1u64;
     let mut start = Instant::now();
     for i in 0..warmup + rounds {
         if i == warmup {
@@ -107,7 +106,6 @@ fn bench_native(
         if i >= warmup {
             samples.push(t0.elapsed());
         }
-        cookie += 1;
     }
     let total = start.elapsed();
     client.byebye().ok();
