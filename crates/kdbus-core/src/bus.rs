@@ -45,10 +45,9 @@ pub fn bus_parse_make(body: &[u8], uid: u32) -> Result<BusSpec, Errno> {
         let it = it?;
         it.check_payload()?;
         match it.type_ {
-            item::MAKE_NAME
-                if name.replace(it.as_str()?).is_some() => {
-                    return Err(Errno::EEXIST);
-                }
+            item::MAKE_NAME if name.replace(it.as_str()?).is_some() => {
+                return Err(Errno::EEXIST);
+            }
             item::BLOOM_PARAMETER => {
                 let p: BloomParameter = kdbus_abi::read_struct(it.payload).ok_or(Errno::EINVAL)?;
                 if bloom.replace(p).is_some() {

@@ -95,6 +95,7 @@ fn bench_native(
             start = Instant::now();
         }
         let t0 = Instant::now();
+        let cookie = i as u64 + 1;
         let r = client.call(
             Message::to(server_id).cookie(cookie).payload(payload),
             Duration::from_secs(10),
