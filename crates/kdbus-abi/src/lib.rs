@@ -13,6 +13,7 @@ pub mod encode;
 pub mod errno;
 pub mod items;
 pub mod names;
+pub mod paths;
 pub mod structs;
 pub mod wire;
 

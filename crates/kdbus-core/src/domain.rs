@@ -429,9 +429,7 @@ impl Domain {
                 .and_then(|s| s.owed.get(&(dst_key, cookie)).copied());
             if let Some(tracker) = owed {
                 if let Some(sync_req) = tracker.sync_req {
-                    self.deliver_sync_reply(
-                        src_key, dst_key, cookie, tracker, sync_req, &req, &sender, my_fds,
-                    )?;
+                    self.deliver_sync_reply(src_key, dst_key, sync_req, &req, &sender, my_fds)?;
                 } else {
                     self.deliver(dst_key, &req, &sender, my_fds)?;
                     self.tracker_remove(src_key, dst_key, cookie);
@@ -482,29 +480,18 @@ impl Domain {
     ) -> Result<(), Errno> {
         let now = self.clock.now();
         let seq = self.seq + 1;
-        let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
-        let mask = dst.attach_recv & sender.attach_send;
-        let data_off = message_layout(&mut self.scratch, req, sender.id, mask, sender, now, seq);
-        let total = data_off + req.payload_len;
-        let offset = dst
-            .pool
-            .alloc_for_delivery(total)
-            .map_err(|e| Errno(e.errno()))?;
         let n_fds = fds.len() as u32;
-        if let Err(e) = dst.quota.charge(&dst.pool, sender.creds.uid, total, n_fds) {
-            let _ = dst.pool.free(offset);
-            return Err(Errno(e.errno()));
-        }
-        dst.mem.write(offset, &self.scratch);
-        let mut at = offset + kdbus_abi::align8(self.scratch.len() as u64);
-        for data in message_payload(req) {
-            dst.mem.write(at, data);
-            at += kdbus_abi::align8(data.len() as u64);
-        }
+        let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
+        let slot = Slot::Queue {
+            user: sender.creds.uid,
+            fds: n_fds,
+        };
+        let (offset, size) =
+            conn_write_message(dst, &mut self.scratch, slot, req, sender, now, seq)?;
         self.seq = seq;
         let q = Queued {
             offset,
-            size: total,
+            size,
             src: self.conns_key_of(sender.id, dst_key),
             cookie: req.msg.cookie,
             expect_reply: req.expects_reply(),
@@ -523,14 +510,12 @@ impl Domain {
     }
 
     /// Hand a reply straight to a requester blocked in a synchronous SEND: it goes into
-    /// the requester's pool as its own (published) slice, never into the queue.
-    #[allow(clippy::too_many_arguments)]
+    /// the requester's pool as its own (published) slice, never into the queue, and
+    /// answers the parked SEND request.
     fn deliver_sync_reply(
         &mut self,
         replier: ConnKey,
         requester: ConnKey,
-        cookie: u64,
-        tracker: Tracker,
         sync_req: u64,
         req: &SendRequest<'_>,
         sender: &SenderMeta,
@@ -539,20 +524,10 @@ impl Domain {
         let now = self.clock.now();
         let seq = self.seq + 1;
         let dst = self.conns.get_mut(&requester).ok_or(Errno::ENXIO)?;
-        let mask = dst.attach_recv & sender.attach_send;
-        let data_off = message_layout(&mut self.scratch, req, sender.id, mask, sender, now, seq);
-        let total = data_off + req.payload_len;
-        let offset = dst.pool.alloc(total, false).map_err(|e| Errno(e.errno()))?;
-        let _ = dst.pool.publish(offset);
-        dst.mem.write(offset, &self.scratch);
-        let mut at = offset + kdbus_abi::align8(self.scratch.len() as u64);
-        for data in message_payload(req) {
-            dst.mem.write(at, data);
-            at += kdbus_abi::align8(data.len() as u64);
-        }
+        let (offset, msg_size) =
+            conn_write_message(dst, &mut self.scratch, Slot::Owner, req, sender, now, seq)?;
         self.seq = seq;
-        let _ = tracker;
-        self.tracker_remove(replier, requester, cookie);
+        self.tracker_remove(replier, requester, req.msg.timeout_or_cookie_reply);
         let wb = CmdSend {
             size: std::mem::size_of::<CmdSend>() as u64,
             flags: kdbus_abi::send_flags::SYNC_REPLY,
@@ -560,7 +535,7 @@ impl Domain {
             msg_address: 0,
             reply: MsgInfo {
                 offset,
-                msg_size: total,
+                msg_size,
                 return_flags: 0,
             },
         };
@@ -1156,6 +1131,53 @@ fn conn_enqueue(
     let n = fds.len() as u16;
     conn.out_fds.extend(fds);
     conn_push_record(conn, dirty, wire::REC_MSG, n, 0, 0, ev.as_bytes());
+}
+
+/// Where a message goes in a pool.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// The incoming queue: kdbus's delivery rule and the sending user's quota apply.
+    Queue { user: u32, fds: u32 },
+    /// Handed to the owner at once (a synchronous reply): published, not accounted.
+    Owner,
+}
+
+/// Lay out `req` for `dst`, allocate its slice and write it. Returns (offset, size).
+fn conn_write_message(
+    dst: &mut Conn,
+    scratch: &mut Vec<u8>,
+    slot: Slot,
+    req: &SendRequest<'_>,
+    sender: &SenderMeta,
+    now: Now,
+    seq: u64,
+) -> Result<(u64, u64), Errno> {
+    let mask = dst.attach_recv & sender.attach_send;
+    let data_off = message_layout(scratch, req, sender.id, mask, sender, now, seq);
+    let total = data_off + req.payload_len;
+    let pool_err = |e: crate::pool::PoolError| Errno(e.errno());
+    let offset = match slot {
+        Slot::Queue { user, fds } => {
+            let offset = dst.pool.alloc_for_delivery(total).map_err(pool_err)?;
+            if let Err(e) = dst.quota.charge(&dst.pool, user, total, fds) {
+                let _ = dst.pool.free(offset);
+                return Err(Errno(e.errno()));
+            }
+            offset
+        }
+        Slot::Owner => {
+            let offset = dst.pool.alloc(total, false).map_err(pool_err)?;
+            dst.pool.publish(offset).map_err(pool_err)?;
+            offset
+        }
+    };
+    dst.mem.write(offset, scratch);
+    let mut at = offset + data_off;
+    for data in message_payload(req) {
+        dst.mem.write(at, data);
+        at += kdbus_abi::align8(data.len() as u64);
+    }
+    Ok((offset, total))
 }
 
 /// Write a result the owner asked for (info, list, hello items) into its pool: an

@@ -340,16 +340,8 @@ impl Connection {
             }),
             cond: Condvar::new(),
         };
-        conn.queue_notice(
-            cmd::FREE,
-            CmdFree {
-                size: 32,
-                flags: 0,
-                return_flags: 0,
-                offset: h.offset,
-            }
-            .as_bytes(),
-        );
+        // HELLO's items slice (the bloom parameters) is ours to free.
+        conn.free_later(h.offset);
         Ok(conn)
     }
 
@@ -388,6 +380,16 @@ impl Connection {
             body_len: body.len() as u64,
         };
         wire::push_frame(&mut g.notices, &h, &[body]);
+    }
+
+    /// Free a slice with the next datagram we write anyway.
+    fn free_later(&self, offset: u64) {
+        let c = CmdFree {
+            size: std::mem::size_of::<CmdFree>() as u64,
+            offset,
+            ..Default::default()
+        };
+        self.queue_notice(cmd::FREE, c.as_bytes());
     }
 
     /// Send pending notices now (they otherwise ride along with the next datagram).
@@ -761,16 +763,7 @@ impl Connection {
             .slice(wb.offset, wb.info_size)
             .ok_or(Error::Protocol("info outside pool"))?;
         let ci = parse_info(bytes).map(|(c, _)| c);
-        self.queue_notice(
-            cmd::FREE,
-            CmdFree {
-                size: 32,
-                flags: 0,
-                return_flags: 0,
-                offset: wb.offset,
-            }
-            .as_bytes(),
-        );
+        self.free_later(wb.offset);
         ci.ok_or(Error::Protocol("bad info record"))
     }
 
@@ -800,16 +793,7 @@ impl Connection {
                 bytes = bytes.get(used..).unwrap_or(&[]);
             }
         }
-        self.queue_notice(
-            cmd::FREE,
-            CmdFree {
-                size: 32,
-                flags: 0,
-                return_flags: 0,
-                offset: wb.offset,
-            }
-            .as_bytes(),
-        );
+        self.free_later(wb.offset);
         Ok(out)
     }
 
@@ -974,13 +958,7 @@ impl<'c> Received<'c> {
 impl Drop for Received<'_> {
     fn drop(&mut self) {
         if self.free_on_drop {
-            let c = CmdFree {
-                size: 32,
-                flags: 0,
-                return_flags: 0,
-                offset: self.offset,
-            };
-            self.conn.queue_notice(cmd::FREE, c.as_bytes());
+            self.conn.free_later(self.offset);
         }
     }
 }

@@ -36,16 +36,9 @@ pub fn monotonic_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-/// The runtime directory kdbusd uses by default (see kdbusd's documentation).
+/// The runtime directory kdbusd uses by default for this user.
 pub fn default_runtime_dir() -> std::path::PathBuf {
-    let uid = rustix::process::getuid().as_raw();
-    if uid == 0 {
-        return "/run/kdbus".into();
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => std::path::Path::new(&d).join("kdbus"),
-        _ => format!("/tmp/kdbus-{uid}").into(),
-    }
+    kdbus_abi::paths::default_runtime_dir(rustix::process::getuid().as_raw())
 }
 
 /// The default bus endpoint: `<runtime>/<uid>-user/bus`, or `$KDBUS_BUS` if set.

@@ -41,6 +41,27 @@ fn stats(mut samples: Vec<Duration>, total: Duration) -> Stats {
     }
 }
 
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Run `round` a tenth of `rounds` times to warm up, then `rounds` times timed.
+fn time_rounds(
+    rounds: usize,
+    mut round: impl FnMut(usize) -> BenchResult<()>,
+) -> BenchResult<Stats> {
+    let warmup = rounds / 10 + 1;
+    for i in 0..warmup {
+        round(i)?;
+    }
+    let mut samples = Vec::with_capacity(rounds);
+    let start = Instant::now();
+    for i in warmup..warmup + rounds {
+        let t0 = Instant::now();
+        round(i)?;
+        samples.push(t0.elapsed());
+    }
+    Ok(stats(samples, start.elapsed()))
+}
+
 pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let payload = vec![0x5au8; args.size];
     let native = bench_native(bus, args.rounds, &payload)?;
@@ -87,14 +108,7 @@ fn bench_native(
     let t = std::thread::spawn(move || {
         let _ = crate::serve_loop(&server);
     });
-    let warmup = rounds / 10 + 1;
-    let mut samples = Vec::with_capacity(rounds);
-    let mut start = Instant::now();
-    for i in 0..warmup + rounds {
-        if i == warmup {
-            start = Instant::now();
-        }
-        let t0 = Instant::now();
+    let stats = time_rounds(rounds, |i| {
         let cookie = i as u64 + 1;
         let r = client.call(
             Message::to(server_id).cookie(cookie).payload(payload),
@@ -103,17 +117,13 @@ fn bench_native(
         if r.payload().iter().map(|p| p.len()).sum::<usize>() != payload.len() {
             return Err("echo returned a different payload".into());
         }
-        drop(r);
-        if i >= warmup {
-            samples.push(t0.elapsed());
-        }
-    }
-    let total = start.elapsed();
+        Ok(())
+    })?;
     client.byebye().ok();
     drop(client);
     // The server ends when the broker hangs up; do not wait for it.
     drop(t);
-    Ok(stats(samples, total))
+    Ok(stats)
 }
 
 fn bench_socketpair(rounds: usize, payload: &[u8]) -> Result<Stats, Box<dyn std::error::Error>> {
@@ -138,25 +148,14 @@ fn bench_socketpair(rounds: usize, payload: &[u8]) -> Result<Stats, Box<dyn std:
         }
     });
     let mut buf = vec![0u8; size.max(1) + 64];
-    let warmup = rounds / 10 + 1;
-    let mut samples = Vec::with_capacity(rounds);
-    let mut start = Instant::now();
-    for i in 0..warmup + rounds {
-        if i == warmup {
-            start = Instant::now();
-        }
-        let t0 = Instant::now();
+    let stats = time_rounds(rounds, |_| {
         rustix::io::write(&a, payload)?;
-        let n = rustix::io::read(&a, &mut buf)?;
-        if n != size {
+        if rustix::io::read(&a, &mut buf)? != size {
             return Err("socketpair echo returned a different size".into());
         }
-        if i >= warmup {
-            samples.push(t0.elapsed());
-        }
-    }
-    let total = start.elapsed();
+        Ok(())
+    })?;
     drop(a);
     let _ = t.join();
-    Ok(stats(samples, total))
+    Ok(stats)
 }

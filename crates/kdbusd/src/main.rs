@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         })
         .collect();
     if buses.is_empty() {
-        buses.push(format!("{prefix}user"));
+        buses.push(kdbus_abi::paths::default_bus_name(uid));
     }
     let cfg = Config {
         runtime_dir: args.runtime_dir.unwrap_or_else(default_runtime_dir),
