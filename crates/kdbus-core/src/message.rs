@@ -291,8 +291,9 @@ pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u
     }
 }
 
-/// Lay out a received message in `out` (header and items only) and return the slice size
-/// including payload. `meta_mask` selects metadata, `seq` is the message's number.
+/// Lay out a received message in `out` (header and items only) and return where its
+/// payload starts (the header length, 8-aligned); the slice is that plus
+/// `req.payload_len`. `meta_mask` selects metadata, `seq` is the message's number.
 pub fn message_layout(
     out: &mut Vec<u8>,
     req: &SendRequest<'_>,
@@ -308,7 +309,8 @@ pub fn message_layout(
     hdr.src_id = src_id;
     hdr.size = header_len as u64;
     out.extend_from_slice(hdr.as_bytes());
-    let mut data_off = align8(header_len as u64);
+    let data_start = align8(header_len as u64);
+    let mut data_off = data_start;
     let mut w = ItemWriter::new(out);
     for it in ItemIter::new(req.items).flatten() {
         match it.type_ {
@@ -340,7 +342,7 @@ pub fn message_layout(
     }
     meta_write(out, meta_mask, m, now, seq);
     debug_assert_eq!(out.len(), header_len);
-    data_off
+    data_start
 }
 
 /// Iterate over the payload vectors of a request: `(size, data)` for non-NULL vectors.

@@ -180,6 +180,20 @@ fn unicast_is_written_to_the_pool_announced_and_claimed() {
     assert_eq!(ev.len(), 1);
     let (hdr, bytes) = b.pool_msg(c, ev[0].offset);
     assert_eq!((hdr.src_id, hdr.cookie), (1, 5));
+    // The slice is the header, padded, then the payload vector, padded.
+    assert_eq!(ev[0].msg_size, kdbus_abi::align8(hdr.size) + 8);
+    let off = kdbus_abi::ItemIter::received(&bytes[64..])
+        .flatten()
+        .find(|i| i.type_ == item::PAYLOAD_OFF)
+        .unwrap();
+    let v: kdbus_abi::Vec_ = read_struct(off.payload).unwrap();
+    assert_eq!(v.size, 3);
+    assert_eq!(
+        b.pools[&c]
+            .read(ev[0].offset + v.address_or_offset, 3)
+            .unwrap(),
+        b"abc"
+    );
     // A TIMESTAMP item carries the message's sequence number.
     let ts = kdbus_abi::ItemIter::received(&bytes[64..])
         .flatten()
