@@ -27,6 +27,9 @@ pub const REQ_NO_REPLY: u32 = 1 << 0;
 pub const REC_REPLY: u16 = 1;
 /// Record kind: a message was queued (body: [`MsgEvent`]).
 pub const REC_MSG: u16 = 2;
+/// Record kind: a message announced earlier left the queue without being received
+/// (it moved to another connection with a name); body: its `u64` offset.
+pub const REC_RETRACT: u16 = 3;
 
 /// Largest datagram the broker accepts: a full command, a message with the largest
 /// inline payload kdbus allows, and slack for framing.

@@ -6,8 +6,11 @@
 
 use crate::domain::ConnKey;
 use crate::meta::Peer;
+use crate::names::NameRegistry;
 use kdbus_abi::{item, items::ItemIter, make_flags, names, BloomParameter, CmdGeneric, Errno};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 pub struct Bus {
     pub id: u64,
@@ -21,6 +24,16 @@ pub struct Bus {
     /// Unique id -> connection.
     pub conns: BTreeMap<u64, ConnKey>,
     pub next_conn_id: u64,
+    pub names: NameRegistry,
+    /// Names (possibly `a.b.*` wildcards) whose policy a policy holder speaks for.
+    pub policy_holders: HashMap<Arc<str>, ConnKey>,
+}
+
+impl Bus {
+    /// kdbus's "privileged bus user": CAP_IPC_OWNER, or the bus's own uid.
+    pub fn is_privileged(&self, peer: &Peer) -> bool {
+        peer.privileged || peer.creds.uid == self.creator.creds.uid
+    }
 }
 
 /// What BUS_MAKE asked for, validated.

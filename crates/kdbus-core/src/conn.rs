@@ -23,8 +23,12 @@ pub enum ConnState {
     Disconnected,
 }
 
+/// File descriptors travelling with a message. Shared: the queue keeps them (a message
+/// may still move to another connection) while the announcement carries them out.
+pub type Files = Arc<[OwnedFd]>;
+
 /// A message sitting in a connection's queue.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Queued {
     pub offset: u64,
     pub size: u64,
@@ -34,7 +38,16 @@ pub struct Queued {
     pub expect_reply: bool,
     /// Quota charged to this user for this message.
     pub user: u32,
-    pub fds: u32,
+    pub files: Option<Files>,
+    /// The registry id of the name the message was sent to (0: sent to an id).
+    pub name_id: u64,
+    pub priority: i64,
+}
+
+impl Queued {
+    pub fn n_fds(&self) -> u32 {
+        self.files.as_ref().map_or(0, |f| f.len() as u32)
+    }
 }
 
 /// A match entry; its rules are kept verbatim until the match engine exists.
@@ -66,9 +79,10 @@ pub struct Conn {
     pub awaited: HashSet<(ConnKey, u64)>,
     pub dropped_msgs: u64,
     pub matches: Vec<MatchEntry>,
-    /// Records waiting to be written to the client, and the fds going with them.
+    /// Records waiting to be written to the client, and the fds going with them: one
+    /// entry per record whose `n_fds` is not zero, in record order.
     pub out: Vec<u8>,
-    pub out_fds: Vec<OwnedFd>,
+    pub out_fds: Vec<Files>,
     pub dirty: bool,
     /// Name given at HELLO (activators, policy holders).
     pub special_name: Option<String>,

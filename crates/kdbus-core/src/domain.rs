@@ -12,24 +12,27 @@
 
 use crate::bus::{bus_parse_make, Bus};
 use crate::clock::{Clock, Now};
-use crate::conn::{Conn, ConnState, MatchEntry, Queued};
+use crate::conn::{Conn, ConnState, Files, MatchEntry, Queued};
 use crate::memory::PoolMemory;
 use crate::message::{
     message_layout, message_layout_kernel, message_parse_send, message_payload, meta_len,
     meta_write, SendRequest, SenderMeta,
 };
 use crate::meta::{Creds, Peer};
+use crate::names::{NameEvent, NameRegistry};
 use crate::pool::{PoolAllocator, PoolQuota};
 use crate::queue::RecvQueue;
 use crate::reply::{ReplyFailure, Tracker};
 use kdbus_abi::items::{ItemIter, ItemWriter};
 use kdbus_abi::wire::{self, MsgEvent, RecHeader};
 use kdbus_abi::{
-    attach, cmd, hello_flags, item, limits, list_flags, match_flags, read_cmd, recv_flags, CmdFree,
-    CmdGeneric, CmdHello, CmdInfo, CmdList, CmdMatch, CmdRecv, CmdSend, Errno, Info, MsgInfo,
+    attach, cmd, hello_flags, item, limits, list_flags, match_flags, name_flags, read_cmd,
+    recv_flags, CmdFree, CmdGeneric, CmdHello, CmdInfo, CmdList, CmdMatch, CmdRecv, CmdSend, Errno,
+    Info, MsgInfo,
 };
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use zerocopy::IntoBytes;
 
 pub type ConnKey = u64;
@@ -129,6 +132,8 @@ impl Domain {
             creator: peer.clone(),
             conns: Default::default(),
             next_conn_id: 1,
+            names: NameRegistry::new(),
+            policy_holders: HashMap::new(),
         };
         self.next_bus_id += 1;
         self.bus_names.insert(spec.name, key);
@@ -202,8 +207,7 @@ impl Domain {
         if kind.count_ones() > 1 {
             return Err(Errno::EINVAL);
         }
-        let privileged = peer.privileged || peer.creds.uid == bus.creator.creds.uid;
-        if kind != 0 && !privileged {
+        if kind != 0 && !bus.is_privileged(peer) {
             return Err(Errno::EPERM);
         }
         let mut description = None;
@@ -221,15 +225,7 @@ impl Domain {
                     }
                 }
                 item::NAME => {
-                    let s = it
-                        .payload
-                        .get(8..)
-                        .map(|p| kdbus_abi::Item {
-                            type_: it.type_,
-                            payload: p,
-                        })
-                        .ok_or(Errno::EINVAL)?
-                        .as_str()?;
+                    let s = it.as_str()?;
                     let wildcard = cmd.flags & hello_flags::POLICY_HOLDER != 0;
                     kdbus_abi::names::validate_well_known_name(s, wildcard)?;
                     if name.replace(s).is_some() {
@@ -248,6 +244,16 @@ impl Domain {
         }
         if bus.attach_flags_owner & !cmd.attach_flags_send != 0 {
             return Err(Errno::ECONNREFUSED);
+        }
+        if let Some(n) = name {
+            // An activator and a policy holder both speak for a name's policy, so only
+            // one of them may exist per name; and one activator per name.
+            let activator = cmd.flags & hello_flags::ACTIVATOR != 0;
+            let held = bus.policy_holders.contains_key(n);
+            let has_activator = bus.names.lookup(n).is_some_and(|e| e.activator.is_some());
+            if held || (activator && has_activator) || (!activator && has_activator) {
+                return Err(Errno::EEXIST);
+            }
         }
         let usage = self.users.entry(peer.creds.uid).or_default();
         if !peer.privileged && usage.conns >= limits::USER_MAX_CONN {
@@ -298,7 +304,20 @@ impl Domain {
         reply.items_size = items_size;
         reply.id128 = bus.id128;
         tracing::debug!(bus = %bus.name, id, "hello");
+        let special = conn.special_name.clone();
+        let flags = conn.flags;
         self.conns.insert(key, conn);
+        if let Some(n) = special {
+            if flags & hello_flags::ACTIVATOR != 0 {
+                let mut events = Vec::new();
+                if let Some(bus) = self.buses.get_mut(&bus_key) {
+                    let _ = bus.names.acquire(key, true, &n, 0, &mut events);
+                }
+                self.names_apply(bus_key, events);
+            } else if let Some(bus) = self.buses.get_mut(&bus_key) {
+                bus.policy_holders.insert(n.into(), key);
+            }
+        }
         Ok((key, reply))
     }
 
@@ -339,8 +358,8 @@ impl Domain {
                 cmd::LIST => self.cmd_list(key, req.body).map(Reply::List),
                 cmd::MATCH_ADD => self.cmd_match_add(key, req.body).map(Reply::Match),
                 cmd::MATCH_REMOVE => self.cmd_match_remove(key, req.body).map(Reply::Match),
-                // The name registry is not built yet.
-                cmd::NAME_ACQUIRE | cmd::NAME_RELEASE => Err(Errno::EOPNOTSUPP),
+                cmd::NAME_ACQUIRE => self.cmd_name_acquire(key, req.body).map(Reply::Generic),
+                cmd::NAME_RELEASE => self.cmd_name_release(key, req.body).map(Reply::Generic),
                 _ => Err(Errno::ENOTTY),
             }
         };
@@ -384,14 +403,15 @@ impl Domain {
                 return Err(e);
             }
         };
-        let my_fds: Vec<OwnedFd> = fds.drain(..req.n_fds).collect();
+        let files: Option<Files> = (req.n_fds > 0).then(|| fds.drain(..req.n_fds).collect());
         let bus_key = src.bus;
-        let sender = SenderMeta {
+        let mut sender = SenderMeta {
             id: src.id,
             creds: r.creds,
             peer: src.peer.clone(),
             description: src.description.clone(),
             attach_send: src.attach_send,
+            names: Vec::new(),
         };
         if req.msg.dst_id == kdbus_abi::DST_ID_BROADCAST {
             // Broadcasts arrive with bloom filters and matches.
@@ -400,25 +420,21 @@ impl Domain {
         if req.bloom.is_some() {
             return Err(Errno::EBADMSG);
         }
-        if req.msg.dst_id == kdbus_abi::DST_ID_NAME {
-            // Name lookup arrives with the name registry.
-            return Err(if req.dst_name.is_some() {
-                Errno::ESRCH
-            } else {
-                Errno::EDESTADDRREQ
-            });
-        }
         let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
-        let dst_key = *bus.conns.get(&req.msg.dst_id).ok_or(Errno::ENXIO)?;
+        let (dst_key, name_id) = bus_resolve_destination(bus, &self.conns, &req)?;
         let dst = self.conns.get(&dst_key).ok_or(Errno::ENXIO)?;
-        if !dst.is_ordinary() {
-            return Err(Errno::ENXIO);
-        }
         if !dst.is_active() {
             return Err(Errno::ECONNRESET);
         }
-        if !my_fds.is_empty() && dst.flags & hello_flags::ACCEPT_FD == 0 {
+        if files.is_some() && dst.flags & hello_flags::ACCEPT_FD == 0 {
             return Err(Errno::ECOMM);
+        }
+        if dst.attach_recv & sender.attach_send & attach::NAMES != 0 {
+            sender.names = bus
+                .names
+                .owned_by(src_key)
+                .filter_map(|n| Some((n.clone(), bus.names.lookup(n)?.flags)))
+                .collect();
         }
 
         // A reply: the sender owes the destination an answer for this cookie.
@@ -429,9 +445,9 @@ impl Domain {
                 .and_then(|s| s.owed.get(&(dst_key, cookie)).copied());
             if let Some(tracker) = owed {
                 if let Some(sync_req) = tracker.sync_req {
-                    self.deliver_sync_reply(src_key, dst_key, sync_req, &req, &sender, my_fds)?;
+                    self.deliver_sync_reply(src_key, dst_key, sync_req, &req, &sender, files)?;
                 } else {
-                    self.deliver(dst_key, &req, &sender, my_fds)?;
+                    self.deliver(dst_key, &req, &sender, files, name_id)?;
                     self.tracker_remove(src_key, dst_key, cookie);
                 }
                 return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
@@ -449,20 +465,13 @@ impl Domain {
                 return Err(Errno::EEXIST);
             }
         }
-        self.deliver(dst_key, &req, &sender, my_fds)?;
+        self.deliver(dst_key, &req, &sender, files, name_id)?;
         if !expect {
             return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
         }
         let sync_req = req.is_sync().then_some(r.req_id);
         let deadline = req.msg.timeout_or_cookie_reply;
-        if let Some(dst) = self.conns.get_mut(&dst_key) {
-            dst.owed
-                .insert((src_key, cookie), Tracker { deadline, sync_req });
-        }
-        if let Some(src) = self.conns.get_mut(&src_key) {
-            src.awaited.insert((dst_key, cookie));
-        }
-        self.deadlines.insert((deadline, dst_key, src_key, cookie));
+        self.tracker_insert(dst_key, src_key, cookie, Tracker { deadline, sync_req });
         Ok(if sync_req.is_some() {
             SendOutcome::Pending
         } else {
@@ -476,11 +485,12 @@ impl Domain {
         dst_key: ConnKey,
         req: &SendRequest<'_>,
         sender: &SenderMeta,
-        fds: Vec<OwnedFd>,
+        files: Option<Files>,
+        name_id: u64,
     ) -> Result<(), Errno> {
         let now = self.clock.now();
         let seq = self.seq + 1;
-        let n_fds = fds.len() as u32;
+        let n_fds = files.as_ref().map_or(0, |f| f.len() as u32);
         let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
         let slot = Slot::Queue {
             user: sender.creds.uid,
@@ -496,10 +506,12 @@ impl Domain {
             cookie: req.msg.cookie,
             expect_reply: req.expects_reply(),
             user: sender.creds.uid,
-            fds: n_fds,
+            files,
+            name_id,
+            priority: req.msg.priority,
         };
         let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
-        conn_enqueue(dst, &mut self.dirty, seq, req.msg.priority, q, fds);
+        conn_enqueue(dst, &mut self.dirty, seq, q);
         Ok(())
     }
 
@@ -519,7 +531,7 @@ impl Domain {
         sync_req: u64,
         req: &SendRequest<'_>,
         sender: &SenderMeta,
-        fds: Vec<OwnedFd>,
+        files: Option<Files>,
     ) -> Result<(), Errno> {
         let now = self.clock.now();
         let seq = self.seq + 1;
@@ -540,8 +552,8 @@ impl Domain {
             },
         };
         let dst = self.conns.get_mut(&requester).ok_or(Errno::ENXIO)?;
-        let n = fds.len() as u16;
-        dst.out_fds.extend(fds);
+        let n = files.as_ref().map_or(0, |f| f.len() as u16);
+        dst.out_fds.extend(files);
         conn_push_record(
             dst,
             &mut self.dirty,
@@ -640,9 +652,11 @@ impl Domain {
             cookie: 0,
             expect_reply: false,
             user: KERNEL_USER,
-            fds: 0,
+            files: None,
+            name_id: 0,
+            priority: 0,
         };
-        conn_enqueue(dst, &mut self.dirty, seq, 0, q, Vec::new());
+        conn_enqueue(dst, &mut self.dirty, seq, q);
     }
 
     // ---------------------------------------------------------------- timeouts
@@ -694,7 +708,7 @@ impl Domain {
         } else {
             conn.queue.peek().ok_or(Errno::EAGAIN)?.0
         };
-        let q = *conn.queue.get(seq).ok_or(Errno::ENXIO)?;
+        let q = conn.queue.get(seq).ok_or(Errno::ENXIO)?.clone();
         let mut wb = cmd;
         wb.msg = MsgInfo {
             offset: q.offset,
@@ -712,7 +726,7 @@ impl Domain {
         }
         conn.queue.remove(seq);
         conn.queued_at.remove(&q.offset);
-        conn.quota.uncharge(q.user, q.size, q.fds);
+        conn.quota.uncharge(q.user, q.size, q.n_fds());
         if cmd.flags & recv_flags::DROP != 0 {
             let _ = conn.pool.free(q.offset);
             if let (true, Some(src)) = (q.expect_reply, q.src) {
@@ -764,6 +778,17 @@ impl Domain {
         }
         conn.state = ConnState::Disconnected;
         let (bus, id, uid) = (conn.bus, conn.id, conn.peer.creds.uid);
+        // Names go first: a name falling back to its activator takes the messages
+        // addressed to it along, before the rest of the queue is dropped.
+        let mut events = Vec::new();
+        if let Some(b) = self.buses.get_mut(&bus) {
+            b.names.release_all(key, &mut events);
+            b.policy_holders.retain(|_, holder| *holder != key);
+        }
+        self.names_apply(bus, events);
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         let owed: Vec<_> = conn.owed.keys().copied().collect();
         let awaited: Vec<_> = conn.awaited.iter().copied().collect();
         for q in conn.queue.drain().map(|(_, q)| q) {
@@ -809,27 +834,13 @@ impl Domain {
         }
         let items = &body[std::mem::size_of::<CmdInfo>()..size as usize];
         let me = self.conns.get(&key).ok_or(Errno::ECONNRESET)?;
+        let bus = self.buses.get(&me.bus).ok_or(Errno::ESHUTDOWN)?;
         let target_key = if cmd.id == 0 {
-            let mut name = None;
-            for it in ItemIter::new(items) {
-                let it = it?;
-                if it.type_ == item::NAME {
-                    let s = it.payload.get(8..).ok_or(Errno::EINVAL)?;
-                    name = Some(
-                        kdbus_abi::Item {
-                            type_: item::NAME,
-                            payload: s,
-                        }
-                        .as_str()?,
-                    );
-                }
-            }
-            let name = name.ok_or(Errno::EINVAL)?;
+            let name = items_name(items)?.ok_or(Errno::EINVAL)?;
             kdbus_abi::names::validate_well_known_name(name, false)?;
-            return Err(Errno::ESRCH); // no name registry yet
+            bus.names.lookup(name).ok_or(Errno::ESRCH)?.owner
         } else {
             kdbus_abi::items::validate_all(items)?;
-            let bus = self.buses.get(&me.bus).ok_or(Errno::ESHUTDOWN)?;
             *bus.conns.get(&cmd.id).ok_or(Errno::ENXIO)?
         };
         let t = self.conns.get(&target_key).ok_or(Errno::ENXIO)?;
@@ -839,6 +850,7 @@ impl Domain {
             peer: t.peer.clone(),
             description: t.description.clone(),
             attach_send: attach::ALL,
+            names: bus_owned_names(bus, target_key),
         };
         let (id, flags) = (t.id, t.flags);
         let mask = cmd.attach_flags & INFO_ATTACH;
@@ -863,6 +875,7 @@ impl Domain {
             peer: bus.creator.clone(),
             description: None,
             attach_send: attach::ALL,
+            names: Vec::new(),
         };
         let (id, flags) = (bus.id, bus.flags);
         let mask = cmd.attach_flags & INFO_ATTACH;
@@ -933,24 +946,55 @@ impl Domain {
         let me = self.conns.get(&key).ok_or(Errno::ECONNRESET)?;
         let bus = self.buses.get(&me.bus).ok_or(Errno::ESHUTDOWN)?;
         self.scratch.clear();
-        if cmd.flags & list_flags::UNIQUE != 0 {
-            for ck in bus.conns.values() {
-                let Some(c) = self.conns.get(ck).filter(|c| c.is_ordinary()) else {
-                    continue;
-                };
-                let desc_len = c
-                    .description
-                    .as_ref()
-                    .map_or(0, |d| kdbus_abi::items::item_space(d.len() + 1));
-                let info = Info {
-                    size: (24 + desc_len) as u64,
-                    id: c.id,
-                    flags: c.flags,
-                };
-                self.scratch.extend_from_slice(info.as_bytes());
-                if let Some(d) = &c.description {
-                    ItemWriter::new(&mut self.scratch).push_str(item::CONN_DESCRIPTION, d);
+        let f = cmd.flags;
+        for ck in bus.conns.values() {
+            let Some(c) = self.conns.get(ck) else {
+                continue;
+            };
+            let activator = c.flags & hello_flags::ACTIVATOR != 0;
+            if c.flags & (hello_flags::MONITOR | hello_flags::POLICY_HOLDER) != 0
+                || (activator && f & list_flags::ACTIVATORS == 0)
+            {
+                continue;
+            }
+            let mut added = false;
+            if f & (list_flags::NAMES | list_flags::ACTIVATORS) != 0 {
+                for n in bus.names.owned_by(c.key) {
+                    let Some(e) = bus.names.lookup(n) else {
+                        continue;
+                    };
+                    if f & list_flags::ACTIVATORS != 0 {
+                        if let Some(a) = e
+                            .activator
+                            .filter(|a| *a != c.key)
+                            .and_then(|a| self.conns.get(&a))
+                        {
+                            list_write(&mut self.scratch, a, Some((n, name_flags::ACTIVATOR)));
+                            added = true;
+                        }
+                    }
+                    if f & list_flags::NAMES != 0 || activator {
+                        list_write(&mut self.scratch, c, Some((n, e.flags)));
+                        added = true;
+                    }
                 }
+            }
+            if f & list_flags::QUEUED != 0 {
+                for n in bus.names.queued_by(c.key) {
+                    let Some(e) = bus.names.lookup(n) else {
+                        continue;
+                    };
+                    let flags = e.queue.iter().find(|(q, _)| *q == c.key).map_or(0, |q| q.1);
+                    list_write(
+                        &mut self.scratch,
+                        c,
+                        Some((n, flags | name_flags::IN_QUEUE)),
+                    );
+                    added = true;
+                }
+            }
+            if !added && f & list_flags::UNIQUE != 0 {
+                list_write(&mut self.scratch, c, None);
             }
         }
         let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
@@ -959,6 +1003,156 @@ impl Domain {
         wb.offset = offset;
         wb.list_size = list_size;
         Ok(wb)
+    }
+
+    // ---------------------------------------------------------------- names
+
+    fn cmd_name_acquire(&mut self, key: ConnKey, body: &[u8]) -> Result<CmdGeneric, Errno> {
+        let (cmd, size) = read_cmd::<CmdGeneric>(body)?;
+        if cmd.flags & !crate::names::ACQUIRE_FLAGS != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let items = &body[std::mem::size_of::<CmdGeneric>()..size as usize];
+        let name = items_name(items)?.ok_or(Errno::EINVAL)?;
+        kdbus_abi::names::validate_well_known_name(name, false)?;
+        let conn = self.conns.get(&key).ok_or(Errno::ECONNRESET)?;
+        let bus_key = conn.bus;
+        let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        // Without policy entries only privileged bus users may own names (kdbus's
+        // default); the policy database will add grants.
+        if !bus.is_privileged(&conn.peer) {
+            return Err(Errno::EPERM);
+        }
+        let mut events = Vec::new();
+        let return_flags = bus
+            .names
+            .acquire(key, false, name, cmd.flags, &mut events)?;
+        self.names_apply(bus_key, events);
+        Ok(CmdGeneric {
+            return_flags,
+            ..cmd
+        })
+    }
+
+    fn cmd_name_release(&mut self, key: ConnKey, body: &[u8]) -> Result<CmdGeneric, Errno> {
+        let (cmd, size) = read_cmd::<CmdGeneric>(body)?;
+        if cmd.flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let items = &body[std::mem::size_of::<CmdGeneric>()..size as usize];
+        let name = items_name(items)?.ok_or(Errno::EINVAL)?;
+        kdbus_abi::names::validate_well_known_name(name, false)?;
+        let bus_key = self.conns.get(&key).ok_or(Errno::ECONNRESET)?.bus;
+        let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        let mut events = Vec::new();
+        bus.names.release(key, name, &mut events)?;
+        self.names_apply(bus_key, events);
+        Ok(cmd)
+    }
+
+    /// Carry out what a registry change means, in order: move messages, notify.
+    fn names_apply(&mut self, bus: BusKey, events: Vec<NameEvent>) {
+        for ev in events {
+            match ev {
+                NameEvent::Move { from, to, name_id } => self.conn_move_messages(from, to, name_id),
+                other => self.notify_name_change(bus, &other),
+            }
+        }
+    }
+
+    /// NAME_ADD / NAME_REMOVE / NAME_CHANGE. Delivering them needs match rules, which
+    /// come with the broadcast work; until then they are only traced.
+    fn notify_name_change(&mut self, bus: BusKey, ev: &NameEvent) {
+        tracing::trace!(bus, ?ev, "name change");
+    }
+
+    /// Move queued messages from `from` to `to` (all, or those sent to `name_id`),
+    /// keeping their order and sequence numbers, with the answers owed for them. A
+    /// message that does not fit into `to` is lost for it: counted as dropped, and its
+    /// sender learns REPLY_DEAD if it waited for an answer.
+    fn conn_move_messages(&mut self, from: ConnKey, to: ConnKey, name_id: Option<u64>) {
+        let Some(src) = self.conns.get_mut(&from) else {
+            return;
+        };
+        let seqs: Vec<u64> = src
+            .queue
+            .iter()
+            .filter(|(_, q)| name_id.is_none_or(|id| q.name_id == id))
+            .map(|(seq, _)| seq)
+            .collect();
+        let mut moved = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            let Some(q) = src.queue.remove(seq) else {
+                continue;
+            };
+            src.queued_at.remove(&q.offset);
+            src.quota.uncharge(q.user, q.size, q.n_fds());
+            let bytes = src.mem.read(q.offset, q.size as usize);
+            let _ = src.pool.free(q.offset);
+            conn_push_record(
+                src,
+                &mut self.dirty,
+                wire::REC_RETRACT,
+                0,
+                0,
+                0,
+                &q.offset.to_ne_bytes(),
+            );
+            moved.push((seq, q, bytes));
+        }
+        for (seq, q, bytes) in moved {
+            let tracker = q
+                .src
+                .filter(|_| q.expect_reply)
+                .and_then(|s| self.tracker_remove(from, s, q.cookie));
+            let Some(dst) = self.conns.get_mut(&to) else {
+                continue;
+            };
+            let placed = bytes.and_then(|b| {
+                let offset = dst.pool.alloc_for_delivery(q.size).ok()?;
+                if dst
+                    .quota
+                    .charge(&dst.pool, q.user, q.size, q.n_fds())
+                    .is_err()
+                {
+                    let _ = dst.pool.free(offset);
+                    return None;
+                }
+                dst.mem.write(offset, &b);
+                Some(offset)
+            });
+            let Some(offset) = placed else {
+                dst.dropped_msgs += 1;
+                if let (Some(t), Some(requester)) = (tracker, q.src) {
+                    self.tracker_fail(requester, q.cookie, t, ReplyFailure::Dead);
+                }
+                continue;
+            };
+            conn_enqueue(
+                dst,
+                &mut self.dirty,
+                seq,
+                Queued {
+                    offset,
+                    ..q.clone()
+                },
+            );
+            if let (Some(t), Some(requester)) = (tracker, q.src) {
+                self.tracker_insert(to, requester, q.cookie, t);
+            }
+        }
+    }
+
+    /// Record "replier owes requester an answer to cookie".
+    fn tracker_insert(&mut self, replier: ConnKey, requester: ConnKey, cookie: u64, t: Tracker) {
+        if let Some(r) = self.conns.get_mut(&replier) {
+            r.owed.insert((requester, cookie), t);
+        }
+        if let Some(r) = self.conns.get_mut(&requester) {
+            r.awaited.insert((replier, cookie));
+        }
+        self.deadlines
+            .insert((t.deadline, replier, requester, cookie));
     }
 
     // ---------------------------------------------------------------- matches
@@ -1008,7 +1202,7 @@ impl Domain {
     }
 
     /// The pending output of a connection (records, fds); the broker drains what it wrote.
-    pub fn conn_output(&mut self, key: ConnKey) -> Option<(&mut Vec<u8>, &mut Vec<OwnedFd>)> {
+    pub fn conn_output(&mut self, key: ConnKey) -> Option<(&mut Vec<u8>, &mut Vec<Files>)> {
         let c = self.conns.get_mut(&key)?;
         c.dirty = false;
         Some((&mut c.out, &mut c.out_fds))
@@ -1029,8 +1223,88 @@ impl Domain {
     }
 }
 
+/// Where a SEND goes: (connection, registry id of the name it was sent to, or 0).
+fn bus_resolve_destination(
+    bus: &Bus,
+    conns: &HashMap<ConnKey, Conn>,
+    req: &SendRequest<'_>,
+) -> Result<(ConnKey, u64), Errno> {
+    let dst_id = req.msg.dst_id;
+    let Some(name) = req.dst_name else {
+        if dst_id == kdbus_abi::DST_ID_NAME {
+            return Err(Errno::EDESTADDRREQ);
+        }
+        let key = *bus.conns.get(&dst_id).ok_or(Errno::ENXIO)?;
+        // Activators, policy holders and monitors cannot be addressed by id.
+        if !conns.get(&key).is_some_and(|c| c.is_ordinary()) {
+            return Err(Errno::ENXIO);
+        }
+        return Ok((key, 0));
+    };
+    let e = bus.names.lookup(name).ok_or(Errno::ESRCH)?;
+    let owner = conns.get(&e.owner).ok_or(Errno::ESRCH)?;
+    if dst_id != kdbus_abi::DST_ID_NAME && owner.id != dst_id {
+        return Err(Errno::EREMCHG);
+    }
+    if e.flags & name_flags::ACTIVATOR != 0
+        && req.msg.flags & kdbus_abi::msg_flags::NO_AUTO_START != 0
+    {
+        return Err(Errno::EADDRNOTAVAIL);
+    }
+    Ok((e.owner, e.name_id))
+}
+
+/// The names `conn` owns, with their flags (for NAMES metadata).
+fn bus_owned_names(bus: &Bus, conn: ConnKey) -> Vec<(Arc<str>, u64)> {
+    bus.names
+        .owned_by(conn)
+        .filter_map(|n| Some((n.clone(), bus.names.lookup(n)?.flags)))
+        .collect()
+}
+
+/// The NAME item of a command (a plain string, as in kdbus HEAD); EINVAL if malformed.
+fn items_name(items: &[u8]) -> Result<Option<&str>, Errno> {
+    let mut name = None;
+    for it in ItemIter::new(items) {
+        let it = it?;
+        if it.type_ == item::NAME {
+            if name.is_some() {
+                return Err(Errno::EINVAL);
+            }
+            name = Some(it.as_str()?);
+        }
+    }
+    Ok(name)
+}
+
+/// One LIST record: `kdbus_info` + an OWNED_NAME item + the description.
+fn list_write(out: &mut Vec<u8>, c: &Conn, name: Option<(&Arc<str>, u64)>) {
+    let name_len = name.map_or(0, |(n, _)| kdbus_abi::items::item_space(8 + n.len() + 1));
+    let desc_len = c
+        .description
+        .as_ref()
+        .map_or(0, |d| kdbus_abi::items::item_space(d.len() + 1));
+    let info = Info {
+        size: (24 + name_len + desc_len) as u64,
+        id: c.id,
+        flags: c.flags,
+    };
+    out.extend_from_slice(info.as_bytes());
+    let mut w = ItemWriter::new(out);
+    if let Some((n, flags)) = name {
+        w.push_parts(
+            item::OWNED_NAME,
+            &[&flags.to_ne_bytes(), n.as_bytes(), &[0]],
+        );
+    }
+    if let Some(d) = &c.description {
+        w.push_str(item::CONN_DESCRIPTION, d);
+    }
+}
+
 /// Metadata CONN_INFO and BUS_CREATOR_INFO can report (what was captured at connect).
-const INFO_ATTACH: u64 = attach::CREDS
+const INFO_ATTACH: u64 = attach::NAMES
+    | attach::CREDS
     | attach::PIDS
     | attach::PID_COMM
     | attach::EXE
@@ -1111,25 +1385,18 @@ fn conn_push_record(
     }
 }
 
-fn conn_enqueue(
-    conn: &mut Conn,
-    dirty: &mut Vec<ConnKey>,
-    seq: u64,
-    priority: i64,
-    q: Queued,
-    fds: Vec<OwnedFd>,
-) {
-    conn.queue.push(seq, priority, q);
-    conn.queued_at.insert(q.offset, seq);
+fn conn_enqueue(conn: &mut Conn, dirty: &mut Vec<ConnKey>, seq: u64, q: Queued) {
     let ev = MsgEvent {
         offset: q.offset,
         msg_size: q.size,
-        priority,
+        priority: q.priority,
         seq,
         dropped_msgs: conn.dropped_msgs,
     };
-    let n = fds.len() as u16;
-    conn.out_fds.extend(fds);
+    let n = q.n_fds() as u16;
+    conn.out_fds.extend(q.files.clone());
+    conn.queued_at.insert(q.offset, seq);
+    conn.queue.push(seq, q.priority, q);
     conn_push_record(conn, dirty, wire::REC_MSG, n, 0, 0, ev.as_bytes());
 }
 

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod memory;
 pub mod message;
 pub mod meta;
+pub mod names;
 pub mod pool;
 pub mod queue;
 pub mod reply;

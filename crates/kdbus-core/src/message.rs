@@ -204,6 +204,8 @@ pub struct SenderMeta {
     pub peer: Peer,
     pub description: Option<Arc<str>>,
     pub attach_send: u64,
+    /// Names the sender owns, with their flags; filled only when a receiver asks.
+    pub names: Vec<(Arc<str>, u64)>,
 }
 
 /// Metadata items attached for a receiver that asked for `mask`.
@@ -217,6 +219,13 @@ pub fn meta_len(mask: u64, m: &SenderMeta) -> usize {
     }
     if mask & attach::PIDS != 0 {
         n += item_space(24);
+    }
+    if mask & attach::NAMES != 0 {
+        n += m
+            .names
+            .iter()
+            .map(|(name, _)| item_space(8 + name.len() + 1))
+            .sum::<usize>();
     }
     if mask & attach::PID_COMM != 0 {
         n += m.peer.comm.as_ref().map_or(0, |s| item_space(s.len() + 1));
@@ -268,6 +277,14 @@ pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u
             ppid: 0,
         };
         w.push(item::PIDS, p.as_bytes());
+    }
+    if mask & attach::NAMES != 0 {
+        for (name, flags) in &m.names {
+            w.push_parts(
+                item::OWNED_NAME,
+                &[&flags.to_ne_bytes(), name.as_bytes(), &[0]],
+            );
+        }
     }
     if mask & attach::PID_COMM != 0 {
         if let Some(s) = &m.peer.comm {

@@ -188,6 +188,19 @@ impl HelloOptions {
         self.description = Some(d.to_owned());
         self
     }
+    /// An activator for `name` (privileged): holds the name for a service not yet
+    /// running; messages to the name queue here until the service takes it.
+    pub fn activator(mut self, name: &str) -> Self {
+        self.flags |= hello_flags::ACTIVATOR;
+        self.name = Some(name.to_owned());
+        self
+    }
+    /// A policy holder for `name` (privileged; `a.b.*` wildcards allowed).
+    pub fn policy_holder(mut self, name: &str) -> Self {
+        self.flags = (self.flags & !hello_flags::ACCEPT_FD) | hello_flags::POLICY_HOLDER;
+        self.name = Some(name.to_owned());
+        self
+    }
 
     /// Encode HELLO.
     pub fn encode(&self) -> Vec<u8> {
@@ -205,7 +218,7 @@ impl HelloOptions {
             w.push_str(item::CONN_DESCRIPTION, d);
         }
         if let Some(n) = &self.name {
-            w.push_parts(item::NAME, &[&0u64.to_ne_bytes(), n.as_bytes(), &[0]]);
+            w.push_str(item::NAME, n);
         }
         let size = out.len() as u64;
         out[..8].copy_from_slice(&size.to_ne_bytes());
@@ -224,6 +237,8 @@ pub struct ConnInfo {
     pub pid: Option<u64>,
     pub comm: Option<String>,
     pub exe: Option<String>,
+    /// Names owned (CONN_INFO with NAMES), or the one name of a LIST record, with flags.
+    pub names: Vec<(String, u64)>,
     /// Raw items, for callers that want more.
     pub items: Vec<(u64, Vec<u8>)>,
 }
@@ -248,6 +263,16 @@ fn parse_info(bytes: &[u8]) -> Option<(ConnInfo, usize)> {
             item::PIDS => ci.pid = read_struct::<kdbus_abi::Pids>(it.payload).map(|p| p.pid),
             item::PID_COMM => ci.comm = it.as_str().ok().map(str::to_owned),
             item::EXE => ci.exe = it.as_str().ok().map(str::to_owned),
+            item::OWNED_NAME => {
+                let flags: u64 = read_struct(it.payload).unwrap_or_default();
+                let name = it.payload.get(8..).map(|p| kdbus_abi::Item {
+                    type_: it.type_,
+                    payload: p,
+                });
+                if let Some(n) = name.and_then(|n| n.as_str().ok()) {
+                    ci.names.push((n.to_owned(), flags));
+                }
+            }
             _ => {}
         }
         ci.items.push((it.type_, it.payload.to_vec()));
@@ -277,6 +302,10 @@ struct Inner {
     notices: Vec<u8>,
     dead: Option<Errno>,
     dropped_msgs: u64,
+    /// NAME_RELEASEs in flight. The broker may take back messages announced to us
+    /// (those addressed to the name, when it falls back to its activator); until it
+    /// has answered, we hand out nothing, so nothing is received twice.
+    releasing: u32,
     /// The datagram buffer, lent to whoever reads.
     rbuf: Vec<u8>,
 }
@@ -627,7 +656,16 @@ impl Connection {
     /// Wait up to `timeout` (forever if `None`) for the next message.
     pub fn recv_timeout(&self, timeout: Option<Duration>) -> Result<Received<'_>> {
         let a = self
-            .wait(|g| g.queue.pop_front(), timeout)?
+            .wait(
+                |g| {
+                    if g.releasing > 0 {
+                        None
+                    } else {
+                        g.queue.pop_front()
+                    }
+                },
+                timeout,
+            )?
             .ok_or(Error::Bus(Errno::EAGAIN))?;
         self.claim(a, false)
     }
@@ -641,7 +679,7 @@ impl Connection {
         }
         self.poll_socket()?;
         let mut g = self.lock();
-        if g.queue.is_empty() {
+        if g.queue.is_empty() || g.releasing > 0 {
             return Err(Error::Bus(Errno::EAGAIN));
         }
         let idx = if flags & recv_flags::USE_PRIORITY != 0 {
@@ -797,6 +835,39 @@ impl Connection {
         Ok(out)
     }
 
+    /// NAME_ACQUIRE with kdbus_abi::name_flags; returns the return flags (IN_QUEUE
+    /// when queued behind the current owner).
+    pub fn acquire_name(&self, name: &str, flags: u64) -> Result<u64> {
+        let b = self.command(cmd::NAME_ACQUIRE, &name_cmd(name, flags))?;
+        let wb: CmdGeneric = read_struct(&b).ok_or(Error::Protocol("short ACQUIRE answer"))?;
+        Ok(wb.return_flags)
+    }
+
+    /// NAME_RELEASE. Messages addressed to the name that we were told about but had
+    /// not taken may go back to the name's activator; this returns after the broker
+    /// said so.
+    pub fn release_name(&self, name: &str) -> Result<()> {
+        self.lock().releasing += 1;
+        let r = self.command(cmd::NAME_RELEASE, &name_cmd(name, 0));
+        self.lock().releasing -= 1;
+        self.cond.notify_all();
+        r.map(|_| ())
+    }
+
+    /// CONN_INFO of the owner of a well-known name.
+    pub fn info_by_name(&self, name: &str, attach: u64) -> Result<ConnInfo> {
+        let c = CmdInfo {
+            size: 0,
+            attach_flags: attach,
+            ..Default::default()
+        };
+        let mut body = c.as_bytes().to_vec();
+        ItemWriter::new(&mut body).push_str(item::NAME, name);
+        let size = body.len() as u64;
+        body[..8].copy_from_slice(&size.to_ne_bytes());
+        self.info_cmd(cmd::CONN_INFO, &body)
+    }
+
     /// UPDATE the metadata this connection sends and wants to receive.
     pub fn update_attach(&self, send: Option<u64>, recv: Option<u64>) -> Result<()> {
         let mut body = CmdGeneric::default().as_bytes().to_vec();
@@ -836,6 +907,21 @@ impl Connection {
     }
 }
 
+/// A NAME_ACQUIRE / NAME_RELEASE body: `kdbus_cmd` with a NAME item.
+pub fn name_cmd(name: &str, flags: u64) -> Vec<u8> {
+    let mut body = CmdGeneric {
+        size: 0,
+        flags,
+        return_flags: 0,
+    }
+    .as_bytes()
+    .to_vec();
+    ItemWriter::new(&mut body).push_str(item::NAME, name);
+    let size = body.len() as u64;
+    body[..8].copy_from_slice(&size.to_ne_bytes());
+    body
+}
+
 /// File what one datagram carried.
 fn dispatch(g: &mut Inner, data: &[u8], fds: Vec<OwnedFd>) {
     let mut fds = fds.into_iter();
@@ -855,6 +941,11 @@ fn dispatch(g: &mut Inner, data: &[u8], fds: Vec<OwnedFd>) {
             wire::REC_MSG => {
                 if let Some(ev) = read_struct::<MsgEvent>(body) {
                     g.queue.push_back(Announced { ev, fds: mine });
+                }
+            }
+            wire::REC_RETRACT => {
+                if let Some(offset) = read_struct::<u64>(body) {
+                    g.queue.retain(|a| a.ev.offset != offset);
                 }
             }
             _ => {}

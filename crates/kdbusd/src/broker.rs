@@ -16,6 +16,7 @@ use crate::sys::{shutdown_signalfd, MappedPool};
 use kdbus_abi::wire::{self, Frames, RecHeader, ReqHeader};
 use kdbus_abi::{cmd, BloomParameter, Errno};
 use kdbus_core::bus::bus_access_mode;
+use kdbus_core::conn::Files;
 use kdbus_core::domain::Request;
 use kdbus_core::{BusKey, Clock, ConnKey, Creds, Domain, Now, Peer, PoolMemory};
 use rustix::event::epoll::{self, EventData, EventFlags};
@@ -82,7 +83,7 @@ struct Handle {
     peer: Peer,
     role: Role,
     /// Datagrams the client has not taken yet (its socket buffer was full).
-    backlog: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    backlog: VecDeque<(Vec<u8>, Vec<Files>)>,
     backlog_bytes: usize,
 }
 
@@ -495,8 +496,8 @@ impl Broker {
         };
         let mut out = Vec::with_capacity(64 + body.len());
         wire::push_frame(&mut out, &h, &[body]);
-        let fds: Vec<OwnedFd> = fd.into_iter().collect();
-        self.handle_send(token, out, fds);
+        let files: Vec<Files> = fd.map(|fd| Files::from(vec![fd])).into_iter().collect();
+        self.handle_send(token, out, files);
     }
 
     /// Write every dirty connection's records, one datagram per connection if it fits.
@@ -522,7 +523,7 @@ impl Broker {
             }
             if h.backlog.is_empty()
                 && out.len() <= MAX_OUT_DATAGRAM
-                && fds.len() <= MAX_FDS_PER_DATAGRAM
+                && fds.iter().map(|f| f.len()).sum::<usize>() <= MAX_FDS_PER_DATAGRAM
             {
                 // The common case: one datagram, no copies.
                 match send_datagram(h.fd.as_fd(), out, fds) {
@@ -549,7 +550,7 @@ impl Broker {
     }
 
     /// Send one datagram, or park it in the backlog if the client is behind.
-    fn handle_send(&mut self, token: u64, bytes: Vec<u8>, fds: Vec<OwnedFd>) {
+    fn handle_send(&mut self, token: u64, bytes: Vec<u8>, fds: Vec<Files>) {
         let Some(h) = self.handles.get_mut(&token) else {
             return;
         };
@@ -644,21 +645,20 @@ impl Broker {
     }
 }
 
-fn send_datagram(fd: BorrowedFd<'_>, bytes: &[u8], fds: &[OwnedFd]) -> Result<(), SysErrno> {
+fn send_datagram(fd: BorrowedFd<'_>, bytes: &[u8], files: &[Files]) -> Result<(), SysErrno> {
     let borrowed: Vec<BorrowedFd<'_>>;
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_DATAGRAM))];
     let mut anc = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        borrowed = fds.iter().map(|f| f.as_fd()).collect();
+    if !files.is_empty() {
+        borrowed = files
+            .iter()
+            .flat_map(|f| f.iter().map(|fd| fd.as_fd()))
+            .collect();
         anc.push(SendAncillaryMessage::ScmRights(&borrowed));
     }
     loop {
-        match rustix::net::sendmsg(
-            fd,
-            &[IoSlice::new(bytes)],
-            &mut anc,
-            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-        ) {
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        match rustix::net::sendmsg(fd, &[IoSlice::new(bytes)], &mut anc, flags) {
             Ok(_) => return Ok(()),
             Err(SysErrno::INTR) => continue,
             Err(e) => return Err(e),
@@ -668,24 +668,29 @@ fn send_datagram(fd: BorrowedFd<'_>, bytes: &[u8], fds: &[OwnedFd]) -> Result<()
 
 /// Cut a record stream into datagrams that respect the size and fd limits, keeping
 /// each record's fds with it.
-fn split_records(out: &[u8], fds: &mut Vec<OwnedFd>) -> Vec<(Vec<u8>, Vec<OwnedFd>)> {
+fn split_records(out: &[u8], files: &mut Vec<Files>) -> Vec<(Vec<u8>, Vec<Files>)> {
     let mut chunks = Vec::new();
     let mut cur: Vec<u8> = Vec::new();
-    let mut cur_fds: Vec<OwnedFd> = Vec::new();
-    let mut fd_iter = fds.drain(..);
+    let mut cur_files: Vec<Files> = Vec::new();
+    let mut cur_fds = 0;
+    let mut next_files = files.drain(..);
     for (hdr, body) in Frames::<RecHeader>::new(out).flatten() {
         let n = hdr.n_fds as usize;
         let len = wire::REC_HEADER_SIZE + kdbus_abi::align8_usize(body.len());
         if !cur.is_empty()
-            && (cur.len() + len > MAX_OUT_DATAGRAM || cur_fds.len() + n > MAX_FDS_PER_DATAGRAM)
+            && (cur.len() + len > MAX_OUT_DATAGRAM || cur_fds + n > MAX_FDS_PER_DATAGRAM)
         {
-            chunks.push((std::mem::take(&mut cur), std::mem::take(&mut cur_fds)));
+            chunks.push((std::mem::take(&mut cur), std::mem::take(&mut cur_files)));
+            cur_fds = 0;
         }
         wire::push_frame(&mut cur, &hdr, &[body]);
-        cur_fds.extend(fd_iter.by_ref().take(n));
+        if n > 0 {
+            cur_files.extend(next_files.next());
+            cur_fds += n;
+        }
     }
     if !cur.is_empty() {
-        chunks.push((cur, cur_fds));
+        chunks.push((cur, cur_files));
     }
     chunks
 }
