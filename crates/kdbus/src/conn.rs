@@ -672,7 +672,7 @@ impl Connection {
 
     /// RECV with kdbus flags (PEEK, DROP, USE_PRIORITY) against the local queue.
     /// PEEK leaves the message queued; DROP discards it (its sender learns REPLY_DEAD if
-    /// it waited for an answer) and returns EAGAIN-free `Ok` with an empty view.
+    /// it waited for an answer) and returns a view holding only its header.
     pub fn recv_with(&self, flags: u64, priority: i64) -> Result<Received<'_>> {
         if flags & !(recv_flags::PEEK | recv_flags::DROP | recv_flags::USE_PRIORITY) != 0 {
             return Err(Error::Bus(Errno::EINVAL));
@@ -724,7 +724,20 @@ impl Connection {
             g.dropped_msgs = a.ev.dropped_msgs;
         }
         if drop_it {
-            return self.received(a.ev.offset, 0, Vec::new(), false);
+            // The slice goes back to the broker: keep only a copy of the header.
+            let header = self
+                .pool
+                .slice(a.ev.offset, a.ev.msg_size)
+                .and_then(read_struct::<Msg>)
+                .ok_or(Error::Protocol("short message"))?;
+            return Ok(Received {
+                conn: self,
+                offset: a.ev.offset,
+                bytes: &[],
+                header,
+                fds: Vec::new(),
+                free_on_drop: false,
+            });
         }
         self.received(a.ev.offset, a.ev.msg_size, a.fds, true)
     }
