@@ -43,9 +43,29 @@ enum Cmd {
     },
     /// Answer every call with its own payload (an echo service); prints its id.
     Serve,
-    /// Call connection ID with DATA and print the answer.
+    /// Well-known names: owner, queue, activator.
+    Names {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Own NAME and answer calls to it (an echo) until interrupted.
+    Acquire {
+        name: String,
+        /// Wait in the queue if the name is taken.
+        #[arg(long)]
+        queue: bool,
+        /// Take the name over if its owner allows replacement.
+        #[arg(long)]
+        replace: bool,
+        /// Let others take the name over.
+        #[arg(long)]
+        allow_replacement: bool,
+    },
+    /// Hold NAME as an activator (privileged) and report what queues for it.
+    Activator { name: String },
+    /// Call DEST (a unique id or a well-known name) with DATA and print the answer.
     Call {
-        id: u64,
+        dest: String,
         data: String,
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
@@ -97,14 +117,38 @@ fn run(cli: Cli) -> Res {
         Cmd::List { json } => list(&cli, *json),
         Cmd::MakeBus { name, world } => make_bus(&cli, name, *world),
         Cmd::Serve => serve(&cli),
+        Cmd::Names { json } => names(&cli, *json),
+        Cmd::Acquire {
+            name,
+            queue,
+            replace,
+            allow_replacement,
+        } => {
+            let mut flags = 0;
+            if *queue {
+                flags |= abi::name_flags::QUEUE;
+            }
+            if *replace {
+                flags |= abi::name_flags::REPLACE_EXISTING;
+            }
+            if *allow_replacement {
+                flags |= abi::name_flags::ALLOW_REPLACEMENT;
+            }
+            acquire(&cli, name, flags)
+        }
+        Cmd::Activator { name } => activator(&cli, name),
         Cmd::Call {
-            id,
+            dest,
             data,
             timeout_ms,
         } => {
             let c = connect(&cli)?;
+            let msg = match dest.parse::<u64>() {
+                Ok(id) => Message::to(id),
+                Err(_) => Message::to_name(dest),
+            };
             let r = c.call(
-                Message::to(*id).cookie(1).payload(data.as_bytes()),
+                msg.cookie(1).payload(data.as_bytes()),
                 Duration::from_millis(*timeout_ms),
             )?;
             println!("{}", String::from_utf8_lossy(&r.payload_bytes()));
@@ -191,6 +235,116 @@ fn list(cli: &Cli, as_json: bool) -> Res {
         }
     }
     Ok(())
+}
+
+/// One well-known name as `names` shows it.
+#[derive(Default)]
+struct NameRow {
+    owner: Option<u64>,
+    flags: u64,
+    queued: Vec<u64>,
+    activator: Option<u64>,
+}
+
+fn names(cli: &Cli, as_json: bool) -> Res {
+    let c = connect(cli)?;
+    let flags = abi::list_flags::NAMES | abi::list_flags::QUEUED | abi::list_flags::ACTIVATORS;
+    let list = c.list(flags)?;
+    let activators: std::collections::HashSet<u64> = list
+        .iter()
+        .filter(|r| r.flags & abi::hello_flags::ACTIVATOR != 0)
+        .map(|r| r.id)
+        .collect();
+    let mut rows: std::collections::BTreeMap<String, NameRow> = Default::default();
+    // Records of activators standing behind a running service come besides the owner's.
+    let mut behind = Vec::new();
+    for rec in &list {
+        for (name, nflags) in &rec.names {
+            let row = rows.entry(name.clone()).or_default();
+            if nflags & abi::name_flags::IN_QUEUE != 0 {
+                row.queued.push(rec.id);
+            } else if activators.contains(&rec.id) {
+                behind.push((name.clone(), rec.id));
+            } else {
+                row.owner = Some(rec.id);
+                row.flags = *nflags;
+            }
+        }
+    }
+    for (name, id) in behind {
+        let row = rows.entry(name).or_default();
+        row.activator = Some(id);
+        if row.owner.is_none() {
+            // Nobody else owns it: the activator holds it.
+            row.owner = Some(id);
+            row.flags = abi::name_flags::ACTIVATOR;
+        }
+    }
+    if as_json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(n, r)| {
+                json!({"name": n, "owner": r.owner, "queued": r.queued, "flags": r.flags,
+                       "activator": r.activator})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        println!("{:<40} {:>6} {:>6}  QUEUED", "NAME", "OWNER", "FLAGS");
+        for (n, r) in rows {
+            let owner = r.owner.map_or("-".into(), |o| o.to_string());
+            let queued: Vec<String> = r.queued.iter().map(|q| q.to_string()).collect();
+            let act = r
+                .activator
+                .map_or(String::new(), |a| format!("  (activator {a})"));
+            println!(
+                "{n:<40} {owner:>6} {:>#6x}  {}{act}",
+                r.flags,
+                queued.join(",")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Own a name and answer calls to it like `serve`, until interrupted.
+fn acquire(cli: &Cli, name: &str, flags: u64) -> Res {
+    let c = connect(cli)?;
+    let rf = c.acquire_name(name, flags)?;
+    if rf & abi::name_flags::IN_QUEUE != 0 {
+        println!("{name}: queued (id {})", c.id());
+    } else {
+        println!("{name}: owned by {}", c.id());
+    }
+    serve_loop(&c)
+}
+
+/// Hold a name as its activator and report the queue as it changes.
+fn activator(cli: &Cli, name: &str) -> Res {
+    let path = bus_path(cli);
+    let opts = HelloOptions::new()
+        .activator(name)
+        .description("kdbusctl-activator");
+    let c = Connection::hello(&path, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("{name}: activator {}", c.id());
+    // An activator cannot receive: it learns of each message that queues for the name,
+    // and of the service taking them.
+    let mut seen = 0;
+    loop {
+        let n = c.queued();
+        if n > seen {
+            println!("{name}: {n} message(s) waiting for the service");
+        } else if n < seen {
+            println!("{name}: the service took the waiting messages ({n} left)");
+        }
+        seen = n;
+        let fd = c.as_fd();
+        let mut pfd = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let _ = rustix::event::poll(&mut pfd, None);
+    }
 }
 
 fn make_bus(cli: &Cli, name: &str, world: bool) -> Res {
