@@ -2,7 +2,9 @@
 //! raw `socketpair(AF_UNIX, SOCK_SEQPACKET)` ping-pong in the same run.
 //!
 //! A brokered round trip is four socket hops (caller → broker → service → broker →
-//! caller) against the socketpair's two, so 0.5 is the ceiling of the ratio.
+//! caller) against the socketpair's two.
+//!
+//! `--names` measures the name registry instead (see `bench_names`).
 
 use kdbus::{Connection, HelloOptions, Message};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -20,12 +22,17 @@ pub struct BenchArgs {
     size: usize,
     #[arg(long)]
     json: bool,
+    /// Measure NAME_ACQUIRE + NAME_RELEASE with 10 and with `--names-max` names on the bus.
+    #[arg(long)]
+    names: bool,
+    #[arg(long, default_value_t = 100_000)]
+    names_max: usize,
 }
 
-struct Stats {
-    per_s: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub(crate) struct Stats {
+    pub per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 fn stats(mut samples: Vec<Duration>, total: Duration) -> Stats {
@@ -41,10 +48,10 @@ fn stats(mut samples: Vec<Duration>, total: Duration) -> Stats {
     }
 }
 
-type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+pub(crate) type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Run `round` a tenth of `rounds` times to warm up, then `rounds` times timed.
-fn time_rounds(
+pub(crate) fn time_rounds(
     rounds: usize,
     mut round: impl FnMut(usize) -> BenchResult<()>,
 ) -> BenchResult<Stats> {
@@ -63,6 +70,9 @@ fn time_rounds(
 }
 
 pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.names {
+        return crate::bench_names::run(bus, args.rounds, args.names_max, args.json);
+    }
     let payload = vec![0x5au8; args.size];
     let native = bench_native(bus, args.rounds, &payload)?;
     let raw = bench_socketpair(args.rounds, &payload)?;

@@ -1,6 +1,7 @@
 //! `kdbusctl`: look at and talk to kdbus buses, busctl-style.
 
 mod bench;
+mod bench_names;
 
 use clap::{Parser, Subcommand};
 use kdbus::{abi, Connection, Control, HelloOptions, Message};
