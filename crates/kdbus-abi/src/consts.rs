@@ -56,6 +56,22 @@ pub mod cmd {
     }
 }
 
+/// The flags each command accepts (what FLAG_NEGOTIATE reports).
+pub fn cmd_allowed_flags(c: u32) -> u64 {
+    match c {
+        cmd::BUS_MAKE | cmd::ENDPOINT_MAKE => make_flags::ALL,
+        cmd::HELLO => hello_flags::ALL,
+        cmd::SEND => send_flags::ALL,
+        cmd::RECV => recv_flags::ALL,
+        cmd::LIST => list_flags::ALL,
+        cmd::NAME_ACQUIRE => {
+            name_flags::REPLACE_EXISTING | name_flags::ALLOW_REPLACEMENT | name_flags::QUEUE
+        }
+        cmd::MATCH_ADD => match_flags::ALL,
+        _ => 0,
+    }
+}
+
 /// Item types (`enum kdbus_item_type`).
 pub mod item {
     pub const NEGOTIATE: u64 = 1;

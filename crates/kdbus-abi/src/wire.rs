@@ -110,8 +110,9 @@ impl<'a, H: FrameHeader> Frames<'a, H> {
 }
 
 impl<'a, H: FrameHeader> Iterator for Frames<'a, H> {
-    /// `Err(())` on a truncated frame; iteration stops after it.
-    type Item = Result<(H, &'a [u8]), ()>;
+    /// `Err(header)` on a truncated frame (`None` if even the header is cut);
+    /// iteration stops after it.
+    type Item = Result<(H, &'a [u8]), Option<H>>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() {
@@ -120,13 +121,13 @@ impl<'a, H: FrameHeader> Iterator for Frames<'a, H> {
         let hsize = std::mem::size_of::<H>();
         let Some(h) = read_struct::<H>(self.buf) else {
             self.buf = &[];
-            return Some(Err(()));
+            return Some(Err(None));
         };
         let rest = &self.buf[hsize..];
         let len = h.body_len();
         if len > rest.len() as u64 {
             self.buf = &[];
-            return Some(Err(()));
+            return Some(Err(Some(h)));
         }
         let len = len as usize;
         let body = &rest[..len];
@@ -194,6 +195,6 @@ mod tests {
             &[b"abc"],
         );
         let v: Vec<_> = Frames::<ReqHeader>::new(&out).collect();
-        assert_eq!(v, vec![Err(())]);
+        assert!(matches!(v[..], [Err(Some(ReqHeader { req_id: 5, .. }))]));
     }
 }

@@ -334,6 +334,20 @@ impl Domain {
         let Some(conn) = self.conns.get(&key) else {
             return;
         };
+        if let Some(wb) = negotiate(req.cmd, req.body) {
+            if let Some(conn) = self.conns.get_mut(&key) {
+                conn_push_record(
+                    conn,
+                    &mut self.dirty,
+                    wire::REC_REPLY,
+                    0,
+                    0,
+                    req.req_id,
+                    &wb,
+                );
+            }
+            return;
+        }
         let result = if !conn.is_active() {
             Err(if req.cmd == cmd::BYEBYE {
                 Errno::EALREADY
@@ -383,6 +397,13 @@ impl Domain {
                 req.req_id,
                 body,
             );
+        }
+    }
+
+    /// Answer a request the broker could not even frame, in order with the others.
+    pub fn conn_reply_error(&mut self, key: ConnKey, req_id: u64, e: Errno) {
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn_push_record(conn, &mut self.dirty, wire::REC_REPLY, 0, e.0, req_id, &[]);
         }
     }
 
@@ -1223,6 +1244,21 @@ impl Domain {
     }
 }
 
+/// KDBUS_FLAG_NEGOTIATE (kdbus HEAD): a command with this flag does nothing and
+/// gets its fixed part back with `flags` set to what the command accepts.
+pub fn negotiate(c: u32, body: &[u8]) -> Option<Vec<u8>> {
+    let flags: u64 = kdbus_abi::read_struct(body.get(8..)?)?;
+    if flags & kdbus_abi::FLAG_NEGOTIATE == 0 {
+        return None;
+    }
+    let allowed = kdbus_abi::cmd_allowed_flags(c);
+    let size: u64 = kdbus_abi::read_struct(body)?;
+    let len = usize::try_from(size).ok()?.min(body.len()).max(16);
+    let mut wb = body.get(..len)?.to_vec();
+    wb[8..16].copy_from_slice(&allowed.to_ne_bytes());
+    Some(wb)
+}
+
 /// Where a SEND goes: (connection, registry id of the name it was sent to, or 0).
 fn bus_resolve_destination(
     bus: &Bus,
@@ -1425,12 +1461,18 @@ fn conn_write_message(
     let pool_err = |e: crate::pool::PoolError| Errno(e.errno());
     let offset = match slot {
         Slot::Queue { user, fds } => {
-            let offset = dst.pool.alloc_for_delivery(total).map_err(pool_err)?;
-            if let Err(e) = dst.quota.charge(&dst.pool, user, total, fds) {
-                let _ = dst.pool.free(offset);
-                return Err(Errno(e.errno()));
+            // The quota is judged on the pool as it is, before this message is in it
+            // (kdbus HEAD charges, then allocates).
+            dst.quota
+                .charge(&dst.pool, user, total, fds)
+                .map_err(|e| Errno(e.errno()))?;
+            match dst.pool.alloc_for_delivery(total) {
+                Ok(offset) => offset,
+                Err(e) => {
+                    dst.quota.uncharge(user, total, fds);
+                    return Err(pool_err(e));
+                }
             }
-            offset
         }
         Slot::Owner => {
             let offset = dst.pool.alloc(total, false).map_err(pool_err)?;

@@ -600,7 +600,11 @@ impl Connection {
     pub fn send(&self, msg: &Message<'_>) -> Result<()> {
         let mut body = Vec::new();
         msg.encode_send(0, &mut body);
-        self.command(cmd::SEND, &body).map(|_| ())
+        let (e, _, _) = self.request(cmd::SEND, &body, &msg.fds)?;
+        if e != 0 {
+            return Err(Error::Bus(Errno(e)));
+        }
+        Ok(())
     }
 
     /// Send a SEND request with a hand-made body (tests of the error paths).

@@ -383,15 +383,19 @@ impl Broker {
         for frame in Frames::<ReqHeader>::new(data) {
             let (hdr, body) = match frame {
                 Ok(f) => f,
-                Err(()) => {
-                    // A frame cut short: answer what we can identify, drop the rest.
-                    let req_id = kdbus_abi::read_struct::<ReqHeader>(data).map_or(0, |h| h.req_id);
+                Err(hdr) => {
+                    // A frame cut short: answer it (if we can tell which it was) in
+                    // order with the others, and drop the rest of the datagram.
+                    let req_id = hdr.map_or(0, |h| h.req_id);
                     let e = if truncated {
                         Errno::EMSGSIZE
                     } else {
                         Errno::EINVAL
                     };
-                    self.reply_direct(token, req_id, e, &[], None);
+                    match self.handles.get(&token).map(|h| &h.role) {
+                        Some(Role::Conn(key)) => self.domain.conn_reply_error(*key, req_id, e),
+                        _ => self.reply_direct(token, req_id, e, &[], None),
+                    }
                     return;
                 }
             };
@@ -410,6 +414,12 @@ impl Broker {
         let Some(h) = self.handles.get(&token) else {
             return;
         };
+        if !matches!(h.role, Role::Conn(_)) {
+            if let Some(wb) = kdbus_core::domain::negotiate(req.cmd, req.body) {
+                self.reply_direct(token, req.req_id, Errno(0), &wb, None);
+                return;
+            }
+        }
         match h.role {
             Role::Conn(key) => self.domain.conn_request(key, req, fds),
             Role::BusOwner(_) => self.reply_direct(token, req.req_id, Errno::EBADFD, &[], None),

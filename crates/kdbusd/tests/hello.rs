@@ -423,7 +423,6 @@ fn special_connections() {
 // Spec C (HEAD): KDBUS_FLAG_NEGOTIATE makes HELLO report the valid flags and do
 // nothing else; the handle can say HELLO for real afterwards
 #[test]
-#[ignore = "KDBUS_FLAG_NEGOTIATE is not implemented: HELLO with it fails EINVAL"]
 fn hello_negotiate() {
     let b = Broker::start();
     let mut raw = RawSocket::connect(&b.bus);
