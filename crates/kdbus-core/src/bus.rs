@@ -5,6 +5,7 @@
 //! from 1, and never reused.
 
 use crate::domain::ConnKey;
+use crate::matches::MatchDb;
 use crate::meta::Peer;
 use crate::names::NameRegistry;
 use kdbus_abi::{item, items::ItemIter, make_flags, names, BloomParameter, CmdGeneric, Errno};
@@ -27,6 +28,10 @@ pub struct Bus {
     pub names: NameRegistry,
     /// Names (possibly `a.b.*` wildcards) whose policy a policy holder speaks for.
     pub policy_holders: HashMap<Arc<str>, ConnKey>,
+    /// Every match entry of every connection on the bus.
+    pub matches: MatchDb,
+    /// Monitors: they get a copy of every unicast.
+    pub monitors: Vec<ConnKey>,
 }
 
 impl Bus {

@@ -50,13 +50,6 @@ impl Queued {
     }
 }
 
-/// A match entry; its rules are kept verbatim until the match engine exists.
-#[derive(Clone, Debug)]
-pub struct MatchEntry {
-    pub cookie: u64,
-    pub rules: Vec<u8>,
-}
-
 pub struct Conn {
     pub key: ConnKey,
     pub id: u64,
@@ -78,7 +71,6 @@ pub struct Conn {
     /// Answers this connection waits for: (replier, cookie).
     pub awaited: HashSet<(ConnKey, u64)>,
     pub dropped_msgs: u64,
-    pub matches: Vec<MatchEntry>,
     /// Records waiting to be written to the client, and the fds going with them: one
     /// entry per record whose `n_fds` is not zero, in record order.
     pub out: Vec<u8>,

@@ -12,7 +12,8 @@
 
 use crate::bus::{bus_parse_make, Bus};
 use crate::clock::{Clock, Now};
-use crate::conn::{Conn, ConnState, Files, MatchEntry, Queued};
+use crate::conn::{Conn, ConnState, Files, Queued};
+use crate::matches::{Broadcast, MatchDb, Notification};
 use crate::memory::PoolMemory;
 use crate::message::{
     message_layout, message_layout_kernel, message_parse_send, message_payload, meta_len,
@@ -30,6 +31,7 @@ use kdbus_abi::{
     recv_flags, CmdFree, CmdGeneric, CmdHello, CmdInfo, CmdList, CmdMatch, CmdRecv, CmdSend, Errno,
     Info, MsgInfo,
 };
+use kdbus_abi::{NotifyIdChange, DST_ID_BROADCAST};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -82,6 +84,13 @@ pub struct Domain {
     dirty: Vec<ConnKey>,
     closed: Vec<ConnKey>,
     scratch: Vec<u8>,
+    /// Reused per broadcast: receivers seen, receivers found, the filter as words,
+    /// the sender's names.
+    seen: HashSet<ConnKey>,
+    targets: Vec<ConnKey>,
+    bloom_words: Vec<u64>,
+    bloom_generation: u64,
+    sender_names: Vec<Arc<str>>,
 }
 
 impl Domain {
@@ -99,6 +108,11 @@ impl Domain {
             dirty: Vec::new(),
             closed: Vec::new(),
             scratch: Vec::with_capacity(4096),
+            seen: HashSet::new(),
+            targets: Vec::new(),
+            bloom_words: Vec::new(),
+            bloom_generation: 0,
+            sender_names: Vec::new(),
         }
     }
 
@@ -134,6 +148,8 @@ impl Domain {
             next_conn_id: 1,
             names: NameRegistry::new(),
             policy_holders: HashMap::new(),
+            matches: MatchDb::new(),
+            monitors: Vec::new(),
         };
         self.next_bus_id += 1;
         self.bus_names.insert(spec.name, key);
@@ -286,7 +302,6 @@ impl Domain {
             owed: HashMap::new(),
             awaited: HashSet::new(),
             dropped_msgs: 0,
-            matches: Vec::new(),
             out: Vec::new(),
             out_fds: Vec::new(),
             dirty: false,
@@ -307,6 +322,20 @@ impl Domain {
         let special = conn.special_name.clone();
         let flags = conn.flags;
         self.conns.insert(key, conn);
+        if flags & hello_flags::MONITOR != 0 {
+            // Monitors are invisible (kdbus HEAD): no ID_ADD, not listed.
+            if let Some(bus) = self.buses.get_mut(&bus_key) {
+                bus.monitors.push(key);
+            }
+        } else {
+            let p = NotifyIdChange { id, flags };
+            self.notify(
+                bus_key,
+                Notification::IdAdd { id },
+                item::ID_ADD,
+                p.as_bytes(),
+            );
+        }
         if let Some(n) = special {
             if flags & hello_flags::ACTIVATOR != 0 {
                 let mut events = Vec::new();
@@ -434,12 +463,13 @@ impl Domain {
             attach_send: src.attach_send,
             names: Vec::new(),
         };
-        if req.msg.dst_id == kdbus_abi::DST_ID_BROADCAST {
-            // Broadcasts arrive with bloom filters and matches.
-            return Err(Errno::EOPNOTSUPP);
+        // Signals carry a bloom filter: load it (and the sender's names) for the matches.
+        if req.bloom.is_some() && !self.bloom_view_load(src_key, &req)? {
+            return Err(Errno::EDOM);
         }
-        if req.bloom.is_some() {
-            return Err(Errno::EBADMSG);
+        if req.msg.dst_id == DST_ID_BROADCAST {
+            self.send_broadcast(src_key, &req, sender)?;
+            return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
         }
         let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
         let (dst_key, name_id) = bus_resolve_destination(bus, &self.conns, &req)?;
@@ -451,11 +481,19 @@ impl Domain {
             return Err(Errno::ECOMM);
         }
         if dst.attach_recv & sender.attach_send & attach::NAMES != 0 {
-            sender.names = bus
-                .names
-                .owned_by(src_key)
-                .filter_map(|n| Some((n.clone(), bus.names.lookup(n)?.flags)))
-                .collect();
+            sender.names = bus_owned_names(bus, src_key);
+        }
+        // A unicast signal reaches its destination only through a match (HEAD).
+        if req.bloom.is_some() {
+            let b = Broadcast {
+                sender_id: sender.id,
+                sender_names: &self.sender_names,
+                bloom_generation: self.bloom_generation,
+                bloom: &self.bloom_words,
+            };
+            if !bus.matches.conn_takes_broadcast(dst_key, &b) {
+                return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
+            }
         }
 
         // A reply: the sender owes the destination an answer for this cookie.
@@ -500,7 +538,7 @@ impl Domain {
         })
     }
 
-    /// Write a message into `dst`'s pool, queue it and announce it.
+    /// Write a unicast into `dst`'s pool, queue it and announce it; monitors get a copy.
     fn deliver(
         &mut self,
         dst_key: ConnKey,
@@ -509,9 +547,26 @@ impl Domain {
         files: Option<Files>,
         name_id: u64,
     ) -> Result<(), Errno> {
-        let now = self.clock.now();
         let seq = self.seq + 1;
+        self.deliver_at(dst_key, req, sender, files, name_id, seq)?;
+        self.seq = seq;
+        self.monitors_copy(dst_key, req, sender, name_id, seq);
+        Ok(())
+    }
+
+    /// Write a message with sequence number `seq` into `dst`'s queue.
+    fn deliver_at(
+        &mut self,
+        dst_key: ConnKey,
+        req: &SendRequest<'_>,
+        sender: &SenderMeta,
+        files: Option<Files>,
+        name_id: u64,
+        seq: u64,
+    ) -> Result<(), Errno> {
+        let now = self.clock.now();
         let n_fds = files.as_ref().map_or(0, |f| f.len() as u32);
+        let src = self.conns_key_of(sender.id, dst_key);
         let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
         let slot = Slot::Queue {
             user: sender.creds.uid,
@@ -519,11 +574,10 @@ impl Domain {
         };
         let (offset, size) =
             conn_write_message(dst, &mut self.scratch, slot, req, sender, now, seq)?;
-        self.seq = seq;
         let q = Queued {
             offset,
             size,
-            src: self.conns_key_of(sender.id, dst_key),
+            src,
             cookie: req.msg.cookie,
             expect_reply: req.expects_reply(),
             user: sender.creds.uid,
@@ -531,8 +585,110 @@ impl Domain {
             name_id,
             priority: req.msg.priority,
         };
-        let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
         conn_enqueue(dst, &mut self.dirty, seq, q);
+        Ok(())
+    }
+
+    /// Copy a delivered unicast to the bus's monitors (without its fds); a monitor
+    /// without room loses the copy.
+    fn monitors_copy(
+        &mut self,
+        dst_key: ConnKey,
+        req: &SendRequest<'_>,
+        sender: &SenderMeta,
+        name_id: u64,
+        seq: u64,
+    ) {
+        let Some(bus) = self
+            .conns
+            .get(&dst_key)
+            .and_then(|c| self.buses.get(&c.bus))
+        else {
+            return;
+        };
+        if bus.monitors.is_empty() {
+            return;
+        }
+        for m in bus.monitors.clone() {
+            if self.deliver_at(m, req, sender, None, name_id, seq).is_err() {
+                if let Some(c) = self.conns.get_mut(&m) {
+                    c.dropped_msgs += 1;
+                }
+            }
+        }
+    }
+
+    /// Load a message's bloom filter and its sender's names into the scratch buffers
+    /// the match rules read. `false` if the filter does not have the bus's size.
+    fn bloom_view_load(&mut self, src_key: ConnKey, req: &SendRequest<'_>) -> Result<bool, Errno> {
+        let bloom = req.bloom.ok_or(Errno::EBADMSG)?;
+        let bus_key = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?.bus;
+        let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        let (generation, data) = bloom.split_at(8);
+        if data.len() as u64 != bus.bloom.size {
+            return Ok(false);
+        }
+        self.bloom_generation = kdbus_abi::read_struct(generation).unwrap_or(0);
+        self.bloom_words.clear();
+        self.bloom_words.extend(
+            data.chunks_exact(8)
+                .filter_map(kdbus_abi::read_struct::<u64>),
+        );
+        self.sender_names.clear();
+        self.sender_names
+            .extend(bus.names.owned_by(src_key).cloned());
+        Ok(true)
+    }
+
+    /// A broadcast: one sequence number, written to every connection whose matches
+    /// take it. A receiver without room loses it (its dropped count goes up); neither
+    /// the sender nor the other receivers notice.
+    /// The filter must have been loaded with [`Domain::bloom_view_load`].
+    fn send_broadcast(
+        &mut self,
+        src_key: ConnKey,
+        req: &SendRequest<'_>,
+        mut sender: SenderMeta,
+    ) -> Result<(), Errno> {
+        let bus_key = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?.bus;
+        let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        let b = Broadcast {
+            sender_id: sender.id,
+            sender_names: &self.sender_names,
+            bloom_generation: self.bloom_generation,
+            bloom: &self.bloom_words,
+        };
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        // The sender never gets its own broadcast; activators get none at all.
+        let conns = &self.conns;
+        bus.matches
+            .for_each_broadcast_receiver(&b, &mut self.seen, |c| {
+                if c != src_key
+                    && conns
+                        .get(&c)
+                        .is_some_and(|c| c.flags & hello_flags::ACTIVATOR == 0)
+                {
+                    targets.push(c);
+                }
+            });
+        let wants_names = targets
+            .iter()
+            .filter_map(|t| self.conns.get(t))
+            .any(|c| c.attach_recv & sender.attach_send & attach::NAMES != 0);
+        if wants_names {
+            sender.names = bus_owned_names(bus, src_key);
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        for &t in &targets {
+            if self.deliver_at(t, req, &sender, None, 0, seq).is_err() {
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.dropped_msgs += 1;
+                }
+            }
+        }
+        self.targets = targets;
         Ok(())
     }
 
@@ -560,6 +716,7 @@ impl Domain {
         let (offset, msg_size) =
             conn_write_message(dst, &mut self.scratch, Slot::Owner, req, sender, now, seq)?;
         self.seq = seq;
+        self.monitors_copy(requester, req, sender, 0, seq);
         self.tracker_remove(replier, requester, req.msg.timeout_or_cookie_reply);
         let wb = CmdSend {
             size: std::mem::size_of::<CmdSend>() as u64,
@@ -639,33 +796,62 @@ impl Domain {
         self.deliver_kernel(requester, cookie, item_type);
     }
 
-    /// Queue a bus-generated message; if it does not fit, count it as dropped.
+    /// Queue a bus-generated message for one connection (REPLY_TIMEOUT, REPLY_DEAD).
     fn deliver_kernel(&mut self, dst_key: ConnKey, cookie_reply: u64, item_type: u64) {
+        let Some(dst_id) = self.conns.get(&dst_key).map(|c| c.id) else {
+            return;
+        };
+        self.seq += 1;
+        let seq = self.seq;
+        self.deliver_kernel_at(dst_key, dst_id, cookie_reply, item_type, &[], seq);
+        let bus = self.conns.get(&dst_key).map(|c| c.bus);
+        let monitors = bus
+            .and_then(|b| self.buses.get(&b))
+            .map(|b| b.monitors.clone())
+            .unwrap_or_default();
+        for m in monitors {
+            self.deliver_kernel_at(m, dst_id, cookie_reply, item_type, &[], seq);
+        }
+    }
+
+    /// Queue a bus-generated message with sequence number `seq`; if it does not fit,
+    /// count it as dropped.
+    fn deliver_kernel_at(
+        &mut self,
+        dst_key: ConnKey,
+        dst_id: u64,
+        cookie_reply: u64,
+        item_type: u64,
+        payload: &[u8],
+        seq: u64,
+    ) {
         let now = self.clock.now();
-        let seq = self.seq + 1;
         let Some(dst) = self.conns.get_mut(&dst_key) else {
             return;
         };
+        if !dst.is_active() {
+            return;
+        }
         let size = message_layout_kernel(
             &mut self.scratch,
-            dst.id,
+            dst_id,
             cookie_reply,
             item_type,
+            payload,
             dst.attach_recv,
             now,
             seq,
         );
-        let Ok(offset) = dst.pool.alloc_for_delivery(size) else {
-            dst.dropped_msgs += 1;
-            return;
-        };
         if dst.quota.charge(&dst.pool, KERNEL_USER, size, 0).is_err() {
-            let _ = dst.pool.free(offset);
             dst.dropped_msgs += 1;
             return;
         }
+        let Ok(offset) = dst.pool.alloc_for_delivery(size) else {
+            dst.quota.uncharge(KERNEL_USER, size, 0);
+            dst.dropped_msgs += 1;
+            return;
+        };
         dst.mem.write(offset, &self.scratch);
-        self.seq = seq;
         let q = Queued {
             offset,
             size,
@@ -817,9 +1003,11 @@ impl Domain {
         }
         conn.queued_at.clear();
         conn.quota = PoolQuota::new();
-        conn.matches.clear();
+        let flags = conn.flags;
         if let Some(b) = self.buses.get_mut(&bus) {
             b.conns.remove(&id);
+            b.matches.remove_conn(key);
+            b.monitors.retain(|m| *m != key);
         }
         if let Some(u) = self.users.get_mut(&uid) {
             u.conns = u.conns.saturating_sub(1);
@@ -836,6 +1024,15 @@ impl Domain {
                     conn_push_record(conn, &mut self.dirty, wire::REC_REPLY, 0, e, sync_req, &[]);
                 }
             }
+        }
+        if flags & hello_flags::MONITOR == 0 {
+            let p = NotifyIdChange { id, flags };
+            self.notify(
+                bus,
+                Notification::IdRemove { id },
+                item::ID_REMOVE,
+                p.as_bytes(),
+            );
         }
         tracing::debug!(conn = key, id, "disconnected");
     }
@@ -1081,10 +1278,66 @@ impl Domain {
         }
     }
 
-    /// NAME_ADD / NAME_REMOVE / NAME_CHANGE. Delivering them needs match rules, which
-    /// come with the broadcast work; until then they are only traced.
+    /// NAME_ADD / NAME_REMOVE / NAME_CHANGE with the unique ids and flags of the old
+    /// and new owners (0 for none).
     fn notify_name_change(&mut self, bus: BusKey, ev: &NameEvent) {
-        tracing::trace!(bus, ?ev, "name change");
+        let id = |k: ConnKey| self.conns.get(&k).map_or(0, |c| c.id);
+        let (item_type, name, old, new) = match ev {
+            NameEvent::Add { name, owner, flags } => {
+                (item::NAME_ADD, name, (0, 0), (id(*owner), *flags))
+            }
+            NameEvent::Remove { name, owner, flags } => {
+                (item::NAME_REMOVE, name, (id(*owner), *flags), (0, 0))
+            }
+            NameEvent::Change {
+                name,
+                old,
+                old_flags,
+                new,
+                new_flags,
+            } => (
+                item::NAME_CHANGE,
+                name,
+                (id(*old), *old_flags),
+                (id(*new), *new_flags),
+            ),
+            NameEvent::Move { .. } => return,
+        };
+        let mut payload = Vec::with_capacity(40 + name.len());
+        payload.extend_from_slice(
+            NotifyIdChange {
+                id: old.0,
+                flags: old.1,
+            }
+            .as_bytes(),
+        );
+        payload.extend_from_slice(
+            NotifyIdChange {
+                id: new.0,
+                flags: new.1,
+            }
+            .as_bytes(),
+        );
+        payload.extend_from_slice(name.as_bytes());
+        payload.push(0);
+        let n = match item_type {
+            item::NAME_ADD => Notification::NameAdd {
+                old: old.0,
+                new: new.0,
+                name,
+            },
+            item::NAME_REMOVE => Notification::NameRemove {
+                old: old.0,
+                new: new.0,
+                name,
+            },
+            _ => Notification::NameChange {
+                old: old.0,
+                new: new.0,
+                name,
+            },
+        };
+        self.notify(bus, n, item_type, &payload);
     }
 
     /// Move queued messages from `from` to `to` (all, or those sent to `name_id`),
@@ -1184,18 +1437,11 @@ impl Domain {
             return Err(Errno::EINVAL);
         }
         let rules = &body[std::mem::size_of::<CmdMatch>()..size as usize];
-        kdbus_abi::items::validate_all(rules)?;
-        let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
-        if cmd.flags & match_flags::REPLACE != 0 {
-            conn.matches.retain(|m| m.cookie != cmd.cookie);
-        }
-        if conn.matches.len() >= limits::MATCH_MAX {
-            return Err(Errno::EMFILE);
-        }
-        conn.matches.push(MatchEntry {
-            cookie: cmd.cookie,
-            rules: rules.to_vec(),
-        });
+        let bus_key = self.conns.get(&key).ok_or(Errno::ECONNRESET)?.bus;
+        let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        let replace = cmd.flags & match_flags::REPLACE != 0;
+        bus.matches
+            .add(key, cmd.cookie, replace, rules, bus.bloom.size)?;
         Ok(cmd)
     }
 
@@ -1205,13 +1451,31 @@ impl Domain {
             return Err(Errno::EINVAL);
         }
         kdbus_abi::items::validate_all(&body[std::mem::size_of::<CmdMatch>()..size as usize])?;
-        let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
-        let before = conn.matches.len();
-        conn.matches.retain(|m| m.cookie != cmd.cookie);
-        if conn.matches.len() == before {
-            return Err(Errno::EBADSLT);
-        }
+        let bus_key = self.conns.get(&key).ok_or(Errno::ECONNRESET)?.bus;
+        let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        bus.matches.remove(key, cmd.cookie)?;
         Ok(cmd)
+    }
+
+    // ---------------------------------------------------------------- notifications
+
+    /// Send a bus notification to every connection whose matches take it.
+    fn notify(&mut self, bus_key: BusKey, n: Notification<'_>, item_type: u64, payload: &[u8]) {
+        let Some(bus) = self.buses.get(&bus_key) else {
+            return;
+        };
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        bus.matches
+            .for_each_notification_receiver(&n, &mut self.seen, |c| targets.push(c));
+        if !targets.is_empty() {
+            self.seq += 1;
+            let seq = self.seq;
+            for &c in &targets {
+                self.deliver_kernel_at(c, DST_ID_BROADCAST, 0, item_type, payload, seq);
+            }
+        }
+        self.targets = targets;
     }
 
     // ---------------------------------------------------------------- output

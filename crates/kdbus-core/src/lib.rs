@@ -9,6 +9,7 @@ pub mod bus;
 pub mod clock;
 pub mod conn;
 pub mod domain;
+pub mod matches;
 pub mod memory;
 pub mod message;
 pub mod meta;

@@ -152,7 +152,7 @@ fn make_bus_serves_until_interrupted() {
     let _ = mk.kill();
     let _ = mk.wait();
     // The bus goes with its owner.
-    for _ in 0..100 {
+    for _ in 0..500 {
         if !path.exists() {
             break;
         }
