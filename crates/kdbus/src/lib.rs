@@ -14,6 +14,7 @@
 //! socket and files what it reads (replies by request id, messages in the queue) for
 //! whoever waits for it.
 
+pub mod bloom;
 mod conn;
 mod control;
 mod error;
