@@ -195,6 +195,12 @@ impl HelloOptions {
         self.name = Some(name.to_owned());
         self
     }
+    /// A monitor (privileged): sees a copy of every unicast on the bus, and the
+    /// broadcasts its matches take; invisible to everyone else.
+    pub fn monitor(mut self) -> Self {
+        self.flags |= hello_flags::MONITOR;
+        self
+    }
     /// A policy holder for `name` (privileged; `a.b.*` wildcards allowed).
     pub fn policy_holder(mut self, name: &str) -> Self {
         self.flags = (self.flags & !hello_flags::ACCEPT_FD) | hello_flags::POLICY_HOLDER;
@@ -910,6 +916,12 @@ impl Connection {
         };
         let body = [c.as_bytes(), rules].concat();
         self.command(cmd::MATCH_ADD, &body).map(|_| ())
+    }
+
+    /// Install a match entry under `cookie` (REPLACE: instead of those with the cookie).
+    pub fn add_match(&self, cookie: u64, rule: &crate::MatchRule, replace: bool) -> Result<()> {
+        let flags = if replace { kdbus_abi::match_flags::REPLACE } else { 0 };
+        self.match_add(cookie, flags, rule.items())
     }
 
     /// MATCH_REMOVE by cookie.

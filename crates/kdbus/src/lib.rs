@@ -18,6 +18,7 @@ pub mod bloom;
 mod conn;
 mod control;
 mod error;
+mod matches;
 mod message;
 mod sys;
 
@@ -26,6 +27,7 @@ pub use control::{BusOwner, Control};
 pub use error::{Error, Result};
 pub use kdbus_abi as abi;
 pub use kdbus_abi::Errno;
+pub use matches::{MatchRule, ANY};
 pub use message::Message;
 
 /// Default pool size, as sd-bus and the kdbus selftests use.

@@ -1,6 +1,7 @@
 //! Building messages to send.
 
 use kdbus_abi::{item, msg_flags, payload, CmdSend, ItemWriter, Msg, Vec_};
+use crate::bloom::Bloom;
 use std::os::fd::BorrowedFd;
 use zerocopy::IntoBytes;
 
@@ -18,6 +19,8 @@ pub struct Message<'a> {
     pub payload_type: u64,
     pub payload: Vec<&'a [u8]>,
     pub fds: Vec<BorrowedFd<'a>>,
+    /// A signal's bloom filter: (generation, words).
+    pub bloom: Option<(u64, &'a [u64])>,
 }
 
 impl<'a> Message<'a> {
@@ -34,7 +37,28 @@ impl<'a> Message<'a> {
             payload_type: payload::DBUS,
             payload: Vec::new(),
             fds: Vec::new(),
+            bloom: None,
         }
+    }
+
+    /// A broadcast signal; it reaches the connections whose matches take `filter`.
+    pub fn broadcast(filter: &'a Bloom) -> Self {
+        Message::to(kdbus_abi::DST_ID_BROADCAST).signal(filter)
+    }
+
+    /// Make this a signal carrying `filter` (generation 0). A unicast signal reaches its
+    /// destination only if one of its matches takes it.
+    pub fn signal(mut self, filter: &'a Bloom) -> Self {
+        self.flags |= msg_flags::SIGNAL;
+        self.bloom = Some((0, filter.words()));
+        self
+    }
+
+    /// A raw filter with a generation (tests, hand-made masks).
+    pub fn bloom_raw(mut self, generation: u64, words: &'a [u64]) -> Self {
+        self.flags |= msg_flags::SIGNAL;
+        self.bloom = Some((generation, words));
+        self
     }
 
     /// A message to a well-known name.
@@ -124,14 +148,16 @@ impl<'a> Message<'a> {
             } else {
                 kdbus_abi::items::item_space(4 * self.fds.len())
             }
-            + self
-                .dst_name
-                .map_or(0, |n| kdbus_abi::items::item_space(n.len() + 1));
+            + self.dst_name.map_or(0, |n| kdbus_abi::items::item_space(n.len() + 1))
+            + self.bloom.map_or(0, |(_, w)| kdbus_abi::items::item_space(8 + 8 * w.len()));
         let mut data_at = kdbus_abi::align8_usize(out.len() + items_len) as u64;
         {
             let mut w = ItemWriter::new(out);
             if let Some(n) = self.dst_name {
                 w.push_str(item::DST_NAME, n);
+            }
+            if let Some((generation, words)) = self.bloom {
+                w.push_parts(item::BLOOM_FILTER, &[&generation.to_ne_bytes(), words.as_bytes()]);
             }
             for p in &self.payload {
                 let v = Vec_ {
