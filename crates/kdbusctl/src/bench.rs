@@ -27,6 +27,11 @@ pub struct BenchArgs {
     names: bool,
     #[arg(long, default_value_t = 100_000)]
     names_max: usize,
+    /// Measure broadcast fan-out instead (see --subscribers, --rules, --count).
+    #[arg(long)]
+    broadcast: bool,
+    #[command(flatten)]
+    bcast: crate::bench_broadcast::BroadcastArgs,
 }
 
 pub(crate) struct Stats {
@@ -70,6 +75,9 @@ pub(crate) fn time_rounds(
 }
 
 pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.broadcast {
+        return crate::bench_broadcast::run(bus, &args.bcast, args.json);
+    }
     if args.names {
         return crate::bench_names::run(bus, args.rounds, args.names_max, args.json);
     }

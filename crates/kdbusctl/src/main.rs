@@ -1,6 +1,7 @@
 //! `kdbusctl`: look at and talk to kdbus buses, busctl-style.
 
 mod bench;
+mod bench_broadcast;
 mod bench_names;
 
 use clap::{Parser, Subcommand};
@@ -70,6 +71,28 @@ enum Cmd {
         data: String,
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+    },
+    /// Broadcast a signal; its bloom filter is built from the interface, member, path
+    /// and arguments the way sd-bus builds it.
+    Emit {
+        #[arg(long)]
+        interface: Option<String>,
+        #[arg(long)]
+        member: Option<String>,
+        #[arg(long)]
+        path: Option<String>,
+        /// Leading string arguments (repeat for arg0, arg1, ...).
+        #[arg(long = "arg")]
+        args: Vec<String>,
+        /// Payload bytes.
+        #[arg(default_value = "")]
+        data: String,
+    },
+    /// Watch the bus as a monitor (privileged): every unicast, every broadcast and
+    /// notification, one line each.
+    Monitor {
+        #[arg(long)]
+        json: bool,
     },
     /// Round trips per second through the broker, next to a raw socketpair.
     Bench(bench::BenchArgs),
@@ -155,6 +178,30 @@ fn run(cli: Cli) -> Res {
             println!("{}", String::from_utf8_lossy(&r.payload_bytes()));
             Ok(())
         }
+        Cmd::Emit {
+            interface,
+            member,
+            path,
+            args,
+            data,
+        } => {
+            let c = connect(&cli)?;
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let spec = kdbus::bloom::SignalSpec {
+                interface: interface.as_deref(),
+                member: member.as_deref(),
+                path: path.as_deref(),
+                args: &args,
+            };
+            let filter = kdbus::bloom::signal_filter(c.bloom(), &spec);
+            c.send(
+                &Message::broadcast(&filter)
+                    .cookie(1)
+                    .payload(data.as_bytes()),
+            )?;
+            Ok(())
+        }
+        Cmd::Monitor { json } => monitor(&cli, *json),
         Cmd::Bench(args) => bench::run(&bus_path(&cli), args),
     }
 }
@@ -345,6 +392,70 @@ fn activator(cli: &Cli, name: &str) -> Res {
             rustix::event::PollFlags::IN,
         )];
         let _ = rustix::event::poll(&mut pfd, None);
+    }
+}
+
+/// What kind of message a monitor saw.
+fn message_kind(m: &kdbus::Received<'_>) -> &'static str {
+    use abi::item;
+    match m.kernel_item() {
+        Some(item::ID_ADD) => "id-add",
+        Some(item::ID_REMOVE) => "id-remove",
+        Some(item::NAME_ADD) => "name-add",
+        Some(item::NAME_REMOVE) => "name-remove",
+        Some(item::NAME_CHANGE) => "name-change",
+        Some(item::REPLY_TIMEOUT) => "reply-timeout",
+        Some(item::REPLY_DEAD) => "reply-dead",
+        Some(_) => "bus",
+        None if m.dst_id() == abi::DST_ID_BROADCAST => "broadcast",
+        None if m.header().flags & abi::msg_flags::SIGNAL != 0 => "signal",
+        None if m.expects_reply() => "call",
+        None if m.cookie_reply() != 0 => "reply",
+        None => "unicast",
+    }
+}
+
+fn monitor(cli: &Cli, as_json: bool) -> Res {
+    let path = bus_path(cli);
+    let opts = HelloOptions::new()
+        .monitor()
+        .attach_recv(abi::attach::TIMESTAMP)
+        .description("kdbusctl-monitor");
+    let c = Connection::hello(&path, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
+    // An entry without rules takes every broadcast and every notification.
+    c.add_match(1, &kdbus::MatchRule::new(), false)?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let m = c.recv_timeout(None)?;
+        let seq = m
+            .item(abi::item::TIMESTAMP)
+            .and_then(abi::read_struct::<abi::Timestamp>)
+            .map_or(0, |t| t.seqnum);
+        let payload = m.payload_bytes();
+        let kind = message_kind(&m);
+        let line = if as_json {
+            json!({"seq": seq, "kind": kind, "src": m.src_id(), "dst": m.dst_id(), "cookie": m.cookie(),
+                   "cookie_reply": if m.expects_reply() { 0 } else { m.cookie_reply() },
+                   "flags": m.header().flags, "payload_type": m.header().payload_type,
+                   "size": payload.len(), "payload": String::from_utf8_lossy(&payload)})
+            .to_string()
+        } else {
+            let dst = if m.dst_id() == abi::DST_ID_BROADCAST {
+                "*".to_string()
+            } else {
+                m.dst_id().to_string()
+            };
+            format!(
+                "{seq:>8} {kind:<13} {:>5} -> {dst:<5} cookie {:<6} {} bytes {:?}",
+                m.src_id(),
+                m.cookie(),
+                payload.len(),
+                String::from_utf8_lossy(&payload[..payload.len().min(40)])
+            )
+        };
+        use std::io::Write;
+        writeln!(out, "{line}")?;
+        out.flush()?;
     }
 }
 
