@@ -920,7 +920,11 @@ impl Connection {
 
     /// Install a match entry under `cookie` (REPLACE: instead of those with the cookie).
     pub fn add_match(&self, cookie: u64, rule: &crate::MatchRule, replace: bool) -> Result<()> {
-        let flags = if replace { kdbus_abi::match_flags::REPLACE } else { 0 };
+        let flags = if replace {
+            kdbus_abi::match_flags::REPLACE
+        } else {
+            0
+        };
         self.match_add(cookie, flags, rule.items())
     }
 

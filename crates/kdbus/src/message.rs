@@ -1,7 +1,7 @@
 //! Building messages to send.
 
-use kdbus_abi::{item, msg_flags, payload, CmdSend, ItemWriter, Msg, Vec_};
 use crate::bloom::Bloom;
+use kdbus_abi::{item, msg_flags, payload, CmdSend, ItemWriter, Msg, Vec_};
 use std::os::fd::BorrowedFd;
 use zerocopy::IntoBytes;
 
@@ -148,8 +148,12 @@ impl<'a> Message<'a> {
             } else {
                 kdbus_abi::items::item_space(4 * self.fds.len())
             }
-            + self.dst_name.map_or(0, |n| kdbus_abi::items::item_space(n.len() + 1))
-            + self.bloom.map_or(0, |(_, w)| kdbus_abi::items::item_space(8 + 8 * w.len()));
+            + self
+                .dst_name
+                .map_or(0, |n| kdbus_abi::items::item_space(n.len() + 1))
+            + self
+                .bloom
+                .map_or(0, |(_, w)| kdbus_abi::items::item_space(8 + 8 * w.len()));
         let mut data_at = kdbus_abi::align8_usize(out.len() + items_len) as u64;
         {
             let mut w = ItemWriter::new(out);
@@ -157,7 +161,10 @@ impl<'a> Message<'a> {
                 w.push_str(item::DST_NAME, n);
             }
             if let Some((generation, words)) = self.bloom {
-                w.push_parts(item::BLOOM_FILTER, &[&generation.to_ne_bytes(), words.as_bytes()]);
+                w.push_parts(
+                    item::BLOOM_FILTER,
+                    &[&generation.to_ne_bytes(), words.as_bytes()],
+                );
             }
             for p in &self.payload {
                 let v = Vec_ {

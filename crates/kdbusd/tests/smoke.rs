@@ -46,11 +46,28 @@ fn broadcast_reaches_matching_peers_only() {
     let no = b.conn();
     yes.add_match(1, &MatchRule::new(), false).unwrap();
     tx.add_match(1, &MatchRule::new(), false).unwrap();
-    let f = signal_filter(tx.bloom(), &SignalSpec { member: Some("Ping"), ..Default::default() });
-    tx.send(&Message::broadcast(&f).cookie(3).payload(b"all")).unwrap();
+    let f = signal_filter(
+        tx.bloom(),
+        &SignalSpec {
+            member: Some("Ping"),
+            ..Default::default()
+        },
+    );
+    tx.send(&Message::broadcast(&f).cookie(3).payload(b"all"))
+        .unwrap();
     let m = yes.recv_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!((m.src_id(), m.cookie(), m.payload_bytes()), (tx.id(), 3, b"all".to_vec()));
+    assert_eq!(
+        (m.src_id(), m.cookie(), m.payload_bytes()),
+        (tx.id(), 3, b"all".to_vec())
+    );
     drop(m);
-    assert_eq!(no.recv().err().map(|e| e.errno()), Some(kdbus::Errno::EAGAIN));
-    assert_eq!(tx.recv().err().map(|e| e.errno()), Some(kdbus::Errno::EAGAIN), "no echo to the sender");
+    assert_eq!(
+        no.recv().err().map(|e| e.errno()),
+        Some(kdbus::Errno::EAGAIN)
+    );
+    assert_eq!(
+        tx.recv().err().map(|e| e.errno()),
+        Some(kdbus::Errno::EAGAIN),
+        "no echo to the sender"
+    );
 }
