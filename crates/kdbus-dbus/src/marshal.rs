@@ -1,0 +1,430 @@
+//! D-Bus marshalling (the classic "DBus1" format), just enough for headers, the bus
+//! driver's arguments and match-rule arguments.
+//!
+//! Alignment is relative to the start of the message, which is where a reader starts
+//! (or says it starts, with [`Reader::at`]). Every length is checked against the
+//! buffer before it is used; nesting is bounded, so hostile input costs at most linear
+//! time and constant stack.
+
+use thiserror::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endian {
+    Little,
+    Big,
+}
+
+impl Endian {
+    pub fn from_byte(b: u8) -> Option<Endian> {
+        match b {
+            b'l' => Some(Endian::Little),
+            b'B' => Some(Endian::Big),
+            _ => None,
+        }
+    }
+    pub fn byte(self) -> u8 {
+        match self {
+            Endian::Little => b'l',
+            Endian::Big => b'B',
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum MarshalError {
+    #[error("message truncated")]
+    Truncated,
+    #[error("non-zero padding")]
+    BadPadding,
+    #[error("boolean other than 0 or 1")]
+    BadBool,
+    #[error("string not UTF-8, not NUL-terminated, or with an embedded NUL")]
+    BadString,
+    #[error("invalid signature")]
+    BadSignature,
+    #[error("invalid object path")]
+    BadPath,
+    #[error("array longer than 64 MiB or not a whole number of elements")]
+    BadArray,
+    #[error("containers nested too deeply")]
+    TooDeep,
+}
+
+pub type Result<T> = std::result::Result<T, MarshalError>;
+
+/// Largest array the specification allows.
+pub const MAX_ARRAY_LEN: u32 = 64 * 1024 * 1024;
+
+fn align_of(t: u8) -> usize {
+    match t {
+        b'y' | b'g' | b'v' => 1,
+        b'n' | b'q' => 2,
+        b'b' | b'i' | b'u' | b'h' | b's' | b'o' | b'a' => 4,
+        _ => 8, // x t d ( {
+    }
+}
+
+/// Reads values from a message buffer.
+#[derive(Clone)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    endian: Endian,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over `buf`, which starts at the message's first byte.
+    pub fn new(buf: &'a [u8], endian: Endian) -> Self {
+        Reader {
+            buf,
+            pos: 0,
+            endian,
+        }
+    }
+
+    /// A reader positioned at `pos` of a message buffer.
+    pub fn at(buf: &'a [u8], pos: usize, endian: Endian) -> Self {
+        Reader { buf, pos, endian }
+    }
+
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).ok_or(MarshalError::Truncated)?;
+        let s = self.buf.get(self.pos..end).ok_or(MarshalError::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// Skip padding to `n`; padding must be zero bytes.
+    pub fn align(&mut self, n: usize) -> Result<()> {
+        let pad = (n - self.pos % n) % n;
+        if self.take(pad)?.iter().any(|b| *b != 0) {
+            return Err(MarshalError::BadPadding);
+        }
+        Ok(())
+    }
+
+    pub fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub fn u16(&mut self) -> Result<u16> {
+        self.align(2)?;
+        let b: [u8; 2] = self
+            .take(2)?
+            .try_into()
+            .map_err(|_| MarshalError::Truncated)?;
+        Ok(match self.endian {
+            Endian::Little => u16::from_le_bytes(b),
+            Endian::Big => u16::from_be_bytes(b),
+        })
+    }
+
+    pub fn u32(&mut self) -> Result<u32> {
+        self.align(4)?;
+        let b: [u8; 4] = self
+            .take(4)?
+            .try_into()
+            .map_err(|_| MarshalError::Truncated)?;
+        Ok(match self.endian {
+            Endian::Little => u32::from_le_bytes(b),
+            Endian::Big => u32::from_be_bytes(b),
+        })
+    }
+
+    pub fn u64(&mut self) -> Result<u64> {
+        self.align(8)?;
+        let b: [u8; 8] = self
+            .take(8)?
+            .try_into()
+            .map_err(|_| MarshalError::Truncated)?;
+        Ok(match self.endian {
+            Endian::Little => u64::from_le_bytes(b),
+            Endian::Big => u64::from_be_bytes(b),
+        })
+    }
+
+    pub fn bool(&mut self) -> Result<bool> {
+        match self.u32()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(MarshalError::BadBool),
+        }
+    }
+
+    fn text(&mut self, len: usize) -> Result<&'a str> {
+        let bytes = self.take(len)?;
+        if self.u8()? != 0 || bytes.contains(&0) {
+            return Err(MarshalError::BadString);
+        }
+        std::str::from_utf8(bytes).map_err(|_| MarshalError::BadString)
+    }
+
+    pub fn string(&mut self) -> Result<&'a str> {
+        let len = self.u32()? as usize;
+        self.text(len)
+    }
+
+    pub fn object_path(&mut self) -> Result<&'a str> {
+        let s = self.string()?;
+        if !crate::names::is_object_path(s) {
+            return Err(MarshalError::BadPath);
+        }
+        Ok(s)
+    }
+
+    pub fn signature(&mut self) -> Result<&'a str> {
+        let len = self.u8()? as usize;
+        let s = self.text(len)?;
+        if !crate::names::is_signature(s) {
+            return Err(MarshalError::BadSignature);
+        }
+        Ok(s)
+    }
+
+    /// Start an array of elements aligned to `elem_align`: returns the end position.
+    pub fn array_begin(&mut self, elem_align: usize) -> Result<usize> {
+        let len = self.u32()?;
+        if len > MAX_ARRAY_LEN {
+            return Err(MarshalError::BadArray);
+        }
+        self.align(elem_align)?;
+        let end = self
+            .pos
+            .checked_add(len as usize)
+            .ok_or(MarshalError::Truncated)?;
+        if end > self.buf.len() {
+            return Err(MarshalError::Truncated);
+        }
+        Ok(end)
+    }
+
+    /// Skip one value of the single complete type at the start of `sig`; returns the
+    /// rest of the signature.
+    pub fn skip<'s>(&mut self, sig: &'s [u8], depth: u32) -> Result<&'s [u8]> {
+        if depth > 64 {
+            return Err(MarshalError::TooDeep);
+        }
+        let (&t, rest) = sig.split_first().ok_or(MarshalError::BadSignature)?;
+        match t {
+            b'y' => {
+                self.u8()?;
+            }
+            b'n' | b'q' => {
+                self.u16()?;
+            }
+            b'b' => {
+                self.bool()?;
+            }
+            b'i' | b'u' | b'h' => {
+                self.u32()?;
+            }
+            b'x' | b't' | b'd' => {
+                self.u64()?;
+            }
+            b's' => {
+                self.string()?;
+            }
+            b'o' => {
+                self.object_path()?;
+            }
+            b'g' => {
+                self.signature()?;
+            }
+            b'v' => {
+                let inner = self.signature()?;
+                let left = self.skip(inner.as_bytes(), depth + 1)?;
+                if !left.is_empty() {
+                    return Err(MarshalError::BadSignature);
+                }
+            }
+            b'a' => {
+                let elem = single_type(rest)?;
+                let align = align_of(*elem.first().ok_or(MarshalError::BadSignature)?);
+                let end = self.array_begin(align)?;
+                while self.pos < end {
+                    self.skip(elem, depth + 1)?;
+                }
+                if self.pos != end {
+                    return Err(MarshalError::BadArray);
+                }
+                return Ok(&rest[elem.len()..]);
+            }
+            b'(' | b'{' => {
+                self.align(8)?;
+                let close = if t == b'(' { b')' } else { b'}' };
+                let mut inner = rest;
+                while inner.first() != Some(&close) {
+                    inner = self.skip(inner, depth + 1)?;
+                }
+                return Ok(&inner[1..]);
+            }
+            _ => return Err(MarshalError::BadSignature),
+        }
+        Ok(rest)
+    }
+}
+
+/// The single complete type at the start of `sig`.
+pub fn single_type(sig: &[u8]) -> Result<&[u8]> {
+    let mut depth = 0i32;
+    for (i, &c) in sig.iter().enumerate() {
+        match c {
+            b'a' => continue,
+            b'(' | b'{' => depth += 1,
+            b')' | b'}' => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return Err(MarshalError::BadSignature);
+        }
+        if depth == 0 {
+            return Ok(&sig[..=i]);
+        }
+    }
+    Err(MarshalError::BadSignature)
+}
+
+/// Writes values into a message buffer (alignment relative to the buffer's start).
+pub struct Writer<'a> {
+    pub buf: &'a mut Vec<u8>,
+    pub endian: Endian,
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(buf: &'a mut Vec<u8>, endian: Endian) -> Self {
+        Writer { buf, endian }
+    }
+
+    pub fn align(&mut self, n: usize) {
+        let len = self.buf.len().div_ceil(n) * n;
+        self.buf.resize(len, 0);
+    }
+
+    pub fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+
+    pub fn u32(&mut self, v: u32) {
+        self.align(4);
+        let b = match self.endian {
+            Endian::Little => v.to_le_bytes(),
+            Endian::Big => v.to_be_bytes(),
+        };
+        self.buf.extend_from_slice(&b);
+    }
+
+    pub fn u64(&mut self, v: u64) {
+        self.align(8);
+        let b = match self.endian {
+            Endian::Little => v.to_le_bytes(),
+            Endian::Big => v.to_be_bytes(),
+        };
+        self.buf.extend_from_slice(&b);
+    }
+
+    pub fn bool(&mut self, v: bool) {
+        self.u32(v as u32);
+    }
+
+    pub fn string(&mut self, s: &str) {
+        self.u32(s.len() as u32);
+        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.push(0);
+    }
+
+    pub fn signature(&mut self, s: &str) {
+        self.u8(s.len() as u8);
+        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.push(0);
+    }
+
+    /// Begin an array; returns the position of its length, for [`Writer::array_end`].
+    pub fn array_begin(&mut self, elem_align: usize) -> (usize, usize) {
+        self.u32(0);
+        let len_at = self.buf.len() - 4;
+        self.align(elem_align);
+        (len_at, self.buf.len())
+    }
+
+    pub fn array_end(&mut self, (len_at, start): (usize, usize)) {
+        let len = (self.buf.len() - start) as u32;
+        let b = match self.endian {
+            Endian::Little => len.to_le_bytes(),
+            Endian::Big => len.to_be_bytes(),
+        };
+        self.buf[len_at..len_at + 4].copy_from_slice(&b);
+    }
+
+    /// A variant holding a string-like value of type `t` (`s`, `o` or `g`).
+    pub fn variant_str(&mut self, t: u8, s: &str) {
+        self.signature(std::str::from_utf8(&[t]).unwrap_or("s"));
+        match t {
+            b'g' => self.signature(s),
+            _ => self.string(s),
+        }
+    }
+
+    pub fn variant_u32(&mut self, v: u32) {
+        self.signature("u");
+        self.u32(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_both_endians() {
+        for e in [Endian::Little, Endian::Big] {
+            let mut b = Vec::new();
+            let mut w = Writer::new(&mut b, e);
+            w.u8(7);
+            w.string("héllo");
+            w.u64(1 << 40);
+            let a = w.array_begin(4);
+            w.u32(1);
+            w.u32(2);
+            w.array_end(a);
+            let mut r = Reader::new(&b, e);
+            assert_eq!(r.u8().unwrap(), 7);
+            assert_eq!(r.string().unwrap(), "héllo");
+            assert_eq!(r.u64().unwrap(), 1 << 40);
+            let end = r.array_begin(4).unwrap();
+            assert_eq!((r.u32().unwrap(), r.u32().unwrap(), r.pos()), (1, 2, end));
+            let mut r = Reader::new(&b, e);
+            let mut sig: &[u8] = b"ysxau";
+            while !sig.is_empty() {
+                sig = r.skip(sig, 0).unwrap();
+            }
+            assert_eq!(r.pos(), b.len());
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let mut r = Reader::new(&[1, 0, 0, 0, b'a', 1], Endian::Little);
+        assert_eq!(r.string(), Err(MarshalError::BadString));
+        let mut r = Reader::new(&[0, 1, 0, 0, 0, 0, 0, 0], Endian::Little);
+        r.u8().unwrap();
+        assert_eq!(r.u32(), Err(MarshalError::BadPadding));
+        let mut r = Reader::new(&[2, 0, 0, 0], Endian::Little);
+        assert_eq!(r.bool(), Err(MarshalError::BadBool));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn skip_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200), sig in "[ybnqiuxtdsogva(){}]{0,12}") {
+            let mut r = Reader::new(&data, Endian::Little);
+            let _ = r.skip(sig.as_bytes(), 0);
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Syntax of D-Bus names, paths and signatures (D-Bus specification, "Valid Names").
+
+/// Bus names: unique (`:1.42`) or well-known (`org.example.Foo`), ≤ 255 bytes.
+pub fn is_bus_name(s: &str) -> bool {
+    if s.is_empty() || s.len() > 255 {
+        return false;
+    }
+    let (unique, body) = match s.strip_prefix(':') {
+        Some(b) => (true, b),
+        None => (false, s),
+    };
+    let mut elements = 0;
+    for el in body.split('.') {
+        let Some(first) = el.bytes().next() else {
+            return false;
+        };
+        if !unique && first.is_ascii_digit() {
+            return false;
+        }
+        if !el
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        {
+            return false;
+        }
+        elements += 1;
+    }
+    elements >= 2
+}
+
+pub fn is_unique_name(s: &str) -> bool {
+    s.starts_with(':') && is_bus_name(s)
+}
+
+/// Interface and error names: ≥ 2 elements of `[A-Za-z0-9_]`, not starting with a digit.
+pub fn is_interface(s: &str) -> bool {
+    if s.is_empty() || s.len() > 255 {
+        return false;
+    }
+    let mut elements = 0;
+    for el in s.split('.') {
+        if !is_element(el) {
+            return false;
+        }
+        elements += 1;
+    }
+    elements >= 2
+}
+
+pub fn is_error_name(s: &str) -> bool {
+    is_interface(s)
+}
+
+/// Member names: one element of `[A-Za-z0-9_]`, not starting with a digit.
+pub fn is_member(s: &str) -> bool {
+    s.len() <= 255 && is_element(s)
+}
+
+fn is_element(el: &str) -> bool {
+    match el.bytes().next() {
+        None => false,
+        Some(c) if c.is_ascii_digit() => false,
+        Some(_) => el.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'),
+    }
+}
+
+/// Object paths: `/`, or `/`-separated non-empty elements of `[A-Za-z0-9_]`.
+pub fn is_object_path(s: &str) -> bool {
+    if s == "/" {
+        return true;
+    }
+    let Some(rest) = s.strip_prefix('/') else {
+        return false;
+    };
+    rest.split('/')
+        .all(|el| !el.is_empty() && el.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'))
+}
+
+/// Signatures: ≤ 255 bytes of complete types, arrays nested ≤ 32 and structs ≤ 32 deep.
+pub fn is_signature(s: &str) -> bool {
+    if s.len() > 255 {
+        return false;
+    }
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match complete_type(b, i, 0, 0) {
+            Some(next) => i = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Parse one complete type at `i`; returns the index after it.
+fn complete_type(b: &[u8], i: usize, arrays: u32, structs: u32) -> Option<usize> {
+    match *b.get(i)? {
+        b'y' | b'b' | b'n' | b'q' | b'i' | b'u' | b'x' | b't' | b'd' | b's' | b'o' | b'g'
+        | b'h' | b'v' => Some(i + 1),
+        b'a' => {
+            if arrays >= 32 {
+                return None;
+            }
+            if b.get(i + 1) == Some(&b'{') {
+                // dict entry: basic key, one complete value, '}'
+                let key = *b.get(i + 2)?;
+                if !b"ybnqiuxtdsogh".contains(&key) {
+                    return None;
+                }
+                let after = complete_type(b, i + 3, arrays + 1, structs + 1)?;
+                (b.get(after) == Some(&b'}')).then_some(after + 1)
+            } else {
+                complete_type(b, i + 1, arrays + 1, structs)
+            }
+        }
+        b'(' => {
+            if structs >= 32 {
+                return None;
+            }
+            let mut j = i + 1;
+            if b.get(j) == Some(&b')') {
+                return None; // empty struct
+            }
+            while b.get(j) != Some(&b')') {
+                j = complete_type(b, j, arrays, structs + 1)?;
+            }
+            Some(j + 1)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_bus_name(":1.42") && is_bus_name("org.example.Foo") && is_bus_name("a-b.c_d"));
+        assert!(
+            !is_bus_name("org")
+                && !is_bus_name("org.1x")
+                && !is_bus_name("org..x")
+                && !is_bus_name("")
+        );
+        assert!(is_unique_name(":1.42") && !is_unique_name("org.x"));
+        assert!(is_interface("org.x.Y") && !is_interface("org.x-y") && !is_interface("Foo"));
+        assert!(is_member("Ping") && !is_member("Pi.ng") && !is_member("1x"));
+        assert!(
+            is_object_path("/")
+                && is_object_path("/a/b_c")
+                && !is_object_path("/a/")
+                && !is_object_path("a")
+        );
+    }
+
+    #[test]
+    fn signatures() {
+        for ok in ["", "s", "a{sv}", "(ii)as", "aa{s(ib)}", "v"] {
+            assert!(is_signature(ok), "{ok}");
+        }
+        for bad in ["a", "()", "a{vs}", "(i", "a{si", "z", "{ss}"] {
+            assert!(!is_signature(bad), "{bad}");
+        }
+        assert!(!is_signature(&"a".repeat(33).chain_s()));
+    }
+
+    trait ChainS {
+        fn chain_s(self) -> String;
+    }
+    impl ChainS for String {
+        fn chain_s(mut self) -> String {
+            self.push('s');
+            self
+        }
+    }
+}

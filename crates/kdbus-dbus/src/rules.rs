@@ -1,0 +1,416 @@
+//! D-Bus match rules (`AddMatch`): parsing, and matching against a message.
+//!
+//! A rule is `key='value'` pairs separated by commas; every key present must match.
+//! Values are quoted with `'`; inside quotes nothing is special, outside them `\'` is a
+//! literal quote. Keys and limits as the specification and dbus-daemon have them.
+
+use crate::header::{Header, MessageType};
+use crate::marshal::{Endian, Reader};
+use crate::names;
+use thiserror::Error;
+
+/// Longest rule dbus-daemon accepts.
+pub const MAX_RULE_LEN: usize = 1024;
+/// Highest argument index a rule may test.
+pub const MAX_ARG: usize = 63;
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("invalid match rule: {0}")]
+pub struct RuleError(pub &'static str);
+
+/// What an `argN...` key tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArgTest {
+    /// `argN='v'`: the argument is the string `v`.
+    Equals(String),
+    /// `argNpath='v'`: equal, or one is a `/`-terminated prefix of the other.
+    Path(String),
+    /// `arg0namespace='v'`: the argument is `v` or starts with `v.`.
+    Namespace(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub msg_type: Option<MessageType>,
+    pub sender: Option<String>,
+    pub interface: Option<String>,
+    pub member: Option<String>,
+    pub path: Option<String>,
+    pub path_namespace: Option<String>,
+    pub destination: Option<String>,
+    /// (argument index, test), ordered by index.
+    pub args: Vec<(u8, ArgTest)>,
+    pub eavesdrop: bool,
+}
+
+/// Split `key='value',...` into pairs, unescaping values.
+fn pairs(s: &str) -> Result<Vec<(String, String)>, RuleError> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        for c in chars.by_ref() {
+            if c == '=' {
+                break;
+            }
+            key.push(c);
+        }
+        let key = key.trim().to_string();
+        if key.is_empty() {
+            return Err(RuleError("empty key"));
+        }
+        let mut value = String::new();
+        let mut quoted = false;
+        let mut ended = false;
+        while let Some(c) = chars.next() {
+            match (quoted, c) {
+                (true, '\'') => quoted = false,
+                (true, c) => value.push(c),
+                (false, '\'') => quoted = true,
+                (false, '\\') if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    value.push('\'');
+                }
+                (false, ',') => {
+                    ended = true;
+                    break;
+                }
+                (false, c) => value.push(c),
+            }
+        }
+        if quoted {
+            return Err(RuleError("unterminated quote"));
+        }
+        out.push((key, value));
+        if !ended {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+impl Rule {
+    /// Parse a rule string.
+    pub fn parse(s: &str) -> Result<Rule, RuleError> {
+        if s.len() > MAX_RULE_LEN {
+            return Err(RuleError("rule too long"));
+        }
+        let mut r = Rule::default();
+        let mut seen = std::collections::HashSet::new();
+        for (k, v) in pairs(s)? {
+            if !seen.insert(k.clone()) {
+                return Err(RuleError("key appears twice"));
+            }
+            match k.as_str() {
+                "type" => {
+                    r.msg_type = Some(match v.as_str() {
+                        "signal" => MessageType::Signal,
+                        "method_call" => MessageType::MethodCall,
+                        "method_return" => MessageType::MethodReturn,
+                        "error" => MessageType::Error,
+                        _ => return Err(RuleError("unknown message type")),
+                    })
+                }
+                "sender" => {
+                    if !names::is_bus_name(&v) && v != "org.freedesktop.DBus" {
+                        return Err(RuleError("invalid sender"));
+                    }
+                    r.sender = Some(v);
+                }
+                "interface" => {
+                    if !names::is_interface(&v) {
+                        return Err(RuleError("invalid interface"));
+                    }
+                    r.interface = Some(v);
+                }
+                "member" => {
+                    if !names::is_member(&v) {
+                        return Err(RuleError("invalid member"));
+                    }
+                    r.member = Some(v);
+                }
+                "path" | "path_namespace" => {
+                    if !names::is_object_path(&v) {
+                        return Err(RuleError("invalid path"));
+                    }
+                    if k == "path" {
+                        r.path = Some(v);
+                    } else {
+                        r.path_namespace = Some(v);
+                    }
+                }
+                "destination" => {
+                    if !names::is_bus_name(&v) {
+                        return Err(RuleError("invalid destination"));
+                    }
+                    r.destination = Some(v);
+                }
+                "eavesdrop" => {
+                    r.eavesdrop = match v.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(RuleError("eavesdrop is true or false")),
+                    }
+                }
+                _ => r.args.push(parse_arg_key(&k, v)?),
+            }
+        }
+        if r.path.is_some() && r.path_namespace.is_some() {
+            return Err(RuleError("path and path_namespace together"));
+        }
+        r.args.sort_by_key(|(i, _)| *i);
+        if r.args.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(RuleError("argument tested twice"));
+        }
+        Ok(r)
+    }
+
+    /// Whether the message with header `h` (sent by `sender`, whose names `owns` tells)
+    /// and `body` matches. `owns(name)` answers whether the sender owns a well-known
+    /// name.
+    pub fn matches(
+        &self,
+        h: &Header<'_>,
+        sender: &str,
+        owns: &dyn Fn(&str) -> bool,
+        body: &[u8],
+    ) -> bool {
+        if self.msg_type.is_some_and(|t| t != h.msg_type) {
+            return false;
+        }
+        if let Some(s) = &self.sender {
+            let ok = if s.starts_with(':') || s == "org.freedesktop.DBus" {
+                s == sender
+            } else {
+                s == sender || owns(s)
+            };
+            if !ok {
+                return false;
+            }
+        }
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| Some(w) == have)
+        };
+        if !eq(&self.interface, h.interface)
+            || !eq(&self.member, h.member)
+            || !eq(&self.path, h.path)
+        {
+            return false;
+        }
+        if !eq(&self.destination, h.destination) {
+            return false;
+        }
+        if let Some(ns) = &self.path_namespace {
+            let Some(p) = h.path else { return false };
+            let inside = ns == "/"
+                || p == ns
+                || p.strip_prefix(ns.as_str())
+                    .is_some_and(|r| r.starts_with('/'));
+            if !inside {
+                return false;
+            }
+        }
+        if self.args.is_empty() {
+            return true;
+        }
+        let max = self.args.last().map_or(0, |a| a.0 as usize);
+        let args = string_args(body, h.endian, h.signature, max + 1);
+        self.args.iter().all(|(i, t)| {
+            let Some(Some((kind, v))) = args.get(*i as usize) else {
+                return false;
+            };
+            match t {
+                ArgTest::Equals(w) => *kind == b's' && v == w,
+                ArgTest::Path(w) => {
+                    (*kind == b's' || *kind == b'o')
+                        && (v == w
+                            || (w.ends_with('/') && v.starts_with(w.as_str()))
+                            || (v.ends_with('/') && w.starts_with(*v)))
+                }
+                ArgTest::Namespace(w) => {
+                    *kind == b's'
+                        && (v == w
+                            || v.strip_prefix(w.as_str())
+                                .is_some_and(|r| r.starts_with('.')))
+                }
+            }
+        })
+    }
+
+    /// Whether this rule could ever match a message not addressed to its owner: rules
+    /// without `eavesdrop` only see broadcasts and what is sent to the owner.
+    pub fn is_eavesdropping(&self) -> bool {
+        self.eavesdrop
+    }
+}
+
+fn parse_arg_key(k: &str, v: String) -> Result<(u8, ArgTest), RuleError> {
+    let rest = k.strip_prefix("arg").ok_or(RuleError("unknown key"))?;
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    if digits.is_empty() || digits.len() > 2 || (digits.len() == 2 && digits.starts_with('0')) {
+        return Err(RuleError("unknown key"));
+    }
+    let n: usize = digits.parse().map_err(|_| RuleError("unknown key"))?;
+    if n > MAX_ARG {
+        return Err(RuleError("argument index above 63"));
+    }
+    let test = match &rest[digits.len()..] {
+        "" => ArgTest::Equals(v),
+        "path" => ArgTest::Path(v),
+        "namespace" if n == 0 => {
+            if !names::is_bus_name(&v) && !names::is_interface(&v) && !is_namespace_prefix(&v) {
+                return Err(RuleError("invalid arg0namespace"));
+            }
+            ArgTest::Namespace(v)
+        }
+        _ => return Err(RuleError("unknown key")),
+    };
+    Ok((n as u8, test))
+}
+
+/// A single-element namespace such as `org` is allowed for arg0namespace.
+fn is_namespace_prefix(v: &str) -> bool {
+    !v.is_empty()
+        && v.split('.').all(|e| {
+            !e.is_empty()
+                && e.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        })
+}
+
+/// The first `n` top-level arguments of a body: `Some((type, value))` for strings and
+/// object paths, `None` for other types; stops at the first malformed value.
+pub fn string_args<'a>(
+    body: &'a [u8],
+    endian: Endian,
+    signature: &str,
+    n: usize,
+) -> Vec<Option<(u8, &'a str)>> {
+    let mut out = Vec::new();
+    let mut r = Reader::new(body, endian);
+    let mut sig = signature.as_bytes();
+    while out.len() < n && !sig.is_empty() {
+        match sig[0] {
+            t @ (b's' | b'o') => {
+                let v = if t == b's' {
+                    r.string()
+                } else {
+                    r.object_path()
+                };
+                match v {
+                    Ok(v) => out.push(Some((t, v))),
+                    Err(_) => break,
+                }
+                sig = &sig[1..];
+            }
+            _ => match r.skip(sig, 0) {
+                Ok(rest) => {
+                    out.push(None);
+                    sig = rest;
+                }
+                Err(_) => break,
+            },
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::{parse, write_fields, Fields};
+    use crate::marshal::Writer;
+
+    #[test]
+    fn parse_rules() {
+        let r = Rule::parse("type='signal',sender='org.x',interface='org.x.I',member='M',path_namespace='/a',arg0='x',arg2path='/p/',arg0namespace='org'")
+            .unwrap_err();
+        assert_eq!(r, RuleError("argument tested twice"));
+        let r = Rule::parse("type='signal', interface='org.x.I',arg1='it''s',eavesdrop='true'")
+            .unwrap();
+        assert_eq!(r.args, vec![(1, ArgTest::Equals("its".into()))]);
+        assert!(r.eavesdrop);
+        let r = Rule::parse(r"arg0=don\'t").unwrap();
+        assert_eq!(r.args, vec![(0, ArgTest::Equals("don't".into()))]);
+        for bad in [
+            "foo='x'",
+            "type='x'",
+            "path='a'",
+            "path='/a',path_namespace='/a'",
+            "arg64='x'",
+            "arg1namespace='a'",
+            "type='signal',type='signal'",
+            "member='a'b",
+        ] {
+            let r = Rule::parse(bad);
+            if bad == "member='a'b" {
+                assert!(r.is_ok(), "adjacent text continues the value");
+                continue;
+            }
+            assert!(r.is_err(), "{bad}");
+        }
+        assert!(Rule::parse(&"a".repeat(1025)).is_err());
+        assert_eq!(Rule::parse("").unwrap(), Rule::default());
+    }
+
+    fn signal(path: &str, args: &[&str]) -> Vec<u8> {
+        let mut body = Vec::new();
+        let mut w = Writer::new(&mut body, Endian::Little);
+        for a in args {
+            w.string(a);
+        }
+        let sig = "s".repeat(args.len());
+        let mut out = Vec::new();
+        let f = Fields {
+            path: Some(path),
+            interface: Some("org.x.I"),
+            member: Some("M"),
+            signature: &sig,
+            ..Default::default()
+        };
+        write_fields(
+            &mut out,
+            Endian::Little,
+            MessageType::Signal,
+            0,
+            body.len() as u32,
+            1,
+            &f,
+        );
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn matching() {
+        let m = signal("/a/b", &["org.x.Y", "/p/q"]);
+        let h = parse(&m).unwrap();
+        let body = &m[h.header_len..];
+        let no = |_: &str| false;
+        let t = |rule: &str| Rule::parse(rule).unwrap().matches(&h, ":1.5", &no, body);
+        assert!(t("type='signal',interface='org.x.I',member='M'"));
+        assert!(
+            t("path_namespace='/a'")
+                && t("path_namespace='/'")
+                && !t("path_namespace='/a/b/c'")
+                && !t("path_namespace='/a/bb'")
+        );
+        assert!(t("arg0='org.x.Y'") && !t("arg0='org.x'"));
+        assert!(
+            t("arg0namespace='org.x'") && t("arg0namespace='org'") && !t("arg0namespace='org.xx'")
+        );
+        assert!(t("arg1path='/p/'") && t("arg1path='/p/q'") && !t("arg1path='/p'"));
+        assert!(t("sender=':1.5'") && !t("sender=':1.6'") && !t("sender='org.x'"));
+        assert!(!t("arg2='x'"));
+        let owns = |n: &str| n == "org.x";
+        assert!(Rule::parse("sender='org.x'")
+            .unwrap()
+            .matches(&h, ":1.5", &owns, body));
+    }
+}
