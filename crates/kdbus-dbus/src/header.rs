@@ -271,7 +271,12 @@ pub fn parse<'a>(msg: &'a [u8]) -> Result<Header<'a>, HeaderError> {
 }
 
 /// A string-like header field value of the expected type `want`.
-fn field_string<'a>(r: &mut Reader<'a>, sig: &str, want: &str, bad: HeaderError) -> Result<&'a str, HeaderError> {
+fn field_string<'a>(
+    r: &mut Reader<'a>,
+    sig: &str,
+    want: &str,
+    bad: HeaderError,
+) -> Result<&'a str, HeaderError> {
     if sig != want {
         return Err(bad);
     }

@@ -6,6 +6,7 @@
 //! writes what comes out. Payloads of messages between peers are never demarshalled;
 //! only headers, calls to the bus itself and match-rule arguments are.
 
+pub mod bloom;
 pub mod header;
 pub mod marshal;
 pub mod names;

@@ -14,7 +14,6 @@
 //! socket and files what it reads (replies by request id, messages in the queue) for
 //! whoever waits for it.
 
-pub mod bloom;
 mod conn;
 mod control;
 mod error;
@@ -27,6 +26,9 @@ pub use control::{BusOwner, Control};
 pub use error::{Error, Result};
 pub use kdbus_abi as abi;
 pub use kdbus_abi::Errno;
+pub use kdbus_dbus as dbus;
+/// sd-bus's bloom filter convention (from `kdbus-dbus`), for signals and matches.
+pub use kdbus_dbus::bloom;
 pub use matches::{MatchRule, ANY};
 pub use message::Message;
 

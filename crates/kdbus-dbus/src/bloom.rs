@@ -8,7 +8,7 @@
 //! little-endian output bytes are cut into `w`-byte big-endian bit indexes (`w` bytes
 //! enough to index `m` bits), `k` of them per element.
 
-use kdbus_abi::BloomParameter;
+pub use kdbus_abi::BloomParameter;
 use siphasher::sip::SipHasher24;
 use std::hash::Hasher;
 
