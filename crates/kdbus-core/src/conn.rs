@@ -78,6 +78,8 @@ pub struct Conn {
     pub dirty: bool,
     /// Name given at HELLO (activators, policy holders).
     pub special_name: Option<String>,
+    /// Set for D-Bus clients: they get D-Bus messages on a stream, not a pool.
+    pub dbus: Option<Box<crate::dbus::DBusPeer>>,
 }
 
 impl Conn {

@@ -65,32 +65,34 @@ pub enum SendOutcome {
 }
 
 #[derive(Default)]
-struct UserUsage {
-    conns: usize,
-    buses: usize,
+pub(crate) struct UserUsage {
+    pub(crate) conns: usize,
+    pub(crate) buses: usize,
 }
 
 pub struct Domain {
-    clock: Box<dyn Clock>,
-    buses: HashMap<BusKey, Bus>,
-    bus_names: HashMap<String, BusKey>,
-    conns: HashMap<ConnKey, Conn>,
+    pub(crate) clock: Box<dyn Clock>,
+    pub(crate) buses: HashMap<BusKey, Bus>,
+    pub(crate) bus_names: HashMap<String, BusKey>,
+    pub(crate) conns: HashMap<ConnKey, Conn>,
     /// (deadline, replier, requester, cookie) of every tracker, earliest first.
-    deadlines: BTreeSet<(u64, ConnKey, ConnKey, u64)>,
-    users: HashMap<u32, UserUsage>,
-    seq: u64,
-    next_key: u64,
-    next_bus_id: u64,
-    dirty: Vec<ConnKey>,
-    closed: Vec<ConnKey>,
-    scratch: Vec<u8>,
+    pub(crate) deadlines: BTreeSet<(u64, ConnKey, ConnKey, u64)>,
+    pub(crate) users: HashMap<u32, UserUsage>,
+    pub(crate) seq: u64,
+    pub(crate) next_key: u64,
+    pub(crate) next_bus_id: u64,
+    pub(crate) dirty: Vec<ConnKey>,
+    pub(crate) closed: Vec<ConnKey>,
+    pub(crate) scratch: Vec<u8>,
     /// Reused per broadcast: receivers seen, receivers found, the filter as words,
     /// the sender's names.
-    seen: HashSet<ConnKey>,
-    targets: Vec<ConnKey>,
-    bloom_words: Vec<u64>,
-    bloom_generation: u64,
-    sender_names: Vec<Arc<str>>,
+    pub(crate) seen: HashSet<ConnKey>,
+    pub(crate) targets: Vec<ConnKey>,
+    pub(crate) bloom_words: Vec<u64>,
+    pub(crate) bloom_generation: u64,
+    pub(crate) sender_names: Vec<Arc<str>>,
+    /// What `org.freedesktop.DBus.Peer.GetMachineId` answers.
+    pub(crate) machine_id: String,
 }
 
 impl Domain {
@@ -113,10 +115,11 @@ impl Domain {
             bloom_words: Vec::new(),
             bloom_generation: 0,
             sender_names: Vec::new(),
+            machine_id: String::new(),
         }
     }
 
-    fn next_key(&mut self) -> u64 {
+    pub(crate) fn next_key(&mut self) -> u64 {
         let k = self.next_key;
         self.next_key += 1;
         k
@@ -156,6 +159,11 @@ impl Domain {
         self.buses.insert(key, bus);
         tracing::debug!(bus = %self.buses[&key].name, "bus created");
         Ok(key)
+    }
+
+    /// Set the machine id the D-Bus driver reports.
+    pub fn set_machine_id(&mut self, id: &str) {
+        self.machine_id = id.to_string();
     }
 
     pub fn bus(&self, key: BusKey) -> Option<&Bus> {
@@ -306,6 +314,7 @@ impl Domain {
             out_fds: Vec::new(),
             dirty: false,
             special_name: name.map(str::to_owned),
+            dbus: None,
         };
         // HEAD hands the bloom parameters back as an item in the pool.
         self.scratch.clear();
@@ -438,7 +447,7 @@ impl Domain {
 
     // ---------------------------------------------------------------- send
 
-    fn cmd_send(
+    pub(crate) fn cmd_send(
         &mut self,
         src_key: ConnKey,
         r: &Request<'_>,
@@ -555,7 +564,7 @@ impl Domain {
     }
 
     /// Write a message with sequence number `seq` into `dst`'s queue.
-    fn deliver_at(
+    pub(crate) fn deliver_at(
         &mut self,
         dst_key: ConnKey,
         req: &SendRequest<'_>,
@@ -564,6 +573,9 @@ impl Domain {
         name_id: u64,
         seq: u64,
     ) -> Result<(), Errno> {
+        if self.conns.get(&dst_key).is_some_and(|c| c.dbus.is_some()) {
+            return self.dbus_deliver(dst_key, req, sender.id, files);
+        }
         let now = self.clock.now();
         let n_fds = files.as_ref().map_or(0, |f| f.len() as u32);
         let src = self.conns_key_of(sender.id, dst_key);
@@ -620,7 +632,11 @@ impl Domain {
 
     /// Load a message's bloom filter and its sender's names into the scratch buffers
     /// the match rules read. `false` if the filter does not have the bus's size.
-    fn bloom_view_load(&mut self, src_key: ConnKey, req: &SendRequest<'_>) -> Result<bool, Errno> {
+    pub(crate) fn bloom_view_load(
+        &mut self,
+        src_key: ConnKey,
+        req: &SendRequest<'_>,
+    ) -> Result<bool, Errno> {
         let bloom = req.bloom.ok_or(Errno::EBADMSG)?;
         let bus_key = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?.bus;
         let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
@@ -644,7 +660,7 @@ impl Domain {
     /// take it. A receiver without room loses it (its dropped count goes up); neither
     /// the sender nor the other receivers notice.
     /// The filter must have been loaded with [`Domain::bloom_view_load`].
-    fn send_broadcast(
+    pub(crate) fn send_broadcast(
         &mut self,
         src_key: ConnKey,
         req: &SendRequest<'_>,
@@ -745,7 +761,7 @@ impl Domain {
     }
 
     /// Forget the tracker "replier owes requester an answer to cookie".
-    fn tracker_remove(
+    pub(crate) fn tracker_remove(
         &mut self,
         replier: ConnKey,
         requester: ConnKey,
@@ -766,7 +782,13 @@ impl Domain {
 
     /// A tracker ended without reply: wake a synchronous requester with an errno, or
     /// send an asynchronous one REPLY_TIMEOUT / REPLY_DEAD.
-    fn tracker_fail(&mut self, requester: ConnKey, cookie: u64, t: Tracker, why: ReplyFailure) {
+    pub(crate) fn tracker_fail(
+        &mut self,
+        requester: ConnKey,
+        cookie: u64,
+        t: Tracker,
+        why: ReplyFailure,
+    ) {
         let Some(conn) = self.conns.get_mut(&requester) else {
             return;
         };
@@ -825,6 +847,16 @@ impl Domain {
         payload: &[u8],
         seq: u64,
     ) {
+        if self.conns.get(&dst_key).is_some_and(|c| c.dbus.is_some()) {
+            // D-Bus peers learn of replies that will not come as NoReply errors, and of
+            // names through the driver's signals, not kdbus notifications.
+            if matches!(item_type, item::REPLY_TIMEOUT | item::REPLY_DEAD)
+                && dst_id != DST_ID_BROADCAST
+            {
+                self.dbus_no_reply(dst_key, cookie_reply, item_type == item::REPLY_DEAD);
+            }
+            return;
+        }
         let now = self.clock.now();
         let Some(dst) = self.conns.get_mut(&dst_key) else {
             return;
@@ -976,7 +1008,7 @@ impl Domain {
 
     /// Take a connection off the bus: fail what it owed, forget what it waited for,
     /// drop its queue. Its pool stays readable until the broker releases it.
-    fn conn_disconnect(&mut self, key: ConnKey) {
+    pub(crate) fn conn_disconnect(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
@@ -1026,6 +1058,7 @@ impl Domain {
             }
         }
         if flags & hello_flags::MONITOR == 0 {
+            self.dbus_conn_gone(bus, id);
             let p = NotifyIdChange { id, flags };
             self.notify(
                 bus,
@@ -1269,7 +1302,7 @@ impl Domain {
     }
 
     /// Carry out what a registry change means, in order: move messages, notify.
-    fn names_apply(&mut self, bus: BusKey, events: Vec<NameEvent>) {
+    pub(crate) fn names_apply(&mut self, bus: BusKey, events: Vec<NameEvent>) {
         for ev in events {
             match ev {
                 NameEvent::Move { from, to, name_id } => self.conn_move_messages(from, to, name_id),
@@ -1281,6 +1314,7 @@ impl Domain {
     /// NAME_ADD / NAME_REMOVE / NAME_CHANGE with the unique ids and flags of the old
     /// and new owners (0 for none).
     fn notify_name_change(&mut self, bus: BusKey, ev: &NameEvent) {
+        self.dbus_name_event(bus, ev);
         let id = |k: ConnKey| self.conns.get(&k).map_or(0, |c| c.id);
         let (item_type, name, old, new) = match ev {
             NameEvent::Add { name, owner, flags } => {
@@ -1379,6 +1413,22 @@ impl Domain {
                 .src
                 .filter(|_| q.expect_reply)
                 .and_then(|s| self.tracker_remove(from, s, q.cookie));
+            if self.conns.get(&to).is_some_and(|c| c.dbus.is_some()) {
+                let delivered = bytes.as_deref().is_some_and(|b| {
+                    self.dbus_deliver_pool_message(to, b, q.files.clone())
+                        .is_ok()
+                });
+                match (tracker, q.src) {
+                    (Some(t), Some(requester)) if delivered => {
+                        self.tracker_insert(to, requester, q.cookie, t)
+                    }
+                    (Some(t), Some(requester)) => {
+                        self.tracker_fail(requester, q.cookie, t, ReplyFailure::Dead)
+                    }
+                    _ => {}
+                }
+                continue;
+            }
             let Some(dst) = self.conns.get_mut(&to) else {
                 continue;
             };
@@ -1418,7 +1468,13 @@ impl Domain {
     }
 
     /// Record "replier owes requester an answer to cookie".
-    fn tracker_insert(&mut self, replier: ConnKey, requester: ConnKey, cookie: u64, t: Tracker) {
+    pub(crate) fn tracker_insert(
+        &mut self,
+        replier: ConnKey,
+        requester: ConnKey,
+        cookie: u64,
+        t: Tracker,
+    ) {
         if let Some(r) = self.conns.get_mut(&replier) {
             r.owed.insert((requester, cookie), t);
         }
@@ -1460,7 +1516,13 @@ impl Domain {
     // ---------------------------------------------------------------- notifications
 
     /// Send a bus notification to every connection whose matches take it.
-    fn notify(&mut self, bus_key: BusKey, n: Notification<'_>, item_type: u64, payload: &[u8]) {
+    pub(crate) fn notify(
+        &mut self,
+        bus_key: BusKey,
+        n: Notification<'_>,
+        item_type: u64,
+        payload: &[u8],
+    ) {
         let Some(bus) = self.buses.get(&bus_key) else {
             return;
         };
@@ -1555,7 +1617,7 @@ fn bus_resolve_destination(
 }
 
 /// The names `conn` owns, with their flags (for NAMES metadata).
-fn bus_owned_names(bus: &Bus, conn: ConnKey) -> Vec<(Arc<str>, u64)> {
+pub(crate) fn bus_owned_names(bus: &Bus, conn: ConnKey) -> Vec<(Arc<str>, u64)> {
     bus.names
         .owned_by(conn)
         .filter_map(|n| Some((n.clone(), bus.names.lookup(n)?.flags)))
@@ -1662,7 +1724,7 @@ fn send_writeback(cmd: &CmdSend, reply: Option<MsgInfo>) -> CmdSend {
     wb
 }
 
-fn conn_push_record(
+pub(crate) fn conn_push_record(
     conn: &mut Conn,
     dirty: &mut Vec<ConnKey>,
     kind: u16,

@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod clock;
 pub mod conn;
+pub mod dbus;
 pub mod domain;
 pub mod matches;
 pub mod memory;

@@ -335,8 +335,6 @@ pub fn write_fields(
     serial: u32,
     f: &Fields<'_>,
 ) {
-    let start = out.len();
-    debug_assert_eq!(start % 8, 0);
     let mut w = Writer::new(out, endian);
     w.u8(endian.byte());
     w.u8(t as u8);

@@ -292,19 +292,23 @@ pub fn single_type(sig: &[u8]) -> Result<&[u8]> {
     Err(MarshalError::BadSignature)
 }
 
-/// Writes values into a message buffer (alignment relative to the buffer's start).
+/// Appends values to a buffer. Alignment is relative to where the writer started (the
+/// start of the message), so messages can be appended to a stream buffer.
 pub struct Writer<'a> {
     pub buf: &'a mut Vec<u8>,
     pub endian: Endian,
+    base: usize,
 }
 
 impl<'a> Writer<'a> {
     pub fn new(buf: &'a mut Vec<u8>, endian: Endian) -> Self {
-        Writer { buf, endian }
+        let base = buf.len();
+        Writer { buf, endian, base }
     }
 
     pub fn align(&mut self, n: usize) {
-        let len = self.buf.len().div_ceil(n) * n;
+        let rel = self.buf.len() - self.base;
+        let len = self.base + rel.div_ceil(n) * n;
         self.buf.resize(len, 0);
     }
 
@@ -347,6 +351,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Begin an array; returns the position of its length, for [`Writer::array_end`].
+    /// The array's alignment padding is not part of its length.
     pub fn array_begin(&mut self, elem_align: usize) -> (usize, usize) {
         self.u32(0);
         let len_at = self.buf.len() - 4;

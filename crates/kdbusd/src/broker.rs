@@ -11,6 +11,7 @@
 //! backlog overflow is disconnected. Output is flushed once per iteration, so every
 //! record a connection got during one wakeup travels in one datagram.
 
+use crate::dbus_front::DBusClient;
 use crate::peer::{peer_from_creds, peer_from_socket};
 use crate::sys::{shutdown_signalfd, MappedPool};
 use kdbus_abi::wire::{self, Frames, RecHeader, ReqHeader};
@@ -68,7 +69,7 @@ impl Clock for SystemClock {
     }
 }
 
-enum Role {
+pub(crate) enum Role {
     /// Connected to `control`, nothing made yet.
     Control,
     /// Made this bus; the bus lives as long as the handle.
@@ -76,12 +77,17 @@ enum Role {
     /// Connected to a bus endpoint, no HELLO yet.
     Endpoint(BusKey),
     Conn(ConnKey),
+    /// A D-Bus client on a bus's D-Bus socket (authenticating, or a connection after
+    /// Hello).
+    DBus(Box<DBusClient>),
 }
 
-struct Handle {
-    fd: OwnedFd,
-    peer: Peer,
-    role: Role,
+pub(crate) struct Handle {
+    pub(crate) fd: OwnedFd,
+    pub(crate) peer: Peer,
+    pub(crate) role: Role,
+    /// A byte stream (D-Bus) rather than datagrams: writes may be partial.
+    stream: bool,
     /// Datagrams the client has not taken yet (its socket buffer was full).
     backlog: VecDeque<(Vec<u8>, Vec<Files>)>,
     backlog_bytes: usize,
@@ -90,22 +96,26 @@ struct Handle {
 enum Listener {
     Control,
     Bus(BusKey),
+    DBus(BusKey),
 }
 
 struct BusSockets {
     dir: PathBuf,
     listener_token: u64,
+    dbus_token: u64,
 }
 
 pub struct Broker {
     cfg: Config,
-    domain: Domain,
-    epoll: OwnedFd,
+    pub(crate) domain: Domain,
+    pub(crate) epoll: OwnedFd,
     /// Registered in `epoll`; kept here so it stays open.
     _signal: OwnedFd,
     listeners: HashMap<u64, (OwnedFd, Listener)>,
-    handles: HashMap<u64, Handle>,
-    conn_token: HashMap<ConnKey, u64>,
+    pub(crate) handles: HashMap<u64, Handle>,
+    pub(crate) conn_token: HashMap<ConnKey, u64>,
+    /// Unauthenticated D-Bus clients: (deadline, token), earliest first.
+    pub(crate) auth_deadlines: std::collections::BTreeSet<(u64, u64)>,
     bus_sockets: HashMap<BusKey, BusSockets>,
     next_token: u64,
     rbuf: Vec<u8>,
@@ -117,6 +127,8 @@ pub struct Broker {
 pub struct Ready {
     pub control: PathBuf,
     pub buses: Vec<PathBuf>,
+    /// D-Bus addresses of the buses (`unix:path=...`), in the same order.
+    pub dbus: Vec<String>,
 }
 
 impl Broker {
@@ -145,6 +157,7 @@ impl Broker {
             listeners: HashMap::new(),
             handles: HashMap::new(),
             conn_token: HashMap::new(),
+            auth_deadlines: Default::default(),
             bus_sockets: HashMap::new(),
             next_token: 16,
             rbuf: vec![0; wire::MAX_REQUEST_DATAGRAM],
@@ -160,12 +173,23 @@ impl Broker {
             EventFlags::IN,
         )?;
         b.listeners.insert(TOKEN_CONTROL, (lfd, Listener::Control));
+        b.domain.set_machine_id(&machine_id());
         let mut buses = Vec::new();
+        let mut dbus = Vec::new();
         for name in &cfg.buses {
             let key = b.make_static_bus(name)?;
-            buses.push(b.bus_sockets[&key].dir.join("bus"));
+            let dir = &b.bus_sockets[&key].dir;
+            buses.push(dir.join("bus"));
+            dbus.push(format!("unix:path={}", dir.join("dbus").display()));
         }
-        Ok((b, Ready { control, buses }))
+        Ok((
+            b,
+            Ready {
+                control,
+                buses,
+                dbus,
+            },
+        ))
     }
 
     /// A bus owned by the broker itself (the default bus, `--bus`).
@@ -198,17 +222,28 @@ impl Broker {
         let token = self.token();
         epoll::add(&self.epoll, &lfd, EventData::new_u64(token), EventFlags::IN)?;
         self.listeners.insert(token, (lfd, Listener::Bus(key)));
+        let dfd = listen_unix_stream(&dir.join("dbus"), mode)?;
+        let dbus_token = self.token();
+        epoll::add(
+            &self.epoll,
+            &dfd,
+            EventData::new_u64(dbus_token),
+            EventFlags::IN,
+        )?;
+        self.listeners
+            .insert(dbus_token, (dfd, Listener::DBus(key)));
         self.bus_sockets.insert(
             key,
             BusSockets {
                 dir,
                 listener_token: token,
+                dbus_token,
             },
         );
         Ok(())
     }
 
-    fn token(&mut self) -> u64 {
+    pub(crate) fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
     }
@@ -242,6 +277,7 @@ impl Broker {
                 }
             }
             self.domain.tick();
+            self.dbus_expire_auth();
             for key in self.domain.take_closed() {
                 if let Some(token) = self.conn_token.get(&key).copied() {
                     self.handle_close(token);
@@ -252,7 +288,11 @@ impl Broker {
     }
 
     fn poll_timeout(&self) -> Option<rustix::time::Timespec> {
-        let deadline = self.domain.next_deadline()?;
+        let auth = self.auth_deadlines.first().map(|d| d.0);
+        let deadline = match (self.domain.next_deadline(), auth) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
         let now = self.domain.now().monotonic_ns;
         let d = deadline.saturating_sub(now);
         Some(rustix::time::Timespec {
@@ -275,9 +315,10 @@ impl Broker {
                         return;
                     }
                 };
-            let role = match which {
-                Listener::Control => Role::Control,
-                Listener::Bus(b) => Role::Endpoint(*b),
+            let (role, stream) = match which {
+                Listener::Control => (Role::Control, false),
+                Listener::Bus(b) => (Role::Endpoint(*b), false),
+                Listener::DBus(b) => (Role::DBus(Box::new(DBusClient::new(*b))), true),
             };
             let peer = match peer_from_socket(&fd) {
                 Ok(p) => p,
@@ -298,10 +339,14 @@ impl Broker {
                     fd,
                     peer,
                     role,
+                    stream,
                     backlog: VecDeque::new(),
                     backlog_bytes: 0,
                 },
             );
+            if stream {
+                self.dbus_accepted(token);
+            }
         }
     }
 
@@ -310,7 +355,11 @@ impl Broker {
             self.backlog_write(token);
         }
         if flags.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR) {
-            self.handle_read(token);
+            if self.handles.get(&token).is_some_and(|h| h.stream) {
+                self.dbus_read(token);
+            } else {
+                self.handle_read(token);
+            }
         }
     }
 
@@ -430,6 +479,7 @@ impl Broker {
                 self.reply_direct(token, req.req_id, Errno::EOPNOTSUPP, &[], None)
             }
             Role::Endpoint(_) => self.reply_direct(token, req.req_id, Errno::ENOTTY, &[], None),
+            Role::DBus(_) => {} // D-Bus clients are read by dbus_read, never here
         }
     }
 
@@ -531,13 +581,36 @@ impl Broker {
             if out.is_empty() {
                 continue;
             }
+            if h.stream {
+                // D-Bus: a byte stream; the fds go with the first bytes.
+                let sent = if h.backlog.is_empty() {
+                    send_bytes(h.fd.as_fd(), out, fds).ok()
+                } else {
+                    None
+                };
+                let rest = match sent {
+                    Some(n) => out[n..].to_vec(),
+                    None => std::mem::take(out),
+                };
+                let files = if sent.is_some() {
+                    Vec::new()
+                } else {
+                    std::mem::take(fds)
+                };
+                out.clear();
+                fds.clear();
+                if !rest.is_empty() {
+                    self.handle_send(token, rest, files);
+                }
+                continue;
+            }
             if h.backlog.is_empty()
                 && out.len() <= MAX_OUT_DATAGRAM
                 && fds.iter().map(|f| f.len()).sum::<usize>() <= MAX_FDS_PER_DATAGRAM
             {
                 // The common case: one datagram, no copies.
-                match send_datagram(h.fd.as_fd(), out, fds) {
-                    Ok(()) => {
+                match send_bytes(h.fd.as_fd(), out, fds) {
+                    Ok(_) => {
                         out.clear();
                         fds.clear();
                         continue;
@@ -559,14 +632,19 @@ impl Broker {
         self.dirty = dirty;
     }
 
-    /// Send one datagram, or park it in the backlog if the client is behind.
-    fn handle_send(&mut self, token: u64, bytes: Vec<u8>, fds: Vec<Files>) {
+    /// Send one datagram (or stream chunk), or park it in the backlog if the client is
+    /// behind.
+    pub(crate) fn handle_send(&mut self, token: u64, mut bytes: Vec<u8>, mut fds: Vec<Files>) {
         let Some(h) = self.handles.get_mut(&token) else {
             return;
         };
         if h.backlog.is_empty() {
-            match send_datagram(h.fd.as_fd(), &bytes, &fds) {
-                Ok(()) => return,
+            match send_bytes(h.fd.as_fd(), &bytes, &fds) {
+                Ok(n) if n >= bytes.len() => return,
+                Ok(n) => {
+                    bytes.drain(..n);
+                    fds.clear();
+                }
                 Err(SysErrno::AGAIN) => {}
                 Err(_) => return,
             }
@@ -592,9 +670,16 @@ impl Broker {
         let Some(h) = self.handles.get_mut(&token) else {
             return;
         };
-        while let Some((bytes, fds)) = h.backlog.front() {
-            match send_datagram(h.fd.as_fd(), bytes, fds) {
-                Ok(()) => {
+        while let Some((bytes, fds)) = h.backlog.front_mut() {
+            match send_bytes(h.fd.as_fd(), bytes, fds) {
+                Ok(n) if n < bytes.len() => {
+                    // A stream took part of it: keep the rest, its fds are gone.
+                    bytes.drain(..n);
+                    fds.clear();
+                    h.backlog_bytes -= n;
+                    return;
+                }
+                Ok(_) => {
                     h.backlog_bytes -= bytes.len();
                     h.backlog.pop_front();
                 }
@@ -614,7 +699,7 @@ impl Broker {
         );
     }
 
-    fn handle_close(&mut self, token: u64) {
+    pub(crate) fn handle_close(&mut self, token: u64) {
         let Some(h) = self.handles.remove(&token) else {
             return;
         };
@@ -625,6 +710,13 @@ impl Broker {
                 self.domain.conn_release(key);
             }
             Role::BusOwner(bus) => self.bus_remove(bus),
+            Role::DBus(c) => {
+                self.auth_deadlines.retain(|(_, t)| *t != token);
+                if let Some(key) = c.key {
+                    self.conn_token.remove(&key);
+                    self.domain.conn_release(key);
+                }
+            }
             Role::Control | Role::Endpoint(_) => {}
         }
     }
@@ -632,10 +724,13 @@ impl Broker {
     fn bus_remove(&mut self, bus: BusKey) {
         self.domain.bus_destroy(bus);
         if let Some(s) = self.bus_sockets.remove(&bus) {
-            if let Some((lfd, _)) = self.listeners.remove(&s.listener_token) {
-                let _ = epoll::delete(&self.epoll, &lfd);
+            for t in [s.listener_token, s.dbus_token] {
+                if let Some((lfd, _)) = self.listeners.remove(&t) {
+                    let _ = epoll::delete(&self.epoll, &lfd);
+                }
             }
             let _ = std::fs::remove_file(s.dir.join("bus"));
+            let _ = std::fs::remove_file(s.dir.join("dbus"));
             let _ = std::fs::remove_dir(&s.dir);
         }
         // The domain disconnected everyone on the bus: hang up on them.
@@ -655,7 +750,13 @@ impl Broker {
     }
 }
 
-fn send_datagram(fd: BorrowedFd<'_>, bytes: &[u8], files: &[Files]) -> Result<(), SysErrno> {
+/// Send bytes with fds; returns how many bytes the socket took (all of them, for
+/// datagrams).
+pub(crate) fn send_bytes(
+    fd: BorrowedFd<'_>,
+    bytes: &[u8],
+    files: &[Files],
+) -> Result<usize, SysErrno> {
     let borrowed: Vec<BorrowedFd<'_>>;
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_DATAGRAM))];
     let mut anc = SendAncillaryBuffer::new(&mut space);
@@ -669,7 +770,7 @@ fn send_datagram(fd: BorrowedFd<'_>, bytes: &[u8], files: &[Files]) -> Result<()
     loop {
         let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
         match rustix::net::sendmsg(fd, &[IoSlice::new(bytes)], &mut anc, flags) {
-            Ok(_) => return Ok(()),
+            Ok(n) => return Ok(n),
             Err(SysErrno::INTR) => continue,
             Err(e) => return Err(e),
         }
@@ -707,9 +808,18 @@ fn split_records(out: &[u8], files: &mut Vec<Files>) -> Vec<(Vec<u8>, Vec<Files>
 
 /// Create a bound, listening SEQPACKET socket at `path` with permissions `mode`.
 fn listen_unix(path: &Path, mode: u32) -> std::io::Result<OwnedFd> {
+    listen_unix_type(path, mode, SocketType::SEQPACKET)
+}
+
+/// The same for a D-Bus socket (a byte stream).
+fn listen_unix_stream(path: &Path, mode: u32) -> std::io::Result<OwnedFd> {
+    listen_unix_type(path, mode, SocketType::STREAM)
+}
+
+fn listen_unix_type(path: &Path, mode: u32, kind: SocketType) -> std::io::Result<OwnedFd> {
     if path.exists() {
         // A live broker answers; a stale socket from a crash does not.
-        let probe = rustix::net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None)?;
+        let probe = rustix::net::socket(AddressFamily::UNIX, kind, None)?;
         if rustix::net::connect(&probe, &SocketAddrUnix::new(path)?).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
@@ -720,7 +830,7 @@ fn listen_unix(path: &Path, mode: u32) -> std::io::Result<OwnedFd> {
     }
     let fd = rustix::net::socket_with(
         AddressFamily::UNIX,
-        SocketType::SEQPACKET,
+        kind,
         SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
         None,
     )?;
@@ -753,7 +863,16 @@ fn pool_create(size: u64) -> std::io::Result<(MappedPool, OwnedFd)> {
     Ok((mem, ro))
 }
 
-fn random_id128() -> [u8; 16] {
+/// This machine's id (`/etc/machine-id`), for Peer.GetMachineId; random if there is none.
+fn machine_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.len() == 32)
+        .unwrap_or_else(|| random_id128().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+pub(crate) fn random_id128() -> [u8; 16] {
     let mut b = [0u8; 16];
     let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
     // UUID v4, DCE variant, as kdbus made them.

@@ -1,6 +1,7 @@
 //! kdbusd: the kdbus broker. See [`broker`] for the model.
 
 pub mod broker;
+mod dbus_front;
 mod peer;
 mod sys;
 

@@ -66,9 +66,10 @@ fn main() -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "kdbusd ready: control={} bus={}",
+        "kdbusd ready: control={} bus={} dbus={}",
         ready.control.display(),
-        buses.join(",")
+        buses.join(","),
+        ready.dbus.join(";")
     );
     let _ = out.flush();
     drop(out);
