@@ -272,10 +272,9 @@ impl Domain {
         if let Some(n) = name {
             // An activator and a policy holder both speak for a name's policy, so only
             // one of them may exist per name; and one activator per name.
-            let activator = cmd.flags & hello_flags::ACTIVATOR != 0;
             let held = bus.policy_holders.contains_key(n);
             let has_activator = bus.names.lookup(n).is_some_and(|e| e.activator.is_some());
-            if held || (activator && has_activator) || (!activator && has_activator) {
+            if held || has_activator {
                 return Err(Errno::EEXIST);
             }
         }

@@ -167,7 +167,7 @@ fn parse_rules(items: &[u8], bloom_size: u64) -> Result<Vec<Rule>, Errno> {
         let rule = match it.type_ {
             item::BLOOM_MASK => {
                 let n = it.payload.len() as u64;
-                if n == 0 || n % bloom_size != 0 {
+                if n == 0 || !n.is_multiple_of(bloom_size) {
                     return Err(Errno::EDOM);
                 }
                 let masks: Box<[u64]> = it

@@ -160,7 +160,7 @@ fn run_once(bus: &Path, a: &BroadcastArgs, rules: usize) -> BenchResult<Outcome>
             // Rules for senders that do not exist (ids far beyond any handed out) and
             // for names nobody owns: what a busy bus looks like to this sender.
             for _ in 0..kdbus::abi::limits::MATCH_MAX.min(rules - rule_no as usize) {
-                let r = if rule_no % 2 == 0 {
+                let r = if rule_no.is_multiple_of(2) {
                     MatchRule::new().sender(1 << 40 | rule_no).bloom(&take)
                 } else {
                     MatchRule::new()

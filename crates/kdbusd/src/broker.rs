@@ -52,6 +52,8 @@ pub struct Config {
     pub runtime_dir: PathBuf,
     /// Buses that live as long as the broker (full names, `<uid>-` included).
     pub buses: Vec<String>,
+    /// Extra D-Bus addresses the first bus listens on (dbus-daemon's `<listen>`).
+    pub dbus_listen: Vec<crate::config::ListenAddr>,
 }
 
 /// The system clock, read once per loop iteration and whenever the domain asks.
@@ -116,6 +118,8 @@ pub struct Broker {
     pub(crate) conn_token: HashMap<ConnKey, u64>,
     /// Unauthenticated D-Bus clients: (deadline, token), earliest first.
     pub(crate) auth_deadlines: std::collections::BTreeSet<(u64, u64)>,
+    /// Socket files of extra D-Bus listeners, removed at shutdown.
+    extra_paths: Vec<PathBuf>,
     bus_sockets: HashMap<BusKey, BusSockets>,
     next_token: u64,
     rbuf: Vec<u8>,
@@ -129,6 +133,8 @@ pub struct Ready {
     pub buses: Vec<PathBuf>,
     /// D-Bus addresses of the buses (`unix:path=...`), in the same order.
     pub dbus: Vec<String>,
+    /// The addresses of `Config::dbus_listen`, as dbus-daemon prints them (with guid).
+    pub dbus_listen: Vec<String>,
 }
 
 impl Broker {
@@ -158,6 +164,7 @@ impl Broker {
             handles: HashMap::new(),
             conn_token: HashMap::new(),
             auth_deadlines: Default::default(),
+            extra_paths: Vec::new(),
             bus_sockets: HashMap::new(),
             next_token: 16,
             rbuf: vec![0; wire::MAX_REQUEST_DATAGRAM],
@@ -176,11 +183,17 @@ impl Broker {
         b.domain.set_machine_id(&machine_id());
         let mut buses = Vec::new();
         let mut dbus = Vec::new();
-        for name in &cfg.buses {
+        let mut dbus_listen = Vec::new();
+        for (i, name) in cfg.buses.iter().enumerate() {
             let key = b.make_static_bus(name)?;
             let dir = &b.bus_sockets[&key].dir;
             buses.push(dir.join("bus"));
             dbus.push(format!("unix:path={}", dir.join("dbus").display()));
+            if i == 0 {
+                for addr in &cfg.dbus_listen {
+                    dbus_listen.push(b.dbus_listen_extra(key, addr)?);
+                }
+            }
         }
         Ok((
             b,
@@ -188,8 +201,59 @@ impl Broker {
                 control,
                 buses,
                 dbus,
+                dbus_listen,
             },
         ))
+    }
+
+    /// Listen for D-Bus clients of `bus` at a dbus-daemon address; returns the address
+    /// as dbus-daemon prints it.
+    fn dbus_listen_extra(
+        &mut self,
+        bus: BusKey,
+        addr: &crate::config::ListenAddr,
+    ) -> std::io::Result<String> {
+        use crate::config::ListenAddr;
+        let guid: String = self
+            .domain
+            .bus(bus)
+            .map(|b| b.id128.iter().map(|x| format!("{x:02x}")).collect())
+            .unwrap_or_default();
+        let (fd, printed) = match addr {
+            ListenAddr::Path(p) => (
+                listen_unix_stream(p, 0o666)?,
+                format!("unix:path={}", p.display()),
+            ),
+            ListenAddr::Dir(d) => {
+                let name: String = random_id128()[..8]
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect();
+                let p = d.join(format!("dbus-{name}"));
+                (
+                    listen_unix_stream(&p, 0o666)?,
+                    format!("unix:path={}", p.display()),
+                )
+            }
+            ListenAddr::Abstract(n) => {
+                let fd = rustix::net::socket_with(
+                    AddressFamily::UNIX,
+                    SocketType::STREAM,
+                    SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+                    None,
+                )?;
+                rustix::net::bind(&fd, &SocketAddrUnix::new_abstract_name(n.as_bytes())?)?;
+                rustix::net::listen(&fd, 1024)?;
+                (fd, format!("unix:abstract={n}"))
+            }
+        };
+        if let Some(path) = printed.strip_prefix("unix:path=") {
+            self.extra_paths.push(PathBuf::from(path));
+        }
+        let token = self.token();
+        epoll::add(&self.epoll, &fd, EventData::new_u64(token), EventFlags::IN)?;
+        self.listeners.insert(token, (fd, Listener::DBus(bus)));
+        Ok(format!("{printed},guid={guid}"))
     }
 
     /// A bus owned by the broker itself (the default bus, `--bus`).
@@ -747,6 +811,9 @@ impl Broker {
             self.bus_remove(b);
         }
         let _ = std::fs::remove_file(self.cfg.runtime_dir.join("control"));
+        for p in &self.extra_paths {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 

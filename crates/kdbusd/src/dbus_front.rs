@@ -38,10 +38,10 @@ pub(crate) struct DBusClient {
 
 impl DBusClient {
     pub(crate) fn new(bus: BusKey) -> Self {
-        // The server's guid need only be unique per server instance.
         DBusClient {
             bus,
-            sasl: Sasl::new(0, crate::broker::random_id128(), true),
+            // Replaced in `dbus_accepted` with the peer's uid and the bus's guid.
+            sasl: Sasl::new(u32::MAX, [0; 16], true),
             inbuf: Vec::new(),
             inpos: 0,
             fds: VecDeque::new(),
@@ -58,7 +58,10 @@ impl Broker {
         if let Some(h) = self.handles.get_mut(&token) {
             let uid = h.peer.creds.uid;
             if let Role::DBus(c) = &mut h.role {
-                c.sasl = Sasl::new(uid, crate::broker::random_id128(), true);
+                // The server guid is the bus id: addresses carry it as `guid=`, and
+                // clients check that the server they reach is the one they meant.
+                let guid = self.domain.bus(c.bus).map_or([0; 16], |b| b.id128);
+                c.sasl = Sasl::new(uid, guid, true);
             }
         }
     }

@@ -1,11 +1,22 @@
 //! kdbusd: the kdbus broker. See [`broker`] for the model.
 
 pub mod broker;
+pub mod config;
 mod dbus_front;
 mod peer;
 mod sys;
 
 pub use broker::{Broker, Config, Ready};
+
+/// Write to a file descriptor named on the command line.
+pub fn sys_write_fd(fd: i32, bytes: &[u8]) -> std::io::Result<()> {
+    sys::write_raw_fd(fd, bytes)
+}
+
+/// Go to the background (dbus-daemon's `--fork`).
+pub fn sys_daemonize() -> std::io::Result<()> {
+    sys::daemonize()
+}
 
 /// The runtime directory kdbusd uses when none is given (see
 /// [`kdbus_abi::paths::default_runtime_dir`]).

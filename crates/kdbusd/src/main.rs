@@ -1,16 +1,26 @@
 //! `kdbusd`: serve kdbus buses on unix sockets.
+//!
+//! Two ways to start it:
+//! - as itself: `kdbusd [--runtime-dir DIR] [--bus NAME]...` serves native kdbus buses
+//!   (each also has a D-Bus socket) and prints one ready line;
+//! - as dbus-daemon: `kdbusd --session | --system | --config-file=FILE [--address=A]
+//!   [--print-address[=FD]] [--print-pid[=FD]] [--nofork|--fork] ...` reads dbus-daemon's
+//!   configuration, listens where it says, and prints what dbus-daemon prints.
 
 use clap::Parser;
+use kdbusd::config::{parse_listen, BusConfig};
 use kdbusd::{default_runtime_dir, Broker, Config};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (speaks D-Bus like D-Bus Message Bus Daemon 1.14)"
+);
+
 #[derive(Parser, Debug)]
-#[command(
-    version,
-    about = "The kdbus broker: buses, connections and receive pools over unix sockets"
-)]
+#[command(version = VERSION, about = "The kdbus broker: buses, connections and receive pools over unix sockets")]
 struct Args {
     /// Directory for the control socket and the bus directories.
     #[arg(long, value_name = "DIR")]
@@ -22,6 +32,45 @@ struct Args {
     /// Log level filter (also read from RUST_LOG).
     #[arg(long, default_value = "info")]
     log: String,
+
+    // ---- dbus-daemon's command line
+    /// Use the standard session bus configuration.
+    #[arg(long)]
+    session: bool,
+    /// Use the standard system bus configuration.
+    #[arg(long)]
+    system: bool,
+    /// Use this dbus-daemon configuration file.
+    #[arg(long, value_name = "FILE", require_equals = true)]
+    config_file: Option<PathBuf>,
+    /// Listen on this D-Bus address instead of the configured ones.
+    #[arg(long, value_name = "ADDR", require_equals = true)]
+    address: Option<String>,
+    /// Stay in the foreground (the default).
+    #[arg(long)]
+    nofork: bool,
+    /// Go to the background once listening.
+    #[arg(long, conflicts_with = "nofork")]
+    fork: bool,
+    /// Print the address clients should use, to stdout or to FD.
+    #[arg(long, value_name = "FD", num_args = 0..=1, require_equals = true, default_missing_value = "1")]
+    print_address: Option<i32>,
+    /// Print the broker's pid, to stdout or to FD.
+    #[arg(long, value_name = "FD", num_args = 0..=1, require_equals = true, default_missing_value = "1")]
+    print_pid: Option<i32>,
+    /// Do not write the configured pid file.
+    #[arg(long)]
+    nopidfile: bool,
+    /// Accepted for compatibility; activation through systemd is not implemented.
+    #[arg(long)]
+    systemd_activation: bool,
+    /// Accepted for compatibility.
+    #[arg(long)]
+    syslog: bool,
+    #[arg(long)]
+    nosyslog: bool,
+    #[arg(long)]
+    syslog_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -31,8 +80,38 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kdbusd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let uid = rustix::process::getuid().as_raw();
     let prefix = format!("{uid}-");
+    let daemon_mode = args.session || args.system || args.config_file.is_some();
+    let config_path = match (&args.config_file, args.session, args.system) {
+        (Some(p), _, _) => Some(p.clone()),
+        (None, true, _) => Some(PathBuf::from("/usr/share/dbus-1/session.conf")),
+        (None, _, true) => Some(PathBuf::from("/usr/share/dbus-1/system.conf")),
+        _ => None,
+    };
+    // Everything is checked before anything is bound.
+    let bus_config = config_path.as_deref().map(BusConfig::load).transpose()?;
+    let listen = match (&args.address, &bus_config) {
+        (Some(a), _) => parse_listen(a).map_err(|e| format!("--address: {e}"))?,
+        (None, Some(c)) => {
+            let all = c.listen.join(";");
+            if all.is_empty() {
+                return Err("the configuration has no <listen> address".into());
+            }
+            parse_listen(&all)?
+        }
+        (None, None) => Vec::new(),
+    };
     let mut buses: Vec<String> = args
         .buses
         .iter()
@@ -44,40 +123,79 @@ fn main() -> ExitCode {
             }
         })
         .collect();
+    let runtime_dir = match (&args.runtime_dir, daemon_mode) {
+        (Some(d), _) => d.clone(),
+        // As dbus-daemon, keep native sockets private to this instance, so that any
+        // number of them (tests, GTestDBus) can run beside a real kdbusd.
+        (None, true) => std::env::temp_dir().join(format!("kdbusd-{}", std::process::id())),
+        (None, false) => default_runtime_dir(),
+    };
     if buses.is_empty() {
-        buses.push(kdbus_abi::paths::default_bus_name(uid));
+        let kind = bus_config.as_ref().and_then(|c| c.bus_type.clone());
+        buses.push(match kind {
+            Some(t) if daemon_mode => format!("{prefix}{t}"),
+            _ => kdbus_abi::paths::default_bus_name(uid),
+        });
     }
+    let fork = args.fork || (bus_config.as_ref().is_some_and(|c| c.fork) && !args.nofork);
     let cfg = Config {
-        runtime_dir: args.runtime_dir.unwrap_or_else(default_runtime_dir),
+        runtime_dir,
         buses,
+        dbus_listen: listen,
     };
-    let (mut broker, ready) = match Broker::new(cfg) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("kdbusd: {e}");
-            return ExitCode::FAILURE;
+    let (mut broker, ready) = Broker::new(cfg)?;
+
+    if daemon_mode {
+        let address = ready.dbus_listen.join(";");
+        if fork {
+            daemonize()?;
         }
-    };
-    let buses: Vec<String> = ready
-        .buses
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "kdbusd ready: control={} bus={} dbus={}",
-        ready.control.display(),
-        buses.join(","),
-        ready.dbus.join(";")
-    );
-    let _ = out.flush();
-    drop(out);
-    match broker.run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kdbusd: {e}");
-            ExitCode::FAILURE
+        if let Some(fd) = args.print_address {
+            write_fd(fd, &format!("{address}\n"))?;
         }
+        if let Some(fd) = args.print_pid {
+            write_fd(fd, &format!("{}\n", std::process::id()))?;
+        }
+        if let (Some(p), false) = (
+            bus_config.as_ref().and_then(|c| c.pidfile.clone()),
+            args.nopidfile,
+        ) {
+            std::fs::write(&p, format!("{}\n", std::process::id()))
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        tracing::info!(%address, "listening as dbus-daemon");
+    } else {
+        let buses: Vec<String> = ready
+            .buses
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "kdbusd ready: control={} bus={} dbus={}",
+            ready.control.display(),
+            buses.join(","),
+            ready.dbus.join(";")
+        )?;
+        out.flush()?;
     }
+    broker.run()?;
+    Ok(())
+}
+
+/// Write to a file descriptor we were told about (dbus-daemon's `--print-*=FD`).
+fn write_fd(fd: i32, text: &str) -> std::io::Result<()> {
+    if fd == 1 {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        return out.flush();
+    }
+    kdbusd::sys_write_fd(fd, text.as_bytes())
+}
+
+/// `--fork`: continue in a child in a new session; the parent exits once the child is
+/// listening (which it already is: sockets were bound before we got here).
+fn daemonize() -> std::io::Result<()> {
+    kdbusd::sys_daemonize()
 }

@@ -105,3 +105,38 @@ pub fn ignore_sigpipe() {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
 }
+
+/// Write all of `bytes` to a raw file descriptor this process was handed on its command
+/// line (dbus-daemon's `--print-address=FD`).
+pub fn write_raw_fd(fd: i32, bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: the fd number comes from our caller, who was told it is open; we only
+    // borrow it for the duration of the write and never close it.
+    let fd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
+    let mut done = 0;
+    while done < bytes.len() {
+        match rustix::io::write(fd, &bytes[done..]) {
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Fork; the parent exits, the child continues in a new session.
+pub fn daemonize() -> io::Result<()> {
+    // SAFETY: called from the single-threaded main before the event loop; the child
+    // only continues running Rust code of this process, which has no other threads.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // SAFETY: setsid has no memory-safety preconditions.
+            unsafe { libc::setsid() };
+            Ok(())
+        }
+        // SAFETY: _exit ends the parent at once, without running destructors that
+        // would remove the sockets the child now serves.
+        _ => unsafe { libc::_exit(0) },
+    }
+}

@@ -1,0 +1,446 @@
+//! dbus-daemon's XML configuration (`busconfig`), so kdbusd can stand in for it.
+//!
+//! We read every element dbus-daemon 1.14 knows, follow `<include>` and `<includedir>`,
+//! and keep what the broker uses (bus type, listen addresses, limits, policy rules,
+//! service directories). Policy is parsed completely and checked for syntax; the bus
+//! allows everything until the policy engine exists. Any error names the file and the
+//! line, and is reported before anything is bound or started.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {msg}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: u32,
+    pub msg: String,
+}
+
+/// One `<allow>`/`<deny>` rule of a `<policy>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub allow: bool,
+    pub attrs: Vec<(String, String)>,
+}
+
+/// A `<policy>` block: its context (`default`, `mandatory`, `user=`, `group=`, `at_console=`)
+/// and rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub context: (String, String),
+    pub rules: Vec<PolicyRule>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BusConfig {
+    pub bus_type: Option<String>,
+    pub listen: Vec<String>,
+    pub auth: Vec<String>,
+    pub service_dirs: Vec<PathBuf>,
+    pub limits: Vec<(String, u64)>,
+    pub policies: Vec<Policy>,
+    pub fork: bool,
+    pub pidfile: Option<PathBuf>,
+    pub user: Option<String>,
+    /// Files read, in order (for diagnostics).
+    pub files: Vec<PathBuf>,
+}
+
+const KNOWN_LIMITS: &[&str] = &[
+    "max_incoming_bytes",
+    "max_incoming_unix_fds",
+    "max_outgoing_bytes",
+    "max_outgoing_unix_fds",
+    "max_message_size",
+    "max_message_unix_fds",
+    "service_start_timeout",
+    "auth_timeout",
+    "pending_fd_timeout",
+    "max_completed_connections",
+    "max_incomplete_connections",
+    "max_connections_per_user",
+    "max_pending_service_starts",
+    "max_names_per_connection",
+    "max_match_rules_per_connection",
+    "max_replies_per_connection",
+    "reply_timeout",
+    "max_containers",
+    "max_containers_per_user",
+    "max_container_metadata_bytes",
+    "max_connections_per_container",
+];
+
+const RULE_ATTRS: &[&str] = &[
+    "send_interface",
+    "send_member",
+    "send_error",
+    "send_destination",
+    "send_destination_prefix",
+    "send_path",
+    "send_type",
+    "send_requested_reply",
+    "send_broadcast",
+    "receive_interface",
+    "receive_member",
+    "receive_error",
+    "receive_sender",
+    "receive_path",
+    "receive_type",
+    "receive_requested_reply",
+    "eavesdrop",
+    "own",
+    "own_prefix",
+    "user",
+    "group",
+    "log",
+    "max_fds",
+    "min_fds",
+];
+
+/// Standard session service directories (XDG data dirs).
+fn standard_session_dirs() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(h) = std::env::var_os("XDG_DATA_HOME") {
+        v.push(Path::new(&h).join("dbus-1/services"));
+    } else if let Some(h) = std::env::var_os("HOME") {
+        v.push(Path::new(&h).join(".local/share/dbus-1/services"));
+    }
+    let dirs =
+        std::env::var("XDG_DATA_DIRS").unwrap_or_else(|_| "/usr/local/share:/usr/share".into());
+    v.extend(
+        dirs.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join("dbus-1/services")),
+    );
+    v.push("/usr/share/dbus-1/services".into());
+    v
+}
+
+fn standard_system_dirs() -> Vec<PathBuf> {
+    [
+        "/usr/local/share/dbus-1/system-services",
+        "/usr/share/dbus-1/system-services",
+        "/lib/dbus-1/system-services",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect()
+}
+
+impl BusConfig {
+    /// Load `path` and everything it includes.
+    pub fn load(path: &Path) -> Result<BusConfig, ConfigError> {
+        let mut c = BusConfig::default();
+        c.load_file(path, 0, false)?;
+        Ok(c)
+    }
+
+    fn load_file(
+        &mut self,
+        path: &Path,
+        depth: u32,
+        ignore_missing: bool,
+    ) -> Result<(), ConfigError> {
+        let fail = |line: u32, msg: String| ConfigError {
+            file: path.display().to_string(),
+            line,
+            msg,
+        };
+        if depth > 32 {
+            return Err(fail(0, "includes nested too deeply (a loop?)".into()));
+        }
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if ignore_missing && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(fail(0, format!("cannot read: {e}"))),
+        };
+        self.files.push(path.to_path_buf());
+        let opts = roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        };
+        let doc = roxmltree::Document::parse_with_options(&text, opts)
+            .map_err(|e| fail(e.pos().row, e.to_string()))?;
+        let root = doc.root_element();
+        let line = |n: roxmltree::Node<'_, '_>| doc.text_pos_at(n.range().start).row;
+        if root.tag_name().name() != "busconfig" {
+            return Err(fail(
+                line(root),
+                format!(
+                    "root element is <{}>, not <busconfig>",
+                    root.tag_name().name()
+                ),
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        for n in root.children().filter(|n| n.is_element()) {
+            let l = line(n);
+            let text = n.text().unwrap_or("").trim().to_string();
+            let need_text = |what: &str| -> Result<String, ConfigError> {
+                if text.is_empty() {
+                    Err(fail(l, format!("<{what}> needs a value")))
+                } else {
+                    Ok(text.clone())
+                }
+            };
+            match n.tag_name().name() {
+                "type" => self.bus_type = Some(need_text("type")?),
+                "listen" => {
+                    let a = need_text("listen")?;
+                    check_listen(&a).map_err(|m| fail(l, m))?;
+                    self.listen.push(a);
+                }
+                "auth" => self.auth.push(need_text("auth")?),
+                "include" => {
+                    if n.attribute("if_selinux_enabled") == Some("yes") {
+                        continue; // SELinux is not supported: dbus-daemon skips these without it
+                    }
+                    let ignore = n.attribute("ignore_missing") == Some("yes");
+                    let p = base.join(need_text("include")?);
+                    self.load_file(&p, depth + 1, ignore)?;
+                }
+                "includedir" => {
+                    let dir = base.join(need_text("includedir")?);
+                    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+                        Ok(rd) => rd
+                            .flatten()
+                            .map(|e| e.path())
+                            .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+                            .collect(),
+                        Err(_) => Vec::new(), // a missing directory is fine
+                    };
+                    files.sort();
+                    for f in files {
+                        self.load_file(&f, depth + 1, false)?;
+                    }
+                }
+                "servicedir" => self.service_dirs.push(base.join(need_text("servicedir")?)),
+                "standard_session_servicedirs" => self.service_dirs.extend(standard_session_dirs()),
+                "standard_system_servicedirs" => self.service_dirs.extend(standard_system_dirs()),
+                "limit" => {
+                    let name = n
+                        .attribute("name")
+                        .ok_or_else(|| fail(l, "<limit> needs a name".into()))?;
+                    if !KNOWN_LIMITS.contains(&name) {
+                        return Err(fail(l, format!("unknown limit \"{name}\"")));
+                    }
+                    let v = text.parse::<u64>().map_err(|_| {
+                        fail(l, format!("limit \"{name}\" is not a number: \"{text}\""))
+                    })?;
+                    self.limits.push((name.to_string(), v));
+                }
+                "policy" => self
+                    .policies
+                    .push(parse_policy(n, &line).map_err(|(l, m)| fail(l, m))?),
+                "fork" => self.fork = true,
+                "pidfile" => self.pidfile = Some(PathBuf::from(need_text("pidfile")?)),
+                "user" => self.user = Some(need_text("user")?),
+                "keep_umask" | "syslog" | "allow_anonymous" | "servicehelper" | "selinux"
+                | "apparmor" => {}
+                other => return Err(fail(l, format!("unknown element <{other}>"))),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn limit(&self, name: &str) -> Option<u64> {
+        self.limits
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+fn parse_policy(
+    n: roxmltree::Node<'_, '_>,
+    line: &dyn Fn(roxmltree::Node<'_, '_>) -> u32,
+) -> Result<Policy, (u32, String)> {
+    let l = line(n);
+    let attrs: Vec<(String, String)> = n
+        .attributes()
+        .map(|a| (a.name().to_string(), a.value().to_string()))
+        .collect();
+    let context = match attrs.as_slice() {
+        [(k, v)] if k == "context" && (v == "default" || v == "mandatory") => (k.clone(), v.clone()),
+        [(k, v)] if k == "user" || k == "group" || k == "at_console" => (k.clone(), v.clone()),
+        _ => return Err((l, "<policy> needs exactly one of context=\"default|mandatory\", user=, group=, at_console=".into())),
+    };
+    let mut rules = Vec::new();
+    for r in n.children().filter(|c| c.is_element()) {
+        let rl = line(r);
+        let allow = match r.tag_name().name() {
+            "allow" => true,
+            "deny" => false,
+            other => return Err((rl, format!("unknown element <{other}> in <policy>"))),
+        };
+        let mut ra = Vec::new();
+        for a in r.attributes() {
+            if !RULE_ATTRS.contains(&a.name()) {
+                return Err((
+                    rl,
+                    format!(
+                        "unknown attribute {}= on <{}>",
+                        a.name(),
+                        r.tag_name().name()
+                    ),
+                ));
+            }
+            ra.push((a.name().to_string(), a.value().to_string()));
+        }
+        if ra.is_empty() {
+            return Err((rl, format!("<{}> without attributes", r.tag_name().name())));
+        }
+        rules.push(PolicyRule { allow, attrs: ra });
+    }
+    Ok(Policy { context, rules })
+}
+
+/// A D-Bus server address we can listen on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    Path(PathBuf),
+    /// A fresh socket in this directory (`unix:dir=`, `unix:tmpdir=`).
+    Dir(PathBuf),
+    Abstract(String),
+}
+
+/// Check a `<listen>` / `--address` value: one or more `;`-separated unix addresses.
+fn check_listen(a: &str) -> Result<(), String> {
+    parse_listen(a).map(|_| ())
+}
+
+/// Parse `unix:path=`, `unix:dir=`, `unix:tmpdir=`, `unix:runtime=yes`, `unix:abstract=`.
+pub fn parse_listen(a: &str) -> Result<Vec<ListenAddr>, String> {
+    let mut out = Vec::new();
+    for one in a.split(';').filter(|s| !s.is_empty()) {
+        let Some(rest) = one.strip_prefix("unix:") else {
+            return Err(format!(
+                "unsupported address \"{one}\" (only unix: transports)"
+            ));
+        };
+        let mut addr = None;
+        for kv in rest.split(',') {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("malformed address \"{one}\""))?;
+            let v = unescape(v);
+            addr = Some(match k {
+                "path" => ListenAddr::Path(v.into()),
+                "dir" | "tmpdir" => ListenAddr::Dir(v.into()),
+                "abstract" => ListenAddr::Abstract(v),
+                "runtime" if v == "yes" => {
+                    let d = std::env::var_os("XDG_RUNTIME_DIR")
+                        .ok_or("unix:runtime=yes without XDG_RUNTIME_DIR")?;
+                    ListenAddr::Path(Path::new(&d).join("bus"))
+                }
+                "guid" => continue,
+                _ => return Err(format!("unknown key \"{k}\" in \"{one}\"")),
+            });
+        }
+        out.push(addr.ok_or_else(|| format!("address \"{one}\" says nowhere to listen"))?);
+    }
+    if out.is_empty() {
+        return Err("empty address".into());
+    }
+    Ok(out)
+}
+
+/// D-Bus address values escape bytes as `%xx`.
+fn unescape(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(x) = u8::from_str_radix(&v[i + 1..i + 3], 16) {
+                out.push(x);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn loads_the_system_session_conf_if_present() {
+        let p = Path::new("/usr/share/dbus-1/session.conf");
+        if p.exists() {
+            let c = BusConfig::load(p).unwrap();
+            assert_eq!(c.bus_type.as_deref(), Some("session"));
+            assert!(!c.listen.is_empty());
+            assert!(c.limit("max_incoming_bytes").is_some());
+        }
+    }
+
+    #[test]
+    fn includes_and_errors_name_file_and_line() {
+        let d = std::env::temp_dir().join(format!("kdbusd-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("conf.d")).unwrap();
+        write(
+            &d,
+            "conf.d/a.conf",
+            "<busconfig><limit name=\"reply_timeout\">5</limit></busconfig>",
+        );
+        let main = write(&d, "main.conf", "<busconfig>\n<type>session</type>\n<listen>unix:tmpdir=/tmp</listen>\n<includedir>conf.d</includedir>\n<include ignore_missing=\"yes\">nope.conf</include>\n<policy context=\"default\"><allow own=\"*\"/></policy>\n</busconfig>");
+        let c = BusConfig::load(&main).unwrap();
+        assert_eq!(c.limit("reply_timeout"), Some(5));
+        assert_eq!(c.policies.len(), 1);
+        let bad = write(
+            &d,
+            "bad.conf",
+            "<busconfig>\n<type>session</type>\n<bogus/>\n</busconfig>",
+        );
+        let e = BusConfig::load(&bad).unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(
+            e.to_string()
+                .contains("bad.conf:3: unknown element <bogus>"),
+            "{e}"
+        );
+        let bad = write(&d, "bad2.conf", "<busconfig>\n<policy context=\"default\">\n<allow sned_destination=\"x\"/>\n</policy>\n</busconfig>");
+        assert_eq!(BusConfig::load(&bad).unwrap_err().line, 3);
+        let bad = write(
+            &d,
+            "bad3.conf",
+            "<busconfig>\n<listen>tcp:host=x</listen>\n</busconfig>",
+        );
+        assert_eq!(BusConfig::load(&bad).unwrap_err().line, 2);
+        let bad = write(
+            &d,
+            "bad4.conf",
+            "<busconfig>\n<type>session</type\n</busconfig>",
+        );
+        assert!(BusConfig::load(&bad).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen("unix:path=/a%20b").unwrap(),
+            vec![ListenAddr::Path("/a b".into())]
+        );
+        assert_eq!(
+            parse_listen("unix:tmpdir=/tmp;unix:abstract=x")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(parse_listen("tcp:host=localhost").is_err());
+        assert!(parse_listen("unix:foo=1").is_err());
+    }
+}
