@@ -74,7 +74,8 @@ pub enum NameEvent {
 
 #[derive(Default, Debug)]
 struct ConnNames {
-    owned: BTreeSet<Arc<str>>,
+    /// In the order they were acquired: a leaving connection releases them in it.
+    owned: Vec<Arc<str>>,
     queued: BTreeSet<Arc<str>>,
     activator_of: Option<Arc<str>>,
 }
@@ -178,7 +179,7 @@ impl NameRegistry {
             };
             self.names.insert(name.clone(), entry);
             let c = self.conns.entry(conn).or_default();
-            c.owned.insert(name.clone());
+            c.owned.push(name.clone());
             if activator {
                 c.activator_of = Some(name.clone());
             }
@@ -257,14 +258,14 @@ impl NameRegistry {
         }
         let n = e.name.clone();
         if let Some(c) = self.conns.get_mut(&old) {
-            c.owned.remove(name);
+            c.owned.retain(|o| &**o != name);
         }
         self.conn_cleanup(old);
         let c = self.conns.entry(conn).or_default();
         if was_queued.is_some() {
             c.queued.remove(name);
         }
-        c.owned.insert(n.clone());
+        c.owned.push(n.clone());
         events.push(NameEvent::Change {
             name: n,
             old,
@@ -330,7 +331,7 @@ impl NameRegistry {
             return;
         };
         if let Some(c) = self.conns.get_mut(&owner) {
-            c.owned.remove(name);
+            c.owned.retain(|o| &**o != name);
             if c.activator_of.as_deref() == Some(name) {
                 c.activator_of = None;
             }

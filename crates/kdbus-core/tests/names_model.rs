@@ -606,7 +606,6 @@ fn e2big_after_256_names() {
 // disconnect come in that order. The registry keeps owned names in a BTreeSet and
 // releases them in name order.
 #[test]
-#[ignore = "registry: release_all releases names in name order, kdbus HEAD in acquisition order (names_list)"]
 fn release_all_event_order_follows_head() {
     let mut r = NameRegistry::new();
     let mut m = Model::default();

@@ -668,16 +668,16 @@ impl Connection {
         let a = self
             .wait(
                 |g| {
-                    if g.releasing > 0 {
+                    if g.releasing > 0 || g.queue.is_empty() {
                         None
                     } else {
-                        g.queue.pop_front()
+                        claim_locked(g, 0, false)
                     }
                 },
                 timeout,
             )?
             .ok_or(Error::Bus(Errno::EAGAIN))?;
-        self.claim(a, false)
+        self.received(a.ev.offset, a.ev.msg_size, a.fds, true)
     }
 
     /// RECV with kdbus flags (PEEK, DROP, USE_PRIORITY) against the local queue.
@@ -711,44 +711,27 @@ impl Connection {
             drop(g);
             return self.received(ev.offset, ev.msg_size, Vec::new(), false);
         }
-        let a = g.queue.remove(idx).ok_or(Error::Bus(Errno::EAGAIN))?;
-        drop(g);
-        self.claim(a, flags & recv_flags::DROP != 0)
-    }
-
-    fn claim(&self, a: Announced, drop_it: bool) -> Result<Received<'_>> {
-        let flags = recv_flags::CLAIM | if drop_it { recv_flags::DROP } else { 0 };
-        let c = CmdRecv {
-            size: std::mem::size_of::<CmdRecv>() as u64,
-            flags,
-            msg: kdbus_abi::MsgInfo {
-                offset: a.ev.offset,
-                msg_size: a.ev.msg_size,
-                return_flags: 0,
-            },
-            ..Default::default()
-        };
-        self.queue_notice(cmd::RECV, c.as_bytes());
-        {
-            let mut g = self.lock();
-            g.dropped_msgs = a.ev.dropped_msgs;
-        }
-        if drop_it {
-            // The slice goes back to the broker: keep only a copy of the header.
+        if flags & recv_flags::DROP != 0 {
+            // The slice goes back to the broker once the claim is out: copy the header
+            // first.
+            let ev = g.queue[idx].ev;
             let header = self
                 .pool
-                .slice(a.ev.offset, a.ev.msg_size)
+                .slice(ev.offset, ev.msg_size)
                 .and_then(read_struct::<Msg>)
                 .ok_or(Error::Protocol("short message"))?;
+            claim_locked(&mut g, idx, true);
             return Ok(Received {
                 conn: self,
-                offset: a.ev.offset,
+                offset: ev.offset,
                 bytes: &[],
                 header,
                 fds: Vec::new(),
                 free_on_drop: false,
             });
         }
+        let a = claim_locked(&mut g, idx, false).ok_or(Error::Bus(Errno::EAGAIN))?;
+        drop(g);
         self.received(a.ev.offset, a.ev.msg_size, a.fds, true)
     }
 
@@ -953,6 +936,33 @@ pub fn name_cmd(name: &str, flags: u64) -> Vec<u8> {
     let size = body.len() as u64;
     body[..8].copy_from_slice(&size.to_ne_bytes());
     body
+}
+
+/// Take announced message `idx` off the local queue and queue its claim in the same
+/// critical section: a NAME_RELEASE sent by another thread then always follows the
+/// claim, so the broker never moves a message we handed out.
+fn claim_locked(g: &mut Inner, idx: usize, drop_it: bool) -> Option<Announced> {
+    let a = g.queue.remove(idx)?;
+    let flags = recv_flags::CLAIM | if drop_it { recv_flags::DROP } else { 0 };
+    let c = CmdRecv {
+        size: std::mem::size_of::<CmdRecv>() as u64,
+        flags,
+        msg: kdbus_abi::MsgInfo {
+            offset: a.ev.offset,
+            msg_size: a.ev.msg_size,
+            return_flags: 0,
+        },
+        ..Default::default()
+    };
+    let h = ReqHeader {
+        cmd: cmd::RECV,
+        flags: wire::REQ_NO_REPLY,
+        req_id: 0,
+        body_len: c.as_bytes().len() as u64,
+    };
+    wire::push_frame(&mut g.notices, &h, &[c.as_bytes()]);
+    g.dropped_msgs = a.ev.dropped_msgs;
+    Some(a)
 }
 
 /// File what one datagram carried.
