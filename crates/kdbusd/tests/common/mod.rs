@@ -484,3 +484,29 @@ impl Rng {
         (0..n).map(|_| self.next_u64() as u8).collect()
     }
 }
+
+// ------------------------------------------------------------------ the D-Bus socket
+// (suites dbus_zbus, dbus_native, dbus_tools)
+
+impl Broker {
+    /// The D-Bus socket of the default bus: `<runtime>/<uid>-user/dbus`.
+    pub fn dbus_path(&self) -> PathBuf {
+        self.dir.path().join(format!("{}-user", uid())).join("dbus")
+    }
+
+    /// The D-Bus address of the default bus, `unix:path=...` (escaped as the D-Bus
+    /// specification wants), for D-Bus clients.
+    pub fn dbus_address(&self) -> String {
+        let path = self.dbus_path();
+        assert!(path.exists(), "no D-Bus socket at {}", path.display());
+        let mut out = String::from("unix:path=");
+        for &b in path.as_os_str().as_encoded_bytes() {
+            if b.is_ascii_alphanumeric() || b"-_/.*".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02x}"));
+            }
+        }
+        out
+    }
+}
