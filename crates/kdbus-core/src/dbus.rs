@@ -90,8 +90,9 @@ impl Body {
             bytes: Vec::new(),
         }
     }
+    /// A writer continuing the body: alignment counts from the body's start.
     fn w(&mut self) -> Writer<'_> {
-        Writer::new(&mut self.bytes, Endian::Little)
+        Writer::continuing(&mut self.bytes, Endian::Little, 0)
     }
     fn s(mut self, v: &str) -> Self {
         self.sig.push('s');
@@ -140,6 +141,7 @@ const E_NO_REPLY: &str = "org.freedesktop.DBus.Error.NoReply";
 const E_LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
 const E_ADT_UNKNOWN: &str = "org.freedesktop.DBus.Error.AdtAuditDataUnknown";
 const E_SELINUX_UNKNOWN: &str = "org.freedesktop.DBus.Error.SELinuxSecurityContextUnknown";
+const E_UNKNOWN_PROPERTY: &str = "org.freedesktop.DBus.Error.UnknownProperty";
 
 const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
 "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
@@ -281,6 +283,18 @@ impl Domain {
         }
         let body = &msg[h.header_len..h.total_len().min(msg.len())];
         if h.destination == Some(DRIVER) {
+            let bus_key = conn.bus;
+            let sender = unique_name(conn.id);
+            if self
+                .buses
+                .get(&bus_key)
+                .is_some_and(|b| !b.monitors.is_empty())
+            {
+                let mut copy = Vec::with_capacity(msg.len() + 16);
+                header::write(&mut copy, &h, Some(&sender));
+                copy.extend_from_slice(body);
+                self.dbus_monitors_copy(bus_key, &copy, None);
+            }
             if h.msg_type == MessageType::MethodCall {
                 self.driver_call(key, &h, body);
             }
@@ -562,6 +576,7 @@ impl Domain {
         } else {
             FLAG_NO_REPLY_EXPECTED
         };
+        let start = conn.out.len();
         header::write_fields(
             &mut conn.out,
             Endian::Little,
@@ -573,6 +588,36 @@ impl Domain {
         );
         conn.out.extend_from_slice(&body.bytes);
         mark_dirty(conn, &mut self.dirty);
+        let bus_key = conn.bus;
+        if self
+            .buses
+            .get(&bus_key)
+            .is_some_and(|b| !b.monitors.is_empty())
+        {
+            let copy = self
+                .conns
+                .get(&key)
+                .map(|c| c.out[start..].to_vec())
+                .unwrap_or_default();
+            self.dbus_monitors_copy(bus_key, &copy, Some(key));
+        }
+    }
+
+    /// Give D-Bus monitors a copy of a message the driver sent or received (peers'
+    /// messages reach monitors through the delivery code).
+    fn dbus_monitors_copy(&mut self, bus_key: BusKey, msg: &[u8], except: Option<ConnKey>) {
+        let Some(bus) = self.buses.get(&bus_key) else {
+            return;
+        };
+        for m in bus.monitors.clone() {
+            if Some(m) == except {
+                continue;
+            }
+            if let Some(c) = self.conns.get_mut(&m).filter(|c| c.dbus.is_some()) {
+                c.out.extend_from_slice(msg);
+                mark_dirty(c, &mut self.dirty);
+            }
+        }
     }
 
     fn dbus_reply(&mut self, key: ConnKey, reply_serial: u32, body: Body) {
@@ -633,12 +678,14 @@ impl Domain {
             .conns
             .values()
             .filter_map(|k| self.conns.get(k))
+            .filter(|c| c.dbus.is_some())
             .filter(|c| {
-                c.dbus.as_ref().is_some_and(|p| {
-                    p.rules
-                        .iter()
-                        .any(|(r, _)| r.matches(&h, DRIVER, &no, &body.bytes))
-                })
+                c.flags & kdbus_abi::hello_flags::MONITOR != 0
+                    || c.dbus.as_ref().is_some_and(|p| {
+                        p.rules
+                            .iter()
+                            .any(|(r, _)| r.matches(&h, DRIVER, &no, &body.bytes))
+                    })
             })
             .map(|c| c.key)
             .collect();
@@ -749,7 +796,10 @@ impl Domain {
             (DRIVER, "ReleaseName") => {
                 want("s")?;
                 let name = arg_s(&mut r)?;
-                check_well_known(name)?;
+                check_well_known(name, "release")?;
+                if name == DRIVER {
+                    return Err(err(E_INVALID_ARGS, "Cannot release the org.freedesktop.DBus service because it is owned by the bus"));
+                }
                 let mut events = Vec::new();
                 let res = self
                     .buses
@@ -845,13 +895,22 @@ impl Domain {
             (DRIVER, "StartServiceByName") => {
                 want("su")?;
                 let name = arg_s(&mut r)?;
-                if self.driver_owner(bus_key, name).is_some() {
-                    Ok(Some(Body::new().u(2)))
-                } else {
-                    Err(err(
+                // Only names with an activator can be started (dbus-daemon: with a
+                // .service file): 1 if the activator holds the name (the service
+                // starts when its activator sees the queue), 2 if it already runs.
+                let bus = self
+                    .buses
+                    .get(&bus_key)
+                    .ok_or_else(|| err(E_FAILED, "no bus"))?;
+                match bus.names.lookup(name) {
+                    Some(e) if e.activator.is_some() && e.flags & name_flags::ACTIVATOR != 0 => {
+                        Ok(Some(Body::new().u(1)))
+                    }
+                    Some(e) if e.activator.is_some() => Ok(Some(Body::new().u(2))),
+                    _ => Err(err(
                         E_SERVICE_UNKNOWN,
                         format!("The name {name} was not provided by any .service files"),
-                    ))
+                    )),
                 }
             }
             (DRIVER, "UpdateActivationEnvironment") => {
@@ -861,33 +920,33 @@ impl Domain {
             (DRIVER, "GetConnectionUnixUser") | (DRIVER, "GetConnectionUnixProcessID") => {
                 want("s")?;
                 let name = arg_s(&mut r)?;
-                let c = self.driver_conn(bus_key, name)?;
+                let c = self.driver_creds(bus_key, name)?;
                 let v = if member.ends_with("User") {
-                    c.peer.creds.uid
+                    c.uid
                 } else {
-                    c.peer.creds.pid
+                    c.pid
                 };
                 Ok(Some(Body::new().u(v)))
             }
             (DRIVER, "GetConnectionCredentials") => {
                 want("s")?;
                 let name = arg_s(&mut r)?;
-                let c = self.driver_conn(bus_key, name)?;
+                let c = self.driver_creds(bus_key, name)?;
                 let mut b = Body::new();
                 b.sig.push_str("a{sv}");
                 let mut w = b.w();
                 let a = w.array_begin(8);
                 w.align(8);
                 w.string("UnixUserID");
-                w.variant_u32(c.peer.creds.uid);
+                w.variant_u32(c.uid);
                 w.align(8);
                 w.string("ProcessID");
-                w.variant_u32(c.peer.creds.pid);
+                w.variant_u32(c.pid);
                 w.align(8);
                 w.string("UnixGroupIDs");
                 w.signature("au");
                 let g = w.array_begin(4);
-                w.u32(c.peer.creds.gid);
+                w.u32(c.gid);
                 w.array_end(g);
                 w.array_end(a);
                 Ok(Some(b))
@@ -1001,7 +1060,7 @@ impl Domain {
     }
 
     fn driver_request_name(&mut self, key: ConnKey, name: &str, flags: u32) -> Result<u32, DErr> {
-        check_well_known(name)?;
+        check_well_known(name, "acquire")?;
         if name == DRIVER {
             return Err(err(E_INVALID_ARGS, "Connection is not allowed to own the service \"org.freedesktop.DBus\" because it is reserved for D-Bus' use only"));
         }
@@ -1059,6 +1118,18 @@ impl Domain {
         };
         let c = self.conns.get(&key).filter(|c| c.is_ordinary())?;
         Some(unique_name(c.id))
+    }
+
+    /// Credentials of `name`: a connection's, or for the bus itself its creator's.
+    fn driver_creds(&self, bus_key: BusKey, name: &str) -> Result<Creds, DErr> {
+        if name == DRIVER {
+            return self
+                .buses
+                .get(&bus_key)
+                .map(|b| b.creator.creds)
+                .ok_or_else(|| err(E_FAILED, "no bus"));
+        }
+        Ok(self.driver_conn(bus_key, name)?.peer.creds)
     }
 
     fn driver_conn(&self, bus_key: BusKey, name: &str) -> Result<&Conn, DErr> {
@@ -1149,6 +1220,9 @@ impl Domain {
     /// BecomeMonitor: the connection gives up its names and matches, sees copies of
     /// everything, and sends nothing more.
     fn driver_become_monitor(&mut self, key: ConnKey, bus_key: BusKey) {
+        if let Some(id) = self.conns.get(&key).map(|c| c.id) {
+            self.dbus_driver_signal(key, "NameLost", Body::new().s(&unique_name(id)));
+        }
         let mut events = Vec::new();
         if let Some(bus) = self.buses.get_mut(&bus_key) {
             bus.names.release_all(key, &mut events);
@@ -1181,11 +1255,11 @@ fn arg_s<'a>(r: &mut Reader<'a>) -> Result<&'a str, DErr> {
     r.string().map_err(bad_args)
 }
 
-fn check_well_known(name: &str) -> Result<(), DErr> {
+fn check_well_known(name: &str, verb: &str) -> Result<(), DErr> {
     if name.starts_with(':') {
         return Err(err(
             E_INVALID_ARGS,
-            format!("Cannot acquire a service starting with ':' such as \"{name}\""),
+            format!("Cannot {verb} a service starting with ':' such as \"{name}\""),
         ));
     }
     if !kdbus_dbus::names::is_bus_name(name) {
@@ -1199,11 +1273,16 @@ fn check_well_known(name: &str) -> Result<(), DErr> {
 
 fn driver_property(i: &str, p: &str) -> Result<&'static [&'static str], DErr> {
     match (i, p) {
-        (DRIVER, "Features") => Ok(&[]),
+        // Unknown header fields are dropped when forwarding ("HeaderFiltering").
+        (DRIVER, "Features") => Ok(&["HeaderFiltering"]),
         (DRIVER, "Interfaces") => Ok(&["org.freedesktop.DBus.Monitoring"]),
+        (DRIVER, _) => Err(err(
+            E_UNKNOWN_PROPERTY,
+            format!("Property {p} on interface {i} does not exist"),
+        )),
         _ => Err(err(
-            E_INVALID_ARGS,
-            format!("No such property {p} on interface {i}"),
+            E_UNKNOWN_INTERFACE,
+            format!("Interface {i} does not exist"),
         )),
     }
 }

@@ -301,8 +301,14 @@ pub struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
+    /// A writer whose alignment counts from the current end of `buf` (a new message).
     pub fn new(buf: &'a mut Vec<u8>, endian: Endian) -> Self {
         let base = buf.len();
+        Writer { buf, endian, base }
+    }
+
+    /// A writer continuing a message that starts at `base` in `buf`.
+    pub fn continuing(buf: &'a mut Vec<u8>, endian: Endian, base: usize) -> Self {
         Writer { buf, endian, base }
     }
 

@@ -13,6 +13,11 @@ pub fn sys_write_fd(fd: i32, bytes: &[u8]) -> std::io::Result<()> {
     sys::write_raw_fd(fd, bytes)
 }
 
+/// Detach from the terminal's streams (after `--fork` and printing the address).
+pub fn sys_detach_stdio() -> std::io::Result<()> {
+    sys::detach_stdio()
+}
+
 /// Go to the background (dbus-daemon's `--fork`).
 pub fn sys_daemonize() -> std::io::Result<()> {
     sys::daemonize()

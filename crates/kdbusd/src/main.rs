@@ -163,6 +163,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             std::fs::write(&p, format!("{}\n", std::process::id()))
                 .map_err(|e| format!("{}: {e}", p.display()))?;
         }
+        if fork {
+            kdbusd::sys_detach_stdio()?;
+        }
         tracing::info!(%address, "listening as dbus-daemon");
     } else {
         let buses: Vec<String> = ready

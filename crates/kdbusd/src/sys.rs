@@ -140,3 +140,23 @@ pub fn daemonize() -> io::Result<()> {
         _ => unsafe { libc::_exit(0) },
     }
 }
+
+/// Point stdin, stdout and stderr at /dev/null (a forked daemon, after it printed what
+/// it had to print), so whoever started us sees end-of-file.
+pub fn detach_stdio() -> io::Result<()> {
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    for target in 0..3 {
+        // SAFETY: fds 0-2 are the process's standard streams; replacing them with
+        // /dev/null (dup2 closes the old ones atomically) leaves no dangling owner, as
+        // std only ever borrows them by number.
+        let r = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), target) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

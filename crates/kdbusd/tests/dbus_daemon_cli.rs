@@ -1,0 +1,255 @@
+//! kdbusd started the way programs start dbus-daemon: its command line, its XML
+//! configuration, and GLib's GTestDBus.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const KDBUSD: &str = env!("CARGO_BIN_EXE_kdbusd");
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write_config(dir: &Path, listen: &str) -> std::path::PathBuf {
+    let p = dir.join("bus.conf");
+    std::fs::write(
+        &p,
+        format!(
+            "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n \
+             \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n\
+             <busconfig>\n  <type>session</type>\n  <listen>{listen}</listen>\n  <auth>EXTERNAL</auth>\n\
+             <policy context=\"default\">\n    <allow send_destination=\"*\" eavesdrop=\"true\"/>\n\
+             <allow eavesdrop=\"true\"/>\n    <allow own=\"*\"/>\n  </policy>\n\
+             <limit name=\"reply_timeout\">5000</limit>\n</busconfig>\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Start with `args` and read the first stdout line (the printed address).
+fn start(args: &[&str]) -> (Daemon, String) {
+    let mut child = Command::new(KDBUSD)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (Daemon(child), line.trim().to_string())
+}
+
+fn get_id(address: &str) -> String {
+    let out = Command::new("dbus-send")
+        .args([
+            &format!("--bus={address}"),
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.GetId",
+        ])
+        .output()
+        .expect("dbus-send is needed (package dbus-bin, installed by .ci/run)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn config_file_nofork_print_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_config(dir.path(), &format!("unix:tmpdir={}", dir.path().display()));
+    let (_d, address) = start(&[
+        &format!("--config-file={}", conf.display()),
+        "--nofork",
+        "--print-address",
+    ]);
+    assert!(
+        address.starts_with(&format!("unix:path={}/dbus-", dir.path().display())),
+        "{address}"
+    );
+    let guid = address.split(",guid=").nth(1).expect("guid in the address");
+    assert_eq!(guid.len(), 32);
+    // The bus id is the guid, as with dbus-daemon.
+    assert!(get_id(&address).contains(guid));
+}
+
+#[test]
+fn address_overrides_the_configuration_and_print_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_config(dir.path(), "unix:tmpdir=/nonexistent-dir");
+    let sock = dir.path().join("explicit");
+    let mut child = Command::new(KDBUSD)
+        .args([
+            &format!("--config-file={}", conf.display()),
+            &format!("--address=unix:path={}", sock.display()),
+            "--print-address",
+            "--print-pid",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut address, mut pid) = (String::new(), String::new());
+    out.read_line(&mut address).unwrap();
+    out.read_line(&mut pid).unwrap();
+    let d = Daemon(child);
+    assert!(
+        address.starts_with(&format!("unix:path={}", sock.display())),
+        "{address}"
+    );
+    assert_eq!(pid.trim().parse::<u32>().unwrap(), d.0.id());
+    get_id(address.trim());
+}
+
+#[test]
+fn session_flag_uses_the_standard_configuration() {
+    if !Path::new("/usr/share/dbus-1/session.conf").exists() {
+        eprintln!("skipped: /usr/share/dbus-1/session.conf is missing (package dbus)");
+        return;
+    }
+    let (_d, address) = start(&["--session", "--print-address"]);
+    assert!(address.starts_with("unix:"), "{address}");
+    get_id(&address);
+}
+
+#[test]
+fn a_bad_configuration_names_file_and_line_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.conf");
+    let listen_dir = dir.path().join("sockets");
+    std::fs::create_dir(&listen_dir).unwrap();
+    std::fs::write(
+        &conf,
+        format!("<busconfig>\n<listen>unix:tmpdir={}</listen>\n<policy context=\"default\">\n<allow own=\"*\" frobnicate=\"yes\"/>\n</policy>\n</busconfig>\n", listen_dir.display()),
+    )
+    .unwrap();
+    let out = Command::new(KDBUSD)
+        .arg(format!("--config-file={}", conf.display()))
+        .arg("--print-address")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:4:", conf.display())), "{err}");
+    assert!(out.stdout.is_empty(), "no address printed");
+    assert_eq!(
+        std::fs::read_dir(&listen_dir).unwrap().count(),
+        0,
+        "nothing was bound"
+    );
+
+    let out = Command::new(KDBUSD)
+        .arg("--config-file=/nonexistent/bus.conf")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/bus.conf"));
+}
+
+#[test]
+fn fork_returns_once_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_config(dir.path(), &format!("unix:tmpdir={}", dir.path().display()));
+    let out = Command::new(KDBUSD)
+        .args([
+            &format!("--config-file={}", conf.display()),
+            "--fork",
+            "--print-address",
+            "--print-pid",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let address = lines.next().expect("address").to_string();
+    let pid: i32 = lines.next().expect("pid").trim().parse().unwrap();
+    get_id(&address);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if rustix::process::test_kill_process(rustix::process::Pid::from_raw(pid).unwrap()).is_err()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// GLib's GTestDBus starts "dbus-daemon --config-file=F --print-address=FD ..." and
+/// reads the address; G_TEST_DBUS_DAEMON names the program to run instead.
+#[test]
+fn gtestdbus_runs_kdbusd_as_its_daemon() {
+    let python = "/usr/bin/python3";
+    let probe = Command::new(python)
+        .args([
+            "-c",
+            "import gi; gi.require_version('Gio', '2.0'); from gi.repository import Gio",
+        ])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: python3-gi is missing (installed by .ci/run)");
+        return;
+    }
+    let script = r#"
+import gi
+gi.require_version('Gio', '2.0')
+from gi.repository import Gio
+bus = Gio.TestDBus.new(Gio.TestDBusFlags.NONE)
+bus.up()
+addr = bus.get_bus_address()
+flags = Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION
+conn = Gio.DBusConnection.new_for_address_sync(addr, flags, None, None)
+names = conn.call_sync("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                       "ListNames", None, None, 0, -1, None).unpack()[0]
+print("unique", conn.get_unique_name())
+print("names", " ".join(names))
+conn.close_sync(None)
+bus.down()
+"#;
+    let out = Command::new(python)
+        .args(["-c", script])
+        .env("G_TEST_DBUS_DAEMON", KDBUSD)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unique = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("unique "))
+        .expect("unique name")
+        .to_string();
+    assert!(unique.starts_with(":1."), "{unique}");
+    let names = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("names "))
+        .expect("names");
+    assert!(
+        names.split(' ').any(|n| n == "org.freedesktop.DBus"),
+        "{names}"
+    );
+    assert!(names.split(' ').any(|n| n == unique), "{names}");
+}
