@@ -32,6 +32,12 @@ pub struct BenchArgs {
     broadcast: bool,
     #[command(flatten)]
     bcast: crate::bench_broadcast::BroadcastArgs,
+    /// Measure round trips and broadcast fan-out through this D-Bus address instead.
+    #[arg(long, value_name = "ADDRESS")]
+    dbus: Option<String>,
+    /// Start kdbusd, dbus-broker and dbus-daemon on private sockets and measure all three.
+    #[arg(long)]
+    dbus_compare: bool,
 }
 
 pub(crate) struct Stats {
@@ -75,6 +81,23 @@ pub(crate) fn time_rounds(
 }
 
 pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(address) = &args.dbus {
+        return crate::bench_dbus::run_one(
+            address,
+            args.rounds,
+            args.size,
+            args.bcast.subscribers,
+            args.json,
+        );
+    }
+    if args.dbus_compare {
+        return crate::bench_dbus::run_compare(
+            args.rounds,
+            args.size,
+            args.bcast.subscribers,
+            args.json,
+        );
+    }
     if args.broadcast {
         return crate::bench_broadcast::run(bus, &args.bcast, args.json);
     }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_broadcast;
+mod bench_dbus;
 mod bench_names;
 
 use clap::{Parser, Subcommand};

@@ -122,7 +122,7 @@ pub struct Broker {
     extra_paths: Vec<PathBuf>,
     bus_sockets: HashMap<BusKey, BusSockets>,
     next_token: u64,
-    rbuf: Vec<u8>,
+    pub(crate) rbuf: Vec<u8>,
     dirty: Vec<ConnKey>,
     me: Peer,
 }

@@ -84,40 +84,37 @@ impl Broker {
     pub(crate) fn dbus_read(&mut self, token: u64) {
         let mut total = 0;
         let mut creds = None;
+        // Read into the broker's buffer and keep only what arrived: a client's own
+        // buffer then never holds more than its unprocessed bytes.
+        let mut rbuf = std::mem::take(&mut self.rbuf);
         loop {
             let Some(h) = self.handles.get_mut(&token) else {
-                return;
+                break;
             };
-            let Role::DBus(c) = &mut h.role else { return };
-            // Read straight into the client's buffer.
-            if c.inpos > 0 && c.inpos * 2 >= c.inbuf.len() {
-                c.inbuf.drain(..c.inpos);
-                c.inpos = 0;
-            }
-            let start = c.inbuf.len();
-            c.inbuf.resize(start + 64 * 1024, 0);
+            let Role::DBus(c) = &mut h.role else { break };
             let mut space =
                 [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253), ScmCredentials(1))];
             let mut anc = RecvAncillaryBuffer::new(&mut space);
             let r = rustix::net::recvmsg(
                 h.fd.as_fd(),
-                &mut [IoSliceMut::new(&mut c.inbuf[start..])],
+                &mut [IoSliceMut::new(&mut rbuf[..])],
                 &mut anc,
                 RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
             );
             let n = match r {
                 Ok(m) => m.bytes,
-                Err(SysErrno::AGAIN) => {
-                    c.inbuf.truncate(start);
-                    break;
-                }
-                Err(SysErrno::INTR) => {
-                    c.inbuf.truncate(start);
-                    continue;
-                }
+                Err(SysErrno::AGAIN) => break,
+                Err(SysErrno::INTR) => continue,
                 Err(_) => 0,
             };
-            c.inbuf.truncate(start + n);
+            if c.inpos > 0 && c.inpos == c.inbuf.len() {
+                c.inbuf.clear();
+                c.inpos = 0;
+            } else if c.inpos * 2 >= c.inbuf.len() && c.inpos > 0 {
+                c.inbuf.drain(..c.inpos);
+                c.inpos = 0;
+            }
+            c.inbuf.extend_from_slice(&rbuf[..n]);
             for m in anc.drain() {
                 match m {
                     RecvAncillaryMessage::ScmRights(it) => c.fds.extend(it),
@@ -133,17 +130,18 @@ impl Broker {
             }
             if n == 0 {
                 self.handle_close(token);
-                return;
+                break;
             }
             total += n;
             if !self.dbus_process(token, creds) {
                 self.handle_close(token);
-                return;
+                break;
             }
             if total >= READ_BUDGET_BYTES {
                 break; // level-triggered: we come back
             }
         }
+        self.rbuf = rbuf;
     }
 
     /// Consume complete units from the client's buffer. `false`: disconnect it.

@@ -1,0 +1,504 @@
+//! `kdbusctl bench --dbus ADDRESS` and `--dbus-compare`: the request/reply and
+//! broadcast workloads through a D-Bus socket, with a minimal blocking D-Bus client so
+//! that what is measured is the broker, not a client library.
+//!
+//! `--dbus-compare` starts kdbusd (as dbus-daemon), dbus-daemon and dbus-broker on
+//! private sockets with the same configuration and measures all three in one run,
+//! plus the broker's memory per idle connection.
+
+use crate::bench::{time_rounds, BenchResult, Stats};
+use kdbus_dbus::header::{self, Fields, MessageType};
+use kdbus_dbus::marshal::{Endian, Reader, Writer};
+use rustix::fd::OwnedFd;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+/// A blocking D-Bus connection.
+pub struct Client {
+    fd: OwnedFd,
+    serial: u32,
+    buf: Vec<u8>,
+    pub unique: String,
+}
+
+fn connect_socket(address: &str) -> BenchResult<OwnedFd> {
+    let first = address.split(';').next().unwrap_or("");
+    let rest = first.strip_prefix("unix:").ok_or("only unix: addresses")?;
+    let fd = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None)?;
+    // Nothing in a benchmark may hang forever.
+    let limit = Some(std::time::Duration::from_secs(10));
+    rustix::net::sockopt::set_socket_timeout(&fd, rustix::net::sockopt::Timeout::Recv, limit)?;
+    rustix::net::sockopt::set_socket_timeout(&fd, rustix::net::sockopt::Timeout::Send, limit)?;
+    for kv in rest.split(',') {
+        match kv.split_once('=') {
+            Some(("path", p)) => {
+                rustix::net::connect(&fd, &SocketAddrUnix::new(p)?)?;
+                return Ok(fd);
+            }
+            Some(("abstract", n)) => {
+                rustix::net::connect(&fd, &SocketAddrUnix::new_abstract_name(n.as_bytes())?)?;
+                return Ok(fd);
+            }
+            _ => {}
+        }
+    }
+    Err(format!("no path in {address}").into())
+}
+
+impl Client {
+    pub fn connect(address: &str) -> BenchResult<Client> {
+        let fd = connect_socket(address)?;
+        let uid = rustix::process::getuid().as_raw().to_string();
+        let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+        write_all(&fd, format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())?;
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            if rustix::io::read(&fd, &mut b)? == 0 {
+                return Err("authentication: connection closed".into());
+            }
+            line.push(b[0]);
+        }
+        if !line.starts_with(b"OK ") {
+            return Err(
+                format!("authentication refused: {}", String::from_utf8_lossy(&line)).into(),
+            );
+        }
+        write_all(&fd, b"BEGIN\r\n")?;
+        let mut c = Client {
+            fd,
+            serial: 0,
+            buf: Vec::new(),
+            unique: String::new(),
+        };
+        let serial = c.call_driver("Hello", "", &[])?;
+        let reply = c.wait_reply(serial)?;
+        let h = header::parse(&reply)?;
+        c.unique = Reader::new(&reply[h.header_len..], h.endian)
+            .string()?
+            .to_string();
+        Ok(c)
+    }
+
+    fn next_serial(&mut self) -> u32 {
+        self.serial += 1;
+        self.serial
+    }
+
+    pub fn send(
+        &mut self,
+        t: MessageType,
+        f: &Fields<'_>,
+        body: &[u8],
+        flags: u8,
+    ) -> BenchResult<u32> {
+        let serial = self.next_serial();
+        let mut out = Vec::with_capacity(128 + body.len());
+        header::write_fields(
+            &mut out,
+            Endian::Little,
+            t,
+            flags,
+            body.len() as u32,
+            serial,
+            f,
+        );
+        out.extend_from_slice(body);
+        write_all(&self.fd, &out)?;
+        Ok(serial)
+    }
+
+    fn call_driver(&mut self, member: &str, sig: &str, body: &[u8]) -> BenchResult<u32> {
+        let f = Fields {
+            path: Some("/org/freedesktop/DBus"),
+            interface: Some("org.freedesktop.DBus"),
+            member: Some(member),
+            destination: Some("org.freedesktop.DBus"),
+            signature: sig,
+            ..Default::default()
+        };
+        self.send(MessageType::MethodCall, &f, body, 0)
+    }
+
+    /// Call a driver method taking one string.
+    pub fn driver_s(&mut self, member: &str, arg: &str) -> BenchResult<Vec<u8>> {
+        let mut body = Vec::new();
+        Writer::new(&mut body, Endian::Little).string(arg);
+        let serial = self.call_driver(member, "s", &body)?;
+        self.wait_reply(serial)
+    }
+
+    /// Read one whole message.
+    pub fn read(&mut self) -> BenchResult<Vec<u8>> {
+        loop {
+            if let Some(len) = header::message_len(&self.buf)? {
+                if self.buf.len() >= len {
+                    let rest = self.buf.split_off(len);
+                    return Ok(std::mem::replace(&mut self.buf, rest));
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            let n = rustix::io::read(&self.fd, &mut chunk)?;
+            if n == 0 {
+                return Err("connection closed".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Read until the reply to `serial` (other messages are dropped).
+    pub fn wait_reply(&mut self, serial: u32) -> BenchResult<Vec<u8>> {
+        loop {
+            let m = self.read()?;
+            let h = header::parse(&m)?;
+            if h.reply_serial == Some(serial) {
+                if h.msg_type == MessageType::Error {
+                    return Err(format!("error reply {}", h.error_name.unwrap_or("?")).into());
+                }
+                return Ok(m);
+            }
+        }
+    }
+}
+
+fn write_all(fd: &OwnedFd, mut b: &[u8]) -> BenchResult<()> {
+    while !b.is_empty() {
+        let n = rustix::io::write(fd, b)?;
+        b = &b[n..];
+    }
+    Ok(())
+}
+
+/// The echo service: answers every call with its body.
+fn echo_service(mut c: Client) {
+    while let Ok(m) = c.read() {
+        let Ok(h) = header::parse(&m) else { return };
+        if h.msg_type != MessageType::MethodCall {
+            continue;
+        }
+        let body = &m[h.header_len..h.total_len()];
+        let f = Fields {
+            reply_serial: Some(h.serial),
+            destination: h.sender,
+            signature: h.signature,
+            ..Default::default()
+        };
+        if c.send(
+            MessageType::MethodReturn,
+            &f,
+            body,
+            header::FLAG_NO_REPLY_EXPECTED,
+        )
+        .is_err()
+        {
+            return;
+        }
+    }
+}
+
+pub struct DBusOutcome {
+    pub rtt: Stats,
+    pub broadcast_per_s: f64,
+    pub kib_per_conn: Option<f64>,
+}
+
+/// Run both workloads against `address` (and memory if we know the broker's pid).
+pub fn measure(
+    address: &str,
+    rounds: usize,
+    payload: usize,
+    subscribers: usize,
+    broker_pid: Option<u32>,
+) -> BenchResult<DBusOutcome> {
+    // Request/reply.
+    let svc = Client::connect(address)?;
+    let svc_name = svc.unique.clone();
+    let t = std::thread::spawn(move || echo_service(svc));
+    let mut client = Client::connect(address)?;
+    let mut body = Vec::new();
+    let data = "x".repeat(payload);
+    Writer::new(&mut body, Endian::Little).string(&data);
+    let f = Fields {
+        path: Some("/org/kdbus/Bench"),
+        interface: Some("org.kdbus.Bench"),
+        member: Some("Echo"),
+        destination: Some(&svc_name),
+        signature: "s",
+        ..Default::default()
+    };
+    let rtt = time_rounds(rounds, |_| {
+        let serial = client.send(MessageType::MethodCall, &f, &body, 0)?;
+        client.wait_reply(serial)?;
+        Ok(())
+    })?;
+    drop(client);
+    drop(t);
+
+    // Broadcast fan-out.
+    let count = (rounds / 4).max(100);
+    let mut subs = Vec::new();
+    for _ in 0..subscribers {
+        let mut s = Client::connect(address)?;
+        s.driver_s(
+            "AddMatch",
+            "type='signal',interface='org.kdbus.Bench',member='Tick'",
+        )?;
+        subs.push(std::thread::spawn(move || -> u64 {
+            let mut got = 0;
+            while got < count as u64 {
+                let Ok(m) = s.read() else { break };
+                if header::parse(&m).is_ok_and(|h| h.member == Some("Tick")) {
+                    got += 1;
+                }
+            }
+            got
+        }));
+    }
+    let mut emitter = Client::connect(address)?;
+    // A round trip to the bus so every AddMatch above is in effect before we start.
+    emitter.driver_s("GetNameOwner", "org.freedesktop.DBus")?;
+    let sig = Fields {
+        path: Some("/org/kdbus/Bench"),
+        interface: Some("org.kdbus.Bench"),
+        member: Some("Tick"),
+        signature: "s",
+        ..Default::default()
+    };
+    let start = Instant::now();
+    for _ in 0..count {
+        emitter.send(
+            MessageType::Signal,
+            &sig,
+            &body,
+            header::FLAG_NO_REPLY_EXPECTED,
+        )?;
+    }
+    let mut delivered = 0;
+    for s in subs {
+        delivered += s.join().map_err(|_| "subscriber panicked")?;
+    }
+    let broadcast_per_s = delivered as f64 / start.elapsed().as_secs_f64();
+
+    // Memory per idle connection.
+    let kib_per_conn = broker_pid.and_then(|pid| {
+        let before = rss_kib(pid)?;
+        let n = 500;
+        let conns: Vec<Client> = (0..n)
+            .filter_map(|_| Client::connect(address).ok())
+            .collect();
+        let after = rss_kib(pid)?;
+        let per = (after.saturating_sub(before)) as f64 / conns.len().max(1) as f64;
+        drop(conns);
+        Some(per)
+    });
+    Ok(DBusOutcome {
+        rtt,
+        broadcast_per_s,
+        kib_per_conn,
+    })
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+/// The broker's pid, as the bus tells it.
+fn bus_pid(address: &str) -> Option<u32> {
+    let mut c = Client::connect(address).ok()?;
+    let r = c
+        .driver_s("GetConnectionUnixProcessID", "org.freedesktop.DBus")
+        .ok()?;
+    let h = header::parse(&r).ok()?;
+    Reader::new(&r[h.header_len..], h.endian).u32().ok()
+}
+
+pub fn run_one(
+    address: &str,
+    rounds: usize,
+    payload: usize,
+    subscribers: usize,
+    as_json: bool,
+) -> BenchResult<()> {
+    let o = measure(address, rounds, payload, subscribers, bus_pid(address))?;
+    if as_json {
+        println!("{}", outcome_json(address, &o));
+    } else {
+        print_row("bus", &o);
+    }
+    Ok(())
+}
+
+fn outcome_json(name: &str, o: &DBusOutcome) -> serde_json::Value {
+    json!({
+        "bus": name,
+        "round_trips_per_s": o.rtt.per_s.round(),
+        "p50_us": (o.rtt.p50_us * 10.0).round() / 10.0,
+        "p99_us": (o.rtt.p99_us * 10.0).round() / 10.0,
+        "broadcast_delivered_per_s": o.broadcast_per_s.round(),
+        "kib_per_connection": o.kib_per_conn.map(|k| (k * 10.0).round() / 10.0),
+    })
+}
+
+fn print_row(name: &str, o: &DBusOutcome) {
+    println!(
+        "{name:<12} {:>10.0} rt/s  p50 {:>7.1} us  p99 {:>7.1} us  {:>10.0} broadcasts/s  {:>7} KiB/conn",
+        o.rtt.per_s,
+        o.rtt.p50_us,
+        o.rtt.p99_us,
+        o.broadcast_per_s,
+        o.kib_per_conn.map_or("?".into(), |k| format!("{k:.1}"))
+    );
+}
+
+/// A broker started for the comparison; killed on drop.
+struct Started {
+    child: Child,
+    address: String,
+    _dir: PathBuf,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn config(dir: &Path, listen: &str) -> BenchResult<PathBuf> {
+    let p = dir.join("bench.conf");
+    std::fs::write(
+        &p,
+        format!(
+            "<busconfig><type>session</type><listen>{listen}</listen><auth>EXTERNAL</auth>\
+             <policy context=\"default\"><allow send_destination=\"*\" eavesdrop=\"true\"/>\
+             <allow eavesdrop=\"true\"/><allow own=\"*\"/></policy>\
+             <limit name=\"max_incoming_bytes\">1000000000</limit>\
+             <limit name=\"max_outgoing_bytes\">1000000000</limit>\
+             <limit name=\"max_completed_connections\">100000</limit>\
+             <limit name=\"max_connections_per_user\">100000</limit>\
+             <limit name=\"max_match_rules_per_connection\">50000</limit></busconfig>"
+        ),
+    )?;
+    Ok(p)
+}
+
+fn private_dir(name: &str) -> BenchResult<PathBuf> {
+    let d = std::env::temp_dir().join(format!("kdbusctl-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// Start a dbus-daemon-compatible program (`--config-file --nofork --print-address`).
+fn start_daemon_like(name: &str, program: &str) -> BenchResult<Started> {
+    let dir = private_dir(name)?;
+    let conf = config(&dir, &format!("unix:path={}", dir.join("socket").display()))?;
+    let mut child = Command::new(program)
+        .arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork", "--print-address"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+    Ok(Started {
+        child,
+        address: line.trim().to_string(),
+        _dir: dir,
+    })
+}
+
+/// dbus-broker runs under its launcher, which takes the listening socket the way
+/// systemd passes it (LISTEN_FDS).
+fn start_dbus_broker() -> BenchResult<Started> {
+    use std::os::unix::process::CommandExt;
+    let dir = private_dir("dbus-broker")?;
+    let sock = dir.join("socket");
+    let conf = config(&dir, &format!("unix:path={}", sock.display()))?;
+    let lfd = std::os::unix::net::UnixListener::bind(&sock)?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&lfd);
+    let mut cmd = Command::new("dbus-broker-launch");
+    cmd.args(["--scope", "user", "--config-file"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec we only call async-signal-safe functions (dup2,
+    // getpid, setenv on a fresh child before exec is tolerated by glibc here as the
+    // child is single-threaded).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            std::env::set_var("LISTEN_FDS", "1");
+            std::env::set_var("LISTEN_PID", libc::getpid().to_string());
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("dbus-broker-launch: {e}"))?;
+    drop(lfd);
+    let address = format!("unix:path={}", sock.display());
+    // Wait until it answers.
+    for _ in 0..100 {
+        if Client::connect(&address).is_ok() {
+            return Ok(Started {
+                child,
+                address,
+                _dir: dir,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err("dbus-broker did not come up".into())
+}
+
+pub fn run_compare(
+    rounds: usize,
+    payload: usize,
+    subscribers: usize,
+    as_json: bool,
+) -> BenchResult<()> {
+    let kdbusd = std::env::current_exe()?.with_file_name("kdbusd");
+    let mut results = Vec::new();
+    let candidates: Vec<(&str, BenchResult<Started>)> = vec![
+        (
+            "kdbusd",
+            start_daemon_like("kdbusd", kdbusd.to_str().unwrap_or("kdbusd")),
+        ),
+        ("dbus-broker", start_dbus_broker()),
+        (
+            "dbus-daemon",
+            start_daemon_like("dbus-daemon", "dbus-daemon"),
+        ),
+    ];
+    for (name, started) in candidates {
+        match started {
+            Ok(s) => {
+                let pid = bus_pid(&s.address).or(Some(s.child.id()));
+                let o = measure(&s.address, rounds, payload, subscribers, pid)?;
+                results.push((name, o));
+            }
+            Err(e) => eprintln!("{name}: not measured ({e})"),
+        }
+    }
+    if as_json {
+        let v: Vec<_> = results.iter().map(|(n, o)| outcome_json(n, o)).collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        println!("{rounds} round trips of {payload} bytes; broadcast to {subscribers} subscribers");
+        for (n, o) in &results {
+            print_row(n, o);
+        }
+    }
+    Ok(())
+}
