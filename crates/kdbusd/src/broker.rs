@@ -323,6 +323,11 @@ impl Broker {
                 rustix::buffer::spare_capacity(&mut events),
                 timeout.as_ref(),
             ) {
+                Ok(_) if events.is_empty() && crate::sys::shutdown_pending() => {
+                    tracing::info!("shutting down");
+                    self.shutdown();
+                    return Ok(());
+                }
                 Ok(_) => {}
                 Err(SysErrno::INTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -353,11 +358,15 @@ impl Broker {
 
     fn poll_timeout(&self) -> Option<rustix::time::Timespec> {
         let auth = self.auth_deadlines.first().map(|d| d.0);
-        let deadline = match (self.domain.next_deadline(), auth) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
-        };
         let now = self.domain.now().monotonic_ns;
+        // Wake at least once a second to look for a shutdown signal (see
+        // `sys::shutdown_pending`).
+        let tick = now + 1_000_000_000;
+        let deadline = [self.domain.next_deadline(), auth, Some(tick)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(tick);
         let d = deadline.saturating_sub(now);
         Some(rustix::time::Timespec {
             tv_sec: (d / 1_000_000_000) as i64,

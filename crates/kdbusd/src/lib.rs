@@ -18,11 +18,6 @@ pub fn sys_detach_stdio() -> std::io::Result<()> {
     sys::detach_stdio()
 }
 
-/// Go to the background (dbus-daemon's `--fork`).
-pub fn sys_daemonize() -> std::io::Result<()> {
-    sys::daemonize()
-}
-
 /// The runtime directory kdbusd uses when none is given (see
 /// [`kdbus_abi::paths::default_runtime_dir`]).
 pub fn default_runtime_dir() -> std::path::PathBuf {

@@ -61,6 +61,9 @@ struct Args {
     /// Do not write the configured pid file.
     #[arg(long)]
     nopidfile: bool,
+    /// Internal: the pipe to report readiness on (used by --fork).
+    #[arg(long, hide = true, value_name = "FD")]
+    ready_fd: Option<i32>,
     /// Accepted for compatibility; activation through systemd is not implemented.
     #[arg(long)]
     systemd_activation: bool,
@@ -143,13 +146,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         buses,
         dbus_listen: listen,
     };
+    if daemon_mode && fork && args.ready_fd.is_none() {
+        // Run a fresh copy of ourselves in a new session and wait until it serves. (A
+        // forked copy would not do: signalfd wake-ups registered with epoll belong to
+        // the process that registered them.)
+        return background_copy();
+    }
     let (mut broker, ready) = Broker::new(cfg)?;
 
     if daemon_mode {
         let address = ready.dbus_listen.join(";");
-        if fork {
-            daemonize()?;
-        }
         if let Some(fd) = args.print_address {
             write_fd(fd, &format!("{address}\n"))?;
         }
@@ -163,8 +169,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             std::fs::write(&p, format!("{}\n", std::process::id()))
                 .map_err(|e| format!("{}: {e}", p.display()))?;
         }
-        if fork {
+        if let Some(fd) = args.ready_fd {
             kdbusd::sys_detach_stdio()?;
+            kdbusd::sys_write_fd(fd, b"1")?;
         }
         tracing::info!(%address, "listening as dbus-daemon");
     } else {
@@ -197,8 +204,35 @@ fn write_fd(fd: i32, text: &str) -> std::io::Result<()> {
     kdbusd::sys_write_fd(fd, text.as_bytes())
 }
 
-/// `--fork`: continue in a child in a new session; the parent exits once the child is
-/// listening (which it already is: sockets were bound before we got here).
-fn daemonize() -> std::io::Result<()> {
-    kdbusd::sys_daemonize()
+/// `--fork`: start `kdbusd <same arguments> --ready-fd=N` detached, wait for its "ready"
+/// byte (it prints the address and pid itself), and exit 0; exit 1 if it died first.
+fn background_copy() -> Result<(), Box<dyn std::error::Error>> {
+    use std::os::unix::process::CommandExt;
+    let (r, w) = rustix::pipe::pipe()?;
+    let w_raw = std::os::fd::AsRawFd::as_raw_fd(&w);
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--fork").collect();
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(&args)
+        .arg("--nofork")
+        .arg(format!("--ready-fd={w_raw}"));
+    // SAFETY: only async-signal-safe calls between fork and exec: setsid, and fcntl to
+    // let the pipe's write end survive exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            let flags = libc::fcntl(w_raw, libc::F_GETFD);
+            libc::fcntl(w_raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(w);
+    let mut b = [0u8; 1];
+    let ok = matches!(rustix::io::read(&r, &mut b), Ok(1));
+    drop(child);
+    if ok {
+        Ok(())
+    } else {
+        Err("the background broker did not start".into())
+    }
 }

@@ -123,24 +123,6 @@ pub fn write_raw_fd(fd: i32, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Fork; the parent exits, the child continues in a new session.
-pub fn daemonize() -> io::Result<()> {
-    // SAFETY: called from the single-threaded main before the event loop; the child
-    // only continues running Rust code of this process, which has no other threads.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            // SAFETY: setsid has no memory-safety preconditions.
-            unsafe { libc::setsid() };
-            Ok(())
-        }
-        // SAFETY: _exit ends the parent at once, without running destructors that
-        // would remove the sockets the child now serves.
-        _ => unsafe { libc::_exit(0) },
-    }
-}
-
 /// Point stdin, stdout and stderr at /dev/null (a forked daemon, after it printed what
 /// it had to print), so whoever started us sees end-of-file.
 pub fn detach_stdio() -> io::Result<()> {
@@ -159,4 +141,17 @@ pub fn detach_stdio() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether SIGINT or SIGTERM is pending (blocked, not yet read). A safety net for
+/// environments where the signalfd's epoll wake-up does not arrive.
+pub fn shutdown_pending() -> bool {
+    // SAFETY: sigpending fills a zeroed, locally owned sigset_t; sigismember only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        if libc::sigpending(&mut set) != 0 {
+            return false;
+        }
+        libc::sigismember(&set, libc::SIGTERM) == 1 || libc::sigismember(&set, libc::SIGINT) == 1
+    }
 }
