@@ -1290,33 +1290,19 @@ fn driver_property(i: &str, p: &str) -> Result<&'static [&'static str], DErr> {
 /// The bus match-database rules for a D-Bus rule: its bloom mask and its sender.
 fn kernel_rule_items(rule: &Rule, bloom: kdbus_abi::BloomParameter) -> Vec<u8> {
     let mut items = Vec::new();
-    let args: Vec<(u8, &str)> = rule
-        .args
-        .iter()
-        .filter_map(|(i, t)| match t {
-            ArgTest::Equals(v) => Some((*i, v.as_str())),
-            _ => None,
-        })
-        .collect();
-    let paths: Vec<(u8, &str)> = rule
-        .args
-        .iter()
-        .filter_map(|(i, t)| match t {
-            ArgTest::Path(v) => Some((*i, v.as_str())),
-            _ => None,
-        })
-        .collect();
-    let namespaces: Vec<(u8, &str)> = rule
-        .args
-        .iter()
-        .filter_map(|(i, t)| match t {
-            ArgTest::Namespace(v) => Some((*i, v.as_str())),
-            _ => None,
-        })
-        .collect();
+    let pick = |want: fn(&ArgTest) -> Option<&str>| -> Vec<(u8, &str)> {
+        rule.args.iter().filter_map(|(i, t)| want(t).map(|v| (*i, v))).collect()
+    };
+    let args = pick(|t| match t {
+        ArgTest::Equals(v) => Some(v),
+        _ => None,
+    });
+    let namespaces = pick(|t| match t {
+        ArgTest::Namespace(v) => Some(v),
+        _ => None,
+    });
     // argNpath also matches shorter values that end in '/', which the bloom prefix
-    // convention does not cover: leave argNpath out of the mask (checked exactly later).
-    let _ = paths;
+    // convention does not cover: it stays out of the mask and is checked exactly later.
     let spec = MatchSpec {
         message_type: rule.msg_type.map(MessageType::name),
         interface: rule.interface.as_deref(),
