@@ -253,3 +253,40 @@ bus.down()
     );
     assert!(names.split(' ').any(|n| n == unique), "{names}");
 }
+
+/// `--print-address=FD` writes the address to that descriptor (here a pipe on fd 3),
+/// not to stdout.
+#[test]
+fn print_address_to_a_file_descriptor() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_config(dir.path(), &format!("unix:tmpdir={}", dir.path().display()));
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    let w_raw = std::os::fd::AsRawFd::as_raw_fd(&w);
+    let mut cmd = Command::new(KDBUSD);
+    cmd.args([
+        &format!("--config-file={}", conf.display()),
+        "--nofork",
+        "--print-address=3",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(w_raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(w);
+    let _d = Daemon(child);
+    let mut line = String::new();
+    BufReader::new(std::fs::File::from(r))
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("unix:path="), "{line:?}");
+    get_id(line.trim());
+}
