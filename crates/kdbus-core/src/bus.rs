@@ -32,6 +32,9 @@ pub struct Bus {
     pub matches: MatchDb,
     /// Monitors: they get a copy of every unicast.
     pub monitors: Vec<ConnKey>,
+    /// D-Bus peers: the ones the driver's signals may concern, so name changes cost
+    /// O(D-Bus peers), not O(connections).
+    pub dbus_peers: std::collections::BTreeSet<ConnKey>,
 }
 
 impl Bus {

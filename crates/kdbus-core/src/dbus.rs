@@ -213,6 +213,7 @@ impl Domain {
         let id = bus.next_conn_id;
         bus.next_conn_id += 1;
         bus.conns.insert(id, key);
+        bus.dbus_peers.insert(key);
         let conn = Conn {
             key,
             id,
@@ -652,6 +653,9 @@ impl Domain {
         let Some(bus) = self.buses.get(&bus_key) else {
             return;
         };
+        if bus.dbus_peers.is_empty() {
+            return;
+        }
         let body = Body::new().s(name).s(old).s(new);
         // The signal as a rule sees it (sender and body as a broadcast would have them).
         let mut probe = Vec::new();
@@ -675,8 +679,8 @@ impl Domain {
         let Ok(h) = header::parse(&probe) else { return };
         let no = |_: &str| false;
         let targets: Vec<ConnKey> = bus
-            .conns
-            .values()
+            .dbus_peers
+            .iter()
             .filter_map(|k| self.conns.get(k))
             .filter(|c| c.dbus.is_some())
             .filter(|c| {
@@ -714,6 +718,13 @@ impl Domain {
     /// What a registry change means for D-Bus peers: NameOwnerChanged, NameLost,
     /// NameAcquired.
     pub(crate) fn dbus_name_event(&mut self, bus_key: BusKey, ev: &NameEvent) {
+        if self
+            .buses
+            .get(&bus_key)
+            .is_none_or(|b| b.dbus_peers.is_empty())
+        {
+            return;
+        }
         let name_of = |d: &Domain, k: ConnKey| {
             d.conns
                 .get(&k)
@@ -739,6 +750,13 @@ impl Domain {
 
     /// A connection left: its unique name goes away for D-Bus peers.
     pub(crate) fn dbus_conn_gone(&mut self, bus_key: BusKey, id: u64) {
+        if self
+            .buses
+            .get(&bus_key)
+            .is_none_or(|b| b.dbus_peers.is_empty())
+        {
+            return;
+        }
         let n = unique_name(id);
         self.dbus_name_owner_changed(bus_key, &n, &n, "");
     }
@@ -1291,7 +1309,10 @@ fn driver_property(i: &str, p: &str) -> Result<&'static [&'static str], DErr> {
 fn kernel_rule_items(rule: &Rule, bloom: kdbus_abi::BloomParameter) -> Vec<u8> {
     let mut items = Vec::new();
     let pick = |want: fn(&ArgTest) -> Option<&str>| -> Vec<(u8, &str)> {
-        rule.args.iter().filter_map(|(i, t)| want(t).map(|v| (*i, v))).collect()
+        rule.args
+            .iter()
+            .filter_map(|(i, t)| want(t).map(|v| (*i, v)))
+            .collect()
     };
     let args = pick(|t| match t {
         ArgTest::Equals(v) => Some(v),

@@ -153,6 +153,7 @@ impl Domain {
             policy_holders: HashMap::new(),
             matches: MatchDb::new(),
             monitors: Vec::new(),
+            dbus_peers: Default::default(),
         };
         self.next_bus_id += 1;
         self.bus_names.insert(spec.name, key);
@@ -1039,6 +1040,7 @@ impl Domain {
             b.conns.remove(&id);
             b.matches.remove_conn(key);
             b.monitors.retain(|m| *m != key);
+            b.dbus_peers.remove(&key);
         }
         if let Some(u) = self.users.get_mut(&uid) {
             u.conns = u.conns.saturating_sub(1);
