@@ -417,39 +417,31 @@ fn start_daemon_like(name: &str, program: &str) -> BenchResult<Started> {
 }
 
 /// dbus-broker runs under its launcher, which takes the listening socket the way
-/// systemd passes it (LISTEN_FDS).
+/// systemd passes it (LISTEN_FDS=1 on fd 3, LISTEN_PID = its own pid: a shell sets
+/// that and execs the launcher, keeping its pid).
 fn start_dbus_broker() -> BenchResult<Started> {
-    use std::os::unix::process::CommandExt;
     let dir = private_dir("dbus-broker")?;
     let sock = dir.join("socket");
     let conf = config(&dir, &format!("unix:path={}", sock.display()))?;
     let lfd = std::os::unix::net::UnixListener::bind(&sock)?;
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&lfd);
-    let mut cmd = Command::new("dbus-broker-launch");
-    cmd.args(["--scope", "user", "--config-file"])
-        .arg(&conf)
+    let fd: OwnedFd = lfd.into();
+    let script = format!(
+        "exec 3<&{} && LISTEN_FDS=1 LISTEN_PID=$$ exec dbus-broker-launch --scope user --config-file {}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        conf.display()
+    );
+    // The listener must survive exec: clear its close-on-exec flag.
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty())?;
+    let child = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: between fork and exec we only call async-signal-safe functions (dup2,
-    // getpid, setenv on a fresh child before exec is tolerated by glibc here as the
-    // child is single-threaded).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            std::env::set_var("LISTEN_FDS", "1");
-            std::env::set_var("LISTEN_PID", libc::getpid().to_string());
-            Ok(())
-        });
-    }
-    let child = cmd
+        .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("dbus-broker-launch: {e}"))?;
-    drop(lfd);
+    drop(fd);
     let address = format!("unix:path={}", sock.display());
-    // Wait until it answers.
-    for _ in 0..100 {
+    for _ in 0..60 {
         if Client::connect(&address).is_ok() {
             return Ok(Started {
                 child,
@@ -459,7 +451,7 @@ fn start_dbus_broker() -> BenchResult<Started> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Err("dbus-broker did not come up".into())
+    Err("dbus-broker did not answer".into())
 }
 
 pub fn run_compare(
@@ -469,24 +461,24 @@ pub fn run_compare(
     as_json: bool,
 ) -> BenchResult<()> {
     let kdbusd = std::env::current_exe()?.with_file_name("kdbusd");
+    let kdbusd = kdbusd.to_string_lossy().into_owned();
     let mut results = Vec::new();
-    let candidates: Vec<(&str, BenchResult<Started>)> = vec![
-        (
-            "kdbusd",
-            start_daemon_like("kdbusd", kdbusd.to_str().unwrap_or("kdbusd")),
-        ),
-        ("dbus-broker", start_dbus_broker()),
-        (
-            "dbus-daemon",
-            start_daemon_like("dbus-daemon", "dbus-daemon"),
-        ),
+    // One broker at a time, each stopped before the next starts.
+    let starters: [(&str, &dyn Fn() -> BenchResult<Started>); 3] = [
+        ("kdbusd", &|| start_daemon_like("kdbusd", &kdbusd)),
+        ("dbus-broker", &start_dbus_broker),
+        ("dbus-daemon", &|| {
+            start_daemon_like("dbus-daemon", "dbus-daemon")
+        }),
     ];
-    for (name, started) in candidates {
-        match started {
+    for (name, start) in starters {
+        match start() {
             Ok(s) => {
                 let pid = bus_pid(&s.address).or(Some(s.child.id()));
-                let o = measure(&s.address, rounds, payload, subscribers, pid)?;
-                results.push((name, o));
+                match measure(&s.address, rounds, payload, subscribers, pid) {
+                    Ok(o) => results.push((name, o)),
+                    Err(e) => eprintln!("{name}: measurement failed ({e})"),
+                }
             }
             Err(e) => eprintln!("{name}: not measured ({e})"),
         }
