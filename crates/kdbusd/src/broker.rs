@@ -473,11 +473,7 @@ impl Broker {
                 match m {
                     RecvAncillaryMessage::ScmRights(it) => fds.extend(it),
                     RecvAncillaryMessage::ScmCredentials(c) => {
-                        creds = Some(Creds {
-                            pid: c.pid.as_raw_nonzero().get() as u32,
-                            uid: c.uid.as_raw(),
-                            gid: c.gid.as_raw(),
-                        })
+                        creds = crate::peer::creds_from_scm(&c)
                     }
                     _ => {}
                 }
@@ -911,6 +907,8 @@ fn listen_unix_type(path: &Path, mode: u32, kind: SocketType) -> std::io::Result
         None,
     )?;
     rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
+    // Accepted sockets inherit it: fewer early datagrams arrive without credentials.
+    let _ = rustix::net::sockopt::set_socket_passcred(&fd, true);
     rustix::fs::chmod(path, Mode::from_raw_mode(mode))?;
     rustix::net::listen(&fd, 1024)?;
     Ok(fd)

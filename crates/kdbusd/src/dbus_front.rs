@@ -119,11 +119,7 @@ impl Broker {
                 match m {
                     RecvAncillaryMessage::ScmRights(it) => c.fds.extend(it),
                     RecvAncillaryMessage::ScmCredentials(u) => {
-                        creds = Some(Creds {
-                            pid: u.pid.as_raw_nonzero().get() as u32,
-                            uid: u.uid.as_raw(),
-                            gid: u.gid.as_raw(),
-                        })
+                        creds = crate::peer::creds_from_scm(&u)
                     }
                     _ => {}
                 }

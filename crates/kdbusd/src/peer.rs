@@ -50,3 +50,20 @@ fn has_cap(proc: &str, cap: u32) -> bool {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << cap) != 0)
 }
+
+/// The credentials the kernel attached to a datagram, if it really did: a message
+/// sent before the broker had turned on SO_PASSCRED for the new socket (between the
+/// client's connect and our accept) carries the overflow ids instead. Then the
+/// connect-time credentials (SO_PEERCRED) are the ones to use.
+pub fn creds_from_scm(c: &rustix::net::UCred) -> Option<Creds> {
+    const OVERFLOW_ID: u32 = 65534;
+    let (uid, gid) = (c.uid.as_raw(), c.gid.as_raw());
+    if uid == OVERFLOW_ID && gid == OVERFLOW_ID {
+        return None;
+    }
+    Some(Creds {
+        pid: c.pid.as_raw_nonzero().get() as u32,
+        uid,
+        gid,
+    })
+}
