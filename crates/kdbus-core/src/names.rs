@@ -352,7 +352,7 @@ impl NameRegistry {
         };
         let activator_of = c.activator_of.take();
         let queued = std::mem::take(&mut c.queued);
-        let owned: Vec<Arc<str>> = c.owned.iter().cloned().collect();
+        let owned: Vec<Arc<str>> = c.owned.to_vec();
         if let Some(n) = activator_of {
             if let Some(e) = self.names.get_mut(&n) {
                 e.activator = None;

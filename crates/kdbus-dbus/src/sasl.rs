@@ -243,11 +243,11 @@ mod tests {
             )
         );
         let (r, out) = run(&mut s, b"AUTH EXTERNAL\r\nDATA\r\n");
-        assert_eq!(r.unwrap().done, false);
+        assert!(!r.unwrap().done);
         assert!(out.starts_with("DATA\r\nOK "));
         let (_, out) = run(&mut s, b"NEGOTIATE_UNIX_FD\r\n");
         assert!(out.starts_with("ERROR"));
-        assert_eq!(run(&mut s, b"BEGIN\r\n").0.unwrap().done, true);
+        assert!(run(&mut s, b"BEGIN\r\n").0.unwrap().done);
     }
 
     #[test]

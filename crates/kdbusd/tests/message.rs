@@ -683,7 +683,7 @@ fn malformed_frames() {
         cmd::FREE,
         wire::REQ_NO_REPLY,
         11,
-        &abi::CmdFree {
+        abi::CmdFree {
             size: 32,
             offset: 12345,
             ..Default::default()
