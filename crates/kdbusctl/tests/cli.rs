@@ -94,7 +94,7 @@ fn list_shows_a_serving_connection_and_call_reaches_it() {
     let rows = list.as_array().unwrap();
     let row = rows
         .iter()
-        .find(|r| r["id"] == id)
+        .find(|r| r["id"].as_u64() == id.parse::<u64>().ok())
         .expect("serve is listed");
     assert_eq!(row["description"], "kdbusctl");
     assert_eq!(row["unique_name"], format!(":1.{id}"));
