@@ -454,11 +454,23 @@ impl Domain {
         if req.msg.payload_type != payload::DBUS {
             return Err(Errno::EBADMSG);
         }
-        let mut payload = Vec::new();
-        for p in crate::message::message_payload(req) {
-            payload.extend_from_slice(p);
-        }
-        let h = header::parse(&payload).map_err(|_| Errno::EBADMSG)?;
+        // Usually one vector (what D-Bus peers send): read it in place.
+        let mut parts = crate::message::message_payload(req);
+        let first = parts.next().unwrap_or(&[]);
+        let joined: Vec<u8>;
+        let payload: &[u8] = match parts.next() {
+            None => first,
+            Some(second) => {
+                joined = [first, second]
+                    .into_iter()
+                    .chain(parts)
+                    .flatten()
+                    .copied()
+                    .collect();
+                &joined
+            }
+        };
+        let h = header::parse(payload).map_err(|_| Errno::EBADMSG)?;
         if h.total_len() > payload.len()
             || h.unix_fds as usize != files.as_ref().map_or(0, |f| f.len())
         {
@@ -498,8 +510,13 @@ impl Domain {
         if files.is_some() && !fds_ok {
             return Err(Errno::ECOMM);
         }
-        header::write(&mut dst.out, &h, Some(&sender));
-        dst.out.extend_from_slice(body);
+        if h.sender == Some(sender.as_str()) {
+            // Already rewritten by the bus on the way in: pass it on as it is.
+            dst.out.extend_from_slice(&payload[..h.total_len()]);
+        } else {
+            header::write(&mut dst.out, &h, Some(&sender));
+            dst.out.extend_from_slice(body);
+        }
         if let Some(f) = files {
             dst.out_fds.push(f);
         }

@@ -309,6 +309,12 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
 }
 
+/// The first child of `pid` (dbus-broker-launch runs the broker as its child).
+fn child_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
 /// The broker's pid, as the bus tells it.
 fn bus_pid(address: &str) -> Option<u32> {
     let mut c = Client::connect(address).ok()?;
@@ -357,11 +363,13 @@ fn print_row(name: &str, o: &DBusOutcome) {
     );
 }
 
-/// A broker started for the comparison; killed on drop.
+/// A broker started for the comparison; killed on drop, with what it needs.
 struct Started {
     child: Child,
     address: String,
     _dir: PathBuf,
+    /// Kept alive as long as the broker: its launcher's bus, a journal socket.
+    _keep: Vec<Box<dyn std::any::Any>>,
 }
 
 impl Drop for Started {
@@ -413,16 +421,44 @@ fn start_daemon_like(name: &str, program: &str) -> BenchResult<Started> {
         child,
         address: line.trim().to_string(),
         _dir: dir,
+        _keep: Vec::new(),
     })
+}
+
+/// The journal socket dbus-broker's launcher logs to; created (and removed on drop)
+/// only where there is none, as in a container without systemd.
+struct JournalSocket(Option<(std::os::unix::net::UnixDatagram, PathBuf)>);
+
+impl Drop for JournalSocket {
+    fn drop(&mut self) {
+        if let Some((_, p)) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn journal_socket() -> JournalSocket {
+    let p = PathBuf::from("/run/systemd/journal/socket");
+    if p.exists() {
+        return JournalSocket(None);
+    }
+    let made = std::fs::create_dir_all("/run/systemd/journal")
+        .ok()
+        .and_then(|_| std::os::unix::net::UnixDatagram::bind(&p).ok());
+    JournalSocket(made.map(|s| (s, p)))
 }
 
 /// dbus-broker runs under its launcher, which takes the listening socket the way
 /// systemd passes it (LISTEN_FDS=1 on fd 3, LISTEN_PID = its own pid: a shell sets
-/// that and execs the launcher, keeping its pid).
-fn start_dbus_broker() -> BenchResult<Started> {
+/// that and execs the launcher, keeping its pid). The launcher also wants the journal
+/// and a bus to reach systemd on: where there is no systemd we give it a journal
+/// socket nobody reads and a private kdbusd as that bus (it only watches it).
+fn start_dbus_broker(kdbusd: &str) -> BenchResult<Started> {
     let dir = private_dir("dbus-broker")?;
     let sock = dir.join("socket");
     let conf = config(&dir, &format!("unix:path={}", sock.display()))?;
+    let journal = journal_socket();
+    let parent = start_daemon_like("dbus-broker-parent", kdbusd)?;
     let lfd = std::os::unix::net::UnixListener::bind(&sock)?;
     let fd: OwnedFd = lfd.into();
     let script = format!(
@@ -434,6 +470,7 @@ fn start_dbus_broker() -> BenchResult<Started> {
     rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty())?;
     let child = Command::new("/bin/sh")
         .args(["-c", &script])
+        .env("DBUS_SESSION_BUS_ADDRESS", &parent.address)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -443,10 +480,12 @@ fn start_dbus_broker() -> BenchResult<Started> {
     let address = format!("unix:path={}", sock.display());
     for _ in 0..60 {
         if Client::connect(&address).is_ok() {
+            let keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(parent), Box::new(journal)];
             return Ok(Started {
                 child,
                 address,
                 _dir: dir,
+                _keep: keep,
             });
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -466,7 +505,7 @@ pub fn run_compare(
     // One broker at a time, each stopped before the next starts.
     let starters: [(&str, &dyn Fn() -> BenchResult<Started>); 3] = [
         ("kdbusd", &|| start_daemon_like("kdbusd", &kdbusd)),
-        ("dbus-broker", &start_dbus_broker),
+        ("dbus-broker", &|| start_dbus_broker(&kdbusd)),
         ("dbus-daemon", &|| {
             start_daemon_like("dbus-daemon", "dbus-daemon")
         }),
@@ -474,7 +513,14 @@ pub fn run_compare(
     for (name, start) in starters {
         match start() {
             Ok(s) => {
-                let pid = bus_pid(&s.address).or(Some(s.child.id()));
+                // The process that holds the connections: the bus's own pid, or for
+                // dbus-broker (whose launcher answers) the launcher's child.
+                let pid = if name == "dbus-broker" {
+                    child_of(s.child.id())
+                } else {
+                    bus_pid(&s.address)
+                };
+                let pid = pid.or(Some(s.child.id()));
                 match measure(&s.address, rounds, payload, subscribers, pid) {
                     Ok(o) => results.push((name, o)),
                     Err(e) => eprintln!("{name}: measurement failed ({e})"),
