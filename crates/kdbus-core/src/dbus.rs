@@ -224,7 +224,8 @@ impl Domain {
             peer: peer.clone(),
             description: None,
             state: ConnState::Active,
-            pool: PoolAllocator::new(kdbus_abi::limits::PAGE_SIZE),
+            // D-Bus peers get D-Bus messages on their stream: no pool to manage.
+            pool: PoolAllocator::new(0),
             quota: PoolQuota::new(),
             mem: Box::new(crate::memory::VecPool::new(0)),
             queue: RecvQueue::new(),
