@@ -242,7 +242,7 @@ impl Domain {
                 ..Default::default()
             })),
         };
-        self.conns.insert(key, conn);
+        self.conns.insert(key, Box::new(conn));
         let name = unique_name(id);
         self.dbus_reply(key, serial, Body::new().s(&name));
         self.dbus_driver_signal(key, "NameAcquired", Body::new().s(&name));
@@ -1182,7 +1182,7 @@ impl Domain {
             .get(&bus_key)
             .and_then(|b| b.conns.get(&id))
             .ok_or_else(none)?;
-        self.conns.get(key).ok_or_else(none)
+        self.conns.get(key).map(|c| &**c).ok_or_else(none)
     }
 
     fn driver_add_match(&mut self, key: ConnKey, text: &str) -> Result<(), DErr> {

@@ -74,7 +74,9 @@ pub struct Domain {
     pub(crate) clock: Box<dyn Clock>,
     pub(crate) buses: HashMap<BusKey, Bus>,
     pub(crate) bus_names: HashMap<String, BusKey>,
-    pub(crate) conns: HashMap<ConnKey, Conn>,
+    /// Boxed: the table then holds pointers, and growing it does not double the
+    /// memory of every connection.
+    pub(crate) conns: HashMap<ConnKey, Box<Conn>>,
     /// (deadline, replier, requester, cookie) of every tracker, earliest first.
     pub(crate) deadlines: BTreeSet<(u64, ConnKey, ConnKey, u64)>,
     pub(crate) users: HashMap<u32, UserUsage>,
@@ -330,7 +332,7 @@ impl Domain {
         tracing::debug!(bus = %bus.name, id, "hello");
         let special = conn.special_name.clone();
         let flags = conn.flags;
-        self.conns.insert(key, conn);
+        self.conns.insert(key, Box::new(conn));
         if flags & hello_flags::MONITOR != 0 {
             // Monitors are invisible (kdbus HEAD): no ID_ADD, not listed.
             if let Some(bus) = self.buses.get_mut(&bus_key) {
@@ -360,7 +362,7 @@ impl Domain {
     }
 
     pub fn conn(&self, key: ConnKey) -> Option<&Conn> {
-        self.conns.get(&key)
+        self.conns.get(&key).map(|c| &**c)
     }
 
     // ---------------------------------------------------------------- dispatch
@@ -1589,7 +1591,7 @@ pub fn negotiate(c: u32, body: &[u8]) -> Option<Vec<u8>> {
 /// Where a SEND goes: (connection, registry id of the name it was sent to, or 0).
 fn bus_resolve_destination(
     bus: &Bus,
-    conns: &HashMap<ConnKey, Conn>,
+    conns: &HashMap<ConnKey, Box<Conn>>,
     req: &SendRequest<'_>,
 ) -> Result<(ConnKey, u64), Errno> {
     let dst_id = req.msg.dst_id;
