@@ -20,7 +20,7 @@
 //! NameLost for the owners.
 
 use crate::conn::{Conn, ConnState, Files};
-use crate::domain::{BusKey, ConnKey, Domain, Request, SendOutcome};
+use crate::domain::{conn_mark_dirty, BusKey, ConnKey, Domain, Request, SendOutcome};
 use crate::message::SendRequest;
 use crate::meta::{Creds, Peer};
 use crate::names::NameEvent;
@@ -506,22 +506,36 @@ impl Domain {
                 return Ok(());
             }
         }
+        self.dbus_append(dst_key, &h, payload, &sender, files)
+    }
+
+    /// Append a D-Bus message (header `h` of `msg`) to a peer's stream with `sender`
+    /// as its sender: as it is if the bus already wrote that sender into it, else with
+    /// a rewritten header. Fds only go to peers that agreed to receive them.
+    fn dbus_append(
+        &mut self,
+        dst_key: ConnKey,
+        h: &Header<'_>,
+        msg: &[u8],
+        sender: &str,
+        files: Option<Files>,
+    ) -> Result<(), Errno> {
         let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
         let fds_ok = dst.dbus.as_ref().is_some_and(|p| p.fds_ok);
         if files.is_some() && !fds_ok {
             return Err(Errno::ECOMM);
         }
-        if h.sender == Some(sender.as_str()) {
-            // Already rewritten by the bus on the way in: pass it on as it is.
-            dst.out.extend_from_slice(&payload[..h.total_len()]);
+        let body = msg.get(h.header_len..h.total_len()).ok_or(Errno::EBADMSG)?;
+        if h.sender == Some(sender) {
+            dst.out.extend_from_slice(&msg[..h.total_len()]);
         } else {
-            header::write(&mut dst.out, &h, Some(&sender));
+            header::write(&mut dst.out, h, Some(sender));
             dst.out.extend_from_slice(body);
         }
         if let Some(f) = files {
             dst.out_fds.push(f);
         }
-        mark_dirty(dst, &mut self.dirty);
+        conn_mark_dirty(dst, &mut self.dirty);
         Ok(())
     }
 
@@ -550,17 +564,7 @@ impl Domain {
             return Err(Errno::EBADMSG);
         }
         let h = header::parse(&payload).map_err(|_| Errno::EBADMSG)?;
-        let body = payload
-            .get(h.header_len..h.total_len())
-            .ok_or(Errno::EBADMSG)?;
-        let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
-        header::write(&mut dst.out, &h, Some(&unique_name(msg.src_id)));
-        dst.out.extend_from_slice(body);
-        if let Some(f) = files {
-            dst.out_fds.push(f);
-        }
-        mark_dirty(dst, &mut self.dirty);
-        Ok(())
+        self.dbus_append(dst_key, &h, &payload, &unique_name(msg.src_id), files)
     }
 
     /// REPLY_TIMEOUT / REPLY_DEAD for a D-Bus peer: the NoReply error.
@@ -606,7 +610,7 @@ impl Domain {
             &f,
         );
         conn.out.extend_from_slice(&body.bytes);
-        mark_dirty(conn, &mut self.dirty);
+        conn_mark_dirty(conn, &mut self.dirty);
         let bus_key = conn.bus;
         if self
             .buses
@@ -634,7 +638,7 @@ impl Domain {
             }
             if let Some(c) = self.conns.get_mut(&m).filter(|c| c.dbus.is_some()) {
                 c.out.extend_from_slice(msg);
-                mark_dirty(c, &mut self.dirty);
+                conn_mark_dirty(c, &mut self.dirty);
             }
         }
     }
@@ -729,7 +733,7 @@ impl Domain {
                 &f,
             );
             conn.out.extend_from_slice(&body.bytes);
-            mark_dirty(conn, &mut self.dirty);
+            conn_mark_dirty(conn, &mut self.dirty);
         }
     }
 
@@ -1185,17 +1189,23 @@ impl Domain {
         self.conns.get(key).map(|c| &**c).ok_or_else(none)
     }
 
-    fn driver_add_match(&mut self, key: ConnKey, text: &str) -> Result<(), DErr> {
-        let rule = Rule::parse(text).map_err(|e| err(E_MATCH_RULE_INVALID, e.to_string()))?;
+    /// The D-Bus side of connection `key`, and its bus.
+    fn driver_peer(&mut self, key: ConnKey) -> Result<(BusKey, &mut DBusPeer), DErr> {
         let conn = self
             .conns
             .get_mut(&key)
             .ok_or_else(|| err(E_FAILED, "gone"))?;
-        let bus_key = conn.bus;
+        let bus = conn.bus;
         let peer = conn
             .dbus
-            .as_mut()
+            .as_deref_mut()
             .ok_or_else(|| err(E_FAILED, "not a D-Bus peer"))?;
+        Ok((bus, peer))
+    }
+
+    fn driver_add_match(&mut self, key: ConnKey, text: &str) -> Result<(), DErr> {
+        let rule = Rule::parse(text).map_err(|e| err(E_MATCH_RULE_INVALID, e.to_string()))?;
+        let (bus_key, peer) = self.driver_peer(key)?;
         if peer.rules.len() >= kdbus_abi::limits::MATCH_MAX {
             return Err(err(
                 E_LIMITS_EXCEEDED,
@@ -1227,15 +1237,7 @@ impl Domain {
 
     fn driver_remove_match(&mut self, key: ConnKey, text: &str) -> Result<(), DErr> {
         let rule = Rule::parse(text).map_err(|e| err(E_MATCH_RULE_INVALID, e.to_string()))?;
-        let conn = self
-            .conns
-            .get_mut(&key)
-            .ok_or_else(|| err(E_FAILED, "gone"))?;
-        let bus_key = conn.bus;
-        let peer = conn
-            .dbus
-            .as_mut()
-            .ok_or_else(|| err(E_FAILED, "not a D-Bus peer"))?;
+        let (bus_key, peer) = self.driver_peer(key)?;
         let i = peer
             .rules
             .iter()
@@ -1273,13 +1275,6 @@ impl Domain {
                 p.rules.clear();
             }
         }
-    }
-}
-
-fn mark_dirty(conn: &mut Conn, dirty: &mut Vec<ConnKey>) {
-    if !conn.dirty {
-        conn.dirty = true;
-        dirty.push(conn.key);
     }
 }
 

@@ -1561,10 +1561,7 @@ impl Domain {
     /// Mark a connection as having output again (after a partial write).
     pub fn conn_mark_dirty(&mut self, key: ConnKey) {
         if let Some(c) = self.conns.get_mut(&key) {
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(key);
-            }
+            conn_mark_dirty(c, &mut self.dirty);
         }
     }
 
@@ -1744,6 +1741,11 @@ pub(crate) fn conn_push_record(
         body_len: body.len() as u64,
     };
     wire::push_frame(&mut conn.out, &h, &[body]);
+    conn_mark_dirty(conn, dirty);
+}
+
+/// Note that `conn` has output for the broker to flush (once per loop iteration).
+pub(crate) fn conn_mark_dirty(conn: &mut Conn, dirty: &mut Vec<ConnKey>) {
     if !conn.dirty {
         conn.dirty = true;
         dirty.push(conn.key);

@@ -388,16 +388,22 @@ impl Broker {
                         return;
                     }
                 };
-            let (role, stream) = match which {
-                Listener::Control => (Role::Control, false),
-                Listener::Bus(b) => (Role::Endpoint(*b), false),
-                Listener::DBus(b) => (Role::DBus(Box::new(DBusClient::new(*b))), true),
-            };
             let peer = match peer_from_socket(&fd) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(%e, "no peer credentials, dropping");
                     continue;
+                }
+            };
+            let (role, stream) = match which {
+                Listener::Control => (Role::Control, false),
+                Listener::Bus(b) => (Role::Endpoint(*b), false),
+                Listener::DBus(b) => {
+                    // The server guid is the bus id: addresses carry it as `guid=`, and
+                    // clients check that the server they reach is the one they meant.
+                    let guid = self.domain.bus(*b).map_or([0; 16], |bus| bus.id128);
+                    let client = DBusClient::new(*b, peer.creds.uid, guid);
+                    (Role::DBus(Box::new(client)), true)
                 }
             };
             let _ = rustix::net::sockopt::set_socket_passcred(&fd, true);

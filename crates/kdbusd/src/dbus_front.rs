@@ -37,11 +37,12 @@ pub(crate) struct DBusClient {
 }
 
 impl DBusClient {
-    pub(crate) fn new(bus: BusKey) -> Self {
+    /// A client of `bus` whose socket belongs to `uid`; `guid` is the server id SASL
+    /// announces.
+    pub(crate) fn new(bus: BusKey, uid: u32, guid: [u8; 16]) -> Self {
         DBusClient {
             bus,
-            // Replaced in `dbus_accepted` with the peer's uid and the bus's guid.
-            sasl: Sasl::new(u32::MAX, [0; 16], true),
+            sasl: Sasl::new(uid, guid, true),
             inbuf: Vec::new(),
             inpos: 0,
             fds: VecDeque::new(),
@@ -51,19 +52,10 @@ impl DBusClient {
 }
 
 impl Broker {
-    /// A client connected: arm its authentication deadline; its uid is the socket's.
+    /// A client connected: arm its authentication deadline.
     pub(crate) fn dbus_accepted(&mut self, token: u64) {
         let deadline = self.domain.now().monotonic_ns + AUTH_TIMEOUT_NS;
         self.auth_deadlines.insert((deadline, token));
-        if let Some(h) = self.handles.get_mut(&token) {
-            let uid = h.peer.creds.uid;
-            if let Role::DBus(c) = &mut h.role {
-                // The server guid is the bus id: addresses carry it as `guid=`, and
-                // clients check that the server they reach is the one they meant.
-                let guid = self.domain.bus(c.bus).map_or([0; 16], |b| b.id128);
-                c.sasl = Sasl::new(uid, guid, true);
-            }
-        }
     }
 
     /// Drop clients that did not finish authenticating (and say Hello) in time.
