@@ -20,7 +20,7 @@
 //! NameLost for the owners.
 
 use crate::conn::{Conn, ConnState, Files};
-use crate::domain::{conn_mark_dirty, BusKey, ConnKey, Domain, Request, SendOutcome};
+use crate::domain::{BusKey, ConnKey, Domain, Request, SendOutcome};
 use crate::message::SendRequest;
 use crate::meta::{Creds, Peer};
 use crate::names::NameEvent;
@@ -526,16 +526,16 @@ impl Domain {
             return Err(Errno::ECOMM);
         }
         let body = msg.get(h.header_len..h.total_len()).ok_or(Errno::EBADMSG)?;
+        let out = self.outbox.buf(dst);
         if h.sender == Some(sender) {
-            dst.out.extend_from_slice(&msg[..h.total_len()]);
+            out.extend_from_slice(&msg[..h.total_len()]);
         } else {
-            header::write(&mut dst.out, h, Some(sender));
-            dst.out.extend_from_slice(body);
+            header::write(out, h, Some(sender));
+            out.extend_from_slice(body);
         }
         if let Some(f) = files {
             dst.out_fds.push(f);
         }
-        conn_mark_dirty(dst, &mut self.dirty);
         Ok(())
     }
 
@@ -599,9 +599,10 @@ impl Domain {
         } else {
             FLAG_NO_REPLY_EXPECTED
         };
-        let start = conn.out.len();
+        let out = self.outbox.buf(conn);
+        let start = out.len();
         header::write_fields(
-            &mut conn.out,
+            out,
             Endian::Little,
             t,
             flags,
@@ -609,8 +610,7 @@ impl Domain {
             serial,
             &f,
         );
-        conn.out.extend_from_slice(&body.bytes);
-        conn_mark_dirty(conn, &mut self.dirty);
+        out.extend_from_slice(&body.bytes);
         let bus_key = conn.bus;
         if self
             .buses
@@ -637,8 +637,7 @@ impl Domain {
                 continue;
             }
             if let Some(c) = self.conns.get_mut(&m).filter(|c| c.dbus.is_some()) {
-                c.out.extend_from_slice(msg);
-                conn_mark_dirty(c, &mut self.dirty);
+                self.outbox.buf(c).extend_from_slice(msg);
             }
         }
     }
@@ -723,8 +722,9 @@ impl Domain {
                 continue;
             };
             let serial = peer.serial();
+            let out = self.outbox.buf(conn);
             header::write_fields(
-                &mut conn.out,
+                out,
                 Endian::Little,
                 MessageType::Signal,
                 FLAG_NO_REPLY_EXPECTED,
@@ -732,8 +732,7 @@ impl Domain {
                 serial,
                 &f,
             );
-            conn.out.extend_from_slice(&body.bytes);
-            conn_mark_dirty(conn, &mut self.dirty);
+            out.extend_from_slice(&body.bytes);
         }
     }
 

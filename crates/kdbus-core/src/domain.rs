@@ -7,8 +7,8 @@
 //! commands is the order of the bus: no locks, and a total order for free.
 //!
 //! Output is buffered per connection (`Conn::out`) and the keys of connections with
-//! output are collected in `dirty`; the broker flushes each dirty connection once per
-//! loop iteration, which is where batching comes from.
+//! output are collected in the [`Outbox`]; the broker flushes each dirty connection
+//! once per loop iteration, which is where batching comes from.
 
 use crate::bus::{bus_parse_make, Bus};
 use crate::clock::{Clock, Now};
@@ -83,7 +83,7 @@ pub struct Domain {
     pub(crate) seq: u64,
     pub(crate) next_key: u64,
     pub(crate) next_bus_id: u64,
-    pub(crate) dirty: Vec<ConnKey>,
+    pub(crate) outbox: Outbox,
     pub(crate) closed: Vec<ConnKey>,
     pub(crate) scratch: Vec<u8>,
     /// Reused per broadcast: receivers seen, receivers found, the filter as words,
@@ -109,7 +109,7 @@ impl Domain {
             seq: 0,
             next_key: 1,
             next_bus_id: 1,
-            dirty: Vec::new(),
+            outbox: Outbox::default(),
             closed: Vec::new(),
             scratch: Vec::with_capacity(4096),
             seen: HashSet::new(),
@@ -378,7 +378,7 @@ impl Domain {
             if let Some(conn) = self.conns.get_mut(&key) {
                 conn_push_record(
                     conn,
-                    &mut self.dirty,
+                    &mut self.outbox,
                     wire::REC_REPLY,
                     0,
                     0,
@@ -430,7 +430,7 @@ impl Domain {
         if let Some(conn) = self.conns.get_mut(&key) {
             conn_push_record(
                 conn,
-                &mut self.dirty,
+                &mut self.outbox,
                 wire::REC_REPLY,
                 0,
                 errno,
@@ -443,7 +443,7 @@ impl Domain {
     /// Answer a request the broker could not even frame, in order with the others.
     pub fn conn_reply_error(&mut self, key: ConnKey, req_id: u64, e: Errno) {
         if let Some(conn) = self.conns.get_mut(&key) {
-            conn_push_record(conn, &mut self.dirty, wire::REC_REPLY, 0, e.0, req_id, &[]);
+            conn_push_record(conn, &mut self.outbox, wire::REC_REPLY, 0, e.0, req_id, &[]);
         }
     }
 
@@ -599,7 +599,7 @@ impl Domain {
             name_id,
             priority: req.msg.priority,
         };
-        conn_enqueue(dst, &mut self.dirty, seq, q);
+        conn_enqueue(dst, &mut self.outbox, seq, q);
         Ok(())
     }
 
@@ -752,7 +752,7 @@ impl Domain {
         dst.out_fds.extend(files);
         conn_push_record(
             dst,
-            &mut self.dirty,
+            &mut self.outbox,
             wire::REC_REPLY,
             n,
             0,
@@ -804,7 +804,7 @@ impl Domain {
             };
             conn_push_record(
                 conn,
-                &mut self.dirty,
+                &mut self.outbox,
                 wire::REC_REPLY,
                 0,
                 e.0,
@@ -897,7 +897,7 @@ impl Domain {
             name_id: 0,
             priority: 0,
         };
-        conn_enqueue(dst, &mut self.dirty, seq, q);
+        conn_enqueue(dst, &mut self.outbox, seq, q);
     }
 
     // ---------------------------------------------------------------- timeouts
@@ -1056,7 +1056,7 @@ impl Domain {
             if let Some(t) = self.tracker_remove(replier, key, cookie) {
                 if let (Some(sync_req), Some(conn)) = (t.sync_req, self.conns.get_mut(&key)) {
                     let e = Errno::ECONNRESET.0;
-                    conn_push_record(conn, &mut self.dirty, wire::REC_REPLY, 0, e, sync_req, &[]);
+                    conn_push_record(conn, &mut self.outbox, wire::REC_REPLY, 0, e, sync_req, &[]);
                 }
             }
         }
@@ -1402,7 +1402,7 @@ impl Domain {
             let _ = src.pool.free(q.offset);
             conn_push_record(
                 src,
-                &mut self.dirty,
+                &mut self.outbox,
                 wire::REC_RETRACT,
                 0,
                 0,
@@ -1457,7 +1457,7 @@ impl Domain {
             };
             conn_enqueue(
                 dst,
-                &mut self.dirty,
+                &mut self.outbox,
                 seq,
                 Queued {
                     offset,
@@ -1548,7 +1548,7 @@ impl Domain {
     /// Connections with records to write; the broker calls [`Domain::conn_output`] for each.
     pub fn take_dirty(&mut self, into: &mut Vec<ConnKey>) {
         into.clear();
-        std::mem::swap(into, &mut self.dirty);
+        std::mem::swap(into, &mut self.outbox.dirty);
     }
 
     /// The pending output of a connection (records, fds); the broker drains what it wrote.
@@ -1558,10 +1558,18 @@ impl Domain {
         Some((&mut c.out, &mut c.out_fds))
     }
 
+    /// The broker is done with a connection's output: if it wrote all of it, the
+    /// buffer goes back to the spares.
+    pub fn conn_output_done(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            self.outbox.recycle(c);
+        }
+    }
+
     /// Mark a connection as having output again (after a partial write).
     pub fn conn_mark_dirty(&mut self, key: ConnKey) {
         if let Some(c) = self.conns.get_mut(&key) {
-            conn_mark_dirty(c, &mut self.dirty);
+            conn_mark_dirty(c, &mut self.outbox);
         }
     }
 
@@ -1726,7 +1734,7 @@ fn send_writeback(cmd: &CmdSend, reply: Option<MsgInfo>) -> CmdSend {
 
 pub(crate) fn conn_push_record(
     conn: &mut Conn,
-    dirty: &mut Vec<ConnKey>,
+    outbox: &mut Outbox,
     kind: u16,
     n_fds: u16,
     error: i32,
@@ -1740,19 +1748,62 @@ pub(crate) fn conn_push_record(
         req_id,
         body_len: body.len() as u64,
     };
-    wire::push_frame(&mut conn.out, &h, &[body]);
-    conn_mark_dirty(conn, dirty);
+    wire::push_frame(outbox.buf(conn), &h, &[body]);
 }
 
 /// Note that `conn` has output for the broker to flush (once per loop iteration).
-pub(crate) fn conn_mark_dirty(conn: &mut Conn, dirty: &mut Vec<ConnKey>) {
+pub(crate) fn conn_mark_dirty(conn: &mut Conn, outbox: &mut Outbox) {
     if !conn.dirty {
         conn.dirty = true;
-        dirty.push(conn.key);
+        outbox.dirty.push(conn.key);
     }
 }
 
-fn conn_enqueue(conn: &mut Conn, dirty: &mut Vec<ConnKey>, seq: u64, q: Queued) {
+/// Connections with output for the broker, and spare output buffers.
+///
+/// A connection holds an output buffer only between the moment something is queued
+/// for it and the moment the broker has written it all: then the buffer goes back to
+/// the spares, and the next connection with output takes it. Busy connections so
+/// reuse a few warm buffers without allocating, and an idle connection (most of
+/// them, on a desktop bus) holds none, instead of the capacity of its largest burst.
+#[derive(Default)]
+pub struct Outbox {
+    pub(crate) dirty: Vec<ConnKey>,
+    spare: Vec<Vec<u8>>,
+}
+
+/// Spare buffers kept: enough for every connection a loop iteration typically writes
+/// to; more are freed.
+const OUTBOX_SPARES: usize = 64;
+/// Buffers larger than this (after a burst) are freed rather than kept.
+const OUTBOX_SPARE_MAX_BYTES: usize = 64 * 1024;
+
+impl Outbox {
+    /// `conn`'s output buffer, for appending (a spare if it has none), with `conn`
+    /// marked as having output.
+    pub(crate) fn buf<'c>(&mut self, conn: &'c mut Conn) -> &'c mut Vec<u8> {
+        if conn.out.capacity() == 0 {
+            if let Some(b) = self.spare.pop() {
+                conn.out = b;
+            }
+        }
+        conn_mark_dirty(conn, self);
+        &mut conn.out
+    }
+
+    /// Take back `conn`'s buffer if it is empty.
+    fn recycle(&mut self, conn: &mut Conn) {
+        if !conn.out.is_empty() || conn.out.capacity() == 0 {
+            return;
+        }
+        let b = std::mem::take(&mut conn.out);
+        if self.spare.len() < OUTBOX_SPARES && b.capacity() <= OUTBOX_SPARE_MAX_BYTES {
+            self.spare.push(b);
+        }
+    }
+}
+
+fn conn_enqueue(conn: &mut Conn, outbox: &mut Outbox, seq: u64, q: Queued) {
     let ev = MsgEvent {
         offset: q.offset,
         msg_size: q.size,
@@ -1764,7 +1815,7 @@ fn conn_enqueue(conn: &mut Conn, dirty: &mut Vec<ConnKey>, seq: u64, q: Queued) 
     conn.out_fds.extend(q.files.clone());
     conn.queued_at.insert(q.offset, seq);
     conn.queue.push(seq, q.priority, q);
-    conn_push_record(conn, dirty, wire::REC_MSG, n, 0, 0, ev.as_bytes());
+    conn_push_record(conn, outbox, wire::REC_MSG, n, 0, 0, ev.as_bytes());
 }
 
 /// Where a message goes in a pool.

@@ -41,7 +41,7 @@ enum State {
 pub struct Sasl {
     state: State,
     uid: u32,
-    guid: String,
+    guid: [u8; 16],
     allow_fds: bool,
     fds_agreed: bool,
     failures: u32,
@@ -60,7 +60,6 @@ impl Sasl {
     /// `uid`: the peer's uid from the kernel; `guid`: the server's 128-bit id;
     /// `allow_fds`: whether the transport can pass fds.
     pub fn new(uid: u32, guid: [u8; 16], allow_fds: bool) -> Sasl {
-        let guid = guid.iter().map(|b| format!("{b:02x}")).collect();
         Sasl {
             state: State::Nul,
             uid,
@@ -183,11 +182,15 @@ impl Sasl {
         }
         self.state = State::Begin;
         out.extend_from_slice(b"OK ");
-        out.extend_from_slice(self.guid.as_bytes());
+        for b in self.guid {
+            out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
         out.extend_from_slice(b"\r\n");
         Ok(())
     }
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn hex_decode(s: &str) -> Option<String> {
     if !s.len().is_multiple_of(2) {

@@ -4,7 +4,8 @@
 //!
 //! `--dbus-compare` starts kdbusd (as dbus-daemon), dbus-daemon and dbus-broker on
 //! private sockets with the same configuration and measures all three in one run,
-//! plus the broker's memory per idle connection.
+//! plus the broker's memory per idle connection (resident-set growth over
+//! [`MEM_CONNS`] connections, measured first, on a fresh broker).
 
 use crate::bench::{time_rounds, BenchResult, Stats};
 use kdbus_dbus::header::{self, Fields, MessageType};
@@ -214,6 +215,9 @@ pub fn measure(
     subscribers: usize,
     broker_pid: Option<u32>,
 ) -> BenchResult<DBusOutcome> {
+    // Memory first, while the broker's heap holds nothing freed by earlier workloads
+    // that new connections could reuse unseen.
+    let kib_per_conn = broker_pid.and_then(memory_per_conn(address));
     // Request/reply.
     let svc = Client::connect(address)?;
     let svc_name = svc.unique.clone();
@@ -283,23 +287,35 @@ pub fn measure(
     }
     let broadcast_per_s = delivered as f64 / start.elapsed().as_secs_f64();
 
-    // Memory per idle connection.
-    let kib_per_conn = broker_pid.and_then(|pid| {
-        let before = rss_kib(pid)?;
-        let n = 500;
-        let conns: Vec<Client> = (0..n)
-            .filter_map(|_| Client::connect(address).ok())
-            .collect();
-        let after = rss_kib(pid)?;
-        let per = (after.saturating_sub(before)) as f64 / conns.len().max(1) as f64;
-        drop(conns);
-        Some(per)
-    });
     Ok(DBusOutcome {
         rtt,
         broadcast_per_s,
         kib_per_conn,
     })
+}
+
+/// The broker's resident memory per idle (authenticated, Hello'd) connection: the
+/// growth between `MEM_WARMUP` and `MEM_WARMUP + MEM_CONNS` open connections, so that
+/// start-up allocations and the first table growths do not count.
+const MEM_WARMUP: usize = 100;
+const MEM_CONNS: usize = 1000;
+
+fn memory_per_conn(address: &str) -> impl Fn(u32) -> Option<f64> + '_ {
+    move |pid| {
+        let open = |n: usize| -> Vec<Client> {
+            (0..n)
+                .filter_map(|_| Client::connect(address).ok())
+                .collect()
+        };
+        let warm = open(MEM_WARMUP);
+        let before = rss_kib(pid)?;
+        let conns = open(MEM_CONNS);
+        let after = rss_kib(pid)?;
+        let per = after.saturating_sub(before) as f64 / conns.len().max(1) as f64;
+        drop(conns);
+        drop(warm);
+        Some(per)
+    }
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

@@ -12,7 +12,7 @@
 //! record a connection got during one wakeup travels in one datagram.
 
 use crate::dbus_front::DBusClient;
-use crate::peer::{peer_from_creds, peer_from_socket};
+use crate::peer::{peer_from_creds, peer_from_socket, ProcStrings};
 use crate::sys::{shutdown_signalfd, MappedPool};
 use kdbus_abi::wire::{self, Frames, RecHeader, ReqHeader};
 use kdbus_abi::{cmd, BloomParameter, Errno};
@@ -114,7 +114,9 @@ pub struct Broker {
     /// Registered in `epoll`; kept here so it stays open.
     _signal: OwnedFd,
     listeners: HashMap<u64, (OwnedFd, Listener)>,
-    pub(crate) handles: HashMap<u64, Handle>,
+    /// Boxed: the table's slots stay small, so its growth (all of whose pages a
+    /// hash table touches) costs little per connection.
+    pub(crate) handles: HashMap<u64, Box<Handle>>,
     pub(crate) conn_token: HashMap<ConnKey, u64>,
     /// Unauthenticated D-Bus clients: (deadline, token), earliest first.
     pub(crate) auth_deadlines: std::collections::BTreeSet<(u64, u64)>,
@@ -125,6 +127,7 @@ pub struct Broker {
     pub(crate) rbuf: Vec<u8>,
     dirty: Vec<ConnKey>,
     me: Peer,
+    proc_strings: ProcStrings,
 }
 
 /// What `Broker::new` created, for the ready line.
@@ -154,7 +157,8 @@ impl Broker {
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
         };
-        let me = peer_from_creds(me_creds);
+        let mut proc_strings = ProcStrings::default();
+        let me = peer_from_creds(me_creds, &mut proc_strings);
         let mut b = Broker {
             cfg: cfg.clone(),
             domain: Domain::new(Box::new(SystemClock)),
@@ -170,6 +174,7 @@ impl Broker {
             rbuf: vec![0; wire::MAX_REQUEST_DATAGRAM],
             dirty: Vec::new(),
             me,
+            proc_strings,
         };
         let control = cfg.runtime_dir.join("control");
         let lfd = listen_unix(&control, 0o666)?;
@@ -388,7 +393,7 @@ impl Broker {
                         return;
                     }
                 };
-            let peer = match peer_from_socket(&fd) {
+            let peer = match peer_from_socket(&fd, &mut self.proc_strings) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(%e, "no peer credentials, dropping");
@@ -414,14 +419,14 @@ impl Broker {
             }
             self.handles.insert(
                 token,
-                Handle {
+                Box::new(Handle {
                     fd,
                     peer,
                     role,
                     stream,
                     backlog: VecDeque::new(),
                     backlog_bytes: 0,
-                },
+                }),
             );
             if stream {
                 self.dbus_accepted(token);
@@ -640,71 +645,77 @@ impl Broker {
         let mut dirty = std::mem::take(&mut self.dirty);
         self.domain.take_dirty(&mut dirty);
         for &key in &dirty {
-            let Some(&token) = self.conn_token.get(&key) else {
-                if let Some((out, fds)) = self.domain.conn_output(key) {
-                    out.clear();
-                    fds.clear();
-                }
-                continue;
-            };
-            let Some(h) = self.handles.get(&token) else {
-                continue;
-            };
-            let Some((out, fds)) = self.domain.conn_output(key) else {
-                continue;
-            };
-            if out.is_empty() {
-                continue;
-            }
-            if h.stream {
-                // D-Bus: a byte stream; the fds go with the first bytes.
-                let sent = if h.backlog.is_empty() {
-                    send_bytes(h.fd.as_fd(), out, fds).ok()
-                } else {
-                    None
-                };
-                let rest = match sent {
-                    Some(n) => out[n..].to_vec(),
-                    None => std::mem::take(out),
-                };
-                let files = if sent.is_some() {
-                    Vec::new()
-                } else {
-                    std::mem::take(fds)
-                };
-                out.clear();
-                fds.clear();
-                if !rest.is_empty() {
-                    self.handle_send(token, rest, files);
-                }
-                continue;
-            }
-            if h.backlog.is_empty()
-                && out.len() <= MAX_OUT_DATAGRAM
-                && fds.iter().map(|f| f.len()).sum::<usize>() <= MAX_FDS_PER_DATAGRAM
-            {
-                // The common case: one datagram, no copies.
-                match send_bytes(h.fd.as_fd(), out, fds) {
-                    Ok(_) => {
-                        out.clear();
-                        fds.clear();
-                        continue;
-                    }
-                    Err(SysErrno::AGAIN) => {}
-                    Err(_) => {
-                        out.clear();
-                        fds.clear();
-                        continue; // the read side will see the hang-up
-                    }
-                }
-            }
-            let chunks = split_records(out, fds);
-            out.clear();
-            for (bytes, fds) in chunks {
-                self.handle_send(token, bytes, fds);
-            }
+            self.flush_conn(key);
+            self.domain.conn_output_done(key);
         }
         self.dirty = dirty;
+    }
+
+    /// Write a connection's output to its socket, or what does not fit to its backlog.
+    fn flush_conn(&mut self, key: ConnKey) {
+        let Some(&token) = self.conn_token.get(&key) else {
+            if let Some((out, fds)) = self.domain.conn_output(key) {
+                out.clear();
+                fds.clear();
+            }
+            return;
+        };
+        let Some(h) = self.handles.get(&token) else {
+            return;
+        };
+        let Some((out, fds)) = self.domain.conn_output(key) else {
+            return;
+        };
+        if out.is_empty() {
+            return;
+        }
+        if h.stream {
+            // D-Bus: a byte stream; the fds go with the first bytes.
+            let sent = if h.backlog.is_empty() {
+                send_bytes(h.fd.as_fd(), out, fds).ok()
+            } else {
+                None
+            };
+            let rest = match sent {
+                Some(n) => out[n..].to_vec(),
+                None => std::mem::take(out),
+            };
+            let files = if sent.is_some() {
+                Vec::new()
+            } else {
+                std::mem::take(fds)
+            };
+            out.clear();
+            fds.clear();
+            if !rest.is_empty() {
+                self.handle_send(token, rest, files);
+            }
+            return;
+        }
+        if h.backlog.is_empty()
+            && out.len() <= MAX_OUT_DATAGRAM
+            && fds.iter().map(|f| f.len()).sum::<usize>() <= MAX_FDS_PER_DATAGRAM
+        {
+            // The common case: one datagram, no copies.
+            match send_bytes(h.fd.as_fd(), out, fds) {
+                Ok(_) => {
+                    out.clear();
+                    fds.clear();
+                    return;
+                }
+                Err(SysErrno::AGAIN) => {}
+                Err(_) => {
+                    out.clear();
+                    fds.clear();
+                    return; // the read side will see the hang-up
+                }
+            }
+        }
+        let chunks = split_records(out, fds);
+        out.clear();
+        for (bytes, fds) in chunks {
+            self.handle_send(token, bytes, fds);
+        }
     }
 
     /// Send one datagram (or stream chunk), or park it in the backlog if the client is

@@ -1,34 +1,81 @@
 //! What we learn about a client when it connects: kernel credentials of the socket and
 //! a few facts from `/proc`, read once (connect is not a hot path).
+//!
+//! The strings from `/proc` (comm, exe, cmdline) are interned: a process with many
+//! connections, or many processes of one program, share one copy instead of holding
+//! one per connection.
 
 use kdbus_core::{Creds, Peer};
 use rustix::fd::AsFd;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// CAP_IPC_OWNER, kdbus's capability for privileged bus users.
 const CAP_IPC_OWNER: u32 = 15;
 
-pub fn peer_from_socket(fd: impl AsFd) -> std::io::Result<Peer> {
+/// Interned `/proc` strings of connected peers.
+///
+/// Entries nobody else holds any more are swept when the table has doubled since the
+/// last sweep, so it stays within twice what live connections use.
+#[derive(Default)]
+pub struct ProcStrings {
+    strs: HashSet<Arc<str>>,
+    bytes: HashSet<Arc<[u8]>>,
+    sweep_at: usize,
+}
+
+impl ProcStrings {
+    fn str(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strs.get(s) {
+            return a.clone();
+        }
+        self.sweep();
+        let a: Arc<str> = Arc::from(s);
+        self.strs.insert(a.clone());
+        a
+    }
+
+    fn bytes(&mut self, b: &[u8]) -> Arc<[u8]> {
+        if let Some(a) = self.bytes.get(b) {
+            return a.clone();
+        }
+        self.sweep();
+        let a: Arc<[u8]> = Arc::from(b);
+        self.bytes.insert(a.clone());
+        a
+    }
+
+    fn sweep(&mut self) {
+        if self.strs.len() + self.bytes.len() < self.sweep_at {
+            return;
+        }
+        self.strs.retain(|a| Arc::strong_count(a) > 1);
+        self.bytes.retain(|a| Arc::strong_count(a) > 1);
+        self.sweep_at = 2 * (self.strs.len() + self.bytes.len()) + 64;
+    }
+}
+
+pub fn peer_from_socket(fd: impl AsFd, interned: &mut ProcStrings) -> std::io::Result<Peer> {
     let cred = rustix::net::sockopt::socket_peercred(fd)?;
     let creds = Creds {
         pid: cred.pid.as_raw_nonzero().get() as u32,
         uid: cred.uid.as_raw(),
         gid: cred.gid.as_raw(),
     };
-    Ok(peer_from_creds(creds))
+    Ok(peer_from_creds(creds, interned))
 }
 
-pub fn peer_from_creds(creds: Creds) -> Peer {
+pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
     let proc = format!("/proc/{}", creds.pid);
     let comm = std::fs::read_to_string(format!("{proc}/comm"))
         .ok()
-        .map(|s| Arc::from(s.trim_end()));
+        .map(|s| interned.str(s.trim_end()));
     let exe = std::fs::read_link(format!("{proc}/exe"))
         .ok()
-        .and_then(|p| p.to_str().map(Arc::from));
+        .and_then(|p| p.to_str().map(|s| interned.str(s)));
     let cmdline = std::fs::read(format!("{proc}/cmdline")).ok().map(|mut v| {
         v.truncate(4096);
-        Arc::from(v)
+        interned.bytes(&v)
     });
     let privileged = creds.uid == 0 || has_cap(&proc, CAP_IPC_OWNER);
     Peer {
@@ -66,4 +113,27 @@ pub fn creds_from_scm(c: &rustix::net::UCred) -> Option<Creds> {
         uid,
         gid,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interned_strings_are_shared_and_swept() {
+        let mut t = ProcStrings::default();
+        let a = t.str("kdbusctl");
+        let b = t.str("kdbusctl");
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = t.bytes(b"x\0y");
+        assert!(Arc::ptr_eq(&c, &t.bytes(b"x\0y")));
+        drop((a, b, c));
+        // Unused entries go at the next sweep; used ones stay.
+        let keep = t.str("keep");
+        for i in 0..1000 {
+            drop(t.str(&format!("s{i}")));
+        }
+        assert!(t.strs.len() + t.bytes.len() < 200, "{}", t.strs.len());
+        assert!(Arc::ptr_eq(&keep, &t.str("keep")));
+    }
 }
