@@ -456,7 +456,15 @@ impl Domain {
         fds: &mut Vec<OwnedFd>,
     ) -> Result<SendOutcome, Errno> {
         let src = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?;
-        let parsed = message_parse_send(r.body, fds.len(), src.id);
+        // Native clients pass large payloads in memfds (kdbus's vector limit); a D-Bus
+        // peer's message comes as one vector the broker built from a message the D-Bus
+        // framing already bounded.
+        let max_vec_total = if src.dbus.is_some() {
+            kdbus_dbus::header::MAX_MESSAGE_SIZE as u64
+        } else {
+            limits::MSG_MAX_PAYLOAD_VEC_SIZE
+        };
+        let parsed = message_parse_send(r.body, fds.len(), src.id, max_vec_total);
         let req = match parsed {
             Ok(req) => req,
             Err(e) => {

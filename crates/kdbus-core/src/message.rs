@@ -60,11 +60,13 @@ impl SendRequest<'_> {
     }
 }
 
-/// Validate a SEND request; `fds` is how many fds came with it.
+/// Validate a SEND request; `fds` is how many fds came with it, `max_vec_total` the
+/// most payload its vectors may carry.
 pub fn message_parse_send(
     body: &[u8],
     fds: usize,
     sender_id: u64,
+    max_vec_total: u64,
 ) -> Result<SendRequest<'_>, Errno> {
     let (cmd, size) = kdbus_abi::read_cmd::<CmdSend>(body)?;
     if cmd.flags & !send_flags::ALL != 0 {
@@ -116,7 +118,7 @@ pub fn message_parse_send(
                     return Err(Errno::EINVAL);
                 }
                 vec_total = vec_total.saturating_add(v.size);
-                if vec_total > limits::MSG_MAX_PAYLOAD_VEC_SIZE {
+                if vec_total > max_vec_total {
                     return Err(Errno::EMSGSIZE);
                 }
                 if v.address_or_offset != 0 {

@@ -205,6 +205,8 @@ pub struct DBusOutcome {
     pub rtt: Stats,
     pub broadcast_per_s: f64,
     pub kib_per_conn: Option<f64>,
+    /// The broker's CPU time (user + system) per round trip.
+    pub cpu_us_per_rt: Option<f64>,
 }
 
 /// Run both workloads against `address` (and memory if we know the broker's pid).
@@ -234,11 +236,17 @@ pub fn measure(
         signature: "s",
         ..Default::default()
     };
+    let cpu_before = broker_pid.and_then(cpu_ticks);
     let rtt = time_rounds(rounds, |_| {
         let serial = client.send(MessageType::MethodCall, &f, &body, 0)?;
         client.wait_reply(serial)?;
         Ok(())
     })?;
+    // time_rounds also runs a warm-up of a tenth as many rounds.
+    let timed = rounds + rounds / 10;
+    let cpu_us_per_rt = cpu_before
+        .zip(broker_pid.and_then(cpu_ticks))
+        .map(|(a, b)| (b - a) as f64 * 1e6 / ticks_per_s() / timed.max(1) as f64);
     drop(client);
     drop(t);
 
@@ -291,6 +299,7 @@ pub fn measure(
         rtt,
         broadcast_per_s,
         kib_per_conn,
+        cpu_us_per_rt,
     })
 }
 
@@ -316,6 +325,19 @@ fn memory_per_conn(address: &str) -> impl Fn(u32) -> Option<f64> + '_ {
         drop(warm);
         Some(per)
     }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields are counted after its closing paren.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn ticks_per_s() -> f64 {
+    rustix::param::clock_ticks_per_second() as f64
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -365,15 +387,17 @@ fn outcome_json(name: &str, o: &DBusOutcome) -> serde_json::Value {
         "p99_us": (o.rtt.p99_us * 10.0).round() / 10.0,
         "broadcast_delivered_per_s": o.broadcast_per_s.round(),
         "kib_per_connection": o.kib_per_conn.map(|k| (k * 10.0).round() / 10.0),
+        "broker_cpu_us_per_round_trip": o.cpu_us_per_rt.map(|c| (c * 10.0).round() / 10.0),
     })
 }
 
 fn print_row(name: &str, o: &DBusOutcome) {
     println!(
-        "{name:<12} {:>10.0} rt/s  p50 {:>7.1} us  p99 {:>7.1} us  {:>10.0} broadcasts/s  {:>7} KiB/conn",
+        "{name:<12} {:>8.0} rt/s  p50 {:>6.1} us  p99 {:>6.1} us  cpu {:>5} us/rt  {:>8.0} broadcasts/s  {:>5} KiB/conn",
         o.rtt.per_s,
         o.rtt.p50_us,
         o.rtt.p99_us,
+        o.cpu_us_per_rt.map_or("?".into(), |c| format!("{c:.1}")),
         o.broadcast_per_s,
         o.kib_per_conn.map_or("?".into(), |k| format!("{k:.1}"))
     );

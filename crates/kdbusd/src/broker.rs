@@ -737,7 +737,10 @@ impl Broker {
         }
         h.backlog_bytes += bytes.len();
         h.backlog.push_back((bytes, fds));
-        if h.backlog_bytes > MAX_BACKLOG {
+        // What waits behind the chunk being written is bounded; the chunk itself may
+        // be one large D-Bus message (up to the protocol's 128 MiB).
+        let behind = h.backlog_bytes - h.backlog.front().map_or(0, |(b, _)| b.len());
+        if behind > MAX_BACKLOG {
             tracing::info!(token, "client does not read its socket, disconnecting");
             self.handle_close(token);
             return;

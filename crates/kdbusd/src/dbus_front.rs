@@ -27,9 +27,8 @@ const READ_BUDGET_BYTES: usize = 1 << 20;
 pub(crate) struct DBusClient {
     bus: BusKey,
     sasl: Sasl,
-    /// Bytes read and not yet consumed, from `inpos`.
-    inbuf: Vec<u8>,
-    inpos: usize,
+    /// The start of a unit (SASL line, message) that has not fully arrived.
+    partial: Vec<u8>,
     /// Fds received and not yet given to a message, in order.
     fds: VecDeque<OwnedFd>,
     /// The connection, once Hello made one.
@@ -43,8 +42,7 @@ impl DBusClient {
         DBusClient {
             bus,
             sasl: Sasl::new(uid, guid, true),
-            inbuf: Vec::new(),
-            inpos: 0,
+            partial: Vec::new(),
             fds: VecDeque::new(),
             key: None,
         }
@@ -73,17 +71,15 @@ impl Broker {
 
     /// Read what a D-Bus client sent and act on every complete unit (SASL lines,
     /// messages).
+    ///
+    /// Bytes are read into the broker's buffer and acted on there; only the start of
+    /// a unit that has not fully arrived is kept in the client's own buffer. So the
+    /// common case copies nothing, and an idle client holds no buffer at all.
     pub(crate) fn dbus_read(&mut self, token: u64) {
         let mut total = 0;
-        let mut creds = None;
-        // Read into the broker's buffer and keep only what arrived: a client's own
-        // buffer then never holds more than its unprocessed bytes.
         let mut rbuf = std::mem::take(&mut self.rbuf);
-        loop {
-            let Some(h) = self.handles.get_mut(&token) else {
-                break;
-            };
-            let Role::DBus(c) = &mut h.role else { break };
+        while let Some(h) = self.handles.get(&token) {
+            let mut creds = None;
             let mut space =
                 [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253), ScmCredentials(1))];
             let mut anc = RecvAncillaryBuffer::new(&mut space);
@@ -99,14 +95,9 @@ impl Broker {
                 Err(SysErrno::INTR) => continue,
                 Err(_) => 0,
             };
-            if c.inpos > 0 && c.inpos == c.inbuf.len() {
-                c.inbuf.clear();
-                c.inpos = 0;
-            } else if c.inpos * 2 >= c.inbuf.len() && c.inpos > 0 {
-                c.inbuf.drain(..c.inpos);
-                c.inpos = 0;
-            }
-            c.inbuf.extend_from_slice(&rbuf[..n]);
+            let Some(Role::DBus(c)) = self.handles.get_mut(&token).map(|h| &mut h.role) else {
+                break;
+            };
             for m in anc.drain() {
                 match m {
                     RecvAncillaryMessage::ScmRights(it) => c.fds.extend(it),
@@ -121,121 +112,142 @@ impl Broker {
                 break;
             }
             total += n;
-            if !self.dbus_process(token, creds) {
+            let ok = if c.partial.is_empty() {
+                let (ok, used) = self.dbus_process(token, &rbuf[..n], creds);
+                if ok && used < n {
+                    if let Some(Role::DBus(c)) = self.handles.get_mut(&token).map(|h| &mut h.role) {
+                        c.partial.extend_from_slice(&rbuf[used..n]);
+                    }
+                }
+                ok
+            } else {
+                c.partial.extend_from_slice(&rbuf[..n]);
+                let mut partial = std::mem::take(&mut c.partial);
+                let (ok, used) = self.dbus_process(token, &partial, creds);
+                if ok && used < partial.len() {
+                    partial.drain(..used);
+                    if let Some(Role::DBus(c)) = self.handles.get_mut(&token).map(|h| &mut h.role) {
+                        c.partial = partial;
+                    }
+                }
+                ok
+            };
+            if !ok {
                 self.handle_close(token);
                 break;
             }
-            if total >= READ_BUDGET_BYTES {
-                break; // level-triggered: we come back
+            // A short read emptied the socket (or stopped at fds): epoll is
+            // level-triggered and reports what is left, so no read to see EAGAIN.
+            if n < rbuf.len() || total >= READ_BUDGET_BYTES {
+                break;
             }
         }
         self.rbuf = rbuf;
     }
 
-    /// Consume complete units from the client's buffer. `false`: disconnect it.
-    fn dbus_process(&mut self, token: u64, creds: Option<Creds>) -> bool {
+    /// Act on the complete units at the start of `data`: `(keep the client, bytes
+    /// used)`.
+    fn dbus_process(&mut self, token: u64, data: &[u8], creds: Option<Creds>) -> (bool, usize) {
         let Some(h) = self.handles.get_mut(&token) else {
-            return false;
+            return (false, 0);
         };
-        let peer = h.peer.clone();
-        let creds = creds.unwrap_or(peer.creds);
+        let creds = creds.unwrap_or(h.peer.creds);
         let Role::DBus(c) = &mut h.role else {
-            return false;
+            return (false, 0);
         };
+        let mut used = 0;
         // Authentication.
         if !c.sasl.is_done() {
             let mut out = Vec::new();
-            let progress = c.sasl.feed(&c.inbuf[c.inpos..], &mut out);
-            let Ok(p) = progress else { return false };
-            c.inpos += p.consumed;
+            let Ok(p) = c.sasl.feed(data, &mut out) else {
+                return (false, 0);
+            };
+            used = p.consumed;
+            let done = c.sasl.is_done();
             if !out.is_empty() {
                 self.handle_send(token, out, Vec::new());
             }
-            let Some(h) = self.handles.get_mut(&token) else {
-                return false;
-            };
-            let Role::DBus(c) = &mut h.role else {
-                return false;
-            };
-            if !c.sasl.is_done() {
-                return true;
+            if !done {
+                return (true, used);
             }
         }
         // Messages.
         loop {
-            let Some(h) = self.handles.get_mut(&token) else {
-                return false;
-            };
-            let Role::DBus(c) = &mut h.role else {
-                return false;
-            };
-            let avail = &c.inbuf[c.inpos..];
+            let avail = &data[used..];
             let len = match header::message_len(avail) {
-                Ok(Some(len)) => len,
-                Ok(None) => return true,
+                Ok(Some(len)) if len <= avail.len() => len,
+                Ok(_) => return (true, used),
                 Err(e) => {
                     tracing::debug!(token, %e, "bad D-Bus message framing");
-                    return false;
+                    return (false, used);
                 }
             };
-            if avail.len() < len {
-                c.inbuf.reserve(len - avail.len());
-                return true;
+            let msg = &avail[..len];
+            used += len;
+            if !self.dbus_message(token, msg, creds) {
+                return (false, used);
             }
-            let msg = avail[..len].to_vec();
-            c.inpos += len;
-            let hdr = match header::parse(&msg) {
-                Ok(hdr) => hdr,
-                Err(header::HeaderError::UnknownType) => continue,
-                Err(e) => {
-                    tracing::debug!(token, %e, "invalid D-Bus header");
-                    return false;
-                }
-            };
-            let n = hdr.unix_fds as usize;
-            if n > c.fds.len() {
+        }
+    }
+
+    /// One complete message from a client. `false`: disconnect it.
+    fn dbus_message(&mut self, token: u64, msg: &[u8], creds: Creds) -> bool {
+        let Some(h) = self.handles.get_mut(&token) else {
+            return false;
+        };
+        let Role::DBus(c) = &mut h.role else {
+            return false;
+        };
+        let hdr = match header::parse(msg) {
+            Ok(hdr) => hdr,
+            Err(header::HeaderError::UnknownType) => return true,
+            Err(e) => {
+                tracing::debug!(token, %e, "invalid D-Bus header");
                 return false;
             }
-            let fds: Vec<OwnedFd> = c.fds.drain(..n).collect();
-            let fds_ok = c.sasl.fds_agreed();
-            if !fds.is_empty() && !fds_ok {
+        };
+        let n = hdr.unix_fds as usize;
+        if n > c.fds.len() {
+            return false;
+        }
+        let fds: Vec<OwnedFd> = if n == 0 {
+            Vec::new()
+        } else {
+            c.fds.drain(..n).collect()
+        };
+        let fds_ok = c.sasl.fds_agreed();
+        if !fds.is_empty() && !fds_ok {
+            return false;
+        }
+        if let Some(key) = c.key {
+            if let Err(e) = self.domain.dbus_message(key, msg, fds, creds) {
+                tracing::debug!(token, %e, "D-Bus client broke the protocol");
                 return false;
             }
-            match c.key {
-                Some(key) => {
-                    if let Err(e) = self.domain.dbus_message(key, &msg, fds, creds) {
-                        tracing::debug!(token, %e, "D-Bus client broke the protocol");
-                        return false;
-                    }
+            return true;
+        }
+        // The first message must be Hello to the bus.
+        let hello = hdr.msg_type == MessageType::MethodCall
+            && hdr.destination == Some(kdbus_core::dbus::DRIVER)
+            && hdr.member == Some("Hello");
+        if !hello {
+            return false;
+        }
+        let bus = c.bus;
+        let mut peer = h.peer.clone();
+        peer.creds = creds;
+        match self.domain.dbus_hello(bus, &peer, fds_ok, hdr.serial) {
+            Ok(key) => {
+                self.conn_token.insert(key, token);
+                self.auth_deadlines.retain(|(_, t)| *t != token);
+                if let Some(Role::DBus(c)) = self.handles.get_mut(&token).map(|h| &mut h.role) {
+                    c.key = Some(key);
                 }
-                None => {
-                    // The first message must be Hello to the bus.
-                    let hello = hdr.msg_type == MessageType::MethodCall
-                        && hdr.destination == Some(kdbus_core::dbus::DRIVER)
-                        && hdr.member == Some("Hello");
-                    if !hello {
-                        return false;
-                    }
-                    let bus = c.bus;
-                    let serial = hdr.serial;
-                    let mut peer = peer.clone();
-                    peer.creds = creds;
-                    match self.domain.dbus_hello(bus, &peer, fds_ok, serial) {
-                        Ok(key) => {
-                            self.conn_token.insert(key, token);
-                            self.auth_deadlines.retain(|(_, t)| *t != token);
-                            if let Some(Role::DBus(c)) =
-                                self.handles.get_mut(&token).map(|h| &mut h.role)
-                            {
-                                c.key = Some(key);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::debug!(token, %e, "Hello refused");
-                            return false;
-                        }
-                    }
-                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(token, %e, "Hello refused");
+                false
             }
         }
     }

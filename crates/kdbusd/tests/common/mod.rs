@@ -301,6 +301,9 @@ pub struct RawSocket {
     next_req: u64,
 }
 
+/// A record the broker wrote: its header, body and the fds that came with it.
+pub type Record = (RecHeader, Vec<u8>, Vec<OwnedFd>);
+
 impl RawSocket {
     pub fn connect(path: &Path) -> RawSocket {
         use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -382,10 +385,7 @@ impl RawSocket {
 
     /// Read one datagram (waiting up to `timeout`) and split it into records. `None` on
     /// timeout or hang-up.
-    pub fn read_records(
-        &self,
-        timeout: Duration,
-    ) -> Option<Vec<(RecHeader, Vec<u8>, Vec<OwnedFd>)>> {
+    pub fn read_records(&self, timeout: Duration) -> Option<Vec<Record>> {
         let (buf, fds) = self.read_datagram(timeout)?;
         let mut fds = fds.into_iter();
         let mut out = Vec::new();
@@ -436,11 +436,10 @@ impl RawSocket {
     pub fn is_hung_up(&self, timeout: Duration) -> bool {
         wait_until(timeout, || {
             let mut buf = [0u8; 1];
-            match rustix::net::recv(&self.fd, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
-                Ok((0, _)) => true,
-                Err(rustix::io::Errno::CONNRESET) => true,
-                _ => false,
-            }
+            matches!(
+                rustix::net::recv(&self.fd, &mut buf, rustix::net::RecvFlags::DONTWAIT),
+                Ok((0, _)) | Err(rustix::io::Errno::CONNRESET)
+            )
         })
     }
 
