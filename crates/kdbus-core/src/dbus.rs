@@ -30,6 +30,7 @@ use kdbus_abi::{cmd, item, msg_flags, name_flags, payload, CmdSend, Errno, ItemW
 use kdbus_dbus::bloom::{match_mask, signal_filter, MatchSpec, SignalSpec};
 use kdbus_dbus::header::{self, Fields, Header, HeaderError, MessageType, FLAG_NO_REPLY_EXPECTED};
 use kdbus_dbus::marshal::{Endian, Reader, Writer};
+use kdbus_dbus::names::UniqueName;
 use kdbus_dbus::rules::{ArgTest, Rule};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -70,11 +71,11 @@ pub enum DBusFatal {
 
 /// Unique name of a connection id.
 pub fn unique_name(id: u64) -> String {
-    format!(":1.{id}")
+    UniqueName::from_id(id).to_string()
 }
 
 fn parse_unique(name: &str) -> Option<u64> {
-    name.strip_prefix(":1.")?.parse().ok()
+    UniqueName::parse(name)
 }
 
 /// A reply under construction: D-Bus body writer plus signature.
@@ -286,7 +287,7 @@ impl Domain {
         let body = &msg[h.header_len..h.total_len().min(msg.len())];
         if h.destination == Some(DRIVER) {
             let bus_key = conn.bus;
-            let sender = unique_name(conn.id);
+            let sender = UniqueName::from_id(conn.id);
             if self
                 .buses
                 .get(&bus_key)
@@ -318,7 +319,7 @@ impl Domain {
         let Some(src_id) = self.conns.get(&key).map(|c| c.id) else {
             return;
         };
-        let sender = unique_name(src_id);
+        let sender = UniqueName::from_id(src_id);
         let expects = h.msg_type == MessageType::MethodCall && !h.no_reply_expected();
         // Destination.
         let (dst_id, dst_name) = match h.destination {
@@ -357,10 +358,6 @@ impl Domain {
             }
             cookie_reply = rs as u64;
         }
-        // The payload: the message with the sender the bus vouches for.
-        let mut payload = Vec::with_capacity(h.header_len + body.len() + 32);
-        header::write(&mut payload, h, Some(&sender));
-        payload.extend_from_slice(body);
         let mut flags = 0;
         let mut timeout_or_reply = cookie_reply;
         if expects {
@@ -398,12 +395,19 @@ impl Domain {
             cookie: h.serial as u64,
             timeout_or_cookie_reply: timeout_or_reply,
         };
-        let send = encode_send(
+        // The payload: the message with the sender the bus vouches for, written into
+        // the SEND in the domain's reused buffer.
+        let mut send = std::mem::take(&mut self.send_scratch);
+        encode_send(
+            &mut send,
             &msg,
             dst_name,
             bloom.as_ref().map(|b| b.words()),
-            &payload,
             fds.len(),
+            |out| {
+                header::write(out, h, Some(&sender));
+                out.extend_from_slice(body);
+            },
         );
         let req = Request {
             cmd: cmd::SEND,
@@ -413,7 +417,11 @@ impl Domain {
             creds,
         };
         let mut fds = fds;
-        match self.cmd_send(key, &req, &mut fds) {
+        let sent = self.cmd_send(key, &req, &mut fds);
+        if send.capacity() <= SEND_SCRATCH_KEEP_BYTES {
+            self.send_scratch = send;
+        }
+        match sent {
             Ok(SendOutcome::Done(_)) | Ok(SendOutcome::Pending) => {}
             Err(e) if expects => {
                 let (name, text) = match e {
@@ -477,7 +485,7 @@ impl Domain {
         {
             return Err(Errno::EBADMSG);
         }
-        let sender = unique_name(sender_id);
+        let sender = UniqueName::from_id(sender_id);
         let body = &payload[h.header_len..h.total_len()];
         let broadcast = req.msg.dst_id == kdbus_abi::DST_ID_BROADCAST;
         let bus_key = self.conns.get(&dst_key).ok_or(Errno::ENXIO)?.bus;
@@ -564,7 +572,13 @@ impl Domain {
             return Err(Errno::EBADMSG);
         }
         let h = header::parse(&payload).map_err(|_| Errno::EBADMSG)?;
-        self.dbus_append(dst_key, &h, &payload, &unique_name(msg.src_id), files)
+        self.dbus_append(
+            dst_key,
+            &h,
+            &payload,
+            &UniqueName::from_id(msg.src_id),
+            files,
+        )
     }
 
     /// REPLY_TIMEOUT / REPLY_DEAD for a D-Bus peer: the NoReply error.
@@ -1362,15 +1376,20 @@ fn kernel_rule_items(rule: &Rule, bloom: kdbus_abi::BloomParameter) -> Vec<u8> {
     items
 }
 
-/// A kdbus SEND body carrying a D-Bus message as payload.
+/// The largest SEND buffer kept for reuse; one for a larger message is freed after it.
+const SEND_SCRATCH_KEEP_BYTES: usize = 1 << 20;
+
+/// A kdbus SEND body carrying a D-Bus message as payload, written into `out` (cleared
+/// first); `payload` writes the message.
 fn encode_send(
+    out: &mut Vec<u8>,
     msg: &Msg,
     dst_name: Option<&str>,
     bloom: Option<&[u64]>,
-    payload: &[u8],
     n_fds: usize,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + payload.len());
+    payload: impl FnOnce(&mut Vec<u8>),
+) {
+    out.clear();
     let cmd_size = std::mem::size_of::<CmdSend>();
     let cmd = CmdSend {
         size: cmd_size as u64,
@@ -1383,7 +1402,7 @@ fn encode_send(
     let msg_start = out.len();
     out.extend_from_slice(msg.as_bytes());
     {
-        let mut w = ItemWriter::new(&mut out);
+        let mut w = ItemWriter::new(out);
         if let Some(n) = dst_name {
             w.push_str(item::DST_NAME, n);
         }
@@ -1391,24 +1410,30 @@ fn encode_send(
             w.push_parts(item::BLOOM_FILTER, &[&0u64.to_ne_bytes(), b.as_bytes()]);
         }
         if n_fds > 0 {
-            w.push(item::FDS, &vec![0xff; 4 * n_fds]);
+            // Placeholders: the fds themselves travel beside the request.
+            w.push_parts(item::FDS, &vec![&[0xffu8; 4][..]; n_fds]);
         }
     }
-    // The payload vector points just past its own item.
+    // The payload vector points just past its own item; its size is known once the
+    // payload is written.
     let vec_at = out.len();
-    let data_at = kdbus_abi::align8_usize(vec_at + 32) as u64;
-    ItemWriter::new(&mut out).push(
+    let data_at = kdbus_abi::align8_usize(vec_at + 32);
+    ItemWriter::new(out).push(
         item::PAYLOAD_VEC,
         Vec_ {
-            size: payload.len() as u64,
-            address_or_offset: data_at,
+            size: 0,
+            address_or_offset: data_at as u64,
         }
         .as_bytes(),
     );
     let msg_size = (out.len() - msg_start) as u64;
     out[msg_start..msg_start + 8].copy_from_slice(&msg_size.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out
+    debug_assert_eq!(out.len(), data_at);
+    payload(out);
+    let size = (out.len() - data_at) as u64;
+    // Vec_::size is the first field of the vector item's payload (after the 16-byte
+    // item header).
+    out[vec_at + 16..vec_at + 24].copy_from_slice(&size.to_ne_bytes());
 }
 
 #[cfg(test)]

@@ -86,6 +86,8 @@ pub struct Domain {
     pub(crate) outbox: Outbox,
     pub(crate) closed: Vec<ConnKey>,
     pub(crate) scratch: Vec<u8>,
+    /// Reused for the SEND a D-Bus peer's message becomes.
+    pub(crate) send_scratch: Vec<u8>,
     /// Reused per broadcast: receivers seen, receivers found, the filter as words,
     /// the sender's names.
     pub(crate) seen: HashSet<ConnKey>,
@@ -112,6 +114,7 @@ impl Domain {
             outbox: Outbox::default(),
             closed: Vec::new(),
             scratch: Vec::with_capacity(4096),
+            send_scratch: Vec::new(),
             seen: HashSet::new(),
             targets: Vec::new(),
             bloom_words: Vec::new(),

@@ -175,3 +175,109 @@ mod tests {
         }
     }
 }
+
+/// The unique name of bus connection `id`, `:1.<id>`, held inline: the bus writes one
+/// into every message it routes, so making one must not allocate.
+#[derive(Clone, Copy)]
+pub struct UniqueName {
+    /// `:1.` and up to 20 digits.
+    buf: [u8; 23],
+    len: u8,
+}
+
+impl UniqueName {
+    pub fn from_id(id: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        let mut v = id;
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        let mut buf = [0u8; 23];
+        buf[..3].copy_from_slice(b":1.");
+        for (i, d) in digits[..n].iter().rev().enumerate() {
+            buf[3 + i] = *d;
+        }
+        UniqueName {
+            buf,
+            len: (3 + n) as u8,
+        }
+    }
+
+    /// The id in a unique name this bus gives out (`:1.<decimal>`, no leading zeros).
+    pub fn parse(name: &str) -> Option<u64> {
+        let digits = name.strip_prefix(":1.")?;
+        if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) {
+            return None;
+        }
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written into `buf`.
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for UniqueName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for UniqueName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for UniqueName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UniqueName({})", self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod unique_name_tests {
+    use super::UniqueName;
+    use proptest::prelude::*;
+
+    #[test]
+    fn formats_and_parses() {
+        assert_eq!(UniqueName::from_id(0).as_str(), ":1.0");
+        assert_eq!(UniqueName::from_id(42).as_str(), ":1.42");
+        assert_eq!(
+            UniqueName::from_id(u64::MAX).as_str(),
+            format!(":1.{}", u64::MAX)
+        );
+        assert_eq!(UniqueName::parse(":1.42"), Some(42));
+        for bad in [
+            ":1.",
+            ":1.042",
+            ":1.4a",
+            ":2.4",
+            "org.x",
+            ":1.99999999999999999999",
+        ] {
+            assert_eq!(UniqueName::parse(bad), None, "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(id: u64) {
+            let n = UniqueName::from_id(id);
+            prop_assert_eq!(n.as_str(), format!(":1.{id}"));
+            prop_assert_eq!(UniqueName::parse(&n), Some(id));
+        }
+    }
+}

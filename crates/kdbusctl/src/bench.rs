@@ -46,7 +46,7 @@ pub(crate) struct Stats {
     pub p99_us: f64,
 }
 
-fn stats(mut samples: Vec<Duration>, total: Duration) -> Stats {
+pub(crate) fn stats(mut samples: Vec<Duration>, total: Duration) -> Stats {
     samples.sort();
     let pct = |p: f64| {
         let i = ((samples.len() as f64 - 1.0) * p).round() as usize;

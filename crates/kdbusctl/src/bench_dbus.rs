@@ -3,11 +3,13 @@
 //! that what is measured is the broker, not a client library.
 //!
 //! `--dbus-compare` starts kdbusd (as dbus-daemon), dbus-daemon and dbus-broker on
-//! private sockets with the same configuration and measures all three in one run,
+//! private sockets with the same configuration and measures all three in one run
+//! (round trips interleaved in turns, so that drift of the machine's speed hits all
+//! three alike),
 //! plus the broker's memory per idle connection (resident-set growth over
 //! [`MEM_CONNS`] connections, measured first, on a fresh broker).
 
-use crate::bench::{time_rounds, BenchResult, Stats};
+use crate::bench::{stats, BenchResult, Stats};
 use kdbus_dbus::header::{self, Fields, MessageType};
 use kdbus_dbus::marshal::{Endian, Reader, Writer};
 use rustix::fd::OwnedFd;
@@ -16,7 +18,7 @@ use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A blocking D-Bus connection.
 pub struct Client {
@@ -209,6 +211,77 @@ pub struct DBusOutcome {
     pub cpu_us_per_rt: Option<f64>,
 }
 
+/// The request/reply workload on one bus: a client calling an echo service.
+struct RoundTrips {
+    client: Client,
+    service: String,
+    body: Vec<u8>,
+    _echo: std::thread::JoinHandle<()>,
+    pid: Option<u32>,
+    samples: Vec<Duration>,
+    elapsed: Duration,
+    cpu_ticks: u64,
+}
+
+impl RoundTrips {
+    fn start(address: &str, payload: usize, pid: Option<u32>) -> BenchResult<Self> {
+        let svc = Client::connect(address)?;
+        let service = svc.unique.clone();
+        let echo = std::thread::spawn(move || echo_service(svc));
+        let mut body = Vec::new();
+        Writer::new(&mut body, Endian::Little).string(&"x".repeat(payload));
+        Ok(RoundTrips {
+            client: Client::connect(address)?,
+            service,
+            body,
+            _echo: echo,
+            pid,
+            samples: Vec::new(),
+            elapsed: Duration::ZERO,
+            cpu_ticks: 0,
+        })
+    }
+
+    /// `n` round trips; timed (and the broker's CPU counted) if `timed`.
+    fn run(&mut self, n: usize, timed: bool) -> BenchResult<()> {
+        let f = Fields {
+            path: Some("/org/kdbus/Bench"),
+            interface: Some("org.kdbus.Bench"),
+            member: Some("Echo"),
+            destination: Some(&self.service),
+            signature: "s",
+            ..Default::default()
+        };
+        let cpu_before = self.pid.and_then(cpu_ticks);
+        let start = Instant::now();
+        for _ in 0..n {
+            let t0 = Instant::now();
+            let serial = self
+                .client
+                .send(MessageType::MethodCall, &f, &self.body, 0)?;
+            self.client.wait_reply(serial)?;
+            if timed {
+                self.samples.push(t0.elapsed());
+            }
+        }
+        if timed {
+            self.elapsed += start.elapsed();
+            let after = self.pid.and_then(cpu_ticks);
+            self.cpu_ticks += after.zip(cpu_before).map_or(0, |(a, b)| a - b);
+        }
+        Ok(())
+    }
+
+    /// Round-trip statistics and the broker's CPU time per round trip.
+    fn finish(self) -> (Stats, Option<f64>) {
+        let n = self.samples.len().max(1) as f64;
+        let cpu = self
+            .pid
+            .map(|_| self.cpu_ticks as f64 * 1e6 / ticks_per_s() / n);
+        (stats(self.samples, self.elapsed), cpu)
+    }
+}
+
 /// Run both workloads against `address` (and memory if we know the broker's pid).
 pub fn measure(
     address: &str,
@@ -220,36 +293,23 @@ pub fn measure(
     // Memory first, while the broker's heap holds nothing freed by earlier workloads
     // that new connections could reuse unseen.
     let kib_per_conn = broker_pid.and_then(memory_per_conn(address));
-    // Request/reply.
-    let svc = Client::connect(address)?;
-    let svc_name = svc.unique.clone();
-    let t = std::thread::spawn(move || echo_service(svc));
-    let mut client = Client::connect(address)?;
-    let mut body = Vec::new();
-    let data = "x".repeat(payload);
-    Writer::new(&mut body, Endian::Little).string(&data);
-    let f = Fields {
-        path: Some("/org/kdbus/Bench"),
-        interface: Some("org.kdbus.Bench"),
-        member: Some("Echo"),
-        destination: Some(&svc_name),
-        signature: "s",
-        ..Default::default()
-    };
-    let cpu_before = broker_pid.and_then(cpu_ticks);
-    let rtt = time_rounds(rounds, |_| {
-        let serial = client.send(MessageType::MethodCall, &f, &body, 0)?;
-        client.wait_reply(serial)?;
-        Ok(())
-    })?;
-    // time_rounds also runs a warm-up of a tenth as many rounds.
-    let timed = rounds + rounds / 10;
-    let cpu_us_per_rt = cpu_before
-        .zip(broker_pid.and_then(cpu_ticks))
-        .map(|(a, b)| (b - a) as f64 * 1e6 / ticks_per_s() / timed.max(1) as f64);
-    drop(client);
-    drop(t);
+    let mut rt = RoundTrips::start(address, payload, broker_pid)?;
+    rt.run(rounds / 10 + 1, false)?;
+    rt.run(rounds, true)?;
+    let (rtt, cpu_us_per_rt) = rt.finish();
+    let broadcast_per_s = broadcast(address, rounds, payload, subscribers)?;
+    Ok(DBusOutcome {
+        rtt,
+        broadcast_per_s,
+        kib_per_conn,
+        cpu_us_per_rt,
+    })
+}
 
+/// Broadcasts delivered per second: one emitter, `subscribers` matching receivers.
+fn broadcast(address: &str, rounds: usize, payload: usize, subscribers: usize) -> BenchResult<f64> {
+    let mut body = Vec::new();
+    Writer::new(&mut body, Endian::Little).string(&"x".repeat(payload));
     // Broadcast fan-out.
     let count = (rounds / 4).max(100);
     let mut subs = Vec::new();
@@ -293,14 +353,7 @@ pub fn measure(
     for s in subs {
         delivered += s.join().map_err(|_| "subscriber panicked")?;
     }
-    let broadcast_per_s = delivered as f64 / start.elapsed().as_secs_f64();
-
-    Ok(DBusOutcome {
-        rtt,
-        broadcast_per_s,
-        kib_per_conn,
-        cpu_us_per_rt,
-    })
+    Ok(delivered as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The broker's resident memory per idle (authenticated, Hello'd) connection: the
@@ -465,6 +518,9 @@ fn start_daemon_like(name: &str, program: &str) -> BenchResult<Started> {
     })
 }
 
+/// Turns in which `--dbus-compare` splits each broker's round trips.
+const COMPARE_TURNS: usize = 20;
+
 /// The journal socket dbus-broker's launcher logs to; created (and removed on drop)
 /// only where there is none, as in a container without systemd.
 struct JournalSocket(Option<(std::os::unix::net::UnixDatagram, PathBuf)>);
@@ -541,8 +597,6 @@ pub fn run_compare(
 ) -> BenchResult<()> {
     let kdbusd = std::env::current_exe()?.with_file_name("kdbusd");
     let kdbusd = kdbusd.to_string_lossy().into_owned();
-    let mut results = Vec::new();
-    // One broker at a time, each stopped before the next starts.
     let starters: [(&str, &dyn Fn() -> BenchResult<Started>); 3] = [
         ("kdbusd", &|| start_daemon_like("kdbusd", &kdbusd)),
         ("dbus-broker", &|| start_dbus_broker(&kdbusd)),
@@ -550,6 +604,10 @@ pub fn run_compare(
             start_daemon_like("dbus-daemon", "dbus-daemon")
         }),
     ];
+    // All three run at once (idle while another is measured), so that the round
+    // trips can be interleaved: this machine's speed drifts over seconds, and
+    // measuring one broker after the other would compare the drift.
+    let mut buses = Vec::new();
     for (name, start) in starters {
         match start() {
             Ok(s) => {
@@ -561,19 +619,50 @@ pub fn run_compare(
                     bus_pid(&s.address)
                 };
                 let pid = pid.or(Some(s.child.id()));
-                match measure(&s.address, rounds, payload, subscribers, pid) {
-                    Ok(o) => results.push((name, o)),
-                    Err(e) => eprintln!("{name}: measurement failed ({e})"),
-                }
+                buses.push((name, s, pid));
             }
             Err(e) => eprintln!("{name}: not measured ({e})"),
         }
+    }
+    let memory: Vec<Option<f64>> = buses
+        .iter()
+        .map(|(_, s, pid)| pid.and_then(memory_per_conn(&s.address)))
+        .collect();
+    let mut rts = Vec::new();
+    for (name, s, pid) in &buses {
+        let mut rt =
+            RoundTrips::start(&s.address, payload, *pid).map_err(|e| format!("{name}: {e}"))?;
+        rt.run(rounds / 10 + 1, false)?;
+        rts.push(rt);
+    }
+    let per_turn = rounds.div_ceil(COMPARE_TURNS);
+    for _ in 0..COMPARE_TURNS {
+        for rt in &mut rts {
+            rt.run(per_turn, true)?;
+        }
+    }
+    let mut results = Vec::new();
+    for (((name, s, _), rt), kib_per_conn) in buses.iter().zip(rts).zip(memory) {
+        let (rtt, cpu_us_per_rt) = rt.finish();
+        let broadcast_per_s = broadcast(&s.address, rounds, payload, subscribers)?;
+        results.push((
+            *name,
+            DBusOutcome {
+                rtt,
+                broadcast_per_s,
+                kib_per_conn,
+                cpu_us_per_rt,
+            },
+        ));
     }
     if as_json {
         let v: Vec<_> = results.iter().map(|(n, o)| outcome_json(n, o)).collect();
         println!("{}", serde_json::Value::Array(v));
     } else {
-        println!("{rounds} round trips of {payload} bytes; broadcast to {subscribers} subscribers");
+        println!(
+            "{rounds} round trips of {payload} bytes (interleaved in {COMPARE_TURNS} turns); \
+             broadcast to {subscribers} subscribers"
+        );
         for (n, o) in &results {
             print_row(n, o);
         }
