@@ -82,6 +82,8 @@ fn parse_unique(name: &str) -> Option<u64> {
 struct Body {
     sig: String,
     bytes: Vec<u8>,
+    /// Fds going with the message (its `h` values index them).
+    files: Option<Files>,
 }
 
 impl Body {
@@ -89,6 +91,7 @@ impl Body {
         Body {
             sig: String::new(),
             bytes: Vec::new(),
+            files: None,
         }
     }
     /// A writer continuing the body: alignment counts from the body's start.
@@ -606,8 +609,12 @@ impl Domain {
             sender: Some(DRIVER),
             destination: Some(&dest),
             signature: &body.sig,
+            unix_fds: body.files.as_ref().map_or(0, |f| f.len() as u32),
             ..fields
         };
+        if let Some(files) = &body.files {
+            conn.out_fds.push(files.clone());
+        }
         let flags = if t == MessageType::MethodCall {
             0
         } else {
@@ -973,7 +980,7 @@ impl Domain {
             (DRIVER, "GetConnectionUnixUser") | (DRIVER, "GetConnectionUnixProcessID") => {
                 want("s")?;
                 let name = arg_s(&mut r)?;
-                let c = self.driver_creds(bus_key, name)?;
+                let (c, _) = self.driver_creds(bus_key, name)?;
                 let v = if member.ends_with("User") {
                     c.uid
                 } else {
@@ -984,7 +991,14 @@ impl Domain {
             (DRIVER, "GetConnectionCredentials") => {
                 want("s")?;
                 let name = arg_s(&mut r)?;
-                let c = self.driver_creds(bus_key, name)?;
+                let (c, pidfd) = self.driver_creds(bus_key, name)?;
+                // ProcessFD only for callers that agreed to receive fds (dbus-daemon).
+                let caller_takes_fds = self
+                    .conns
+                    .get(&key)
+                    .and_then(|c| c.dbus.as_ref())
+                    .is_some_and(|p| p.fds_ok);
+                let pidfd = pidfd.filter(|f| caller_takes_fds && f.len() == 1);
                 let mut b = Body::new();
                 b.sig.push_str("a{sv}");
                 let mut w = b.w();
@@ -1001,7 +1015,13 @@ impl Domain {
                 let g = w.array_begin(4);
                 w.u32(c.gid);
                 w.array_end(g);
+                if pidfd.is_some() {
+                    w.align(8);
+                    w.string("ProcessFD");
+                    w.variant_fd(0);
+                }
                 w.array_end(a);
+                b.files = pidfd;
                 Ok(Some(b))
             }
             (DRIVER, "GetAdtAuditSessionData") => {
@@ -1174,15 +1194,18 @@ impl Domain {
     }
 
     /// Credentials of `name`: a connection's, or for the bus itself its creator's.
-    fn driver_creds(&self, bus_key: BusKey, name: &str) -> Result<Creds, DErr> {
-        if name == DRIVER {
-            return self
+    /// Credentials of the owner of `name`, and its pidfd if there is one.
+    fn driver_creds(&self, bus_key: BusKey, name: &str) -> Result<(Creds, Option<Files>), DErr> {
+        let peer = if name == DRIVER {
+            &self
                 .buses
                 .get(&bus_key)
-                .map(|b| b.creator.creds)
-                .ok_or_else(|| err(E_FAILED, "no bus"));
-        }
-        Ok(self.driver_conn(bus_key, name)?.peer.creds)
+                .ok_or_else(|| err(E_FAILED, "no bus"))?
+                .creator
+        } else {
+            &self.driver_conn(bus_key, name)?.peer
+        };
+        Ok((peer.creds, peer.pidfd.clone()))
     }
 
     fn driver_conn(&self, bus_key: BusKey, name: &str) -> Result<&Conn, DErr> {

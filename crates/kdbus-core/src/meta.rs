@@ -23,4 +23,7 @@ pub struct Peer {
     pub exe: Option<Arc<str>>,
     /// NUL-separated argv, as `/proc/PID/cmdline` has it.
     pub cmdline: Option<Arc<[u8]>>,
+    /// A pidfd of the process that connected (`SO_PEERPIDFD`), where the kernel gives
+    /// one: D-Bus `GetConnectionCredentials` hands out copies as `ProcessFD`.
+    pub pidfd: Option<crate::conn::Files>,
 }

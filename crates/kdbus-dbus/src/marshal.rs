@@ -387,6 +387,12 @@ impl<'a> Writer<'a> {
         self.signature("u");
         self.u32(v);
     }
+
+    /// A variant holding a unix fd: `index` into the message's fds.
+    pub fn variant_fd(&mut self, index: u32) {
+        self.signature("h");
+        self.u32(index);
+    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every connection costs the broker a descriptor or two (its socket, the peer's
+/// pidfd): take the hard limit, as dbus-daemon and dbus-broker do, rather than the
+/// customary soft 1024.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::debug!(%e, "could not raise the descriptor limit");
+        }
+    }
+}
+
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let uid = rustix::process::getuid().as_raw();
     let prefix = format!("{uid}-");
@@ -152,6 +166,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // the process that registered them.)
         return background_copy();
     }
+    raise_fd_limit();
     let (mut broker, ready) = Broker::new(cfg)?;
 
     if daemon_mode {

@@ -56,13 +56,15 @@ impl ProcStrings {
 }
 
 pub fn peer_from_socket(fd: impl AsFd, interned: &mut ProcStrings) -> std::io::Result<Peer> {
-    let cred = rustix::net::sockopt::socket_peercred(fd)?;
+    let cred = rustix::net::sockopt::socket_peercred(fd.as_fd())?;
     let creds = Creds {
         pid: cred.pid.as_raw_nonzero().get() as u32,
         uid: cred.uid.as_raw(),
         gid: cred.gid.as_raw(),
     };
-    Ok(peer_from_creds(creds, interned))
+    let mut peer = peer_from_creds(creds, interned);
+    peer.pidfd = crate::sys::peer_pidfd(fd.as_fd()).map(|f| kdbus_core::conn::Files::from(vec![f]));
+    Ok(peer)
 }
 
 pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
@@ -84,6 +86,7 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         comm,
         exe,
         cmdline,
+        pidfd: None,
     }
 }
 

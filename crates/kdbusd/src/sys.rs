@@ -1,10 +1,11 @@
-//! The broker's unsafe shell: shared memory mappings and signal plumbing.
+//! The broker's unsafe shell: shared memory mappings, signal plumbing, the one socket
+//! option rustix does not wrap.
 //!
 //! Everything else in the broker is safe Rust on top of rustix; what needs raw pointers
 //! or process-wide signal state lives here, small enough to audit at a glance.
 
 use kdbus_core::PoolMemory;
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use rustix::mm::{MapFlags, ProtFlags};
 use std::io;
 
@@ -141,6 +142,57 @@ pub fn detach_stdio() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that connected a unix socket.
+#[cfg(not(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)))]
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// A pidfd of the process at the other end of `sock`, as the kernel recorded it at
+/// connect; `None` where the kernel (or architecture) has no `SO_PEERPIDFD`.
+pub fn peer_pidfd(sock: BorrowedFd<'_>) -> Option<OwnedFd> {
+    #[cfg(any(
+        target_arch = "mips",
+        target_arch = "mips64",
+        target_arch = "sparc",
+        target_arch = "sparc64"
+    ))]
+    {
+        let _ = sock;
+        None
+    }
+    #[cfg(not(any(
+        target_arch = "mips",
+        target_arch = "mips64",
+        target_arch = "sparc",
+        target_arch = "sparc64"
+    )))]
+    {
+        let mut fd: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into the local `fd`, and `len`
+        // is its size.
+        let r = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERPIDFD,
+                (&mut fd as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 || fd < 0 || len as usize != std::mem::size_of::<libc::c_int>() {
+            return None;
+        }
+        // SAFETY: on success the kernel installed a new descriptor (close-on-exec)
+        // that nothing else owns.
+        Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
 }
 
 /// Whether SIGINT or SIGTERM is pending (blocked, not yet read). A safety net for

@@ -239,6 +239,25 @@ fn body_bytes(w: &mut Writer<'_>, data: &[u8]) {
 }
 
 #[test]
+fn no_process_fd_for_a_client_that_takes_no_fds() {
+    let b = Broker::start();
+    // `hello` does not negotiate fd passing.
+    let (mut s, mut r, name) = hello(&b);
+    let mut body = Vec::new();
+    Writer::new(&mut body, Endian::Little).string(&name);
+    s.write_all(&call(2, DRIVER, "GetConnectionCredentials", "s", &body, 0))
+        .unwrap();
+    let m = r.reply();
+    let h = header::parse(&m).unwrap();
+    assert_eq!(h.reply_serial, Some(2));
+    assert_eq!(h.signature, "a{sv}");
+    assert_eq!(h.unix_fds, 0);
+    let has = |k: &[u8]| m.windows(k.len()).any(|w| w == k);
+    assert!(has(b"ProcessID") && has(b"UnixUserID"));
+    assert!(!has(b"ProcessFD"));
+}
+
+#[test]
 fn a_bad_header_disconnects_only_its_sender() {
     let b = Broker::start();
     let (mut bad, mut bad_r, _) = hello(&b);
