@@ -27,6 +27,10 @@ pub enum ConnState {
 /// may still move to another connection) while the announcement carries them out.
 pub type Files = Arc<[OwnedFd]>;
 
+/// Fds waiting with a connection's output, each with the offset in the output where
+/// the record or message they belong to starts.
+pub type OutFiles = Vec<(usize, Files)>;
+
 /// A message sitting in a connection's queue.
 #[derive(Clone, Debug)]
 pub struct Queued {
@@ -71,10 +75,12 @@ pub struct Conn {
     /// Answers this connection waits for: (replier, cookie).
     pub awaited: HashSet<(ConnKey, u64)>,
     pub dropped_msgs: u64,
-    /// Records waiting to be written to the client, and the fds going with them: one
-    /// entry per record whose `n_fds` is not zero, in record order.
+    /// Records (D-Bus messages for D-Bus peers) waiting to be written to the client, and
+    /// the fds going with them: one entry per record or message that has fds, in order,
+    /// with the offset in `out` where it starts (a stream must send a message's fds
+    /// with its first byte).
     pub out: Vec<u8>,
-    pub out_fds: Vec<Files>,
+    pub out_fds: OutFiles,
     pub dirty: bool,
     /// Name given at HELLO (activators, policy holders).
     pub special_name: Option<String>,

@@ -299,7 +299,9 @@ impl Domain {
                 let mut copy = Vec::with_capacity(msg.len() + 16);
                 header::write(&mut copy, &h, Some(&sender));
                 copy.extend_from_slice(body);
-                self.dbus_monitors_copy(bus_key, &copy, None);
+                // Fds sent to the bus itself go nowhere else; monitors see them.
+                let files = (!fds.is_empty()).then(|| Files::from(fds));
+                self.dbus_monitors_copy(bus_key, &copy, files.as_ref(), None);
             }
             if h.msg_type == MessageType::MethodCall {
                 self.driver_call(key, &h, body);
@@ -538,6 +540,7 @@ impl Domain {
         }
         let body = msg.get(h.header_len..h.total_len()).ok_or(Errno::EBADMSG)?;
         let out = self.outbox.buf(dst);
+        let at = out.len();
         if h.sender == Some(sender) {
             out.extend_from_slice(&msg[..h.total_len()]);
         } else {
@@ -545,7 +548,7 @@ impl Domain {
             out.extend_from_slice(body);
         }
         if let Some(f) = files {
-            dst.out_fds.push(f);
+            dst.out_fds.push((at, f));
         }
         Ok(())
     }
@@ -612,9 +615,6 @@ impl Domain {
             unix_fds: body.files.as_ref().map_or(0, |f| f.len() as u32),
             ..fields
         };
-        if let Some(files) = &body.files {
-            conn.out_fds.push(files.clone());
-        }
         let flags = if t == MessageType::MethodCall {
             0
         } else {
@@ -632,6 +632,9 @@ impl Domain {
             &f,
         );
         out.extend_from_slice(&body.bytes);
+        if let Some(files) = &body.files {
+            conn.out_fds.push((start, files.clone()));
+        }
         let bus_key = conn.bus;
         if self
             .buses
@@ -643,13 +646,21 @@ impl Domain {
                 .get(&key)
                 .map(|c| c.out[start..].to_vec())
                 .unwrap_or_default();
-            self.dbus_monitors_copy(bus_key, &copy, Some(key));
+            self.dbus_monitors_copy(bus_key, &copy, body.files.as_ref(), Some(key));
         }
     }
 
     /// Give D-Bus monitors a copy of a message the driver sent or received (peers'
     /// messages reach monitors through the delivery code).
-    fn dbus_monitors_copy(&mut self, bus_key: BusKey, msg: &[u8], except: Option<ConnKey>) {
+    /// Monitors that did not agree to receive fds get no messages that carry some (as
+    /// in delivery).
+    fn dbus_monitors_copy(
+        &mut self,
+        bus_key: BusKey,
+        msg: &[u8],
+        files: Option<&Files>,
+        except: Option<ConnKey>,
+    ) {
         let Some(bus) = self.buses.get(&bus_key) else {
             return;
         };
@@ -657,8 +668,20 @@ impl Domain {
             if Some(m) == except {
                 continue;
             }
-            if let Some(c) = self.conns.get_mut(&m).filter(|c| c.dbus.is_some()) {
-                self.outbox.buf(c).extend_from_slice(msg);
+            let Some(c) = self.conns.get_mut(&m) else {
+                continue;
+            };
+            let Some(fds_ok) = c.dbus.as_ref().map(|p| p.fds_ok) else {
+                continue;
+            };
+            if files.is_some() && !fds_ok {
+                continue;
+            }
+            let out = self.outbox.buf(c);
+            let at = out.len();
+            out.extend_from_slice(msg);
+            if let Some(f) = files {
+                c.out_fds.push((at, f.clone()));
             }
         }
     }

@@ -461,9 +461,9 @@ impl Domain {
         let src = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?;
         // Native clients pass large payloads in memfds (kdbus's vector limit); a D-Bus
         // peer's message comes as one vector the broker built from a message the D-Bus
-        // framing already bounded.
+        // framing already bounded (plus the sender field the bus wrote into it).
         let max_vec_total = if src.dbus.is_some() {
-            kdbus_dbus::header::MAX_MESSAGE_SIZE as u64
+            DBUS_MAX_PAYLOAD
         } else {
             limits::MSG_MAX_PAYLOAD_VEC_SIZE
         };
@@ -490,6 +490,11 @@ impl Domain {
             return Err(Errno::EDOM);
         }
         if req.msg.dst_id == DST_ID_BROADCAST {
+            // A broadcast is copied to every D-Bus receiver: kdbus's vector limit keeps
+            // one signal from costing receivers × 128 MiB.
+            if req.payload_len > limits::MSG_MAX_PAYLOAD_VEC_SIZE {
+                return Err(Errno::EMSGSIZE);
+            }
             self.send_broadcast(src_key, &req, sender)?;
             return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
         }
@@ -760,7 +765,8 @@ impl Domain {
         };
         let dst = self.conns.get_mut(&requester).ok_or(Errno::ENXIO)?;
         let n = files.as_ref().map_or(0, |f| f.len() as u16);
-        dst.out_fds.extend(files);
+        let at = dst.out.len();
+        dst.out_fds.extend(files.map(|f| (at, f)));
         conn_push_record(
             dst,
             &mut self.outbox,
@@ -1563,7 +1569,10 @@ impl Domain {
     }
 
     /// The pending output of a connection (records, fds); the broker drains what it wrote.
-    pub fn conn_output(&mut self, key: ConnKey) -> Option<(&mut Vec<u8>, &mut Vec<Files>)> {
+    pub fn conn_output(
+        &mut self,
+        key: ConnKey,
+    ) -> Option<(&mut Vec<u8>, &mut crate::conn::OutFiles)> {
         let c = self.conns.get_mut(&key)?;
         c.dirty = false;
         Some((&mut c.out, &mut c.out_fds))
@@ -1783,6 +1792,10 @@ pub struct Outbox {
     spare: Vec<Vec<u8>>,
 }
 
+/// The largest payload of a D-Bus peer's SEND: a D-Bus message of the protocol's
+/// maximum size after the bus rewrote its header (a sender field of a unique name).
+const DBUS_MAX_PAYLOAD: u64 = kdbus_dbus::header::MAX_MESSAGE_SIZE as u64 + 1024;
+
 /// Spare buffers kept: enough for every connection a loop iteration typically writes
 /// to; more are freed.
 const OUTBOX_SPARES: usize = 64;
@@ -1823,7 +1836,8 @@ fn conn_enqueue(conn: &mut Conn, outbox: &mut Outbox, seq: u64, q: Queued) {
         dropped_msgs: conn.dropped_msgs,
     };
     let n = q.n_fds() as u16;
-    conn.out_fds.extend(q.files.clone());
+    let at = conn.out.len();
+    conn.out_fds.extend(q.files.clone().map(|f| (at, f)));
     conn.queued_at.insert(q.offset, seq);
     conn.queue.push(seq, q.priority, q);
     conn_push_record(conn, outbox, wire::REC_MSG, n, 0, 0, ev.as_bytes());

@@ -80,7 +80,19 @@ pub(crate) fn time_rounds(
     Ok(stats(samples, start.elapsed()))
 }
 
+/// The benchmarks open many sockets (1100 for the memory measurement): take the hard
+/// descriptor limit rather than a customary soft 1024.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
+}
+
 pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    raise_fd_limit();
     if let Some(address) = &args.dbus {
         return crate::bench_dbus::run_one(
             address,

@@ -220,12 +220,18 @@ struct RoundTrips {
     pid: Option<u32>,
     samples: Vec<Duration>,
     elapsed: Duration,
-    cpu_ticks: u64,
+    cpu_ns: u64,
 }
 
 impl RoundTrips {
     fn start(address: &str, payload: usize, pid: Option<u32>) -> BenchResult<Self> {
         let svc = Client::connect(address)?;
+        // The service waits while other brokers take their turns.
+        rustix::net::sockopt::set_socket_timeout(
+            &svc.fd,
+            rustix::net::sockopt::Timeout::Recv,
+            None,
+        )?;
         let service = svc.unique.clone();
         let echo = std::thread::spawn(move || echo_service(svc));
         let mut body = Vec::new();
@@ -238,7 +244,7 @@ impl RoundTrips {
             pid,
             samples: Vec::new(),
             elapsed: Duration::ZERO,
-            cpu_ticks: 0,
+            cpu_ns: 0,
         })
     }
 
@@ -252,7 +258,7 @@ impl RoundTrips {
             signature: "s",
             ..Default::default()
         };
-        let cpu_before = self.pid.and_then(cpu_ticks);
+        let cpu_before = self.pid.and_then(cpu_ns);
         let start = Instant::now();
         for _ in 0..n {
             let t0 = Instant::now();
@@ -266,8 +272,10 @@ impl RoundTrips {
         }
         if timed {
             self.elapsed += start.elapsed();
-            let after = self.pid.and_then(cpu_ticks);
-            self.cpu_ticks += after.zip(cpu_before).map_or(0, |(a, b)| a - b);
+            let after = self.pid.and_then(cpu_ns);
+            self.cpu_ns += after
+                .zip(cpu_before)
+                .map_or(0, |(a, b)| a.saturating_sub(b));
         }
         Ok(())
     }
@@ -275,9 +283,7 @@ impl RoundTrips {
     /// Round-trip statistics and the broker's CPU time per round trip.
     fn finish(self) -> (Stats, Option<f64>) {
         let n = self.samples.len().max(1) as f64;
-        let cpu = self
-            .pid
-            .map(|_| self.cpu_ticks as f64 * 1e6 / ticks_per_s() / n);
+        let cpu = self.pid.map(|_| self.cpu_ns as f64 / 1e3 / n);
         (stats(self.samples, self.elapsed), cpu)
     }
 }
@@ -380,17 +386,15 @@ fn memory_per_conn(address: &str) -> impl Fn(u32) -> Option<f64> + '_ {
     }
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; fields are counted after its closing paren.
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn ticks_per_s() -> f64 {
-    rustix::param::clock_ticks_per_second() as f64
+/// CPU time a process has run, in nanoseconds: the sum over its threads of the
+/// scheduler's account (`schedstat`; `stat` counts in 10 ms ticks).
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let s = std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
+        total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -635,10 +639,12 @@ pub fn run_compare(
         rt.run(rounds / 10 + 1, false)?;
         rts.push(rt);
     }
+    // Each turn starts with the next broker, so none always follows the same one.
     let per_turn = rounds.div_ceil(COMPARE_TURNS);
-    for _ in 0..COMPARE_TURNS {
-        for rt in &mut rts {
-            rt.run(per_turn, true)?;
+    let n = rts.len();
+    for turn in 0..COMPARE_TURNS {
+        for i in 0..n {
+            rts[(turn + i) % n].run(per_turn, true)?;
         }
     }
     let mut results = Vec::new();

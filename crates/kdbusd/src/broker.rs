@@ -393,7 +393,9 @@ impl Broker {
                         return;
                     }
                 };
-            let peer = match peer_from_socket(&fd, &mut self.proc_strings) {
+            // Connections (not control sockets) get a pidfd, for ProcessFD.
+            let pidfd = !matches!(which, Listener::Control);
+            let peer = match peer_from_socket(&fd, &mut self.proc_strings, pidfd) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(%e, "no peer credentials, dropping");
@@ -670,34 +672,48 @@ impl Broker {
             return;
         }
         if h.stream {
-            // D-Bus: a byte stream; the fds go with the first bytes.
-            let sent = if h.backlog.is_empty() {
-                send_bytes(h.fd.as_fd(), out, fds).ok()
-            } else {
-                None
-            };
-            let rest = match sent {
-                Some(n) => out[n..].to_vec(),
-                None => std::mem::take(out),
-            };
-            let files = if sent.is_some() {
-                Vec::new()
-            } else {
-                std::mem::take(fds)
-            };
-            out.clear();
-            fds.clear();
-            if !rest.is_empty() {
-                self.handle_send(token, rest, files);
+            if fds.is_empty() {
+                // The common case: no fds, one write, no copies.
+                let sent = if h.backlog.is_empty() {
+                    send_bytes(h.fd.as_fd(), out, std::iter::empty()).ok()
+                } else {
+                    None
+                };
+                match sent {
+                    Some(n) if n >= out.len() => out.clear(),
+                    _ => {
+                        out.drain(..sent.unwrap_or(0));
+                        let rest = std::mem::take(out);
+                        self.handle_send(token, rest, Vec::new());
+                    }
+                }
+                return;
             }
+            // The kernel gives a write's fds to the read that gets its first byte, and
+            // D-Bus clients give the fds of a read to the message that read starts: so
+            // each message with fds starts a write of its own.
+            let out = std::mem::take(out);
+            let fds = std::mem::take(fds);
+            let mut start = 0;
+            let mut files = Vec::new();
+            for (at, f) in fds {
+                let at = at.min(out.len());
+                if at > start {
+                    let chunk = out[start..at].to_vec();
+                    self.handle_send(token, chunk, std::mem::take(&mut files));
+                    start = at;
+                }
+                files.push(f);
+            }
+            self.handle_send(token, out[start..].to_vec(), files);
             return;
         }
         if h.backlog.is_empty()
             && out.len() <= MAX_OUT_DATAGRAM
-            && fds.iter().map(|f| f.len()).sum::<usize>() <= MAX_FDS_PER_DATAGRAM
+            && fds.iter().map(|(_, f)| f.len()).sum::<usize>() <= MAX_FDS_PER_DATAGRAM
         {
             // The common case: one datagram, no copies.
-            match send_bytes(h.fd.as_fd(), out, fds) {
+            match send_bytes(h.fd.as_fd(), out, fds.iter().map(|(_, f)| f)) {
                 Ok(_) => {
                     out.clear();
                     fds.clear();
@@ -725,7 +741,7 @@ impl Broker {
             return;
         };
         if h.backlog.is_empty() {
-            match send_bytes(h.fd.as_fd(), &bytes, &fds) {
+            match send_bytes(h.fd.as_fd(), &bytes, fds.iter()) {
                 Ok(n) if n >= bytes.len() => return,
                 Ok(n) => {
                     bytes.drain(..n);
@@ -738,8 +754,9 @@ impl Broker {
         h.backlog_bytes += bytes.len();
         h.backlog.push_back((bytes, fds));
         // What waits behind the chunk being written is bounded; the chunk itself may
-        // be one large D-Bus message (up to the protocol's 128 MiB).
-        let behind = h.backlog_bytes - h.backlog.front().map_or(0, |(b, _)| b.len());
+        // be one large D-Bus message (up to the protocol's 128 MiB), no more.
+        let front = h.backlog.front().map_or(0, |(b, _)| b.len());
+        let behind = h.backlog_bytes - front.min(kdbus_dbus::header::MAX_MESSAGE_SIZE);
         if behind > MAX_BACKLOG {
             tracing::info!(token, "client does not read its socket, disconnecting");
             self.handle_close(token);
@@ -760,7 +777,7 @@ impl Broker {
             return;
         };
         while let Some((bytes, fds)) = h.backlog.front_mut() {
-            match send_bytes(h.fd.as_fd(), bytes, fds) {
+            match send_bytes(h.fd.as_fd(), bytes, fds.iter()) {
                 Ok(n) if n < bytes.len() => {
                     // A stream took part of it: keep the rest, its fds are gone.
                     bytes.drain(..n);
@@ -844,20 +861,20 @@ impl Broker {
 
 /// Send bytes with fds; returns how many bytes the socket took (all of them, for
 /// datagrams).
-pub(crate) fn send_bytes(
+pub(crate) fn send_bytes<'f>(
     fd: BorrowedFd<'_>,
     bytes: &[u8],
-    files: &[Files],
+    files: impl Iterator<Item = &'f Files>,
 ) -> Result<usize, SysErrno> {
-    let borrowed: Vec<BorrowedFd<'_>>;
+    // Collecting from no fds allocates nothing.
+    let borrowed: Vec<BorrowedFd<'f>> = files.flat_map(|f| f.iter().map(|fd| fd.as_fd())).collect();
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_DATAGRAM))];
     let mut anc = SendAncillaryBuffer::new(&mut space);
-    if !files.is_empty() {
-        borrowed = files
-            .iter()
-            .flat_map(|f| f.iter().map(|fd| fd.as_fd()))
-            .collect();
-        anc.push(SendAncillaryMessage::ScmRights(&borrowed));
+    if !borrowed.is_empty() && !anc.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+        // More fds than one write can carry: callers keep each write within
+        // MAX_FDS_PER_DATAGRAM, so this is a bug, not the client's doing.
+        tracing::error!(n = borrowed.len(), "too many fds for one write");
+        return Err(SysErrno::INVAL);
     }
     loop {
         let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
@@ -871,7 +888,7 @@ pub(crate) fn send_bytes(
 
 /// Cut a record stream into datagrams that respect the size and fd limits, keeping
 /// each record's fds with it.
-fn split_records(out: &[u8], files: &mut Vec<Files>) -> Vec<(Vec<u8>, Vec<Files>)> {
+fn split_records(out: &[u8], files: &mut Vec<(usize, Files)>) -> Vec<(Vec<u8>, Vec<Files>)> {
     let mut chunks = Vec::new();
     let mut cur: Vec<u8> = Vec::new();
     let mut cur_files: Vec<Files> = Vec::new();
@@ -888,7 +905,7 @@ fn split_records(out: &[u8], files: &mut Vec<Files>) -> Vec<(Vec<u8>, Vec<Files>
         }
         wire::push_frame(&mut cur, &hdr, &[body]);
         if n > 0 {
-            cur_files.extend(next_files.next());
+            cur_files.extend(next_files.next().map(|(_, f)| f));
             cur_fds += n;
         }
     }

@@ -22,6 +22,11 @@ use std::mem::MaybeUninit;
 pub const AUTH_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 /// Bytes read per wakeup before moving on to other clients.
 const READ_BUDGET_BYTES: usize = 1 << 20;
+/// The kernel's SCM_MAX_FD.
+const MAX_FDS_PER_MESSAGE: usize = 253;
+/// A partial unit's buffer larger than this, and over twice what it holds, is
+/// shrunk: one large message must not leave a client holding its size forever.
+const PARTIAL_KEEP_BYTES: usize = 64 * 1024;
 
 /// A client of a bus's D-Bus socket.
 pub(crate) struct DBusClient {
@@ -126,6 +131,11 @@ impl Broker {
                 let (ok, used) = self.dbus_process(token, &partial, creds);
                 if ok && used < partial.len() {
                     partial.drain(..used);
+                    if partial.capacity() > PARTIAL_KEEP_BYTES
+                        && partial.capacity() > 2 * partial.len()
+                    {
+                        partial.shrink_to(2 * partial.len());
+                    }
                     if let Some(Role::DBus(c)) = self.handles.get_mut(&token).map(|h| &mut h.role) {
                         c.partial = partial;
                     }
@@ -207,7 +217,8 @@ impl Broker {
             }
         };
         let n = hdr.unix_fds as usize;
-        if n > c.fds.len() {
+        // More fds than one write can carry could never be delivered.
+        if n > c.fds.len() || n > MAX_FDS_PER_MESSAGE {
             return false;
         }
         let fds: Vec<OwnedFd> = if n == 0 {

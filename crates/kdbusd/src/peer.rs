@@ -5,6 +5,7 @@
 //! connections, or many processes of one program, share one copy instead of holding
 //! one per connection.
 
+use kdbus_core::conn::Files;
 use kdbus_core::{Creds, Peer};
 use rustix::fd::AsFd;
 use std::collections::HashSet;
@@ -55,7 +56,12 @@ impl ProcStrings {
     }
 }
 
-pub fn peer_from_socket(fd: impl AsFd, interned: &mut ProcStrings) -> std::io::Result<Peer> {
+/// `pidfd`: also take a pidfd of the process (for connections that may be asked for one).
+pub fn peer_from_socket(
+    fd: impl AsFd,
+    interned: &mut ProcStrings,
+    pidfd: bool,
+) -> std::io::Result<Peer> {
     let cred = rustix::net::sockopt::socket_peercred(fd.as_fd())?;
     let creds = Creds {
         pid: cred.pid.as_raw_nonzero().get() as u32,
@@ -63,7 +69,9 @@ pub fn peer_from_socket(fd: impl AsFd, interned: &mut ProcStrings) -> std::io::R
         gid: cred.gid.as_raw(),
     };
     let mut peer = peer_from_creds(creds, interned);
-    peer.pidfd = crate::sys::peer_pidfd(fd.as_fd()).map(|f| kdbus_core::conn::Files::from(vec![f]));
+    if pidfd {
+        peer.pidfd = crate::sys::peer_pidfd(fd.as_fd()).map(|f| Files::from(vec![f]));
+    }
     Ok(peer)
 }
 

@@ -145,54 +145,33 @@ pub fn detach_stdio() -> io::Result<()> {
 }
 
 /// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that connected a unix socket.
-#[cfg(not(any(
-    target_arch = "mips",
-    target_arch = "mips64",
-    target_arch = "sparc",
-    target_arch = "sparc64"
-)))]
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
 const SO_PEERPIDFD: libc::c_int = 77;
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_PEERPIDFD: libc::c_int = 0x56;
 
 /// A pidfd of the process at the other end of `sock`, as the kernel recorded it at
-/// connect; `None` where the kernel (or architecture) has no `SO_PEERPIDFD`.
+/// connect; `None` where the kernel has no `SO_PEERPIDFD`.
 pub fn peer_pidfd(sock: BorrowedFd<'_>) -> Option<OwnedFd> {
-    #[cfg(any(
-        target_arch = "mips",
-        target_arch = "mips64",
-        target_arch = "sparc",
-        target_arch = "sparc64"
-    ))]
-    {
-        let _ = sock;
-        None
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the local `fd`, and `len`
+    // is its size.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || fd < 0 || len as usize != std::mem::size_of::<libc::c_int>() {
+        return None;
     }
-    #[cfg(not(any(
-        target_arch = "mips",
-        target_arch = "mips64",
-        target_arch = "sparc",
-        target_arch = "sparc64"
-    )))]
-    {
-        let mut fd: libc::c_int = -1;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into the local `fd`, and `len`
-        // is its size.
-        let r = unsafe {
-            libc::getsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_PEERPIDFD,
-                (&mut fd as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if r != 0 || fd < 0 || len as usize != std::mem::size_of::<libc::c_int>() {
-            return None;
-        }
-        // SAFETY: on success the kernel installed a new descriptor (close-on-exec)
-        // that nothing else owns.
-        Some(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
+    // SAFETY: on success the kernel installed a new descriptor (close-on-exec)
+    // that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Whether SIGINT or SIGTERM is pending (blocked, not yet read). A safety net for

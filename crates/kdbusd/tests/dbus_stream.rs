@@ -257,6 +257,172 @@ fn no_process_fd_for_a_client_that_takes_no_fds() {
     assert!(!has(b"ProcessFD"));
 }
 
+/// Reads exactly one message per call the way sd-bus does (fixed header, then the
+/// rest), keeping the fds that came with the reads of that message.
+fn read_exact_with_fds(s: &UnixStream, n: usize, fds: &mut Vec<std::os::fd::OwnedFd>) -> Vec<u8> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
+        let mut anc = RecvAncillaryBuffer::new(&mut space);
+        let r = rustix::net::recvmsg(
+            s,
+            &mut [std::io::IoSliceMut::new(&mut buf[got..])],
+            &mut anc,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .expect("recvmsg");
+        assert!(r.bytes > 0, "connection closed");
+        got += r.bytes;
+        for m in anc.drain() {
+            if let RecvAncillaryMessage::ScmRights(it) = m {
+                fds.extend(it);
+            }
+        }
+    }
+    buf
+}
+
+fn read_line_exact(s: &mut UnixStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "connection closed");
+        line.push(b[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Connect with fd passing negotiated and say Hello; read exactly, one message at a
+/// time, from then on.
+fn hello_fds(b: &Broker) -> (UnixStream, String) {
+    let mut s = socket(b);
+    let hex: String = uid()
+        .to_string()
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut bytes = format!("\0AUTH EXTERNAL {hex}\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n").into_bytes();
+    bytes.extend(call(1, DRIVER, "Hello", "", &[], 0));
+    s.write_all(&bytes).unwrap();
+    assert!(read_line_exact(&mut s).starts_with("OK "));
+    assert_eq!(read_line_exact(&mut s), "AGREE_UNIX_FD\r\n");
+    let (hello, _) = next_exact(&s);
+    let name = first_string(&hello);
+    (s, name)
+}
+
+/// The next message, read exactly, and how many fds came with its reads.
+fn next_exact(s: &UnixStream) -> (Vec<u8>, usize) {
+    let mut fds = Vec::new();
+    let mut m = read_exact_with_fds(s, 16, &mut fds);
+    let len = header::message_len(&m).unwrap().unwrap();
+    m.extend(read_exact_with_fds(s, len - 16, &mut fds));
+    (m, fds.len())
+}
+
+#[test]
+fn fds_arrive_with_the_message_that_carries_them() {
+    let b = Broker::start();
+    let (mut s, name) = hello_fds(&b);
+    let next = next_exact;
+    // Several calls in one write, every other one answered with a pidfd: the replies
+    // come in one flush, yet each fd must come with the read of its own message.
+    let mut batch = Vec::new();
+    let mut arg = Vec::new();
+    Writer::new(&mut arg, Endian::Little).string(&name);
+    for serial in 2..12 {
+        if serial % 2 == 0 {
+            batch.extend(call(
+                serial,
+                DRIVER,
+                "GetConnectionCredentials",
+                "s",
+                &arg,
+                0,
+            ));
+        } else {
+            batch.extend(call(serial, DRIVER, "GetNameOwner", "s", &arg, 0));
+        }
+    }
+    s.write_all(&batch).unwrap();
+    let mut answered = 0;
+    let mut with_fd = 0;
+    while answered < 10 {
+        let (m, n_fds) = next(&s);
+        let h = header::parse(&m).unwrap();
+        assert_eq!(n_fds, h.unix_fds as usize, "fds of {:?}", h.reply_serial);
+        if h.reply_serial.is_some() {
+            answered += 1;
+            with_fd += n_fds;
+        }
+    }
+    // Five pidfds where the kernel gives them.
+    assert!(with_fd == 5 || with_fd == 0, "{with_fd}");
+}
+
+#[test]
+fn monitors_get_the_fds_of_what_they_see() {
+    let b = Broker::start();
+    let (mut mon, _) = hello_fds(&b);
+    // BecomeMonitor([], 0)
+    let mut arg = Vec::new();
+    {
+        let mut w = Writer::new(&mut arg, Endian::Little);
+        let a = w.array_begin(4);
+        w.array_end(a);
+        w.u32(0);
+    }
+    let become_monitor = {
+        let f = Fields {
+            path: Some(DRIVER_PATH),
+            interface: Some("org.freedesktop.DBus.Monitoring"),
+            member: Some("BecomeMonitor"),
+            destination: Some(DRIVER),
+            signature: "asu",
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        header::write_fields(
+            &mut out,
+            Endian::Little,
+            MessageType::MethodCall,
+            0,
+            arg.len() as u32,
+            2,
+            &f,
+        );
+        out.extend_from_slice(&arg);
+        out
+    };
+    mon.write_all(&become_monitor).unwrap();
+    loop {
+        let (m, _) = next_exact(&mon);
+        if header::parse(&m).unwrap().reply_serial == Some(2) {
+            break;
+        }
+    }
+    // Another client asks for its own credentials: the monitor sees the call and the
+    // reply, the reply's pidfd with it.
+    let (mut c, name) = hello_fds(&b);
+    let mut arg = Vec::new();
+    Writer::new(&mut arg, Endian::Little).string(&name);
+    c.write_all(&call(2, DRIVER, "GetConnectionCredentials", "s", &arg, 0))
+        .unwrap();
+    loop {
+        let (m, n_fds) = next_exact(&mon);
+        let h = header::parse(&m).unwrap();
+        assert_eq!(n_fds, h.unix_fds as usize);
+        if h.msg_type == MessageType::MethodReturn
+            && h.reply_serial == Some(2)
+            && h.destination == Some(name.as_str())
+        {
+            break;
+        }
+    }
+}
+
 #[test]
 fn a_bad_header_disconnects_only_its_sender() {
     let b = Broker::start();
