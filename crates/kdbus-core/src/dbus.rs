@@ -26,6 +26,7 @@ use crate::meta::{Creds, Peer};
 use crate::names::NameEvent;
 use crate::pool::{PoolAllocator, PoolQuota};
 use crate::queue::RecvQueue;
+use crate::stream_quota::{Charge, StreamQuota};
 use kdbus_abi::{cmd, item, msg_flags, name_flags, payload, CmdSend, Errno, ItemWriter, Msg, Vec_};
 use kdbus_dbus::bloom::{match_mask, signal_filter, MatchSpec, SignalSpec};
 use kdbus_dbus::header::{self, Fields, Header, HeaderError, MessageType, FLAG_NO_REPLY_EXPECTED};
@@ -49,6 +50,8 @@ pub struct DBusPeer {
     pub rules: Vec<(Rule, Option<u64>)>,
     next_serial: u32,
     next_cookie: u64,
+    /// What the stream holds unwritten, and whose it is.
+    pub quota: StreamQuota,
 }
 
 impl DBusPeer {
@@ -463,6 +466,7 @@ impl Domain {
         dst_key: ConnKey,
         req: &SendRequest<'_>,
         sender_id: u64,
+        sender_uid: u32,
         files: Option<Files>,
     ) -> Result<(), Errno> {
         if req.msg.payload_type != payload::DBUS {
@@ -519,7 +523,19 @@ impl Domain {
                 return Ok(());
             }
         }
-        self.dbus_append(dst_key, &h, payload, &sender, files)
+        // A reply the receiver waits for, or a monitor's copy, is the receiver's own
+        // doing; anything else counts against the sender's share of its stream.
+        let requested = req.cookie_reply().is_some()
+            || self
+                .conns
+                .get(&dst_key)
+                .is_some_and(|c| c.flags & kdbus_abi::hello_flags::MONITOR != 0);
+        let charge = if requested {
+            Charge::Requested
+        } else {
+            Charge::Sender(sender_uid)
+        };
+        self.dbus_append(dst_key, &h, payload, &sender, files, charge)
     }
 
     /// Append a D-Bus message (header `h` of `msg`) to a peer's stream with `sender`
@@ -532,6 +548,7 @@ impl Domain {
         msg: &[u8],
         sender: &str,
         files: Option<Files>,
+        charge: Charge,
     ) -> Result<(), Errno> {
         let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
         let fds_ok = dst.dbus.as_ref().is_some_and(|p| p.fds_ok);
@@ -547,10 +564,28 @@ impl Domain {
             header::write(out, h, Some(sender));
             out.extend_from_slice(body);
         }
+        let len = (out.len() - at) as u64;
+        let Some(peer) = dst.dbus.as_mut() else {
+            return Err(Errno::EBADMSG);
+        };
+        if !peer.quota.admits(charge, len) {
+            // Over the sender's share of this receiver: the sender hears of it, the
+            // receiver does not.
+            dst.out.truncate(at);
+            return Err(Errno::ENOBUFS);
+        }
+        peer.quota.charge(charge, len);
         if let Some(f) = files {
             dst.out_fds.push((at, f));
         }
         Ok(())
+    }
+
+    /// The broker wrote `n` bytes of a D-Bus peer's stream.
+    pub fn dbus_written(&mut self, key: ConnKey, n: usize) {
+        if let Some(p) = self.conns.get_mut(&key).and_then(|c| c.dbus.as_mut()) {
+            p.quota.written(n as u64);
+        }
     }
 
     /// A message that sat in a native connection's pool (an activator's queue) moves
@@ -578,12 +613,14 @@ impl Domain {
             return Err(Errno::EBADMSG);
         }
         let h = header::parse(&payload).map_err(|_| Errno::EBADMSG)?;
+        // Already accepted into the activator's queue: not refused now.
         self.dbus_append(
             dst_key,
             &h,
             &payload,
             &UniqueName::from_id(msg.src_id),
             files,
+            Charge::Requested,
         )
     }
 
@@ -632,8 +669,12 @@ impl Domain {
             &f,
         );
         out.extend_from_slice(&body.bytes);
+        let len = (out.len() - start) as u64;
         if let Some(files) = &body.files {
             conn.out_fds.push((start, files.clone()));
+        }
+        if let Some(p) = conn.dbus.as_mut() {
+            p.quota.charge(Charge::Requested, len);
         }
         let bus_key = conn.bus;
         if self
@@ -682,6 +723,9 @@ impl Domain {
             out.extend_from_slice(msg);
             if let Some(f) = files {
                 c.out_fds.push((at, f.clone()));
+            }
+            if let Some(p) = c.dbus.as_mut() {
+                p.quota.charge(Charge::Requested, msg.len() as u64);
             }
         }
     }
@@ -767,6 +811,7 @@ impl Domain {
             };
             let serial = peer.serial();
             let out = self.outbox.buf(conn);
+            let start = out.len();
             header::write_fields(
                 out,
                 Endian::Little,
@@ -777,6 +822,10 @@ impl Domain {
                 &f,
             );
             out.extend_from_slice(&body.bytes);
+            let len = (out.len() - start) as u64;
+            if let Some(p) = conn.dbus.as_mut() {
+                p.quota.charge(Charge::Requested, len);
+            }
         }
     }
 

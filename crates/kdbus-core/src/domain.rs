@@ -592,7 +592,7 @@ impl Domain {
         seq: u64,
     ) -> Result<(), Errno> {
         if self.conns.get(&dst_key).is_some_and(|c| c.dbus.is_some()) {
-            return self.dbus_deliver(dst_key, req, sender.id, files);
+            return self.dbus_deliver(dst_key, req, sender.id, sender.creds.uid, files);
         }
         let now = self.clock.now();
         let n_fds = files.as_ref().map_or(0, |f| f.len() as u32);

@@ -18,6 +18,7 @@ pub mod names;
 pub mod pool;
 pub mod queue;
 pub mod reply;
+pub mod stream_quota;
 
 pub use clock::{Clock, ManualClock, Now};
 pub use domain::{BusKey, ConnKey, Domain, SendOutcome};

@@ -73,11 +73,14 @@ fn message(t: MessageType, serial: u32, f: &Fields<'_>, payload: &str) -> Vec<u8
 fn drain(d: &mut Domain, dirty: &mut Vec<ConnKey>, sink: &mut Vec<(ConnKey, Vec<u8>)>) {
     d.take_dirty(dirty);
     for &k in dirty.iter() {
+        let mut written = 0;
         if let Some((out, fds)) = d.conn_output(k) {
             sink.push((k, out.clone()));
+            written = out.len();
             out.clear();
             fds.clear();
         }
+        d.dbus_written(k, written);
         d.conn_output_done(k);
     }
 }

@@ -38,6 +38,10 @@ use zerocopy::IntoBytes;
 const MAX_OUT_DATAGRAM: usize = 64 * 1024;
 /// Output a client may leave unread before we give up on it.
 const MAX_BACKLOG: usize = 8 * 1024 * 1024;
+/// The same for a D-Bus client: well above what other peers may queue for it
+/// (`kdbus_core::stream_quota`), so only its own requests' answers and the bus's
+/// signals it subscribed to can get it there.
+const MAX_STREAM_BACKLOG: usize = 4 * kdbus_core::stream_quota::STREAM_QUOTA_BYTES as usize;
 /// Datagrams read from one socket per wakeup, so that one busy client cannot starve
 /// the others.
 const READ_BUDGET: usize = 64;
@@ -82,6 +86,16 @@ pub(crate) enum Role {
     /// A D-Bus client on a bus's D-Bus socket (authenticating, or a connection after
     /// Hello).
     DBus(Box<DBusClient>),
+}
+
+impl Handle {
+    /// The connection whose D-Bus stream this is, once it said Hello.
+    fn stream_conn(&self) -> Option<ConnKey> {
+        match &self.role {
+            Role::DBus(c) => c.key,
+            _ => None,
+        }
+    }
 }
 
 pub(crate) struct Handle {
@@ -679,13 +693,21 @@ impl Broker {
                 } else {
                     None
                 };
-                match sent {
-                    Some(n) if n >= out.len() => out.clear(),
+                let rest = match sent {
+                    Some(n) if n >= out.len() => {
+                        out.clear();
+                        None
+                    }
                     _ => {
                         out.drain(..sent.unwrap_or(0));
-                        let rest = std::mem::take(out);
-                        self.handle_send(token, rest, Vec::new());
+                        Some(std::mem::take(out))
                     }
+                };
+                if let (Some(n), Some(key)) = (sent, h.stream_conn()) {
+                    self.domain.dbus_written(key, n);
+                }
+                if let Some(rest) = rest {
+                    self.handle_send(token, rest, Vec::new());
                 }
                 return;
             }
@@ -740,10 +762,19 @@ impl Broker {
         let Some(h) = self.handles.get_mut(&token) else {
             return;
         };
+        let stream_of = h.stream_conn();
         if h.backlog.is_empty() {
             match send_bytes(h.fd.as_fd(), &bytes, fds.iter()) {
-                Ok(n) if n >= bytes.len() => return,
+                Ok(n) if n >= bytes.len() => {
+                    if let Some(key) = stream_of {
+                        self.domain.dbus_written(key, n);
+                    }
+                    return;
+                }
                 Ok(n) => {
+                    if let Some(key) = stream_of {
+                        self.domain.dbus_written(key, n);
+                    }
                     bytes.drain(..n);
                     fds.clear();
                 }
@@ -754,10 +785,17 @@ impl Broker {
         h.backlog_bytes += bytes.len();
         h.backlog.push_back((bytes, fds));
         // What waits behind the chunk being written is bounded; the chunk itself may
-        // be one large D-Bus message (up to the protocol's 128 MiB), no more.
+        // be one large D-Bus message (up to the protocol's 128 MiB), no more. Other
+        // peers cannot fill a D-Bus client's stream (their shares of it are bounded
+        // in the core): what piles up beyond is the client's own doing.
         let front = h.backlog.front().map_or(0, |(b, _)| b.len());
         let behind = h.backlog_bytes - front.min(kdbus_dbus::header::MAX_MESSAGE_SIZE);
-        if behind > MAX_BACKLOG {
+        let bound = if h.stream {
+            MAX_STREAM_BACKLOG
+        } else {
+            MAX_BACKLOG
+        };
+        if behind > bound {
             tracing::info!(token, "client does not read its socket, disconnecting");
             self.handle_close(token);
             return;
@@ -776,6 +814,7 @@ impl Broker {
         let Some(h) = self.handles.get_mut(&token) else {
             return;
         };
+        let stream_of = h.stream_conn();
         while let Some((bytes, fds)) = h.backlog.front_mut() {
             match send_bytes(h.fd.as_fd(), bytes, fds.iter()) {
                 Ok(n) if n < bytes.len() => {
@@ -783,11 +822,17 @@ impl Broker {
                     bytes.drain(..n);
                     fds.clear();
                     h.backlog_bytes -= n;
+                    if let Some(key) = stream_of {
+                        self.domain.dbus_written(key, n);
+                    }
                     return;
                 }
-                Ok(_) => {
+                Ok(n) => {
                     h.backlog_bytes -= bytes.len();
                     h.backlog.pop_front();
+                    if let Some(key) = stream_of {
+                        self.domain.dbus_written(key, n);
+                    }
                 }
                 Err(SysErrno::AGAIN) => return,
                 Err(_) => {

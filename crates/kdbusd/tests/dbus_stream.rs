@@ -424,6 +424,67 @@ fn monitors_get_the_fds_of_what_they_see() {
 }
 
 #[test]
+fn a_flooding_sender_gets_errors_and_its_slow_receiver_stays() {
+    let b = Broker::start();
+    let (mut victim, mut victim_r, victim_name) = hello(&b);
+    let (mut flood, mut flood_r, _) = hello(&b);
+    // 64 calls of 256 KiB (16 MiB) to a receiver that reads nothing meanwhile.
+    let mut body = Vec::new();
+    {
+        let mut w = Writer::new(&mut body, Endian::Little);
+        w.string(&"x".repeat(256 * 1024));
+    }
+    let n = 64;
+    let writer = {
+        let calls: Vec<u8> = (0..n)
+            .flat_map(|i| call(10 + i, &victim_name, "Fill", "s", &body, 0))
+            .collect();
+        std::thread::spawn(move || flood.write_all(&calls).map(|_| flood))
+    };
+    // Every call the bus refused comes back as LimitsExceeded, at once (before the
+    // answer to a call to the bus made after them all).
+    let mut flood = writer.join().unwrap().unwrap();
+    flood
+        .write_all(&call(1000, DRIVER, "GetId", "", &[], 0))
+        .unwrap();
+    let mut refused = 0;
+    loop {
+        let m = flood_r.reply();
+        let h = header::parse(&m).unwrap();
+        if h.reply_serial == Some(1000) {
+            break;
+        }
+        assert_eq!(h.msg_type, MessageType::Error);
+        assert_eq!(
+            h.error_name,
+            Some("org.freedesktop.DBus.Error.LimitsExceeded")
+        );
+        refused += 1;
+    }
+    assert!(
+        refused > 0 && (refused as u32) < n,
+        "{refused} of {n} refused"
+    );
+    // The receiver was not disconnected: it still gets every call the bus took, then
+    // the answer to its own call.
+    victim
+        .write_all(&call(2, DRIVER, "GetId", "", &[], 0))
+        .unwrap();
+    let mut calls = 0;
+    loop {
+        let m = victim_r.message();
+        let h = header::parse(&m).unwrap();
+        if h.member == Some("Fill") {
+            calls += 1;
+        }
+        if h.reply_serial == Some(2) {
+            break;
+        }
+    }
+    assert_eq!(calls + refused as u32, n);
+}
+
+#[test]
 fn a_bad_header_disconnects_only_its_sender() {
     let b = Broker::start();
     let (mut bad, mut bad_r, _) = hello(&b);
