@@ -37,17 +37,21 @@ pub enum Charge {
 
 #[derive(Debug, Default)]
 pub struct StreamQuota {
-    /// Unwritten messages in stream order: (charged user, bytes).
-    pending: VecDeque<(Option<u32>, u64)>,
+    /// Stream positions: bytes appended, bytes written, since the stream began.
+    appended: u64,
+    written: u64,
+    /// Unwritten messages charged to a sender, in stream order: (user, start, end).
+    /// Requested bytes need no record, so a connection that only gets what it asked
+    /// for (most of them) holds none.
+    charged: VecDeque<(u32, u64, u64)>,
     /// Bytes pending per sending user (few users talk to one peer: a vector).
     users: Vec<(u32, u64)>,
-    total: u64,
 }
 
 impl StreamQuota {
     /// Bytes appended and not yet written.
     pub fn pending_bytes(&self) -> u64 {
-        self.total
+        self.appended - self.written
     }
 
     /// Whether `len` more bytes charged as `charge` fit.
@@ -55,10 +59,11 @@ impl StreamQuota {
         let Charge::Sender(user) = charge else {
             return true;
         };
-        if self.total == 0 {
+        let total = self.pending_bytes();
+        if total == 0 {
             return true;
         }
-        let remaining = STREAM_QUOTA_BYTES.saturating_sub(self.total);
+        let remaining = STREAM_QUOTA_BYTES.saturating_sub(total);
         let share = self.share_of(user);
         let n = self.users.len() as u64 + u64::from(share == 0);
         share
@@ -70,45 +75,41 @@ impl StreamQuota {
 
     /// Record `len` bytes appended to the stream.
     pub fn charge(&mut self, charge: Charge, len: u64) {
-        let user = match charge {
-            Charge::Sender(u) => Some(u),
-            Charge::Requested => None,
+        let start = self.appended;
+        self.appended += len;
+        let Charge::Sender(u) = charge else {
+            return;
         };
-        if let Some(u) = user {
-            match self.users.iter_mut().find(|(x, _)| *x == u) {
-                Some((_, b)) => *b += len,
-                None => self.users.push((u, len)),
-            }
+        match self.users.iter_mut().find(|(x, _)| *x == u) {
+            Some((_, b)) => *b += len,
+            None => self.users.push((u, len)),
         }
-        // Consecutive bytes of the same charge share a record.
-        match self.pending.back_mut() {
-            Some((who, n)) if *who == user => *n += len,
-            _ => self.pending.push_back((user, len)),
+        // Consecutive bytes of one user share a record.
+        match self.charged.back_mut() {
+            Some((who, _, end)) if *who == u && *end == start => *end = self.appended,
+            _ => self.charged.push_back((u, start, self.appended)),
         }
-        self.total += len;
     }
 
-    /// The broker wrote `n` bytes of the stream.
-    pub fn written(&mut self, mut n: u64) {
-        while n > 0 {
-            let Some((who, len)) = self.pending.front_mut() else {
+    /// The broker wrote `n` more bytes of the stream.
+    pub fn written(&mut self, n: u64) {
+        let before = self.written;
+        self.written = (self.written + n).min(self.appended);
+        while let Some(&(u, start, end)) = self.charged.front() {
+            if start >= self.written {
                 break;
-            };
-            let take = n.min(*len);
-            *len -= take;
-            n -= take;
-            self.total -= take;
-            if let Some(u) = *who {
-                if let Some(i) = self.users.iter().position(|(x, _)| *x == u) {
-                    self.users[i].1 -= take;
-                    if self.users[i].1 == 0 {
-                        self.users.swap_remove(i);
-                    }
+            }
+            let freed = end.min(self.written) - start.max(before);
+            if let Some(i) = self.users.iter().position(|(x, _)| *x == u) {
+                self.users[i].1 -= freed;
+                if self.users[i].1 == 0 {
+                    self.users.swap_remove(i);
                 }
             }
-            if *len == 0 {
-                self.pending.pop_front();
+            if end > self.written {
+                break;
             }
+            self.charged.pop_front();
         }
     }
 
@@ -126,6 +127,22 @@ mod tests {
     use proptest::prelude::*;
 
     const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn requested_bytes_keep_no_records() {
+        let mut q = StreamQuota::default();
+        q.charge(Charge::Requested, 100);
+        q.charge(Charge::Sender(1), 50);
+        q.charge(Charge::Requested, 100);
+        assert_eq!(q.charged.len(), 1);
+        // Writing the first 120 bytes frees 20 of the sender's 50.
+        q.written(120);
+        assert_eq!(q.share_of(1), 30);
+        q.written(180);
+        assert_eq!(q.share_of(1), 0);
+        assert!(q.charged.is_empty() && q.users.is_empty());
+        assert_eq!(q.pending_bytes(), 0);
+    }
 
     #[test]
     fn an_empty_stream_takes_any_message() {
@@ -159,7 +176,7 @@ mod tests {
         let total = q.pending_bytes();
         q.written(total);
         assert_eq!(q.pending_bytes(), 0);
-        assert!(q.users.is_empty() && q.pending.is_empty());
+        assert!(q.users.is_empty() && q.charged.is_empty());
         assert!(q.admits(Charge::Sender(1), 4096));
     }
 
@@ -211,7 +228,11 @@ mod tests {
                 }
                 prop_assert_eq!(q.pending_bytes(), appended - written);
                 let by_user: u64 = q.users.iter().map(|(_, b)| b).sum();
-                let in_records: u64 = q.pending.iter().filter(|(u, _)| u.is_some()).map(|(_, b)| b).sum();
+                let in_records: u64 = q
+                    .charged
+                    .iter()
+                    .map(|&(_, start, end)| end - start.max(q.written))
+                    .sum();
                 prop_assert_eq!(by_user, in_records);
                 prop_assert!(q.users.iter().all(|(_, b)| *b > 0));
             }
