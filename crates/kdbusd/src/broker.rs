@@ -134,6 +134,8 @@ pub struct Broker {
     pub(crate) conn_token: HashMap<ConnKey, u64>,
     /// Unauthenticated D-Bus clients: (deadline, token), earliest first.
     pub(crate) auth_deadlines: std::collections::BTreeSet<(u64, u64)>,
+    /// Unauthenticated D-Bus clients per uid.
+    pub(crate) incomplete: HashMap<u32, u32>,
     /// Socket files of extra D-Bus listeners, removed at shutdown.
     extra_paths: Vec<PathBuf>,
     bus_sockets: HashMap<BusKey, BusSockets>,
@@ -182,6 +184,7 @@ impl Broker {
             handles: HashMap::new(),
             conn_token: HashMap::new(),
             auth_deadlines: Default::default(),
+            incomplete: HashMap::new(),
             extra_paths: Vec::new(),
             bus_sockets: HashMap::new(),
             next_token: 16,
@@ -420,6 +423,13 @@ impl Broker {
                 Listener::Control => (Role::Control, false),
                 Listener::Bus(b) => (Role::Endpoint(*b), false),
                 Listener::DBus(b) => {
+                    if !self.dbus_may_accept(peer.creds.uid) {
+                        tracing::debug!(
+                            uid = peer.creds.uid,
+                            "too many unauthenticated D-Bus connections, closing"
+                        );
+                        continue;
+                    }
                     // The server guid is the bus id: addresses carry it as `guid=`, and
                     // clients check that the server they reach is the one they meant.
                     let guid = self.domain.bus(*b).map_or([0; 16], |bus| bus.id128);
@@ -862,7 +872,7 @@ impl Broker {
             }
             Role::BusOwner(bus) => self.bus_remove(bus),
             Role::DBus(c) => {
-                self.auth_deadlines.retain(|(_, t)| *t != token);
+                self.dbus_complete(token, c.deadline(), c.uid());
                 if let Some(key) = c.key {
                     self.conn_token.remove(&key);
                     self.domain.conn_release(key);

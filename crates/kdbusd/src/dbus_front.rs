@@ -20,6 +20,9 @@ use std::mem::MaybeUninit;
 
 /// How long a client may take to authenticate and say Hello.
 pub const AUTH_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
+/// Clients of one user that may be connected without having said Hello yet (as
+/// dbus-daemon's `max_incomplete_connections`): more are closed at once.
+pub const MAX_INCOMPLETE_PER_USER: u32 = 64;
 /// Bytes read per wakeup before moving on to other clients.
 const READ_BUDGET_BYTES: usize = 1 << 20;
 /// The kernel's SCM_MAX_FD.
@@ -38,6 +41,9 @@ pub(crate) struct DBusClient {
     fds: VecDeque<OwnedFd>,
     /// The connection, once Hello made one.
     pub(crate) key: Option<ConnKey>,
+    /// Until Hello: when it must have come, and whose incomplete connection it is.
+    deadline: u64,
+    uid: u32,
 }
 
 impl DBusClient {
@@ -50,15 +56,48 @@ impl DBusClient {
             partial: Vec::new(),
             fds: VecDeque::new(),
             key: None,
+            deadline: 0,
+            uid,
         }
+    }
+
+    pub(crate) fn deadline(&self) -> u64 {
+        self.deadline
+    }
+
+    pub(crate) fn uid(&self) -> u32 {
+        self.uid
     }
 }
 
 impl Broker {
-    /// A client connected: arm its authentication deadline.
+    /// Whether one more incomplete connection of `uid` is allowed.
+    pub(crate) fn dbus_may_accept(&self, uid: u32) -> bool {
+        self.incomplete.get(&uid).copied().unwrap_or(0) < MAX_INCOMPLETE_PER_USER
+    }
+
+    /// A client connected: arm its authentication deadline and count it as incomplete.
     pub(crate) fn dbus_accepted(&mut self, token: u64) {
         let deadline = self.domain.now().monotonic_ns + AUTH_TIMEOUT_NS;
+        let Some(Role::DBus(c)) = self.handles.get_mut(&token).map(|h| &mut h.role) else {
+            return;
+        };
+        c.deadline = deadline;
+        *self.incomplete.entry(c.uid).or_default() += 1;
         self.auth_deadlines.insert((deadline, token));
+    }
+
+    /// A client is no longer incomplete: it said Hello, or it is gone.
+    pub(crate) fn dbus_complete(&mut self, token: u64, deadline: u64, uid: u32) {
+        if !self.auth_deadlines.remove(&(deadline, token)) {
+            return;
+        }
+        if let Some(n) = self.incomplete.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.incomplete.remove(&uid);
+            }
+        }
     }
 
     /// Drop clients that did not finish authenticating (and say Hello) in time.
@@ -68,9 +107,11 @@ impl Broker {
             if deadline > now {
                 break;
             }
-            self.auth_deadlines.pop_first();
             tracing::debug!(token, "D-Bus client did not authenticate in time");
+            // Closing it takes it off the books (dbus_complete); the removal below is
+            // for a client that is somehow gone already.
             self.handle_close(token);
+            self.auth_deadlines.remove(&(deadline, token));
         }
     }
 
@@ -250,7 +291,8 @@ impl Broker {
         match self.domain.dbus_hello(bus, &peer, fds_ok, hdr.serial) {
             Ok(key) => {
                 self.conn_token.insert(key, token);
-                self.auth_deadlines.retain(|(_, t)| *t != token);
+                let (deadline, uid) = (c.deadline, c.uid);
+                self.dbus_complete(token, deadline, uid);
                 if let Some(Role::DBus(c)) = self.handles.get_mut(&token).map(|h| &mut h.role) {
                     c.key = Some(key);
                 }

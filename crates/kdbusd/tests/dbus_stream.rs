@@ -485,6 +485,32 @@ fn a_flooding_sender_gets_errors_and_its_slow_receiver_stays() {
 }
 
 #[test]
+fn unauthenticated_connections_are_bounded_per_user() {
+    let b = Broker::start();
+    // 64 connections that never authenticate are kept (for their 30 s)...
+    let mut idle: Vec<UnixStream> = (0..64).map(|_| socket(&b)).collect();
+    // ...a 65th is closed at once,
+    let mut extra = socket(&b);
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(extra.read(&mut buf).unwrap_or(0), 0, "closed");
+    // while one of the first completes its Hello (the others stay): then there is
+    // room again.
+    let mut first = idle.pop().unwrap();
+    let mut bytes = auth();
+    bytes.extend(call(1, DRIVER, "Hello", "", &[], 0));
+    first.write_all(&bytes).unwrap();
+    let mut r = Reading::new(first.try_clone().unwrap());
+    assert!(r.line().starts_with("OK "));
+    assert!(first_string(&r.reply()).starts_with(":1."));
+    let (_s, _r, name) = hello(&b);
+    assert!(name.starts_with(":1."));
+    assert_eq!(idle.len(), 63);
+}
+
+#[test]
 fn a_bad_header_disconnects_only_its_sender() {
     let b = Broker::start();
     let (mut bad, mut bad_r, _) = hello(&b);
