@@ -568,13 +568,14 @@ impl Domain {
         let Some(peer) = dst.dbus.as_mut() else {
             return Err(Errno::EBADMSG);
         };
-        if !peer.quota.admits(charge, len) {
+        let n_fds = files.as_ref().map_or(0, |f| f.len() as u32);
+        if !peer.quota.admits(charge, len, n_fds) {
             // Over the sender's share of this receiver: the sender hears of it, the
             // receiver does not.
             dst.out.truncate(at);
             return Err(Errno::ENOBUFS);
         }
-        peer.quota.charge(charge, len);
+        peer.quota.charge(charge, len, n_fds);
         if let Some(f) = files {
             dst.out_fds.push((at, f));
         }
@@ -674,7 +675,7 @@ impl Domain {
             conn.out_fds.push((start, files.clone()));
         }
         if let Some(p) = conn.dbus.as_mut() {
-            p.quota.charge(Charge::Requested, len);
+            p.quota.charge(Charge::Requested, len, 0);
         }
         let bus_key = conn.bus;
         if self
@@ -725,7 +726,7 @@ impl Domain {
                 c.out_fds.push((at, f.clone()));
             }
             if let Some(p) = c.dbus.as_mut() {
-                p.quota.charge(Charge::Requested, msg.len() as u64);
+                p.quota.charge(Charge::Requested, msg.len() as u64, 0);
             }
         }
     }
@@ -824,7 +825,7 @@ impl Domain {
             out.extend_from_slice(&body.bytes);
             let len = (out.len() - start) as u64;
             if let Some(p) = conn.dbus.as_mut() {
-                p.quota.charge(Charge::Requested, len);
+                p.quota.charge(Charge::Requested, len, 0);
             }
         }
     }

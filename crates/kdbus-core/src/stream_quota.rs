@@ -19,12 +19,16 @@
 //! which grants each user between 1/n² and 1/n of the stream. Messages the receiver
 //! asked for (replies to its calls, the bus's own messages, a monitor's copies) are
 //! counted but never refused, and a stream that holds nothing takes any one message:
-//! the D-Bus framing already bounds it.
+//! the D-Bus framing already bounds it. Fds in flight are shared out the same way
+//! (each one pins a descriptor of the broker until the receiver reads its message).
 
 use std::collections::VecDeque;
 
 /// Bytes a D-Bus receiver may have waiting from other peers.
 pub const STREAM_QUOTA_BYTES: u64 = 8 * 1024 * 1024;
+/// Fds a D-Bus receiver may have waiting from other peers (one message may carry up
+/// to 253, the kernel's SCM_MAX_FD).
+pub const STREAM_QUOTA_FDS: u32 = 256;
 
 /// Who a message on a stream is charged to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,17 +39,48 @@ pub enum Charge {
     Requested,
 }
 
+/// A sender-charged message (or run of them) not yet fully written.
+#[derive(Debug)]
+struct Record {
+    user: u32,
+    /// Stream positions of its bytes.
+    start: u64,
+    end: u64,
+    /// Fds that travel with its first byte.
+    fds: u32,
+}
+
+/// What one sending user holds on a stream.
+#[derive(Debug)]
+struct Usage {
+    user: u32,
+    bytes: u64,
+    fds: u32,
+}
+
 #[derive(Debug, Default)]
 pub struct StreamQuota {
     /// Stream positions: bytes appended, bytes written, since the stream began.
     appended: u64,
     written: u64,
-    /// Unwritten messages charged to a sender, in stream order: (user, start, end).
-    /// Requested bytes need no record, so a connection that only gets what it asked
-    /// for (most of them) holds none.
-    charged: VecDeque<(u32, u64, u64)>,
-    /// Bytes pending per sending user (few users talk to one peer: a vector).
-    users: Vec<(u32, u64)>,
+    /// Sender-charged fds not yet written.
+    fds: u32,
+    /// Unwritten sender-charged messages in stream order. Requested bytes need no
+    /// record, so a connection that only gets what it asked for (most of them) holds
+    /// none.
+    charged: VecDeque<Record>,
+    /// Per sending user (few users talk to one peer: a vector).
+    users: Vec<Usage>,
+}
+
+/// dbus-broker's share rule: may a user holding `share` of a resource of which
+/// `remaining` is left, with `n` users holding some (itself included), add `charge`?
+fn share_admits(remaining: u64, n: u64, share: u64, charge: u64) -> bool {
+    share
+        .checked_add(charge)
+        .and_then(|v| v.checked_mul(n + 1))
+        .and_then(|v| v.checked_sub(share))
+        .is_some_and(|need| need <= remaining)
 }
 
 impl StreamQuota {
@@ -54,40 +89,55 @@ impl StreamQuota {
         self.appended - self.written
     }
 
-    /// Whether `len` more bytes charged as `charge` fit.
-    pub fn admits(&self, charge: Charge, len: u64) -> bool {
+    /// Whether `len` more bytes and `fds` fds charged as `charge` fit.
+    pub fn admits(&self, charge: Charge, len: u64, fds: u32) -> bool {
         let Charge::Sender(user) = charge else {
             return true;
         };
+        let (share, share_fds) = self.share_of(user);
+        let n = self.users.len() as u64 + u64::from(share == 0 && share_fds == 0);
         let total = self.pending_bytes();
-        if total == 0 {
-            return true;
-        }
-        let remaining = STREAM_QUOTA_BYTES.saturating_sub(total);
-        let share = self.share_of(user);
-        let n = self.users.len() as u64 + u64::from(share == 0);
-        share
-            .checked_add(len)
-            .and_then(|v| v.checked_mul(n + 1))
-            .and_then(|v| v.checked_sub(share))
-            .is_some_and(|need| need <= remaining)
+        let bytes_ok =
+            total == 0 || share_admits(STREAM_QUOTA_BYTES.saturating_sub(total), n, share, len);
+        let fds_ok = fds == 0
+            || self.fds == 0
+            || share_admits(
+                u64::from(STREAM_QUOTA_FDS.saturating_sub(self.fds)),
+                n,
+                u64::from(share_fds),
+                u64::from(fds),
+            );
+        bytes_ok && fds_ok
     }
 
-    /// Record `len` bytes appended to the stream.
-    pub fn charge(&mut self, charge: Charge, len: u64) {
+    /// Record `len` bytes (and `fds` fds going with their first byte) appended.
+    pub fn charge(&mut self, charge: Charge, len: u64, fds: u32) {
         let start = self.appended;
         self.appended += len;
-        let Charge::Sender(u) = charge else {
+        let Charge::Sender(user) = charge else {
             return;
         };
-        match self.users.iter_mut().find(|(x, _)| *x == u) {
-            Some((_, b)) => *b += len,
-            None => self.users.push((u, len)),
+        match self.users.iter_mut().find(|u| u.user == user) {
+            Some(u) => {
+                u.bytes += len;
+                u.fds += fds;
+            }
+            None => self.users.push(Usage {
+                user,
+                bytes: len,
+                fds,
+            }),
         }
-        // Consecutive bytes of one user share a record.
+        self.fds += fds;
+        // Consecutive bytes of one user without fds share a record.
         match self.charged.back_mut() {
-            Some((who, _, end)) if *who == u && *end == start => *end = self.appended,
-            _ => self.charged.push_back((u, start, self.appended)),
+            Some(r) if r.user == user && r.end == start && fds == 0 => r.end = self.appended,
+            _ => self.charged.push_back(Record {
+                user,
+                start,
+                end: self.appended,
+                fds,
+            }),
         }
     }
 
@@ -95,29 +145,36 @@ impl StreamQuota {
     pub fn written(&mut self, n: u64) {
         let before = self.written;
         self.written = (self.written + n).min(self.appended);
-        while let Some(&(u, start, end)) = self.charged.front() {
-            if start >= self.written {
+        while let Some(r) = self.charged.front() {
+            if r.start >= self.written {
                 break;
             }
-            let freed = end.min(self.written) - start.max(before);
-            if let Some(i) = self.users.iter().position(|(x, _)| *x == u) {
-                self.users[i].1 -= freed;
-                if self.users[i].1 == 0 {
+            let freed = r.end.min(self.written) - r.start.max(before);
+            // Its fds went with its first byte.
+            let fds = if r.start >= before { r.fds } else { 0 };
+            let (user, done) = (r.user, r.end <= self.written);
+            self.fds -= fds;
+            if let Some(i) = self.users.iter().position(|u| u.user == user) {
+                let u = &mut self.users[i];
+                u.bytes -= freed;
+                u.fds -= fds;
+                if u.bytes == 0 && u.fds == 0 {
                     self.users.swap_remove(i);
                 }
             }
-            if end > self.written {
+            if !done {
                 break;
             }
             self.charged.pop_front();
         }
     }
 
-    fn share_of(&self, user: u32) -> u64 {
+    /// Bytes and fds `user` holds.
+    fn share_of(&self, user: u32) -> (u64, u32) {
         self.users
             .iter()
-            .find(|(u, _)| *u == user)
-            .map_or(0, |(_, b)| *b)
+            .find(|u| u.user == user)
+            .map_or((0, 0), |u| (u.bytes, u.fds))
     }
 }
 
@@ -131,53 +188,72 @@ mod tests {
     #[test]
     fn requested_bytes_keep_no_records() {
         let mut q = StreamQuota::default();
-        q.charge(Charge::Requested, 100);
-        q.charge(Charge::Sender(1), 50);
-        q.charge(Charge::Requested, 100);
+        q.charge(Charge::Requested, 100, 0);
+        q.charge(Charge::Sender(1), 50, 0);
+        q.charge(Charge::Requested, 100, 0);
         assert_eq!(q.charged.len(), 1);
         // Writing the first 120 bytes frees 20 of the sender's 50.
         q.written(120);
-        assert_eq!(q.share_of(1), 30);
+        assert_eq!(q.share_of(1).0, 30);
         q.written(180);
-        assert_eq!(q.share_of(1), 0);
+        assert_eq!(q.share_of(1).0, 0);
         assert!(q.charged.is_empty() && q.users.is_empty());
         assert_eq!(q.pending_bytes(), 0);
     }
 
     #[test]
+    fn fds_are_shared_out_too() {
+        let mut q = StreamQuota::default();
+        // Any one message fits an empty stream.
+        assert!(q.admits(Charge::Sender(1), 100, 253));
+        let mut fds = 0;
+        while q.admits(Charge::Sender(1), 100, 4) {
+            q.charge(Charge::Sender(1), 100, 4);
+            fds += 4;
+        }
+        assert!(fds <= STREAM_QUOTA_FDS / 2 + 4, "{fds}");
+        assert!(q.admits(Charge::Sender(2), 100, 4));
+        // Without fds the same user still gets bytes through.
+        assert!(q.admits(Charge::Sender(1), 100, 0));
+        // A message's fds go when its first byte is written.
+        q.written(1);
+        assert_eq!(q.share_of(1).1, fds - 4);
+    }
+
+    #[test]
     fn an_empty_stream_takes_any_message() {
         let q = StreamQuota::default();
-        assert!(q.admits(Charge::Sender(1), 100 * MIB));
+        assert!(q.admits(Charge::Sender(1), 100 * MIB, 0));
     }
 
     #[test]
     fn one_sender_cannot_fill_the_stream() {
         let mut q = StreamQuota::default();
         let mut sent = 0;
-        while q.admits(Charge::Sender(1), 4096) {
-            q.charge(Charge::Sender(1), 4096);
+        while q.admits(Charge::Sender(1), 4096, 0) {
+            q.charge(Charge::Sender(1), 4096, 0);
             sent += 4096;
         }
         // Alone, a user gets about half of the stream...
         assert!((STREAM_QUOTA_BYTES / 3..=STREAM_QUOTA_BYTES / 2 + 4096).contains(&sent));
         // ...and another user still gets in.
-        assert!(q.admits(Charge::Sender(2), 4096));
+        assert!(q.admits(Charge::Sender(2), 4096, 0));
         // Requested messages are never refused.
-        assert!(q.admits(Charge::Requested, 64 * MIB));
+        assert!(q.admits(Charge::Requested, 64 * MIB, 0));
     }
 
     #[test]
     fn writing_frees_the_senders_share() {
         let mut q = StreamQuota::default();
-        while q.admits(Charge::Sender(1), 4096) {
-            q.charge(Charge::Sender(1), 4096);
+        while q.admits(Charge::Sender(1), 4096, 0) {
+            q.charge(Charge::Sender(1), 4096, 0);
         }
-        q.charge(Charge::Requested, 100);
+        q.charge(Charge::Requested, 100, 0);
         let total = q.pending_bytes();
         q.written(total);
         assert_eq!(q.pending_bytes(), 0);
         assert!(q.users.is_empty() && q.charged.is_empty());
-        assert!(q.admits(Charge::Sender(1), 4096));
+        assert!(q.admits(Charge::Sender(1), 4096, 0));
     }
 
     #[test]
@@ -188,8 +264,8 @@ mod tests {
         loop {
             let mut any = false;
             for (u, g) in got.iter_mut().enumerate() {
-                if q.admits(Charge::Sender(u as u32), 4096) {
-                    q.charge(Charge::Sender(u as u32), 4096);
+                if q.admits(Charge::Sender(u as u32), 4096, 0) {
+                    q.charge(Charge::Sender(u as u32), 4096, 0);
                     *g += 4096;
                     any = true;
                 }
@@ -215,10 +291,11 @@ mod tests {
             let mut written = 0u64;
             for (op, n) in ops {
                 match op {
-                    0 => { q.charge(Charge::Requested, n); appended += n; }
+                    0 => { q.charge(Charge::Requested, n, 0); appended += n; }
                     1 | 2 => {
                         let c = Charge::Sender(u32::from(op));
-                        if q.admits(c, n) { q.charge(c, n); appended += n; }
+                        let fds = (n % 5) as u32;
+                        if q.admits(c, n, fds) { q.charge(c, n, fds); appended += n; }
                     }
                     _ => {
                         let w = n.min(appended - written);
@@ -227,14 +304,23 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(q.pending_bytes(), appended - written);
-                let by_user: u64 = q.users.iter().map(|(_, b)| b).sum();
+                let by_user: u64 = q.users.iter().map(|u| u.bytes).sum();
                 let in_records: u64 = q
                     .charged
                     .iter()
-                    .map(|&(_, start, end)| end - start.max(q.written))
+                    .map(|r| r.end - r.start.max(q.written))
                     .sum();
                 prop_assert_eq!(by_user, in_records);
-                prop_assert!(q.users.iter().all(|(_, b)| *b > 0));
+                prop_assert!(q.users.iter().all(|u| u.bytes > 0 || u.fds > 0));
+                let fds_by_user: u32 = q.users.iter().map(|u| u.fds).sum();
+                let fds_in_records: u32 = q
+                    .charged
+                    .iter()
+                    .filter(|r| r.start >= q.written)
+                    .map(|r| r.fds)
+                    .sum();
+                prop_assert_eq!(fds_by_user, fds_in_records);
+                prop_assert_eq!(fds_by_user, q.fds);
             }
         }
     }

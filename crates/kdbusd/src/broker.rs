@@ -136,6 +136,8 @@ pub struct Broker {
     pub(crate) auth_deadlines: std::collections::BTreeSet<(u64, u64)>,
     /// Unauthenticated D-Bus clients per uid.
     pub(crate) incomplete: HashMap<u32, u32>,
+    /// Bytes of incomplete D-Bus messages held per uid.
+    pub(crate) partial_bytes: HashMap<u32, u64>,
     /// Socket files of extra D-Bus listeners, removed at shutdown.
     extra_paths: Vec<PathBuf>,
     bus_sockets: HashMap<BusKey, BusSockets>,
@@ -185,6 +187,7 @@ impl Broker {
             conn_token: HashMap::new(),
             auth_deadlines: Default::default(),
             incomplete: HashMap::new(),
+            partial_bytes: HashMap::new(),
             extra_paths: Vec::new(),
             bus_sockets: HashMap::new(),
             next_token: 16,
@@ -873,6 +876,7 @@ impl Broker {
             Role::BusOwner(bus) => self.bus_remove(bus),
             Role::DBus(c) => {
                 self.dbus_complete(token, c.deadline(), c.uid());
+                self.dbus_partial_account(c.uid(), c.partial_len(), 0);
                 if let Some(key) = c.key {
                     self.conn_token.remove(&key);
                     self.domain.conn_release(key);

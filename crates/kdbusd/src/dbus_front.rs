@@ -27,6 +27,9 @@ pub const MAX_INCOMPLETE_PER_USER: u32 = 64;
 const READ_BUDGET_BYTES: usize = 1 << 20;
 /// The kernel's SCM_MAX_FD.
 const MAX_FDS_PER_MESSAGE: usize = 253;
+/// Bytes of messages not fully arrived that one user's clients may make the broker
+/// hold (dbus-broker's default per-user byte limit).
+pub const MAX_PARTIAL_BYTES_PER_USER: u64 = 512 * 1024 * 1024;
 /// A partial unit's buffer larger than this, and over twice what it holds, is
 /// shrunk: one large message must not leave a client holding its size forever.
 const PARTIAL_KEEP_BYTES: usize = 64 * 1024;
@@ -68,9 +71,32 @@ impl DBusClient {
     pub(crate) fn uid(&self) -> u32 {
         self.uid
     }
+
+    pub(crate) fn partial_len(&self) -> usize {
+        self.partial.len()
+    }
 }
 
 impl Broker {
+    /// A client of `uid` now holds `after` bytes of an incomplete message instead of
+    /// `before`; `false` if the user's clients together hold more than they may.
+    pub(crate) fn dbus_partial_account(&mut self, uid: u32, before: usize, after: usize) -> bool {
+        if before == after {
+            return true;
+        }
+        let held = self.partial_bytes.entry(uid).or_default();
+        *held = (*held + after as u64).saturating_sub(before as u64);
+        let held = *held;
+        if held == 0 {
+            self.partial_bytes.remove(&uid);
+        }
+        if held > MAX_PARTIAL_BYTES_PER_USER {
+            tracing::info!(uid, held, "a user's clients hold too much unfinished input");
+            return false;
+        }
+        true
+    }
+
     /// Whether one more incomplete connection of `uid` is allowed.
     pub(crate) fn dbus_may_accept(&self, uid: u32) -> bool {
         self.incomplete.get(&uid).copied().unwrap_or(0) < MAX_INCOMPLETE_PER_USER
@@ -158,6 +184,7 @@ impl Broker {
                 break;
             }
             total += n;
+            let (uid, partial_before) = (c.uid, c.partial.len());
             let ok = if c.partial.is_empty() {
                 let (ok, used) = self.dbus_process(token, &rbuf[..n], creds);
                 if ok && used < n {
@@ -183,7 +210,14 @@ impl Broker {
                 }
                 ok
             };
-            if !ok {
+            // Fds left over belong to the one message not complete yet: more than a
+            // message may carry is a client hoarding the broker's descriptors.
+            let (hoarding, partial_after) = match self.handles.get(&token).map(|h| &h.role) {
+                Some(Role::DBus(c)) => (c.fds.len() > MAX_FDS_PER_MESSAGE, c.partial.len()),
+                _ => (false, 0),
+            };
+            let within = self.dbus_partial_account(uid, partial_before, partial_after);
+            if !ok || hoarding || !within {
                 self.handle_close(token);
                 break;
             }

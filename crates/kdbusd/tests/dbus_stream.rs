@@ -511,6 +511,53 @@ fn unauthenticated_connections_are_bounded_per_user() {
 }
 
 #[test]
+fn a_client_hoarding_fds_is_disconnected() {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let b = Broker::start();
+    let (s, mut r, _) = {
+        let mut s = socket(&b);
+        let hex: String = uid()
+            .to_string()
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut bytes =
+            format!("\0AUTH EXTERNAL {hex}\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n").into_bytes();
+        bytes.extend(call(1, DRIVER, "Hello", "", &[], 0));
+        s.write_all(&bytes).unwrap();
+        let mut r = Reading::new(s.try_clone().unwrap());
+        assert!(r.line().starts_with("OK "));
+        assert!(r.line().starts_with("AGREE_UNIX_FD"));
+        let name = first_string(&r.reply());
+        (s, r, name)
+    };
+    let (pipe_r, _pipe_w) = rustix::pipe::pipe().unwrap();
+    let fds: Vec<_> = (0..100)
+        .map(|_| std::os::fd::AsFd::as_fd(&pipe_r))
+        .collect();
+    // The start of a message, a byte at a time, each byte with 100 fds: no message
+    // is complete, so by the third the broker holds more fds than any message may
+    // carry.
+    let start = call(2, DRIVER, "GetId", "", &[], 0);
+    for byte in &start[..3] {
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(100))];
+        let mut anc = SendAncillaryBuffer::new(&mut space);
+        assert!(anc.push(SendAncillaryMessage::ScmRights(&fds)));
+        let sent = rustix::net::sendmsg(
+            &s,
+            &[std::io::IoSlice::new(std::slice::from_ref(byte))],
+            &mut anc,
+            SendFlags::NOSIGNAL,
+        );
+        if sent.is_err() {
+            break; // already disconnected
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(r.closed());
+}
+
+#[test]
 fn a_bad_header_disconnects_only_its_sender() {
     let b = Broker::start();
     let (mut bad, mut bad_r, _) = hello(&b);
