@@ -26,7 +26,7 @@ use crate::meta::{Creds, Peer};
 use crate::names::NameEvent;
 use crate::pool::{PoolAllocator, PoolQuota};
 use crate::queue::RecvQueue;
-use crate::stream_quota::{Charge, StreamQuota};
+use crate::stream_quota::{Charge, StreamQuota, STREAM_QUOTA_BYTES};
 use kdbus_abi::{cmd, item, msg_flags, name_flags, payload, CmdSend, Errno, ItemWriter, Msg, Vec_};
 use kdbus_dbus::bloom::{match_mask, signal_filter, MatchSpec, SignalSpec};
 use kdbus_dbus::header::{self, Fields, Header, HeaderError, MessageType, FLAG_NO_REPLY_EXPECTED};
@@ -466,7 +466,7 @@ impl Domain {
         dst_key: ConnKey,
         req: &SendRequest<'_>,
         sender_id: u64,
-        sender_uid: u32,
+        charge: Charge,
         files: Option<Files>,
     ) -> Result<(), Errno> {
         if req.msg.payload_type != payload::DBUS {
@@ -523,17 +523,15 @@ impl Domain {
                 return Ok(());
             }
         }
-        // A reply the receiver waits for, or a monitor's copy, is the receiver's own
-        // doing; anything else counts against the sender's share of its stream.
-        let requested = req.cookie_reply().is_some()
-            || self
-                .conns
-                .get(&dst_key)
-                .is_some_and(|c| c.flags & kdbus_abi::hello_flags::MONITOR != 0);
-        let charge = if requested {
+        // A monitor's copy is the monitor's own doing.
+        let charge = if self
+            .conns
+            .get(&dst_key)
+            .is_some_and(|c| c.flags & kdbus_abi::hello_flags::MONITOR != 0)
+        {
             Charge::Requested
         } else {
-            Charge::Sender(sender_uid)
+            charge
         };
         self.dbus_append(dst_key, &h, payload, &sender, files, charge)
     }
@@ -556,6 +554,18 @@ impl Domain {
             return Err(Errno::ECOMM);
         }
         let body = msg.get(h.header_len..h.total_len()).ok_or(Errno::EBADMSG)?;
+        // Over the sender's share of this receiver: the sender hears of it, the
+        // receiver does not. Checked before copying (up to 128 MiB): the rewritten
+        // header is at most the sender field longer.
+        let n_fds = files.as_ref().map_or(0, |f| f.len() as u32);
+        let most = (h.total_len() + sender.len() + 16) as u64;
+        if !dst
+            .dbus
+            .as_ref()
+            .is_some_and(|p| p.quota.admits(charge, most, n_fds))
+        {
+            return Err(Errno::ENOBUFS);
+        }
         let out = self.outbox.buf(dst);
         let at = out.len();
         if h.sender == Some(sender) {
@@ -565,17 +575,9 @@ impl Domain {
             out.extend_from_slice(body);
         }
         let len = (out.len() - at) as u64;
-        let Some(peer) = dst.dbus.as_mut() else {
-            return Err(Errno::EBADMSG);
-        };
-        let n_fds = files.as_ref().map_or(0, |f| f.len() as u32);
-        if !peer.quota.admits(charge, len, n_fds) {
-            // Over the sender's share of this receiver: the sender hears of it, the
-            // receiver does not.
-            dst.out.truncate(at);
-            return Err(Errno::ENOBUFS);
+        if let Some(p) = dst.dbus.as_mut() {
+            p.quota.charge(charge, len, n_fds);
         }
-        peer.quota.charge(charge, len, n_fds);
         if let Some(f) = files {
             dst.out_fds.push((at, f));
         }
@@ -644,6 +646,12 @@ impl Domain {
         let Some(peer) = conn.dbus.as_mut() else {
             return;
         };
+        if t == MessageType::Signal && peer.quota.pending_bytes() > STREAM_QUOTA_BYTES {
+            // Signals of the bus are caused by others too: a peer that does not keep
+            // up misses them rather than growing its stream without bound.
+            conn.dropped_msgs += 1;
+            return;
+        }
         let serial = peer.serial();
         let dest = unique_name(conn.id);
         let f = Fields {
@@ -810,6 +818,10 @@ impl Domain {
             let Some(peer) = conn.dbus.as_mut() else {
                 continue;
             };
+            if peer.quota.pending_bytes() > STREAM_QUOTA_BYTES {
+                conn.dropped_msgs += 1; // as in dbus_write
+                continue;
+            }
             let serial = peer.serial();
             let out = self.outbox.buf(conn);
             let start = out.len();

@@ -24,6 +24,7 @@ use crate::names::{NameEvent, NameRegistry};
 use crate::pool::{PoolAllocator, PoolQuota};
 use crate::queue::RecvQueue;
 use crate::reply::{ReplyFailure, Tracker};
+use crate::stream_quota::Charge;
 use kdbus_abi::items::{ItemIter, ItemWriter};
 use kdbus_abi::wire::{self, MsgEvent, RecHeader};
 use kdbus_abi::{
@@ -533,7 +534,8 @@ impl Domain {
                 if let Some(sync_req) = tracker.sync_req {
                     self.deliver_sync_reply(src_key, dst_key, sync_req, &req, &sender, files)?;
                 } else {
-                    self.deliver(dst_key, &req, &sender, files, name_id)?;
+                    // The answer its receiver waits for: never refused for quota.
+                    self.deliver(dst_key, &req, &sender, files, name_id, Charge::Requested)?;
                     self.tracker_remove(src_key, dst_key, cookie);
                 }
                 return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
@@ -551,7 +553,8 @@ impl Domain {
                 return Err(Errno::EEXIST);
             }
         }
-        self.deliver(dst_key, &req, &sender, files, name_id)?;
+        let charge = Charge::Sender(sender.creds.uid);
+        self.deliver(dst_key, &req, &sender, files, name_id, charge)?;
         if !expect {
             return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
         }
@@ -573,26 +576,36 @@ impl Domain {
         sender: &SenderMeta,
         files: Option<Files>,
         name_id: u64,
+        charge: Charge,
     ) -> Result<(), Errno> {
         let seq = self.seq + 1;
-        self.deliver_at(dst_key, req, sender, files, name_id, seq)?;
+        let route = Route {
+            name_id,
+            seq,
+            charge,
+        };
+        self.deliver_at(dst_key, req, sender, files, route)?;
         self.seq = seq;
         self.monitors_copy(dst_key, req, sender, name_id, seq);
         Ok(())
     }
 
-    /// Write a message with sequence number `seq` into `dst`'s queue.
+    /// Write a message into `dst`'s queue (a D-Bus receiver's stream), as `route` says.
     pub(crate) fn deliver_at(
         &mut self,
         dst_key: ConnKey,
         req: &SendRequest<'_>,
         sender: &SenderMeta,
         files: Option<Files>,
-        name_id: u64,
-        seq: u64,
+        route: Route,
     ) -> Result<(), Errno> {
+        let Route {
+            name_id,
+            seq,
+            charge,
+        } = route;
         if self.conns.get(&dst_key).is_some_and(|c| c.dbus.is_some()) {
-            return self.dbus_deliver(dst_key, req, sender.id, sender.creds.uid, files);
+            return self.dbus_deliver(dst_key, req, sender.id, charge, files);
         }
         let now = self.clock.now();
         let n_fds = files.as_ref().map_or(0, |f| f.len() as u32);
@@ -640,7 +653,13 @@ impl Domain {
             return;
         }
         for m in bus.monitors.clone() {
-            if self.deliver_at(m, req, sender, None, name_id, seq).is_err() {
+            let route = Route {
+                name_id,
+                seq,
+                charge: Charge::Requested,
+            };
+            let copy = self.deliver_at(m, req, sender, None, route);
+            if copy.is_err() {
                 if let Some(c) = self.conns.get_mut(&m) {
                     c.dropped_msgs += 1;
                 }
@@ -716,7 +735,21 @@ impl Domain {
         self.seq += 1;
         let seq = self.seq;
         for &t in &targets {
-            if self.deliver_at(t, req, &sender, None, 0, seq).is_err() {
+            let charge = Charge::Sender(sender.creds.uid);
+            if self
+                .deliver_at(
+                    t,
+                    req,
+                    &sender,
+                    None,
+                    Route {
+                        name_id: 0,
+                        seq,
+                        charge,
+                    },
+                )
+                .is_err()
+            {
                 if let Some(c) = self.conns.get_mut(&t) {
                     c.dropped_msgs += 1;
                 }
@@ -1795,6 +1828,17 @@ pub struct Outbox {
 /// The largest payload of a D-Bus peer's SEND: a D-Bus message of the protocol's
 /// maximum size after the bus rewrote its header (a sender field of a unique name).
 const DBUS_MAX_PAYLOAD: u64 = kdbus_dbus::header::MAX_MESSAGE_SIZE as u64 + 1024;
+
+/// How a message reaches one receiver.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Route {
+    /// The registry id of the name it was sent to (0: sent to an id).
+    pub name_id: u64,
+    /// Its sequence number in the domain.
+    pub seq: u64,
+    /// Whom a D-Bus receiver's stream quota charges for it.
+    pub charge: Charge,
+}
 
 /// Spare buffers kept: enough for every connection a loop iteration typically writes
 /// to; more are freed.

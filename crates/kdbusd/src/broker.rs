@@ -39,8 +39,8 @@ const MAX_OUT_DATAGRAM: usize = 64 * 1024;
 /// Output a client may leave unread before we give up on it.
 const MAX_BACKLOG: usize = 8 * 1024 * 1024;
 /// The same for a D-Bus client: well above what other peers may queue for it
-/// (`kdbus_core::stream_quota`), so only its own requests' answers and the bus's
-/// signals it subscribed to can get it there.
+/// (`kdbus_core::stream_quota`; the bus's signals stop at that quota too), so only
+/// the answers to its own calls, or a monitor's copies, can get it there.
 const MAX_STREAM_BACKLOG: usize = 4 * kdbus_core::stream_quota::STREAM_QUOTA_BYTES as usize;
 /// Datagrams read from one socket per wakeup, so that one busy client cannot starve
 /// the others.
@@ -792,7 +792,13 @@ impl Broker {
                     fds.clear();
                 }
                 Err(SysErrno::AGAIN) => {}
-                Err(_) => return,
+                Err(e) => {
+                    // Bytes lost from a stream corrupt it; a datagram socket that
+                    // fails this way is broken too.
+                    tracing::debug!(token, %e, "write failed, disconnecting");
+                    self.handle_close(token);
+                    return;
+                }
             }
         }
         h.backlog_bytes += bytes.len();
@@ -801,6 +807,8 @@ impl Broker {
         // be one large D-Bus message (up to the protocol's 128 MiB), no more. Other
         // peers cannot fill a D-Bus client's stream (their shares of it are bounded
         // in the core): what piles up beyond is the client's own doing.
+        // (SASL replies still queued at Hello would be reported as stream bytes; the
+        // quota clamps what it is told was written to what it holds.)
         let front = h.backlog.front().map_or(0, |(b, _)| b.len());
         let behind = h.backlog_bytes - front.min(kdbus_dbus::header::MAX_MESSAGE_SIZE);
         let bound = if h.stream {
@@ -848,10 +856,10 @@ impl Broker {
                     }
                 }
                 Err(SysErrno::AGAIN) => return,
-                Err(_) => {
-                    h.backlog.clear();
-                    h.backlog_bytes = 0;
-                    break;
+                Err(e) => {
+                    tracing::debug!(token, %e, "write failed, disconnecting");
+                    self.handle_close(token);
+                    return;
                 }
             }
         }

@@ -558,6 +558,66 @@ fn a_client_hoarding_fds_is_disconnected() {
 }
 
 #[test]
+fn a_native_sender_cannot_flood_with_replies_nobody_asked_for() {
+    let b = Broker::start();
+    let (mut victim, mut victim_r, victim_name) = hello(&b);
+    let victim_id: u64 = victim_name.trim_start_matches(":1.").parse().unwrap();
+    let native = b.conn();
+    // 1 MiB D-Bus signals dressed up as replies to calls the victim never made.
+    let mut body = Vec::new();
+    Writer::new(&mut body, Endian::Little).string(&"x".repeat(1 << 20));
+    let f = Fields {
+        path: Some("/org/example/Obj"),
+        interface: Some("org.example.Iface"),
+        member: Some("Fill"),
+        destination: Some(&victim_name),
+        signature: "s",
+        ..Default::default()
+    };
+    let mut msg = Vec::new();
+    header::write_fields(
+        &mut msg,
+        Endian::Little,
+        MessageType::Signal,
+        FLAG_NO_REPLY_EXPECTED,
+        body.len() as u32,
+        7,
+        &f,
+    );
+    msg.extend_from_slice(&body);
+    let mut sent = 0;
+    let mut refused = 0;
+    for i in 0..32 {
+        let m = kdbus::Message::to(victim_id)
+            .payload_type(kdbus::abi::payload::DBUS)
+            .reply_to(1000 + i)
+            .payload(&msg);
+        match native.send(&m) {
+            Ok(()) => sent += 1,
+            Err(kdbus::Error::Bus(e)) if e == kdbus::Errno::ENOBUFS => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(refused > 0, "{sent} sent, none refused");
+    // The victim is still there, with everything that was taken.
+    victim
+        .write_all(&call(2, DRIVER, "GetId", "", &[], 0))
+        .unwrap();
+    let mut got = 0;
+    loop {
+        let m = victim_r.message();
+        let h = header::parse(&m).unwrap();
+        if h.member == Some("Fill") {
+            got += 1;
+        }
+        if h.reply_serial == Some(2) {
+            break;
+        }
+    }
+    assert_eq!(got, sent);
+}
+
+#[test]
 fn a_bad_header_disconnects_only_its_sender() {
     let b = Broker::start();
     let (mut bad, mut bad_r, _) = hello(&b);
