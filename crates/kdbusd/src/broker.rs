@@ -89,7 +89,9 @@ pub(crate) enum Role {
 }
 
 impl Handle {
-    /// The connection whose D-Bus stream this is, once it said Hello.
+    /// The connection whose D-Bus stream this is, once it said Hello: bytes written
+    /// to it are reported to its stream quota. (SASL replies still in the backlog at
+    /// Hello would be reported too; the quota clamps what it is told to what it holds.)
     fn stream_conn(&self) -> Option<ConnKey> {
         match &self.role {
             Role::DBus(c) => c.key,
@@ -807,8 +809,6 @@ impl Broker {
         // be one large D-Bus message (up to the protocol's 128 MiB), no more. Other
         // peers cannot fill a D-Bus client's stream (their shares of it are bounded
         // in the core): what piles up beyond is the client's own doing.
-        // (SASL replies still queued at Hello would be reported as stream bytes; the
-        // quota clamps what it is told was written to what it holds.)
         let front = h.backlog.front().map_or(0, |(b, _)| b.len());
         let behind = h.backlog_bytes - front.min(kdbus_dbus::header::MAX_MESSAGE_SIZE);
         let bound = if h.stream {

@@ -21,12 +21,18 @@ fn socket(b: &Broker) -> UnixStream {
 }
 
 fn auth() -> Vec<u8> {
+    auth_lines(false)
+}
+
+/// SASL EXTERNAL for our uid, optionally asking for fd passing, then BEGIN.
+fn auth_lines(fds: bool) -> Vec<u8> {
     let hex: String = uid()
         .to_string()
         .bytes()
         .map(|b| format!("{b:02x}"))
         .collect();
-    format!("\0AUTH EXTERNAL {hex}\r\nBEGIN\r\n").into_bytes()
+    let negotiate = if fds { "NEGOTIATE_UNIX_FD\r\n" } else { "" };
+    format!("\0AUTH EXTERNAL {hex}\r\n{negotiate}BEGIN\r\n").into_bytes()
 }
 
 /// A method call to `dest` (the driver unless told), body marshalled by `body`.
@@ -298,12 +304,7 @@ fn read_line_exact(s: &mut UnixStream) -> String {
 /// time, from then on.
 fn hello_fds(b: &Broker) -> (UnixStream, String) {
     let mut s = socket(b);
-    let hex: String = uid()
-        .to_string()
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let mut bytes = format!("\0AUTH EXTERNAL {hex}\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n").into_bytes();
+    let mut bytes = auth_lines(true);
     bytes.extend(call(1, DRIVER, "Hello", "", &[], 0));
     s.write_all(&bytes).unwrap();
     assert!(read_line_exact(&mut s).starts_with("OK "));
@@ -423,6 +424,23 @@ fn monitors_get_the_fds_of_what_they_see() {
     }
 }
 
+/// A receiver that has not been reading calls the bus, then reads: how many `Fill`
+/// messages were queued for it before the answer.
+fn fills_before_own_call(s: &mut UnixStream, r: &mut Reading) -> u32 {
+    s.write_all(&call(2, DRIVER, "GetId", "", &[], 0)).unwrap();
+    let mut fills = 0;
+    loop {
+        let m = r.message();
+        let h = header::parse(&m).unwrap();
+        if h.member == Some("Fill") {
+            fills += 1;
+        }
+        if h.reply_serial == Some(2) {
+            return fills;
+        }
+    }
+}
+
 #[test]
 fn a_flooding_sender_gets_errors_and_its_slow_receiver_stays() {
     let b = Broker::start();
@@ -467,20 +485,7 @@ fn a_flooding_sender_gets_errors_and_its_slow_receiver_stays() {
     );
     // The receiver was not disconnected: it still gets every call the bus took, then
     // the answer to its own call.
-    victim
-        .write_all(&call(2, DRIVER, "GetId", "", &[], 0))
-        .unwrap();
-    let mut calls = 0;
-    loop {
-        let m = victim_r.message();
-        let h = header::parse(&m).unwrap();
-        if h.member == Some("Fill") {
-            calls += 1;
-        }
-        if h.reply_serial == Some(2) {
-            break;
-        }
-    }
+    let calls = fills_before_own_call(&mut victim, &mut victim_r);
     assert_eq!(calls + refused as u32, n);
 }
 
@@ -514,23 +519,8 @@ fn unauthenticated_connections_are_bounded_per_user() {
 fn a_client_hoarding_fds_is_disconnected() {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     let b = Broker::start();
-    let (s, mut r, _) = {
-        let mut s = socket(&b);
-        let hex: String = uid()
-            .to_string()
-            .bytes()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let mut bytes =
-            format!("\0AUTH EXTERNAL {hex}\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n").into_bytes();
-        bytes.extend(call(1, DRIVER, "Hello", "", &[], 0));
-        s.write_all(&bytes).unwrap();
-        let mut r = Reading::new(s.try_clone().unwrap());
-        assert!(r.line().starts_with("OK "));
-        assert!(r.line().starts_with("AGREE_UNIX_FD"));
-        let name = first_string(&r.reply());
-        (s, r, name)
-    };
+    let (s, _) = hello_fds(&b);
+    let mut r = Reading::new(s.try_clone().unwrap());
     let (pipe_r, _pipe_w) = rustix::pipe::pipe().unwrap();
     let fds: Vec<_> = (0..100)
         .map(|_| std::os::fd::AsFd::as_fd(&pipe_r))
@@ -600,21 +590,7 @@ fn a_native_sender_cannot_flood_with_replies_nobody_asked_for() {
     }
     assert!(refused > 0, "{sent} sent, none refused");
     // The victim is still there, with everything that was taken.
-    victim
-        .write_all(&call(2, DRIVER, "GetId", "", &[], 0))
-        .unwrap();
-    let mut got = 0;
-    loop {
-        let m = victim_r.message();
-        let h = header::parse(&m).unwrap();
-        if h.member == Some("Fill") {
-            got += 1;
-        }
-        if h.reply_serial == Some(2) {
-            break;
-        }
-    }
-    assert_eq!(got, sent);
+    assert_eq!(fills_before_own_call(&mut victim, &mut victim_r), sent);
 }
 
 #[test]
