@@ -19,6 +19,7 @@
 //! become NameOwnerChanged for every peer whose rules take it, NameAcquired and
 //! NameLost for the owners.
 
+use crate::bus::Bus;
 use crate::conn::{Conn, ConnState, Files};
 use crate::domain::{BusKey, ConnKey, Domain, Request, SendOutcome};
 use crate::message::SendRequest;
@@ -960,10 +961,7 @@ impl Domain {
             }
             (DRIVER, "ListNames") => {
                 want("")?;
-                let bus = self
-                    .buses
-                    .get(&bus_key)
-                    .ok_or_else(|| err(E_FAILED, "no bus"))?;
+                let bus = self.driver_bus(bus_key)?;
                 let mut names = vec![DRIVER.to_string()];
                 names.extend(
                     bus.conns
@@ -981,10 +979,7 @@ impl Domain {
             }
             (DRIVER, "ListActivatableNames") => {
                 want("")?;
-                let bus = self
-                    .buses
-                    .get(&bus_key)
-                    .ok_or_else(|| err(E_FAILED, "no bus"))?;
+                let bus = self.driver_bus(bus_key)?;
                 let mut names = vec![DRIVER.to_string()];
                 names.extend(
                     bus.names
@@ -1015,10 +1010,7 @@ impl Domain {
             (DRIVER, "ListQueuedOwners") => {
                 want("s")?;
                 let name = arg_s(&mut r)?;
-                let bus = self
-                    .buses
-                    .get(&bus_key)
-                    .ok_or_else(|| err(E_FAILED, "no bus"))?;
+                let bus = self.driver_bus(bus_key)?;
                 let owners: Vec<String> = match bus.names.lookup(name) {
                     Some(e) if e.flags & name_flags::ACTIVATOR == 0 => std::iter::once(e.owner)
                         .chain(e.queue.iter().map(|(c, _)| *c))
@@ -1043,10 +1035,7 @@ impl Domain {
                 // Only names with an activator can be started (dbus-daemon: with a
                 // .service file): 1 if the activator holds the name (the service
                 // starts when its activator sees the queue), 2 if it already runs.
-                let bus = self
-                    .buses
-                    .get(&bus_key)
-                    .ok_or_else(|| err(E_FAILED, "no bus"))?;
+                let bus = self.driver_bus(bus_key)?;
                 match bus.names.lookup(name) {
                     Some(e) if e.activator.is_some() && e.flags & name_flags::ACTIVATOR != 0 => {
                         Ok(Some(Body::new().u(1)))
@@ -1138,10 +1127,7 @@ impl Domain {
             }
             (DRIVER, "GetId") => {
                 want("")?;
-                let bus = self
-                    .buses
-                    .get(&bus_key)
-                    .ok_or_else(|| err(E_FAILED, "no bus"))?;
+                let bus = self.driver_bus(bus_key)?;
                 let id: String = bus.id128.iter().map(|b| format!("{b:02x}")).collect();
                 Ok(Some(Body::new().s(&id)))
             }
@@ -1282,15 +1268,17 @@ impl Domain {
     /// Credentials of the owner of `name`, and its pidfd if there is one.
     fn driver_creds(&self, bus_key: BusKey, name: &str) -> Result<(Creds, Option<Files>), DErr> {
         let peer = if name == DRIVER {
-            &self
-                .buses
-                .get(&bus_key)
-                .ok_or_else(|| err(E_FAILED, "no bus"))?
-                .creator
+            &self.driver_bus(bus_key)?.creator
         } else {
             &self.driver_conn(bus_key, name)?.peer
         };
         Ok((peer.creds, peer.pidfd.clone()))
+    }
+
+    fn driver_bus(&self, bus_key: BusKey) -> Result<&Bus, DErr> {
+        self.buses
+            .get(&bus_key)
+            .ok_or_else(|| err(E_FAILED, "no bus"))
     }
 
     fn driver_conn(&self, bus_key: BusKey, name: &str) -> Result<&Conn, DErr> {

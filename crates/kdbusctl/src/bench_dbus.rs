@@ -298,7 +298,7 @@ pub fn measure(
 ) -> BenchResult<DBusOutcome> {
     // Memory first, while the broker's heap holds nothing freed by earlier workloads
     // that new connections could reuse unseen.
-    let kib_per_conn = broker_pid.and_then(memory_per_conn(address));
+    let kib_per_conn = broker_pid.and_then(|pid| memory_per_conn(address, pid));
     let mut rt = RoundTrips::start(address, payload, broker_pid)?;
     rt.run(rounds / 10 + 1, false)?;
     rt.run(rounds, true)?;
@@ -368,22 +368,17 @@ fn broadcast(address: &str, rounds: usize, payload: usize, subscribers: usize) -
 const MEM_WARMUP: usize = 100;
 const MEM_CONNS: usize = 1000;
 
-fn memory_per_conn(address: &str) -> impl Fn(u32) -> Option<f64> + '_ {
-    move |pid| {
-        let open = |n: usize| -> Vec<Client> {
-            (0..n)
-                .filter_map(|_| Client::connect(address).ok())
-                .collect()
-        };
-        let warm = open(MEM_WARMUP);
-        let before = rss_kib(pid)?;
-        let conns = open(MEM_CONNS);
-        let after = rss_kib(pid)?;
-        let per = after.saturating_sub(before) as f64 / conns.len().max(1) as f64;
-        drop(conns);
-        drop(warm);
-        Some(per)
-    }
+fn memory_per_conn(address: &str, pid: u32) -> Option<f64> {
+    let open = |n: usize| -> Vec<Client> {
+        (0..n)
+            .filter_map(|_| Client::connect(address).ok())
+            .collect()
+    };
+    let _warm = open(MEM_WARMUP);
+    let before = rss_kib(pid)?;
+    let conns = open(MEM_CONNS);
+    let after = rss_kib(pid)?;
+    Some(after.saturating_sub(before) as f64 / conns.len().max(1) as f64)
 }
 
 /// CPU time a process has run, in nanoseconds: the sum over its threads of the
@@ -630,7 +625,7 @@ pub fn run_compare(
     }
     let memory: Vec<Option<f64>> = buses
         .iter()
-        .map(|(_, s, pid)| pid.and_then(memory_per_conn(&s.address)))
+        .map(|(_, s, pid)| pid.and_then(|pid| memory_per_conn(&s.address, pid)))
         .collect();
     let mut rts = Vec::new();
     for (name, s, pid) in &buses {

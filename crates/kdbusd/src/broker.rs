@@ -882,14 +882,7 @@ impl Broker {
                 self.domain.conn_release(key);
             }
             Role::BusOwner(bus) => self.bus_remove(bus),
-            Role::DBus(c) => {
-                self.dbus_complete(token, c.deadline(), c.uid());
-                self.dbus_partial_account(c.uid(), c.partial_len(), 0);
-                if let Some(key) = c.key {
-                    self.conn_token.remove(&key);
-                    self.domain.conn_release(key);
-                }
-            }
+            Role::DBus(c) => self.dbus_closed(token, &c),
             Role::Control | Role::Endpoint(_) => {}
         }
     }

@@ -63,18 +63,6 @@ impl DBusClient {
             uid,
         }
     }
-
-    pub(crate) fn deadline(&self) -> u64 {
-        self.deadline
-    }
-
-    pub(crate) fn uid(&self) -> u32 {
-        self.uid
-    }
-
-    pub(crate) fn partial_len(&self) -> usize {
-        self.partial.len()
-    }
 }
 
 impl Broker {
@@ -111,6 +99,16 @@ impl Broker {
         c.deadline = deadline;
         *self.incomplete.entry(c.uid).or_default() += 1;
         self.auth_deadlines.insert((deadline, token));
+    }
+
+    /// A client's socket was closed: off the books, and its connection leaves the bus.
+    pub(crate) fn dbus_closed(&mut self, token: u64, c: &DBusClient) {
+        self.dbus_complete(token, c.deadline, c.uid);
+        self.dbus_partial_account(c.uid, c.partial.len(), 0);
+        if let Some(key) = c.key {
+            self.conn_token.remove(&key);
+            self.domain.conn_release(key);
+        }
     }
 
     /// A client is no longer incomplete: it said Hello, or it is gone.
