@@ -5,35 +5,22 @@
 //! sender `:1.<id>` the bus vouches for. Native cookies are D-Bus serials.
 
 mod common;
+#[path = "common/zbus_peer.rs"]
+mod zbus_peer;
 use common::*;
 use kdbus::bloom::{match_mask, signal_filter, MatchSpec, SignalSpec};
 use kdbus::dbus::header::{self, write_fields, Fields, Header, MessageType};
 use kdbus::dbus::marshal::{Endian, Reader, Writer};
 use kdbus::{Connection, MatchRule, Message, Received};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-use zbus::blocking::{connection::Builder, fdo::DBusProxy, Connection as ZConn, MessageIterator};
-use zbus::message::{Message as ZMsg, Type as MsgType};
+use zbus_peer::*;
 
-const DRIVER: &str = "org.freedesktop.DBus";
-const DRIVER_PATH: &str = "/org/freedesktop/DBus";
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+use zbus::blocking::{Connection as ZConn, MessageIterator};
+use zbus::message::Type as MsgType;
+
 const PATH: &str = "/org/example/Obj";
 const IFACE: &str = "org.example.Iface";
 
 // ------------------------------------------------------------------ zbus side
-
-fn zconn(b: &Broker) -> ZConn {
-    Builder::address(b.dbus_address().as_str())
-        .expect("address")
-        .method_timeout(CALL_TIMEOUT)
-        .build()
-        .expect("zbus connects and says Hello")
-}
-
-fn unique(c: &ZConn) -> String {
-    c.unique_name().expect("unique name").to_string()
-}
 
 /// The native id behind a unique name `:1.N`.
 fn id_of(unique: &str) -> u64 {
@@ -41,15 +28,6 @@ fn id_of(unique: &str) -> u64 {
         .strip_prefix(":1.")
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{unique} is not :1.<id>"))
-}
-
-fn proxy(c: &ZConn) -> DBusProxy<'static> {
-    DBusProxy::new(c).expect("DBusProxy")
-}
-
-fn add_match(c: &ZConn, rule: &str) {
-    c.call_method(Some(DRIVER), DRIVER_PATH, Some(DRIVER), "AddMatch", &rule)
-        .unwrap_or_else(|e| panic!("AddMatch {rule}: {e}"));
 }
 
 fn request_name(c: &ZConn, name: &str) {
@@ -63,62 +41,6 @@ fn request_name(c: &ZConn, name: &str) {
         )
         .expect("RequestName");
     assert_eq!(r.body().deserialize::<u32>().unwrap(), 1, "own {name}");
-}
-
-/// Everything a zbus connection receives, drained by a thread.
-struct Inbox {
-    rx: mpsc::Receiver<ZMsg>,
-}
-
-impl Inbox {
-    fn new(c: &ZConn) -> Inbox {
-        let it = MessageIterator::from(c);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for m in it.flatten() {
-                if tx.send(m).is_err() {
-                    break;
-                }
-            }
-        });
-        Inbox { rx }
-    }
-
-    fn next_where(&self, f: impl Fn(&ZMsg) -> bool) -> Option<ZMsg> {
-        let end = Instant::now() + SOON;
-        loop {
-            let left = end.checked_duration_since(Instant::now())?;
-            match self.rx.recv_timeout(left) {
-                Ok(m) if f(&m) => return Some(m),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// The next signal of interface `iface`.
-    #[track_caller]
-    fn signal(&self, iface: &str) -> ZMsg {
-        self.next_where(|m| {
-            m.message_type() == MsgType::Signal
-                && m.header().interface().map(|i| i.as_str()) == Some(iface)
-        })
-        .unwrap_or_else(|| panic!("no {iface} signal arrived"))
-    }
-}
-
-fn zmember(m: &ZMsg) -> String {
-    m.header()
-        .member()
-        .map(|x| x.to_string())
-        .unwrap_or_default()
-}
-
-fn zsender(m: &ZMsg) -> String {
-    m.header()
-        .sender()
-        .map(|x| x.to_string())
-        .unwrap_or_default()
 }
 
 /// A zbus service answering in a thread: `Echo(s)` → `"echo: <s>"`, `WhoCalls()` →
@@ -138,9 +60,9 @@ fn spawn_zbus_service(b: &Broker, name: Option<&str>) -> String {
             }
             let h = m.header();
             let s: String = m.body().deserialize().unwrap_or_default();
-            let r = match zmember(&m).as_str() {
+            let r = match member(&m).as_str() {
                 "Echo" => c.reply(&h, &format!("echo: {s}")),
-                "WhoCalls" => c.reply(&h, &zsender(&m)),
+                "WhoCalls" => c.reply(&h, &sender(&m)),
                 "Fail" => c.reply_error(&h, "org.example.Error.Custom", &s),
                 other => c.reply_error(
                     &h,
@@ -264,7 +186,7 @@ fn zbus_calls_a_native_service() {
             .unwrap()
             .unwrap_or_else(|e| panic!("call to {dest}: {e}"));
         assert_eq!(r.message_type(), MsgType::MethodReturn);
-        assert_eq!(zsender(&r), native_unique);
+        assert_eq!(sender(&r), native_unique);
         assert_eq!(
             r.body().deserialize::<String>().unwrap(),
             "hello from native"
@@ -508,8 +430,8 @@ fn native_broadcast_reaches_a_zbus_subscriber() {
     broadcast("Tick", "tock");
     broadcast("Arg", "x");
     let m = inbox.signal("org.example.Native");
-    assert_eq!(zmember(&m), "Tick");
-    assert_eq!(zsender(&m), me);
+    assert_eq!(member(&m), "Tick");
+    assert_eq!(sender(&m), me);
     assert!(m.header().destination().is_none());
     assert_eq!(
         m.header().path().map(|p| p.to_string()).as_deref(),
@@ -517,7 +439,7 @@ fn native_broadcast_reaches_a_zbus_subscriber() {
     );
     assert_eq!(m.body().deserialize::<String>().unwrap(), "tock");
     let m = inbox.signal("org.example.Native");
-    assert_eq!(zmember(&m), "Arg");
+    assert_eq!(member(&m), "Arg");
     assert_eq!(m.body().deserialize::<String>().unwrap(), "x");
 }
 
@@ -629,9 +551,9 @@ fn native_peer_leaving_is_name_owner_changed() {
     );
     drop(native);
     let m = inbox
-        .next_where(|m| m.message_type() == MsgType::Signal && zmember(m) == "NameOwnerChanged")
+        .next_where(|m| m.message_type() == MsgType::Signal && member(m) == "NameOwnerChanged")
         .expect("NameOwnerChanged for the native peer");
-    assert_eq!(zsender(&m), DRIVER);
+    assert_eq!(sender(&m), DRIVER);
     let bytes = m.data().bytes();
     assert!(
         bytes.windows(n.len()).any(|w| w == n.as_bytes()),

@@ -8,40 +8,22 @@
 //! order, so the next one the receiver sees must be the marker.
 
 mod common;
+#[path = "common/zbus_peer.rs"]
+mod zbus_peer;
 use common::*;
 use std::io::{Read, Write};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-use zbus::blocking::{connection::Builder, fdo::DBusProxy, Connection as ZConn, MessageIterator};
+use zbus_peer::*;
+
+use zbus::blocking::{Connection as ZConn, MessageIterator};
 use zbus::export::serde::ser::Serialize;
 use zbus::message::{Message as ZMsg, Type as MsgType};
 use zbus::zvariant::{DynamicType, OwnedValue};
-
-const DRIVER: &str = "org.freedesktop.DBus";
-const DRIVER_PATH: &str = "/org/freedesktop/DBus";
-/// A bound on any single call, so that a broker that never answers fails the test
-/// instead of hanging it.
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 const SVC_PATH: &str = "/org/example/Obj";
 const SVC_IFACE: &str = "org.example.Iface";
 const CUSTOM_ERROR: &str = "org.example.Error.Custom";
 
 // ------------------------------------------------------------------ helpers
-
-fn zconn(b: &Broker) -> ZConn {
-    Builder::address(b.dbus_address().as_str())
-        .expect("address")
-        .method_timeout(CALL_TIMEOUT)
-        .build()
-        .expect("zbus connects and says Hello")
-}
-
-fn unique(c: &ZConn) -> String {
-    c.unique_name()
-        .expect("a bus connection has a unique name")
-        .to_string()
-}
 
 /// The D-Bus error name of a failed call (or a description of a non-D-Bus failure).
 fn err_name(e: &zbus::Error) -> String {
@@ -97,97 +79,6 @@ fn release_name(c: &ZConn, name: &str) -> u32 {
     r.body()
         .deserialize::<u32>()
         .expect("ReleaseName answers u")
-}
-
-fn add_match(c: &ZConn, rule: &str) {
-    driver(c, DRIVER, "AddMatch", &rule).unwrap_or_else(|e| panic!("AddMatch {rule}: {e}"));
-}
-
-fn proxy(c: &ZConn) -> DBusProxy<'static> {
-    DBusProxy::new(c).expect("DBusProxy")
-}
-
-/// Everything a zbus connection receives, read by a thread (a zbus message stream must
-/// be drained continuously).
-struct Inbox {
-    rx: mpsc::Receiver<ZMsg>,
-}
-
-impl Inbox {
-    fn new(c: &ZConn) -> Inbox {
-        let it = MessageIterator::from(c);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for m in it {
-                match m {
-                    Ok(m) => {
-                        if tx.send(m).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => continue,
-                }
-            }
-        });
-        Inbox { rx }
-    }
-
-    /// The next message for which `f` holds, skipping others; `None` after [`SOON`].
-    fn next_where(&self, f: impl Fn(&ZMsg) -> bool) -> Option<ZMsg> {
-        let end = Instant::now() + SOON;
-        loop {
-            let left = end.checked_duration_since(Instant::now())?;
-            match self.rx.recv_timeout(left) {
-                Ok(m) if f(&m) => return Some(m),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// The next signal of interface `iface` (any member).
-    #[track_caller]
-    fn signal(&self, iface: &str) -> ZMsg {
-        self.next_where(|m| {
-            m.message_type() == MsgType::Signal
-                && m.header().interface().map(|i| i.as_str()) == Some(iface)
-        })
-        .unwrap_or_else(|| panic!("no {iface} signal arrived"))
-    }
-
-    /// The next driver signal `member` with first argument `arg0`.
-    #[track_caller]
-    fn driver_signal(&self, member: &str, arg0: &str) -> ZMsg {
-        self.next_where(|m| {
-            let h = m.header();
-            m.message_type() == MsgType::Signal
-                && h.interface().map(|i| i.as_str()) == Some(DRIVER)
-                && h.member().map(|i| i.as_str()) == Some(member)
-                && first_string(m).as_deref() == Some(arg0)
-        })
-        .unwrap_or_else(|| panic!("no {member}({arg0}) signal arrived"))
-    }
-}
-
-fn member(m: &ZMsg) -> String {
-    m.header()
-        .member()
-        .map(|x| x.to_string())
-        .unwrap_or_default()
-}
-
-fn sender(m: &ZMsg) -> String {
-    m.header()
-        .sender()
-        .map(|x| x.to_string())
-        .unwrap_or_default()
-}
-
-fn first_string(m: &ZMsg) -> Option<String> {
-    let body = m.body();
-    body.deserialize::<String>()
-        .or_else(|_| body.deserialize::<(String, String, String)>().map(|t| t.0))
-        .ok()
 }
 
 /// A test service on its own zbus connection, answering in a thread:
