@@ -117,11 +117,13 @@ impl<'a> Iterator for ItemIter<'a> {
         let size = hdr.size as usize;
         let payload = &rest[ITEM_HEADER_SIZE as usize..size];
         let next = self.pos + align8_usize(size);
-        if next > self.buf.len() {
+        // The last item's padding may lie beyond an unaligned container (kdbus
+        // checked items against ALIGN8 of the container's size).
+        if next > align8_usize(self.buf.len()) {
             self.failed = true;
             return Some(Err(Errno::EINVAL));
         }
-        self.pos = next;
+        self.pos = next.min(self.buf.len());
         Some(Ok(Item {
             type_: hdr.type_,
             payload,

@@ -30,6 +30,10 @@ pub const REC_MSG: u16 = 2;
 /// Record kind: a message announced earlier left the queue without being received
 /// (it moved to another connection with a name); body: its `u64` offset.
 pub const REC_RETRACT: u16 = 3;
+/// Record kind: the connection lost messages for lack of room (broadcasts, bus
+/// notifications); body: the `u64` running total. Sent once per flush when it changed,
+/// so the client learns of a loss even if no message follows.
+pub const REC_DROPPED: u16 = 4;
 
 /// Largest datagram the broker accepts: a full command, a message with the largest
 /// inline payload kdbus allows, and slack for framing.

@@ -46,6 +46,9 @@ pub struct Queued {
     /// The registry id of the name the message was sent to (0: sent to an id).
     pub name_id: u64,
     pub priority: i64,
+    /// Where the `FDS` item's numbers sit in the slice (0: none), for a claim that
+    /// names the receiver's fd numbers.
+    pub fds_at: u64,
 }
 
 impl Queued {
@@ -75,6 +78,8 @@ pub struct Conn {
     /// Answers this connection waits for: (replier, cookie).
     pub awaited: HashSet<(ConnKey, u64)>,
     pub dropped_msgs: u64,
+    /// `dropped_msgs` as last told to the client (a `REC_DROPPED` record).
+    pub dropped_told: u64,
     /// Records (D-Bus messages for D-Bus peers) waiting to be written to the client, and
     /// the fds going with them: one entry per record or message that has fds, in order,
     /// with the offset in `out` where it starts (a stream must send a message's fds

@@ -241,6 +241,7 @@ impl Domain {
             owed: HashMap::new(),
             awaited: HashSet::new(),
             dropped_msgs: 0,
+            dropped_told: 0,
             out: Vec::new(),
             out_fds: Vec::new(),
             dirty: false,

@@ -227,8 +227,9 @@ impl Domain {
         if cmd.flags & !hello_flags::ALL != 0 {
             return Err(Errno::EINVAL);
         }
+        // HEAD: EINVAL (64d871b said EFAULT).
         if cmd.pool_size == 0 || cmd.pool_size % limits::PAGE_SIZE != 0 {
-            return Err(Errno::EFAULT);
+            return Err(Errno::EINVAL);
         }
         if cmd.pool_size > POOL_MAX_SIZE {
             return Err(Errno::EINVAL);
@@ -316,6 +317,7 @@ impl Domain {
             owed: HashMap::new(),
             awaited: HashSet::new(),
             dropped_msgs: 0,
+            dropped_told: 0,
             out: Vec::new(),
             out_fds: Vec::new(),
             dirty: false,
@@ -615,7 +617,7 @@ impl Domain {
             user: sender.creds.uid,
             fds: n_fds,
         };
-        let (offset, size) =
+        let (offset, size, fds_at) =
             conn_write_message(dst, &mut self.scratch, slot, req, sender, now, seq)?;
         let q = Queued {
             offset,
@@ -627,6 +629,7 @@ impl Domain {
             files,
             name_id,
             priority: req.msg.priority,
+            fds_at,
         };
         conn_enqueue(dst, &mut self.outbox, seq, q);
         Ok(())
@@ -661,7 +664,7 @@ impl Domain {
             let copy = self.deliver_at(m, req, sender, None, route);
             if copy.is_err() {
                 if let Some(c) = self.conns.get_mut(&m) {
-                    c.dropped_msgs += 1;
+                    conn_lose(c, &mut self.outbox);
                 }
             }
         }
@@ -751,7 +754,7 @@ impl Domain {
                 .is_err()
             {
                 if let Some(c) = self.conns.get_mut(&t) {
-                    c.dropped_msgs += 1;
+                    conn_lose(c, &mut self.outbox);
                 }
             }
         }
@@ -780,7 +783,7 @@ impl Domain {
         let now = self.clock.now();
         let seq = self.seq + 1;
         let dst = self.conns.get_mut(&requester).ok_or(Errno::ENXIO)?;
-        let (offset, msg_size) =
+        let (offset, msg_size, _) =
             conn_write_message(dst, &mut self.scratch, Slot::Owner, req, sender, now, seq)?;
         self.seq = seq;
         self.monitors_copy(requester, req, sender, 0, seq);
@@ -927,12 +930,12 @@ impl Domain {
             seq,
         );
         if dst.quota.charge(&dst.pool, KERNEL_USER, size, 0).is_err() {
-            dst.dropped_msgs += 1;
+            conn_lose(dst, &mut self.outbox);
             return;
         }
         let Ok(offset) = dst.pool.alloc_for_delivery(size) else {
             dst.quota.uncharge(KERNEL_USER, size, 0);
-            dst.dropped_msgs += 1;
+            conn_lose(dst, &mut self.outbox);
             return;
         };
         dst.mem.write(offset, &self.scratch);
@@ -946,6 +949,7 @@ impl Domain {
             files: None,
             name_id: 0,
             priority: 0,
+            fds_at: 0,
         };
         conn_enqueue(dst, &mut self.outbox, seq, q);
     }
@@ -980,7 +984,7 @@ impl Domain {
     // ---------------------------------------------------------------- recv / free
 
     fn cmd_recv(&mut self, key: ConnKey, body: &[u8]) -> Result<CmdRecv, Errno> {
-        let (cmd, _) = read_cmd::<CmdRecv>(body)?;
+        let (cmd, size) = read_cmd::<CmdRecv>(body)?;
         if cmd.flags & !recv_flags::ALL != 0 {
             return Err(Errno::EINVAL);
         }
@@ -1014,6 +1018,10 @@ impl Domain {
         };
         if peek {
             return Ok(wb);
+        }
+        if cmd.flags & recv_flags::CLAIM != 0 {
+            let items = &body[std::mem::size_of::<CmdRecv>()..size as usize];
+            conn_claim_fd_numbers(conn, &q, items)?;
         }
         conn.queue.remove(seq);
         conn.queued_at.remove(&q.offset);
@@ -1499,7 +1507,7 @@ impl Domain {
                 Some(offset)
             });
             let Some(offset) = placed else {
-                dst.dropped_msgs += 1;
+                conn_lose(dst, &mut self.outbox);
                 if let (Some(t), Some(requester)) = (tracker, q.src) {
                     self.tracker_fail(requester, q.cookie, t, ReplyFailure::Dead);
                 }
@@ -1597,6 +1605,18 @@ impl Domain {
 
     /// Connections with records to write; the broker calls [`Domain::conn_output`] for each.
     pub fn take_dirty(&mut self, into: &mut Vec<ConnKey>) {
+        // Losses are told once per flush, with the running total (kdbus woke the
+        // connection on its first loss; RECV reports how many since the last RECV).
+        for i in 0..self.outbox.dirty.len() {
+            let key = self.outbox.dirty[i];
+            if let Some(c) = self.conns.get_mut(&key) {
+                if c.dbus.is_none() && c.dropped_msgs != c.dropped_told {
+                    c.dropped_told = c.dropped_msgs;
+                    let total = c.dropped_msgs;
+                    conn_push_record(c, &mut self.outbox, wire::REC_DROPPED, 0, 0, 0, total.as_bytes());
+                }
+            }
+        }
         into.clear();
         std::mem::swap(into, &mut self.outbox.dirty);
     }
@@ -1804,6 +1824,32 @@ pub(crate) fn conn_push_record(
     wire::push_frame(outbox.buf(conn), &h, &[body]);
 }
 
+/// A claim may carry an `FDS` item with the numbers the receiver's fds got in its
+/// process (they travelled with the announcement): written into the message's `FDS`
+/// item, so the receiver finds them where kdbus put them. Nothing else in the slice
+/// can be touched this way, and only with as many numbers as the message has fds.
+fn conn_claim_fd_numbers(conn: &mut Conn, q: &Queued, items: &[u8]) -> Result<(), Errno> {
+    for it in ItemIter::new(items) {
+        let it = it?;
+        if it.type_ != item::FDS {
+            return Err(Errno::EINVAL);
+        }
+        if q.fds_at == 0 || it.payload.len() != q.n_fds() as usize * 4 {
+            return Err(Errno::EINVAL);
+        }
+        conn.mem.write(q.offset + q.fds_at, it.payload);
+    }
+    Ok(())
+}
+
+/// `conn` lost a message for lack of room; its client hears of it with the next flush.
+fn conn_lose(conn: &mut Conn, outbox: &mut Outbox) {
+    conn.dropped_msgs += 1;
+    if conn.dbus.is_none() {
+        conn_mark_dirty(conn, outbox);
+    }
+}
+
 /// Note that `conn` has output for the broker to flush (once per loop iteration).
 pub(crate) fn conn_mark_dirty(conn: &mut Conn, outbox: &mut Outbox) {
     if !conn.dirty {
@@ -1896,7 +1942,8 @@ enum Slot {
     Owner,
 }
 
-/// Lay out `req` for `dst`, allocate its slice and write it. Returns (offset, size).
+/// Lay out `req` for `dst`, allocate its slice and write it. Returns (offset, size,
+/// where the FDS item's numbers sit or 0).
 fn conn_write_message(
     dst: &mut Conn,
     scratch: &mut Vec<u8>,
@@ -1905,9 +1952,9 @@ fn conn_write_message(
     sender: &SenderMeta,
     now: Now,
     seq: u64,
-) -> Result<(u64, u64), Errno> {
+) -> Result<(u64, u64, u64), Errno> {
     let mask = dst.attach_recv & sender.attach_send;
-    let data_off = message_layout(scratch, req, sender.id, mask, sender, now, seq);
+    let (data_off, fds_at) = message_layout(scratch, req, sender.id, mask, sender, now, seq);
     let total = data_off + req.payload_len;
     let pool_err = |e: crate::pool::PoolError| Errno(e.errno());
     let offset = match slot {
@@ -1937,7 +1984,7 @@ fn conn_write_message(
         dst.mem.write(at, data);
         at += kdbus_abi::align8(data.len() as u64);
     }
-    Ok((offset, total))
+    Ok((offset, total, fds_at))
 }
 
 /// Write a result the owner asked for (info, list, hello items) into its pool: an

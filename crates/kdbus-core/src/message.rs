@@ -335,8 +335,9 @@ pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u
 }
 
 /// Lay out a received message in `out` (header and items only) and return where its
-/// payload starts (the header length, 8-aligned); the slice is that plus
-/// `req.payload_len`. `meta_mask` selects metadata, `seq` is the message's number.
+/// payload starts (the header length, 8-aligned; the slice is that plus
+/// `req.payload_len`) and where the `FDS` item's fd numbers sit (0: no such item), both
+/// relative to the message. `meta_mask` selects metadata, `seq` is the message's number.
 pub fn message_layout(
     out: &mut Vec<u8>,
     req: &SendRequest<'_>,
@@ -345,7 +346,7 @@ pub fn message_layout(
     m: &SenderMeta,
     now: Now,
     seq: u64,
-) -> u64 {
+) -> (u64, u64) {
     out.clear();
     let header_len = MSG_HEADER_SIZE + req.out_items_len + meta_len(meta_mask, m);
     let mut hdr = req.msg;
@@ -354,6 +355,7 @@ pub fn message_layout(
     out.extend_from_slice(hdr.as_bytes());
     let data_start = align8(header_len as u64);
     let mut data_off = data_start;
+    let mut fds_at = 0;
     let mut w = ItemWriter::new(out);
     for it in ItemIter::new(req.items).flatten() {
         match it.type_ {
@@ -377,7 +379,9 @@ pub fn message_layout(
             }
             item::FDS => {
                 // Numbers are only meaningful in the receiver; it gets the fds with the
-                // message event, in this order.
+                // message event, in this order, and may have its numbers written here
+                // when it claims the message.
+                fds_at = (w.buf.len() + kdbus_abi::ITEM_HEADER_SIZE as usize) as u64;
                 w.push(item::FDS, &NO_FDS[..it.payload.len().min(NO_FDS.len())]);
             }
             _ => w.push(it.type_, it.payload),
@@ -385,7 +389,7 @@ pub fn message_layout(
     }
     meta_write(out, meta_mask, m, now, seq);
     debug_assert_eq!(out.len(), header_len);
-    data_start
+    (data_start, fds_at)
 }
 
 /// Iterate over the payload vectors of a request: `(size, data)` for non-NULL vectors.

@@ -35,11 +35,11 @@ fn hello_basic_errors() {
     );
     assert_eq!(
         hello_errno(&b, &hello_body(|h| h.pool_size = 0, &[])),
-        Errno::EFAULT
+        Errno::EINVAL
     );
     assert_eq!(
         hello_errno(&b, &hello_body(|h| h.pool_size = 4097, &[])),
-        Errno::EFAULT
+        Errno::EINVAL
     );
     let c = ok(Connection::hello_raw(&b.bus, &hello_body(|_| {}, &[])));
     assert_eq!(c.id(), 1, "failed HELLOs must not use up ids");
