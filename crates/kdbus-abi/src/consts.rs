@@ -120,6 +120,16 @@ pub mod item {
 
 /// Metadata attach flags; bit `n` corresponds to item `item::ATTACH_BASE + n`.
 pub mod attach {
+    /// Attach flags as a caller gave them, made valid: `ANY` means `ALL`, unknown
+    /// bits are EINVAL (kdbus HEAD `kdbus_sanitize_attach_flags`).
+    pub fn sanitize(flags: u64) -> Result<u64, crate::Errno> {
+        let flags = if flags == ANY { ALL } else { flags };
+        if flags & !ALL != 0 {
+            return Err(crate::Errno::EINVAL);
+        }
+        Ok(flags)
+    }
+
     pub const TIMESTAMP: u64 = 1 << 0;
     pub const CREDS: u64 = 1 << 1;
     pub const PIDS: u64 = 1 << 2;

@@ -19,7 +19,10 @@ pub struct Bus {
     pub flags: u64,
     pub bloom: BloomParameter,
     pub id128: [u8; 16],
-    /// Metadata every sender must at least agree to attach (HEAD `ATTACH_FLAGS_SEND`).
+    /// Metadata every connection must agree to send (BUS_MAKE's `ATTACH_FLAGS_RECV`).
+    pub attach_flags_req: u64,
+    /// Metadata of the creator that BUS_CREATOR_INFO may show (BUS_MAKE's
+    /// `ATTACH_FLAGS_SEND`).
     pub attach_flags_owner: u64,
     pub creator: Peer,
     /// Unique id -> connection.
@@ -49,6 +52,7 @@ pub struct BusSpec {
     pub name: String,
     pub flags: u64,
     pub bloom: BloomParameter,
+    pub attach_flags_req: u64,
     pub attach_flags_owner: u64,
 }
 
@@ -61,7 +65,7 @@ pub fn bus_parse_make(body: &[u8], uid: u32) -> Result<BusSpec, Errno> {
     let items = &body[std::mem::size_of::<CmdGeneric>()..size as usize];
     let mut name = None;
     let mut bloom = None;
-    let mut attach = 0;
+    let (mut req, mut owner) = (0, 0);
     for it in ItemIter::new(items) {
         let it = it?;
         it.check_payload()?;
@@ -75,7 +79,8 @@ pub fn bus_parse_make(body: &[u8], uid: u32) -> Result<BusSpec, Errno> {
                     return Err(Errno::EEXIST);
                 }
             }
-            item::ATTACH_FLAGS_SEND => attach = it.as_u64()?,
+            item::ATTACH_FLAGS_RECV => req = kdbus_abi::attach::sanitize(it.as_u64()?)?,
+            item::ATTACH_FLAGS_SEND => owner = kdbus_abi::attach::sanitize(it.as_u64()?)?,
             _ => {} // unknown items are ignored, as kdbus does
         }
     }
@@ -87,7 +92,8 @@ pub fn bus_parse_make(body: &[u8], uid: u32) -> Result<BusSpec, Errno> {
         name: name.to_owned(),
         flags: cmd.flags,
         bloom,
-        attach_flags_owner: attach,
+        attach_flags_req: req,
+        attach_flags_owner: owner,
     })
 }
 

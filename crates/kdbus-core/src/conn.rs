@@ -46,9 +46,9 @@ pub struct Queued {
     /// The registry id of the name the message was sent to (0: sent to an id).
     pub name_id: u64,
     pub priority: i64,
-    /// Where the `FDS` item's numbers sit in the slice (0: none), for a claim that
-    /// names the receiver's fd numbers.
-    pub fds_at: u64,
+    /// Where each fd's number sits in the slice, for a claim that names the
+    /// receiver's fd numbers.
+    pub fd_slots: crate::message::FdSlots,
 }
 
 impl Queued {

@@ -474,6 +474,10 @@ impl Domain {
         if req.msg.payload_type != payload::DBUS {
             return Err(Errno::EBADMSG);
         }
+        // D-Bus has no memfd payloads: the message would arrive without its data.
+        if req.n_memfds > 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
         // Usually one vector (what D-Bus peers send): read it in place.
         let mut parts = crate::message::message_payload(req);
         let first = parts.next().unwrap_or(&[]);

@@ -13,10 +13,12 @@
 use crate::bus::{bus_parse_make, Bus};
 use crate::clock::{Clock, Now};
 use crate::conn::{Conn, ConnState, Files, Queued};
+use crate::files::{fd_check, memfd_check, FdInspector, NoInspector};
 use crate::matches::{Broadcast, MatchDb, Notification};
 use crate::memory::PoolMemory;
 use crate::message::{
-    message_layout, message_layout_kernel, message_parse_send, message_payload, meta_len,
+    message_layout, message_layout_kernel, message_memfds, message_parse_send, message_payload,
+    meta_len,
     meta_write, SendRequest, SenderMeta,
 };
 use crate::meta::{Creds, Peer};
@@ -34,7 +36,7 @@ use kdbus_abi::{
 };
 use kdbus_abi::{NotifyIdChange, DST_ID_BROADCAST};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use zerocopy::IntoBytes;
 
@@ -73,6 +75,8 @@ pub(crate) struct UserUsage {
 
 pub struct Domain {
     pub(crate) clock: Box<dyn Clock>,
+    /// What passed fds are (memfd payloads, sockets that may not travel).
+    files: Box<dyn FdInspector>,
     pub(crate) buses: HashMap<BusKey, Bus>,
     pub(crate) bus_names: HashMap<String, BusKey>,
     /// Boxed: the table then holds pointers, and growing it does not double the
@@ -101,9 +105,15 @@ pub struct Domain {
 }
 
 impl Domain {
+    /// Let the broker say what passed fds are (without it, memfd payloads are refused).
+    pub fn set_fd_inspector(&mut self, files: Box<dyn FdInspector>) {
+        self.files = files;
+    }
+
     pub fn new(clock: Box<dyn Clock>) -> Self {
         Domain {
             clock,
+            files: Box::new(NoInspector),
             buses: HashMap::new(),
             bus_names: HashMap::new(),
             conns: HashMap::new(),
@@ -151,6 +161,7 @@ impl Domain {
             flags: spec.flags,
             bloom: spec.bloom,
             id128,
+            attach_flags_req: spec.attach_flags_req,
             attach_flags_owner: spec.attach_flags_owner,
             creator: peer.clone(),
             conns: Default::default(),
@@ -274,7 +285,9 @@ impl Domain {
         if needs_name != name.is_some() {
             return Err(Errno::EINVAL);
         }
-        if bus.attach_flags_owner & !cmd.attach_flags_send != 0 {
+        let attach_send = attach::sanitize(cmd.attach_flags_send)?;
+        let attach_recv = attach::sanitize(cmd.attach_flags_recv)?;
+        if bus.attach_flags_req & !attach_send != 0 {
             return Err(Errno::ECONNREFUSED);
         }
         if let Some(n) = name {
@@ -304,8 +317,8 @@ impl Domain {
             id,
             bus: bus_key,
             flags: cmd.flags,
-            attach_send: cmd.attach_flags_send,
-            attach_recv: cmd.attach_flags_recv,
+            attach_send,
+            attach_recv,
             peer: peer.clone(),
             description: description.map(Into::into),
             state: ConnState::Active,
@@ -395,11 +408,8 @@ impl Domain {
             return;
         }
         let result = if !conn.is_active() {
-            Err(if req.cmd == cmd::BYEBYE {
-                Errno::EALREADY
-            } else {
-                Errno::ECONNRESET
-            })
+            // HEAD: BYEBYE on a dead connection too (64d871b said EALREADY).
+            Err(Errno::ECONNRESET)
         } else if !conn_may(conn, req.cmd) {
             Err(Errno::EOPNOTSUPP)
         } else {
@@ -478,7 +488,19 @@ impl Domain {
                 return Err(e);
             }
         };
-        let files: Option<Files> = (req.n_fds > 0).then(|| fds.drain(..req.n_fds).collect());
+        let n_files = req.n_fds + req.n_memfds;
+        let files: Option<Files> = (n_files > 0).then(|| fds.drain(..n_files).collect());
+        if let Some(f) = &files {
+            // Native senders may not pass what can carry fds (kdbus); D-Bus allows it.
+            if src.dbus.is_none() {
+                for fd in &f[..req.n_fds] {
+                    fd_check(self.files.inspect(fd.as_fd()))?;
+                }
+            }
+            for (fd, (start, size)) in f[req.n_fds..].iter().zip(message_memfds(&req)) {
+                memfd_check(self.files.inspect(fd.as_fd()), start, size)?;
+            }
+        }
         let bus_key = src.bus;
         let mut sender = SenderMeta {
             id: src.id,
@@ -498,7 +520,7 @@ impl Domain {
             if req.payload_len > limits::MSG_MAX_PAYLOAD_VEC_SIZE {
                 return Err(Errno::EMSGSIZE);
             }
-            self.send_broadcast(src_key, &req, sender)?;
+            self.send_broadcast(src_key, &req, sender, files)?;
             return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
         }
         let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
@@ -522,6 +544,10 @@ impl Domain {
                 bloom: &self.bloom_words,
             };
             if !bus.matches.conn_takes_broadcast(dst_key, &b) {
+                // Not delivered, but monitors see what was sent (HEAD).
+                self.seq += 1;
+                let seq = self.seq;
+                self.monitors_copy(dst_key, &req, &sender, name_id, seq);
                 return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
             }
         }
@@ -532,16 +558,16 @@ impl Domain {
                 .conns
                 .get(&src_key)
                 .and_then(|s| s.owed.get(&(dst_key, cookie)).copied());
-            if let Some(tracker) = owed {
-                if let Some(sync_req) = tracker.sync_req {
-                    self.deliver_sync_reply(src_key, dst_key, sync_req, &req, &sender, files)?;
-                } else {
-                    // The answer its receiver waits for: never refused for quota.
-                    self.deliver(dst_key, &req, &sender, files, name_id, Charge::Requested)?;
-                    self.tracker_remove(src_key, dst_key, cookie);
-                }
-                return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
+            // HEAD: a reply nobody waits for is refused (64d871b delivered it).
+            let tracker = owed.ok_or(Errno::EPERM)?;
+            if let Some(sync_req) = tracker.sync_req {
+                self.deliver_sync_reply(src_key, dst_key, sync_req, &req, &sender, files)?;
+            } else {
+                // The answer its receiver waits for: never refused for quota.
+                self.deliver(dst_key, &req, &sender, files, name_id, Charge::Requested)?;
+                self.tracker_remove(src_key, dst_key, cookie);
             }
+            return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
         }
 
         let expect = req.expects_reply();
@@ -617,7 +643,7 @@ impl Domain {
             user: sender.creds.uid,
             fds: n_fds,
         };
-        let (offset, size, fds_at) =
+        let (offset, size, fd_slots) =
             conn_write_message(dst, &mut self.scratch, slot, req, sender, now, seq)?;
         let q = Queued {
             offset,
@@ -629,7 +655,7 @@ impl Domain {
             files,
             name_id,
             priority: req.msg.priority,
-            fds_at,
+            fd_slots,
         };
         conn_enqueue(dst, &mut self.outbox, seq, q);
         Ok(())
@@ -697,7 +723,7 @@ impl Domain {
     }
 
     /// A broadcast: one sequence number, written to every connection whose matches
-    /// take it. A receiver without room loses it (its dropped count goes up); neither
+    /// take it; its memfds (the only fds a broadcast may carry) are shared by all. A receiver without room loses it (its dropped count goes up); neither
     /// the sender nor the other receivers notice.
     /// The filter must have been loaded with [`Domain::bloom_view_load`].
     pub(crate) fn send_broadcast(
@@ -705,6 +731,7 @@ impl Domain {
         src_key: ConnKey,
         req: &SendRequest<'_>,
         mut sender: SenderMeta,
+        memfds: Option<Files>,
     ) -> Result<(), Errno> {
         let bus_key = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?.bus;
         let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
@@ -716,14 +743,16 @@ impl Domain {
         };
         let mut targets = std::mem::take(&mut self.targets);
         targets.clear();
-        // The sender never gets its own broadcast; activators get none at all.
+        // Native monitors see every broadcast, matches or not (HEAD); the sender
+        // never gets its own broadcast; activators get none at all.
         let conns = &self.conns;
+        targets.extend(bus_native_monitors(bus, conns));
         bus.matches
             .for_each_broadcast_receiver(&b, &mut self.seen, |c| {
                 if c != src_key
-                    && conns
-                        .get(&c)
-                        .is_some_and(|c| c.flags & hello_flags::ACTIVATOR == 0)
+                    && conns.get(&c).is_some_and(|c| {
+                        c.flags & hello_flags::ACTIVATOR == 0 && !conn_is_native_monitor(c)
+                    })
                 {
                     targets.push(c);
                 }
@@ -744,7 +773,7 @@ impl Domain {
                     t,
                     req,
                     &sender,
-                    None,
+                    memfds.clone(),
                     Route {
                         name_id: 0,
                         seq,
@@ -949,7 +978,7 @@ impl Domain {
             files: None,
             name_id: 0,
             priority: 0,
-            fds_at: 0,
+            fd_slots: Box::default(),
         };
         conn_enqueue(dst, &mut self.outbox, seq, q);
     }
@@ -1161,12 +1190,13 @@ impl Domain {
             creds: t.peer.creds,
             peer: t.peer.clone(),
             description: t.description.clone(),
-            attach_send: attach::ALL,
+            attach_send: t.attach_send,
             names: bus_owned_names(bus, target_key),
         };
         let (id, flags) = (t.id, t.flags);
-        let mask = cmd.attach_flags & INFO_ATTACH;
-        let (offset, info_size) = self.write_info(key, id, flags, mask, &meta)?;
+        // What the target agreed to send, of what the caller asked (HEAD).
+        let mask = attach::sanitize(cmd.attach_flags)? & t.attach_send & INFO_ATTACH;
+        let (offset, info_size) = self.write_info(key, id, flags, mask, &meta, None)?;
         let mut wb = cmd;
         wb.offset = offset;
         wb.info_size = info_size;
@@ -1190,15 +1220,18 @@ impl Domain {
             names: Vec::new(),
         };
         let (id, flags) = (bus.id, bus.flags);
-        let mask = cmd.attach_flags & INFO_ATTACH;
-        let (offset, info_size) = self.write_info(key, id, flags, mask, &meta)?;
+        // What the creator agreed to show, of what the caller asked (HEAD).
+        let mask = attach::sanitize(cmd.attach_flags)? & bus.attach_flags_owner & INFO_ATTACH;
+        let name: Arc<str> = bus.name.as_str().into();
+        let (offset, info_size) = self.write_info(key, id, flags, mask, &meta, Some(&name))?;
         let mut wb = cmd;
         wb.offset = offset;
         wb.info_size = info_size;
         Ok(wb)
     }
 
-    /// Write `kdbus_info` + metadata into the caller's pool as a published slice.
+    /// Write `kdbus_info` (+ the bus's `MAKE_NAME` for BUS_CREATOR_INFO) + metadata
+    /// into the caller's pool as a published slice.
     fn write_info(
         &mut self,
         key: ConnKey,
@@ -1206,9 +1239,12 @@ impl Domain {
         flags: u64,
         mask: u64,
         meta: &SenderMeta,
+        make_name: Option<&str>,
     ) -> Result<(u64, u64), Errno> {
         let now = self.clock.now();
-        let size = std::mem::size_of::<Info>() + meta_len(mask & !attach::TIMESTAMP, meta);
+        let name_len = make_name.map_or(0, |n| kdbus_abi::items::item_space(n.len() + 1));
+        let size =
+            std::mem::size_of::<Info>() + name_len + meta_len(mask & !attach::TIMESTAMP, meta);
         self.scratch.clear();
         self.scratch.extend_from_slice(
             Info {
@@ -1218,6 +1254,9 @@ impl Domain {
             }
             .as_bytes(),
         );
+        if let Some(n) = make_name {
+            ItemWriter::new(&mut self.scratch).push_str(item::MAKE_NAME, n);
+        }
         meta_write(&mut self.scratch, mask & !attach::TIMESTAMP, meta, now, 0);
         let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
         conn_write_owner_slice(conn, &self.scratch)
@@ -1240,6 +1279,30 @@ impl Domain {
                 _ => {}
             }
         }
+        // HEAD: only ordinary connections and monitors send metadata, activators
+        // may choose what they receive too; a bus's required metadata stays required.
+        let conn = self.conns.get(&key).ok_or(Errno::ECONNRESET)?;
+        let monitor = conn.flags & hello_flags::MONITOR != 0;
+        let activator = conn.flags & hello_flags::ACTIVATOR != 0;
+        let send = match send {
+            Some(_) if !conn.is_ordinary() && !monitor => return Err(Errno::EOPNOTSUPP),
+            Some(s) => {
+                let s = attach::sanitize(s)?;
+                let req = self.buses.get(&conn.bus).map_or(0, |b| b.attach_flags_req);
+                if req & !s != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        let recv = match recv {
+            Some(_) if !conn.is_ordinary() && !monitor && !activator => {
+                return Err(Errno::EOPNOTSUPP)
+            }
+            Some(r) => Some(attach::sanitize(r)?),
+            None => None,
+        };
         let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
         if let Some(s) = send {
             conn.attach_send = s;
@@ -1352,8 +1415,9 @@ impl Domain {
             return Err(Errno::EINVAL);
         }
         let items = &body[std::mem::size_of::<CmdGeneric>()..size as usize];
+        // HEAD looks the name up without judging its form: an invalid name is just
+        // one nobody owns (ESRCH).
         let name = items_name(items)?.ok_or(Errno::EINVAL)?;
-        kdbus_abi::names::validate_well_known_name(name, false)?;
         let bus_key = self.conns.get(&key).ok_or(Errno::ECONNRESET)?.bus;
         let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
         let mut events = Vec::new();
@@ -1493,16 +1557,16 @@ impl Domain {
             let Some(dst) = self.conns.get_mut(&to) else {
                 continue;
             };
+            // Charged on the pool as it is, then allocated (HEAD's order, as for a
+            // delivery).
             let placed = bytes.and_then(|b| {
-                let offset = dst.pool.alloc_for_delivery(q.size).ok()?;
-                if dst
-                    .quota
+                dst.quota
                     .charge(&dst.pool, q.user, q.size, q.n_fds())
-                    .is_err()
-                {
-                    let _ = dst.pool.free(offset);
+                    .ok()?;
+                let Ok(offset) = dst.pool.alloc_for_delivery(q.size) else {
+                    dst.quota.uncharge(q.user, q.size, q.n_fds());
                     return None;
-                }
+                };
                 dst.mem.write(offset, &b);
                 Some(offset)
             });
@@ -1589,8 +1653,13 @@ impl Domain {
         };
         let mut targets = std::mem::take(&mut self.targets);
         targets.clear();
-        bus.matches
-            .for_each_notification_receiver(&n, &mut self.seen, |c| targets.push(c));
+        let conns = &self.conns;
+        targets.extend(bus_native_monitors(bus, conns));
+        bus.matches.for_each_notification_receiver(&n, &mut self.seen, |c| {
+            if conns.get(&c).is_some_and(|c| !conn_is_native_monitor(c)) {
+                targets.push(c);
+            }
+        });
         if !targets.is_empty() {
             self.seq += 1;
             let seq = self.seq;
@@ -1761,11 +1830,13 @@ fn conn_may(conn: &Conn, c: u32) -> bool {
     if conn.is_ordinary() || any {
         return true;
     }
+    // HEAD: monitors see everything without matches; activators may read what
+    // waits for their name.
     if f & hello_flags::MONITOR != 0 {
-        return matches!(
-            c,
-            cmd::RECV | cmd::FREE | cmd::MATCH_ADD | cmd::MATCH_REMOVE | cmd::UPDATE
-        );
+        return matches!(c, cmd::RECV | cmd::FREE | cmd::UPDATE);
+    }
+    if f & hello_flags::ACTIVATOR != 0 {
+        return matches!(c, cmd::RECV | cmd::FREE | cmd::UPDATE);
     }
     if f & hello_flags::POLICY_HOLDER != 0 {
         return c == cmd::UPDATE;
@@ -1834,12 +1905,30 @@ fn conn_claim_fd_numbers(conn: &mut Conn, q: &Queued, items: &[u8]) -> Result<()
         if it.type_ != item::FDS {
             return Err(Errno::EINVAL);
         }
-        if q.fds_at == 0 || it.payload.len() != q.n_fds() as usize * 4 {
+        if it.payload.len() != q.fd_slots.len() * 4 || q.fd_slots.len() != q.n_fds() as usize {
             return Err(Errno::EINVAL);
         }
-        conn.mem.write(q.offset + q.fds_at, it.payload);
+        for (slot, number) in q.fd_slots.iter().zip(it.payload.chunks_exact(4)) {
+            conn.mem.write(q.offset + u64::from(*slot), number);
+        }
     }
     Ok(())
+}
+
+/// A native monitor (HELLO with `MONITOR`): sees every message on its bus without
+/// matches. D-Bus monitors go by their own rules.
+fn conn_is_native_monitor(c: &Conn) -> bool {
+    c.flags & hello_flags::MONITOR != 0 && c.dbus.is_none()
+}
+
+fn bus_native_monitors<'a>(
+    bus: &'a Bus,
+    conns: &'a HashMap<ConnKey, Box<Conn>>,
+) -> impl Iterator<Item = ConnKey> + 'a {
+    bus.monitors
+        .iter()
+        .copied()
+        .filter(|m| conns.get(m).is_some_and(|c| conn_is_native_monitor(c)))
 }
 
 /// `conn` lost a message for lack of room; its client hears of it with the next flush.
@@ -1943,7 +2032,7 @@ enum Slot {
 }
 
 /// Lay out `req` for `dst`, allocate its slice and write it. Returns (offset, size,
-/// where the FDS item's numbers sit or 0).
+/// where its fds' numbers go).
 fn conn_write_message(
     dst: &mut Conn,
     scratch: &mut Vec<u8>,
@@ -1952,9 +2041,9 @@ fn conn_write_message(
     sender: &SenderMeta,
     now: Now,
     seq: u64,
-) -> Result<(u64, u64, u64), Errno> {
+) -> Result<(u64, u64, crate::message::FdSlots), Errno> {
     let mask = dst.attach_recv & sender.attach_send;
-    let (data_off, fds_at) = message_layout(scratch, req, sender.id, mask, sender, now, seq);
+    let (data_off, fd_slots) = message_layout(scratch, req, sender.id, mask, sender, now, seq);
     let total = data_off + req.payload_len;
     let pool_err = |e: crate::pool::PoolError| Errno(e.errno());
     let offset = match slot {
@@ -1984,7 +2073,7 @@ fn conn_write_message(
         dst.mem.write(at, data);
         at += kdbus_abi::align8(data.len() as u64);
     }
-    Ok((offset, total, fds_at))
+    Ok((offset, total, fd_slots))
 }
 
 /// Write a result the owner asked for (info, list, hello items) into its pool: an

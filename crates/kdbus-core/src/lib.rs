@@ -10,6 +10,7 @@ pub mod clock;
 pub mod conn;
 pub mod dbus;
 pub mod domain;
+pub mod files;
 pub mod matches;
 pub mod memory;
 pub mod message;
@@ -22,6 +23,7 @@ pub mod stream_quota;
 
 pub use clock::{Clock, ManualClock, Now};
 pub use domain::{BusKey, ConnKey, Domain, SendOutcome};
+pub use files::{FdInspector, FdKind};
 pub use kdbus_abi::Errno;
 pub use memory::{PoolMemory, VecPool};
 pub use meta::{Creds, Peer};

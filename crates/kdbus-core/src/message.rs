@@ -16,8 +16,8 @@ use crate::clock::Now;
 use crate::meta::{Creds, Peer};
 use kdbus_abi::items::{item_space, ItemIter, ItemWriter};
 use kdbus_abi::{
-    align8, attach, item, limits, msg_flags, payload, read_struct, send_flags, CmdSend, Errno, Msg,
-    Pids, Timestamp, Vec_,
+    align8, attach, item, limits, msg_flags, payload, read_struct, send_flags, CmdSend, Errno, Memfd,
+    Msg, Pids, Timestamp, Vec_,
 };
 use std::sync::Arc;
 use zerocopy::IntoBytes;
@@ -41,7 +41,10 @@ pub struct SendRequest<'a> {
     pub out_items_len: usize,
     /// Payload bytes in the received message (each vector padded to 8).
     pub payload_len: u64,
+    /// Fds of the `FDS` item.
     pub n_fds: usize,
+    /// `PAYLOAD_MEMFD` items; their fds follow the `FDS` item's in the request.
+    pub n_memfds: usize,
     pub dst_name: Option<&'a str>,
     pub bloom: Option<&'a [u8]>,
 }
@@ -98,6 +101,7 @@ pub fn message_parse_send(
         out_items_len: 0,
         payload_len: 0,
         n_fds: 0,
+        n_memfds: 0,
         dst_name: None,
         bloom: None,
     };
@@ -142,9 +146,6 @@ pub fn message_parse_send(
                 if req.n_fds > limits::MSG_MAX_FDS {
                     return Err(Errno::EMFILE);
                 }
-                if req.n_fds > fds {
-                    return Err(Errno::EBADF);
-                }
                 req.out_items_len += item_space(it.payload.len());
             }
             item::DST_NAME => {
@@ -163,13 +164,40 @@ pub fn message_parse_send(
                 req.bloom = Some(it.payload);
                 req.out_items_len += item_space(it.payload.len());
             }
-            // Sealed memfds need the broker to inspect the fd; not supported yet.
-            item::PAYLOAD_MEMFD => return Err(Errno::EOPNOTSUPP),
+            item::PAYLOAD_MEMFD => {
+                let m: Memfd = read_struct(it.payload).ok_or(Errno::EINVAL)?;
+                if m.size == 0 {
+                    return Err(Errno::EINVAL);
+                }
+                if m.fd < 0 {
+                    return Err(Errno::EBADF);
+                }
+                if m.start.checked_add(m.size).is_none() {
+                    return Err(Errno::EMSGSIZE);
+                }
+                req.n_memfds += 1;
+                if req.n_memfds > limits::MSG_MAX_MEMFD_ITEMS {
+                    return Err(Errno::E2BIG);
+                }
+                req.out_items_len += item_space(it.payload.len());
+            }
             _ => return Err(Errno::EINVAL),
         }
     }
+    if req.n_fds + req.n_memfds > fds {
+        return Err(Errno::EBADF);
+    }
     message_check_signal(&req)?;
     Ok(req)
+}
+
+/// The `(start, size)` of each `PAYLOAD_MEMFD` item, in order (their fds are the
+/// request's after the `FDS` item's).
+pub fn message_memfds<'a>(req: &'a SendRequest<'a>) -> impl Iterator<Item = (u64, u64)> + 'a {
+    ItemIter::new(req.items)
+        .flatten()
+        .filter(|it| it.type_ == item::PAYLOAD_MEMFD)
+        .filter_map(|it| read_struct::<Memfd>(it.payload).map(|m| (m.start, m.size)))
 }
 
 /// kdbus HEAD: broadcasts are signals; signals, and only they, carry a bloom filter;
@@ -336,8 +364,9 @@ pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u
 
 /// Lay out a received message in `out` (header and items only) and return where its
 /// payload starts (the header length, 8-aligned; the slice is that plus
-/// `req.payload_len`) and where the `FDS` item's fd numbers sit (0: no such item), both
-/// relative to the message. `meta_mask` selects metadata, `seq` is the message's number.
+/// `req.payload_len`) and where each fd's number sits (the `FDS` item's, then each
+/// `PAYLOAD_MEMFD`'s), both relative to the message. `meta_mask` selects metadata,
+/// `seq` is the message's number.
 pub fn message_layout(
     out: &mut Vec<u8>,
     req: &SendRequest<'_>,
@@ -346,7 +375,7 @@ pub fn message_layout(
     m: &SenderMeta,
     now: Now,
     seq: u64,
-) -> (u64, u64) {
+) -> (u64, FdSlots) {
     out.clear();
     let header_len = MSG_HEADER_SIZE + req.out_items_len + meta_len(meta_mask, m);
     let mut hdr = req.msg;
@@ -355,7 +384,8 @@ pub fn message_layout(
     out.extend_from_slice(hdr.as_bytes());
     let data_start = align8(header_len as u64);
     let mut data_off = data_start;
-    let mut fds_at = 0;
+    let mut fds_at = None;
+    let mut memfds_at: Vec<u32> = Vec::new();
     let mut w = ItemWriter::new(out);
     for it in ItemIter::new(req.items).flatten() {
         match it.type_ {
@@ -381,16 +411,33 @@ pub fn message_layout(
                 // Numbers are only meaningful in the receiver; it gets the fds with the
                 // message event, in this order, and may have its numbers written here
                 // when it claims the message.
-                fds_at = (w.buf.len() + kdbus_abi::ITEM_HEADER_SIZE as usize) as u64;
+                fds_at = Some((w.buf.len() + kdbus_abi::ITEM_HEADER_SIZE as usize) as u32);
                 w.push(item::FDS, &NO_FDS[..it.payload.len().min(NO_FDS.len())]);
+            }
+            item::PAYLOAD_MEMFD => {
+                // The receiver's fd number goes into `fd` when it claims the message.
+                let mut m: Memfd = read_struct(it.payload).unwrap_or_default();
+                m.fd = -1;
+                m.pad = 0;
+                memfds_at.push((w.buf.len() + kdbus_abi::ITEM_HEADER_SIZE as usize + 16) as u32);
+                w.push(item::PAYLOAD_MEMFD, m.as_bytes());
             }
             _ => w.push(it.type_, it.payload),
         }
     }
     meta_write(out, meta_mask, m, now, seq);
     debug_assert_eq!(out.len(), header_len);
-    (data_start, fds_at)
+    let mut slots = Vec::new();
+    if let Some(at) = fds_at {
+        slots.extend((0..req.n_fds as u32).map(|i| at + 4 * i));
+    }
+    slots.extend(memfds_at);
+    (data_start, slots.into_boxed_slice())
 }
+
+/// Where a delivered message's fd numbers go, relative to the message, in the order
+/// its fds travel: one `u32` slot each.
+pub type FdSlots = Box<[u32]>;
 
 /// Iterate over the payload vectors of a request: `(size, data)` for non-NULL vectors.
 pub fn message_payload<'a>(req: &'a SendRequest<'a>) -> impl Iterator<Item = &'a [u8]> + 'a {

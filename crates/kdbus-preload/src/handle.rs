@@ -87,6 +87,11 @@ struct State {
     /// Slices handed to the caller that it may FREE: freeing them cannot fail, so it
     /// needs no answer.
     handed: HashSet<u64>,
+    /// The datagram buffer, lent to whoever reads.
+    rbuf: Vec<u8>,
+    /// An activator: another connection taking its name takes its queue along, so
+    /// its claims go out at once rather than with the next datagram.
+    activator: bool,
 }
 
 pub struct Handle {
@@ -114,6 +119,8 @@ impl Handle {
                 dropped_total: 0,
                 dropped_reported: 0,
                 handed: HashSet::new(),
+                rbuf: Vec::new(),
+                activator: false,
             }),
             cond: Condvar::new(),
         }
@@ -181,14 +188,16 @@ impl Handle {
             }
             g.reading = true;
             let notices = std::mem::take(&mut g.notices);
+            let mut buf = take_rbuf(&mut g);
             drop(g);
-            let r = self.read_blocking(&notices, cancel);
+            let r = self.read_blocking(&notices, cancel, &mut buf);
             g = self.lock();
             g.reading = false;
             self.cond.notify_all();
+            let r = r.map(|got| got.map(|(n, fds)| dispatch(&mut g, &buf[..n], fds)));
+            g.rbuf = buf;
             match r {
-                Ok(Some((buf, fds))) => dispatch(&mut g, &buf, fds),
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(Errno::ECANCELED) => {
                     g.abandoned.insert(id);
                     return Err(Errno::ECANCELED);
@@ -203,7 +212,8 @@ impl Handle {
         &self,
         notices: &[u8],
         cancel: Option<RawFd>,
-    ) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, Errno> {
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, Vec<OwnedFd>)>, Errno> {
         if !notices.is_empty() {
             sys::send_datagram(self.sock.as_fd(), notices, &[])?;
         }
@@ -225,7 +235,7 @@ impl Handle {
             if pfds[0].revents().is_empty() {
                 continue;
             }
-            return recv_datagram(self.sock.as_fd(), false);
+            return recv_datagram(self.sock.as_fd(), buf);
         }
     }
 
@@ -238,23 +248,21 @@ impl Handle {
         }
         g.reading = true;
         let notices = std::mem::take(&mut g.notices);
+        let mut buf = take_rbuf(&mut g);
         drop(g);
         let mut dead = false;
         if !notices.is_empty() && sys::send_datagram(self.sock.as_fd(), &notices, &[]).is_err() {
             dead = true;
         }
-        let mut got = Vec::new();
         while !dead {
-            match recv_datagram(self.sock.as_fd(), false) {
-                Ok(Some(d)) => got.push(d),
+            match recv_datagram(self.sock.as_fd(), &mut buf) {
+                Ok(Some((n, fds))) => dispatch(&mut self.lock(), &buf[..n], fds),
                 Ok(None) => break,
                 Err(_) => dead = true,
             }
         }
         let mut g = self.lock();
-        for (buf, fds) in got {
-            dispatch(&mut g, &buf, fds);
-        }
+        g.rbuf = buf;
         g.hup |= dead;
         g.reading = false;
         self.cond.notify_all();
@@ -302,6 +310,7 @@ impl Handle {
         match c {
             cmd::HELLO => {
                 g.role = Role::Conn;
+                g.activator = flags & kdbus_abi::hello_flags::ACTIVATOR != 0;
                 g.pool_size = a.body.get(56..).and_then(read_struct).unwrap_or(0);
                 g.pool = a.fds.last().and_then(|f| f.try_clone().ok());
             }
@@ -392,14 +401,14 @@ impl Handle {
             };
             if c.flags & recv_flags::DROP != 0 {
                 Self::notice(&mut g, cmd::RECV, &claim_body(&ev, recv_flags::DROP, &[]));
-                drop(g);
+                self.flush_if_activator(g);
                 drop(m.fds);
                 return Some(recv_writeback(mem, arg, &wb));
             }
             if m.fds.is_empty() {
                 Self::notice(&mut g, cmd::RECV, &claim_body(&ev, 0, &[]));
                 g.handed.insert(ev.offset);
-                drop(g);
+                self.flush_if_activator(g);
                 wb.msg.offset = ev.offset;
                 wb.msg.msg_size = ev.msg_size;
                 return Some(recv_writeback(mem, arg, &wb));
@@ -428,6 +437,18 @@ impl Handle {
                 Ok(_) => continue,
                 Err(e) => return Some(Err(e)),
             }
+        }
+    }
+
+    /// Send an activator's claims now (see `State::activator`).
+    fn flush_if_activator(&self, mut g: MutexGuard<'_, State>) {
+        if !g.activator || g.notices.is_empty() {
+            return;
+        }
+        let notices = std::mem::take(&mut g.notices);
+        drop(g);
+        if sys::send_datagram(self.sock.as_fd(), &notices, &[]).is_err() {
+            self.lock().hup = true;
         }
     }
 
@@ -555,15 +576,23 @@ fn dispatch(g: &mut State, data: &[u8], fds: Vec<OwnedFd>) {
     }
 }
 
-/// Read one datagram; `Ok(None)` if nothing is there. End-of-file is ECONNRESET.
-fn recv_datagram(fd: BorrowedFd<'_>, block: bool) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, Errno> {
+fn take_rbuf(g: &mut State) -> Vec<u8> {
+    let mut b = std::mem::take(&mut g.rbuf);
+    if b.len() < MAX_IN_DATAGRAM {
+        b.resize(MAX_IN_DATAGRAM, 0);
+    }
+    b
+}
+
+/// Read one datagram without blocking; `Ok(None)` if nothing is there. End-of-file is
+/// ECONNRESET.
+fn recv_datagram(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Option<(usize, Vec<OwnedFd>)>, Errno> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let mut buf = vec![0u8; MAX_IN_DATAGRAM];
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
-    let flags = RecvFlags::CMSG_CLOEXEC | if block { RecvFlags::empty() } else { RecvFlags::DONTWAIT };
+    let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
     let r = loop {
-        match rustix::net::recvmsg(fd, &mut [std::io::IoSliceMut::new(&mut buf)], &mut anc, flags) {
+        match rustix::net::recvmsg(fd, &mut [std::io::IoSliceMut::new(buf)], &mut anc, flags) {
             Err(rustix::io::Errno::INTR) => continue,
             r => break r,
         }
@@ -582,6 +611,5 @@ fn recv_datagram(fd: BorrowedFd<'_>, block: bool) -> Result<Option<(Vec<u8>, Vec
             fds.extend(it);
         }
     }
-    buf.truncate(msg.bytes);
-    Ok(Some((buf, fds)))
+    Ok(Some((msg.bytes, fds)))
 }

@@ -16,7 +16,7 @@
 //! NULL argument (kdbus: `EFAULT`).
 
 use kdbus_abi::items::ItemIter;
-use kdbus_abi::{cmd, item, limits, read_struct, send_flags, CmdSend, Errno, Msg, Vec_};
+use kdbus_abi::{cmd, item, limits, read_struct, send_flags, CmdSend, Errno, Memfd, Msg, Vec_};
 use std::os::fd::RawFd;
 use zerocopy::IntoBytes;
 
@@ -46,7 +46,7 @@ pub fn ioctl_command(request: u64) -> Option<u32> {
 #[derive(Debug, Default)]
 pub struct Encoded {
     pub body: Vec<u8>,
-    /// Fds the request carries (`FDS` items of a SEND), in item order.
+    /// Fds the request carries: a SEND's `FDS` item's, then one per `PAYLOAD_MEMFD`.
     pub fds: Vec<RawFd>,
     /// A SEND's `CANCEL_FD`: the wait for a synchronous reply ends when it is readable.
     pub cancel_fd: Option<RawFd>,
@@ -81,7 +81,7 @@ fn encode_send(mem: &impl UserMem, e: &mut Encoded) -> Result<(), Errno> {
     e.sync = send.flags & send_flags::SYNC_REPLY != 0;
     for it in ItemIter::new(&e.body[std::mem::size_of::<CmdSend>()..]).flatten() {
         if it.type_ == item::CANCEL_FD {
-            e.cancel_fd = read_struct::<u64>(it.payload).map(|v| v as i32);
+            e.cancel_fd = read_struct::<i32>(it.payload);
         }
     }
     let addr = send.msg_address;
@@ -108,6 +108,7 @@ fn encode_send(mem: &impl UserMem, e: &mut Encoded) -> Result<(), Errno> {
     let items_at = at + std::mem::size_of::<Msg>();
     let items_end = at + copy;
     let mut vec_total: u64 = 0;
+    let mut memfds = Vec::new();
     let mut pos = items_at;
     while pos + 16 <= items_end {
         let size: u64 = read_struct(&e.body[pos..]).unwrap_or(0);
@@ -140,10 +141,17 @@ fn encode_send(mem: &impl UserMem, e: &mut Encoded) -> Result<(), Errno> {
                     e.fds.push(i32::from_ne_bytes(n));
                 }
             }
+            item::PAYLOAD_MEMFD => {
+                if let Some(m) = read_struct::<Memfd>(&e.body[payload]) {
+                    memfds.push(m.fd);
+                }
+            }
             _ => {}
         }
         pos += kdbus_abi::align8_usize(size as usize);
     }
+    // The broker takes the FDS item's fds first, then one per memfd item.
+    e.fds.extend(memfds);
     Ok(())
 }
 
@@ -302,7 +310,7 @@ mod tests {
         }
         .as_bytes()
         .to_vec();
-        c.extend(item(item::CANCEL_FD, &5u64.to_ne_bytes()));
+        c.extend(item(item::CANCEL_FD, &5i32.to_ne_bytes()));
         let clen = c.len() as u64;
         c[..8].copy_from_slice(&clen.to_ne_bytes());
         m.0.insert(0x1000, c.clone());

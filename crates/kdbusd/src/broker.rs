@@ -60,6 +60,31 @@ pub struct Config {
     pub dbus_listen: Vec<crate::config::ListenAddr>,
 }
 
+/// Tells the domain what a passed fd is, from its seals, type and socket family.
+struct SystemFiles;
+
+impl kdbus_core::FdInspector for SystemFiles {
+    fn inspect(&self, fd: rustix::fd::BorrowedFd<'_>) -> kdbus_core::FdKind {
+        use kdbus_core::FdKind;
+        // Only shmem files (memfds) have seals.
+        if let Ok(seals) = rustix::fs::fcntl_get_seals(fd) {
+            let size = rustix::fs::fstat(fd).map_or(0, |st| st.st_size as u64);
+            return FdKind::Memfd {
+                seals: seals.bits(),
+                size,
+            };
+        }
+        let is_path = rustix::fs::fcntl_getfl(fd).is_ok_and(|f| f.contains(rustix::fs::OFlags::PATH));
+        if !is_path
+            && rustix::net::sockopt::socket_domain(fd)
+                .is_ok_and(|d| d == rustix::net::AddressFamily::UNIX)
+        {
+            return FdKind::UnixSocket;
+        }
+        FdKind::Other
+    }
+}
+
 /// The system clock, read once per loop iteration and whenever the domain asks.
 struct SystemClock;
 
@@ -179,9 +204,11 @@ impl Broker {
         };
         let mut proc_strings = ProcStrings::default();
         let me = peer_from_creds(me_creds, &mut proc_strings);
+        let mut domain = Domain::new(Box::new(SystemClock));
+        domain.set_fd_inspector(Box::new(SystemFiles));
         let mut b = Broker {
             cfg: cfg.clone(),
-            domain: Domain::new(Box::new(SystemClock)),
+            domain,
             epoll,
             _signal: signal,
             listeners: HashMap::new(),

@@ -1,0 +1,755 @@
+//! `libkdbus_preload.so` against a real kdbusd: programs written for the kdbus kernel
+//! ABI (open a node, ioctl `KDBUS_CMD_*`, mmap the pool, poll, close) run unmodified.
+//!
+//! Each test starts a broker and re-executes this test binary as the "client program"
+//! (`--exact child_entry`) with `LD_PRELOAD` set. In the child, [`child_entry`] runs the
+//! scenario named by `KDBUS_PRELOAD_SCENARIO` using only raw libc calls on kdbus
+//! structures, exactly as a C program would: real addresses in `msg_address` and in
+//! `PAYLOAD_VEC` items, messages read from the mapped pool. A panic in the child fails
+//! the parent's test, with the child's output in the message.
+//!
+//! The library is a dev-dependency of this crate, so cargo builds it (all its crate
+//! types) before this test; as a dependency its cdylib lands in `target/<profile>/deps/`
+//! without a hash in its name (cargo never hashes path packages' cdylibs), next to this
+//! binary. It is never linked into this binary (nothing here names the crate).
+
+mod common;
+use common::{cmd_body, Broker};
+use kdbus_abi::{
+    attach, cmd, hello_flags, item, msg_flags, name_flags, payload, read_struct, recv_flags,
+    send_flags, BloomParameter, CmdFree, CmdGeneric, CmdHello, CmdMatch, CmdRecv, CmdSend,
+    ItemIter, ItemWriter, Msg, Vec_, DST_ID_BROADCAST, DST_ID_NAME,
+};
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
+
+const CHILD: &str = "KDBUS_PRELOAD_CHILD";
+const SCENARIO: &str = "KDBUS_PRELOAD_SCENARIO";
+const BUS: &str = "KDBUS_PRELOAD_TEST_BUS";
+/// Pool size of the scenarios' connections.
+const POOL: usize = 1 << 20;
+
+// ================================================================== parent side
+
+/// `libkdbus_preload.so` as built for this test binary (`$KDBUS_PRELOAD_SO` overrides).
+fn preload_so() -> PathBuf {
+    if let Some(p) = std::env::var_os("KDBUS_PRELOAD_SO") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("the test binary's directory");
+    // deps/ first: the copy built for this very build; `cargo build` also uplifts one.
+    let candidates = [
+        deps.join("libkdbus_preload.so"),
+        deps.join("../libkdbus_preload.so"),
+    ];
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
+        panic!("libkdbus_preload.so not found at {candidates:?} (kdbus-preload is a dev-dependency of kdbusd, cargo should have built it)")
+    })
+}
+
+/// Run `scenario` in a child process with the preload library, against a fresh broker.
+fn run(scenario: &str) {
+    let broker = Broker::start();
+    let so = preload_so();
+    let out = tempfile::NamedTempFile::new().expect("output file");
+    // One open file for both streams, so that they share an offset.
+    let log = out.reopen().expect("output file");
+    let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env("LD_PRELOAD", &so)
+        .env(CHILD, "1")
+        .env(SCENARIO, scenario)
+        .env(BUS, &broker.bus)
+        .env("KDBUS_ROOT", broker.runtime_dir())
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("stdout"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn the client program");
+    let end = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let output = std::fs::read_to_string(out.path()).unwrap_or_default();
+    let done = format!("preload scenario {scenario} passed");
+    match status {
+        Some(s) if s.success() && output.contains(&done) => {}
+        Some(s) => panic!(
+            "scenario {scenario} failed ({s}) with {}:\n{output}",
+            so.display()
+        ),
+        None => panic!("scenario {scenario} hung (killed after 60 s):\n{output}"),
+    }
+}
+
+/// Each scenario is a `#[test]` that runs the child function of the same name.
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        $(#[test] fn $name() { run(stringify!($name)); })*
+        const SCENARIOS: &[(&str, fn())] = &[$((stringify!($name), child::$name)),*];
+    };
+}
+scenarios! {
+    hello, send_recv, fd_passing, sync_call, well_known_name, bloom_broadcast, byebye,
+    pool_read_only, poll_semantics,
+}
+
+/// The client program: does nothing unless started by [`run`].
+#[test]
+fn child_entry() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let name = std::env::var(SCENARIO).expect("KDBUS_PRELOAD_SCENARIO");
+    let (_, f) = SCENARIOS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .expect("a known scenario");
+    f();
+    println!("preload scenario {name} passed");
+}
+
+// ================================================================== child helpers
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// The errno of a failed call, 0 for success.
+fn err<T>(r: Result<T, i32>) -> i32 {
+    r.err().unwrap_or(0)
+}
+
+fn zero<T: FromZeros>() -> T {
+    T::new_zeroed()
+}
+
+/// `ioctl(fd, _IOWR(0x95, nr, T), arg)`: the command structure at `arg`, as kdbus
+/// programs call it. `Err(errno)` on failure.
+fn kioctl<T>(fd: i32, nr: u32, arg: *mut T) -> Result<(), i32> {
+    let size = std::mem::size_of::<T>() as u64;
+    let req = (3u64 << 30) | (size << 16) | (0x95 << 8) | nr as u64;
+    // SAFETY: `arg` points to a live, 8-aligned command of the size its `size` says.
+    match unsafe { libc::ioctl(fd, req as _, arg) } {
+        0 => Ok(()),
+        -1 => Err(errno()),
+        r => panic!("ioctl returned {r}"),
+    }
+}
+
+/// ioctl with the fixed-size command `c` (its `size` set); the command as written back.
+fn kcmd<T: IntoBytes + FromBytes>(fd: i32, nr: u32, mut c: T) -> Result<T, i32> {
+    let size = std::mem::size_of::<T>() as u64;
+    c.as_mut_bytes()[..8].copy_from_slice(&size.to_ne_bytes());
+    kioctl(fd, nr, &mut c).map(|()| c)
+}
+
+/// ioctl with command `c` followed by `items`, in 8-aligned memory; `c` as written back.
+fn kcmd_items<T: IntoBytes + FromBytes + Immutable>(
+    fd: i32,
+    nr: u32,
+    c: T,
+    items: &[u8],
+) -> Result<T, i32> {
+    let mut w = words(&cmd_body(&c, items));
+    kioctl::<T>(fd, nr, w.as_mut_ptr().cast())?;
+    Ok(read_struct(w.as_bytes()).expect("written back"))
+}
+
+/// `bytes` in 8-aligned memory (kdbus wants aligned commands and messages).
+fn words(bytes: &[u8]) -> Vec<u64> {
+    let mut w = vec![0u64; bytes.len().div_ceil(8)];
+    w.as_mut_bytes()[..bytes.len()].copy_from_slice(bytes);
+    w
+}
+
+fn open_bus() -> i32 {
+    let path = CString::new(std::env::var(BUS).expect("bus path")).expect("path");
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    assert!(fd >= 0, "open({path:?}): errno {}", errno());
+    fd
+}
+
+fn say_hello(fd: i32, flags: u64) -> Result<CmdHello, i32> {
+    let mut h: CmdHello = zero();
+    (h.flags, h.attach_flags_send, h.pool_size) = (flags, attach::ANY, POOL as u64);
+    kcmd(fd, cmd::HELLO, h)
+}
+
+fn map_pool(fd: i32, len: usize, prot: i32) -> Result<usize, i32> {
+    // SAFETY: a fresh mapping chosen by the kernel.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+    if p == libc::MAP_FAILED {
+        Err(errno())
+    } else {
+        Ok(p as usize)
+    }
+}
+
+fn unmap(p: usize) {
+    // SAFETY: a mapping of POOL bytes this scenario made.
+    assert_eq!(unsafe { libc::munmap(p as *mut libc::c_void, POOL) }, 0);
+}
+
+/// `len` bytes at `off` in the pool mapped at `base`.
+fn pool_bytes<'a>(base: usize, off: u64, len: u64) -> &'a [u8] {
+    assert!(off + len <= POOL as u64, "{off}+{len} beyond the pool");
+    // SAFETY: inside a live read-only mapping of POOL bytes.
+    unsafe { std::slice::from_raw_parts((base + off as usize) as *const u8, len as usize) }
+}
+
+fn pipe() -> (i32, i32) {
+    let mut p = [0i32; 2];
+    // SAFETY: room for two fds.
+    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    (p[0], p[1])
+}
+
+fn write_fd(fd: i32, b: &[u8]) -> isize {
+    // SAFETY: reading `b`.
+    unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) }
+}
+
+fn read_fd(fd: i32) -> Vec<u8> {
+    let mut b = [0u8; 256];
+    // SAFETY: writing into `b`.
+    let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), b.len()) };
+    assert!(n >= 0, "read: errno {}", errno());
+    b[..n as usize].to_vec()
+}
+
+fn close(fd: i32) {
+    // SAFETY: an fd this scenario owns.
+    let r = unsafe { libc::close(fd) };
+    assert_eq!(r, 0, "close({fd}): errno {}", errno());
+}
+
+fn pfd(fd: i32, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// poll(2); checks that the count matches the revents.
+fn poll_fds(p: &mut [libc::pollfd], timeout_ms: i32) -> usize {
+    // SAFETY: the caller's array.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as _, timeout_ms) };
+    assert!(n >= 0, "poll: errno {}", errno());
+    let ready = p.iter().filter(|p| p.revents != 0).count();
+    assert_eq!(n as usize, ready, "poll's count");
+    ready
+}
+
+fn monotonic_ns() -> u64 {
+    // SAFETY: writing a zeroed timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A D-Bus-typed message header to `dst`.
+fn msg(dst: u64, cookie: u64, flags: u64) -> Msg {
+    let mut m: Msg = zero();
+    (m.dst_id, m.cookie, m.flags, m.payload_type) = (dst, cookie, flags, payload::DBUS);
+    m
+}
+
+/// `PAYLOAD_VEC` items pointing at `parts` (which must outlive the SEND).
+fn vecs(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in parts {
+        let v = Vec_ {
+            size: p.len() as u64,
+            address_or_offset: p.as_ptr() as u64,
+        };
+        ItemWriter::new(&mut out).push(item::PAYLOAD_VEC, v.as_bytes());
+    }
+    out
+}
+
+/// A BLOOM_FILTER item: generation 0, then the filter words.
+fn bloom_filter(filter: &[u64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let parts: [&[u8]; 2] = [&0u64.to_ne_bytes(), filter.as_bytes()];
+    ItemWriter::new(&mut out).push_parts(item::BLOOM_FILTER, &parts);
+    out
+}
+
+/// A message as found in a pool.
+struct Got {
+    hdr: Msg,
+    items: Vec<(u64, Vec<u8>)>,
+    /// The PAYLOAD_OFF sizes, and their bytes concatenated.
+    vec_sizes: Vec<u64>,
+    payload: Vec<u8>,
+}
+
+impl Got {
+    fn item(&self, t: u64) -> Option<&[u8]> {
+        self.items.iter().find(|i| i.0 == t).map(|i| &i.1[..])
+    }
+    fn fds(&self) -> Vec<i32> {
+        let b = self.item(item::FDS).unwrap_or(&[]);
+        b.chunks_exact(4)
+            .map(|c| i32::from_ne_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+}
+
+/// One connection made the kdbus way.
+struct Conn {
+    fd: i32,
+    id: u64,
+    pool: usize,
+    bloom: BloomParameter,
+}
+
+impl Conn {
+    fn new() -> Conn {
+        Self::with_flags(hello_flags::ACCEPT_FD)
+    }
+
+    fn with_flags(flags: u64) -> Conn {
+        let fd = open_bus();
+        let h = say_hello(fd, flags).unwrap_or_else(|e| panic!("HELLO: errno {e}"));
+        let pool = map_pool(fd, POOL, libc::PROT_READ).expect("mmap the pool");
+        let mut bloom = zero();
+        for it in ItemIter::received(pool_bytes(pool, h.offset, h.items_size)) {
+            let it = it.expect("HELLO items well-formed");
+            if it.type_ == item::BLOOM_PARAMETER {
+                bloom = read_struct(it.payload).expect("BLOOM_PARAMETER");
+            }
+        }
+        let c = Conn {
+            fd,
+            id: h.id,
+            pool,
+            bloom,
+        };
+        c.free(h.offset).expect("FREE of the HELLO slice");
+        c
+    }
+
+    fn recv(&self, flags: u64) -> Result<CmdRecv, i32> {
+        kcmd(self.fd, cmd::RECV, CmdRecv { flags, ..zero() })
+    }
+
+    fn free(&self, offset: u64) -> Result<CmdFree, i32> {
+        kcmd(self.fd, cmd::FREE, CmdFree { offset, ..zero() })
+    }
+
+    /// SEND `m` with `items`; the message lives in this process's memory.
+    fn send(&self, m: &Msg, items: &[u8], flags: u64) -> Result<CmdSend, i32> {
+        let body = words(&cmd_body(m, items));
+        let mut c: CmdSend = zero();
+        (c.flags, c.msg_address) = (flags, body.as_ptr() as u64);
+        kcmd(self.fd, cmd::SEND, c)
+    }
+
+    fn send_to(&self, dst: u64, cookie: u64, text: &[u8]) -> Result<CmdSend, i32> {
+        self.send(&msg(dst, cookie, 0), &vecs(&[text]), 0)
+    }
+
+    /// The message at `off` in this connection's pool.
+    fn read_msg(&self, off: u64) -> Got {
+        let hdr: Msg = read_struct(pool_bytes(self.pool, off, 64)).expect("header");
+        assert!(hdr.size >= 64, "message size {}", hdr.size);
+        let (items, vec_sizes, payload) = (Vec::new(), Vec::new(), Vec::new());
+        let mut g = Got {
+            hdr,
+            items,
+            vec_sizes,
+            payload,
+        };
+        for it in ItemIter::received(pool_bytes(self.pool, off + 64, hdr.size - 64)) {
+            let it = it.expect("items in the pool well-formed");
+            assert_ne!(it.type_, item::PAYLOAD_VEC, "vectors become PAYLOAD_OFF");
+            if it.type_ == item::PAYLOAD_OFF {
+                let v: Vec_ = read_struct(it.payload).expect("PAYLOAD_OFF");
+                assert_eq!(v.address_or_offset % 8, 0, "payload vectors are 8-aligned");
+                assert!(v.address_or_offset >= hdr.size, "payload after the items");
+                let at = off + v.address_or_offset;
+                g.payload
+                    .extend_from_slice(pool_bytes(self.pool, at, v.size));
+                g.vec_sizes.push(v.size);
+            }
+            g.items.push((it.type_, it.payload.to_vec()));
+        }
+        g
+    }
+
+    /// RECV the next message, read it, FREE its slice.
+    fn next(&self) -> Got {
+        let r = self.recv(0).unwrap_or_else(|e| panic!("RECV: errno {e}"));
+        assert!(r.msg.msg_size >= 64, "RECV's msg_size {}", r.msg.msg_size);
+        let m = self.read_msg(r.msg.offset);
+        self.free(r.msg.offset)
+            .unwrap_or_else(|e| panic!("FREE: errno {e}"));
+        m
+    }
+
+    /// poll(2) this connection alone; its revents.
+    fn poll(&self, events: i16, timeout_ms: i32) -> i16 {
+        let mut p = [pfd(self.fd, events)];
+        poll_fds(&mut p, timeout_ms);
+        p[0].revents
+    }
+
+    fn byebye(&self) -> Result<CmdGeneric, i32> {
+        kcmd(self.fd, cmd::BYEBYE, zero::<CmdGeneric>())
+    }
+
+    /// NAME_ACQUIRE, NAME_RELEASE: a `kdbus_cmd` with one NAME item.
+    fn name_cmd(&self, nr: u32, name: &str) -> Result<CmdGeneric, i32> {
+        let mut it = Vec::new();
+        ItemWriter::new(&mut it).push_str(item::NAME, name);
+        kcmd_items(self.fd, nr, zero::<CmdGeneric>(), &it)
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping and fd.
+        unsafe {
+            libc::munmap(self.pool as *mut libc::c_void, POOL);
+            libc::close(self.fd);
+        }
+    }
+}
+
+const POLLIN: i16 = libc::POLLIN;
+
+// ================================================================== scenarios
+
+mod child {
+    use super::*;
+
+    /// HELLO on the bus node, the pool mapped read-only, the HELLO slice's items, FREE.
+    pub fn hello() {
+        let fd = open_bus();
+        let h = say_hello(fd, hello_flags::ACCEPT_FD).expect("HELLO");
+        assert!(h.id > 0, "connection id {}", h.id);
+        assert_eq!(h.pool_size, POOL as u64, "pool_size written back");
+        assert_ne!(h.id128, [0u8; 16], "the bus id is written back");
+        assert!(h.items_size >= 32 && h.offset + h.items_size <= POOL as u64);
+        let pool = map_pool(fd, POOL, libc::PROT_READ).expect("mmap the pool read-only");
+        let bloom = ItemIter::received(pool_bytes(pool, h.offset, h.items_size))
+            .map(|i| i.expect("HELLO items well-formed"))
+            .find(|i| i.type_ == item::BLOOM_PARAMETER)
+            .expect("a BLOOM_PARAMETER item");
+        let bloom: BloomParameter = read_struct(bloom.payload).expect("bloom parameter");
+        // The default bus uses sd-bus's bloom parameters: 512 bits, 8 hash functions.
+        assert_eq!((bloom.size, bloom.n_hash), (64, 8));
+        let free = |offset| kcmd(fd, cmd::FREE, CmdFree { offset, ..zero() });
+        assert_eq!(err(free(h.offset)), 0, "FREE of the HELLO slice");
+        assert_eq!(err(free(h.offset)), libc::ENXIO, "FREE again");
+        // Another connection gets another id.
+        let other = Conn::new();
+        assert!(other.id > 0 && other.id != h.id);
+        unmap(pool);
+        close(fd);
+    }
+
+    /// A message with two vectors: header, PAYLOAD_OFF items and payload in the pool.
+    pub fn send_recv() {
+        let (a, b) = (Conn::new(), Conn::new());
+        let (p1, p2) = (b"hello, ".to_vec(), b"kdbus world".to_vec());
+        a.send(&msg(b.id, 0x1234, 0), &vecs(&[&p1, &p2]), 0)
+            .expect("SEND");
+        let r = b.recv(0).expect("RECV right after the SEND returned");
+        assert!(r.msg.offset + r.msg.msg_size <= POOL as u64, "{r:?}");
+        let m = b.read_msg(r.msg.offset);
+        assert!(r.msg.msg_size >= m.hdr.size);
+        let h = m.hdr;
+        assert_eq!((h.src_id, h.dst_id, h.cookie), (a.id, b.id, 0x1234));
+        assert_eq!(h.payload_type, payload::DBUS);
+        assert_eq!(m.vec_sizes, vec![7, 11], "two PAYLOAD_OFF items");
+        assert_eq!(m.payload, b"hello, kdbus world");
+        assert_eq!(err(b.free(r.msg.offset)), 0);
+        assert_eq!(err(b.free(r.msg.offset)), libc::ENXIO, "double FREE");
+        assert_eq!(err(b.recv(0)), libc::EAGAIN, "the queue is empty");
+    }
+
+    /// SEND to `dst` with `fd` in an FDS item.
+    fn send_fd(from: &Conn, dst: u64, fd: i32) -> Result<CmdSend, i32> {
+        let mut items = vecs(&[b"fd"]);
+        ItemWriter::new(&mut items).push(item::FDS, [fd].as_bytes());
+        from.send(&msg(dst, 1, 0), &items, 0)
+    }
+
+    /// A pipe's write end travels in an FDS item; the receiver's pool holds its number.
+    pub fn fd_passing() {
+        let (a, b) = (Conn::new(), Conn::new());
+        let (r, w) = pipe();
+        send_fd(&a, b.id, w).expect("SEND with an fd");
+        let rv = b.recv(0).expect("RECV");
+        let m = b.read_msg(rv.msg.offset);
+        assert_eq!(m.payload, b"fd");
+        let fds = m.fds();
+        assert_eq!(fds.len(), 1, "one fd in the FDS item");
+        let n = fds[0];
+        assert!(n >= 0, "the FDS item holds {n}");
+        assert!(![r, w, a.fd, b.fd].contains(&n), "fd {n} is a new fd");
+        // SAFETY: fcntl on an fd number.
+        let fl = unsafe { libc::fcntl(n, libc::F_GETFD) };
+        assert!(fl >= 0, "fd {n} is not open: errno {}", errno());
+        assert_ne!(fl & libc::FD_CLOEXEC, 0, "kdbus installs fds O_CLOEXEC");
+        let ino = |fd: i32| {
+            // SAFETY: a zeroed stat filled by fstat.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+            (st.st_dev, st.st_ino)
+        };
+        assert_eq!(ino(n), ino(w), "the received fd is the pipe");
+        assert_eq!(write_fd(n, b"through kdbus"), 13);
+        assert_eq!(read_fd(r), b"through kdbus");
+        assert_eq!(err(b.free(rv.msg.offset)), 0);
+        // Nobody else keeps the write end alive: closing ours gives EOF.
+        close(n);
+        close(w);
+        let mut p = [pfd(r, POLLIN)];
+        assert_eq!(poll_fds(&mut p, 5000), 1, "no EOF: a copy lives");
+        assert_eq!(read_fd(r), b"");
+        close(r);
+        // A receiver that did not say ACCEPT_FD gets none.
+        let c = Conn::with_flags(0);
+        let (r, w) = pipe();
+        assert_eq!(err(send_fd(&a, c.id, w)), libc::ECOMM, "no ACCEPT_FD");
+        close(r);
+        close(w);
+    }
+
+    /// A synchronous call: the reply is at `reply.offset` when SEND returns.
+    pub fn sync_call() {
+        let (a, b) = (Conn::new(), Conn::new());
+        std::thread::scope(|s| {
+            let server = s.spawn(|| {
+                assert_ne!(b.poll(POLLIN, 5000) & POLLIN, 0, "the call never arrived");
+                let call = b.next();
+                assert_eq!((call.hdr.src_id, &call.payload[..]), (a.id, &b"ping"[..]));
+                assert_ne!(call.hdr.flags & msg_flags::EXPECT_REPLY, 0);
+                let mut reply = msg(call.hdr.src_id, 0x2222, 0);
+                reply.timeout_or_cookie_reply = call.hdr.cookie;
+                b.send(&reply, &vecs(&[b"pong"]), 0).expect("reply SEND");
+            });
+            let mut call = msg(b.id, 0x1111, msg_flags::EXPECT_REPLY);
+            call.timeout_or_cookie_reply = monotonic_ns() + 5_000_000_000;
+            let c = a.send(&call, &vecs(&[b"ping"]), send_flags::SYNC_REPLY);
+            server.join().expect("server thread");
+            let c = c.unwrap_or_else(|e| panic!("synchronous SEND: errno {e}"));
+            assert!(c.reply.msg_size >= 64, "reply location {:?}", c.reply);
+            let r = a.read_msg(c.reply.offset);
+            assert_eq!(
+                (r.hdr.src_id, r.hdr.dst_id, r.hdr.cookie),
+                (b.id, a.id, 0x2222)
+            );
+            assert_eq!(r.hdr.timeout_or_cookie_reply, 0x1111, "cookie_reply");
+            assert_eq!(r.payload, b"pong");
+            assert_eq!(err(a.free(c.reply.offset)), 0);
+            // The reply went to the ioctl, not to the queue.
+            assert_eq!(a.poll(POLLIN, 0), 0);
+            assert_eq!(err(a.recv(0)), libc::EAGAIN);
+        });
+    }
+
+    /// NAME_ACQUIRE, then a message addressed by name.
+    pub fn well_known_name() {
+        let (a, b) = (Conn::new(), Conn::new());
+        let name = "org.kdbus.PreloadTest";
+        let wb = b.name_cmd(cmd::NAME_ACQUIRE, name).expect("NAME_ACQUIRE");
+        assert_eq!(wb.return_flags & name_flags::IN_QUEUE, 0, "queued");
+        assert_eq!(err(a.name_cmd(cmd::NAME_ACQUIRE, name)), libc::EEXIST);
+        let to_name = |n: &str, cookie: u64| {
+            let mut items = vecs(&[b"by name"]);
+            ItemWriter::new(&mut items).push_str(item::DST_NAME, n);
+            err(a.send(&msg(DST_ID_NAME, cookie, 0), &items, 0))
+        };
+        assert_eq!(to_name(name, 7), 0, "SEND to {name}");
+        let m = b.next();
+        assert_eq!((m.hdr.src_id, m.hdr.cookie), (a.id, 7));
+        assert_eq!(m.payload, b"by name");
+        assert_eq!(m.item(item::DST_NAME), Some(format!("{name}\0").as_bytes()));
+        assert_eq!(to_name("org.kdbus.Nobody", 8), libc::ESRCH, "unowned name");
+        // Released, the name finds nobody.
+        b.name_cmd(cmd::NAME_RELEASE, name).expect("NAME_RELEASE");
+        assert_eq!(to_name(name, 9), libc::ESRCH);
+        assert_eq!(err(b.recv(0)), libc::EAGAIN);
+    }
+
+    /// A broadcast signal reaches a connection whose bloom mask its filter covers.
+    pub fn bloom_broadcast() {
+        let (a, b) = (Conn::new(), Conn::new());
+        let size = b.bloom.size;
+        assert!(size > 0 && size % 8 == 0, "bloom size {size}");
+        let mut mask = vec![0u64; size as usize / 8];
+        mask[0] = 0b1010;
+        *mask.last_mut().unwrap() |= 1 << 63;
+        let mut it = Vec::new();
+        ItemWriter::new(&mut it).push(item::BLOOM_MASK, mask.as_bytes());
+        let add = CmdMatch {
+            cookie: 0xb1,
+            ..zero()
+        };
+        kcmd_items(b.fd, cmd::MATCH_ADD, add, &it).expect("MATCH_ADD");
+
+        let signal = |cookie: u64, filter: &[u64]| {
+            let mut items = vecs(&[b"signal"]);
+            items.extend(bloom_filter(filter));
+            let h = msg(DST_ID_BROADCAST, cookie, msg_flags::SIGNAL);
+            a.send(&h, &items, 0)
+                .unwrap_or_else(|e| panic!("broadcast: errno {e}"));
+        };
+        // A unicast from the same sender must be the next thing b receives.
+        let marker = |cookie: u64| {
+            a.send_to(b.id, cookie, b"marker").expect("marker SEND");
+            let m = b.next();
+            assert_eq!(
+                (m.hdr.src_id, m.hdr.cookie),
+                (a.id, cookie),
+                "marker expected"
+            );
+        };
+        let mut hit = mask.clone();
+        hit[0] |= 0b0101;
+        signal(1, &hit);
+        let m = b.next();
+        let h = m.hdr;
+        assert_eq!((h.src_id, h.dst_id, h.cookie), (a.id, DST_ID_BROADCAST, 1));
+        assert_ne!(h.flags & msg_flags::SIGNAL, 0);
+        assert_eq!(m.payload, b"signal");
+        assert_eq!(m.item(item::BLOOM_FILTER), Some(&bloom_filter(&hit)[16..]));
+        // A filter that misses one bit of the mask is not delivered.
+        let mut miss = hit.clone();
+        miss[0] &= !0b1000;
+        signal(2, &miss);
+        marker(100);
+        // Once the match is gone, nothing arrives.
+        let rm = CmdMatch {
+            cookie: 0xb1,
+            ..zero()
+        };
+        kcmd(b.fd, cmd::MATCH_REMOVE, rm).expect("MATCH_REMOVE");
+        signal(3, &hit);
+        marker(101);
+        assert_eq!(err(b.recv(0)), libc::EAGAIN);
+    }
+
+    /// BYEBYE: EBUSY with a queued message; after it, ECONNRESET and POLLERR|POLLHUP.
+    pub fn byebye() {
+        let (a, b) = (Conn::new(), Conn::new());
+        a.send_to(b.id, 1, b"queued").expect("SEND");
+        assert_eq!(err(b.byebye()), libc::EBUSY, "BYEBYE with a message queued");
+        assert_eq!(b.poll(POLLIN, 0), POLLIN, "still a live connection");
+        assert_eq!(b.next().hdr.cookie, 1);
+        assert_eq!(err(b.byebye()), 0, "BYEBYE with an empty queue");
+        assert_eq!(err(b.recv(0)), libc::ECONNRESET, "RECV after BYEBYE");
+        assert_eq!(err(b.send_to(a.id, 2, b"x")), libc::ECONNRESET, "SEND");
+        assert_eq!(err(b.byebye()), libc::ECONNRESET, "a second BYEBYE (HEAD)");
+        let hup = libc::POLLERR | libc::POLLHUP;
+        let t = Instant::now();
+        assert_eq!(b.poll(POLLIN, 2000) & hup, hup, "poll after BYEBYE");
+        assert!(t.elapsed() < Duration::from_secs(1), "poll waited");
+        assert_eq!(err(a.send_to(b.id, 3, b"x")), libc::ENXIO, "gone id");
+    }
+
+    /// The pool can only be mapped read-only, within its size, and stays read-only.
+    pub fn pool_read_only() {
+        let fd = open_bus();
+        let ro = libc::PROT_READ;
+        assert_eq!(err(map_pool(fd, 4096, ro)), libc::EBADFD, "before HELLO");
+        close(fd);
+        let (a, b) = (Conn::new(), Conn::new());
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        assert_eq!(err(map_pool(b.fd, POOL, rw)), libc::EPERM, "writable");
+        assert_eq!(err(map_pool(b.fd, 4096, libc::PROT_WRITE)), libc::EPERM);
+        assert_eq!(err(map_pool(b.fd, POOL + 4096, ro)), libc::EFAULT, "long");
+        let p = map_pool(b.fd, POOL, ro).expect("a second read-only mapping");
+        // SAFETY: our own mapping.
+        let r = unsafe { libc::mprotect(p as *mut libc::c_void, POOL, rw) };
+        let e = if r == 0 { 0 } else { errno() };
+        assert_eq!((r, e), (-1, libc::EACCES), "mprotect to writable");
+        a.send_to(b.id, 5, b"seen twice").expect("SEND");
+        let r = b.recv(0).expect("RECV");
+        assert_eq!(b.read_msg(r.msg.offset).payload, b"seen twice");
+        let (off, len) = (r.msg.offset, r.msg.msg_size);
+        assert_eq!(pool_bytes(p, off, len), pool_bytes(b.pool, off, len));
+        b.free(r.msg.offset).expect("FREE");
+        unmap(p);
+    }
+
+    /// POLLIN exactly while a message waits; PEEK leaves it; poll over kdbus fd + pipe.
+    pub fn poll_semantics() {
+        let (a, b) = (Conn::new(), Conn::new());
+        assert_eq!(b.poll(POLLIN, 0), 0, "empty queue, timeout 0");
+        let t = Instant::now();
+        assert_eq!(b.poll(POLLIN, 50), 0, "empty queue, 50 ms");
+        assert!(
+            t.elapsed() >= Duration::from_millis(45),
+            "returned after {:?}",
+            t.elapsed()
+        );
+        assert_eq!(b.poll(libc::POLLOUT, 0), libc::POLLOUT, "POLLOUT always");
+
+        a.send_to(b.id, 1, b"one").expect("SEND");
+        a.send_to(b.id, 2, b"two").expect("SEND");
+        assert_eq!(b.poll(POLLIN, 1000), POLLIN, "a message waits");
+        let peek = b.recv(recv_flags::PEEK).expect("RECV PEEK");
+        assert_eq!(b.read_msg(peek.msg.offset).hdr.cookie, 1);
+        assert_eq!(b.poll(POLLIN, 0), POLLIN, "PEEK leaves the message queued");
+        let r = b.recv(0).expect("RECV");
+        assert_eq!(r.msg.offset, peek.msg.offset, "the peeked one");
+        assert_eq!(b.read_msg(r.msg.offset).hdr.cookie, 1);
+        b.free(r.msg.offset).expect("FREE");
+        assert_eq!(b.poll(POLLIN, 0), POLLIN, "a second message waits");
+        assert_eq!(b.next().hdr.cookie, 2);
+        assert_eq!(b.poll(POLLIN, 0), 0, "all received");
+
+        // A kdbus fd and a pipe in one poll.
+        let (r, w) = pipe();
+        assert_eq!(write_fd(w, b"x"), 1);
+        let mut p = [pfd(b.fd, POLLIN), pfd(r, POLLIN)];
+        assert_eq!(poll_fds(&mut p, 0), 1);
+        assert_eq!((p[0].revents, p[1].revents), (0, POLLIN));
+        a.send_to(b.id, 3, b"three").expect("SEND");
+        assert_eq!(poll_fds(&mut p, 1000), 2);
+        assert_eq!((p[0].revents, p[1].revents), (POLLIN, POLLIN));
+        assert_eq!(read_fd(r), b"x");
+        assert_eq!(b.next().hdr.cookie, 3);
+        // A message that arrives while poll sleeps wakes it.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                a.send_to(b.id, 4, b"four").expect("SEND");
+            });
+            let t = Instant::now();
+            assert_eq!(poll_fds(&mut p, 5000), 1, "woken by the message");
+            assert_eq!((p[0].revents, p[1].revents), (POLLIN, 0));
+            assert!(
+                t.elapsed() >= Duration::from_millis(80),
+                "woke after {:?}",
+                t.elapsed()
+            );
+        });
+        assert_eq!(b.next().hdr.cookie, 4);
+        assert_eq!(poll_fds(&mut p, 0), 0);
+        close(r);
+        close(w);
+    }
+}
