@@ -31,6 +31,10 @@ pub mod cmd {
     pub const NAME_RELEASE: u32 = 0xa1;
     pub const MATCH_ADD: u32 = 0xb0;
     pub const MATCH_REMOVE: u32 = 0xb1;
+    /// Ours: "this handle is being closed": the broker does what closing a kdbus
+    /// handle did (a connection leaves the bus, a bus owner's bus goes away) and
+    /// answers, so a client can make close(2) as synchronous as it was in kdbus.
+    pub const RELEASE: u32 = 0xff;
 
     /// Human-readable command name, for logs and tools.
     pub fn name(cmd: u32) -> &'static str {
@@ -51,6 +55,7 @@ pub mod cmd {
             NAME_RELEASE => "NAME_RELEASE",
             MATCH_ADD => "MATCH_ADD",
             MATCH_REMOVE => "MATCH_REMOVE",
+            RELEASE => "RELEASE",
             _ => "UNKNOWN",
         }
     }

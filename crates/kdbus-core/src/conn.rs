@@ -49,6 +49,8 @@ pub struct Queued {
     /// Where each fd's number sits in the slice, for a claim that names the
     /// receiver's fd numbers.
     pub fd_slots: crate::message::FdSlots,
+    /// Fds charged to `user`'s quota (the `FDS` item's; memfds are payload).
+    pub charged_fds: u32,
 }
 
 impl Queued {
@@ -87,6 +89,8 @@ pub struct Conn {
     pub out: Vec<u8>,
     pub out_fds: OutFiles,
     pub dirty: bool,
+    /// Where the connection comes in the next flush (see `Outbox`).
+    pub flush_stamp: u64,
     /// Name given at HELLO (activators, policy holders).
     pub special_name: Option<String>,
     /// Set for D-Bus clients: they get D-Bus messages on a stream, not a pool.

@@ -242,6 +242,7 @@ impl Domain {
             awaited: HashSet::new(),
             dropped_msgs: 0,
             dropped_told: 0,
+            flush_stamp: 0,
             out: Vec::new(),
             out_fds: Vec::new(),
             dirty: false,

@@ -331,6 +331,7 @@ impl Domain {
             awaited: HashSet::new(),
             dropped_msgs: 0,
             dropped_told: 0,
+            flush_stamp: 0,
             out: Vec::new(),
             out_fds: Vec::new(),
             dirty: false,
@@ -407,7 +408,11 @@ impl Domain {
             }
             return;
         }
-        let result = if !conn.is_active() {
+        let result = if req.cmd == cmd::RELEASE {
+            // Closing: leave the bus whatever is queued, as a closed kdbus handle did.
+            self.conn_disconnect(key);
+            Ok(Reply::Generic(CmdGeneric::default()))
+        } else if !conn.is_active() {
             // HEAD: BYEBYE on a dead connection too (64d871b said EALREADY).
             Err(Errno::ECONNRESET)
         } else if !conn_may(conn, req.cmd) {
@@ -529,7 +534,8 @@ impl Domain {
         if !dst.is_active() {
             return Err(Errno::ECONNRESET);
         }
-        if files.is_some() && dst.flags & hello_flags::ACCEPT_FD == 0 {
+        // Memfds are payload: they reach connections that take no fds too (kdbus).
+        if req.n_fds > 0 && dst.flags & hello_flags::ACCEPT_FD == 0 {
             return Err(Errno::ECOMM);
         }
         if dst.attach_recv & sender.attach_send & attach::NAMES != 0 {
@@ -636,7 +642,8 @@ impl Domain {
             return self.dbus_deliver(dst_key, req, sender.id, charge, files);
         }
         let now = self.clock.now();
-        let n_fds = files.as_ref().map_or(0, |f| f.len() as u32);
+        // Memfds are payload, not fds in flight (HEAD charges only the FDS item's).
+        let n_fds = req.n_fds as u32;
         let src = self.conns_key_of(sender.id, dst_key);
         let dst = self.conns.get_mut(&dst_key).ok_or(Errno::ENXIO)?;
         let slot = Slot::Queue {
@@ -656,6 +663,7 @@ impl Domain {
             name_id,
             priority: req.msg.priority,
             fd_slots,
+            charged_fds: n_fds,
         };
         conn_enqueue(dst, &mut self.outbox, seq, q);
         Ok(())
@@ -979,6 +987,7 @@ impl Domain {
             name_id: 0,
             priority: 0,
             fd_slots: Box::default(),
+            charged_fds: 0,
         };
         conn_enqueue(dst, &mut self.outbox, seq, q);
     }
@@ -1054,7 +1063,7 @@ impl Domain {
         }
         conn.queue.remove(seq);
         conn.queued_at.remove(&q.offset);
-        conn.quota.uncharge(q.user, q.size, q.n_fds());
+        conn.quota.uncharge(q.user, q.size, q.charged_fds);
         if cmd.flags & recv_flags::DROP != 0 {
             let _ = conn.pool.free(q.offset);
             if let (true, Some(src)) = (q.expect_reply, q.src) {
@@ -1519,7 +1528,7 @@ impl Domain {
                 continue;
             };
             src.queued_at.remove(&q.offset);
-            src.quota.uncharge(q.user, q.size, q.n_fds());
+            src.quota.uncharge(q.user, q.size, q.charged_fds);
             let bytes = src.mem.read(q.offset, q.size as usize);
             let _ = src.pool.free(q.offset);
             conn_push_record(
@@ -1561,10 +1570,10 @@ impl Domain {
             // delivery).
             let placed = bytes.and_then(|b| {
                 dst.quota
-                    .charge(&dst.pool, q.user, q.size, q.n_fds())
+                    .charge(&dst.pool, q.user, q.size, q.charged_fds)
                     .ok()?;
                 let Ok(offset) = dst.pool.alloc_for_delivery(q.size) else {
-                    dst.quota.uncharge(q.user, q.size, q.n_fds());
+                    dst.quota.uncharge(q.user, q.size, q.charged_fds);
                     return None;
                 };
                 dst.mem.write(offset, &b);
@@ -1688,6 +1697,8 @@ impl Domain {
         }
         into.clear();
         std::mem::swap(into, &mut self.outbox.dirty);
+        let conns = &self.conns;
+        into.sort_by_key(|k| conns.get(k).map_or(0, |c| c.flush_stamp));
     }
 
     /// The pending output of a connection (records, fds); the broker drains what it wrote.
@@ -1893,6 +1904,13 @@ pub(crate) fn conn_push_record(
         body_len: body.len() as u64,
     };
     wire::push_frame(outbox.buf(conn), &h, &[body]);
+    if kind == wire::REC_REPLY {
+        // An answer goes out after whatever its command did to other connections, so
+        // a client that sees the answer finds the effects already in their sockets
+        // (kdbus: all of it had happened when the ioctl returned).
+        outbox.stamp += 1;
+        conn.flush_stamp = outbox.stamp;
+    }
 }
 
 /// A claim may carry an `FDS` item with the numbers the receiver's fds got in its
@@ -1944,6 +1962,8 @@ pub(crate) fn conn_mark_dirty(conn: &mut Conn, outbox: &mut Outbox) {
     if !conn.dirty {
         conn.dirty = true;
         outbox.dirty.push(conn.key);
+        outbox.stamp += 1;
+        conn.flush_stamp = outbox.stamp;
     }
 }
 
@@ -1957,6 +1977,8 @@ pub(crate) fn conn_mark_dirty(conn: &mut Conn, outbox: &mut Outbox) {
 #[derive(Default)]
 pub struct Outbox {
     pub(crate) dirty: Vec<ConnKey>,
+    /// Orders the flush: connections are written in the order of their stamps.
+    stamp: u64,
     spare: Vec<Vec<u8>>,
 }
 

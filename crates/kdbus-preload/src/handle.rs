@@ -33,6 +33,7 @@ use kdbus_abi::{cmd, item, read_struct, recv_flags, CmdFree, CmdRecv, Errno, Ite
 use rustix::event::{PollFd, PollFlags};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use zerocopy::IntoBytes;
 
@@ -97,6 +98,9 @@ struct State {
 pub struct Handle {
     /// The socket, which is also the caller's fd number.
     sock: OwnedFd,
+    /// Another process may hold the socket too (we forked since it was opened): then
+    /// closing it here is not the end of the handle.
+    shared: AtomicBool,
     st: Mutex<State>,
     cond: Condvar,
 }
@@ -105,6 +109,7 @@ impl Handle {
     pub fn new(sock: OwnedFd, role: Role) -> Handle {
         Handle {
             sock,
+            shared: AtomicBool::new(false),
             st: Mutex::new(State {
                 role,
                 pool: None,
@@ -130,6 +135,34 @@ impl Handle {
     /// else: the caller closed it behind our back).
     pub fn disown(self) {
         let _ = self.sock.into_raw_fd();
+    }
+
+    pub fn mark_shared(&self) {
+        self.shared.store(true, Ordering::Relaxed);
+    }
+
+    /// The caller closes its fd. If nobody else can hold the socket, tell the broker
+    /// and wait until it acted: closing a kdbus handle took effect before close(2)
+    /// returned (the connection gone, its names released, the bus removed), and a
+    /// program may look at the effects right after. A socket shared with a forked
+    /// process just closes, as a shared kdbus file was only released by the last one.
+    pub fn release(&self) {
+        if self.shared.load(Ordering::Relaxed) {
+            return;
+        }
+        {
+            let g = self.lock();
+            if g.hup || !matches!(g.role, Role::Conn | Role::Owner) {
+                return;
+            }
+        }
+        let body = kdbus_abi::CmdGeneric {
+            size: 24,
+            ..Default::default()
+        };
+        if let Ok(id) = self.submit(cmd::RELEASE, body.as_bytes(), &[]) {
+            let _ = self.wait_answer(id, None);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

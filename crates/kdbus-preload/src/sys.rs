@@ -355,6 +355,7 @@ pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, fla
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     if let Some(h) = table::remove(fd) {
+        h.release();
         // The socket closes when the last user of the handle lets go.
         drop(h);
         return 0;
@@ -362,6 +363,24 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let f: CloseFn = real!(REAL_CLOSE as CloseFn);
     // SAFETY: forwarding the caller's argument to libc.
     unsafe { f(fd) }
+}
+
+// ---------------------------------------------------------------- fork
+
+extern "C" fn after_fork() {
+    table::mark_all_shared();
+}
+
+/// From the first handle on, mark handles shared at every fork (in parent and child).
+pub fn watch_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers plain functions that only set flags; they live as long
+        // as the library, which is never unloaded while the process runs.
+        unsafe {
+            libc::pthread_atfork(None, Some(after_fork), Some(after_fork));
+        }
+    });
 }
 
 // ---------------------------------------------------------------- poll

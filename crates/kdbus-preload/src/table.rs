@@ -32,7 +32,18 @@ pub fn get(fd: RawFd) -> Option<Arc<Handle>> {
     lock().as_ref()?.get(&fd).cloned()
 }
 
+/// Every handle open now may also be held by another process (after fork()).
+pub fn mark_all_shared() {
+    // A fork handler must not wait: if another thread held the table, leave it.
+    if let Ok(t) = TABLE.try_lock() {
+        for h in t.iter().flat_map(|m| m.values()) {
+            h.mark_shared();
+        }
+    }
+}
+
 pub fn insert(fd: RawFd, h: Arc<Handle>) {
+    crate::sys::watch_forks();
     let old = {
         let mut t = lock();
         let old = t.get_or_insert_with(HashMap::new).insert(fd, h);

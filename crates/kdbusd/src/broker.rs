@@ -609,7 +609,15 @@ impl Broker {
         }
         match h.role {
             Role::Conn(key) => self.domain.conn_request(key, req, fds),
+            Role::BusOwner(bus) if req.cmd == cmd::RELEASE => {
+                // Closing the owner: the bus goes now, not when the socket's EOF is seen.
+                self.bus_remove(bus);
+                self.reply_direct(token, req.req_id, Errno(0), &[], None);
+            }
             Role::BusOwner(_) => self.reply_direct(token, req.req_id, Errno::EBADFD, &[], None),
+            Role::Control | Role::Endpoint(_) if req.cmd == cmd::RELEASE => {
+                self.reply_direct(token, req.req_id, Errno(0), &[], None)
+            }
             Role::Control if req.cmd == cmd::BUS_MAKE => self.control_bus_make(token, req),
             Role::Control => self.reply_direct(token, req.req_id, Errno::ENOTTY, &[], None),
             Role::Endpoint(bus) if req.cmd == cmd::HELLO => self.endpoint_hello(token, bus, req),
