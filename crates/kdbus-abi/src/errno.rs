@@ -77,6 +77,7 @@ errnos!(
     EALREADY,
     ECANCELED,
     EMEDIUMTYPE,
+    EREMOTEIO,
     ENOTCONN,
 );
 

@@ -535,9 +535,7 @@ impl Domain {
             return Err(Errno::ECONNRESET);
         }
         // Memfds are payload: they reach connections that take no fds too (kdbus).
-        if req.n_fds > 0 && dst.flags & hello_flags::ACCEPT_FD == 0 {
-            return Err(Errno::ECOMM);
-        }
+        let fds_refused = req.n_fds > 0 && dst.flags & hello_flags::ACCEPT_FD == 0;
         if dst.attach_recv & sender.attach_send & attach::NAMES != 0 {
             sender.names = bus_owned_names(bus, src_key);
         }
@@ -567,7 +565,21 @@ impl Domain {
             // HEAD: a reply nobody waits for is refused (64d871b delivered it).
             let tracker = owed.ok_or(Errno::EPERM)?;
             if let Some(sync_req) = tracker.sync_req {
-                self.deliver_sync_reply(src_key, dst_key, sync_req, &req, &sender, files)?;
+                // A synchronous caller waits for this very message: if it cannot be
+                // delivered, the caller is told so instead of waiting for its timeout.
+                let r = if fds_refused {
+                    Err(Errno::ECOMM)
+                } else {
+                    self.deliver_sync_reply(src_key, dst_key, sync_req, &req, &sender, files)
+                };
+                if let Err(e) = r {
+                    if let Some(t) = self.tracker_remove(src_key, dst_key, cookie) {
+                        self.tracker_fail(dst_key, cookie, t, ReplyFailure::Undeliverable(e));
+                    }
+                    return Err(e);
+                }
+            } else if fds_refused {
+                return Err(Errno::ECOMM);
             } else {
                 // The answer its receiver waits for: never refused for quota.
                 self.deliver(dst_key, &req, &sender, files, name_id, Charge::Requested)?;
@@ -576,6 +588,9 @@ impl Domain {
             return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
         }
 
+        if fds_refused {
+            return Err(Errno::ECOMM);
+        }
         let expect = req.expects_reply();
         let cookie = req.msg.cookie;
         if expect {
@@ -891,6 +906,8 @@ impl Domain {
             let e = match why {
                 ReplyFailure::Timeout => Errno::ETIMEDOUT,
                 ReplyFailure::Dead => Errno::EPIPE,
+                ReplyFailure::Undeliverable(Errno::ECOMM) => Errno::EREMOTEIO,
+                ReplyFailure::Undeliverable(e) => e,
             };
             conn_push_record(
                 conn,
@@ -906,6 +923,8 @@ impl Domain {
         let item_type = match why {
             ReplyFailure::Timeout => item::REPLY_TIMEOUT,
             ReplyFailure::Dead => item::REPLY_DEAD,
+            // An asynchronous caller still waits; its tracker is unchanged.
+            ReplyFailure::Undeliverable(_) => return,
         };
         self.deliver_kernel(requester, cookie, item_type);
     }

@@ -25,4 +25,7 @@ pub struct Tracker {
 pub enum ReplyFailure {
     Timeout,
     Dead,
+    /// The reply itself could not be delivered (a synchronous caller learns this
+    /// errno; kdbus reported ECOMM as EREMOTEIO).
+    Undeliverable(kdbus_abi::Errno),
 }
