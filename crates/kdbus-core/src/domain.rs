@@ -77,6 +77,9 @@ pub struct Domain {
     pub(crate) clock: Box<dyn Clock>,
     /// What passed fds are (memfd payloads, sockets that may not travel).
     files: Box<dyn FdInspector>,
+    /// Metadata the domain attaches at all (kdbus's `attach_flags_mask` module
+    /// parameter): applied to messages, notifications and INFO results.
+    attach_mask: u64,
     pub(crate) buses: HashMap<BusKey, Bus>,
     pub(crate) bus_names: HashMap<String, BusKey>,
     /// Boxed: the table then holds pointers, and growing it does not double the
@@ -105,6 +108,12 @@ pub struct Domain {
 }
 
 impl Domain {
+    /// Set the metadata the domain attaches at all (kdbus's module parameter
+    /// `attach_flags_mask`); takes effect with the next command.
+    pub fn set_attach_mask(&mut self, mask: u64) {
+        self.attach_mask = mask;
+    }
+
     /// Let the broker say what passed fds are (without it, memfd payloads are refused).
     pub fn set_fd_inspector(&mut self, files: Box<dyn FdInspector>) {
         self.files = files;
@@ -114,6 +123,7 @@ impl Domain {
         Domain {
             clock,
             files: Box::new(NoInspector),
+            attach_mask: attach::ALL,
             buses: HashMap::new(),
             bus_names: HashMap::new(),
             conns: HashMap::new(),
@@ -512,7 +522,7 @@ impl Domain {
             creds: r.creds,
             peer: src.peer.clone(),
             description: src.description.clone(),
-            attach_send: src.attach_send,
+            attach_send: src.attach_send & self.attach_mask,
             names: Vec::new(),
         };
         // Signals carry a bloom filter: load it (and the sender's names) for the matches.
@@ -981,7 +991,7 @@ impl Domain {
             cookie_reply,
             item_type,
             payload,
-            dst.attach_recv,
+            dst.attach_recv & self.attach_mask,
             now,
             seq,
         );
@@ -1223,7 +1233,8 @@ impl Domain {
         };
         let (id, flags) = (t.id, t.flags);
         // What the target agreed to send, of what the caller asked (HEAD).
-        let mask = attach::sanitize(cmd.attach_flags)? & t.attach_send & INFO_ATTACH;
+        let mask =
+            attach::sanitize(cmd.attach_flags)? & t.attach_send & INFO_ATTACH & self.attach_mask;
         let (offset, info_size) = self.write_info(key, id, flags, mask, &meta, None)?;
         let mut wb = cmd;
         wb.offset = offset;
@@ -1249,7 +1260,10 @@ impl Domain {
         };
         let (id, flags) = (bus.id, bus.flags);
         // What the creator agreed to show, of what the caller asked (HEAD).
-        let mask = attach::sanitize(cmd.attach_flags)? & bus.attach_flags_owner & INFO_ATTACH;
+        let mask = attach::sanitize(cmd.attach_flags)?
+            & bus.attach_flags_owner
+            & INFO_ATTACH
+            & self.attach_mask;
         let name: Arc<str> = bus.name.as_str().into();
         let (offset, info_size) = self.write_info(key, id, flags, mask, &meta, Some(&name))?;
         let mut wb = cmd;

@@ -328,7 +328,13 @@ pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u
         let p = Pids {
             pid: m.creds.pid as u64,
             tid: m.creds.pid as u64,
-            ppid: 0,
+            // Known for the process that connected (a forked child sending on the
+            // same socket has another parent, unknown here).
+            ppid: if m.creds.pid == m.peer.creds.pid {
+                m.peer.ppid as u64
+            } else {
+                0
+            },
         };
         w.push(item::PIDS, p.as_bytes());
     }

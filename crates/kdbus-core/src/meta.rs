@@ -26,4 +26,6 @@ pub struct Peer {
     /// A pidfd of the process that connected (`SO_PEERPIDFD`), where the kernel gives
     /// one: D-Bus `GetConnectionCredentials` hands out copies as `ProcessFD`.
     pub pidfd: Option<crate::conn::Files>,
+    /// The parent of the process that connected, as it was then (0: unknown).
+    pub ppid: u32,
 }

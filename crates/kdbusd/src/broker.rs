@@ -49,6 +49,7 @@ const READ_BUDGET: usize = 64;
 const MAX_FDS_PER_DATAGRAM: usize = 253;
 const TOKEN_SIGNAL: u64 = 0;
 const TOKEN_CONTROL: u64 = 1;
+const TOKEN_PARAMS: u64 = 2;
 
 /// Broker configuration, from the command line.
 #[derive(Clone, Debug)]
@@ -173,6 +174,8 @@ pub struct Broker {
     dirty: Vec<ConnKey>,
     me: Peer,
     proc_strings: ProcStrings,
+    /// kdbus's module parameters (`attach_flags_mask`), as files.
+    params: Option<crate::params::Params>,
 }
 
 /// What `Broker::new` created, for the ready line.
@@ -224,6 +227,7 @@ impl Broker {
             dirty: Vec::new(),
             me,
             proc_strings,
+            params: None,
         };
         let control = cfg.runtime_dir.join("control");
         let lfd = listen_unix(&control, 0o666)?;
@@ -234,6 +238,15 @@ impl Broker {
             EventFlags::IN,
         )?;
         b.listeners.insert(TOKEN_CONTROL, (lfd, Listener::Control));
+        let (params, mask) = crate::params::Params::open(&cfg.runtime_dir)?;
+        epoll::add(
+            &b.epoll,
+            params.fd(),
+            EventData::new_u64(TOKEN_PARAMS),
+            EventFlags::IN,
+        )?;
+        b.domain.set_attach_mask(mask);
+        b.params = Some(params);
         b.domain.set_machine_id(&machine_id());
         let mut buses = Vec::new();
         let mut dbus = Vec::new();
@@ -386,10 +399,18 @@ impl Broker {
                 Err(SysErrno::INTR) => continue,
                 Err(e) => return Err(e.into()),
             }
+            // A parameter written before a client's request applies to it: the
+            // watch goes first.
+            if events.iter().any(|ev| ev.data.u64() == TOKEN_PARAMS) {
+                if let Some(mask) = self.params.as_mut().and_then(|p| p.changed()) {
+                    self.domain.set_attach_mask(mask);
+                }
+            }
             for ev in &events {
                 let token = ev.data.u64();
                 let flags = ev.flags;
                 match token {
+                    TOKEN_PARAMS => {}
                     TOKEN_SIGNAL => {
                         tracing::info!("shutting down");
                         self.shutdown();

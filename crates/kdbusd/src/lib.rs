@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod config;
 mod dbus_front;
+mod params;
 mod peer;
 mod sys;
 

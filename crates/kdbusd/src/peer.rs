@@ -87,7 +87,11 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         v.truncate(4096);
         interned.bytes(&v)
     });
-    let privileged = creds.uid == 0 || has_cap(&proc, CAP_IPC_OWNER);
+    let status = std::fs::read_to_string(format!("{proc}/status")).unwrap_or_default();
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let cap_eff = field("CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok());
+    let privileged = creds.uid == 0 || cap_eff.is_some_and(|caps| caps & (1 << CAP_IPC_OWNER) != 0);
+    let ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
     Peer {
         creds,
         privileged,
@@ -95,18 +99,8 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         exe,
         cmdline,
         pidfd: None,
+        ppid,
     }
-}
-
-fn has_cap(proc: &str, cap: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("{proc}/status")) else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << cap) != 0)
 }
 
 /// The credentials the kernel attached to a datagram, if it really did: a message
