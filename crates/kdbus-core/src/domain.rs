@@ -1862,9 +1862,14 @@ fn list_write(out: &mut Vec<u8>, c: &Conn, name: Option<(&Arc<str>, u64)>) {
 const INFO_ATTACH: u64 = attach::NAMES
     | attach::CREDS
     | attach::PIDS
+    | attach::AUXGROUPS
+    | attach::TID_COMM
     | attach::PID_COMM
     | attach::EXE
     | attach::CMDLINE
+    | attach::CGROUP
+    | attach::CAPS
+    | attach::AUDIT
     | attach::CONN_DESCRIPTION;
 
 /// Which commands each kind of connection may issue (spec CON13).

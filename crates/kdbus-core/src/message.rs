@@ -281,6 +281,12 @@ pub fn meta_len(mask: u64, m: &SenderMeta) -> usize {
             .map(|(name, _)| item_space(8 + name.len() + 1))
             .sum::<usize>();
     }
+    if mask & attach::AUXGROUPS != 0 {
+        n += m.peer.groups.as_ref().map_or(0, |g| item_space(g.len()));
+    }
+    if mask & attach::TID_COMM != 0 {
+        n += m.peer.comm.as_ref().map_or(0, |s| item_space(s.len() + 1));
+    }
     if mask & attach::PID_COMM != 0 {
         n += m.peer.comm.as_ref().map_or(0, |s| item_space(s.len() + 1));
     }
@@ -289,6 +295,15 @@ pub fn meta_len(mask: u64, m: &SenderMeta) -> usize {
     }
     if mask & attach::CMDLINE != 0 {
         n += m.peer.cmdline.as_ref().map_or(0, |s| item_space(s.len()));
+    }
+    if mask & attach::CGROUP != 0 {
+        n += m.peer.cgroup.as_ref().map_or(0, |s| item_space(s.len() + 1));
+    }
+    if mask & attach::CAPS != 0 {
+        n += m.peer.caps.as_ref().map_or(0, |c| item_space(c.len()));
+    }
+    if mask & attach::AUDIT != 0 && m.peer.audit.is_some() {
+        n += item_space(8);
     }
     if mask & attach::CONN_DESCRIPTION != 0 {
         n += m
@@ -346,6 +361,17 @@ pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u
             );
         }
     }
+    if mask & attach::AUXGROUPS != 0 {
+        if let Some(g) = &m.peer.groups {
+            w.push(item::AUXGROUPS, g);
+        }
+    }
+    // Taken when the connection was made, from its only thread as far as we know.
+    if mask & attach::TID_COMM != 0 {
+        if let Some(s) = &m.peer.comm {
+            w.push_str(item::TID_COMM, s);
+        }
+    }
     if mask & attach::PID_COMM != 0 {
         if let Some(s) = &m.peer.comm {
             w.push_str(item::PID_COMM, s);
@@ -359,6 +385,21 @@ pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u
     if mask & attach::CMDLINE != 0 {
         if let Some(s) = &m.peer.cmdline {
             w.push(item::CMDLINE, s);
+        }
+    }
+    if mask & attach::CGROUP != 0 {
+        if let Some(s) = &m.peer.cgroup {
+            w.push_str(item::CGROUP, s);
+        }
+    }
+    if mask & attach::CAPS != 0 {
+        if let Some(c) = &m.peer.caps {
+            w.push(item::CAPS, c);
+        }
+    }
+    if mask & attach::AUDIT != 0 {
+        if let Some((session, login)) = m.peer.audit {
+            w.push_parts(item::AUDIT, &[&session.to_ne_bytes(), &login.to_ne_bytes()]);
         }
     }
     if mask & attach::CONN_DESCRIPTION != 0 {

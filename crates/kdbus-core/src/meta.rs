@@ -28,4 +28,13 @@ pub struct Peer {
     pub pidfd: Option<crate::conn::Files>,
     /// The parent of the process that connected, as it was then (0: unknown).
     pub ppid: u32,
+    /// Supplementary groups, as kdbus's `AUXGROUPS` payload (one u64 each).
+    pub groups: Option<Arc<[u8]>>,
+    /// The cgroup path.
+    pub cgroup: Option<Arc<str>>,
+    /// `struct kdbus_caps`: last_cap, then the inheritable, permitted, effective and
+    /// bounding sets, two u32 words each.
+    pub caps: Option<Arc<[u8]>>,
+    /// Audit session id and login uid.
+    pub audit: Option<(u32, u32)>,
 }

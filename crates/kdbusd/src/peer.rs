@@ -92,6 +92,24 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
     let cap_eff = field("CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok());
     let privileged = creds.uid == 0 || cap_eff.is_some_and(|caps| caps & (1 << CAP_IPC_OWNER) != 0);
     let ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let groups = field("Groups:").map(|g| {
+        let v: Vec<u8> = g
+            .split_whitespace()
+            .filter_map(|x| x.parse::<u64>().ok())
+            .flat_map(u64::to_ne_bytes)
+            .collect();
+        interned.bytes(&v)
+    });
+    let cgroup = std::fs::read_to_string(format!("{proc}/cgroup"))
+        .ok()
+        .and_then(|c| proc_cgroup_path(&c).map(|p| interned.str(p)));
+    let caps = proc_caps(&field).map(|c| interned.bytes(&c));
+    let audit = (|| {
+        let read = |f: &str| std::fs::read_to_string(format!("{proc}/{f}")).ok();
+        let session: u32 = read("sessionid")?.trim().parse().ok()?;
+        let login: u32 = read("loginuid")?.trim().parse().ok()?;
+        Some((session, login))
+    })();
     Peer {
         creds,
         privileged,
@@ -100,7 +118,40 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         cmdline,
         pidfd: None,
         ppid,
+        groups,
+        cgroup,
+        caps,
+        audit,
     }
+}
+
+/// The unified hierarchy's path (`0::PATH`), else the first hierarchy's.
+fn proc_cgroup_path(c: &str) -> Option<&str> {
+    c.lines()
+        .find(|l| l.starts_with("0::"))
+        .or_else(|| c.lines().next())
+        .and_then(|l| l.splitn(3, ':').nth(2))
+}
+
+/// `struct kdbus_caps` from the four capability sets of `/proc/PID/status`.
+fn proc_caps<'a>(field: &impl Fn(&str) -> Option<&'a str>) -> Option<Vec<u8>> {
+    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let valid = if last_cap >= 63 {
+        !0u64
+    } else {
+        (1u64 << (last_cap + 1)) - 1
+    };
+    let mut out = last_cap.to_ne_bytes().to_vec();
+    for name in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:"] {
+        let set = u64::from_str_radix(field(name)?, 16).ok()? & valid;
+        out.extend_from_slice(&(set as u32).to_ne_bytes());
+        out.extend_from_slice(&((set >> 32) as u32).to_ne_bytes());
+    }
+    Some(out)
 }
 
 /// The credentials the kernel attached to a datagram, if it really did: a message
