@@ -26,7 +26,7 @@ fn byebye_with_queued_message() {
     ok(conn.free(offset));
 
     ok(conn.byebye());
-    assert_eq!(errno(conn.byebye()), Errno::EALREADY);
+    assert_eq!(errno(conn.byebye()), Errno::ECONNRESET);
 }
 
 // BYE1: every queued message counts, also after some were taken
@@ -67,7 +67,7 @@ fn commands_after_byebye() {
     assert_eq!(errno(conn.recv_broker(0, 0)), Errno::ECONNRESET);
     let (e, _, _) = ok(conn.request(cmd::HELLO, &test_hello().encode(), &[]));
     assert_eq!(Errno(e), Errno::ECONNRESET);
-    assert_eq!(errno(conn.byebye()), Errno::EALREADY);
+    assert_eq!(errno(conn.byebye()), Errno::ECONNRESET);
 
     // Peers can no longer reach it.
     let e = errno(env.send(&Message::to(id)));
@@ -116,7 +116,7 @@ fn race_byebye() {
         let (ra, rb) = race(&conn, |c| c.byebye(), |c| c.byebye());
         let mut got = [ra, rb];
         got.sort_by_key(|e| e.0);
-        assert_eq!(got, [Errno(0), Errno::EALREADY], "round {round}");
+        assert_eq!(got, [Errno(0), Errno::ECONNRESET], "round {round}");
     }
 }
 
