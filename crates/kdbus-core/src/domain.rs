@@ -18,8 +18,7 @@ use crate::matches::{Broadcast, MatchDb, Notification};
 use crate::memory::PoolMemory;
 use crate::message::{
     message_layout, message_layout_kernel, message_memfds, message_parse_send, message_payload,
-    meta_len,
-    meta_write, SendRequest, SenderMeta,
+    meta_len, meta_write, SendRequest, SenderMeta,
 };
 use crate::meta::{Creds, Peer};
 use crate::names::{NameEvent, NameRegistry};
@@ -1697,11 +1696,12 @@ impl Domain {
         targets.clear();
         let conns = &self.conns;
         targets.extend(bus_native_monitors(bus, conns));
-        bus.matches.for_each_notification_receiver(&n, &mut self.seen, |c| {
-            if conns.get(&c).is_some_and(|c| !conn_is_native_monitor(c)) {
-                targets.push(c);
-            }
-        });
+        bus.matches
+            .for_each_notification_receiver(&n, &mut self.seen, |c| {
+                if conns.get(&c).is_some_and(|c| !conn_is_native_monitor(c)) {
+                    targets.push(c);
+                }
+            });
         if !targets.is_empty() {
             self.seq += 1;
             let seq = self.seq;
@@ -1724,7 +1724,15 @@ impl Domain {
                 if c.dbus.is_none() && c.dropped_msgs != c.dropped_told {
                     c.dropped_told = c.dropped_msgs;
                     let total = c.dropped_msgs;
-                    conn_push_record(c, &mut self.outbox, wire::REC_DROPPED, 0, 0, 0, total.as_bytes());
+                    conn_push_record(
+                        c,
+                        &mut self.outbox,
+                        wire::REC_DROPPED,
+                        0,
+                        0,
+                        0,
+                        total.as_bytes(),
+                    );
                 }
             }
         }

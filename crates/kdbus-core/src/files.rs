@@ -14,7 +14,10 @@ use std::os::fd::BorrowedFd;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FdKind {
     /// A memfd (shmem file) with these `F_SEAL_*` seals and this size.
-    Memfd { seals: u32, size: u64 },
+    Memfd {
+        seals: u32,
+        size: u64,
+    },
     /// A unix domain socket (not an `O_PATH` fd of one): could carry fds itself.
     UnixSocket,
     Other,
@@ -43,7 +46,11 @@ pub const SEAL_WRITE: u32 = 0x8;
 /// rules: only a memfd (EMEDIUMTYPE), sealed against every change (ETXTBSY), holding
 /// the range (EBADF).
 pub fn memfd_check(kind: FdKind, start: u64, size: u64) -> Result<(), Errno> {
-    let FdKind::Memfd { seals, size: file_size } = kind else {
+    let FdKind::Memfd {
+        seals,
+        size: file_size,
+    } = kind
+    else {
         return Err(Errno::EMEDIUMTYPE);
     };
     let need = SEAL_SEAL | SEAL_SHRINK | SEAL_GROW | SEAL_WRITE;
@@ -74,7 +81,10 @@ mod tests {
         let sealed = SEAL_SEAL | SEAL_SHRINK | SEAL_GROW | SEAL_WRITE;
         let m = |seals, size| FdKind::Memfd { seals, size };
         assert_eq!(memfd_check(FdKind::Other, 0, 1), Err(Errno::EMEDIUMTYPE));
-        assert_eq!(memfd_check(m(SEAL_SHRINK | SEAL_GROW, 8), 0, 1), Err(Errno::ETXTBSY));
+        assert_eq!(
+            memfd_check(m(SEAL_SHRINK | SEAL_GROW, 8), 0, 1),
+            Err(Errno::ETXTBSY)
+        );
         assert_eq!(memfd_check(m(sealed, 8), 4, 8), Err(Errno::EBADF));
         assert_eq!(memfd_check(m(sealed, 8), 0, 8), Ok(()));
         assert_eq!(fd_check(FdKind::UnixSocket), Err(Errno::EOPNOTSUPP));

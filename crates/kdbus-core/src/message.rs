@@ -16,8 +16,8 @@ use crate::clock::Now;
 use crate::meta::{Creds, Peer};
 use kdbus_abi::items::{item_space, ItemIter, ItemWriter};
 use kdbus_abi::{
-    align8, attach, item, limits, msg_flags, payload, read_struct, send_flags, CmdSend, Errno, Memfd,
-    Msg, Pids, Timestamp, Vec_,
+    align8, attach, item, limits, msg_flags, payload, read_struct, send_flags, CmdSend, Errno,
+    Memfd, Msg, Pids, Timestamp, Vec_,
 };
 use std::sync::Arc;
 use zerocopy::IntoBytes;
@@ -297,7 +297,11 @@ pub fn meta_len(mask: u64, m: &SenderMeta) -> usize {
         n += m.peer.cmdline.as_ref().map_or(0, |s| item_space(s.len()));
     }
     if mask & attach::CGROUP != 0 {
-        n += m.peer.cgroup.as_ref().map_or(0, |s| item_space(s.len() + 1));
+        n += m
+            .peer
+            .cgroup
+            .as_ref()
+            .map_or(0, |s| item_space(s.len() + 1));
     }
     if mask & attach::CAPS != 0 {
         n += m.peer.caps.as_ref().map_or(0, |c| item_space(c.len()));

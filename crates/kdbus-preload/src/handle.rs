@@ -326,7 +326,9 @@ impl Handle {
                 g.role = Role::Gone;
             }
         }
-        for (off, bytes) in translate::writeback_fields(c, &a.body, flags & kdbus_abi::FLAG_NEGOTIATE != 0, ok) {
+        for (off, bytes) in
+            translate::writeback_fields(c, &a.body, flags & kdbus_abi::FLAG_NEGOTIATE != 0, ok)
+        {
             mem.write(arg + off as u64, bytes)?;
         }
         if ok {
@@ -384,7 +386,7 @@ impl Handle {
 
     /// RECV from the announcements; `None` when the broker has to decide.
     fn recv_local(&self, mem: &mut impl UserMem, arg: u64) -> Option<Result<(), Errno>> {
-        if arg == 0 || arg % 8 != 0 {
+        if arg == 0 || !arg.is_multiple_of(8) {
             return Some(Err(Errno::EFAULT));
         }
         let mut b = Vec::with_capacity(64);
@@ -449,7 +451,7 @@ impl Handle {
             // Fds: the broker writes their numbers in this process into the slice
             // before we return it.
             drop(g);
-            let numbers: Vec<i32> = m.fds.iter().map(|f| sys::raw(f)).collect();
+            let numbers: Vec<i32> = m.fds.iter().map(sys::raw).collect();
             let body = claim_body(&ev, 0, &numbers);
             let answer = self
                 .submit(cmd::RECV, &body, &[])
@@ -619,7 +621,10 @@ fn take_rbuf(g: &mut State) -> Vec<u8> {
 
 /// Read one datagram without blocking; `Ok(None)` if nothing is there. End-of-file is
 /// ECONNRESET.
-fn recv_datagram(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Option<(usize, Vec<OwnedFd>)>, Errno> {
+fn recv_datagram(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> Result<Option<(usize, Vec<OwnedFd>)>, Errno> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);

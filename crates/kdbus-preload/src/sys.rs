@@ -17,7 +17,9 @@ use crate::handle::{Handle, Role};
 use crate::table;
 use crate::translate::{ioctl_command, UserMem};
 use kdbus_abi::Errno;
-use libc::{c_char, c_int, c_ulong, c_void, mode_t, nfds_t, off_t, pollfd, sigset_t, size_t, timespec};
+use libc::{
+    c_char, c_int, c_ulong, c_void, mode_t, nfds_t, off_t, pollfd, sigset_t, size_t, timespec,
+};
 use std::ffi::CStr;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -234,7 +236,13 @@ fn open_common(dirfd: c_int, path: *const c_char, flags: c_int, fd: c_int) -> c_
     match open_node(dirfd, path, flags) {
         Ok(fd) => fd,
         Err(err) => {
-            set_errno(if err.0 == libc::EPROTOTYPE || err.0 == libc::ECONNREFUSED { Errno::ENXIO } else { err });
+            set_errno(
+                if err.0 == libc::EPROTOTYPE || err.0 == libc::ECONNREFUSED {
+                    Errno::ENXIO
+                } else {
+                    err
+                },
+            );
             -1
         }
     }
@@ -263,7 +271,12 @@ pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: mode_t)
 /// # Safety
 /// As openat(2).
 #[no_mangle]
-pub unsafe extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+pub unsafe extern "C" fn openat(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: mode_t,
+) -> c_int {
     let f: OpenatFn = real!(REAL_OPENAT as OpenatFn);
     // SAFETY: forwarding the caller's arguments to libc.
     let fd = unsafe { f(dirfd, path, flags, mode) };
@@ -273,7 +286,12 @@ pub unsafe extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int,
 /// # Safety
 /// As openat(2).
 #[no_mangle]
-pub unsafe extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+pub unsafe extern "C" fn openat64(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: mode_t,
+) -> c_int {
     let f: OpenatFn = real!(REAL_OPENAT64 as OpenatFn);
     // SAFETY: forwarding the caller's arguments to libc.
     let fd = unsafe { f(dirfd, path, flags, mode) };
@@ -307,7 +325,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
         // SAFETY: forwarding the caller's arguments to libc.
         return unsafe { f(fd, request, arg) };
     };
-    let Some(c) = ioctl_command(request as u64) else {
+    let Some(c) = ioctl_command(request) else {
         set_errno(Errno::ENOTTY);
         return -1;
     };
@@ -320,7 +338,15 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
     }
 }
 
-fn mmap_common(f: MmapFn, addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
+fn mmap_common(
+    f: MmapFn,
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
     let fd = match table::get(fd) {
         None => fd,
         Some(h) => match h.mmap_target(len, prot) {
@@ -339,15 +365,37 @@ fn mmap_common(f: MmapFn, addr: *mut c_void, len: size_t, prot: c_int, flags: c_
 /// # Safety
 /// As mmap(2).
 #[no_mangle]
-pub unsafe extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
     mmap_common(real!(REAL_MMAP as MmapFn), addr, len, prot, flags, fd, off)
 }
 
 /// # Safety
 /// As mmap(2).
 #[no_mangle]
-pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
-    mmap_common(real!(REAL_MMAP64 as MmapFn), addr, len, prot, flags, fd, off)
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    mmap_common(
+        real!(REAL_MMAP64 as MmapFn),
+        addr,
+        len,
+        prot,
+        flags,
+        fd,
+        off,
+    )
 }
 
 /// # Safety
@@ -388,7 +436,11 @@ pub fn watch_forks() {
 /// poll/ppoll over a mix of our handles and other fds. Our handles report what kdbus
 /// reported (POLLIN while a message or a loss waits, POLLOUT always, POLLERR|POLLHUP
 /// when not a live connection); their sockets are polled for news from the broker.
-fn poll_common(fds: &mut [pollfd], timeout: Option<Duration>, mut real: impl FnMut(&mut [pollfd], Option<Duration>) -> c_int) -> c_int {
+fn poll_common(
+    fds: &mut [pollfd],
+    timeout: Option<Duration>,
+    mut real: impl FnMut(&mut [pollfd], Option<Duration>) -> c_int,
+) -> c_int {
     let ours: Vec<(usize, Arc<Handle>)> = fds
         .iter()
         .enumerate()
@@ -406,7 +458,11 @@ fn poll_common(fds: &mut [pollfd], timeout: Option<Duration>, mut real: impl FnM
             .map(|((_, h), w)| h.revents() & (w | libc::POLLERR | libc::POLLHUP))
             .collect();
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let wait = if synth.iter().any(|&r| r != 0) { Some(Duration::ZERO) } else { left };
+        let wait = if synth.iter().any(|&r| r != 0) {
+            Some(Duration::ZERO)
+        } else {
+            left
+        };
         for (i, _) in &ours {
             fds[*i].events = libc::POLLIN;
         }
@@ -451,7 +507,11 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout_ms: c_int) ->
     let timeout = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
     poll_common(to_slice(fds, n), timeout, |s, t| {
         let ms = t.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as c_int);
-        let ms = if t.is_some_and(|t| !t.is_zero() && ms == 0) { 1 } else { ms };
+        let ms = if t.is_some_and(|t| !t.is_zero() && ms == 0) {
+            1
+        } else {
+            ms
+        };
         // SAFETY: the caller's array, with our entries' events adjusted.
         unsafe { f(s.as_mut_ptr(), s.len() as nfds_t, ms) }
     })
@@ -460,7 +520,12 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout_ms: c_int) ->
 /// # Safety
 /// As ppoll(2).
 #[no_mangle]
-pub unsafe extern "C" fn ppoll(fds: *mut pollfd, n: nfds_t, tmo: *const timespec, sigmask: *const sigset_t) -> c_int {
+pub unsafe extern "C" fn ppoll(
+    fds: *mut pollfd,
+    n: nfds_t,
+    tmo: *const timespec,
+    sigmask: *const sigset_t,
+) -> c_int {
     let f: PpollFn = real!(REAL_PPOLL as PpollFn);
     if table::is_empty() {
         // SAFETY: forwarding the caller's arguments to libc.
@@ -471,14 +536,19 @@ pub unsafe extern "C" fn ppoll(fds: *mut pollfd, n: nfds_t, tmo: *const timespec
     } else {
         // SAFETY: a timespec the caller passed.
         let t = unsafe { *tmo };
-        Some(Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32))
+        Some(Duration::new(
+            t.tv_sec.max(0) as u64,
+            t.tv_nsec.clamp(0, 999_999_999) as u32,
+        ))
     };
     poll_common(to_slice(fds, n), timeout, |s, t| {
         let ts = t.map(|t| timespec {
             tv_sec: t.as_secs() as libc::time_t,
             tv_nsec: t.subsec_nanos() as libc::c_long,
         });
-        let tp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const timespec);
+        let tp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const timespec);
         // SAFETY: the caller's array and signal mask, our own timespec.
         unsafe { f(s.as_mut_ptr(), s.len() as nfds_t, tp, sigmask) }
     })

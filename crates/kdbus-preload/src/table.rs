@@ -80,7 +80,11 @@ pub fn forget(fd: RawFd) {
 /// Connect a `SOCK_SEQPACKET` socket to the node open as `O_PATH` in `node`.
 pub fn connect_node(node: &OwnedFd, cloexec: bool) -> Result<OwnedFd, Errno> {
     let err = |e: rustix::io::Errno| Errno(e.raw_os_error());
-    let flags = if cloexec { SocketFlags::CLOEXEC } else { SocketFlags::empty() };
+    let flags = if cloexec {
+        SocketFlags::CLOEXEC
+    } else {
+        SocketFlags::empty()
+    };
     let sock = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None)
         .map_err(err)?;
     // The O_PATH fd's magic link reaches the socket whatever the path's length.

@@ -56,7 +56,7 @@ pub struct Encoded {
 
 /// Copy the command at `arg` (and, for SEND, what it points to) into a request body.
 pub fn encode_command(c: u32, mem: &impl UserMem, arg: u64) -> Result<Encoded, Errno> {
-    if arg == 0 || arg % 8 != 0 {
+    if arg == 0 || !arg.is_multiple_of(8) {
         return Err(Errno::EFAULT);
     }
     let size = mem.read_u64(arg)?;
@@ -85,14 +85,14 @@ fn encode_send(mem: &impl UserMem, e: &mut Encoded) -> Result<(), Errno> {
         }
     }
     let addr = send.msg_address;
-    if addr == 0 || addr % 8 != 0 {
+    if addr == 0 || !addr.is_multiple_of(8) {
         return Err(Errno::EFAULT);
     }
     let msg_size = mem.read_u64(addr)?;
     let at = kdbus_abi::align8_usize(e.body.len());
     e.body.resize(at, 0);
     // Too large a message travels as its header, for the broker's EMSGSIZE.
-    let copy = if msg_size <= limits::MSG_MAX_SIZE && msg_size >= 8 {
+    let copy = if (8..=limits::MSG_MAX_SIZE).contains(&msg_size) {
         msg_size as usize
     } else {
         std::mem::size_of::<Msg>()
@@ -263,8 +263,14 @@ mod tests {
     fn unaligned_or_null_is_efault() {
         let mut m = Mem::default();
         m.0.insert(0x1000, vec![0; 64]);
-        assert_eq!(encode_command(cmd::HELLO, &m, 0).unwrap_err(), Errno::EFAULT);
-        assert_eq!(encode_command(cmd::HELLO, &m, 0x1004).unwrap_err(), Errno::EFAULT);
+        assert_eq!(
+            encode_command(cmd::HELLO, &m, 0).unwrap_err(),
+            Errno::EFAULT
+        );
+        assert_eq!(
+            encode_command(cmd::HELLO, &m, 0x1004).unwrap_err(),
+            Errno::EFAULT
+        );
     }
 
     #[test]
@@ -298,7 +304,10 @@ mod tests {
             }
             .as_bytes(),
         ));
-        msg.extend(item(item::FDS, &[3i32.to_ne_bytes(), 9i32.to_ne_bytes()].concat()));
+        msg.extend(item(
+            item::FDS,
+            &[3i32.to_ne_bytes(), 9i32.to_ne_bytes()].concat(),
+        ));
         let len = msg.len() as u64;
         msg[..8].copy_from_slice(&len.to_ne_bytes());
         m.0.insert(0x2000, msg.clone());
@@ -354,7 +363,10 @@ mod tests {
             ..Default::default()
         };
         m.0.insert(0x1000, c.as_bytes().to_vec());
-        assert_eq!(encode_command(cmd::SEND, &m, 0x1000).unwrap_err(), Errno::EFAULT);
+        assert_eq!(
+            encode_command(cmd::SEND, &m, 0x1000).unwrap_err(),
+            Errno::EFAULT
+        );
     }
 
     #[test]

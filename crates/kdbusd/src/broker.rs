@@ -75,7 +75,8 @@ impl kdbus_core::FdInspector for SystemFiles {
                 size,
             };
         }
-        let is_path = rustix::fs::fcntl_getfl(fd).is_ok_and(|f| f.contains(rustix::fs::OFlags::PATH));
+        let is_path =
+            rustix::fs::fcntl_getfl(fd).is_ok_and(|f| f.contains(rustix::fs::OFlags::PATH));
         if !is_path
             && rustix::net::sockopt::socket_domain(fd)
                 .is_ok_and(|d| d == rustix::net::AddressFamily::UNIX)

@@ -88,7 +88,12 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         interned.bytes(&v)
     });
     let status = std::fs::read_to_string(format!("{proc}/status")).unwrap_or_default();
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
     let cap_eff = field("CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok());
     let privileged = creds.uid == 0 || cap_eff.is_some_and(|caps| caps & (1 << CAP_IPC_OWNER) != 0);
     let ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
