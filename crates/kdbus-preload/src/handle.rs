@@ -314,8 +314,13 @@ impl Handle {
         if c == cmd::FREE && self.free_local(&enc.body) {
             return Ok(());
         }
+        let cancel = enc.cancel_fd.filter(|_| enc.sync);
+        // A cancel fd that is not open cannot be waited on (kdbus: EBADF).
+        if let Some(fd) = cancel {
+            rustix::io::fcntl_getfd(sys::borrow_fd(fd)).map_err(|_| Errno::EBADF)?;
+        }
         let id = self.submit(c, &enc.body, &enc.fds)?;
-        let a = self.wait_answer(id, enc.cancel_fd.filter(|_| enc.sync))?;
+        let a = self.wait_answer(id, cancel)?;
         let flags: u64 = enc.body.get(8..).and_then(read_struct).unwrap_or(0);
         let ok = a.error == 0;
         {

@@ -365,10 +365,21 @@ fn bus_creator_info() {
     assert_eq!(i1.pid, Some(std::process::id() as u64));
     let exe = std::env::current_exe().unwrap();
     assert_eq!(i1.exe.as_deref(), exe.to_str());
+    // The bus name comes first, before the metadata.
+    assert_eq!(i2.items.first().map(|i| i.0), Some(item::MAKE_NAME));
 
-    // Without attach flags, no metadata items.
+    // Without attach flags, no metadata items: only the MAKE_NAME item that kdbus HEAD
+    // puts first, holding the bus name (NUL-terminated).
     let bare = ok(c1.bus_creator_info(0));
-    assert!(bare.items.is_empty(), "items {:?}", bare.items);
+    let mut make_name = bus1.name.clone().into_bytes();
+    make_name.push(0);
+    assert_eq!(
+        bare.items,
+        vec![(item::MAKE_NAME, make_name)],
+        "items {:?}",
+        bare.items
+    );
+    assert_eq!(bus1.name, format!("{}-creator-1", uid()));
 }
 
 // BUS14: the BUS_CREATOR_INFO result is a pool slice the caller must FREE

@@ -46,7 +46,8 @@ fn byebye_waits_for_every_message() {
     ok(conn.byebye());
 }
 
-// BYE4: after BYEBYE every other command is ECONNRESET; the id is gone
+// BYE4: after BYEBYE every other command is ECONNRESET, a second BYEBYE too (kdbus HEAD;
+// EALREADY in 64d871b); the id is gone
 #[test]
 fn commands_after_byebye() {
     let b = Broker::start();
@@ -107,7 +108,8 @@ where
     })
 }
 
-// selftest 34 (race-byebye), BYE2: of two parallel BYEBYEs exactly one wins
+// selftest 34 (race-byebye), BYE2: of two parallel BYEBYEs exactly one wins; the loser
+// finds the connection dead (ECONNRESET in kdbus HEAD)
 #[test]
 fn race_byebye() {
     let b = Broker::start();

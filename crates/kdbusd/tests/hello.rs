@@ -410,14 +410,33 @@ fn special_connections() {
         ok(special.bus_creator_info(0));
         ok(special.list(abi::list_flags::UNIQUE));
     }
-    // A monitor may change what it receives; an activator may not.
+    // Both may change what they receive (kdbus HEAD lets activators UPDATE their
+    // receive flags); only a monitor may change what it sends.
     ok(monitor.update_attach(None, Some(0)));
+    ok(activator.update_attach(None, Some(0)));
+    ok(monitor.update_attach(Some(0), None));
     assert_eq!(
-        errno(activator.update_attach(None, Some(0))),
+        errno(activator.update_attach(Some(0), None)),
         Errno::EOPNOTSUPP
     );
-    assert_eq!(errno(activator.match_add(1, 0, &[])), Errno::EOPNOTSUPP);
-    ok(monitor.match_add(1, 0, &[]));
+    // Both may RECV and FREE (kdbus HEAD lets activators too). The monitor has the
+    // activator's ID_ADD queued (monitors see notifications without matches); the
+    // activator has nothing: EAGAIN, and an offset holding no message is ENXIO, not
+    // EOPNOTSUPP.
+    let wb = ok(monitor.recv_broker(0, 0));
+    assert_ne!(wb.msg.msg_size, 0);
+    ok(monitor.free(wb.msg.offset));
+    assert_eq!(errno(activator.recv_broker(0, 0)), Errno::EAGAIN);
+    assert_eq!(errno(activator.free(8)), Errno::ENXIO);
+    // Neither may manage matches (a monitor sees everything without them).
+    for special in [&monitor, &activator] {
+        assert_eq!(errno(special.match_add(1, 0, &[])), Errno::EOPNOTSUPP);
+        assert_eq!(errno(special.match_remove(1)), Errno::EOPNOTSUPP);
+    }
+    // An ordinary connection may do all of it.
+    ok(c.update_attach(Some(0), Some(0)));
+    ok(c.match_add(1, 0, &[]));
+    ok(c.match_remove(1));
 }
 
 // Spec C (HEAD): KDBUS_FLAG_NEGOTIATE makes HELLO report the valid flags and do
