@@ -17,14 +17,14 @@ mod common;
 use common::{cmd_body, Broker};
 use kdbus_abi::{
     attach, cmd, hello_flags, item, msg_flags, name_flags, payload, read_struct, recv_flags,
-    send_flags, BloomParameter, CmdFree, CmdGeneric, CmdHello, CmdMatch, CmdRecv, CmdSend,
-    ItemIter, ItemWriter, Msg, Vec_, DST_ID_BROADCAST, DST_ID_NAME,
+    send_flags, BloomParameter, CmdFree, CmdGeneric, CmdInfo, CmdMatch, CmdRecv, CmdSend, Info,
+    ItemIter, ItemWriter, Memfd, Msg, NotifyIdChange, Vec_, DST_ID_BROADCAST, DST_ID_NAME,
+    MATCH_ID_ANY,
 };
-use std::ffi::CString;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
+use zerocopy::IntoBytes;
 
 const CHILD: &str = "KDBUS_PRELOAD_CHILD";
 const SCENARIO: &str = "KDBUS_PRELOAD_SCENARIO";
@@ -104,7 +104,8 @@ macro_rules! scenarios {
 }
 scenarios! {
     hello, send_recv, fd_passing, sync_call, well_known_name, bloom_broadcast, byebye,
-    pool_read_only, poll_semantics,
+    pool_read_only, poll_semantics, memfd_payload, close_is_synchronous, dropped_messages,
+    attach_flags_mask,
 }
 
 /// The client program: does nothing unless started by [`run`].
@@ -123,179 +124,19 @@ fn child_entry() {
 }
 
 // ================================================================== child helpers
+// (the raw-libc ones: ioctl, open, mmap, poll, memfds... are in common/preload_util.rs)
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
+#[path = "common/preload_util.rs"]
+mod util;
+use util::*;
 
-/// The errno of a failed call, 0 for success.
-fn err<T>(r: Result<T, i32>) -> i32 {
-    r.err().unwrap_or(0)
-}
-
-fn zero<T: FromZeros>() -> T {
-    T::new_zeroed()
-}
-
-/// `ioctl(fd, _IOWR(0x95, nr, T), arg)`: the command structure at `arg`, as kdbus
-/// programs call it. `Err(errno)` on failure.
-fn kioctl<T>(fd: i32, nr: u32, arg: *mut T) -> Result<(), i32> {
-    let size = std::mem::size_of::<T>() as u64;
-    let req = (3u64 << 30) | (size << 16) | (0x95 << 8) | nr as u64;
-    // SAFETY: `arg` points to a live, 8-aligned command of the size its `size` says.
-    match unsafe { libc::ioctl(fd, req as _, arg) } {
-        0 => Ok(()),
-        -1 => Err(errno()),
-        r => panic!("ioctl returned {r}"),
-    }
-}
-
-/// ioctl with the fixed-size command `c` (its `size` set); the command as written back.
-fn kcmd<T: IntoBytes + FromBytes>(fd: i32, nr: u32, mut c: T) -> Result<T, i32> {
-    let size = std::mem::size_of::<T>() as u64;
-    c.as_mut_bytes()[..8].copy_from_slice(&size.to_ne_bytes());
-    kioctl(fd, nr, &mut c).map(|()| c)
-}
-
-/// ioctl with command `c` followed by `items`, in 8-aligned memory; `c` as written back.
-fn kcmd_items<T: IntoBytes + FromBytes + Immutable>(
-    fd: i32,
-    nr: u32,
-    c: T,
-    items: &[u8],
-) -> Result<T, i32> {
-    let mut w = words(&cmd_body(&c, items));
-    kioctl::<T>(fd, nr, w.as_mut_ptr().cast())?;
-    Ok(read_struct(w.as_bytes()).expect("written back"))
-}
-
-/// `bytes` in 8-aligned memory (kdbus wants aligned commands and messages).
-fn words(bytes: &[u8]) -> Vec<u64> {
-    let mut w = vec![0u64; bytes.len().div_ceil(8)];
-    w.as_mut_bytes()[..bytes.len()].copy_from_slice(bytes);
-    w
-}
-
-fn open_bus() -> i32 {
-    let path = CString::new(std::env::var(BUS).expect("bus path")).expect("path");
-    // SAFETY: a NUL-terminated path.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    assert!(fd >= 0, "open({path:?}): errno {}", errno());
-    fd
-}
-
-fn say_hello(fd: i32, flags: u64) -> Result<CmdHello, i32> {
-    let mut h: CmdHello = zero();
-    (h.flags, h.attach_flags_send, h.pool_size) = (flags, attach::ANY, POOL as u64);
-    kcmd(fd, cmd::HELLO, h)
-}
-
-fn map_pool(fd: i32, len: usize, prot: i32) -> Result<usize, i32> {
-    // SAFETY: a fresh mapping chosen by the kernel.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
-    if p == libc::MAP_FAILED {
-        Err(errno())
-    } else {
-        Ok(p as usize)
-    }
-}
-
-fn unmap(p: usize) {
-    // SAFETY: a mapping of POOL bytes this scenario made.
-    assert_eq!(unsafe { libc::munmap(p as *mut libc::c_void, POOL) }, 0);
-}
-
-/// `len` bytes at `off` in the pool mapped at `base`.
-fn pool_bytes<'a>(base: usize, off: u64, len: u64) -> &'a [u8] {
-    assert!(off + len <= POOL as u64, "{off}+{len} beyond the pool");
-    // SAFETY: inside a live read-only mapping of POOL bytes.
-    unsafe { std::slice::from_raw_parts((base + off as usize) as *const u8, len as usize) }
-}
-
-fn pipe() -> (i32, i32) {
-    let mut p = [0i32; 2];
-    // SAFETY: room for two fds.
-    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    (p[0], p[1])
-}
-
-fn write_fd(fd: i32, b: &[u8]) -> isize {
-    // SAFETY: reading `b`.
-    unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) }
-}
-
-fn read_fd(fd: i32) -> Vec<u8> {
-    let mut b = [0u8; 256];
-    // SAFETY: writing into `b`.
-    let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), b.len()) };
-    assert!(n >= 0, "read: errno {}", errno());
-    b[..n as usize].to_vec()
-}
-
-fn close(fd: i32) {
-    // SAFETY: an fd this scenario owns.
-    let r = unsafe { libc::close(fd) };
-    assert_eq!(r, 0, "close({fd}): errno {}", errno());
-}
-
-fn pfd(fd: i32, events: i16) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
-/// poll(2); checks that the count matches the revents.
-fn poll_fds(p: &mut [libc::pollfd], timeout_ms: i32) -> usize {
-    // SAFETY: the caller's array.
-    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as _, timeout_ms) };
-    assert!(n >= 0, "poll: errno {}", errno());
-    let ready = p.iter().filter(|p| p.revents != 0).count();
-    assert_eq!(n as usize, ready, "poll's count");
-    ready
-}
-
-fn monotonic_ns() -> u64 {
-    // SAFETY: writing a zeroed timespec.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// A D-Bus-typed message header to `dst`.
-fn msg(dst: u64, cookie: u64, flags: u64) -> Msg {
-    let mut m: Msg = zero();
-    (m.dst_id, m.cookie, m.flags, m.payload_type) = (dst, cookie, flags, payload::DBUS);
-    m
-}
-
-/// `PAYLOAD_VEC` items pointing at `parts` (which must outlive the SEND).
-fn vecs(parts: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for p in parts {
-        let v = Vec_ {
-            size: p.len() as u64,
-            address_or_offset: p.as_ptr() as u64,
-        };
-        ItemWriter::new(&mut out).push(item::PAYLOAD_VEC, v.as_bytes());
-    }
-    out
-}
-
-/// A BLOOM_FILTER item: generation 0, then the filter words.
-fn bloom_filter(filter: &[u64]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let parts: [&[u8]; 2] = [&0u64.to_ne_bytes(), filter.as_bytes()];
-    ItemWriter::new(&mut out).push_parts(item::BLOOM_FILTER, &parts);
-    out
-}
+/// Items read from a pool: `(type, payload)`.
+type Items = Vec<(u64, Vec<u8>)>;
 
 /// A message as found in a pool.
 struct Got {
     hdr: Msg,
-    items: Vec<(u64, Vec<u8>)>,
+    items: Items,
     /// The PAYLOAD_OFF sizes, and their bytes concatenated.
     vec_sizes: Vec<u64>,
     payload: Vec<u8>,
@@ -318,6 +159,8 @@ struct Conn {
     fd: i32,
     id: u64,
     pool: usize,
+    /// The pool's size (and the mapping's length).
+    pool_len: usize,
     bloom: BloomParameter,
 }
 
@@ -327,9 +170,14 @@ impl Conn {
     }
 
     fn with_flags(flags: u64) -> Conn {
+        Self::with_pool(flags, POOL)
+    }
+
+    fn with_pool(flags: u64, pool_len: usize) -> Conn {
         let fd = open_bus();
-        let h = say_hello(fd, flags).unwrap_or_else(|e| panic!("HELLO: errno {e}"));
-        let pool = map_pool(fd, POOL, libc::PROT_READ).expect("mmap the pool");
+        let h = say_hello_pool(fd, flags, pool_len).unwrap_or_else(|e| panic!("HELLO: errno {e}"));
+        assert_eq!(h.pool_size, pool_len as u64);
+        let pool = map_pool(fd, pool_len, libc::PROT_READ).expect("mmap the pool");
         let mut bloom = zero();
         for it in ItemIter::received(pool_bytes(pool, h.offset, h.items_size)) {
             let it = it.expect("HELLO items well-formed");
@@ -341,6 +189,7 @@ impl Conn {
             fd,
             id: h.id,
             pool,
+            pool_len,
             bloom,
         };
         c.free(h.offset).expect("FREE of the HELLO slice");
@@ -367,9 +216,18 @@ impl Conn {
         self.send(&msg(dst, cookie, 0), &vecs(&[text]), 0)
     }
 
+    /// `len` bytes at `off` in this connection's pool.
+    fn bytes(&self, off: u64, len: u64) -> &[u8] {
+        assert!(
+            off + len <= self.pool_len as u64,
+            "{off}+{len} beyond the pool"
+        );
+        pool_bytes(self.pool, off, len)
+    }
+
     /// The message at `off` in this connection's pool.
     fn read_msg(&self, off: u64) -> Got {
-        let hdr: Msg = read_struct(pool_bytes(self.pool, off, 64)).expect("header");
+        let hdr: Msg = read_struct(self.bytes(off, 64)).expect("header");
         assert!(hdr.size >= 64, "message size {}", hdr.size);
         let (items, vec_sizes, payload) = (Vec::new(), Vec::new(), Vec::new());
         let mut g = Got {
@@ -378,7 +236,7 @@ impl Conn {
             vec_sizes,
             payload,
         };
-        for it in ItemIter::received(pool_bytes(self.pool, off + 64, hdr.size - 64)) {
+        for it in ItemIter::received(self.bytes(off + 64, hdr.size - 64)) {
             let it = it.expect("items in the pool well-formed");
             assert_ne!(it.type_, item::PAYLOAD_VEC, "vectors become PAYLOAD_OFF");
             if it.type_ == item::PAYLOAD_OFF {
@@ -386,8 +244,7 @@ impl Conn {
                 assert_eq!(v.address_or_offset % 8, 0, "payload vectors are 8-aligned");
                 assert!(v.address_or_offset >= hdr.size, "payload after the items");
                 let at = off + v.address_or_offset;
-                g.payload
-                    .extend_from_slice(pool_bytes(self.pool, at, v.size));
+                g.payload.extend_from_slice(self.bytes(at, v.size));
                 g.vec_sizes.push(v.size);
             }
             g.items.push((it.type_, it.payload.to_vec()));
@@ -416,6 +273,47 @@ impl Conn {
         kcmd(self.fd, cmd::BYEBYE, zero::<CmdGeneric>())
     }
 
+    /// RECV with the command as written back, also on failure: `(errno, command)`.
+    fn recv_wb(&self, flags: u64) -> (i32, CmdRecv) {
+        let mut c = CmdRecv {
+            size: std::mem::size_of::<CmdRecv>() as u64,
+            flags,
+            ..zero()
+        };
+        let e = err(kioctl(self.fd, cmd::RECV, &mut c));
+        (e, c)
+    }
+
+    /// MATCH_ADD with `cookie` and the rules in `items`.
+    fn match_add(&self, cookie: u64, items: &[u8]) -> Result<CmdMatch, i32> {
+        kcmd_items(
+            self.fd,
+            cmd::MATCH_ADD,
+            CmdMatch { cookie, ..zero() },
+            items,
+        )
+    }
+
+    /// CONN_INFO on `id` asking for `attach_flags`: the `kdbus_info` and its items,
+    /// read from the pool (the slice is freed).
+    fn conn_info(&self, id: u64, attach_flags: u64) -> Result<(Info, Items), i32> {
+        let c = CmdInfo {
+            id,
+            attach_flags,
+            ..zero()
+        };
+        let wb = kcmd(self.fd, cmd::CONN_INFO, c)?;
+        assert!(wb.info_size >= 24, "info_size {}", wb.info_size);
+        let info: Info = read_struct(self.bytes(wb.offset, 24)).expect("kdbus_info");
+        assert_eq!(info.size, wb.info_size, "info.size and info_size");
+        let items = ItemIter::received(self.bytes(wb.offset + 24, info.size - 24))
+            .map(|i| i.expect("info items well-formed"))
+            .map(|i| (i.type_, i.payload.to_vec()))
+            .collect();
+        self.free(wb.offset).expect("FREE of the info slice");
+        Ok((info, items))
+    }
+
     /// NAME_ACQUIRE, NAME_RELEASE: a `kdbus_cmd` with one NAME item.
     fn name_cmd(&self, nr: u32, name: &str) -> Result<CmdGeneric, i32> {
         let mut it = Vec::new();
@@ -428,7 +326,7 @@ impl Drop for Conn {
     fn drop(&mut self) {
         // SAFETY: our own mapping and fd.
         unsafe {
-            libc::munmap(self.pool as *mut libc::c_void, POOL);
+            libc::munmap(self.pool as *mut libc::c_void, self.pool_len);
             libc::close(self.fd);
         }
     }
@@ -511,13 +409,7 @@ mod child {
         let fl = unsafe { libc::fcntl(n, libc::F_GETFD) };
         assert!(fl >= 0, "fd {n} is not open: errno {}", errno());
         assert_ne!(fl & libc::FD_CLOEXEC, 0, "kdbus installs fds O_CLOEXEC");
-        let ino = |fd: i32| {
-            // SAFETY: a zeroed stat filled by fstat.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
-            (st.st_dev, st.st_ino)
-        };
-        assert_eq!(ino(n), ino(w), "the received fd is the pipe");
+        assert_eq!(file_id(n), file_id(w), "the received fd is the pipe");
         assert_eq!(write_fd(n, b"through kdbus"), 13);
         assert_eq!(read_fd(r), b"through kdbus");
         assert_eq!(err(b.free(rv.msg.offset)), 0);
@@ -751,5 +643,321 @@ mod child {
         assert_eq!(poll_fds(&mut p, 0), 0);
         close(r);
         close(w);
+    }
+
+    /// A sealed memfd travels as a PAYLOAD_MEMFD item: the receiver finds the same
+    /// file under a new fd number in the pool and maps it. What may be a memfd payload
+    /// (kdbus HEAD's rules), and a unix socket in an FDS item.
+    pub fn memfd_payload() {
+        let (a, b) = (Conn::new(), Conn::new());
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let m = memfd(&data, SEALED);
+        let send_memfd = |to: u64, cookie: u64, fd: i32, start: u64, size: u64| {
+            let mut items = vecs(&[b"head"]);
+            items.extend(memfd_item(fd, start, size));
+            err(a.send(&msg(to, cookie, 0), &items, 0))
+        };
+        // RECV on `c` (checking the message) and FREE: its PAYLOAD_MEMFD item.
+        let recv_memfd = |c: &Conn, cookie: u64| {
+            let r = c.recv(0).unwrap_or_else(|e| panic!("RECV: errno {e}"));
+            let got = c.read_msg(r.msg.offset);
+            assert_eq!((got.hdr.src_id, got.hdr.cookie), (a.id, cookie));
+            assert_eq!(got.payload, b"head", "the vector beside the memfd");
+            assert_eq!(got.item(item::FDS), None, "memfds are not FDS");
+            let it = got.item(item::PAYLOAD_MEMFD).expect("a PAYLOAD_MEMFD item");
+            let mi: Memfd = read_struct(it).expect("kdbus_memfd");
+            c.free(r.msg.offset).expect("FREE");
+            mi
+        };
+        let len = data.len() as u64;
+        assert_eq!(send_memfd(b.id, 1, m, 0, len), 0, "SEND of a sealed memfd");
+        let mi = recv_memfd(&b, 1);
+        assert_eq!((mi.start, mi.size), (0, len));
+        let n = mi.fd;
+        assert!(n >= 0, "the PAYLOAD_MEMFD item holds fd {n}");
+        assert!(![m, a.fd, b.fd].contains(&n), "fd {n} is a new fd");
+        // SAFETY: fcntl on an fd number.
+        let fl = unsafe { libc::fcntl(n, libc::F_GETFD) };
+        assert!(fl >= 0, "fd {n} is not open: errno {}", errno());
+        assert_ne!(fl & libc::FD_CLOEXEC, 0, "kdbus installs memfds O_CLOEXEC");
+        assert_eq!(file_id(n), file_id(m), "the same file, not a copy");
+        // The sender's copy is not needed for the receiver's.
+        close(m);
+        // SAFETY: a fresh read-only mapping of the received memfd.
+        let p = unsafe {
+            let prot = libc::PROT_READ;
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                prot,
+                libc::MAP_SHARED,
+                n,
+                0,
+            )
+        };
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap of the received memfd: errno {}",
+            errno()
+        );
+        // SAFETY: inside that mapping.
+        let seen = unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) };
+        assert!(seen == &data[..], "the memfd's bytes");
+        // SAFETY: our mapping.
+        assert_eq!(unsafe { libc::munmap(p, len as usize) }, 0);
+        close(n);
+
+        // Only a memfd sealed against every change, holding the range.
+        let unsealed = memfd(b"unsealed", 0);
+        assert_eq!(
+            send_memfd(b.id, 2, unsealed, 0, 8),
+            libc::ETXTBSY,
+            "unsealed"
+        );
+        let writable = memfd(b"writable", SEALED & !libc::F_SEAL_WRITE);
+        assert_eq!(
+            send_memfd(b.id, 3, writable, 0, 8),
+            libc::ETXTBSY,
+            "no F_SEAL_WRITE"
+        );
+        let (pr, pw) = pipe();
+        assert_eq!(send_memfd(b.id, 4, pr, 0, 1), libc::EMEDIUMTYPE, "a pipe");
+        let short = memfd(b"8 bytes!", SEALED);
+        assert_eq!(
+            send_memfd(b.id, 5, short, 1, 8),
+            libc::EBADF,
+            "start+size > 8"
+        );
+        assert_eq!(send_memfd(b.id, 6, short, 0, 9), libc::EBADF, "size > 8");
+        assert_eq!(err(b.recv(0)), libc::EAGAIN, "refused SENDs queued nothing");
+
+        // Memfds are payload: a receiver without ACCEPT_FD gets them.
+        let c = Conn::with_flags(0);
+        assert_eq!(
+            send_memfd(c.id, 7, short, 0, 8),
+            0,
+            "memfd to a no-ACCEPT_FD conn"
+        );
+        let mi = recv_memfd(&c, 7);
+        assert!(mi.fd >= 0, "the PAYLOAD_MEMFD item holds fd {}", mi.fd);
+        assert_eq!(file_id(mi.fd), file_id(short), "the same file");
+        close(mi.fd);
+
+        // A unix socket cannot travel in an FDS item (it could carry fds itself).
+        let mut sp = [0i32; 2];
+        // SAFETY: room for two fds.
+        let r = unsafe {
+            let ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+            libc::socketpair(libc::AF_UNIX, ty, 0, sp.as_mut_ptr())
+        };
+        assert_eq!(r, 0, "socketpair: errno {}", errno());
+        assert_eq!(
+            err(send_fd(&a, b.id, sp[0])),
+            libc::EOPNOTSUPP,
+            "a unix socket"
+        );
+        assert_eq!(err(b.recv(0)), libc::EAGAIN);
+        for fd in [unsealed, writable, pr, pw, short, sp[0], sp[1]] {
+            close(fd);
+        }
+    }
+
+    /// close(2) of a connection or of a bus owner has taken effect when it returns: the
+    /// connection's ID_REMOVE is already queued for its watchers, the bus node gone.
+    pub fn close_is_synchronous() {
+        let a = Conn::new();
+        let mut rule = Vec::new();
+        let any = NotifyIdChange {
+            id: MATCH_ID_ANY,
+            flags: 0,
+        };
+        ItemWriter::new(&mut rule).push(item::ID_REMOVE, any.as_bytes());
+        a.match_add(0x1d, &rule).expect("MATCH_ADD of ID_REMOVE");
+        for round in 0..3 {
+            let fd = open_bus();
+            let h = say_hello(fd, hello_flags::ACCEPT_FD).expect("HELLO");
+            assert_eq!(
+                err(a.recv(0)),
+                libc::EAGAIN,
+                "round {round}: ID_ADD not matched"
+            );
+            close(fd);
+            // No poll, no sleep: the notification is there.
+            let r = a.recv(0).unwrap_or_else(|e| {
+                panic!("round {round}: RECV right after close(): errno {e}, no ID_REMOVE")
+            });
+            let m = a.read_msg(r.msg.offset);
+            let (src, dst) = (m.hdr.src_id, m.hdr.dst_id);
+            assert_eq!((src, dst), (0, DST_ID_BROADCAST), "a kernel notification");
+            assert_eq!(m.hdr.payload_type, payload::KERNEL);
+            let n = m.item(item::ID_REMOVE).expect("an ID_REMOVE item");
+            let n: NotifyIdChange = read_struct(n).expect("kdbus_notify_id_change");
+            assert_eq!(
+                (n.id, n.flags),
+                (h.id, hello_flags::ACCEPT_FD),
+                "round {round}"
+            );
+            a.free(r.msg.offset).expect("FREE");
+            assert_eq!(
+                err(a.send_to(h.id, 1, b"x")),
+                libc::ENXIO,
+                "round {round}: id gone"
+            );
+        }
+
+        // A bus lives as long as its owner's fd.
+        let root = kdbus_root();
+        let name = format!("{}-closetest", common::uid());
+        let node = root.join(&name).join("bus");
+        let make_bus = || {
+            let ctl = open_path(&root.join("control")).expect("open control");
+            let mut body = words(&common::bus_make_body(&name, 0, common::TEST_BLOOM));
+            let r = kioctl::<CmdGeneric>(ctl, cmd::BUS_MAKE, body.as_mut_ptr().cast());
+            (ctl, err(r))
+        };
+        let (owner, e) = make_bus();
+        assert_eq!(e, 0, "BUS_MAKE {name}");
+        assert!(node.exists(), "{} after BUS_MAKE", node.display());
+        let c = open_path(&node).expect("open the new bus");
+        say_hello(c, hello_flags::ACCEPT_FD).expect("HELLO on the new bus");
+        close(owner);
+        assert!(
+            !node.exists(),
+            "{} exists after close() returned",
+            node.display()
+        );
+        assert_eq!(err(open_path(&node)), libc::ENOENT, "open the removed bus");
+        // Its connections went with it.
+        let hup = libc::POLLERR | libc::POLLHUP;
+        let mut p = [pfd(c, POLLIN)];
+        poll_fds(&mut p, 0);
+        assert_eq!(p[0].revents & hup, hup, "a connection of the removed bus");
+        close(c);
+        // The name is free again at once.
+        let (again, e) = make_bus();
+        assert_eq!(e, 0, "BUS_MAKE {name} again");
+        close(again);
+        assert!(
+            !node.exists(),
+            "{} exists after the second close",
+            node.display()
+        );
+    }
+
+    /// Broadcasts that find no room in a receiver's pool are lost: poll wakes it, and
+    /// RECV reports the count once (kdbus counted losses since the last RECV).
+    pub fn dropped_messages() {
+        let a = Conn::new();
+        let b = Conn::with_pool(hello_flags::ACCEPT_FD, 4 * 4096);
+        let mut rule = Vec::new();
+        let zeros = vec![0u64; b.bloom.size as usize / 8];
+        ItemWriter::new(&mut rule).push(item::BLOOM_MASK, zeros.as_bytes());
+        b.match_add(0xd0, &rule)
+            .expect("MATCH_ADD with an empty mask");
+        let filter = vec![0u64; a.bloom.size as usize / 8];
+        let signal = |cookie: u64, p: &[u8]| {
+            let mut items = vecs(&[p]);
+            items.extend(bloom_filter(&filter));
+            let h = msg(DST_ID_BROADCAST, cookie, msg_flags::SIGNAL);
+            a.send(&h, &items, 0)
+                .unwrap_or_else(|e| panic!("broadcast {cookie}: errno {e}"));
+        };
+        let dropped = recv_flags::RETURN_DROPPED_MSGS;
+        let payload = vec![0x5a; 600];
+        const SENT: u64 = 12;
+        for cookie in 1..=SENT {
+            signal(cookie, &payload);
+        }
+        assert_eq!(b.poll(POLLIN, 0), POLLIN, "messages and losses wait");
+        let (e, r) = b.recv_wb(0);
+        assert_eq!(e, 0, "RECV");
+        assert_ne!(r.return_flags & dropped, 0, "RETURN_DROPPED_MSGS: {r:?}");
+        let lost = r.dropped_msgs;
+        assert!(lost > 0 && lost < SENT, "{lost} of {SENT} lost");
+        let first = b.read_msg(r.msg.offset);
+        assert_eq!((first.hdr.cookie, &first.payload), (1, &payload));
+        b.free(r.msg.offset).expect("FREE");
+        // The rest that fitted, in order, each RECV reporting no new loss.
+        let mut cookies = vec![1];
+        loop {
+            let (e, r) = b.recv_wb(0);
+            assert_eq!(
+                (r.dropped_msgs, r.return_flags & dropped),
+                (0, 0),
+                "reported again"
+            );
+            if e == libc::EAGAIN {
+                break;
+            }
+            assert_eq!(e, 0, "RECV");
+            cookies.push(b.read_msg(r.msg.offset).hdr.cookie);
+            b.free(r.msg.offset).expect("FREE");
+        }
+        assert_eq!(
+            cookies.len() as u64 + lost,
+            SENT,
+            "received {cookies:?}, lost {lost}"
+        );
+        assert_eq!(cookies, (1..=cookies.len() as u64).collect::<Vec<_>>());
+        assert_eq!(b.poll(POLLIN, 0), 0, "nothing waits");
+
+        // A loss alone makes the receiver readable: a signal larger than its share.
+        signal(100, &vec![0xa5; 3 * 4096]);
+        assert_eq!(b.poll(POLLIN, 0), POLLIN, "the loss wakes the receiver");
+        let (e, r) = b.recv_wb(0);
+        assert_eq!(e, libc::EAGAIN, "no message came");
+        assert_eq!(
+            (r.dropped_msgs, r.return_flags & dropped),
+            (1, dropped),
+            "{r:?}"
+        );
+        assert_eq!(b.poll(POLLIN, 0), 0, "the loss was reported");
+        let (e, r) = b.recv_wb(0);
+        assert_eq!((e, r.dropped_msgs, r.return_flags), (libc::EAGAIN, 0, 0));
+        // The FREEs above ride with b's next request: one with an answer makes sure
+        // the broker has them, so the pool has room again.
+        b.conn_info(b.id, 0).expect("CONN_INFO");
+        signal(101, &payload);
+        let (e, r) = b.recv_wb(0);
+        assert_eq!(
+            (e, r.dropped_msgs, r.return_flags & dropped),
+            (0, 0, 0),
+            "{r:?}"
+        );
+        assert_eq!(b.read_msg(r.msg.offset).hdr.cookie, 101);
+        b.free(r.msg.offset).expect("FREE");
+    }
+
+    /// `<runtime>/parameters/attach_flags_mask`, kdbus's module parameter: 0 means no
+    /// metadata at all, also in CONN_INFO.
+    pub fn attach_flags_mask() {
+        let path = kdbus_root().join("parameters").join("attach_flags_mask");
+        let orig = std::fs::read_to_string(&path).expect("read attach_flags_mask");
+        let a = Conn::new();
+        let types = |items: &[(u64, Vec<u8>)]| items.iter().map(|i| i.0).collect::<Vec<_>>();
+        let creds_uid = |items: &[(u64, Vec<u8>)]| {
+            let c = items.iter().find(|i| i.0 == item::CREDS);
+            let c = c.unwrap_or_else(|| panic!("no CREDS in {:x?}", types(items)));
+            read_struct::<kdbus_abi::Creds>(&c.1)
+                .expect("kdbus_creds")
+                .uid
+        };
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() } as u64;
+        let (info, items) = a.conn_info(a.id, attach::ALL).expect("CONN_INFO");
+        assert_eq!(info.id, a.id);
+        assert_eq!(creds_uid(&items), uid, "CREDS with the default mask");
+
+        std::fs::write(&path, "0\n").expect("write 0");
+        let (info, items) = a.conn_info(a.id, attach::ALL).expect("CONN_INFO, mask 0");
+        assert_eq!(info.id, a.id);
+        assert!(items.is_empty(), "items with mask 0: {:x?}", types(&items));
+        assert_eq!(info.size, std::mem::size_of::<Info>() as u64);
+
+        std::fs::write(&path, &orig).expect("restore attach_flags_mask");
+        let (info, items) = a.conn_info(a.id, attach::ALL).expect("CONN_INFO, restored");
+        assert_eq!(info.id, a.id);
+        assert_eq!(creds_uid(&items), uid, "CREDS with the mask restored");
     }
 }
