@@ -141,6 +141,46 @@ impl<'a, H: FrameHeader> Iterator for Frames<'a, H> {
     }
 }
 
+/// A record, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// The answer to request `req_id`: positive errno (0: success) and the write-back.
+    Reply {
+        req_id: u64,
+        error: i32,
+        body: &'a [u8],
+    },
+    /// A message queued in the pool.
+    Msg(MsgEvent),
+    /// The message announced at this offset left the queue unreceived.
+    Retract(u64),
+    /// The running total of lost messages.
+    Dropped(u64),
+    /// A kind this side does not know (or a body too short for its kind): skipped.
+    Unknown,
+}
+
+/// The records of a datagram, each with the number of the datagram's fds that are its
+/// own (records take them in order). Stops at a truncated frame.
+pub fn records(data: &[u8]) -> impl Iterator<Item = (Record<'_>, usize)> {
+    Frames::<RecHeader>::new(data)
+        .map_while(Result::ok)
+        .map(|(h, body)| {
+            let r = match h.kind {
+                REC_REPLY => Record::Reply {
+                    req_id: h.req_id,
+                    error: h.error,
+                    body,
+                },
+                REC_MSG => read_struct(body).map_or(Record::Unknown, Record::Msg),
+                REC_RETRACT => read_struct(body).map_or(Record::Unknown, Record::Retract),
+                REC_DROPPED => read_struct(body).map_or(Record::Unknown, Record::Dropped),
+                _ => Record::Unknown,
+            };
+            (r, h.n_fds as usize)
+        })
+}
+
 /// Append a frame (header + body + padding) to `out`.
 pub fn push_frame<H: IntoBytes + Immutable>(out: &mut Vec<u8>, header: &H, body_parts: &[&[u8]]) {
     out.extend_from_slice(header.as_bytes());

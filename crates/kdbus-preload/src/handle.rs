@@ -28,7 +28,8 @@
 
 use crate::sys;
 use crate::translate::{self, UserMem};
-use kdbus_abi::wire::{self, Frames, MsgEvent, RecHeader, ReqHeader};
+use kdbus::transport::{self, Announced, Answer};
+use kdbus_abi::wire::{self, MsgEvent, Record, ReqHeader};
 use kdbus_abi::{cmd, item, read_struct, recv_flags, CmdFree, CmdRecv, Errno, ItemWriter, MsgInfo};
 use rustix::event::{PollFd, PollFlags};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -53,17 +54,6 @@ pub enum Role {
     Conn,
     /// A connection after BYEBYE, or one the bus dropped.
     Gone,
-}
-
-struct Answer {
-    error: i32,
-    body: Vec<u8>,
-    fds: Vec<OwnedFd>,
-}
-
-struct Announced {
-    ev: MsgEvent,
-    fds: Vec<OwnedFd>,
 }
 
 struct State {
@@ -268,7 +258,7 @@ impl Handle {
             if pfds[0].revents().is_empty() {
                 continue;
             }
-            return recv_datagram(self.sock.as_fd(), buf);
+            return transport::recv_datagram(self.sock.as_fd(), buf, false);
         }
     }
 
@@ -288,7 +278,7 @@ impl Handle {
             dead = true;
         }
         while !dead {
-            match recv_datagram(self.sock.as_fd(), &mut buf) {
+            match transport::recv_datagram(self.sock.as_fd(), &mut buf, false) {
                 Ok(Some((n, fds))) => dispatch(&mut self.lock(), &buf[..n], fds),
                 Ok(None) => break,
                 Err(_) => dead = true,
@@ -570,48 +560,34 @@ fn recv_writeback(mem: &mut impl UserMem, arg: u64, wb: &CmdRecv) -> Result<(), 
 /// File what one datagram carried.
 fn dispatch(g: &mut State, data: &[u8], fds: Vec<OwnedFd>) {
     let mut fds = fds.into_iter();
-    for (h, body) in Frames::<RecHeader>::new(data).flatten() {
-        let mine: Vec<OwnedFd> = fds.by_ref().take(h.n_fds as usize).collect();
-        match h.kind {
-            wire::REC_REPLY => {
-                if g.abandoned.remove(&h.req_id) {
-                    // A cancelled synchronous SEND: give back the reply's slice.
-                    if let Some(off) = translate::answer_slices(cmd::SEND, body) {
-                        let f = CmdFree {
-                            size: std::mem::size_of::<CmdFree>() as u64,
-                            offset: off,
-                            ..Default::default()
-                        };
-                        Handle::notice(g, cmd::FREE, f.as_bytes());
-                    }
-                    continue;
-                }
-                g.answers.insert(
-                    h.req_id,
-                    Answer {
-                        error: h.error,
-                        body: body.to_vec(),
-                        fds: mine,
-                    },
-                );
-            }
-            wire::REC_MSG => {
-                if let Some(ev) = read_struct::<MsgEvent>(body) {
-                    g.dropped_total = g.dropped_total.max(ev.dropped_msgs);
-                    g.queue.push_back(Announced { ev, fds: mine });
+    for (rec, n_fds) in wire::records(data) {
+        let mine: Vec<OwnedFd> = fds.by_ref().take(n_fds).collect();
+        match rec {
+            Record::Reply { req_id, body, .. } if g.abandoned.remove(&req_id) => {
+                // A cancelled synchronous SEND: give back the reply's slice.
+                if let Some(off) = translate::answer_slices(cmd::SEND, body) {
+                    let f = CmdFree {
+                        size: std::mem::size_of::<CmdFree>() as u64,
+                        offset: off,
+                        ..Default::default()
+                    };
+                    Handle::notice(g, cmd::FREE, f.as_bytes());
                 }
             }
-            wire::REC_RETRACT => {
-                if let Some(offset) = read_struct::<u64>(body) {
-                    g.queue.retain(|a| a.ev.offset != offset);
-                }
+            Record::Reply {
+                req_id,
+                error,
+                body,
+            } => {
+                g.answers.insert(req_id, Answer::new(error, body, mine));
             }
-            wire::REC_DROPPED => {
-                if let Some(total) = read_struct::<u64>(body) {
-                    g.dropped_total = g.dropped_total.max(total);
-                }
+            Record::Msg(ev) => {
+                g.dropped_total = g.dropped_total.max(ev.dropped_msgs);
+                g.queue.push_back(Announced { ev, fds: mine });
             }
-            _ => {}
+            Record::Retract(offset) => g.queue.retain(|a| a.ev.offset != offset),
+            Record::Dropped(total) => g.dropped_total = g.dropped_total.max(total),
+            Record::Unknown => {}
         }
     }
 }
@@ -622,37 +598,4 @@ fn take_rbuf(g: &mut State) -> Vec<u8> {
         b.resize(MAX_IN_DATAGRAM, 0);
     }
     b
-}
-
-/// Read one datagram without blocking; `Ok(None)` if nothing is there. End-of-file is
-/// ECONNRESET.
-fn recv_datagram(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-) -> Result<Option<(usize, Vec<OwnedFd>)>, Errno> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
-    let mut anc = RecvAncillaryBuffer::new(&mut space);
-    let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
-    let r = loop {
-        match rustix::net::recvmsg(fd, &mut [std::io::IoSliceMut::new(buf)], &mut anc, flags) {
-            Err(rustix::io::Errno::INTR) => continue,
-            r => break r,
-        }
-    };
-    let msg = match r {
-        Ok(m) => m,
-        Err(rustix::io::Errno::AGAIN) => return Ok(None),
-        Err(e) => return Err(Errno(e.raw_os_error())),
-    };
-    if msg.bytes == 0 {
-        return Err(Errno::ECONNRESET);
-    }
-    let mut fds = Vec::new();
-    for m in anc.drain() {
-        if let RecvAncillaryMessage::ScmRights(it) = m {
-            fds.extend(it);
-        }
-    }
-    Ok(Some((msg.bytes, fds)))
 }

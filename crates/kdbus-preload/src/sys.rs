@@ -21,7 +21,6 @@ use libc::{
     c_char, c_int, c_ulong, c_void, mode_t, nfds_t, off_t, pollfd, sigset_t, size_t, timespec,
 };
 use std::ffi::CStr;
-use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -112,25 +111,10 @@ pub fn raw(fd: &OwnedFd) -> RawFd {
     fd.as_raw_fd()
 }
 
-/// Send one datagram with `fds` attached as `SCM_RIGHTS`.
+/// Send one datagram with the caller's fd numbers `fds` attached.
 pub fn send_datagram(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|&f| borrow_fd(f)).collect();
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
-    let mut anc = SendAncillaryBuffer::new(&mut space);
-    if !borrowed.is_empty() && !anc.push(SendAncillaryMessage::ScmRights(&borrowed)) {
-        return Err(Errno::EMFILE);
-    }
-    loop {
-        match rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut anc, SendFlags::NOSIGNAL) {
-            Ok(_) => return Ok(()),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::PIPE) | Err(rustix::io::Errno::CONNRESET) => {
-                return Err(Errno::ECONNRESET)
-            }
-            Err(e) => return Err(Errno(e.raw_os_error())),
-        }
-    }
+    kdbus::transport::send_datagram(sock, bytes, &borrowed)
 }
 
 // ---------------------------------------------------------------- caller memory
@@ -248,54 +232,48 @@ fn open_common(dirfd: c_int, path: *const c_char, flags: c_int, fd: c_int) -> c_
     }
 }
 
-/// # Safety
-/// As open(2).
-#[no_mangle]
-pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
-    let f: OpenFn = real!(REAL_OPEN as OpenFn);
-    // SAFETY: forwarding the caller's arguments to libc.
-    let fd = unsafe { f(path, flags, mode) };
-    open_common(libc::AT_FDCWD, path, flags, fd)
+/// `open`/`open64` and `openat`/`openat64`: libc's, then ours if it said ENXIO.
+macro_rules! open_symbols {
+    ($($name:ident => $real:ident;)*) => {$(
+        /// # Safety
+        /// As open(2).
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+            let f: OpenFn = real!($real as OpenFn);
+            // SAFETY: forwarding the caller's arguments to libc.
+            let fd = unsafe { f(path, flags, mode) };
+            open_common(libc::AT_FDCWD, path, flags, fd)
+        }
+    )*};
 }
 
-/// # Safety
-/// As open(2).
-#[no_mangle]
-pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
-    let f: OpenFn = real!(REAL_OPEN64 as OpenFn);
-    // SAFETY: forwarding the caller's arguments to libc.
-    let fd = unsafe { f(path, flags, mode) };
-    open_common(libc::AT_FDCWD, path, flags, fd)
+macro_rules! openat_symbols {
+    ($($name:ident => $real:ident;)*) => {$(
+        /// # Safety
+        /// As openat(2).
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            dirfd: c_int,
+            path: *const c_char,
+            flags: c_int,
+            mode: mode_t,
+        ) -> c_int {
+            let f: OpenatFn = real!($real as OpenatFn);
+            // SAFETY: forwarding the caller's arguments to libc.
+            let fd = unsafe { f(dirfd, path, flags, mode) };
+            open_common(dirfd, path, flags, fd)
+        }
+    )*};
 }
 
-/// # Safety
-/// As openat(2).
-#[no_mangle]
-pub unsafe extern "C" fn openat(
-    dirfd: c_int,
-    path: *const c_char,
-    flags: c_int,
-    mode: mode_t,
-) -> c_int {
-    let f: OpenatFn = real!(REAL_OPENAT as OpenatFn);
-    // SAFETY: forwarding the caller's arguments to libc.
-    let fd = unsafe { f(dirfd, path, flags, mode) };
-    open_common(dirfd, path, flags, fd)
+open_symbols! {
+    open => REAL_OPEN;
+    open64 => REAL_OPEN64;
 }
 
-/// # Safety
-/// As openat(2).
-#[no_mangle]
-pub unsafe extern "C" fn openat64(
-    dirfd: c_int,
-    path: *const c_char,
-    flags: c_int,
-    mode: mode_t,
-) -> c_int {
-    let f: OpenatFn = real!(REAL_OPENAT64 as OpenatFn);
-    // SAFETY: forwarding the caller's arguments to libc.
-    let fd = unsafe { f(dirfd, path, flags, mode) };
-    open_common(dirfd, path, flags, fd)
+openat_symbols! {
+    openat => REAL_OPENAT;
+    openat64 => REAL_OPENAT64;
 }
 
 /// # Safety
@@ -362,40 +340,27 @@ fn mmap_common(
     unsafe { f(addr, len, prot, flags, fd, off) }
 }
 
-/// # Safety
-/// As mmap(2).
-#[no_mangle]
-pub unsafe extern "C" fn mmap(
-    addr: *mut c_void,
-    len: size_t,
-    prot: c_int,
-    flags: c_int,
-    fd: c_int,
-    off: off_t,
-) -> *mut c_void {
-    mmap_common(real!(REAL_MMAP as MmapFn), addr, len, prot, flags, fd, off)
+macro_rules! mmap_symbols {
+    ($($name:ident => $real:ident;)*) => {$(
+        /// # Safety
+        /// As mmap(2).
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            addr: *mut c_void,
+            len: size_t,
+            prot: c_int,
+            flags: c_int,
+            fd: c_int,
+            off: off_t,
+        ) -> *mut c_void {
+            mmap_common(real!($real as MmapFn), addr, len, prot, flags, fd, off)
+        }
+    )*};
 }
 
-/// # Safety
-/// As mmap(2).
-#[no_mangle]
-pub unsafe extern "C" fn mmap64(
-    addr: *mut c_void,
-    len: size_t,
-    prot: c_int,
-    flags: c_int,
-    fd: c_int,
-    off: off_t,
-) -> *mut c_void {
-    mmap_common(
-        real!(REAL_MMAP64 as MmapFn),
-        addr,
-        len,
-        prot,
-        flags,
-        fd,
-        off,
-    )
+mmap_symbols! {
+    mmap => REAL_MMAP;
+    mmap64 => REAL_MMAP64;
 }
 
 /// # Safety

@@ -3,21 +3,17 @@
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::sys::PoolMap;
+use crate::transport::{recv_datagram, send_datagram, Announced, Answer};
 use kdbus_abi::items::ItemIter;
-use kdbus_abi::wire::{self, Frames, MsgEvent, RecHeader, ReqHeader};
+use kdbus_abi::wire::{self, Frames, RecHeader, Record, ReqHeader};
 use kdbus_abi::{
     attach, cmd, hello_flags, item, read_struct, recv_flags, send_flags, BloomParameter, CmdFree,
     CmdGeneric, CmdHello, CmdInfo, CmdList, CmdMatch, CmdRecv, CmdSend, Errno, Info, ItemWriter,
     Msg, Vec_,
 };
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
-};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use std::collections::{HashMap, VecDeque};
-use std::io::{IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -25,7 +21,6 @@ use zerocopy::IntoBytes;
 
 /// Largest datagram the broker sends (plus slack).
 const MAX_IN_DATAGRAM: usize = 128 * 1024;
-const MAX_FDS: usize = 253;
 
 /// A socket that speaks the request/record framing. Used directly for control and
 /// bus-owner handles, and inside [`Connection`].
@@ -76,67 +71,6 @@ impl Transport {
             .ok_or(Error::Protocol("bad answer"))?;
         Ok((rec.error, body.to_vec(), fds))
     }
-}
-
-pub(crate) fn send_datagram(
-    fd: BorrowedFd<'_>,
-    bytes: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> Result<()> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut anc = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !anc.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(Error::Bus(Errno::EMFILE));
-    }
-    loop {
-        match rustix::net::sendmsg(fd, &[IoSlice::new(bytes)], &mut anc, SendFlags::NOSIGNAL) {
-            Ok(_) => return Ok(()),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::PIPE) | Err(rustix::io::Errno::CONNRESET) => {
-                return Err(Error::Bus(Errno::ECONNRESET))
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Read one datagram; `Ok(None)` if non-blocking and nothing is there. EOF is
-/// ECONNRESET (the broker hung up: bus gone or we misbehaved).
-fn recv_datagram(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-    block: bool,
-) -> Result<Option<(usize, Vec<OwnedFd>)>> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut anc = RecvAncillaryBuffer::new(&mut space);
-    let flags = RecvFlags::CMSG_CLOEXEC
-        | if block {
-            RecvFlags::empty()
-        } else {
-            RecvFlags::DONTWAIT
-        };
-    let r = loop {
-        match rustix::net::recvmsg(fd, &mut [IoSliceMut::new(buf)], &mut anc, flags) {
-            Err(rustix::io::Errno::INTR) => continue,
-            r => break r,
-        }
-    };
-    let msg = match r {
-        Ok(m) => m,
-        Err(rustix::io::Errno::AGAIN) => return Ok(None),
-        Err(rustix::io::Errno::CONNRESET) => return Err(Error::Bus(Errno::ECONNRESET)),
-        Err(e) => return Err(e.into()),
-    };
-    if msg.bytes == 0 {
-        return Err(Error::Bus(Errno::ECONNRESET));
-    }
-    let mut fds = Vec::new();
-    for m in anc.drain() {
-        if let RecvAncillaryMessage::ScmRights(it) = m {
-            fds.extend(it);
-        }
-    }
-    Ok(Some((msg.bytes, fds)))
 }
 
 /// Options of HELLO.
@@ -286,17 +220,6 @@ fn parse_info(bytes: &[u8]) -> Option<(ConnInfo, usize)> {
     Some((ci, kdbus_abi::align8_usize(size)))
 }
 
-struct Answer {
-    error: i32,
-    body: Vec<u8>,
-    fds: Vec<OwnedFd>,
-}
-
-struct Announced {
-    ev: MsgEvent,
-    fds: Vec<OwnedFd>,
-}
-
 #[derive(Default)]
 struct Inner {
     next_req: u64,
@@ -433,7 +356,7 @@ impl Connection {
         if notices.is_empty() {
             return Ok(());
         }
-        send_datagram(self.fd.as_fd(), &notices, &[])
+        Ok(send_datagram(self.fd.as_fd(), &notices, &[])?)
     }
 
     /// Send a request; returns its id.
@@ -563,7 +486,7 @@ impl Connection {
                 Err(e) => return Err(e.into()),
             }
         }
-        recv_datagram(self.fd.as_fd(), buf, left.is_none())
+        Ok(recv_datagram(self.fd.as_fd(), buf, left.is_none())?)
     }
 
     /// Pull in whatever the broker sent, without blocking.
@@ -593,11 +516,11 @@ impl Connection {
         let mut g = self.lock();
         g.reading = false;
         g.rbuf = buf;
-        if let Err(e) = &result {
-            g.dead = Some(e.errno());
+        if let Err(e) = result {
+            g.dead = Some(e);
         }
         self.cond.notify_all();
-        result
+        Ok(result?)
     }
 
     // ------------------------------------------------------------ messages
@@ -968,30 +891,19 @@ fn claim_locked(g: &mut Inner, idx: usize, drop_it: bool) -> Option<Announced> {
 /// File what one datagram carried.
 fn dispatch(g: &mut Inner, data: &[u8], fds: Vec<OwnedFd>) {
     let mut fds = fds.into_iter();
-    for (h, body) in Frames::<RecHeader>::new(data).flatten() {
-        let mine: Vec<OwnedFd> = fds.by_ref().take(h.n_fds as usize).collect();
-        match h.kind {
-            wire::REC_REPLY => {
-                g.answers.insert(
-                    h.req_id,
-                    Answer {
-                        error: h.error,
-                        body: body.to_vec(),
-                        fds: mine,
-                    },
-                );
+    for (rec, n_fds) in wire::records(data) {
+        let mine: Vec<OwnedFd> = fds.by_ref().take(n_fds).collect();
+        match rec {
+            Record::Reply {
+                req_id,
+                error,
+                body,
+            } => {
+                g.answers.insert(req_id, Answer::new(error, body, mine));
             }
-            wire::REC_MSG => {
-                if let Some(ev) = read_struct::<MsgEvent>(body) {
-                    g.queue.push_back(Announced { ev, fds: mine });
-                }
-            }
-            wire::REC_RETRACT => {
-                if let Some(offset) = read_struct::<u64>(body) {
-                    g.queue.retain(|a| a.ev.offset != offset);
-                }
-            }
-            _ => {}
+            Record::Msg(ev) => g.queue.push_back(Announced { ev, fds: mine }),
+            Record::Retract(offset) => g.queue.retain(|a| a.ev.offset != offset),
+            Record::Dropped(_) | Record::Unknown => {}
         }
     }
 }

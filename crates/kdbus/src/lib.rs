@@ -20,6 +20,7 @@ mod error;
 mod matches;
 mod message;
 mod sys;
+pub mod transport;
 
 pub use conn::{ConnInfo, Connection, HelloOptions, Received};
 pub use control::{BusOwner, Control};
