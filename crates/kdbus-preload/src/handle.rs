@@ -151,7 +151,7 @@ impl Handle {
             ..Default::default()
         };
         if let Ok(id) = self.submit(cmd::RELEASE, body.as_bytes(), &[]) {
-            let _ = self.wait_answer(id, None);
+            let _ = self.wait_answer(id, None, false);
         }
     }
 
@@ -195,8 +195,15 @@ impl Handle {
     }
 
     /// Wait for the answer to `id`. A `cancel` fd that becomes readable ends the wait
-    /// with ECANCELED (the answer, when it comes, is cleaned up).
-    fn wait_answer(&self, id: u64, cancel: Option<RawFd>) -> Result<Answer, Errno> {
+    /// with ECANCELED; with `interruptible` (a synchronous SEND), a signal whose
+    /// handler does not ask for restarts ends it with EINTR, as in kdbus. Either way
+    /// the answer, when it comes, is cleaned up.
+    fn wait_answer(
+        &self,
+        id: u64,
+        cancel: Option<RawFd>,
+        interruptible: bool,
+    ) -> Result<Answer, Errno> {
         let mut g = self.lock();
         loop {
             if let Some(a) = g.answers.remove(&id) {
@@ -213,7 +220,7 @@ impl Handle {
             let notices = std::mem::take(&mut g.notices);
             let mut buf = take_rbuf(&mut g);
             drop(g);
-            let r = self.read_blocking(&notices, cancel, &mut buf);
+            let r = self.read_blocking(&notices, cancel, interruptible, &mut buf);
             g = self.lock();
             g.reading = false;
             self.cond.notify_all();
@@ -221,20 +228,21 @@ impl Handle {
             g.rbuf = buf;
             match r {
                 Ok(_) => {}
-                Err(Errno::ECANCELED) => {
+                Err(e @ (Errno::ECANCELED | Errno::EINTR)) => {
                     g.abandoned.insert(id);
-                    return Err(Errno::ECANCELED);
+                    return Err(e);
                 }
                 Err(_) => g.hup = true,
             }
         }
     }
 
-    /// Flush `notices`, then wait for one datagram (or for `cancel`).
+    /// Flush `notices`, then wait for one datagram (or for `cancel`, or a signal).
     fn read_blocking(
         &self,
         notices: &[u8],
         cancel: Option<RawFd>,
+        interruptible: bool,
         buf: &mut [u8],
     ) -> Result<Option<(usize, Vec<OwnedFd>)>, Errno> {
         if !notices.is_empty() {
@@ -242,13 +250,19 @@ impl Handle {
         }
         loop {
             let cancel_fd = cancel.map(sys::borrow_fd);
-            let mut pfds = vec![PollFd::new(&self.sock, PollFlags::IN)];
-            if let Some(c) = &cancel_fd {
-                pfds.push(PollFd::from_borrowed_fd(*c, PollFlags::IN));
-            }
-            match rustix::event::poll(&mut pfds, None) {
+            let mut both = [
+                PollFd::new(&self.sock, PollFlags::IN),
+                PollFd::from_borrowed_fd(cancel_fd.unwrap_or(self.sock.as_fd()), PollFlags::IN),
+            ];
+            let pfds = &mut both[..1 + usize::from(cancel_fd.is_some())];
+            match rustix::event::poll(pfds, None) {
                 Ok(_) => {}
-                // Signals restart the wait, as SA_RESTART would (docs/abi.md).
+                // kdbus restarted the wait after a handler with SA_RESTART, and said
+                // EINTR otherwise; we cannot tell which signal it was, so a handler
+                // without SA_RESTART anywhere counts (docs/abi.md).
+                Err(rustix::io::Errno::INTR) if interruptible && !sys::signals_restart() => {
+                    return Err(Errno::EINTR)
+                }
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(Errno(e.raw_os_error())),
             }
@@ -310,7 +324,7 @@ impl Handle {
             rustix::io::fcntl_getfd(sys::borrow_fd(fd)).map_err(|_| Errno::EBADF)?;
         }
         let id = self.submit(c, &enc.body, &enc.fds)?;
-        let a = self.wait_answer(id, cancel)?;
+        let a = self.wait_answer(id, cancel, enc.sync)?;
         let flags: u64 = enc.body.get(8..).and_then(read_struct).unwrap_or(0);
         let ok = a.error == 0;
         {
@@ -450,7 +464,7 @@ impl Handle {
             let body = claim_body(&ev, 0, &numbers);
             let answer = self
                 .submit(cmd::RECV, &body, &[])
-                .and_then(|id| self.wait_answer(id, None));
+                .and_then(|id| self.wait_answer(id, None, false));
             match answer {
                 Ok(a) if a.error == 0 => {
                     // The numbers are the caller's now (kdbus installed them).

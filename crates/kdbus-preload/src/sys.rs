@@ -378,6 +378,30 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     unsafe { f(fd) }
 }
 
+// ---------------------------------------------------------------- signals
+
+/// Would the kernel have restarted a syscall that a signal just interrupted? Yes if
+/// every signal that has a handler asks for restarts (`SA_RESTART`). Faults
+/// (SIGSEGV, SIGBUS, SIGILL, SIGFPE) are delivered to the faulting instruction, never
+/// to a blocked syscall, so their handlers do not count.
+pub fn signals_restart() -> bool {
+    let faults = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE];
+    (1..=libc::SIGRTMAX())
+        .filter(|s| !faults.contains(s))
+        .all(|sig| {
+            let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+            // SAFETY: reads the disposition of `sig` into our own zeroed struct.
+            let r = unsafe { libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) };
+            if r != 0 {
+                return true;
+            }
+            // SAFETY: sigaction filled it in (or it stayed zeroed, a valid value).
+            let old = unsafe { old.assume_init() };
+            let handled = old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN;
+            !handled || old.sa_flags & libc::SA_RESTART != 0
+        })
+}
+
 // ---------------------------------------------------------------- fork
 
 extern "C" fn after_fork() {

@@ -105,7 +105,7 @@ macro_rules! scenarios {
 scenarios! {
     hello, send_recv, fd_passing, sync_call, well_known_name, bloom_broadcast, byebye,
     pool_read_only, poll_semantics, memfd_payload, close_is_synchronous, dropped_messages,
-    attach_flags_mask,
+    attach_flags_mask, sync_call_and_signals,
 }
 
 /// The client program: does nothing unless started by [`run`].
@@ -459,6 +459,63 @@ mod child {
             assert_eq!(a.poll(POLLIN, 0), 0);
             assert_eq!(err(a.recv(0)), libc::EAGAIN);
         });
+    }
+
+    /// A synchronous SEND and signals, as kdbus had it: a handler with SA_RESTART
+    /// restarts the wait (the call ends at its timeout), one without ends it with EINTR.
+    pub fn sync_call_and_signals() {
+        extern "C" fn nop(_: i32) {}
+        let set_handler = |flags: i32| {
+            let mut sa: libc::sigaction = zero_sigaction();
+            sa.sa_sigaction = nop as extern "C" fn(i32) as usize;
+            sa.sa_flags = flags;
+            // SAFETY: installs a handler that does nothing.
+            let r = unsafe { libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()) };
+            assert_eq!(r, 0, "sigaction");
+        };
+        let (a, b) = (Conn::new(), Conn::new());
+        for (restart, cookie) in [(true, 0x51), (false, 0x52)] {
+            set_handler(if restart { libc::SA_RESTART } else { 0 });
+            // SAFETY: our own thread's handle, to aim the signal at the blocked call.
+            let me = unsafe { libc::pthread_self() };
+            let start = monotonic_ns();
+            let mut call = msg(b.id, cookie, msg_flags::EXPECT_REPLY);
+            call.timeout_or_cookie_reply = start + 600_000_000;
+            let r = std::thread::scope(|s| {
+                s.spawn(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    // SAFETY: `me` is blocked in the SEND below, inside this scope.
+                    unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+                });
+                a.send(&call, &vecs(&[b"wait"]), send_flags::SYNC_REPLY)
+            });
+            let took_ms = (monotonic_ns() - start) / 1_000_000;
+            if restart {
+                assert_eq!(
+                    err(r),
+                    libc::ETIMEDOUT,
+                    "restarted wait ends at the timeout"
+                );
+                assert!(took_ms >= 550, "returned after {took_ms} ms");
+            } else {
+                assert_eq!(err(r), libc::EINTR, "interrupted wait");
+                assert!(took_ms < 550, "returned after {took_ms} ms");
+            }
+            // The callee got the call either way; nothing else is left for the caller.
+            assert_eq!(b.next().hdr.cookie, cookie);
+        }
+        // The interrupted call's reply tracker ran out: the caller's queue stays empty
+        // and the connection keeps working.
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        assert_eq!(err(a.recv(0)), libc::EAGAIN);
+        b.send_to(a.id, 0x53, b"still here")
+            .expect("SEND after the signals");
+        assert_eq!(a.next().hdr.cookie, 0x53);
+    }
+
+    fn zero_sigaction() -> libc::sigaction {
+        // SAFETY: all-zero is a valid sigaction (no handler, no flags, empty mask).
+        unsafe { std::mem::zeroed() }
     }
 
     /// NAME_ACQUIRE, then a message addressed by name.
