@@ -456,17 +456,24 @@ fn poll_common(
             fds[*i].events = libc::POLLIN;
         }
         let n = real(fds, wait);
-        for ((i, h), w) in ours.iter().zip(&wanted) {
+        if n < 0 {
+            // EINTR and friends go to the caller as they are.
+            let e = errno();
+            for ((i, _), w) in ours.iter().zip(&wanted) {
+                fds[*i].events = *w;
+            }
+            set_errno(Errno(e));
+            return n;
+        }
+        for (((i, h), w), before) in ours.iter().zip(&wanted).zip(&synth) {
+            // The socket stirred: file what came, then say what kdbus would.
             let news = fds[*i].revents != 0;
             fds[*i].events = *w;
-            let mut r = synth[ours.iter().position(|(j, _)| j == i).unwrap_or(0)];
-            if news {
-                r = h.revents() & (w | libc::POLLERR | libc::POLLHUP);
-            }
-            fds[*i].revents = r;
-        }
-        if n < 0 {
-            return n;
+            fds[*i].revents = if news {
+                h.revents() & (w | libc::POLLERR | libc::POLLHUP)
+            } else {
+                *before
+            };
         }
         let ready = fds.iter().filter(|p| p.revents != 0).count() as c_int;
         if ready > 0 || left.is_some_and(|l| l.is_zero()) {
