@@ -34,7 +34,6 @@ use kdbus_abi::{cmd, item, read_struct, recv_flags, CmdFree, CmdRecv, Errno, Ite
 use rustix::event::{PollFd, PollFlags};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use zerocopy::IntoBytes;
 
@@ -87,10 +86,13 @@ struct State {
 
 pub struct Handle {
     /// The socket, which is also the caller's fd number.
-    sock: OwnedFd,
-    /// Another process may hold the socket too (we forked since it was opened): then
-    /// closing it here is not the end of the handle.
-    shared: AtomicBool,
+    sock: sys::Socket,
+    /// The fork generation when the handle was made: if the process forked since,
+    /// another process may hold the socket too, and closing it here is not the end of
+    /// the handle.
+    fork_gen: u64,
+    /// Held while a datagram is being sent (see `send_with_notices`).
+    send_lock: Mutex<()>,
     st: Mutex<State>,
     cond: Condvar,
 }
@@ -98,8 +100,9 @@ pub struct Handle {
 impl Handle {
     pub fn new(sock: OwnedFd, role: Role) -> Handle {
         Handle {
-            sock,
-            shared: AtomicBool::new(false),
+            sock: sys::Socket::new(sock),
+            fork_gen: sys::fork_generation(),
+            send_lock: Mutex::new(()),
             st: Mutex::new(State {
                 role,
                 pool: None,
@@ -123,12 +126,8 @@ impl Handle {
 
     /// Give up the socket without closing it (its fd number now names something
     /// else: the caller closed it behind our back).
-    pub fn disown(self) {
-        let _ = self.sock.into_raw_fd();
-    }
-
-    pub fn mark_shared(&self) {
-        self.shared.store(true, Ordering::Relaxed);
+    pub fn disown(&self) {
+        self.sock.disown();
     }
 
     /// The caller closes its fd. If nobody else can hold the socket, tell the broker
@@ -137,7 +136,7 @@ impl Handle {
     /// program may look at the effects right after. A socket shared with a forked
     /// process just closes, as a shared kdbus file was only released by the last one.
     pub fn release(&self) {
-        if self.shared.load(Ordering::Relaxed) {
+        if self.fork_gen != sys::fork_generation() {
             return;
         }
         {
@@ -167,11 +166,10 @@ impl Handle {
 
     /// Send a request (after the queued notices); returns its id.
     fn submit(&self, c: u32, body: &[u8], fds: &[RawFd]) -> Result<u64, Errno> {
-        let (id, mut out) = {
+        let id = {
             let mut g = self.lock();
-            let id = g.next_req;
             g.next_req += 1;
-            (id, std::mem::take(&mut g.notices))
+            g.next_req - 1
         };
         let h = ReqHeader {
             cmd: c,
@@ -179,9 +177,37 @@ impl Handle {
             req_id: id,
             body_len: body.len() as u64,
         };
-        wire::push_frame(&mut out, &h, &[body]);
-        sys::send_datagram(self.sock.as_fd(), &out, fds)?;
+        let mut frame = Vec::with_capacity(wire::REQ_HEADER_SIZE + body.len() + 8);
+        wire::push_frame(&mut frame, &h, &[body]);
+        self.send_with_notices(&frame, fds)?;
         Ok(id)
+    }
+
+    /// Send the queued notices (claims, frees) followed by `request` (a framed
+    /// request, or nothing) in one datagram. One sender at a time, so notices reach
+    /// the broker in the order they were queued (a FREE never before its CLAIM); if
+    /// the send fails (a bad fd in the request, say), the notices are kept for the
+    /// next one. ECONNRESET means the broker is gone.
+    fn send_with_notices(&self, request: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+        let _one = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = std::mem::take(&mut self.lock().notices);
+        let n = out.len();
+        if n == 0 && request.is_empty() {
+            return Ok(());
+        }
+        out.extend_from_slice(request);
+        let r = sys::send_datagram(self.sock.as_fd(), &out, fds);
+        if let Err(e) = r {
+            let mut g = self.lock();
+            if e == Errno::ECONNRESET {
+                g.hup = true;
+            } else if n > 0 {
+                out.truncate(n);
+                out.extend_from_slice(&g.notices);
+                g.notices = out;
+            }
+        }
+        r
     }
 
     fn notice(g: &mut State, c: u32, body: &[u8]) {
@@ -213,14 +239,30 @@ impl Handle {
                 return Err(Errno::ECONNRESET);
             }
             if g.reading {
-                g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner());
+                // Another thread reads for us; a cancel fd of ours is looked at now
+                // and then (kdbus watched it for the whole wait).
+                if let Some(c) = cancel {
+                    let mut p = [PollFd::from_borrowed_fd(sys::borrow_fd(c), PollFlags::IN)];
+                    if rustix::event::poll(&mut p, Some(&rustix::time::Timespec::default()))
+                        .is_ok_and(|n| n > 0)
+                    {
+                        g.abandoned.insert(id);
+                        return Err(Errno::ECANCELED);
+                    }
+                    g = self
+                        .cond
+                        .wait_timeout(g, std::time::Duration::from_millis(10))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                } else {
+                    g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
                 continue;
             }
             g.reading = true;
-            let notices = std::mem::take(&mut g.notices);
             let mut buf = take_rbuf(&mut g);
             drop(g);
-            let r = self.read_blocking(&notices, cancel, interruptible, &mut buf);
+            let r = self.read_blocking(cancel, interruptible, &mut buf);
             g = self.lock();
             g.reading = false;
             self.cond.notify_all();
@@ -237,16 +279,15 @@ impl Handle {
         }
     }
 
-    /// Flush `notices`, then wait for one datagram (or for `cancel`, or a signal).
+    /// Flush the notices, then wait for one datagram (or for `cancel`, or a signal).
     fn read_blocking(
         &self,
-        notices: &[u8],
         cancel: Option<RawFd>,
         interruptible: bool,
         buf: &mut [u8],
     ) -> Result<Option<(usize, Vec<OwnedFd>)>, Errno> {
-        if !notices.is_empty() {
-            sys::send_datagram(self.sock.as_fd(), notices, &[])?;
+        if let Err(Errno::ECONNRESET) = self.send_with_notices(&[], &[]) {
+            return Err(Errno::ECONNRESET);
         }
         loop {
             let cancel_fd = cancel.map(sys::borrow_fd);
@@ -279,18 +320,15 @@ impl Handle {
     /// File whatever the broker sent, without blocking. Nothing happens if another
     /// thread is reading: it files for us.
     fn drain(&self) {
+        // Notices go out even while another thread reads (it may wait long).
+        let mut dead = self.send_with_notices(&[], &[]) == Err(Errno::ECONNRESET);
         let mut g = self.lock();
         if g.reading || g.hup {
             return;
         }
         g.reading = true;
-        let notices = std::mem::take(&mut g.notices);
         let mut buf = take_rbuf(&mut g);
         drop(g);
-        let mut dead = false;
-        if !notices.is_empty() && sys::send_datagram(self.sock.as_fd(), &notices, &[]).is_err() {
-            dead = true;
-        }
         while !dead {
             match transport::recv_datagram(self.sock.as_fd(), &mut buf, false) {
                 Ok(Some((n, fds))) => dispatch(&mut self.lock(), &buf[..n], fds),
@@ -367,7 +405,9 @@ impl Handle {
                 let wb: Option<CmdRecv> = read_struct(&a.body);
                 if let Some(wb) = wb.filter(|_| flags & recv_flags::PEEK == 0) {
                     g.queue.retain(|m| m.ev.offset != wb.msg.offset);
-                    g.handed.insert(wb.msg.offset);
+                    if flags & recv_flags::DROP == 0 {
+                        g.handed.insert(wb.msg.offset);
+                    }
                 }
             }
             _ => {}
@@ -418,8 +458,10 @@ impl Handle {
             }
             let mut wb = c;
             wb.return_flags = 0;
-            wb.dropped_msgs = g.dropped_total - g.dropped_reported;
-            g.dropped_reported = g.dropped_total;
+            // Reported only when this RECV returns (a retry below keeps the count).
+            let seen = g.dropped_total;
+            wb.dropped_msgs = seen - g.dropped_reported;
+            g.dropped_reported = seen;
             if wb.dropped_msgs > 0 {
                 wb.return_flags |= recv_flags::RETURN_DROPPED_MSGS;
             }
@@ -477,26 +519,33 @@ impl Handle {
                     return Some(recv_writeback(mem, arg, &wb));
                 }
                 // The message moved on (its name fell back to an activator): pick
-                // again.
-                Ok(_) => continue,
+                // again, still owing the losses.
+                Ok(_) => {
+                    let mut g = self.lock();
+                    g.dropped_reported = g.dropped_reported.min(seen - wb.dropped_msgs);
+                    continue;
+                }
                 Err(e) => return Some(Err(e)),
             }
         }
     }
 
     /// Send an activator's claims now (see `State::activator`).
-    fn flush_if_activator(&self, mut g: MutexGuard<'_, State>) {
+    fn flush_if_activator(&self, g: MutexGuard<'_, State>) {
         if !g.activator || g.notices.is_empty() {
             return;
         }
-        let notices = std::mem::take(&mut g.notices);
         drop(g);
-        if sys::send_datagram(self.sock.as_fd(), &notices, &[]).is_err() {
-            self.lock().hup = true;
-        }
+        let _ = self.send_with_notices(&[], &[]);
     }
 
     // ------------------------------------------------------------ poll and mmap
+
+    /// Another thread is reading the socket: what it files does not show on the
+    /// socket, so a poll must look again soon rather than sleep on the socket.
+    pub fn busy(&self) -> bool {
+        self.lock().reading
+    }
 
     /// What kdbus's poll reported for this handle, after filing what the broker sent.
     pub fn revents(&self) -> i16 {

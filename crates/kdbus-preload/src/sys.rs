@@ -21,8 +21,8 @@ use libc::{
     c_char, c_int, c_ulong, c_void, mode_t, nfds_t, off_t, pollfd, sigset_t, size_t, timespec,
 };
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,9 +70,10 @@ static REAL_POLL: Real = Real::new(c"poll");
 static REAL_PPOLL: Real = Real::new(c"ppoll");
 static REAL_CLOSE: Real = Real::new(c"close");
 
-type OpenFn = unsafe extern "C" fn(*const c_char, c_int, mode_t) -> c_int;
-type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, mode_t) -> c_int;
-type IoctlFn = unsafe extern "C" fn(c_int, c_ulong, *mut c_void) -> c_int;
+// libc's open, openat and ioctl are variadic, and are called as such.
+type OpenFn = unsafe extern "C" fn(*const c_char, c_int, ...) -> c_int;
+type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, ...) -> c_int;
+type IoctlFn = unsafe extern "C" fn(c_int, c_ulong, ...) -> c_int;
 type MmapFn = unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void;
 type PollFn = unsafe extern "C" fn(*mut pollfd, nfds_t, c_int) -> c_int;
 type PpollFn = unsafe extern "C" fn(*mut pollfd, nfds_t, *const timespec, *const sigset_t) -> c_int;
@@ -101,6 +102,8 @@ fn errno() -> i32 {
 /// Borrow an fd number the caller handed us (an `FDS` item, a `CANCEL_FD`) for the
 /// duration of one call.
 pub fn borrow_fd(fd: RawFd) -> BorrowedFd<'static> {
+    // A BorrowedFd may not hold -1; a negative number is as good as a closed one.
+    let fd = if fd < 0 { i32::MAX } else { fd };
     // SAFETY: used only within the ioctl that named it, during which the caller
     // keeps it open (kdbus took its own reference likewise). A number that is not
     // open makes the syscall using it fail with EBADF, as kdbus did.
@@ -111,8 +114,49 @@ pub fn raw(fd: &OwnedFd) -> RawFd {
     fd.as_raw_fd()
 }
 
+/// A handle's socket, which we may have to give up without closing: when the caller
+/// closed its number behind our back (`dup2` onto it, `close_range`), the number names
+/// another file by the time the handle goes.
+pub struct Socket {
+    fd: std::mem::ManuallyDrop<OwnedFd>,
+    disowned: AtomicBool,
+}
+
+impl Socket {
+    pub fn new(fd: OwnedFd) -> Socket {
+        Socket {
+            fd: std::mem::ManuallyDrop::new(fd),
+            disowned: AtomicBool::new(false),
+        }
+    }
+
+    pub fn disown(&self) {
+        self.disowned.store(true, Ordering::Relaxed);
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: `fd` is not used after this; ManuallyDrop only defers the choice
+        // between closing it and forgetting it.
+        let fd = unsafe { std::mem::ManuallyDrop::take(&mut self.fd) };
+        if self.disowned.load(Ordering::Relaxed) {
+            let _ = fd.into_raw_fd();
+        }
+    }
+}
+
 /// Send one datagram with the caller's fd numbers `fds` attached.
 pub fn send_datagram(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+    if fds.iter().any(|&f| f < 0) {
+        return Err(Errno::EBADF);
+    }
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|&f| borrow_fd(f)).collect();
     kdbus::transport::send_datagram(sock, bytes, &borrowed)
 }
@@ -277,6 +321,22 @@ openat_symbols! {
 }
 
 /// # Safety
+/// As glibc's fortified openat (no mode).
+#[no_mangle]
+pub unsafe extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: as openat without O_CREAT.
+    unsafe { openat(dirfd, path, flags, 0) }
+}
+
+/// # Safety
+/// As glibc's fortified openat64 (no mode).
+#[no_mangle]
+pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: as openat64 without O_CREAT.
+    unsafe { openat64(dirfd, path, flags, 0) }
+}
+
+/// # Safety
 /// As glibc's fortified open (no mode).
 #[no_mangle]
 pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
@@ -298,11 +358,20 @@ pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int 
 /// As ioctl(2).
 #[no_mangle]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int {
-    let Some(h) = table::get(fd) else {
+    let real = || {
         let f: IoctlFn = real!(REAL_IOCTL as IoctlFn);
         // SAFETY: forwarding the caller's arguments to libc.
-        return unsafe { f(fd, request, arg) };
+        unsafe { f(fd, request, arg) }
     };
+    let Some(h) = table::get(fd) else {
+        return real();
+    };
+    // What the kernel answered for any file (close-on-exec, non-blocking, async)
+    // it answers for our socket alike.
+    let generic = [libc::FIOCLEX, libc::FIONCLEX, libc::FIONBIO, libc::FIOASYNC];
+    if generic.iter().any(|&g| g as c_ulong == request) {
+        return real();
+    }
     let Some(c) = ioctl_command(request) else {
         set_errno(Errno::ENOTTY);
         return -1;
@@ -325,7 +394,9 @@ fn mmap_common(
     fd: c_int,
     off: off_t,
 ) -> *mut c_void {
-    let fd = match table::get(fd) {
+    // The handle (and so its pool fd) stays alive until the mapping is made.
+    let handle = table::get(fd);
+    let fd = match &handle {
         None => fd,
         Some(h) => match h.mmap_target(len, prot) {
             Ok(pool) => pool,
@@ -404,16 +475,25 @@ pub fn signals_restart() -> bool {
 
 // ---------------------------------------------------------------- fork
 
+/// How many times this process forked (or was forked into) since we watch.
+static FORK_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 extern "C" fn after_fork() {
-    table::mark_all_shared();
+    FORK_GEN.fetch_add(1, Ordering::Relaxed);
 }
 
-/// From the first handle on, mark handles shared at every fork (in parent and child).
+pub fn fork_generation() -> u64 {
+    FORK_GEN.load(Ordering::Relaxed)
+}
+
+/// From the first handle on, count forks (in parent and child): a handle older than
+/// the last fork may be held by another process.
 pub fn watch_forks() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: registers plain functions that only set flags; they live as long
-        // as the library, which is never unloaded while the process runs.
+        // SAFETY: registers a plain function that only bumps an atomic (safe in a
+        // fork handler); it lives as long as the library, never unloaded while the
+        // process runs.
         unsafe {
             libc::pthread_atfork(None, Some(after_fork), Some(after_fork));
         }
@@ -449,6 +529,11 @@ fn poll_common(
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let wait = if synth.iter().any(|&r| r != 0) {
             Some(Duration::ZERO)
+        } else if ours.iter().any(|(_, h)| h.busy()) {
+            // Another thread reads one of our sockets and files what it reads where
+            // the socket does not show it: look again soon.
+            let tick = Duration::from_millis(10);
+            Some(left.map_or(tick, |l| l.min(tick)))
         } else {
             left
         };
@@ -476,7 +561,8 @@ fn poll_common(
             };
         }
         let ready = fds.iter().filter(|p| p.revents != 0).count() as c_int;
-        if ready > 0 || left.is_some_and(|l| l.is_zero()) {
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        if ready > 0 || left.is_some_and(|l| l.is_zero()) || expired {
             return ready;
         }
     }

@@ -1,8 +1,9 @@
 //! Which fds are kdbus handles.
 //!
 //! A process-wide map from fd number to handle. Every interposed call on an fd asks it
-//! first, so the common case, a process with no kdbus handle open, costs one atomic
-//! load. Handles are shared (`Arc`): a thread blocked in an ioctl keeps its handle
+//! first, so the common cases cost an atomic load or two: a process with no kdbus
+//! handle open, and an fd that is not one (a bit per fd number says "may be ours"; no
+//! lock is taken for the others, which also keeps close() usable in signal handlers). Handles are shared (`Arc`): a thread blocked in an ioctl keeps its handle
 //! alive while another closes the fd, as the kernel kept a file alive for a syscall
 //! in progress.
 
@@ -11,7 +12,7 @@ use kdbus_abi::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 static TABLE: Mutex<Option<HashMap<RawFd, Arc<Handle>>>> = Mutex::new(None);
@@ -25,25 +26,42 @@ pub fn is_empty() -> bool {
     COUNT.load(Ordering::Acquire) == 0
 }
 
+/// Fds below this have a bit saying "may be ours", so that calls on other fds (every
+/// close(), poll() and ioctl() of the process) neither lock nor look up anything.
+const QUICK: usize = 4096;
+static MAYBE: [AtomicU64; QUICK / 64] = [const { AtomicU64::new(0) }; QUICK / 64];
+
+fn maybe_set(fd: RawFd, on: bool) {
+    if let Some(w) = MAYBE.get(fd as usize / 64) {
+        let bit = 1u64 << (fd as usize % 64);
+        if on {
+            w.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            w.fetch_and(!bit, Ordering::AcqRel);
+        }
+    }
+}
+
+/// False only if `fd` is certainly not ours.
+fn maybe_ours(fd: RawFd) -> bool {
+    if fd < 0 || is_empty() {
+        return false;
+    }
+    MAYBE
+        .get(fd as usize / 64)
+        .is_none_or(|w| w.load(Ordering::Acquire) & (1u64 << (fd as usize % 64)) != 0)
+}
+
 pub fn get(fd: RawFd) -> Option<Arc<Handle>> {
-    if is_empty() || fd < 0 {
+    if !maybe_ours(fd) {
         return None;
     }
     lock().as_ref()?.get(&fd).cloned()
 }
 
-/// Every handle open now may also be held by another process (after fork()).
-pub fn mark_all_shared() {
-    // A fork handler must not wait: if another thread held the table, leave it.
-    if let Ok(t) = TABLE.try_lock() {
-        for h in t.iter().flat_map(|m| m.values()) {
-            h.mark_shared();
-        }
-    }
-}
-
 pub fn insert(fd: RawFd, h: Arc<Handle>) {
     crate::sys::watch_forks();
+    maybe_set(fd, true);
     let old = {
         let mut t = lock();
         let old = t.get_or_insert_with(HashMap::new).insert(fd, h);
@@ -51,18 +69,21 @@ pub fn insert(fd: RawFd, h: Arc<Handle>) {
         old
     };
     // A stale entry for a reused number: its socket is long gone.
-    if let Some(old) = old.and_then(|o| Arc::try_unwrap(o).ok()) {
+    if let Some(old) = old {
         old.disown();
     }
 }
 
 /// Take `fd` out of the table (the caller closes it).
 pub fn remove(fd: RawFd) -> Option<Arc<Handle>> {
-    if is_empty() {
+    if !maybe_ours(fd) {
         return None;
     }
     let mut t = lock();
     let h = t.as_mut()?.remove(&fd);
+    if h.is_some() {
+        maybe_set(fd, false);
+    }
     COUNT.store(t.as_ref().map_or(0, HashMap::len), Ordering::Release);
     h
 }
@@ -71,9 +92,7 @@ pub fn remove(fd: RawFd) -> Option<Arc<Handle>> {
 /// caller closed our socket in a way we did not see; forget it without closing.
 pub fn forget(fd: RawFd) {
     if let Some(h) = remove(fd) {
-        if let Ok(h) = Arc::try_unwrap(h) {
-            h.disown();
-        }
+        h.disown();
     }
 }
 
