@@ -224,7 +224,13 @@ fn open_node(dirfd: c_int, path: *const c_char, flags: c_int) -> Result<RawFd, E
     let bytes = p.to_bytes();
     if let Some(root) = std::env::var_os("KDBUS_ROOT") {
         use std::os::unix::ffi::OsStrExt;
-        if bytes.first() == Some(&b'/') && !bytes.starts_with(root.as_bytes()) {
+        // Absolute paths only (a relative one is taken on the socket's word), and
+        // whole components: /run/kdbus2 is not under /run/kdbus.
+        let root = root.as_bytes().strip_suffix(b"/").unwrap_or(root.as_bytes());
+        let under = bytes
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.first() == Some(&b'/'));
+        if bytes.first() == Some(&b'/') && !under {
             return Err(Errno::ENXIO);
         }
     }
