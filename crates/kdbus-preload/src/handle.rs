@@ -26,7 +26,7 @@
 //! the broker, because the broker writes an announcement before it answers anything
 //! the message's sender asked.
 
-use crate::sys;
+use crate::os;
 use crate::translate::{self, UserMem};
 use kdbus::transport::{self, Announced, Answer};
 use kdbus_abi::wire::{self, MsgEvent, Record, ReqHeader};
@@ -86,7 +86,7 @@ struct State {
 
 pub struct Handle {
     /// The socket, which is also the caller's fd number.
-    sock: sys::Socket,
+    sock: os::Socket,
     /// The fork generation when the handle was made: if the process forked since,
     /// another process may hold the socket too, and closing it here is not the end of
     /// the handle.
@@ -100,8 +100,8 @@ pub struct Handle {
 impl Handle {
     pub fn new(sock: OwnedFd, role: Role) -> Handle {
         Handle {
-            sock: sys::Socket::new(sock),
-            fork_gen: sys::fork_generation(),
+            sock: os::Socket::new(sock),
+            fork_gen: os::fork_generation(),
             send_lock: Mutex::new(()),
             st: Mutex::new(State {
                 role,
@@ -136,7 +136,7 @@ impl Handle {
     /// program may look at the effects right after. A socket shared with a forked
     /// process just closes, as a shared kdbus file was only released by the last one.
     pub fn release(&self) {
-        if self.fork_gen != sys::fork_generation() {
+        if self.fork_gen != os::fork_generation() {
             return;
         }
         {
@@ -196,7 +196,7 @@ impl Handle {
             return Ok(());
         }
         out.extend_from_slice(request);
-        let r = sys::send_datagram(self.sock.as_fd(), &out, fds);
+        let r = os::send_datagram(self.sock.as_fd(), &out, fds);
         if let Err(e) = r {
             let mut g = self.lock();
             if e == Errno::ECONNRESET {
@@ -242,7 +242,7 @@ impl Handle {
                 // Another thread reads for us; a cancel fd of ours is looked at now
                 // and then (kdbus watched it for the whole wait).
                 if let Some(c) = cancel {
-                    let mut p = [PollFd::from_borrowed_fd(sys::borrow_fd(c), PollFlags::IN)];
+                    let mut p = [PollFd::from_borrowed_fd(os::borrow_fd(c), PollFlags::IN)];
                     if rustix::event::poll(&mut p, Some(&rustix::time::Timespec::default()))
                         .is_ok_and(|n| n > 0)
                     {
@@ -290,7 +290,7 @@ impl Handle {
             return Err(Errno::ECONNRESET);
         }
         loop {
-            let cancel_fd = cancel.map(sys::borrow_fd);
+            let cancel_fd = cancel.map(os::borrow_fd);
             let mut both = [
                 PollFd::new(&self.sock, PollFlags::IN),
                 PollFd::from_borrowed_fd(cancel_fd.unwrap_or(self.sock.as_fd()), PollFlags::IN),
@@ -301,7 +301,7 @@ impl Handle {
                 // kdbus restarted the wait after a handler with SA_RESTART, and said
                 // EINTR otherwise; we cannot tell which signal it was, so a handler
                 // without SA_RESTART anywhere counts (docs/abi.md).
-                Err(rustix::io::Errno::INTR) if interruptible && !sys::signals_restart() => {
+                Err(rustix::io::Errno::INTR) if interruptible && !os::signals_restart() => {
                     return Err(Errno::EINTR)
                 }
                 Err(rustix::io::Errno::INTR) => continue,
@@ -359,7 +359,7 @@ impl Handle {
         let cancel = enc.cancel_fd.filter(|_| enc.sync);
         // A cancel fd that is not open cannot be waited on (kdbus: EBADF).
         if let Some(fd) = cancel {
-            rustix::io::fcntl_getfd(sys::borrow_fd(fd)).map_err(|_| Errno::EBADF)?;
+            rustix::io::fcntl_getfd(os::borrow_fd(fd)).map_err(|_| Errno::EBADF)?;
         }
         let id = self.submit(c, &enc.body, &enc.fds)?;
         let a = self.wait_answer(id, cancel, enc.sync)?;
@@ -502,7 +502,7 @@ impl Handle {
             // Fds: the broker writes their numbers in this process into the slice
             // before we return it.
             drop(g);
-            let numbers: Vec<i32> = m.fds.iter().map(sys::raw).collect();
+            let numbers: Vec<i32> = m.fds.iter().map(os::raw).collect();
             let body = claim_body(&ev, 0, &numbers);
             let answer = self
                 .submit(cmd::RECV, &body, &[])
@@ -571,7 +571,7 @@ impl Handle {
         if len as u64 > g.pool_size {
             return Err(Errno::EFAULT);
         }
-        Ok(sys::raw(pool))
+        Ok(os::raw(pool))
     }
 
     pub fn socket(&self) -> BorrowedFd<'_> {

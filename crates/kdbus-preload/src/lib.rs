@@ -6,9 +6,12 @@
 //! layout as unix sockets and the same command structures as datagrams
 //! (`docs/abi.md`). This library sits between the two:
 //!
-//! - [`sys`], the only unsafe module: the interposed libc symbols (`open`, `open64`,
-//!   `openat`, `openat64`, `ioctl`, `mmap`, `mmap64`, `poll`, `ppoll`, `close`), the
-//!   real ones behind them, the caller's memory, raw fds;
+//! - [`sys`], the unsafe shell: the interposed libc symbols (`open`, `open64`,
+//!   `openat`, `openat64` and their fortified forms, `ioctl`, `mmap`, `mmap64`, `poll`,
+//!   `ppoll`, `close`), the real ones behind them, the caller's memory;
+//! - [`os`], the other module with `unsafe`: the primitives the safe modules need
+//!   (borrowing a caller's fd numbers, a socket we may give up without closing,
+//!   signal dispositions, fork counting);
 //! - [`table`]: which fds are ours;
 //! - [`handle`]: one handle's role, transport and commands, RECV and poll semantics;
 //! - [`translate`]: command structures in the caller's memory ⇄ requests and answers.
@@ -18,6 +21,7 @@
 //! connect to it and hand back the socket's fd. Everything else goes straight to libc.
 
 pub mod handle;
+pub mod os;
 pub mod sys;
 pub mod table;
 pub mod translate;

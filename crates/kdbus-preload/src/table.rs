@@ -60,7 +60,7 @@ pub fn get(fd: RawFd) -> Option<Arc<Handle>> {
 }
 
 pub fn insert(fd: RawFd, h: Arc<Handle>) {
-    crate::sys::watch_forks();
+    crate::os::watch_forks();
     maybe_set(fd, true);
     let old = {
         let mut t = lock();
