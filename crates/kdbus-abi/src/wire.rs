@@ -181,6 +181,18 @@ pub fn records(data: &[u8]) -> impl Iterator<Item = (Record<'_>, usize)> {
         })
 }
 
+/// Append a request that wants no answer (a claim, a free) to `out`: clients collect
+/// these and send them in front of their next request.
+pub fn push_notice(out: &mut Vec<u8>, cmd: u32, body: &[u8]) {
+    let h = ReqHeader {
+        cmd,
+        flags: REQ_NO_REPLY,
+        req_id: 0,
+        body_len: body.len() as u64,
+    };
+    push_frame(out, &h, &[body]);
+}
+
 /// Append a frame (header + body + padding) to `out`.
 pub fn push_frame<H: IntoBytes + Immutable>(out: &mut Vec<u8>, header: &H, body_parts: &[&[u8]]) {
     out.extend_from_slice(header.as_bytes());

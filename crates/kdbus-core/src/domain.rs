@@ -755,8 +755,9 @@ impl Domain {
     }
 
     /// A broadcast: one sequence number, written to every connection whose matches
-    /// take it; its memfds (the only fds a broadcast may carry) are shared by all. A receiver without room loses it (its dropped count goes up); neither
-    /// the sender nor the other receivers notice.
+    /// take it; its memfds (the only fds a broadcast may carry) are shared by all. A
+    /// receiver without room loses it (its dropped count goes up); neither the sender
+    /// nor the other receivers notice.
     /// The filter must have been loaded with [`Domain::bloom_view_load`].
     pub(crate) fn send_broadcast(
         &mut self,

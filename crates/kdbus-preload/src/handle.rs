@@ -211,13 +211,7 @@ impl Handle {
     }
 
     fn notice(g: &mut State, c: u32, body: &[u8]) {
-        let h = ReqHeader {
-            cmd: c,
-            flags: wire::REQ_NO_REPLY,
-            req_id: 0,
-            body_len: body.len() as u64,
-        };
-        wire::push_frame(&mut g.notices, &h, &[body]);
+        wire::push_notice(&mut g.notices, c, body);
     }
 
     /// Wait for the answer to `id`. A `cancel` fd that becomes readable ends the wait

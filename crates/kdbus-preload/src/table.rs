@@ -3,9 +3,11 @@
 //! A process-wide map from fd number to handle. Every interposed call on an fd asks it
 //! first, so the common cases cost an atomic load or two: a process with no kdbus
 //! handle open, and an fd that is not one (a bit per fd number says "may be ours"; no
-//! lock is taken for the others, which also keeps close() usable in signal handlers). Handles are shared (`Arc`): a thread blocked in an ioctl keeps its handle
-//! alive while another closes the fd, as the kernel kept a file alive for a syscall
-//! in progress.
+//! lock is taken for the others, which also keeps close() usable in signal handlers).
+//!
+//! Handles are shared (`Arc`): a thread blocked in an ioctl keeps its handle alive
+//! while another closes the fd, as the kernel kept a file alive for a syscall in
+//! progress.
 
 use crate::handle::Handle;
 use kdbus_abi::Errno;

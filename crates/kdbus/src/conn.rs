@@ -330,14 +330,7 @@ impl Connection {
     }
 
     fn queue_notice(&self, c: u32, body: &[u8]) {
-        let mut g = self.lock();
-        let h = ReqHeader {
-            cmd: c,
-            flags: wire::REQ_NO_REPLY,
-            req_id: 0,
-            body_len: body.len() as u64,
-        };
-        wire::push_frame(&mut g.notices, &h, &[body]);
+        wire::push_notice(&mut self.lock().notices, c, body);
     }
 
     /// Free a slice with the next datagram we write anyway.
@@ -877,13 +870,7 @@ fn claim_locked(g: &mut Inner, idx: usize, drop_it: bool) -> Option<Announced> {
         },
         ..Default::default()
     };
-    let h = ReqHeader {
-        cmd: cmd::RECV,
-        flags: wire::REQ_NO_REPLY,
-        req_id: 0,
-        body_len: c.as_bytes().len() as u64,
-    };
-    wire::push_frame(&mut g.notices, &h, &[c.as_bytes()]);
+    wire::push_notice(&mut g.notices, cmd::RECV, c.as_bytes());
     g.dropped_msgs = a.ev.dropped_msgs;
     Some(a)
 }
