@@ -4,7 +4,7 @@
 //! tells the domain when that handle goes away. Connection ids are handed out per bus,
 //! from 1, and never reused.
 
-use crate::domain::ConnKey;
+use crate::ids::ConnKey;
 use crate::matches::MatchDb;
 use crate::meta::Peer;
 use crate::names::NameRegistry;
@@ -35,9 +35,9 @@ pub struct Bus {
     pub matches: MatchDb,
     /// Monitors: they get a copy of every unicast.
     pub monitors: Vec<ConnKey>,
-    /// D-Bus peers: the ones the driver's signals may concern, so name changes cost
-    /// O(D-Bus peers), not O(connections).
-    pub dbus_peers: std::collections::BTreeSet<ConnKey>,
+    /// Stream receivers (D-Bus clients): the ones told of name and connection changes
+    /// through their protocol, so a change costs O(streams), not O(connections).
+    pub streams: std::collections::BTreeSet<ConnKey>,
 }
 
 impl Bus {

@@ -5,15 +5,16 @@
 //! each queued message through an event record and claims it; the queue here stays the
 //! authority on what is pending (BYEBYE, REPLY_DEAD on disconnect, queue limits).
 
-use crate::domain::{BusKey, ConnKey};
+use crate::ids::{BusKey, ConnKey, Files};
 use crate::memory::PoolMemory;
 use crate::meta::Peer;
+use crate::outbox::{Outbox, Output};
 use crate::pool::{PoolAllocator, PoolQuota};
 use crate::queue::RecvQueue;
 use crate::reply::{Tracker, TrackerKey};
+use crate::sink::{Echo, StreamOut, StreamPeer};
 use kdbus_abi::hello_flags;
 use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,14 +23,6 @@ pub enum ConnState {
     /// After BYEBYE or bus teardown: every command fails with ECONNRESET.
     Disconnected,
 }
-
-/// File descriptors travelling with a message. Shared: the queue keeps them (a message
-/// may still move to another connection) while the announcement carries them out.
-pub type Files = Arc<[OwnedFd]>;
-
-/// Fds waiting with a connection's output, each with the offset in the output where
-/// the record or message they belong to starts.
-pub type OutFiles = Vec<(usize, Files)>;
 
 /// A message sitting in a connection's queue.
 #[derive(Clone, Debug)]
@@ -59,16 +52,24 @@ impl Queued {
     }
 }
 
+/// One connection. Its state is the core's; fields are public for reading by the
+/// broker and the personalities, which change it only through `Domain`.
 pub struct Conn {
+    /// The connection's key in the domain.
     pub key: ConnKey,
+    /// Its unique id on its bus (`:1.<id>` in D-Bus).
     pub id: u64,
     pub bus: BusKey,
+    /// HELLO flags (ACCEPT_FD, ACTIVATOR, POLICY_HOLDER, MONITOR).
     pub flags: u64,
+    /// Metadata it agreed to send, and wants to receive.
     pub attach_send: u64,
     pub attach_recv: u64,
+    /// Who connected, as the kernel said when it did.
     pub peer: Peer,
     pub description: Option<Arc<str>>,
     pub state: ConnState,
+    /// The receive pool: slices, the per-user quota on them, the memory.
     pub pool: PoolAllocator,
     pub quota: PoolQuota,
     pub mem: Box<dyn PoolMemory>,
@@ -82,22 +83,61 @@ pub struct Conn {
     pub dropped_msgs: u64,
     /// `dropped_msgs` as last told to the client (a `REC_DROPPED` record).
     pub dropped_told: u64,
-    /// Records (D-Bus messages for D-Bus peers) waiting to be written to the client, and
-    /// the fds going with them: one entry per record or message that has fds, in order,
-    /// with the offset in `out` where it starts (a stream must send a message's fds
-    /// with its first byte).
-    pub out: Vec<u8>,
-    pub out_fds: OutFiles,
-    pub dirty: bool,
-    /// Where the connection comes in the next flush (see `Outbox`).
-    pub flush_stamp: u64,
+    /// What the broker has to write to the client.
+    pub output: Output,
     /// Name given at HELLO (activators, policy holders).
     pub special_name: Option<String>,
-    /// Set for D-Bus clients: they get D-Bus messages on a stream, not a pool.
-    pub dbus: Option<Box<crate::dbus::DBusPeer>>,
+    /// Set for receivers on a stream (D-Bus clients): they get their messages through
+    /// it, not a pool.
+    pub stream: Option<Box<dyn StreamPeer>>,
+}
+
+/// What a new connection is.
+pub struct ConnSpec {
+    pub key: ConnKey,
+    pub id: u64,
+    pub bus: BusKey,
+    pub flags: u64,
+    pub attach_send: u64,
+    pub attach_recv: u64,
+    pub peer: Peer,
+    pub description: Option<Arc<str>>,
+    pub special_name: Option<String>,
 }
 
 impl Conn {
+    /// A connection with a pool of `mem` (empty for a stream receiver), or a stream.
+    pub fn new(
+        spec: ConnSpec,
+        mem: Box<dyn PoolMemory>,
+        pool_size: u64,
+        stream: Option<Box<dyn StreamPeer>>,
+    ) -> Conn {
+        Conn {
+            key: spec.key,
+            id: spec.id,
+            bus: spec.bus,
+            flags: spec.flags,
+            attach_send: spec.attach_send,
+            attach_recv: spec.attach_recv,
+            peer: spec.peer,
+            description: spec.description,
+            state: ConnState::Active,
+            pool: PoolAllocator::new(pool_size),
+            quota: PoolQuota::new(),
+            mem,
+            queue: RecvQueue::new(),
+            queued_at: HashMap::new(),
+            owed: HashMap::new(),
+            awaited: HashSet::new(),
+            dropped_msgs: 0,
+            dropped_told: 0,
+            output: Output::new(spec.key),
+            special_name: spec.special_name,
+            stream,
+        }
+    }
+
     pub fn is_ordinary(&self) -> bool {
         self.flags & (hello_flags::ACTIVATOR | hello_flags::POLICY_HOLDER | hello_flags::MONITOR)
             == 0
@@ -105,5 +145,40 @@ impl Conn {
 
     pub fn is_active(&self) -> bool {
         self.state == ConnState::Active
+    }
+
+    /// A native monitor (HELLO with `MONITOR`): sees every message on its bus without
+    /// matches. Stream monitors go by their protocol's rules.
+    pub fn is_native_monitor(&self) -> bool {
+        self.flags & hello_flags::MONITOR != 0 && self.stream.is_none()
+    }
+
+    /// Run `f` on the connection's stream peer with its output; `None` for a pool.
+    /// Copies for monitors land in `echo`.
+    pub(crate) fn with_stream<R>(
+        &mut self,
+        outbox: &mut Outbox,
+        echo: &mut Echo,
+        f: impl FnOnce(&mut dyn StreamPeer, &mut StreamOut<'_>) -> R,
+    ) -> Option<R> {
+        let stream = self.stream.as_deref_mut()?;
+        let mut to = StreamOut {
+            id: self.id,
+            flags: self.flags,
+            output: &mut self.output,
+            outbox,
+            dropped: &mut self.dropped_msgs,
+            echo,
+        };
+        Some(f(stream, &mut to))
+    }
+
+    /// A message for this connection was lost for lack of room; its client hears of it
+    /// with the next flush.
+    pub(crate) fn lose(&mut self, outbox: &mut Outbox) {
+        self.dropped_msgs += 1;
+        if self.stream.is_none() {
+            outbox.mark_dirty(&mut self.output);
+        }
     }
 }

@@ -4,26 +4,60 @@
 //! command gets, when a reply times out) is decided here, once, without syscalls: the
 //! broker feeds commands in and carries the results out. Time comes from a [`Clock`],
 //! pool memory from [`PoolMemory`], so tests drive the whole bus in memory.
+//!
+//! The core knows kdbus only. Receivers that speak another protocol on a stream (D-Bus
+//! clients) plug in through [`sink::StreamPeer`]; the D-Bus personality is the
+//! `kdbus-bridge` crate above this one.
+//!
+//! Modules, from the leaves up: `ids`, `clock`, `memory`, `meta`, `files`, `pool`,
+//! `queue`, `names`, `matches`, `reply`, `message`, `outbox`, `sink`, `bus`, `conn`;
+//! then `domain` (the state) and the command modules that act on it (see `domain`).
+#![forbid(unsafe_code)]
 
 pub mod bus;
 pub mod clock;
 pub mod conn;
-pub mod dbus;
 pub mod domain;
 pub mod files;
+pub mod handle;
+pub mod ids;
 pub mod matches;
 pub mod memory;
 pub mod message;
 pub mod meta;
 pub mod names;
+pub mod outbox;
 pub mod pool;
 pub mod queue;
 pub mod reply;
-pub mod stream_quota;
+pub mod sink;
+
+mod deliver;
+mod info;
+mod lifecycle;
+mod matching;
+mod naming;
+mod notify;
+mod recv;
+mod replies;
+mod send;
 
 pub use clock::{Clock, ManualClock, Now};
-pub use domain::{BusKey, ConnKey, Domain, SendOutcome};
+pub use domain::{Domain, SendOutcome};
 pub use files::{FdInspector, FdKind};
+pub use ids::{BusKey, ConnKey, Files, OutFiles};
 pub use kdbus_abi::Errno;
 pub use memory::{PoolMemory, VecPool};
 pub use meta::{Creds, Peer};
+
+/// An internal invariant failed: the core's own state disagrees with itself. Logged
+/// with where it happened (and fatal in debug builds), never silently dropped; the
+/// command goes on as well as it can.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! bug {
+    ($err:expr, $what:literal) => {{
+        tracing::error!(error = ?$err, file = file!(), line = line!(), $what);
+        debug_assert!(false, $what);
+    }};
+}

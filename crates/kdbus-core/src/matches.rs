@@ -22,7 +22,7 @@
 //! S, under each of N, under each bit set in F, and the short list: not every rule on the
 //! bus. Bloom masks are compared a 64-bit word at a time.
 
-use crate::domain::ConnKey;
+use crate::ids::ConnKey;
 use kdbus_abi::items::ItemIter;
 use kdbus_abi::{item, names, read_struct, Errno, NotifyIdChange, MATCH_ID_ANY};
 use std::collections::{HashMap, HashSet};
@@ -41,7 +41,7 @@ pub enum Notification<'a> {
 }
 
 impl Notification<'_> {
-    fn item_type(&self) -> u64 {
+    pub fn item_type(&self) -> u64 {
         match self {
             Notification::IdAdd { .. } => item::ID_ADD,
             Notification::IdRemove { .. } => item::ID_REMOVE,

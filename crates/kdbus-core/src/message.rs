@@ -90,9 +90,39 @@ pub fn message_parse_send(
     if msg.size > mbuf.len() as u64 {
         return Err(Errno::EFAULT);
     }
-    message_check_header(&msg, &cmd, sender_id)?;
-
     let items = &mbuf[MSG_HEADER_SIZE..msg.size as usize];
+    message_parse_msg(cmd, msg, items, body, fds, sender_id, max_vec_total)
+}
+
+/// Validate a message built by a personality rather than read from a client: header
+/// `msg`, its `items`, and the `body` its vectors point into (by offset), with `fds`
+/// files at hand. The same checks as for a client's SEND.
+pub fn message_from_parts<'a>(
+    msg: Msg,
+    items: &'a [u8],
+    body: &'a [u8],
+    fds: usize,
+    sender_id: u64,
+    max_vec_total: u64,
+) -> Result<SendRequest<'a>, Errno> {
+    let cmd = CmdSend {
+        size: std::mem::size_of::<CmdSend>() as u64,
+        ..Default::default()
+    };
+    message_parse_msg(cmd, msg, items, body, fds, sender_id, max_vec_total)
+}
+
+/// The checks of a SEND after its command struct: header, items, vectors, fds.
+fn message_parse_msg<'a>(
+    cmd: CmdSend,
+    msg: Msg,
+    items: &'a [u8],
+    body: &'a [u8],
+    fds: usize,
+    sender_id: u64,
+    max_vec_total: u64,
+) -> Result<SendRequest<'a>, Errno> {
+    message_check_header(&msg, &cmd, sender_id)?;
     let mut req = SendRequest {
         cmd,
         msg,
@@ -254,6 +284,8 @@ fn message_check_header(msg: &Msg, cmd: &CmdSend, sender_id: u64) -> Result<(), 
 #[derive(Clone, Debug, Default)]
 pub struct SenderMeta {
     pub id: u64,
+    /// The sender's connection (`None`: the bus itself, or a bus's creator).
+    pub key: Option<crate::ids::ConnKey>,
     pub creds: Creds,
     pub peer: Peer,
     pub description: Option<Arc<str>>,

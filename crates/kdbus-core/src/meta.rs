@@ -25,7 +25,7 @@ pub struct Peer {
     pub cmdline: Option<Arc<[u8]>>,
     /// A pidfd of the process that connected (`SO_PEERPIDFD`), where the kernel gives
     /// one: D-Bus `GetConnectionCredentials` hands out copies as `ProcessFD`.
-    pub pidfd: Option<crate::conn::Files>,
+    pub pidfd: Option<crate::ids::Files>,
     /// The parent of the process that connected, as it was then (0: unknown).
     pub ppid: u32,
     /// Supplementary groups, as kdbus's `AUXGROUPS` payload (one u64 each).

@@ -20,7 +20,7 @@
 //! Lookups are hash-map lookups; per-connection bookkeeping keeps release-all linear in
 //! what the connection holds, not in the size of the registry.
 
-use crate::domain::ConnKey;
+use crate::ids::ConnKey;
 use kdbus_abi::{limits, name_flags, Errno};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;

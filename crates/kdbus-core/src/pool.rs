@@ -47,18 +47,8 @@
 //! `PoolQuota` decides whether one more message from a given sending user may
 //! enter the queue; see its documentation.
 
+use kdbus_abi::Errno;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// Linux errno values. kdbus-core is syscall-free and has no libc
-/// dependency, so the few values it reports are spelled out here (they are
-/// identical on every Linux architecture we care about).
-mod errno {
-    pub const ENXIO: i32 = 6;
-    pub const EINVAL: i32 = 22;
-    pub const EMFILE: i32 = 24;
-    pub const EXFULL: i32 = 54;
-    pub const ENOBUFS: i32 = 105;
-}
 
 /// Alignment of every slice offset and length.
 const SLICE_ALIGN: u64 = 8;
@@ -76,14 +66,14 @@ pub enum PoolError {
     NotPublic,
 }
 
-impl PoolError {
-    /// The errno kdbus reports for this error.
-    pub fn errno(self) -> i32 {
-        match self {
-            PoolError::NoSpace => errno::ENOBUFS,
-            PoolError::TooLarge => errno::EXFULL,
-            PoolError::UnknownSlice => errno::ENXIO,
-            PoolError::NotPublic => errno::EINVAL,
+/// The errno kdbus reports for each error.
+impl From<PoolError> for Errno {
+    fn from(e: PoolError) -> Errno {
+        match e {
+            PoolError::NoSpace => Errno::ENOBUFS,
+            PoolError::TooLarge => Errno::EXFULL,
+            PoolError::UnknownSlice => Errno::ENXIO,
+            PoolError::NotPublic => Errno::EINVAL,
         }
     }
 }
@@ -347,12 +337,12 @@ pub enum QuotaError {
     TooManyFds,
 }
 
-impl QuotaError {
-    /// The errno kdbus reports for this error.
-    pub fn errno(self) -> i32 {
-        match self {
-            QuotaError::NoBufs => errno::ENOBUFS,
-            QuotaError::TooManyFds => errno::EMFILE,
+/// The errno kdbus reports for each error.
+impl From<QuotaError> for Errno {
+    fn from(e: QuotaError) -> Errno {
+        match e {
+            QuotaError::NoBufs => Errno::ENOBUFS,
+            QuotaError::TooManyFds => Errno::EMFILE,
         }
     }
 }
@@ -604,8 +594,8 @@ mod tests {
         // Exactly the free space is not "less than free", so it is allowed.
         assert_eq!(pool.alloc_for_delivery(PAGE / 2), Ok(PAGE / 2));
         assert_eq!(pool.alloc_for_delivery(0), Err(PoolError::NoSpace));
-        assert_eq!(PoolError::TooLarge.errno(), 54);
-        assert_eq!(PoolError::NoSpace.errno(), 105);
+        assert_eq!(Errno::from(PoolError::TooLarge).0, 54);
+        assert_eq!(Errno::from(PoolError::NoSpace).0, 105);
     }
 
     #[test]
@@ -634,7 +624,7 @@ mod tests {
         assert_eq!(pool.free(a + 8), Err(PoolError::UnknownSlice));
         // The free tail is not a busy slice either.
         assert_eq!(pool.free(16), Err(PoolError::UnknownSlice));
-        assert_eq!(PoolError::UnknownSlice.errno(), 6);
+        assert_eq!(Errno::from(PoolError::UnknownSlice).0, 6);
     }
 
     #[test]
@@ -650,7 +640,7 @@ mod tests {
         let mut pool = PoolAllocator::new(PAGE);
         let a = pool.alloc(100, false).unwrap();
         assert_eq!(pool.free_public(a), Err(PoolError::NotPublic));
-        assert_eq!(PoolError::NotPublic.errno(), 22);
+        assert_eq!(Errno::from(PoolError::NotPublic).0, 22);
         assert_eq!(pool.is_public(a), Some(false));
         pool.publish(a).unwrap();
         pool.publish(a).unwrap();
@@ -719,7 +709,7 @@ mod tests {
         assert_eq!(quota.usage(1), (PAGE, 2, 0));
         // (3p - 1p accounted + 1p own) / 3 = 1p: nothing more.
         assert_eq!(quota.charge(&pool, 1, 1, 0), Err(QuotaError::NoBufs));
-        assert_eq!(QuotaError::NoBufs.errno(), 105);
+        assert_eq!(Errno::from(QuotaError::NoBufs).0, 105);
     }
 
     #[test]
@@ -780,7 +770,7 @@ mod tests {
         );
         assert_eq!(quota.charge(&pool, 1, 8, 6), Ok(()));
         assert_eq!(quota.usage(1), (16, 2, 16));
-        assert_eq!(QuotaError::TooManyFds.errno(), 24);
+        assert_eq!(Errno::from(QuotaError::TooManyFds).0, 24);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! REPLY_DEAD. A synchronous sender also parks its SEND request on the tracker; the
 //! broker answers that request only when the tracker resolves.
 
-use crate::domain::ConnKey;
+use crate::ids::ConnKey;
 
 /// Key of a tracker inside its receiver: (requester connection, cookie).
 pub type TrackerKey = (ConnKey, u64);

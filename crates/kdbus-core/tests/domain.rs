@@ -1,6 +1,8 @@
 //! The bus model driven directly: no sockets, a manual clock, heap-backed pools.
 
-use kdbus::{HelloOptions, Message};
+mod encode;
+
+use encode::{HelloOptions, Message};
 use kdbus_abi::wire::{self, Frames, MsgEvent, RecHeader};
 use kdbus_abi::{
     attach, cmd, item, read_struct, recv_flags, send_flags, CmdFree, CmdRecv, CmdSend, Errno, Msg,

@@ -17,8 +17,8 @@ use crate::sys::{shutdown_signalfd, MappedPool};
 use kdbus_abi::wire::{self, Frames, RecHeader, ReqHeader};
 use kdbus_abi::{cmd, BloomParameter, Errno};
 use kdbus_core::bus::bus_access_mode;
-use kdbus_core::conn::Files;
 use kdbus_core::domain::Request;
+use kdbus_core::Files;
 use kdbus_core::{BusKey, Clock, ConnKey, Creds, Domain, Now, Peer, PoolMemory};
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -39,9 +39,9 @@ const MAX_OUT_DATAGRAM: usize = 64 * 1024;
 /// Output a client may leave unread before we give up on it.
 const MAX_BACKLOG: usize = 8 * 1024 * 1024;
 /// The same for a D-Bus client: well above what other peers may queue for it
-/// (`kdbus_core::stream_quota`; the bus's signals stop at that quota too), so only
+/// (`kdbus_bridge::stream_quota`; the bus's signals stop at that quota too), so only
 /// the answers to its own calls, or a monitor's copies, can get it there.
-const MAX_STREAM_BACKLOG: usize = 4 * kdbus_core::stream_quota::STREAM_QUOTA_BYTES as usize;
+const MAX_STREAM_BACKLOG: usize = 4 * kdbus_bridge::stream_quota::STREAM_QUOTA_BYTES as usize;
 /// Datagrams read from one socket per wakeup, so that one busy client cannot starve
 /// the others.
 const READ_BUDGET: usize = 64;
@@ -153,6 +153,8 @@ struct BusSockets {
 pub struct Broker {
     cfg: Config,
     pub(crate) domain: Domain,
+    /// The D-Bus personality of the buses (the driver, D-Bus clients as peers).
+    pub(crate) bridge: kdbus_bridge::Bridge,
     pub(crate) epoll: OwnedFd,
     /// Registered in `epoll`; kept here so it stays open.
     _signal: OwnedFd,
@@ -213,6 +215,7 @@ impl Broker {
         let mut b = Broker {
             cfg: cfg.clone(),
             domain,
+            bridge: kdbus_bridge::Bridge::new(&machine_id()),
             epoll,
             _signal: signal,
             listeners: HashMap::new(),
@@ -248,7 +251,6 @@ impl Broker {
         )?;
         b.domain.set_attach_mask(mask);
         b.params = Some(params);
-        b.domain.set_machine_id(&machine_id());
         let mut buses = Vec::new();
         let mut dbus = Vec::new();
         let mut dbus_listen = Vec::new();
@@ -624,7 +626,7 @@ impl Broker {
             return;
         };
         if !matches!(h.role, Role::Conn(_)) {
-            if let Some(wb) = kdbus_core::domain::negotiate(req.cmd, req.body) {
+            if let Some(wb) = kdbus_core::handle::negotiate(req.cmd, req.body) {
                 self.reply_direct(token, req.req_id, Errno(0), &wb, None);
                 return;
             }
@@ -776,7 +778,7 @@ impl Broker {
                     }
                 };
                 if let (Some(n), Some(key)) = (sent, h.stream_conn()) {
-                    self.domain.dbus_written(key, n);
+                    self.domain.stream_written(key, n);
                 }
                 if let Some(rest) = rest {
                     self.handle_send(token, rest, Vec::new());
@@ -839,13 +841,13 @@ impl Broker {
             match send_bytes(h.fd.as_fd(), &bytes, fds.iter()) {
                 Ok(n) if n >= bytes.len() => {
                     if let Some(key) = stream_of {
-                        self.domain.dbus_written(key, n);
+                        self.domain.stream_written(key, n);
                     }
                     return;
                 }
                 Ok(n) => {
                     if let Some(key) = stream_of {
-                        self.domain.dbus_written(key, n);
+                        self.domain.stream_written(key, n);
                     }
                     bytes.drain(..n);
                     fds.clear();
@@ -901,7 +903,7 @@ impl Broker {
                     fds.clear();
                     h.backlog_bytes -= n;
                     if let Some(key) = stream_of {
-                        self.domain.dbus_written(key, n);
+                        self.domain.stream_written(key, n);
                     }
                     return;
                 }
@@ -909,7 +911,7 @@ impl Broker {
                     h.backlog_bytes -= bytes.len();
                     h.backlog.pop_front();
                     if let Some(key) = stream_of {
-                        self.domain.dbus_written(key, n);
+                        self.domain.stream_written(key, n);
                     }
                 }
                 Err(SysErrno::AGAIN) => return,

@@ -304,7 +304,10 @@ impl Broker {
             return false;
         }
         if let Some(key) = c.key {
-            if let Err(e) = self.domain.dbus_message(key, msg, fds, creds) {
+            if let Err(e) = self
+                .bridge
+                .message(&mut self.domain, key, &hdr, msg, fds, creds)
+            {
                 tracing::debug!(token, %e, "D-Bus client broke the protocol");
                 return false;
             }
@@ -312,7 +315,7 @@ impl Broker {
         }
         // The first message must be Hello to the bus.
         let hello = hdr.msg_type == MessageType::MethodCall
-            && hdr.destination == Some(kdbus_core::dbus::DRIVER)
+            && hdr.destination == Some(kdbus_bridge::DRIVER)
             && hdr.member == Some("Hello");
         if !hello {
             return false;
@@ -320,7 +323,10 @@ impl Broker {
         let bus = c.bus;
         let mut peer = h.peer.clone();
         peer.creds = creds;
-        match self.domain.dbus_hello(bus, &peer, fds_ok, hdr.serial) {
+        match self
+            .bridge
+            .hello(&mut self.domain, bus, &peer, fds_ok, hdr.serial)
+        {
             Ok(key) => {
                 self.conn_token.insert(key, token);
                 let (deadline, uid) = (c.deadline, c.uid);

@@ -5,7 +5,7 @@
 //! connections, or many processes of one program, share one copy instead of holding
 //! one per connection.
 
-use kdbus_core::conn::Files;
+use kdbus_core::Files;
 use kdbus_core::{Creds, Peer};
 use rustix::fd::AsFd;
 use std::collections::HashSet;

@@ -22,6 +22,7 @@
 //! the D-Bus framing already bounds it. Fds in flight are shared out the same way
 //! (each one pins a descriptor of the broker until the receiver reads its message).
 
+pub use kdbus_core::sink::Charge;
 use std::collections::VecDeque;
 
 /// Bytes a D-Bus receiver may have waiting from other peers.
@@ -29,15 +30,6 @@ pub const STREAM_QUOTA_BYTES: u64 = 8 * 1024 * 1024;
 /// Fds a D-Bus receiver may have waiting from other peers (one message may carry up
 /// to 253, the kernel's SCM_MAX_FD).
 pub const STREAM_QUOTA_FDS: u32 = 256;
-
-/// Who a message on a stream is charged to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Charge {
-    /// A message a peer of this user sent on its own: refused beyond its share.
-    Sender(u32),
-    /// Something the receiver asked for: counted, never refused.
-    Requested,
-}
 
 /// A sender-charged message (or run of them) not yet fully written.
 #[derive(Debug)]

@@ -1,0 +1,58 @@
+//! The D-Bus personality of a kdbus bus.
+//!
+//! kdbus kept D-Bus out of the kernel: the kernel moved kdbus messages whose payload
+//! happened to be D-Bus, and `systemd-bus-proxyd` and sd-bus did the rest in
+//! userspace. This crate is that rest, above `kdbus-core` and beside the broker's
+//! D-Bus socket:
+//!
+//! - a D-Bus client becomes a connection of the bus whose receiving end is a
+//!   [`DBusPeer`], a stream peer the core delivers to (`peer`);
+//! - what a client sends is routed (`route`): to the driver, or into the bus as a
+//!   kdbus message built directly from the D-Bus one (its header rewritten with the
+//!   sender the bus vouches for, replies matched to the calls they answer, signals
+//!   given the bloom filter the sd-bus convention computes) and handed to the core's
+//!   one SEND path;
+//! - the bus driver `org.freedesktop.DBus` answers what is addressed to the bus
+//!   (`driver`), as a table of methods.
+//!
+//! Nothing here decides kdbus semantics: names, matches, replies and quotas are the
+//! core's, and the driver reaches them through the core's typed commands. Nothing here
+//! does I/O: the broker reads and writes the sockets.
+#![forbid(unsafe_code)]
+
+mod body;
+mod driver;
+mod peer;
+mod route;
+pub mod stream_quota;
+
+pub use peer::DBusPeer;
+pub use route::DBusFatal;
+
+/// The bus driver's name.
+pub const DRIVER: &str = "org.freedesktop.DBus";
+pub(crate) const DRIVER_PATH: &str = "/org/freedesktop/DBus";
+/// How long the bus waits for a method reply before answering NoReply itself.
+pub const REPLY_TIMEOUT_NS: u64 = 25 * 1_000_000_000;
+
+/// The D-Bus personality's own state: what the driver reports about the machine, and
+/// buffers reused for every message routed.
+#[derive(Default)]
+pub struct Bridge {
+    /// What `org.freedesktop.DBus.Peer.GetMachineId` answers.
+    machine_id: String,
+    /// The message with its rewritten header, behind 8 bytes the payload vector's
+    /// offset cannot be (offset 0 means "no data").
+    send: Vec<u8>,
+    /// The kdbus items of the message being routed.
+    items: Vec<u8>,
+}
+
+impl Bridge {
+    pub fn new(machine_id: &str) -> Bridge {
+        Bridge {
+            machine_id: machine_id.to_string(),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Commands as a client encodes them, for driving the domain without the client
+//! library (which the core must not depend on): HELLO and a SEND builder with the
+//! same shape as `kdbus::Message`.
+
+use kdbus_abi::{item, msg_flags, payload, CmdHello, CmdSend, ItemWriter, Msg, Vec_};
+use zerocopy::IntoBytes;
+
+/// HELLO's options.
+#[derive(Clone, Debug)]
+pub struct HelloOptions {
+    flags: u64,
+    attach_recv: u64,
+    pool_size: u64,
+}
+
+impl HelloOptions {
+    pub fn new() -> Self {
+        HelloOptions {
+            flags: kdbus_abi::hello_flags::ACCEPT_FD,
+            attach_recv: 0,
+            pool_size: 16 * 1024 * 1024,
+        }
+    }
+    pub fn attach_recv(mut self, f: u64) -> Self {
+        self.attach_recv = f;
+        self
+    }
+    pub fn pool_size(mut self, s: u64) -> Self {
+        self.pool_size = s;
+        self
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        let h = CmdHello {
+            size: std::mem::size_of::<CmdHello>() as u64,
+            flags: self.flags,
+            attach_flags_send: kdbus_abi::attach::ANY,
+            attach_flags_recv: self.attach_recv,
+            pool_size: self.pool_size,
+            ..Default::default()
+        };
+        h.as_bytes().to_vec()
+    }
+}
+
+/// A message to send (unicast by id).
+pub struct Message<'a> {
+    dst_id: u64,
+    flags: u64,
+    cookie: u64,
+    timeout_or_reply: u64,
+    priority: i64,
+    payload: Vec<&'a [u8]>,
+}
+
+impl<'a> Message<'a> {
+    pub fn to(dst_id: u64) -> Self {
+        Message {
+            dst_id,
+            flags: 0,
+            cookie: 0,
+            timeout_or_reply: 0,
+            priority: 0,
+            payload: Vec::new(),
+        }
+    }
+    pub fn cookie(mut self, c: u64) -> Self {
+        self.cookie = c;
+        self
+    }
+    pub fn priority(mut self, p: i64) -> Self {
+        self.priority = p;
+        self
+    }
+    pub fn expect_reply(mut self, deadline_ns: u64) -> Self {
+        self.flags |= msg_flags::EXPECT_REPLY;
+        self.timeout_or_reply = deadline_ns;
+        self
+    }
+    pub fn reply_to(mut self, cookie: u64) -> Self {
+        self.timeout_or_reply = cookie;
+        self
+    }
+    pub fn payload(mut self, data: &'a [u8]) -> Self {
+        self.payload.push(data);
+        self
+    }
+
+    /// `kdbus_cmd_send` + the message + its payload, vectors by offset into the body.
+    pub fn encode_send(&self, send_flags: u64, out: &mut Vec<u8>) {
+        out.clear();
+        let cmd_size = std::mem::size_of::<CmdSend>();
+        let cmd = CmdSend {
+            size: cmd_size as u64,
+            flags: send_flags,
+            return_flags: 0,
+            msg_address: cmd_size as u64,
+            reply: Default::default(),
+        };
+        out.extend_from_slice(cmd.as_bytes());
+        let msg_start = out.len();
+        let header = Msg {
+            size: 0,
+            flags: self.flags,
+            priority: self.priority,
+            dst_id: self.dst_id,
+            src_id: 0,
+            payload_type: payload::DBUS,
+            cookie: self.cookie,
+            timeout_or_cookie_reply: self.timeout_or_reply,
+        };
+        out.extend_from_slice(header.as_bytes());
+        let mut data_at = (out.len() + self.payload.len() * 32) as u64;
+        {
+            let mut w = ItemWriter::new(out);
+            for p in &self.payload {
+                let v = Vec_ {
+                    size: p.len() as u64,
+                    address_or_offset: data_at,
+                };
+                w.push(item::PAYLOAD_VEC, v.as_bytes());
+                data_at += kdbus_abi::align8(p.len() as u64);
+            }
+        }
+        let msg_size = (out.len() - msg_start) as u64;
+        out[msg_start..msg_start + 8].copy_from_slice(&msg_size.to_ne_bytes());
+        for p in &self.payload {
+            out.extend_from_slice(p);
+            let padded = kdbus_abi::align8_usize(out.len());
+            out.resize(padded, 0);
+        }
+    }
+}
