@@ -1,9 +1,6 @@
 //! `kdbusctl`: look at and talk to kdbus buses, busctl-style.
 
 mod bench;
-mod bench_broadcast;
-mod bench_dbus;
-mod bench_names;
 
 use clap::{Parser, Subcommand};
 use kdbus::{abi, Connection, Control, HelloOptions, Message};
