@@ -505,7 +505,7 @@ pub fn serve_loop(c: &Connection) -> Res {
         };
         let (src, cookie, expects) = (m.src_id(), m.cookie(), m.expects_reply());
         buf.clear();
-        for p in m.payload() {
+        for p in m.payloads() {
             buf.extend_from_slice(p);
         }
         drop(m);

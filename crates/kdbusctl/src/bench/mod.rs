@@ -169,7 +169,7 @@ fn bench_native(
             Message::to(server_id).cookie(cookie).payload(payload),
             Duration::from_secs(10),
         )?;
-        if r.payload().iter().map(|p| p.len()).sum::<usize>() != payload.len() {
+        if r.payloads().map(<[u8]>::len).sum::<usize>() != payload.len() {
             return Err("echo returned a different payload".into());
         }
         Ok(())
