@@ -153,6 +153,11 @@ impl Link {
     }
 
     fn flush_notices(&self) -> Result<(), Errno> {
+        // Nothing to send: do not queue up behind a writer (a reader must not wait for
+        // a send that may itself wait for the broker to be read from).
+        if self.lock().notices.is_empty() {
+            return Ok(());
+        }
         let mut o = self.lock_out();
         std::mem::swap(&mut self.lock().notices, &mut o.notices);
         if o.notices.is_empty() {
