@@ -1,77 +1,34 @@
-//! Connections: HELLO, commands, and receiving out of the pool.
+//! Connections: HELLO, commands, sending and taking messages.
+//!
+//! A [`Connection`] is the kdbus command set as methods. It keeps what HELLO told us
+//! (id, bus flags, bloom parameters, the pool mapping) and leaves the socket and its
+//! sharing between threads to [`Link`]; messages it hands out are [`Received`] views
+//! into the pool. Every command is one request answered by one record, so a method is
+//! "encode, exchange, decode the write-back", with the bus's errno surfacing as
+//! [`Error::Bus`] exactly where the kernel's ioctl would have returned it.
+//!
+//! Receiving is local: the broker announces each message as it queues it, the
+//! connection keeps the announcements in order and RECV picks from them here (FIFO,
+//! priority, PEEK, DROP) without a round trip, telling the broker afterwards with a
+//! claim notice. [`Connection::recv_broker`] is the round-trip version, for callers
+//! that want the broker to choose.
 
 use crate::error::{Error, Result};
+use crate::info::{parse_info, parse_list, ConnInfo};
+use crate::link::{claim_locked, Body, Link};
 use crate::message::Message;
+use crate::received::Received;
 use crate::sys::PoolMap;
-use crate::transport::{recv_datagram, send_datagram, Announced, Answer};
+use crate::transport::Transport;
 use kdbus_abi::items::ItemIter;
-use kdbus_abi::wire::{self, Frames, RecHeader, Record, ReqHeader};
 use kdbus_abi::{
     attach, cmd, hello_flags, item, read_struct, recv_flags, send_flags, BloomParameter, CmdFree,
-    CmdGeneric, CmdHello, CmdInfo, CmdList, CmdMatch, CmdRecv, CmdSend, Errno, Info, ItemWriter,
-    Msg, Vec_,
+    CmdGeneric, CmdHello, CmdInfo, CmdList, CmdMatch, CmdRecv, CmdSend, Errno, ItemWriter, Msg,
 };
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-use std::collections::{HashMap, VecDeque};
+use rustix::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 use zerocopy::IntoBytes;
-
-/// Largest datagram the broker sends (plus slack).
-const MAX_IN_DATAGRAM: usize = 128 * 1024;
-
-/// A socket that speaks the request/record framing. Used directly for control and
-/// bus-owner handles, and inside [`Connection`].
-pub(crate) struct Transport {
-    pub(crate) fd: OwnedFd,
-}
-
-impl Transport {
-    pub(crate) fn connect(path: &Path) -> Result<Transport> {
-        let fd = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
-        rustix::net::connect(&fd, &SocketAddrUnix::new(path)?)?;
-        // Room for the largest inline payload kdbus allows in one datagram.
-        let _ = rustix::net::sockopt::set_socket_send_buffer_size(
-            &fd,
-            wire::MAX_REQUEST_DATAGRAM + 4096,
-        );
-        Ok(Transport { fd })
-    }
-
-    /// One request, one answer, nothing else expected on the socket (control handles,
-    /// the HELLO handshake).
-    pub(crate) fn request(
-        &self,
-        c: u32,
-        body: &[u8],
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<(i32, Vec<u8>, Vec<OwnedFd>)> {
-        let mut out = Vec::new();
-        let h = ReqHeader {
-            cmd: c,
-            flags: 0,
-            req_id: 1,
-            body_len: body.len() as u64,
-        };
-        wire::push_frame(&mut out, &h, &[body]);
-        send_datagram(self.fd.as_fd(), &out, fds)?;
-        let mut buf = vec![0u8; MAX_IN_DATAGRAM];
-        let (n, fds) =
-            recv_datagram(self.fd.as_fd(), &mut buf, true)?.ok_or(Error::Protocol("no answer"))?;
-        let (rec, body) = Frames::<RecHeader>::new(&buf[..n])
-            .next()
-            .and_then(|f| f.ok())
-            .ok_or(Error::Protocol("bad answer"))?;
-        Ok((rec.error, body.to_vec(), fds))
-    }
-}
 
 /// Options of HELLO.
 #[derive(Clone, Debug)]
@@ -166,99 +123,14 @@ impl HelloOptions {
     }
 }
 
-/// What the broker told us about a connection (CONN_INFO, LIST).
-#[derive(Clone, Debug, Default)]
-pub struct ConnInfo {
-    pub id: u64,
-    pub flags: u64,
-    pub description: Option<String>,
-    pub uid: Option<u64>,
-    pub gid: Option<u64>,
-    pub pid: Option<u64>,
-    pub comm: Option<String>,
-    pub exe: Option<String>,
-    /// Names owned (CONN_INFO with NAMES), or the one name of a LIST record, with flags.
-    pub names: Vec<(String, u64)>,
-    /// Raw items, for callers that want more.
-    pub items: Vec<(u64, Vec<u8>)>,
-}
-
-fn parse_info(bytes: &[u8]) -> Option<(ConnInfo, usize)> {
-    let info: Info = read_struct(bytes)?;
-    let size = usize::try_from(info.size).ok()?;
-    let items = bytes.get(24..size)?;
-    let mut ci = ConnInfo {
-        id: info.id,
-        flags: info.flags,
-        ..Default::default()
-    };
-    for it in ItemIter::received(items).flatten() {
-        match it.type_ {
-            item::CONN_DESCRIPTION => ci.description = it.as_str().ok().map(str::to_owned),
-            item::CREDS => {
-                let c: Option<kdbus_abi::Creds> = read_struct(it.payload);
-                ci.uid = c.map(|c| c.uid);
-                ci.gid = c.map(|c| c.gid);
-            }
-            item::PIDS => ci.pid = read_struct::<kdbus_abi::Pids>(it.payload).map(|p| p.pid),
-            item::PID_COMM => ci.comm = it.as_str().ok().map(str::to_owned),
-            item::EXE => ci.exe = it.as_str().ok().map(str::to_owned),
-            item::OWNED_NAME => {
-                let flags: u64 = read_struct(it.payload).unwrap_or_default();
-                let name = it.payload.get(8..).map(|p| kdbus_abi::Item {
-                    type_: it.type_,
-                    payload: p,
-                });
-                if let Some(n) = name.and_then(|n| n.as_str().ok()) {
-                    ci.names.push((n.to_owned(), flags));
-                }
-            }
-            _ => {}
-        }
-        ci.items.push((it.type_, it.payload.to_vec()));
-    }
-    Some((ci, kdbus_abi::align8_usize(size)))
-}
-
-#[derive(Default)]
-struct Inner {
-    next_req: u64,
-    answers: HashMap<u64, Answer>,
-    queue: VecDeque<Announced>,
-    /// Someone is blocked reading the socket; others wait on the condvar.
-    reading: bool,
-    /// Requests that want no answer (claims, frees), sent with the next datagram.
-    notices: Vec<u8>,
-    dead: Option<Errno>,
-    dropped_msgs: u64,
-    /// NAME_RELEASEs in flight. The broker may take back messages announced to us
-    /// (those addressed to the name, when it falls back to its activator); until it
-    /// has answered, we hand out nothing, so nothing is received twice.
-    releasing: u32,
-    /// The datagram buffer, lent to whoever reads.
-    rbuf: Vec<u8>,
-}
-
-impl Inner {
-    fn take_rbuf(&mut self) -> Vec<u8> {
-        let mut b = std::mem::take(&mut self.rbuf);
-        if b.len() < MAX_IN_DATAGRAM {
-            b.resize(MAX_IN_DATAGRAM, 0);
-        }
-        b
-    }
-}
-
 /// A connection to a bus.
 pub struct Connection {
-    fd: OwnedFd,
+    link: Link,
     pool: PoolMap,
     id: u64,
     bus_flags: u64,
     id128: [u8; 16],
     bloom: BloomParameter,
-    inner: Mutex<Inner>,
-    cond: Condvar,
 }
 
 impl Connection {
@@ -286,20 +158,15 @@ impl Connection {
             }
         }
         let conn = Connection {
-            fd: t.fd,
+            link: Link::new(t.fd),
             pool,
             id: h.id,
             bus_flags: h.bus_flags,
             id128: h.id128,
             bloom,
-            inner: Mutex::new(Inner {
-                next_req: 1,
-                ..Default::default()
-            }),
-            cond: Condvar::new(),
         };
         // HELLO's items slice (the bloom parameters) is ours to free.
-        conn.free_later(h.offset);
+        conn.link.free_later(h.offset);
         Ok(conn)
     }
 
@@ -322,59 +189,12 @@ impl Connection {
     /// Readable when the broker has something for us: poll it in an event loop, then
     /// call [`Connection::recv`] until it says EAGAIN.
     pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn queue_notice(&self, c: u32, body: &[u8]) {
-        wire::push_notice(&mut self.lock().notices, c, body);
-    }
-
-    /// Free a slice with the next datagram we write anyway.
-    fn free_later(&self, offset: u64) {
-        let c = CmdFree {
-            size: std::mem::size_of::<CmdFree>() as u64,
-            offset,
-            ..Default::default()
-        };
-        self.queue_notice(cmd::FREE, c.as_bytes());
+        self.link.fd()
     }
 
     /// Send pending notices now (they otherwise ride along with the next datagram).
     pub fn flush(&self) -> Result<()> {
-        let notices = std::mem::take(&mut self.lock().notices);
-        if notices.is_empty() {
-            return Ok(());
-        }
-        Ok(send_datagram(self.fd.as_fd(), &notices, &[])?)
-    }
-
-    /// Send a request; returns its id.
-    fn submit(&self, c: u32, body_parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<u64> {
-        let mut out;
-        let id;
-        {
-            let mut g = self.lock();
-            if let Some(e) = g.dead {
-                return Err(Error::Bus(e));
-            }
-            id = g.next_req;
-            g.next_req += 1;
-            out = std::mem::take(&mut g.notices);
-        }
-        let len: usize = body_parts.iter().map(|p| p.len()).sum();
-        let h = ReqHeader {
-            cmd: c,
-            flags: 0,
-            req_id: id,
-            body_len: len as u64,
-        };
-        wire::push_frame(&mut out, &h, body_parts);
-        send_datagram(self.fd.as_fd(), &out, fds)?;
-        Ok(id)
+        self.link.flush()
     }
 
     /// Run a command and wait for its answer: `(errno, write-back body, fds)`.
@@ -384,11 +204,7 @@ impl Connection {
         body: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(i32, Vec<u8>, Vec<OwnedFd>)> {
-        let id = self.submit(c, &[body], fds)?;
-        let a = self
-            .wait(|g| g.answers.remove(&id), None)?
-            .ok_or(Error::Bus(Errno::ETIMEDOUT))?;
-        Ok((a.error, a.body, a.fds))
+        self.link.request(c, body, fds)
     }
 
     /// Run a command; errno to `Err`, write-back body to `Ok`.
@@ -400,129 +216,13 @@ impl Connection {
         Ok(b)
     }
 
-    /// Wait until `check` finds what we wait for, reading the socket ourselves when
-    /// nobody else is. `None` after `timeout`.
-    fn wait<T>(
-        &self,
-        mut check: impl FnMut(&mut Inner) -> Option<T>,
-        timeout: Option<Duration>,
-    ) -> Result<Option<T>> {
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
-        let mut g = self.lock();
-        loop {
-            if let Some(t) = check(&mut g) {
-                return Ok(Some(t));
-            }
-            if let Some(e) = g.dead {
-                return Err(Error::Bus(e));
-            }
-            let left = match deadline {
-                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
-                    Some(l) if !l.is_zero() => Some(l),
-                    _ => return Ok(None),
-                },
-                None => None,
-            };
-            if g.reading {
-                g = match left {
-                    Some(l) => {
-                        self.cond
-                            .wait_timeout(g, l)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0
-                    }
-                    None => self.cond.wait(g).unwrap_or_else(|p| p.into_inner()),
-                };
-                continue;
-            }
-            g.reading = true;
-            let notices = std::mem::take(&mut g.notices);
-            let mut buf = g.take_rbuf();
-            drop(g);
-            let r = self.read_some(&notices, left, &mut buf);
-            g = self.lock();
-            g.reading = false;
-            let r = r.map(|got| got.map(|(n, fds)| dispatch(&mut g, &buf[..n], fds)));
-            g.rbuf = buf;
-            self.cond.notify_all();
-            if let Err(e) = r {
-                g.dead = Some(e.errno());
-                return Err(e);
-            }
-        }
-    }
-
-    /// Flush notices, then block (up to `left`) for one datagram.
-    fn read_some(
-        &self,
-        notices: &[u8],
-        left: Option<Duration>,
-        buf: &mut [u8],
-    ) -> Result<Option<(usize, Vec<OwnedFd>)>> {
-        if !notices.is_empty() {
-            send_datagram(self.fd.as_fd(), notices, &[])?;
-        }
-        if let Some(l) = left {
-            let ms = l.as_millis().clamp(1, i32::MAX as u128) as i32;
-            let mut pfd = [rustix::event::PollFd::new(
-                &self.fd,
-                rustix::event::PollFlags::IN,
-            )];
-            let ts = rustix::time::Timespec {
-                tv_sec: (ms / 1000) as i64,
-                tv_nsec: (ms % 1000) as i64 * 1_000_000,
-            };
-            match rustix::event::poll(&mut pfd, Some(&ts)) {
-                Ok(0) => return Ok(None),
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(recv_datagram(self.fd.as_fd(), buf, left.is_none())?)
-    }
-
-    /// Pull in whatever the broker sent, without blocking.
-    fn poll_socket(&self) -> Result<()> {
-        let mut g = self.lock();
-        if g.reading {
-            return Ok(());
-        }
-        g.reading = true;
-        let notices = std::mem::take(&mut g.notices);
-        let mut buf = g.take_rbuf();
-        drop(g);
-        let mut result = Ok(());
-        if !notices.is_empty() {
-            result = send_datagram(self.fd.as_fd(), &notices, &[]);
-        }
-        while result.is_ok() {
-            match recv_datagram(self.fd.as_fd(), &mut buf, false) {
-                Ok(Some((n, fds))) => {
-                    let mut g = self.lock();
-                    dispatch(&mut g, &buf[..n], fds);
-                }
-                Ok(None) => break,
-                Err(e) => result = Err(e),
-            }
-        }
-        let mut g = self.lock();
-        g.reading = false;
-        g.rbuf = buf;
-        if let Err(e) = result {
-            g.dead = Some(e);
-        }
-        self.cond.notify_all();
-        Ok(result?)
-    }
-
     // ------------------------------------------------------------ messages
 
     /// Send a message (SEND); returns when the broker accepted it.
     pub fn send(&self, msg: &Message<'_>) -> Result<()> {
-        let mut body = Vec::new();
-        msg.encode_send(0, &mut body);
-        let (e, _, _) = self.request(cmd::SEND, &body, &msg.fds)?;
+        let e = self
+            .link
+            .exchange(cmd::SEND, Body::Send(msg, 0), &msg.fds, |e, _, _| e)?;
         if e != 0 {
             return Err(Error::Bus(Errno(e)));
         }
@@ -542,13 +242,14 @@ impl Connection {
     /// the reply (which never enters the queue).
     pub fn call(&self, msg: Message<'_>, timeout: Duration) -> Result<Received<'_>> {
         let msg = msg.expect_reply(crate::monotonic_ns() + timeout.as_nanos() as u64);
-        let mut body = Vec::new();
-        msg.encode_send(send_flags::SYNC_REPLY, &mut body);
-        let (e, answer, fds) = self.request(cmd::SEND, &body, &msg.fds)?;
+        let body = Body::Send(&msg, send_flags::SYNC_REPLY);
+        let (e, wb, fds) = self.link.exchange(cmd::SEND, body, &msg.fds, |e, b, fds| {
+            (e, read_struct::<CmdSend>(b), fds)
+        })?;
         if e != 0 {
             return Err(Error::Bus(Errno(e)));
         }
-        let wb: CmdSend = read_struct(&answer).ok_or(Error::Protocol("short SEND answer"))?;
+        let wb = wb.ok_or(Error::Protocol("short SEND answer"))?;
         self.received(wb.reply.offset, wb.reply.msg_size, fds, true)
     }
 
@@ -564,14 +265,14 @@ impl Connection {
             .slice(offset, size)
             .ok_or(Error::Protocol("slice outside pool"))?;
         let header: Msg = read_struct(bytes).ok_or(Error::Protocol("short message"))?;
-        Ok(Received {
-            conn: self,
+        Ok(Received::new(
+            &self.link,
             offset,
             bytes,
             header,
             fds,
             free_on_drop,
-        })
+        ))
     }
 
     /// Take the next message (FIFO), or EAGAIN.
@@ -582,6 +283,7 @@ impl Connection {
     /// Wait up to `timeout` (forever if `None`) for the next message.
     pub fn recv_timeout(&self, timeout: Option<Duration>) -> Result<Received<'_>> {
         let a = self
+            .link
             .wait(
                 |g| {
                     if g.releasing > 0 || g.queue.is_empty() {
@@ -603,8 +305,8 @@ impl Connection {
         if flags & !(recv_flags::PEEK | recv_flags::DROP | recv_flags::USE_PRIORITY) != 0 {
             return Err(Error::Bus(Errno::EINVAL));
         }
-        self.poll_socket()?;
-        let mut g = self.lock();
+        self.link.poll_socket()?;
+        let mut g = self.link.lock();
         if g.queue.is_empty() || g.releasing > 0 {
             return Err(Error::Bus(Errno::EAGAIN));
         }
@@ -637,14 +339,14 @@ impl Connection {
                 .and_then(read_struct::<Msg>)
                 .ok_or(Error::Protocol("short message"))?;
             claim_locked(&mut g, idx, true);
-            return Ok(Received {
-                conn: self,
-                offset: ev.offset,
-                bytes: &[],
+            return Ok(Received::new(
+                &self.link,
+                ev.offset,
+                &[],
                 header,
-                fds: Vec::new(),
-                free_on_drop: false,
-            });
+                Vec::new(),
+                false,
+            ));
         }
         let a = claim_locked(&mut g, idx, false).ok_or(Error::Bus(Errno::EAGAIN))?;
         drop(g);
@@ -663,7 +365,7 @@ impl Connection {
         let b = self.command(cmd::RECV, c.as_bytes())?;
         let wb: CmdRecv = read_struct(&b).ok_or(Error::Protocol("short RECV answer"))?;
         if flags & recv_flags::PEEK == 0 {
-            let mut g = self.lock();
+            let mut g = self.link.lock();
             g.queue.retain(|a| a.ev.offset != wb.msg.offset);
         }
         Ok(wb)
@@ -671,13 +373,13 @@ impl Connection {
 
     /// Messages announced and not yet taken.
     pub fn queued(&self) -> usize {
-        let _ = self.poll_socket();
-        self.lock().queue.len()
+        let _ = self.link.poll_socket();
+        self.link.lock().queue.len()
     }
 
     /// Broadcasts lost for lack of pool space, as of the last message taken.
     pub fn dropped_msgs(&self) -> u64 {
-        self.lock().dropped_msgs
+        self.link.lock().dropped_msgs
     }
 
     /// FREE a pool slice and wait for the answer.
@@ -723,7 +425,7 @@ impl Connection {
             .slice(wb.offset, wb.info_size)
             .ok_or(Error::Protocol("info outside pool"))?;
         let ci = parse_info(bytes).map(|(c, _)| c);
-        self.free_later(wb.offset);
+        self.link.free_later(wb.offset);
         ci.ok_or(Error::Protocol("bad info record"))
     }
 
@@ -746,14 +448,12 @@ impl Connection {
         };
         let b = self.command(cmd::LIST, c.as_bytes())?;
         let wb: CmdList = read_struct(&b).ok_or(Error::Protocol("short LIST answer"))?;
-        let mut out = Vec::new();
-        if let Some(mut bytes) = self.pool.slice(wb.offset, wb.list_size) {
-            while let Some((ci, used)) = parse_info(bytes) {
-                out.push(ci);
-                bytes = bytes.get(used..).unwrap_or(&[]);
-            }
-        }
-        self.free_later(wb.offset);
+        let out = self
+            .pool
+            .slice(wb.offset, wb.list_size)
+            .map(parse_list)
+            .unwrap_or_default();
+        self.link.free_later(wb.offset);
         Ok(out)
     }
 
@@ -769,10 +469,10 @@ impl Connection {
     /// not taken may go back to the name's activator; this returns after the broker
     /// said so.
     pub fn release_name(&self, name: &str) -> Result<()> {
-        self.lock().releasing += 1;
+        self.link.lock().releasing += 1;
         let r = self.command(cmd::NAME_RELEASE, &name_cmd(name, 0));
-        self.lock().releasing -= 1;
-        self.cond.notify_all();
+        self.link.lock().releasing -= 1;
+        self.link.notify();
         r.map(|_| ())
     }
 
@@ -852,148 +552,6 @@ pub fn name_cmd(name: &str, flags: u64) -> Vec<u8> {
     let size = body.len() as u64;
     body[..8].copy_from_slice(&size.to_ne_bytes());
     body
-}
-
-/// Take announced message `idx` off the local queue and queue its claim in the same
-/// critical section: a NAME_RELEASE sent by another thread then always follows the
-/// claim, so the broker never moves a message we handed out.
-fn claim_locked(g: &mut Inner, idx: usize, drop_it: bool) -> Option<Announced> {
-    let a = g.queue.remove(idx)?;
-    let flags = recv_flags::CLAIM | if drop_it { recv_flags::DROP } else { 0 };
-    let c = CmdRecv {
-        size: std::mem::size_of::<CmdRecv>() as u64,
-        flags,
-        msg: kdbus_abi::MsgInfo {
-            offset: a.ev.offset,
-            msg_size: a.ev.msg_size,
-            return_flags: 0,
-        },
-        ..Default::default()
-    };
-    wire::push_notice(&mut g.notices, cmd::RECV, c.as_bytes());
-    g.dropped_msgs = a.ev.dropped_msgs;
-    Some(a)
-}
-
-/// File what one datagram carried.
-fn dispatch(g: &mut Inner, data: &[u8], fds: Vec<OwnedFd>) {
-    let mut fds = fds.into_iter();
-    for (rec, n_fds) in wire::records(data) {
-        let mine: Vec<OwnedFd> = fds.by_ref().take(n_fds).collect();
-        match rec {
-            Record::Reply {
-                req_id,
-                error,
-                body,
-            } => {
-                g.answers.insert(req_id, Answer::new(error, body, mine));
-            }
-            Record::Msg(ev) => g.queue.push_back(Announced { ev, fds: mine }),
-            Record::Retract(offset) => g.queue.retain(|a| a.ev.offset != offset),
-            Record::Dropped(_) | Record::Unknown => {}
-        }
-    }
-}
-
-/// A message in the pool. The slice is freed (asynchronously) when this is dropped.
-pub struct Received<'c> {
-    conn: &'c Connection,
-    offset: u64,
-    bytes: &'c [u8],
-    header: Msg,
-    /// The fds that came with the message, in FDS-item order.
-    pub fds: Vec<OwnedFd>,
-    free_on_drop: bool,
-}
-
-impl<'c> Received<'c> {
-    pub fn header(&self) -> &Msg {
-        &self.header
-    }
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-    pub fn src_id(&self) -> u64 {
-        self.header.src_id
-    }
-    pub fn dst_id(&self) -> u64 {
-        self.header.dst_id
-    }
-    pub fn cookie(&self) -> u64 {
-        self.header.cookie
-    }
-    pub fn cookie_reply(&self) -> u64 {
-        self.header.timeout_or_cookie_reply
-    }
-    pub fn priority(&self) -> i64 {
-        self.header.priority
-    }
-    pub fn expects_reply(&self) -> bool {
-        self.header.flags & kdbus_abi::msg_flags::EXPECT_REPLY != 0
-    }
-    /// The whole slice (header, items, payload).
-    pub fn bytes(&self) -> &'c [u8] {
-        self.bytes
-    }
-
-    /// The items (header-only items allowed: bus messages use them).
-    pub fn items(&self) -> ItemIter<'c> {
-        let end = (self.header.size as usize).min(self.bytes.len());
-        ItemIter::received(
-            self.bytes
-                .get(std::mem::size_of::<Msg>()..end)
-                .unwrap_or(&[]),
-        )
-    }
-
-    /// The type of the first item of a bus-generated message (e.g. REPLY_TIMEOUT).
-    pub fn kernel_item(&self) -> Option<u64> {
-        if self.header.payload_type != kdbus_abi::payload::KERNEL {
-            return None;
-        }
-        self.items().flatten().next().map(|i| i.type_)
-    }
-
-    /// First metadata item of type `t`.
-    pub fn item(&self, t: u64) -> Option<&'c [u8]> {
-        self.items()
-            .flatten()
-            .find(|i| i.type_ == t)
-            .map(|i| i.payload)
-    }
-
-    /// The payload vectors, in order.
-    pub fn payload(&self) -> Vec<&'c [u8]> {
-        let bytes = self.bytes;
-        self.items()
-            .flatten()
-            .filter(|i| i.type_ == item::PAYLOAD_OFF)
-            .filter_map(|i| {
-                let v: Vec_ = read_struct(i.payload)?;
-                let start = usize::try_from(v.address_or_offset).ok()?;
-                bytes.get(start..start.checked_add(usize::try_from(v.size).ok()?)?)
-            })
-            .collect()
-    }
-
-    /// All payload vectors concatenated.
-    pub fn payload_bytes(&self) -> Vec<u8> {
-        self.payload().concat()
-    }
-
-    /// Keep the slice: the caller frees it with [`Connection::free`].
-    pub fn keep(mut self) -> u64 {
-        self.free_on_drop = false;
-        self.offset
-    }
-}
-
-impl Drop for Received<'_> {
-    fn drop(&mut self) {
-        if self.free_on_drop {
-            self.conn.free_later(self.offset);
-        }
-    }
 }
 
 impl Drop for Connection {

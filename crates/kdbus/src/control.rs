@@ -1,7 +1,13 @@
 //! The control socket: making buses.
+//!
+//! A control handle carries one command at a time and nothing else ever arrives on
+//! it, so it is a bare [`Transport`] without the queueing and sharing machinery of a
+//! connection. A bus made through it lives as long as the handle: the broker ties the
+//! bus to the socket, so dropping the [`BusOwner`] is how a bus is removed, and a
+//! crashed owner cannot leak one.
 
-use crate::conn::Transport;
 use crate::error::{Error, Result};
+use crate::transport::Transport;
 use kdbus_abi::{cmd, BloomParameter};
 use std::path::{Path, PathBuf};
 

@@ -13,25 +13,39 @@
 //! A `Connection` may be shared between threads: one thread at a time reads the
 //! socket and files what it reads (replies by request id, messages in the queue) for
 //! whoever waits for it.
+//!
+//! Sending is one copy: a message's payload goes to `sendmsg` as the caller's own
+//! slices, gathered behind a header encoded into a buffer the connection keeps. Once
+//! warm, a call, its receipt and its reply allocate nothing in this library.
+//!
+//! The modules depend on each other one way: `conn` (the command set) builds on
+//! `link` (the shared socket: sending, reading, waiting), `received` (messages in the
+//! pool), `info` (connection records) and `message` (encoding); `transport` (the
+//! datagram syscalls) sits below all of them.
 
 mod conn;
 mod control;
 mod error;
+mod info;
+mod link;
 mod matches;
 mod message;
+mod received;
 mod sys;
 pub mod transport;
 
-pub use conn::{ConnInfo, Connection, HelloOptions, Received};
+pub use conn::{Connection, HelloOptions};
 pub use control::{BusOwner, Control};
 pub use error::{Error, Result};
+pub use info::ConnInfo;
 pub use kdbus_abi as abi;
 pub use kdbus_abi::Errno;
 pub use kdbus_dbus as dbus;
 /// sd-bus's bloom filter convention (from `kdbus-dbus`), for signals and matches.
 pub use kdbus_dbus::bloom;
 pub use matches::{MatchRule, ANY};
-pub use message::Message;
+pub use message::{payload_padding, Message, Payloads};
+pub use received::Received;
 
 /// Default pool size, as sd-bus and the kdbus selftests use.
 pub const DEFAULT_POOL_SIZE: u64 = 16 * 1024 * 1024;

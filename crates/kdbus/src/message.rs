@@ -1,11 +1,73 @@
 //! Building messages to send.
+//!
+//! A [`Message`] only borrows: the payload stays in the caller's buffers until the
+//! connection hands it to `sendmsg` by reference, so a message is copied once, by the
+//! kernel, on its way to the broker. What the message needs encoded (the SEND command,
+//! the message header, its items) is small and written into a buffer the connection
+//! keeps; the payload vectors address their bytes by offset behind it, so the encoder
+//! also decides where each payload lands, and [`payload_padding`] is the one rule the
+//! sender follows to put it there.
 
 use crate::bloom::Bloom;
 use kdbus_abi::{item, msg_flags, payload, CmdSend, ItemWriter, Msg, Vec_};
 use std::os::fd::BorrowedFd;
 use zerocopy::IntoBytes;
 
-/// A message to send; build with [`Message::to`] and the setters.
+/// How many payload vectors a message holds without allocating.
+const INLINE_PAYLOADS: usize = 4;
+
+/// The payload vectors of a [`Message`]: a list of borrowed slices that keeps the
+/// first few inline, so building an ordinary message allocates nothing. Dereferences
+/// to `[&[u8]]`.
+#[derive(Clone, Default)]
+pub struct Payloads<'a> {
+    inline: [&'a [u8]; INLINE_PAYLOADS],
+    len: usize,
+    /// All of them, once there are more than fit inline.
+    spilled: Vec<&'a [u8]>,
+}
+
+impl<'a> Payloads<'a> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, data: &'a [u8]) {
+        if self.spilled.is_empty() && self.len < INLINE_PAYLOADS {
+            self.inline[self.len] = data;
+            self.len += 1;
+            return;
+        }
+        if self.spilled.is_empty() {
+            self.spilled.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.spilled.push(data);
+    }
+}
+
+impl<'a> std::ops::Deref for Payloads<'a> {
+    type Target = [&'a [u8]];
+    fn deref(&self) -> &[&'a [u8]] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+}
+
+impl std::fmt::Debug for Payloads<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Zero bytes a payload vector of `len` bytes is followed by in a SEND request, so the
+/// next one starts 8-aligned (as the offsets the encoder writes say).
+pub fn payload_padding(len: usize) -> usize {
+    kdbus_abi::align8_usize(len) - len
+}
+
 #[derive(Clone, Debug)]
 pub struct Message<'a> {
     pub dst_id: u64,
@@ -17,7 +79,7 @@ pub struct Message<'a> {
     pub timeout_ns: u64,
     pub cookie_reply: u64,
     pub payload_type: u64,
-    pub payload: Vec<&'a [u8]>,
+    pub payload: Payloads<'a>,
     pub fds: Vec<BorrowedFd<'a>>,
     /// A signal's bloom filter: (generation, words).
     pub bloom: Option<(u64, &'a [u64])>,
@@ -35,7 +97,7 @@ impl<'a> Message<'a> {
             timeout_ns: 0,
             cookie_reply: 0,
             payload_type: payload::DBUS,
-            payload: Vec::new(),
+            payload: Payloads::new(),
             fds: Vec::new(),
             bloom: None,
         }
@@ -112,9 +174,22 @@ impl<'a> Message<'a> {
         self
     }
 
-    /// Encode a SEND request body (`send_flags` from `kdbus_abi::send_flags`): `kdbus_cmd_send`, the message, then payload bytes
-    /// that the vectors address by offset (see `kdbus_abi::wire`).
+    /// Encode a SEND request body (`send_flags` from `kdbus_abi::send_flags`):
+    /// `kdbus_cmd_send`, the message, then payload bytes that the vectors address by
+    /// offset (see `kdbus_abi::wire`).
     pub fn encode_send(&self, send_flags: u64, out: &mut Vec<u8>) {
+        self.encode_send_head(send_flags, out);
+        for p in self.payload.iter() {
+            out.extend_from_slice(p);
+            out.resize(out.len() + payload_padding(p.len()), 0);
+        }
+    }
+
+    /// The part of a SEND request body before the payload bytes: `kdbus_cmd_send`, the
+    /// message header and its items, into `out` (cleared first). Its length is a
+    /// multiple of 8; the payload vectors follow it, each padded by
+    /// [`payload_padding`], which is where their offsets point.
+    pub fn encode_send_head(&self, send_flags: u64, out: &mut Vec<u8>) {
         out.clear();
         let cmd_size = std::mem::size_of::<CmdSend>();
         let cmd = CmdSend {
@@ -154,6 +229,7 @@ impl<'a> Message<'a> {
             + self
                 .bloom
                 .map_or(0, |(_, w)| kdbus_abi::items::item_space(8 + 8 * w.len()));
+        out.reserve(items_len);
         let mut data_at = kdbus_abi::align8_usize(out.len() + items_len) as u64;
         {
             let mut w = ItemWriter::new(out);
@@ -166,7 +242,7 @@ impl<'a> Message<'a> {
                     &[&generation.to_ne_bytes(), words.as_bytes()],
                 );
             }
-            for p in &self.payload {
+            for p in self.payload.iter() {
                 let v = Vec_ {
                     size: p.len() as u64,
                     address_or_offset: data_at,
@@ -174,8 +250,89 @@ impl<'a> Message<'a> {
                 w.push(item::PAYLOAD_VEC, v.as_bytes());
                 data_at += kdbus_abi::align8(p.len() as u64);
             }
-            if !self.fds.is_empty() {
-                let raw: Vec<u8> = self
+        }
+        if !self.fds.is_empty() {
+            // The FDS item, written in place (the fd numbers are its payload).
+            let size = 16 + 4 * self.fds.len() as u64;
+            out.extend_from_slice(&size.to_ne_bytes());
+            out.extend_from_slice(&item::FDS.to_ne_bytes());
+            for f in &self.fds {
+                out.extend_from_slice(&std::os::fd::AsRawFd::as_raw_fd(f).to_ne_bytes());
+            }
+            out.resize(kdbus_abi::align8_usize(out.len()), 0);
+        }
+        let msg_size = (out.len() - msg_start) as u64;
+        out[msg_start..msg_start + 8].copy_from_slice(&msg_size.to_ne_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// The encoder as it was when it copied the payload into the request (kept here
+    /// as the reference for the bytes on the wire).
+    fn encode_send_copied(m: &Message<'_>, send_flags: u64, out: &mut Vec<u8>) {
+        out.clear();
+        let cmd_size = std::mem::size_of::<CmdSend>();
+        let cmd = CmdSend {
+            size: cmd_size as u64,
+            flags: send_flags,
+            return_flags: 0,
+            msg_address: cmd_size as u64,
+            reply: Default::default(),
+        };
+        out.extend_from_slice(cmd.as_bytes());
+        let msg_start = out.len();
+        let header = Msg {
+            size: 0,
+            flags: m.flags,
+            priority: m.priority,
+            dst_id: m.dst_id,
+            src_id: 0,
+            payload_type: m.payload_type,
+            cookie: m.cookie,
+            timeout_or_cookie_reply: if m.flags & msg_flags::EXPECT_REPLY != 0 {
+                m.timeout_ns
+            } else {
+                m.cookie_reply
+            },
+        };
+        out.extend_from_slice(header.as_bytes());
+        // Vectors point behind the message; compute where each one will land.
+        let items_len: usize = m.payload.len() * 32
+            + if m.fds.is_empty() {
+                0
+            } else {
+                kdbus_abi::items::item_space(4 * m.fds.len())
+            }
+            + m.dst_name
+                .map_or(0, |n| kdbus_abi::items::item_space(n.len() + 1))
+            + m.bloom
+                .map_or(0, |(_, w)| kdbus_abi::items::item_space(8 + 8 * w.len()));
+        let mut data_at = kdbus_abi::align8_usize(out.len() + items_len) as u64;
+        {
+            let mut w = ItemWriter::new(out);
+            if let Some(n) = m.dst_name {
+                w.push_str(item::DST_NAME, n);
+            }
+            if let Some((generation, words)) = m.bloom {
+                w.push_parts(
+                    item::BLOOM_FILTER,
+                    &[&generation.to_ne_bytes(), words.as_bytes()],
+                );
+            }
+            for p in m.payload.iter() {
+                let v = Vec_ {
+                    size: p.len() as u64,
+                    address_or_offset: data_at,
+                };
+                w.push(item::PAYLOAD_VEC, v.as_bytes());
+                data_at += kdbus_abi::align8(p.len() as u64);
+            }
+            if !m.fds.is_empty() {
+                let raw: Vec<u8> = m
                     .fds
                     .iter()
                     .flat_map(|f| std::os::fd::AsRawFd::as_raw_fd(f).to_ne_bytes())
@@ -185,10 +342,56 @@ impl<'a> Message<'a> {
         }
         let msg_size = (out.len() - msg_start) as u64;
         out[msg_start..msg_start + 8].copy_from_slice(&msg_size.to_ne_bytes());
-        for p in &self.payload {
+        for p in m.payload.iter() {
             out.extend_from_slice(p);
             let padded = kdbus_abi::align8_usize(out.len());
             out.resize(padded, 0);
         }
+    }
+
+    #[test]
+    fn encoding_is_unchanged() {
+        let words = [1u64, 2, 3, 4];
+        let data: Vec<u8> = (0..100u8).collect();
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let cases = [
+            Message::to(5),
+            Message::to(5).cookie(1).payload(&data[..1]),
+            Message::to(5)
+                .payload(&data[..3])
+                .payload(&[])
+                .payload(&data[..16])
+                .payload(&data[..17])
+                .payload(&data[..99])
+                .payload(&data[..8]),
+            Message::to_name("a.b.C").expect_reply(99).payload(&data),
+            Message::to(7).reply_to(3).priority(-4).flags(8),
+            Message::to(kdbus_abi::DST_ID_BROADCAST)
+                .bloom_raw(2, &words)
+                .payload(&data[..5])
+                .fd(devnull.as_fd())
+                .fd(devnull.as_fd())
+                .fd(devnull.as_fd()),
+        ];
+        for (i, m) in cases.iter().enumerate() {
+            for flags in [0, kdbus_abi::send_flags::SYNC_REPLY] {
+                let (mut want, mut got) = (Vec::new(), vec![1, 2, 3]);
+                encode_send_copied(m, flags, &mut want);
+                m.encode_send(flags, &mut got);
+                assert_eq!(got, want, "case {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn payloads_spill_in_order() {
+        let data = [7u8; 10];
+        let mut p = Payloads::new();
+        for i in 0..10 {
+            p.push(&data[..i]);
+            assert_eq!(p.len(), i + 1);
+            assert!(p.iter().enumerate().all(|(j, s)| s.len() == j));
+        }
+        assert_eq!(format!("{:?}", Payloads::new()), "[]");
     }
 }

@@ -1,9 +1,6 @@
 //! `kdbusctl`: look at and talk to kdbus buses, busctl-style.
 
 mod bench;
-mod bench_broadcast;
-mod bench_dbus;
-mod bench_names;
 
 use clap::{Parser, Subcommand};
 use kdbus::{abi, Connection, Control, HelloOptions, Message};
@@ -508,7 +505,7 @@ pub fn serve_loop(c: &Connection) -> Res {
         };
         let (src, cookie, expects) = (m.src_id(), m.cookie(), m.expects_reply());
         buf.clear();
-        for p in m.payload() {
+        for p in m.payloads() {
             buf.extend_from_slice(p);
         }
         drop(m);

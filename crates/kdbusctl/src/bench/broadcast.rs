@@ -6,7 +6,7 @@
 //! much CPU they used. Filtering happens in the broker, so that should be nothing.
 //! With `--rules R` the same run is made first without the extra rules, as baseline.
 
-use crate::bench::BenchResult;
+use super::BenchResult;
 use kdbus::bloom::{match_mask, signal_filter, MatchSpec, SignalSpec};
 use kdbus::{Connection, HelloOptions, MatchRule, Message};
 use rustix::event::{PollFd, PollFlags};

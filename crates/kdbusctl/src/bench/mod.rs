@@ -4,7 +4,14 @@
 //! A brokered round trip is four socket hops (caller → broker → service → broker →
 //! caller) against the socketpair's two.
 //!
-//! `--names` measures the name registry instead (see `bench_names`).
+//! The other workloads live in submodules (`--names`: [`names`], `--broadcast`:
+//! [`broadcast`], `--dbus`/`--dbus-compare`: [`dbus`]); this module holds what they
+//! share (timing, statistics) and dispatches on the arguments, so they all depend on
+//! it and never on each other.
+
+mod broadcast;
+mod dbus;
+mod names;
 
 use kdbus::{Connection, HelloOptions, Message};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -31,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long)]
     broadcast: bool,
     #[command(flatten)]
-    bcast: crate::bench_broadcast::BroadcastArgs,
+    bcast: broadcast::BroadcastArgs,
     /// Measure round trips and broadcast fan-out through this D-Bus address instead.
     #[arg(long, value_name = "ADDRESS")]
     dbus: Option<String>,
@@ -94,7 +101,7 @@ fn raise_fd_limit() {
 pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     raise_fd_limit();
     if let Some(address) = &args.dbus {
-        return crate::bench_dbus::run_one(
+        return dbus::run_one(
             address,
             args.rounds,
             args.size,
@@ -103,18 +110,13 @@ pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error
         );
     }
     if args.dbus_compare {
-        return crate::bench_dbus::run_compare(
-            args.rounds,
-            args.size,
-            args.bcast.subscribers,
-            args.json,
-        );
+        return dbus::run_compare(args.rounds, args.size, args.bcast.subscribers, args.json);
     }
     if args.broadcast {
-        return crate::bench_broadcast::run(bus, &args.bcast, args.json);
+        return broadcast::run(bus, &args.bcast, args.json);
     }
     if args.names {
-        return crate::bench_names::run(bus, args.rounds, args.names_max, args.json);
+        return names::run(bus, args.rounds, args.names_max, args.json);
     }
     let payload = vec![0x5au8; args.size];
     let native = bench_native(bus, args.rounds, &payload)?;
@@ -167,7 +169,7 @@ fn bench_native(
             Message::to(server_id).cookie(cookie).payload(payload),
             Duration::from_secs(10),
         )?;
-        if r.payload().iter().map(|p| p.len()).sum::<usize>() != payload.len() {
+        if r.payloads().map(<[u8]>::len).sum::<usize>() != payload.len() {
             return Err("echo returned a different payload".into());
         }
         Ok(())

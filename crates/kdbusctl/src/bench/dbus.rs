@@ -9,7 +9,7 @@
 //! plus the broker's memory per idle connection (resident-set growth over
 //! [`MEM_CONNS`] connections, measured first, on a fresh broker).
 
-use crate::bench::{stats, BenchResult, Stats};
+use super::{stats, BenchResult, Stats};
 use kdbus_dbus::header::{self, Fields, MessageType};
 use kdbus_dbus::marshal::{Endian, Reader, Writer};
 use rustix::fd::OwnedFd;

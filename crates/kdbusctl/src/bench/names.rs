@@ -6,7 +6,7 @@
 //! the socket hops that would hide it). Registry operations are hash lookups, so both
 //! should stay flat as the bus fills up.
 
-use crate::bench::{time_rounds, BenchResult, Stats};
+use super::{time_rounds, BenchResult, Stats};
 use kdbus::{Connection, HelloOptions};
 use kdbus_core::names::{NameEvent, NameRegistry};
 use serde_json::json;
