@@ -50,6 +50,7 @@ pub struct Message<'a> {
     timeout_or_reply: u64,
     priority: i64,
     payload: Vec<&'a [u8]>,
+    bloom: Option<&'a [u64]>,
 }
 
 impl<'a> Message<'a> {
@@ -61,7 +62,15 @@ impl<'a> Message<'a> {
             timeout_or_reply: 0,
             priority: 0,
             payload: Vec::new(),
+            bloom: None,
         }
+    }
+    /// A signal to everyone whose matches take its bloom filter `words`.
+    pub fn broadcast(words: &'a [u64]) -> Self {
+        let mut m = Message::to(kdbus_abi::DST_ID_BROADCAST);
+        m.flags |= msg_flags::SIGNAL;
+        m.bloom = Some(words);
+        m
     }
     pub fn cookie(mut self, c: u64) -> Self {
         self.cookie = c;
@@ -109,9 +118,15 @@ impl<'a> Message<'a> {
             timeout_or_cookie_reply: self.timeout_or_reply,
         };
         out.extend_from_slice(header.as_bytes());
-        let mut data_at = (out.len() + self.payload.len() * 32) as u64;
+        let bloom_len = self
+            .bloom
+            .map_or(0, |w| kdbus_abi::items::item_space(8 + 8 * w.len()));
+        let mut data_at = (out.len() + bloom_len + self.payload.len() * 32) as u64;
         {
             let mut w = ItemWriter::new(out);
+            if let Some(words) = self.bloom {
+                w.push_parts(item::BLOOM_FILTER, &[&0u64.to_ne_bytes(), words.as_bytes()]);
+            }
             for p in &self.payload {
                 let v = Vec_ {
                     size: p.len() as u64,
