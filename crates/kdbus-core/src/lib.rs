@@ -50,13 +50,18 @@ pub use kdbus_abi::Errno;
 pub use memory::{PoolMemory, VecPool};
 pub use meta::{Creds, Peer};
 
+/// Internal invariant failures so far (see [`bug!`]): a broker can report them, and a
+/// test can assert there were none.
+pub static BUGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// An internal invariant failed: the core's own state disagrees with itself. Logged
-/// with where it happened (and fatal in debug builds), never silently dropped; the
-/// command goes on as well as it can.
+/// with where it happened, counted in [`BUGS`], and fatal in debug builds; never
+/// silently dropped. The command goes on as well as it can.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! bug {
     ($err:expr, $what:literal) => {{
+        $crate::BUGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::error!(error = ?$err, file = file!(), line = line!(), $what);
         debug_assert!(false, $what);
     }};

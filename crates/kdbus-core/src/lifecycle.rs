@@ -170,13 +170,8 @@ impl Domain {
         let Some(bus) = self.buses.get(&key) else {
             return;
         };
-        let conns: Vec<ConnKey> = self
-            .conns
-            .values()
-            .filter(|c| c.bus == key && c.is_active())
-            .map(|c| c.key)
-            .collect();
-        let _ = bus;
+        // Every active connection of the bus has an id on it.
+        let conns: Vec<ConnKey> = bus.conns.values().copied().collect();
         for c in conns {
             self.conn_disconnect(c);
             self.closed.push(c);

@@ -303,7 +303,8 @@ impl MatchDb {
             return Err(Errno::EMFILE);
         }
         if replace {
-            let _ = self.remove(conn, cookie);
+            // Replacing what may not be there: nothing to remove is fine.
+            self.remove(conn, cookie).ok();
         }
         self.next_id += 1;
         let id = self.next_id;

@@ -429,3 +429,25 @@ fn broker_side_recv_honours_priorities() {
         vec![Ok(-800), Ok(-800), Ok(-600), eagain, Ok(-150), Ok(-100)]
     );
 }
+
+#[test]
+fn a_broadcast_reaches_the_connections_whose_matches_take_it() {
+    let mut b = Bus::new();
+    let (a, _) = b.hello();
+    let (with, _) = b.hello();
+    let (without, _) = b.hello();
+    let m = kdbus_abi::CmdMatch {
+        size: std::mem::size_of::<kdbus_abi::CmdMatch>() as u64,
+        cookie: 1,
+        ..Default::default()
+    };
+    let r = b.request(with, cmd::MATCH_ADD, m.as_bytes());
+    assert_eq!(b.answer(with, r).error, 0);
+    b.records(a);
+    b.records(without);
+    let words = [!0u64; 8];
+    let r = b.send(a, &Message::broadcast(&words).cookie(1).payload(b"x"), 0);
+    assert_eq!(b.answer(a, r).error, 0);
+    assert_eq!(events(&b.records(with)).len(), 1);
+    assert!(events(&b.records(without)).is_empty());
+}

@@ -275,8 +275,13 @@ fn native_messages_allocate_nothing() {
     b.receive_all(false);
     let words = [!0u64; 8];
     let n = allocations(&mut b, |b, i, count| {
-        b.send(a, &Message::broadcast(&words).cookie(i).payload(&payload), count);
+        b.send(
+            a,
+            &Message::broadcast(&words).cookie(i).payload(&payload),
+            count,
+        );
         assert_eq!(b.receive_all(count), 10);
     });
     assert_eq!(n, 0, "{n} allocations in 1000 broadcasts to ten receivers");
+    assert_eq!(kdbus_core::BUGS.load(Ordering::Relaxed), 0);
 }
