@@ -1,17 +1,17 @@
 //! The broker: one epoll loop, one thread, every client a socket.
 //!
 //! Sockets play kdbus's device nodes: `control` makes buses, `<bus>/bus` is a bus's
-//! default endpoint, `<bus>/dbus` its D-Bus socket ([`crate::listener`]). Each accepted
+//! default endpoint, `<bus>/dbus` its D-Bus socket (module `listener`). Each accepted
 //! native socket is a *handle* that, like a kdbus file descriptor, is transformed once:
 //! a control handle into a bus owner, an endpoint handle into a connection (HELLO).
 //! All bus semantics are `kdbus_core::Domain`'s (and, for D-Bus clients, the bridge's);
 //! this module is the glue that moves requests from sockets to the domain and the
 //! domain's output back, and keeps the map from connections to sockets.
 //!
-//! The parts it glues know nothing of each other: the dispatcher ([`crate::dispatch`])
-//! only fds and tokens, the transports ([`crate::seqpacket`], [`crate::dbus_socket`])
-//! only their sockets, and what the D-Bus side must tell the loop comes back as an
-//! event rather than a call into it. Only this module owns the domain.
+//! The parts it glues know nothing of each other: the dispatcher (`dispatch`) only
+//! fds and tokens, the transports (`seqpacket` for native clients, `dbus_socket` for
+//! D-Bus clients) only their sockets, and what the D-Bus side must tell the loop comes
+//! back as an event rather than a call into it. Only this module owns the domain.
 //!
 //! The loop never blocks on a client: sockets are non-blocking, what a client does not
 //! read in time waits in a bounded per-socket backlog, and a client that lets the

@@ -114,8 +114,11 @@ impl DBusClient {
 
 /// What acting on a client's input needs besides the client.
 struct Bus<'a> {
+    /// Where messages and Hello go.
     domain: &'a mut Domain,
+    /// The D-Bus personality that turns them into domain calls.
     bridge: &'a mut Bridge,
+    /// For arming write interest when a SASL reply must wait.
     dispatch: &'a Dispatch,
 }
 

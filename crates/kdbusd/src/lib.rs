@@ -1,4 +1,16 @@
 //! kdbusd: the kdbus broker. See [`broker`] for the model.
+//!
+//! The crate does I/O only; bus semantics and errno decisions are `kdbus_core`'s and
+//! D-Bus's are `kdbus_bridge`'s. Its modules use each other in one direction, loop
+//! first, leaves last, so each can be read without the ones above it:
+//!
+//! - `broker`: the glue: the loop, accepting, what a native handle may do, flushing,
+//!   closing;
+//! - `listener`: listening sockets and bus directories; `dispatch`: epoll and tokens;
+//! - `seqpacket` (native clients, datagrams) and `dbus_socket` (D-Bus clients, a
+//!   stream with SASL), both writing through `backlog`;
+//! - `pool_memfd`, `clock`, `peer`, `params`, `config`: facts from the system;
+//! - `sys`: the only module with `unsafe`.
 
 mod backlog;
 pub mod broker;

@@ -59,7 +59,9 @@ pub(crate) struct Handle {
 pub(crate) enum Read {
     /// A datagram: its first `len` bytes are in the read buffer.
     Datagram {
+        /// Bytes read (at most the buffer's size).
         len: usize,
+        /// The fds that came with it.
         fds: Vec<OwnedFd>,
         /// The sender's credentials, when the kernel attached them.
         creds: Option<Creds>,

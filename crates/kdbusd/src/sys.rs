@@ -13,7 +13,9 @@ use std::io;
 /// writer: the memfd carries `F_SEAL_FUTURE_WRITE`, which lets this (earlier) mapping
 /// write and denies every later writable mapping, including the client's.
 pub struct MappedPool {
+    /// Start of the mapping, as mmap returned it.
     ptr: *mut u8,
+    /// Length of the mapping (the memfd's size).
     len: usize,
 }
 
