@@ -1,10 +1,28 @@
 //! kdbusd: the kdbus broker. See [`broker`] for the model.
+//!
+//! The crate does I/O only; bus semantics and errno decisions are `kdbus_core`'s and
+//! D-Bus's are `kdbus_bridge`'s. Its modules use each other in one direction, loop
+//! first, leaves last, so each can be read without the ones above it:
+//!
+//! - `broker`: the glue: the loop, accepting, what a native handle may do, flushing,
+//!   closing;
+//! - `listener`: listening sockets and bus directories; `dispatch`: epoll and tokens;
+//! - `seqpacket` (native clients, datagrams) and `dbus_socket` (D-Bus clients, a
+//!   stream with SASL), both writing through `backlog`;
+//! - `pool_memfd`, `clock`, `peer`, `params`, `config`: facts from the system;
+//! - `sys`: the only module with `unsafe`.
 
+mod backlog;
 pub mod broker;
+mod clock;
 pub mod config;
-mod dbus_front;
+mod dbus_socket;
+mod dispatch;
+mod listener;
 mod params;
 mod peer;
+mod pool_memfd;
+mod seqpacket;
 mod sys;
 
 pub use broker::{Broker, Config, Ready};
@@ -17,6 +35,11 @@ pub fn sys_write_fd(fd: i32, bytes: &[u8]) -> std::io::Result<()> {
 /// Detach from the terminal's streams (after `--fork` and printing the address).
 pub fn sys_detach_stdio() -> std::io::Result<()> {
     sys::detach_stdio()
+}
+
+/// Make `cmd`'s child start a session of its own and inherit fd `keep` (`--fork`).
+pub fn sys_detach_child(cmd: &mut std::process::Command, keep: i32) {
+    sys::detach_child(cmd, keep)
 }
 
 /// The runtime directory kdbusd uses when none is given (see

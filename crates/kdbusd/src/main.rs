@@ -222,7 +222,6 @@ fn write_fd(fd: i32, text: &str) -> std::io::Result<()> {
 /// `--fork`: start `kdbusd <same arguments> --ready-fd=N` detached, wait for its "ready"
 /// byte (it prints the address and pid itself), and exit 0; exit 1 if it died first.
 fn background_copy() -> Result<(), Box<dyn std::error::Error>> {
-    use std::os::unix::process::CommandExt;
     let (r, w) = rustix::pipe::pipe()?;
     let w_raw = std::os::fd::AsRawFd::as_raw_fd(&w);
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--fork").collect();
@@ -230,16 +229,7 @@ fn background_copy() -> Result<(), Box<dyn std::error::Error>> {
     cmd.args(&args)
         .arg("--nofork")
         .arg(format!("--ready-fd={w_raw}"));
-    // SAFETY: only async-signal-safe calls between fork and exec: setsid, and fcntl to
-    // let the pipe's write end survive exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::setsid();
-            let flags = libc::fcntl(w_raw, libc::F_GETFD);
-            libc::fcntl(w_raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            Ok(())
-        });
-    }
+    kdbusd::sys_detach_child(&mut cmd, w_raw);
     let child = cmd.spawn()?;
     drop(w);
     let mut b = [0u8; 1];

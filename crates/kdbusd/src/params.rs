@@ -16,8 +16,11 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::inotify;
 use std::path::{Path, PathBuf};
 
+/// The parameter file and the watch on its directory.
 pub struct Params {
+    /// `<runtime>/parameters/attach_flags_mask`.
     file: PathBuf,
+    /// An inotify fd watching the file's directory (registered in the loop).
     watch: OwnedFd,
 }
 

@@ -20,8 +20,11 @@ const CAP_IPC_OWNER: u32 = 15;
 /// last sweep, so it stays within twice what live connections use.
 #[derive(Default)]
 pub struct ProcStrings {
+    /// Interned text: comm, exe path, cgroup path.
     strs: HashSet<Arc<str>>,
+    /// Interned byte strings: cmdline, supplementary groups, capability sets.
     bytes: HashSet<Arc<[u8]>>,
+    /// Entries (both tables together) at which the next sweep runs.
     sweep_at: usize,
 }
 

@@ -1,5 +1,5 @@
 //! The broker's unsafe shell: shared memory mappings, signal plumbing, the one socket
-//! option rustix does not wrap.
+//! option rustix does not wrap, and the child setup of `--fork`.
 //!
 //! Everything else in the broker is safe Rust on top of rustix; what needs raw pointers
 //! or process-wide signal state lives here, small enough to audit at a glance.
@@ -13,7 +13,9 @@ use std::io;
 /// writer: the memfd carries `F_SEAL_FUTURE_WRITE`, which lets this (earlier) mapping
 /// write and denies every later writable mapping, including the client's.
 pub struct MappedPool {
+    /// Start of the mapping, as mmap returned it.
     ptr: *mut u8,
+    /// Length of the mapping (the memfd's size).
     len: usize,
 }
 
@@ -184,5 +186,22 @@ pub fn shutdown_pending() -> bool {
             return false;
         }
         libc::sigismember(&set, libc::SIGTERM) == 1 || libc::sigismember(&set, libc::SIGINT) == 1
+    }
+}
+
+/// Set up `cmd` so that its child (`--fork`'s background broker) starts a session of its
+/// own, away from our terminal, and inherits fd `keep` (the pipe it reports readiness
+/// on) across exec.
+pub fn detach_child(cmd: &mut std::process::Command, keep: i32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec: setsid, and fcntl to
+    // let the pipe's write end survive exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            let flags = libc::fcntl(keep, libc::F_GETFD);
+            libc::fcntl(keep, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
     }
 }
