@@ -234,11 +234,6 @@ impl DBusPeer {
     }
 }
 
-/// The unique name of id `id`, or "" for none (0).
-fn name_or_empty(id: u64) -> UniqueName {
-    UniqueName::from_id(id)
-}
-
 impl StreamPeer for DBusPeer {
     fn deliver(&mut self, out: &mut StreamOut<'_>, d: &Delivery<'_>) -> Result<(), Errno> {
         if d.req.msg.payload_type != payload::DBUS {
@@ -333,7 +328,8 @@ impl StreamPeer for DBusPeer {
         if new != 0 && new == me {
             self.write_signal(out, "NameAcquired", &Body::new().s(name));
         }
-        let (o, n) = (name_or_empty(old), name_or_empty(new));
+        // Unique names; "" for none (id 0).
+        let (o, n) = (UniqueName::from_id(old), UniqueName::from_id(new));
         let o = if old == 0 { "" } else { o.as_str() };
         let n = if new == 0 { "" } else { n.as_str() };
         self.name_owner_changed(out, name, o, n);

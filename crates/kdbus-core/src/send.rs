@@ -40,7 +40,6 @@ impl Domain {
         creds: Creds,
         req_id: u64,
     ) -> Result<SendOutcome, Errno> {
-        let req = req;
         let src = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?;
         if files.as_ref().map_or(0, |f| f.len()) != req.n_fds + req.n_memfds {
             return Err(Errno::EBADF);

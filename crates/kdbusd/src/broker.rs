@@ -490,6 +490,9 @@ impl Broker {
                     h.role = Role::Conn(key);
                 }
                 self.conn_token.insert(key, token);
+                // The answer goes out after what HELLO did to others (ID_ADD to their
+                // matches), as for every other command: flush those first.
+                self.flush();
                 self.reply_direct(token, req.req_id, Errno(0), reply.as_bytes(), ro_fd);
             }
             Err(e) => self.reply_direct(token, req.req_id, e, &[], None),

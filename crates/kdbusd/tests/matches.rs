@@ -153,6 +153,37 @@ fn match_id_add() {
     marker(&w, &w2, MARK);
 }
 
+/// HELLO is answered after its ID_ADD reached the watchers' sockets, as kdbus's ioctl
+/// returned after notifying: a watcher that looks without waiting, right after another
+/// connection's HELLO was answered, finds the notification (selftest match-id-add does
+/// exactly this, and failed about one run in two before). Raw sockets, so that nothing
+/// but the two syscalls lies between the answer and the look.
+#[test]
+fn hello_is_answered_after_its_id_add() {
+    let b = Broker::start();
+    // Many watchers: without the order, the last ones written would be the latest.
+    let watchers: Vec<Connection> = (0..40).map(|_| b.conn()).collect();
+    for w in &watchers {
+        ok(w.add_match(1, &MatchRule::new().id_add(ANY), false));
+    }
+    let mut late = 0;
+    for _ in 0..50 {
+        let mut c = RawSocket::connect(&b.bus);
+        let r = c.request(abi::cmd::HELLO, &test_hello().encode());
+        assert_eq!(r.error, 0);
+        for w in watchers.iter().rev() {
+            if w.recv().is_err() {
+                late += 1;
+                let _ = next(w);
+            }
+        }
+    }
+    assert_eq!(
+        late, 0,
+        "{late} ID_ADDs were not out when their HELLO was answered"
+    );
+}
+
 /// Selftest 26 (match-id-remove), NOT2, MAT10, BYE5: an ID_REMOVE(id) entry gets the
 /// ID_REMOVE of that connection when it goes away, with its HELLO flags; another
 /// connection's departure does not match.
