@@ -12,12 +12,13 @@
 //! sender (or, for broadcasts, the receiver's loss count) is given.
 
 use crate::bus::Bus;
-use crate::clock::Now;
+use crate::clock::Clock;
 use crate::conn::{Conn, Queued};
 use crate::domain::{Domain, KERNEL_USER};
 use crate::ids::{ConnKey, Files};
 use crate::message::{
     message_layout, message_layout_kernel, message_payload, FdSlots, SendRequest, SenderMeta,
+    Staged,
 };
 use crate::outbox::Outbox;
 use crate::sink::{Charge, Delivery};
@@ -84,7 +85,6 @@ impl Domain {
             }
             return r;
         }
-        let now = self.clock.now();
         // Memfds are payload, not fds in flight (HEAD charges only the FDS item's).
         let n_fds = req.n_fds as u32;
         let src = sender.key;
@@ -93,8 +93,10 @@ impl Domain {
             user: sender.creds.uid,
             fds: n_fds,
         };
+        let at = (self.send_gen, seq);
+        let clock = &*self.clock;
         let (offset, size, fd_slots) =
-            conn_write_message(dst, &mut self.scratch, slot, req, sender, now, seq)?;
+            conn_write_message(dst, &mut self.staged, at, clock, slot, req, sender)?;
         let q = Queued {
             offset,
             size,
@@ -264,19 +266,37 @@ pub(crate) fn conn_enqueue(conn: &mut Conn, outbox: &mut Outbox, seq: u64, q: Qu
     outbox.push_record(&mut conn.output, wire::REC_MSG, n, 0, 0, ev.as_bytes());
 }
 
-/// Lay out `req` for `dst`, allocate its slice and write it. Returns (offset, size,
-/// where its fds' numbers go).
+/// Lay out `req` for `dst` (or take the layout `staged` has for the same send `at` =
+/// (send generation, sequence number) and mask), allocate its slice and write it.
+/// Returns (offset, size, where its fds' numbers go).
 pub(crate) fn conn_write_message(
     dst: &mut Conn,
-    scratch: &mut Vec<u8>,
+    staged: &mut Staged,
+    at: (u64, u64),
+    clock: &dyn Clock,
     slot: Slot,
     req: &SendRequest<'_>,
     sender: &SenderMeta,
-    now: Now,
-    seq: u64,
 ) -> Result<(u64, u64, FdSlots), Errno> {
     let mask = dst.attach_recv & sender.attach_send;
-    let (data_off, fd_slots) = message_layout(scratch, req, sender.id, mask, sender, now, seq);
+    let key = (at.0, at.1, mask);
+    if staged.key != Some(key) {
+        let (gen_seq, now) = (at.1, clock.now());
+        let (off, slots) = message_layout(
+            &mut staged.bytes,
+            req,
+            sender.id,
+            mask,
+            sender,
+            now,
+            gen_seq,
+        );
+        staged.key = Some(key);
+        staged.data_off = off;
+        staged.slots = slots;
+    }
+    let data_off = staged.data_off;
+    let fd_slots = staged.slots.clone();
     let total = data_off + req.payload_len;
     let offset = match slot {
         Slot::Queue { user, fds } => {
@@ -297,7 +317,7 @@ pub(crate) fn conn_write_message(
             offset
         }
     };
-    dst.mem.write(offset, scratch);
+    dst.mem.write(offset, &staged.bytes);
     let mut at = offset + data_off;
     for data in message_payload(req) {
         dst.mem.write(at, data);

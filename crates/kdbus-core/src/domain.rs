@@ -34,6 +34,7 @@ use crate::conn::Conn;
 use crate::files::{FdInspector, NoInspector};
 use crate::ids::{BusKey, ConnKey, Files, OutFiles};
 use crate::matches::MatchDb;
+use crate::message::Staged;
 use crate::meta::{Creds, Peer};
 use crate::names::NameRegistry;
 use crate::outbox::Outbox;
@@ -108,6 +109,9 @@ pub struct Domain {
     pub(crate) bloom_words: Vec<u64>,
     pub(crate) bloom_generation: u64,
     pub(crate) sender_names: Vec<Arc<str>>,
+    /// The current send (layouts are shared within one), and the last layout.
+    pub(crate) send_gen: u64,
+    pub(crate) staged: Staged,
     /// Copies for stream monitors a stream call left (see `sink`).
     pub(crate) echo: Echo,
     /// Reused to visit a bus's stream peers.
@@ -148,6 +152,8 @@ impl Domain {
             bloom_generation: 0,
             sender_names: Vec::new(),
             echo: Echo::default(),
+            send_gen: 0,
+            staged: Staged::default(),
             stream_keys: Vec::new(),
         }
     }

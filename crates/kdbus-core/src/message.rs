@@ -518,6 +518,21 @@ pub fn message_layout(
     (data_start, slots.into_boxed_slice())
 }
 
+/// A message laid out for a receiver, kept for the next receiver of the same SEND that
+/// takes the same metadata: a broadcast's receivers mostly do, so a broadcast is laid
+/// out once per distinct mask, not once per receiver (kdbus built its `kdbus_kmsg`
+/// once per SEND). The clock is read once per layout, so every copy of one message
+/// carries the same timestamp.
+#[derive(Default)]
+pub(crate) struct Staged {
+    /// (send, sequence number, metadata mask) the layout is for.
+    pub(crate) key: Option<(u64, u64, u64)>,
+    pub(crate) bytes: Vec<u8>,
+    /// Where the payload starts, relative to the message.
+    pub(crate) data_off: u64,
+    pub(crate) slots: FdSlots,
+}
+
 /// Where a delivered message's fd numbers go, relative to the message, in the order
 /// its fds travel: one `u32` slot each.
 pub type FdSlots = Box<[u32]>;

@@ -41,6 +41,8 @@ impl Domain {
         req_id: u64,
     ) -> Result<SendOutcome, Errno> {
         let src = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?;
+        // Layouts are shared by the receivers of this send only.
+        self.send_gen += 1;
         if files.as_ref().map_or(0, |f| f.len()) != req.n_fds + req.n_memfds {
             return Err(Errno::EBADF);
         }
@@ -275,11 +277,11 @@ impl Domain {
         sender: &SenderMeta,
         files: Option<Files>,
     ) -> Result<(), Errno> {
-        let now = self.clock.now();
         let seq = self.seq + 1;
         let dst = self.conns.get_mut(&requester).ok_or(Errno::ENXIO)?;
+        let (at, clock, staged) = ((self.send_gen, seq), &*self.clock, &mut self.staged);
         let (offset, msg_size, _) =
-            conn_write_message(dst, &mut self.scratch, Slot::Owner, req, sender, now, seq)?;
+            conn_write_message(dst, staged, at, clock, Slot::Owner, req, sender)?;
         self.seq = seq;
         self.monitors_copy(requester, req, sender, 0, seq);
         self.tracker_remove(replier, requester, req.msg.timeout_or_cookie_reply);
