@@ -7,6 +7,7 @@
 //!
 //! Nothing here does I/O, and parsing never allocates: the broker parses commands in
 //! place, in the buffer it read them into.
+#![forbid(unsafe_code)]
 
 pub mod consts;
 pub mod encode;

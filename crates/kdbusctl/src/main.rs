@@ -1,4 +1,5 @@
 //! `kdbusctl`: look at and talk to kdbus buses, busctl-style.
+#![forbid(unsafe_code)]
 
 mod bench;
 
