@@ -6,50 +6,16 @@
 //! the domain routes; the "broker" side of the test (building messages, draining
 //! output) runs with counting paused.
 
+#[path = "../../kdbus-core/tests/support/counting.rs"]
+mod counting;
+use counting::{allocs, counted};
+
 use kdbus_bridge::Bridge;
 use kdbus_core::{ConnKey, Creds, Domain, ManualClock, Peer};
 use kdbus_dbus::header::{self, Fields, MessageType};
 use kdbus_dbus::marshal::{Endian, Writer};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-struct Counting;
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; counting only
-// touches atomics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` came from `System.alloc` with `l`.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: `p` came from `System.alloc` with `l`.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn counted<T>(f: impl FnOnce() -> T) -> T {
-    COUNTING.store(true, Ordering::Relaxed);
-    let r = f();
-    COUNTING.store(false, Ordering::Relaxed);
-    r
-}
 
 fn peer(pid: u32) -> Peer {
     Peer {
@@ -142,7 +108,7 @@ fn dbus_round_trips_allocate_nothing() {
             },
             &payload,
         );
-        let before = ALLOCS.load(Ordering::Relaxed);
+        let before = allocs();
         let mut run = |d: &mut Domain, key, m: &[u8]| {
             // The broker's framing parses the header; the bridge takes it parsed.
             let h = header::parse(m).unwrap();
@@ -166,7 +132,7 @@ fn dbus_round_trips_allocate_nothing() {
             sink.iter().any(|(k, _)| *k == client),
             "the reply reached the client"
         );
-        ALLOCS.load(Ordering::Relaxed) - before
+        allocs() - before
     };
     // Warm-up: tables and reused buffers reach their working size.
     for serial in 2..200 {

@@ -98,18 +98,10 @@ impl Domain {
                 return Err(Errno::EEXIST);
             }
         }
-        let usage = self.users.entry(peer.creds.uid).or_default();
-        if !peer.privileged && usage.conns >= limits::USER_MAX_CONN {
-            return Err(Errno::EMFILE);
-        }
+        self.user_conn_check(peer)?;
         let mem = make_pool(cmd.pool_size)?;
-        usage.conns += 1;
-
-        let key = self.next_key();
+        let (key, id) = self.conn_register(bus_key, peer.creds.uid)?;
         let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
-        let id = bus.next_conn_id;
-        bus.next_conn_id += 1;
-        bus.conns.insert(id, key);
         let bloom = bus.bloom;
         let spec = ConnSpec {
             key,
@@ -273,17 +265,11 @@ impl Domain {
         if !self.buses.contains_key(&bus_key) {
             return Err(Errno::ESHUTDOWN);
         }
-        let usage = self.users.entry(peer.creds.uid).or_default();
-        if !peer.privileged && usage.conns >= limits::USER_MAX_CONN {
-            return Err(Errno::EMFILE);
+        self.user_conn_check(peer)?;
+        let (key, id) = self.conn_register(bus_key, peer.creds.uid)?;
+        if let Some(bus) = self.buses.get_mut(&bus_key) {
+            bus.streams.insert(key);
         }
-        usage.conns += 1;
-        let key = self.next_key();
-        let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
-        let id = bus.next_conn_id;
-        bus.next_conn_id += 1;
-        bus.conns.insert(id, key);
-        bus.streams.insert(key);
         let spec = ConnSpec {
             key,
             id,
@@ -297,6 +283,28 @@ impl Domain {
         };
         let conn = Conn::new(spec, Box::new(VecPool::new(0)), 0, Some(stream));
         self.conns.insert(key, Box::new(conn));
+        Ok((key, id))
+    }
+
+    /// Whether `peer` may hold one more connection (the per-user limit; privileged
+    /// callers have none).
+    fn user_conn_check(&mut self, peer: &Peer) -> Result<(), Errno> {
+        let usage = self.users.entry(peer.creds.uid).or_default();
+        if !peer.privileged && usage.conns >= limits::USER_MAX_CONN {
+            return Err(Errno::EMFILE);
+        }
+        Ok(())
+    }
+
+    /// A new connection of `uid` on `bus_key`: counted to its user, given a key and the
+    /// bus's next unique id. Returns (key, id).
+    fn conn_register(&mut self, bus_key: BusKey, uid: u32) -> Result<(ConnKey, u64), Errno> {
+        let key = self.next_key();
+        let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        let id = bus.next_conn_id;
+        bus.next_conn_id += 1;
+        bus.conns.insert(id, key);
+        self.users.entry(uid).or_default().conns += 1;
         Ok((key, id))
     }
 

@@ -8,6 +8,10 @@
 //! (encoding commands, reading records) runs with counting paused. The pool, queue,
 //! reply-tracker and outbox structures are all on this path.
 
+#[path = "support/counting.rs"]
+mod counting;
+use counting::{allocs, counted};
+
 mod encode;
 
 use encode::{HelloOptions, Message};
@@ -15,47 +19,10 @@ use kdbus_abi::wire::{self, Frames, MsgEvent, RecHeader};
 use kdbus_abi::{cmd, read_struct, recv_flags, CmdFree, CmdMatch, CmdRecv, MsgInfo};
 use kdbus_core::domain::Request;
 use kdbus_core::{ConnKey, Creds, Domain, ManualClock, Peer, PoolMemory, VecPool};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use zerocopy::IntoBytes;
 
-struct Counting;
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; counting only
-// touches atomics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` came from `System.alloc` with `l`.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: `p` came from `System.alloc` with `l`.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn counted<T>(f: impl FnOnce() -> T) -> T {
-    COUNTING.store(true, Ordering::Relaxed);
-    let r = f();
-    COUNTING.store(false, Ordering::Relaxed);
-    r
-}
 
 const CREDS: Creds = Creds {
     pid: 1,
@@ -220,11 +187,11 @@ fn allocations(b: &mut Bus, mut round: impl FnMut(&mut Bus, u64, bool)) -> usize
     for i in 1..200 {
         round(b, i, false);
     }
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocs();
     for i in 200..1200 {
         round(b, i, true);
     }
-    ALLOCS.load(Ordering::Relaxed) - before
+    allocs() - before
 }
 
 // One test function: the allocator's count is process-wide, so the scenarios must not

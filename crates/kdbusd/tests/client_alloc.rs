@@ -8,44 +8,16 @@
 //! broker's. Counting is switched on only around the rounds, after a warm-up in which
 //! queues, maps and buffers reach their working size.
 
+#[path = "../../kdbus-core/tests/support/counting.rs"]
+mod counting;
+use counting::{allocs, counted};
+
 mod common;
 use common::*;
 use kdbus::{Connection, Message};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; counting only
-// touches atomics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` came from `System.alloc` with `l`.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: `p` came from `System.alloc` with `l`.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 /// The tests of this binary run one at a time: the count is process-wide, so another
 /// test warming up would be counted too.
@@ -56,11 +28,9 @@ const ROUNDS: u64 = 1000;
 
 /// Allocations made while `f` runs (by any thread of this process).
 fn count(f: impl FnOnce()) -> usize {
-    let before = ALLOCS.load(Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
-    f();
-    COUNTING.store(false, Ordering::SeqCst);
-    ALLOCS.load(Ordering::SeqCst) - before
+    let before = allocs();
+    counted(f);
+    allocs() - before
 }
 
 /// The payload vectors of a message add up to `want` (without collecting them).
