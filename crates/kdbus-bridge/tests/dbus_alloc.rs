@@ -15,8 +15,6 @@ use kdbus_core::{ConnKey, Creds, Domain, ManualClock, Peer};
 use kdbus_dbus::header::{self, Fields, MessageType};
 use kdbus_dbus::marshal::{Endian, Writer};
 
-
-
 fn peer(pid: u32) -> Peer {
     Peer {
         creds: Creds {

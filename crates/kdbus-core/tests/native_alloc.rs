@@ -22,8 +22,6 @@ use kdbus_core::{ConnKey, Creds, Domain, ManualClock, Peer, PoolMemory, VecPool}
 use std::sync::atomic::Ordering;
 use zerocopy::IntoBytes;
 
-
-
 const CREDS: Creds = Creds {
     pid: 1,
     uid: 1000,

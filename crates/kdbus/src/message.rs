@@ -9,9 +9,8 @@
 //! sender follows to put it there.
 
 use crate::bloom::Bloom;
-use kdbus_abi::{item, msg_flags, payload, CmdSend, ItemWriter, Msg, Vec_};
+use kdbus_abi::{msg_flags, payload, Msg};
 use std::os::fd::BorrowedFd;
-use zerocopy::IntoBytes;
 
 /// How many payload vectors a message holds without allocating.
 const INLINE_PAYLOADS: usize = 4;
@@ -190,17 +189,6 @@ impl<'a> Message<'a> {
     /// multiple of 8; the payload vectors follow it, each padded by
     /// [`payload_padding`], which is where their offsets point.
     pub fn encode_send_head(&self, send_flags: u64, out: &mut Vec<u8>) {
-        out.clear();
-        let cmd_size = std::mem::size_of::<CmdSend>();
-        let cmd = CmdSend {
-            size: cmd_size as u64,
-            flags: send_flags,
-            return_flags: 0,
-            msg_address: cmd_size as u64,
-            reply: Default::default(),
-        };
-        out.extend_from_slice(cmd.as_bytes());
-        let msg_start = out.len();
         let header = Msg {
             size: 0,
             flags: self.flags,
@@ -215,61 +203,24 @@ impl<'a> Message<'a> {
                 self.cookie_reply
             },
         };
-        out.extend_from_slice(header.as_bytes());
-        // Vectors point behind the message; compute where each one will land.
-        let items_len: usize = self.payload.len() * 32
-            + if self.fds.is_empty() {
-                0
-            } else {
-                kdbus_abi::items::item_space(4 * self.fds.len())
-            }
-            + self
-                .dst_name
-                .map_or(0, |n| kdbus_abi::items::item_space(n.len() + 1))
-            + self
-                .bloom
-                .map_or(0, |(_, w)| kdbus_abi::items::item_space(8 + 8 * w.len()));
-        out.reserve(items_len);
-        let mut data_at = kdbus_abi::align8_usize(out.len() + items_len) as u64;
-        {
-            let mut w = ItemWriter::new(out);
-            if let Some(n) = self.dst_name {
-                w.push_str(item::DST_NAME, n);
-            }
-            if let Some((generation, words)) = self.bloom {
-                w.push_parts(
-                    item::BLOOM_FILTER,
-                    &[&generation.to_ne_bytes(), words.as_bytes()],
-                );
-            }
-            for p in self.payload.iter() {
-                let v = Vec_ {
-                    size: p.len() as u64,
-                    address_or_offset: data_at,
-                };
-                w.push(item::PAYLOAD_VEC, v.as_bytes());
-                data_at += kdbus_abi::align8(p.len() as u64);
-            }
-        }
-        if !self.fds.is_empty() {
-            // The FDS item, written in place (the fd numbers are its payload).
-            let size = 16 + 4 * self.fds.len() as u64;
-            out.extend_from_slice(&size.to_ne_bytes());
-            out.extend_from_slice(&item::FDS.to_ne_bytes());
-            for f in &self.fds {
-                out.extend_from_slice(&std::os::fd::AsRawFd::as_raw_fd(f).to_ne_bytes());
-            }
-            out.resize(kdbus_abi::align8_usize(out.len()), 0);
-        }
-        let msg_size = (out.len() - msg_start) as u64;
-        out[msg_start..msg_start + 8].copy_from_slice(&msg_size.to_ne_bytes());
+        kdbus_abi::encode::send_head(
+            out,
+            send_flags,
+            header,
+            self.dst_name,
+            self.bloom,
+            self.payload.iter().map(|p| p.len()),
+            self.fds.iter().map(std::os::fd::AsRawFd::as_raw_fd),
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kdbus_abi::{item, CmdSend, ItemWriter, Vec_};
     use std::os::fd::AsFd;
+    use zerocopy::IntoBytes;
 
     /// The encoder as it was when it copied the payload into the request (kept here
     /// as the reference for the bytes on the wire).

@@ -18,7 +18,6 @@ use kdbus::{Connection, Message};
 use std::sync::Mutex;
 use std::time::Duration;
 
-
 /// The tests of this binary run one at a time: the count is process-wide, so another
 /// test warming up would be counted too.
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -2,7 +2,7 @@
 //! library (which the core must not depend on): HELLO and a SEND builder with the
 //! same shape as `kdbus::Message`.
 
-use kdbus_abi::{item, msg_flags, payload, CmdHello, CmdSend, ItemWriter, Msg, Vec_};
+use kdbus_abi::{msg_flags, payload, CmdHello, Msg};
 use zerocopy::IntoBytes;
 
 /// HELLO's options.
@@ -94,19 +94,9 @@ impl<'a> Message<'a> {
         self
     }
 
-    /// `kdbus_cmd_send` + the message + its payload, vectors by offset into the body.
+    /// `kdbus_cmd_send` + the message + its payload, vectors by offset into the body
+    /// (the client library's encoding: `kdbus_abi::encode::send_head`).
     pub fn encode_send(&self, send_flags: u64, out: &mut Vec<u8>) {
-        out.clear();
-        let cmd_size = std::mem::size_of::<CmdSend>();
-        let cmd = CmdSend {
-            size: cmd_size as u64,
-            flags: send_flags,
-            return_flags: 0,
-            msg_address: cmd_size as u64,
-            reply: Default::default(),
-        };
-        out.extend_from_slice(cmd.as_bytes());
-        let msg_start = out.len();
         let header = Msg {
             size: 0,
             flags: self.flags,
@@ -117,27 +107,17 @@ impl<'a> Message<'a> {
             cookie: self.cookie,
             timeout_or_cookie_reply: self.timeout_or_reply,
         };
-        out.extend_from_slice(header.as_bytes());
-        let bloom_len = self
-            .bloom
-            .map_or(0, |w| kdbus_abi::items::item_space(8 + 8 * w.len()));
-        let mut data_at = (out.len() + bloom_len + self.payload.len() * 32) as u64;
-        {
-            let mut w = ItemWriter::new(out);
-            if let Some(words) = self.bloom {
-                w.push_parts(item::BLOOM_FILTER, &[&0u64.to_ne_bytes(), words.as_bytes()]);
-            }
-            for p in &self.payload {
-                let v = Vec_ {
-                    size: p.len() as u64,
-                    address_or_offset: data_at,
-                };
-                w.push(item::PAYLOAD_VEC, v.as_bytes());
-                data_at += kdbus_abi::align8(p.len() as u64);
-            }
-        }
-        let msg_size = (out.len() - msg_start) as u64;
-        out[msg_start..msg_start + 8].copy_from_slice(&msg_size.to_ne_bytes());
+        let bloom = self.bloom.map(|w| (0, w));
+        let sizes = self.payload.iter().map(|p| p.len());
+        kdbus_abi::encode::send_head(
+            out,
+            send_flags,
+            header,
+            None,
+            bloom,
+            sizes,
+            std::iter::empty(),
+        );
         for p in &self.payload {
             out.extend_from_slice(p);
             let padded = kdbus_abi::align8_usize(out.len());
