@@ -320,14 +320,15 @@ impl StreamPeer for DBusPeer {
         self.write_error(out, cookie as u32, ErrName::NoReply, text);
     }
 
+    fn name_lost(&mut self, out: &mut StreamOut<'_>, name: &str) {
+        self.write_signal(out, "NameLost", &Body::new().s(name));
+    }
+
+    fn name_acquired(&mut self, out: &mut StreamOut<'_>, name: &str) {
+        self.write_signal(out, "NameAcquired", &Body::new().s(name));
+    }
+
     fn name_changed(&mut self, out: &mut StreamOut<'_>, name: &str, old: u64, new: u64) {
-        let me = out.id();
-        if old != 0 && old == me {
-            self.write_signal(out, "NameLost", &Body::new().s(name));
-        }
-        if new != 0 && new == me {
-            self.write_signal(out, "NameAcquired", &Body::new().s(name));
-        }
         // Unique names; "" for none (id 0).
         let (o, n) = (UniqueName::from_id(old), UniqueName::from_id(new));
         let o = if old == 0 { "" } else { o.as_str() };

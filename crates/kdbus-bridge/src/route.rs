@@ -223,6 +223,8 @@ impl Bridge {
                 );
             }
             if !fds.is_empty() {
+                // More than a message may carry is refused below (EMFILE), as a
+                // client's SEND with that many would be.
                 w.push(item::FDS, NO_FDS.get(..fds.len() * 4).unwrap_or(&NO_FDS));
             }
             let v = Vec_ {
@@ -231,18 +233,15 @@ impl Bridge {
             };
             w.push(item::PAYLOAD_VEC, v.as_bytes());
         }
-        let sent = message_from_parts(
-            msg,
-            &self.items,
-            &self.send,
-            fds.len(),
-            src_id,
-            DBUS_MAX_PAYLOAD,
-        )
-        .and_then(|req| {
-            let files = (!fds.is_empty()).then(|| Files::from(fds));
-            dom.send(key, &req, files, creds, 0)
-        });
+        let sent = if fds.len() > kdbus_abi::limits::MSG_MAX_FDS {
+            Err(Errno::EMFILE)
+        } else {
+            let (items, body, max) = (&self.items, &self.send, DBUS_MAX_PAYLOAD);
+            message_from_parts(msg, items, body, fds.len(), src_id, max).and_then(|req| {
+                let files = (!fds.is_empty()).then(|| Files::from(fds));
+                dom.send(key, &req, files, creds, 0)
+            })
+        };
         if self.send.capacity() > SEND_KEEP_BYTES {
             self.send = Vec::new();
         }

@@ -281,7 +281,11 @@ pub(crate) fn conn_write_message(
     let mask = dst.attach_recv & sender.attach_send;
     let key = (at.0, at.1, mask);
     if staged.key != Some(key) {
-        let (gen_seq, now) = (at.1, clock.now());
+        if staged.now_gen != at.0 {
+            staged.now_gen = at.0;
+            staged.now = clock.now();
+        }
+        let (gen_seq, now) = (at.1, staged.now);
         let (off, slots) = message_layout(
             &mut staged.bytes,
             req,

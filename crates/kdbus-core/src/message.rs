@@ -109,6 +109,12 @@ pub fn message_from_parts<'a>(
         size: std::mem::size_of::<CmdSend>() as u64,
         ..Default::default()
     };
+    // The size a client's message would declare, judged as a client's is.
+    let size = (MSG_HEADER_SIZE + items.len()) as u64;
+    if size > limits::MSG_MAX_SIZE {
+        return Err(Errno::EMSGSIZE);
+    }
+    let msg = Msg { size, ..msg };
     message_parse_msg(cmd, msg, items, body, fds, sender_id, max_vec_total)
 }
 
@@ -521,7 +527,7 @@ pub fn message_layout(
 /// A message laid out for a receiver, kept for the next receiver of the same SEND that
 /// takes the same metadata: a broadcast's receivers mostly do, so a broadcast is laid
 /// out once per distinct mask, not once per receiver (kdbus built its `kdbus_kmsg`
-/// once per SEND). The clock is read once per layout, so every copy of one message
+/// once per SEND). The clock is read once per send, so every copy of one message
 /// carries the same timestamp.
 #[derive(Default)]
 pub(crate) struct Staged {
@@ -531,6 +537,9 @@ pub(crate) struct Staged {
     /// Where the payload starts, relative to the message.
     pub(crate) data_off: u64,
     pub(crate) slots: FdSlots,
+    /// The send the clock was read for, and the reading.
+    pub(crate) now_gen: u64,
+    pub(crate) now: Now,
 }
 
 /// Where a delivered message's fd numbers go, relative to the message, in the order

@@ -15,6 +15,12 @@ impl Domain {
     /// and new owners (0 for none).
     pub(crate) fn notify_name_change(&mut self, bus: BusKey, ev: &NameEvent) {
         let id = |k: ConnKey| self.conns.get(&k).map_or(0, |c| c.id);
+        let (old_key, new_key) = match ev {
+            NameEvent::Add { owner, .. } => (None, Some(*owner)),
+            NameEvent::Remove { owner, .. } => (Some(*owner), None),
+            NameEvent::Change { old, new, .. } => (Some(*old), Some(*new)),
+            NameEvent::Move { .. } => return,
+        };
         let (item_type, name, old, new) = match ev {
             NameEvent::Add { name, owner, flags } => {
                 (item::NAME_ADD, name, (0, 0), (id(*owner), *flags))
@@ -36,6 +42,14 @@ impl Domain {
             ),
             NameEvent::Move { .. } => return,
         };
+        // Stream peers: the old owner hears it lost the name, the new one that it has
+        // it, then everyone whose rules take it that the owner changed.
+        if let Some(k) = old_key {
+            self.with_stream(k, |s, out| s.name_lost(out, name));
+        }
+        if let Some(k) = new_key {
+            self.with_stream(k, |s, out| s.name_acquired(out, name));
+        }
         self.streams_name_changed(bus, name, old.0, new.0);
         let mut payload = Vec::with_capacity(40 + name.len());
         payload.extend_from_slice(

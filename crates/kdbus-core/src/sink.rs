@@ -153,6 +153,10 @@ pub trait StreamPeer: Any {
     ) -> Result<(), Errno>;
     /// The answer to this receiver's message `cookie` will not come.
     fn no_reply(&mut self, to: &mut StreamOut<'_>, cookie: u64, dead: bool);
+    /// This receiver lost the name `name` (told before everyone hears of the change).
+    fn name_lost(&mut self, to: &mut StreamOut<'_>, name: &str);
+    /// This receiver now owns `name` (told before everyone hears of the change).
+    fn name_acquired(&mut self, to: &mut StreamOut<'_>, name: &str);
     /// `name` changed owner on the bus (unique ids; 0 for none).
     fn name_changed(&mut self, to: &mut StreamOut<'_>, name: &str, old: u64, new: u64);
     /// Connection `id` joined (`true`) or left the bus.

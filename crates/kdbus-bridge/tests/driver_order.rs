@@ -1,0 +1,167 @@
+//! The order in which a D-Bus monitor sees what the bus says, driven in memory: when a
+//! name changes owner, the owner's NameAcquired (and the old owner's NameLost) come
+//! before the NameOwnerChanged everyone gets, on every stream, monitors included, as
+//! dbus-daemon and the bus before the D-Bus personality moved out of the core did.
+
+use kdbus_bridge::Bridge;
+use kdbus_core::{ConnKey, Creds, Domain, ManualClock, Peer};
+use kdbus_dbus::header::{self, Fields, MessageType};
+use kdbus_dbus::marshal::{Endian, Reader, Writer};
+
+fn peer(pid: u32, privileged: bool) -> Peer {
+    Peer {
+        creds: Creds {
+            pid,
+            uid: if privileged { 0 } else { 1000 },
+            gid: 1000,
+        },
+        privileged,
+        ..Default::default()
+    }
+}
+
+/// A method call to the driver with string (and u32) arguments.
+fn driver_call(
+    serial: u32,
+    iface: &str,
+    member: &str,
+    sig: &str,
+    args: &[&str],
+    u: Option<u32>,
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    {
+        let mut w = Writer::new(&mut body, Endian::Little);
+        if sig == "as" {
+            let a = w.array_begin(4);
+            for s in args {
+                w.string(s);
+            }
+            w.array_end(a);
+        } else {
+            for s in args {
+                w.string(s);
+            }
+        }
+        if let Some(v) = u {
+            w.u32(v);
+        }
+    }
+    let f = Fields {
+        path: Some("/org/freedesktop/DBus"),
+        interface: Some(iface),
+        member: Some(member),
+        destination: Some("org.freedesktop.DBus"),
+        signature: sig,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    header::write_fields(
+        &mut out,
+        Endian::Little,
+        MessageType::MethodCall,
+        0,
+        body.len() as u32,
+        serial,
+        &f,
+    );
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Everything `key` has to read, as (member or "reply"/"error", first string argument).
+fn read(d: &mut Domain, key: ConnKey) -> Vec<(String, String)> {
+    let mut dirty = Vec::new();
+    d.take_dirty(&mut dirty);
+    let mut seen = Vec::new();
+    for k in dirty {
+        let Some((out, fds)) = d.conn_output(k) else {
+            continue;
+        };
+        if k == key {
+            let mut at = 0;
+            while at < out.len() {
+                let len = header::message_len(&out[at..]).unwrap().unwrap();
+                let h = header::parse(&out[at..at + len]).unwrap();
+                let body = &out[at + h.header_len..at + h.total_len()];
+                let arg = if h.signature.starts_with('s') {
+                    Reader::new(body, h.endian)
+                        .string()
+                        .unwrap_or("")
+                        .to_string()
+                } else {
+                    String::new()
+                };
+                let what = match h.msg_type {
+                    MessageType::MethodReturn => "reply".to_string(),
+                    MessageType::Error => "error".to_string(),
+                    _ => h.member.unwrap_or("").to_string(),
+                };
+                seen.push((what, arg));
+                at += len;
+            }
+        }
+        let n = out.len();
+        out.clear();
+        fds.clear();
+        d.stream_written(k, n);
+        d.conn_output_done(k);
+    }
+    seen
+}
+
+#[test]
+fn a_monitor_sees_name_acquired_before_name_owner_changed() {
+    let mut d = Domain::new(Box::new(ManualClock::new(1_000_000_000)));
+    let make = kdbus_abi::encode::bus_make(
+        "0-test",
+        0,
+        kdbus_abi::BloomParameter {
+            size: 64,
+            n_hash: 1,
+        },
+    );
+    let root = peer(1, true);
+    let bus = d.bus_make(&root, &make, [7; 16]).unwrap();
+    let mut bridge = Bridge::new("0123456789abcdef0123456789abcdef");
+    let creds = root.creds;
+    // The monitor comes first (its key is lower than the owner's).
+    let monitor = bridge.hello(&mut d, bus, &root, true, 1).unwrap();
+    let m = driver_call(
+        2,
+        "org.freedesktop.DBus.Monitoring",
+        "BecomeMonitor",
+        "asu",
+        &[],
+        Some(0),
+    );
+    let h = header::parse(&m).unwrap();
+    bridge
+        .message(&mut d, monitor, &h, &m, Vec::new(), creds)
+        .unwrap();
+    let owner = bridge.hello(&mut d, bus, &peer(2, true), true, 1).unwrap();
+    read(&mut d, monitor);
+    let m = driver_call(
+        2,
+        "org.freedesktop.DBus",
+        "RequestName",
+        "su",
+        &["org.example.Name"],
+        Some(0),
+    );
+    let h = header::parse(&m).unwrap();
+    bridge
+        .message(&mut d, owner, &h, &m, Vec::new(), creds)
+        .unwrap();
+    let seen = read(&mut d, monitor);
+    let acquired = seen
+        .iter()
+        .position(|(w, a)| w == "NameAcquired" && a == "org.example.Name");
+    let changed = seen
+        .iter()
+        .position(|(w, a)| w == "NameOwnerChanged" && a == "org.example.Name");
+    assert!(
+        acquired.is_some() && changed.is_some() && acquired < changed,
+        "monitor saw {seen:?}"
+    );
+}
