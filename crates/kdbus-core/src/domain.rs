@@ -322,13 +322,6 @@ impl Domain {
         self.echo = echo;
         self.echo.clear();
     }
-
-    /// Mark a connection as having output again (after a partial write).
-    pub fn conn_mark_dirty(&mut self, key: ConnKey) {
-        if let Some(c) = self.conns.get_mut(&key) {
-            self.outbox.mark_dirty(&mut c.output);
-        }
-    }
 }
 
 /// The names `conn` owns, with their flags (for NAMES metadata).

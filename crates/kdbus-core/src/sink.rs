@@ -16,7 +16,7 @@
 //! The peer writes whatever its protocol says into the connection's [`Output`]
 //! through a [`StreamOut`]. What the bus itself says to a peer (D-Bus: the driver's
 //! replies and signals) is also shown to the bus's stream monitors: the peer hands a
-//! copy to [`StreamOut::echo`], and the core passes it to each monitor's
+//! copy to [`StreamOut::echo_output`], and the core passes it to each monitor's
 //! [`StreamPeer::observe`] when the call returns. Errors it returns mean what they mean for a pool: the
 //! sender is told (ENOBUFS: over its share), or for a broadcast the receiver loses
 //! the message. Who is charged for a message is the core's decision ([`Charge`]):
@@ -126,15 +126,6 @@ impl StreamOut<'_> {
         }
         let appended = self.output.out.get(start..).unwrap_or(&[]);
         self.echo.bytes.extend_from_slice(appended);
-    }
-
-    /// Show the bus's stream monitors a copy of `msg` (something the bus itself sent
-    /// this receiver), with its fds.
-    pub fn echo(&mut self, msg: &[u8], files: Option<&Files>) {
-        if let Some(f) = files {
-            self.echo.files.push((self.echo.bytes.len(), f.clone()));
-        }
-        self.echo.bytes.extend_from_slice(msg);
     }
 }
 
