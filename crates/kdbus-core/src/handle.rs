@@ -286,6 +286,50 @@ impl Domain {
     }
 }
 
+/// What a handle (a socket of the broker, kdbus's file descriptor) is: each is
+/// transformed once, a control handle into a bus owner by BUS_MAKE, an endpoint handle
+/// into a connection by HELLO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandleKind {
+    Control,
+    BusOwner,
+    Endpoint,
+    /// A connection: its commands go to [`Domain::conn_request`].
+    Conn,
+}
+
+/// What a command on a handle comes to (kdbus's `handle.c` ioctl switch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandleAction {
+    /// A connection's command, for [`Domain::conn_request`].
+    Conn,
+    BusMake,
+    Hello,
+    /// The owner closes its handle: the bus goes now.
+    RemoveBus,
+    /// Answered with this errno (0: success), nothing else happens.
+    Answer(Errno),
+}
+
+/// What command `c` does on a handle of kind `kind`. NEGOTIATE is answered before
+/// (see [`negotiate`]).
+pub fn handle_action(kind: HandleKind, c: u32) -> HandleAction {
+    match kind {
+        HandleKind::Conn => HandleAction::Conn,
+        HandleKind::BusOwner if c == cmd::RELEASE => HandleAction::RemoveBus,
+        // A bus owner's handle is for holding the bus, nothing else (HEAD).
+        HandleKind::BusOwner => HandleAction::Answer(Errno::EBADFD),
+        HandleKind::Control | HandleKind::Endpoint if c == cmd::RELEASE => {
+            HandleAction::Answer(Errno(0))
+        }
+        HandleKind::Control if c == cmd::BUS_MAKE => HandleAction::BusMake,
+        HandleKind::Endpoint if c == cmd::HELLO => HandleAction::Hello,
+        // Custom endpoints come with the policy database.
+        HandleKind::Endpoint if c == cmd::ENDPOINT_MAKE => HandleAction::Answer(Errno::EOPNOTSUPP),
+        HandleKind::Control | HandleKind::Endpoint => HandleAction::Answer(Errno::ENOTTY),
+    }
+}
+
 /// KDBUS_FLAG_NEGOTIATE (kdbus HEAD): a command with this flag does nothing and
 /// gets its fixed part back with `flags` set to what the command accepts.
 pub fn negotiate(c: u32, body: &[u8]) -> Option<Vec<u8>> {

@@ -451,3 +451,29 @@ fn a_broadcast_reaches_the_connections_whose_matches_take_it() {
     assert_eq!(events(&b.records(with)).len(), 1);
     assert!(events(&b.records(without)).is_empty());
 }
+
+#[test]
+fn each_kind_of_handle_takes_its_own_commands() {
+    use kdbus_core::handle::{handle_action, HandleAction as A, HandleKind as K};
+    assert_eq!(handle_action(K::Control, cmd::BUS_MAKE), A::BusMake);
+    assert_eq!(
+        handle_action(K::Control, cmd::HELLO),
+        A::Answer(Errno::ENOTTY)
+    );
+    assert_eq!(handle_action(K::Endpoint, cmd::HELLO), A::Hello);
+    assert_eq!(
+        handle_action(K::Endpoint, cmd::ENDPOINT_MAKE),
+        A::Answer(Errno::EOPNOTSUPP)
+    );
+    assert_eq!(
+        handle_action(K::Endpoint, cmd::SEND),
+        A::Answer(Errno::ENOTTY)
+    );
+    assert_eq!(
+        handle_action(K::BusOwner, cmd::HELLO),
+        A::Answer(Errno::EBADFD)
+    );
+    assert_eq!(handle_action(K::BusOwner, cmd::RELEASE), A::RemoveBus);
+    assert_eq!(handle_action(K::Control, cmd::RELEASE), A::Answer(Errno(0)));
+    assert_eq!(handle_action(K::Conn, cmd::SEND), A::Conn);
+}

@@ -27,9 +27,10 @@ use crate::pool_memfd::{pool_create, SystemFiles};
 use crate::seqpacket::{self, Handle, Read, Role, READ_BUDGET};
 use crate::sys::shutdown_signalfd;
 use kdbus_abi::wire;
-use kdbus_abi::{cmd, BloomParameter, Errno};
+use kdbus_abi::{BloomParameter, Errno};
 use kdbus_core::bus::bus_access_mode;
 use kdbus_core::domain::Request;
+use kdbus_core::handle::{handle_action, HandleAction};
 use kdbus_core::Files;
 use kdbus_core::{BusKey, ConnKey, Creds, Domain, Peer, PoolMemory};
 use rustix::event::epoll::{self, EventFlags};
@@ -421,24 +422,22 @@ impl Broker {
                 return;
             }
         }
-        match h.role {
-            Role::Conn(key) => self.domain.conn_request(key, req, fds),
-            Role::BusOwner(bus) if req.cmd == cmd::RELEASE => {
+        let role = h.role;
+        match (handle_action(role.kind(), req.cmd), role) {
+            (HandleAction::Conn, Role::Conn(key)) => self.domain.conn_request(key, req, fds),
+            (HandleAction::RemoveBus, Role::BusOwner(bus)) => {
                 // Closing the owner: the bus goes now, not when the socket's EOF is seen.
                 self.bus_remove(bus);
                 self.reply_direct(token, req.req_id, Errno(0), &[], None);
             }
-            Role::BusOwner(_) => self.reply_direct(token, req.req_id, Errno::EBADFD, &[], None),
-            Role::Control | Role::Endpoint(_) if req.cmd == cmd::RELEASE => {
-                self.reply_direct(token, req.req_id, Errno(0), &[], None)
+            (HandleAction::BusMake, Role::Control) => self.control_bus_make(token, req),
+            (HandleAction::Hello, Role::Endpoint(bus)) => self.endpoint_hello(token, bus, req),
+            (HandleAction::Answer(e), _) => self.reply_direct(token, req.req_id, e, &[], None),
+            (action, role) => {
+                // The core gives each kind only actions its role can carry out.
+                tracing::error!(?action, ?role, "a handle action for another role");
+                self.reply_direct(token, req.req_id, Errno::EINVAL, &[], None);
             }
-            Role::Control if req.cmd == cmd::BUS_MAKE => self.control_bus_make(token, req),
-            Role::Control => self.reply_direct(token, req.req_id, Errno::ENOTTY, &[], None),
-            Role::Endpoint(bus) if req.cmd == cmd::HELLO => self.endpoint_hello(token, bus, req),
-            Role::Endpoint(_) if req.cmd == cmd::ENDPOINT_MAKE => {
-                self.reply_direct(token, req.req_id, Errno::EOPNOTSUPP, &[], None)
-            }
-            Role::Endpoint(_) => self.reply_direct(token, req.req_id, Errno::ENOTTY, &[], None),
         }
     }
 

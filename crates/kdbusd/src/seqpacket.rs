@@ -32,6 +32,7 @@ pub(crate) const READ_BUDGET: usize = 64;
 
 /// What a native handle is, like a kdbus file descriptor: transformed once, by the
 /// first command that makes something of it.
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum Role {
     /// Connected to `control`, nothing made yet.
     Control,
@@ -41,6 +42,19 @@ pub(crate) enum Role {
     Endpoint(BusKey),
     /// A connection on a bus (after HELLO).
     Conn(ConnKey),
+}
+
+impl Role {
+    /// The core's name for what this handle is (it decides what a command does).
+    pub(crate) fn kind(self) -> kdbus_core::handle::HandleKind {
+        use kdbus_core::handle::HandleKind;
+        match self {
+            Role::Control => HandleKind::Control,
+            Role::BusOwner(_) => HandleKind::BusOwner,
+            Role::Endpoint(_) => HandleKind::Endpoint,
+            Role::Conn(_) => HandleKind::Conn,
+        }
+    }
 }
 
 /// A native client's socket.
