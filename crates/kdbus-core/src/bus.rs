@@ -8,9 +8,9 @@ use crate::ids::ConnKey;
 use crate::matches::MatchDb;
 use crate::meta::Peer;
 use crate::names::NameRegistry;
+use crate::policy::{Asker, PolicyDb, TALK};
 use kdbus_abi::{item, items::ItemIter, make_flags, names, BloomParameter, CmdGeneric, Errno};
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct Bus {
@@ -29,8 +29,9 @@ pub struct Bus {
     pub conns: BTreeMap<u64, ConnKey>,
     pub next_conn_id: u64,
     pub names: NameRegistry,
-    /// Names (possibly `a.b.*` wildcards) whose policy a policy holder speaks for.
-    pub policy_holders: HashMap<Arc<str>, ConnKey>,
+    /// Who may see, talk to and own which names: entries of policy holders and
+    /// activators.
+    pub policy: PolicyDb,
     /// Every match entry of every connection on the bus.
     pub matches: MatchDb,
     /// Monitors: they get a copy of every unicast.
@@ -44,6 +45,28 @@ impl Bus {
     /// kdbus's "privileged bus user": CAP_IPC_OWNER, or the bus's own uid.
     pub fn is_privileged(&self, peer: &Peer) -> bool {
         peer.privileged || peer.creds.uid == self.creator.creds.uid
+    }
+
+    /// kdbus's TALK check: may `peer` (sending now as `uid`/`gid`) talk to the
+    /// connection `to` of user `to_uid`, which owns `to_names`? Privileged callers and
+    /// the receiver's own user may; others need TALK on one of the receiver's names.
+    pub fn may_talk<'n>(
+        &self,
+        peer: &Peer,
+        uid: u32,
+        gid: u32,
+        to_uid: u32,
+        mut to_names: impl Iterator<Item = &'n Arc<str>>,
+    ) -> bool {
+        if self.is_privileged(peer) || uid == to_uid {
+            return true;
+        }
+        let asker = Asker {
+            uid,
+            gid,
+            groups: peer.groups.as_deref().unwrap_or(&[]),
+        };
+        to_names.any(|n| self.policy.allows(&asker, n, TALK))
     }
 }
 

@@ -188,7 +188,7 @@ impl Domain {
             conns: Default::default(),
             next_conn_id: 1,
             names: NameRegistry::new(),
-            policy_holders: HashMap::new(),
+            policy: Default::default(),
             matches: MatchDb::new(),
             monitors: Vec::new(),
             streams: Default::default(),

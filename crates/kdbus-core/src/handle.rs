@@ -36,11 +36,13 @@ pub enum Command<'a> {
         target: Target<'a>,
     },
     BusCreatorInfo(CmdInfo),
-    /// UPDATE: new attach masks (not yet sanitized), if given.
+    /// UPDATE: new attach masks (not yet sanitized), if given; the items again if
+    /// they carry policy (NAME, POLICY_ACCESS: a policy holder's new entries).
     Update {
         cmd: CmdGeneric,
         send: Option<u64>,
         recv: Option<u64>,
+        policy: Option<&'a [u8]>,
     },
     List(CmdList),
     MatchAdd {
@@ -131,18 +133,23 @@ pub fn command_decode(c: u32, body: &[u8], id: u64, n_fds: usize) -> Result<Comm
         }
         cmd::UPDATE => {
             let (cmd, items) = decode_fixed::<CmdGeneric>(c, body)?;
-            let (mut send, mut recv) = (None, None);
+            let (mut send, mut recv, mut policy) = (None, None, None);
             for it in ItemIter::new(items) {
                 let it = it?;
                 it.check_payload()?;
                 match it.type_ {
                     item::ATTACH_FLAGS_SEND => send = Some(it.as_u64()?),
                     item::ATTACH_FLAGS_RECV => recv = Some(it.as_u64()?),
-                    item::NAME | item::POLICY_ACCESS => return Err(Errno::EOPNOTSUPP),
+                    item::NAME | item::POLICY_ACCESS => policy = Some(items),
                     _ => {}
                 }
             }
-            Command::Update { cmd, send, recv }
+            Command::Update {
+                cmd,
+                send,
+                recv,
+                policy,
+            }
         }
         cmd::LIST => Command::List(decode_fixed::<CmdList>(c, body)?.0),
         cmd::MATCH_ADD => {
@@ -252,8 +259,13 @@ impl Domain {
                 self.cmd_conn_info(key, cmd, target).map(Reply::Info)
             }
             Command::BusCreatorInfo(cmd) => self.cmd_bus_creator_info(key, cmd).map(Reply::Info),
-            Command::Update { cmd, send, recv } => self
-                .cmd_update(key, send, recv)
+            Command::Update {
+                cmd,
+                send,
+                recv,
+                policy,
+            } => self
+                .cmd_update(key, send, recv, policy)
                 .map(|()| Reply::Generic(cmd)),
             Command::List(cmd) => self.cmd_list(key, cmd).map(Reply::List),
             Command::MatchAdd { cmd, rules } => self

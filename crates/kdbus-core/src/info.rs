@@ -11,6 +11,7 @@ use crate::domain::{bus_owned_names, Domain};
 use crate::handle::Target;
 use crate::ids::ConnKey;
 use crate::message::{meta_len, meta_write, SenderMeta};
+use crate::policy::policy_parse;
 use kdbus_abi::{
     attach, hello_flags, item, list_flags, name_flags, CmdInfo, CmdList, Errno, Info, ItemWriter,
 };
@@ -119,6 +120,7 @@ impl Domain {
         key: ConnKey,
         send: Option<u64>,
         recv: Option<u64>,
+        policy: Option<&[u8]>,
     ) -> Result<(), Errno> {
         // HEAD: only ordinary connections and monitors send metadata, activators
         // may choose what they receive too; a bus's required metadata stays required.
@@ -144,6 +146,19 @@ impl Domain {
             Some(r) => Some(attach::sanitize(r)?),
             None => None,
         };
+        // Only a policy holder speaks for policy, one name per update (HEAD); its old
+        // entries are replaced as a whole, or kept if the new ones are refused.
+        if let Some(items) = policy {
+            if conn.flags & hello_flags::POLICY_HOLDER == 0 {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            let entries = policy_parse(items, true)?;
+            if entries.len() > 1 {
+                return Err(Errno::E2BIG);
+            }
+            let bus = self.buses.get_mut(&conn.bus).ok_or(Errno::ESHUTDOWN)?;
+            bus.policy.set(key, entries)?;
+        }
         let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
         if let Some(s) = send {
             conn.attach_send = s;

@@ -27,6 +27,7 @@ pub mod message;
 pub mod meta;
 pub mod names;
 pub mod outbox;
+pub mod policy;
 pub mod pool;
 pub mod queue;
 pub mod reply;

@@ -13,6 +13,7 @@ use crate::ids::{BusKey, ConnKey};
 use crate::matches::Notification;
 use crate::memory::{PoolMemory, VecPool};
 use crate::meta::Peer;
+use crate::policy::policy_parse;
 use crate::pool::PoolQuota;
 use crate::reply::ReplyFailure;
 use crate::sink::StreamPeer;
@@ -84,6 +85,14 @@ impl Domain {
         if needs_name != name.is_some() {
             return Err(Errno::EINVAL);
         }
+        // An activator's or policy holder's name comes with its policy (HEAD: the NAME
+        // and its POLICY_ACCESS items; wildcards only for holders).
+        let holder = cmd.flags & hello_flags::POLICY_HOLDER != 0;
+        let policy = if needs_name {
+            policy_parse(items, holder)?
+        } else {
+            Vec::new()
+        };
         let attach_send = attach::sanitize(cmd.attach_flags_send)?;
         let attach_recv = attach::sanitize(cmd.attach_flags_recv)?;
         if bus.attach_flags_req & !attach_send != 0 {
@@ -92,7 +101,9 @@ impl Domain {
         if let Some(n) = name {
             // An activator and a policy holder both speak for a name's policy, so only
             // one of them may exist per name; and one activator per name.
-            let held = bus.policy_holders.contains_key(n);
+            let held = policy
+                .iter()
+                .any(|e| bus.policy.has_entry(&e.name, e.wildcard));
             let has_activator = bus.names.lookup(n).is_some_and(|e| e.activator.is_some());
             if held || has_activator {
                 return Err(Errno::EEXIST);
@@ -139,6 +150,14 @@ impl Domain {
             let p = NotifyIdChange { id, flags };
             self.notify(bus_key, Notification::IdAdd { id }, p.as_bytes());
         }
+        if !policy.is_empty() {
+            if let Some(bus) = self.buses.get_mut(&bus_key) {
+                // Checked above: no entry of these names exists.
+                if let Err(e) = bus.policy.set(key, policy) {
+                    crate::bug!(e, "a checked policy was refused");
+                }
+            }
+        }
         if let Some(n) = special {
             if flags & hello_flags::ACTIVATOR != 0 {
                 let mut events = Vec::new();
@@ -149,8 +168,6 @@ impl Domain {
                     }
                 }
                 self.names_apply(bus_key, events);
-            } else if let Some(bus) = self.buses.get_mut(&bus_key) {
-                bus.policy_holders.insert(n.into(), key);
             }
         }
         Ok((key, reply))
@@ -205,7 +222,7 @@ impl Domain {
         let mut events = Vec::new();
         if let Some(b) = self.buses.get_mut(&bus) {
             b.names.release_all(key, &mut events);
-            b.policy_holders.retain(|_, holder| *holder != key);
+            b.policy.remove_owner(key);
         }
         self.names_apply(bus, events);
         let Some(conn) = self.conns.get_mut(&key) else {

@@ -9,6 +9,7 @@ use crate::deliver::conn_enqueue;
 use crate::domain::Domain;
 use crate::ids::{BusKey, ConnKey};
 use crate::names::NameEvent;
+use crate::policy::{Asker, OWN};
 use crate::reply::ReplyFailure;
 use kdbus_abi::{wire, Errno};
 
@@ -19,9 +20,14 @@ impl Domain {
         let conn = self.conns.get(&key).ok_or(Errno::ECONNRESET)?;
         let bus_key = conn.bus;
         let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
-        // Without policy entries only privileged bus users may own names (kdbus's
-        // default); the policy database will add grants.
-        if !bus.is_privileged(&conn.peer) {
+        // Privileged bus users may own any name; others need OWN in the policy
+        // (kdbus's default without entries: nobody).
+        let asker = Asker {
+            uid: conn.peer.creds.uid,
+            gid: conn.peer.creds.gid,
+            groups: conn.peer.groups.as_deref().unwrap_or(&[]),
+        };
+        if !bus.is_privileged(&conn.peer) && !bus.policy.allows(&asker, name, OWN) {
             return Err(Errno::EPERM);
         }
         let mut events = Vec::new();

@@ -99,7 +99,13 @@ impl Domain {
                 bloom_generation: self.bloom_generation,
                 bloom: &self.bloom_words,
             };
-            if !bus.matches.conn_takes_broadcast(dst_key, &b) {
+            // The receiver must be allowed to talk to the sender to get its signals.
+            let takes = bus.matches.conn_takes_broadcast(dst_key, &b)
+                && self
+                    .conns
+                    .get(&src_key)
+                    .is_some_and(|s| bus_talks(bus, dst, s, src_key));
+            if !takes {
                 // Not delivered, but monitors see what was sent (HEAD).
                 self.seq += 1;
                 let seq = self.seq;
@@ -140,6 +146,16 @@ impl Domain {
             return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
         }
 
+        // TALK: the sender may talk to the receiver (replies, above, need not).
+        let src = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?;
+        let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        if src.stream.is_none() && dst.stream.is_none() {
+            let to = bus.names.owned_by(dst_key);
+            let (uid, gid) = (creds.uid, creds.gid);
+            if !bus.may_talk(&src.peer, uid, gid, dst.peer.creds.uid, to) {
+                return Err(Errno::EPERM);
+            }
+        }
         if fds_refused {
             return Err(Errno::ECOMM);
         }
@@ -220,12 +236,15 @@ impl Domain {
         // Native monitors see every broadcast, matches or not (HEAD); the sender
         // never gets its own broadcast; activators get none at all.
         let conns = &self.conns;
+        let src = conns.get(&src_key).map(|c| &**c);
         targets.extend(bus_native_monitors(bus, conns));
         bus.matches
             .for_each_broadcast_receiver(&b, &mut self.seen, |c| {
                 if c != src_key
                     && conns.get(&c).is_some_and(|c| {
-                        c.flags & hello_flags::ACTIVATOR == 0 && !c.is_native_monitor()
+                        c.flags & hello_flags::ACTIVATOR == 0
+                            && !c.is_native_monitor()
+                            && src.is_some_and(|s| bus_talks(bus, c, s, src_key))
                     })
                 {
                     targets.push(c);
@@ -310,6 +329,17 @@ impl Domain {
         );
         Ok(())
     }
+}
+
+/// kdbus's check for a signal: may its receiver `dst` talk to its sender `src`? Stream
+/// peers (D-Bus) are judged by their own protocol's policy, not the kdbus database.
+fn bus_talks(bus: &Bus, dst: &Conn, src: &Conn, src_key: ConnKey) -> bool {
+    if dst.stream.is_some() || src.stream.is_some() {
+        return true;
+    }
+    let (uid, gid) = (dst.peer.creds.uid, dst.peer.creds.gid);
+    let to = bus.names.owned_by(src_key);
+    bus.may_talk(&dst.peer, uid, gid, src.peer.creds.uid, to)
 }
 
 /// Where a SEND goes: (connection, registry id of the name it was sent to, or 0).
