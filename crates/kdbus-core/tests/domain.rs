@@ -1,5 +1,7 @@
 //! The bus model driven directly: no sockets, a manual clock, heap-backed pools.
 
+// Shared with the other test binaries, which use other builders of it.
+#[allow(dead_code)]
 mod encode;
 
 use encode::{HelloOptions, Message};

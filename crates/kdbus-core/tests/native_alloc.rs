@@ -12,6 +12,8 @@
 mod counting;
 use counting::{allocs, counted};
 
+// Shared with the other test binaries, which use other builders of it.
+#[allow(dead_code)]
 mod encode;
 
 use encode::{HelloOptions, Message};

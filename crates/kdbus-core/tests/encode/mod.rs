@@ -11,6 +11,8 @@ pub struct HelloOptions {
     flags: u64,
     attach_recv: u64,
     pool_size: u64,
+    /// Items after the fixed part (a policy holder's name and policy).
+    items: Vec<u8>,
 }
 
 impl HelloOptions {
@@ -19,7 +21,14 @@ impl HelloOptions {
             flags: kdbus_abi::hello_flags::ACCEPT_FD,
             attach_recv: 0,
             pool_size: 16 * 1024 * 1024,
+            items: Vec::new(),
         }
+    }
+    /// A policy holder for `name`, with `policy` items (see [`policy_items`]).
+    pub fn policy_holder(mut self, policy: Vec<u8>) -> Self {
+        self.flags = kdbus_abi::hello_flags::POLICY_HOLDER;
+        self.items = policy;
+        self
     }
     pub fn attach_recv(mut self, f: u64) -> Self {
         self.attach_recv = f;
@@ -31,14 +40,16 @@ impl HelloOptions {
     }
     pub fn encode(&self) -> Vec<u8> {
         let h = CmdHello {
-            size: std::mem::size_of::<CmdHello>() as u64,
+            size: (std::mem::size_of::<CmdHello>() + self.items.len()) as u64,
             flags: self.flags,
             attach_flags_send: kdbus_abi::attach::ANY,
             attach_flags_recv: self.attach_recv,
             pool_size: self.pool_size,
             ..Default::default()
         };
-        h.as_bytes().to_vec()
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(&self.items);
+        out
     }
 }
 
@@ -124,4 +135,17 @@ impl<'a> Message<'a> {
             out.resize(padded, 0);
         }
     }
+}
+
+/// A NAME item and its POLICY_ACCESS items: (kind 1 user / 2 group / 3 world, id,
+/// level 0 SEE / 1 TALK / 2 OWN).
+pub fn policy_items(name: &str, access: &[(u64, u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = kdbus_abi::ItemWriter::new(&mut out);
+    w.push_str(kdbus_abi::item::NAME, name);
+    for &(type_, id, access) in access {
+        let a = kdbus_abi::PolicyAccess { type_, access, id };
+        w.push(kdbus_abi::item::POLICY_ACCESS, a.as_bytes());
+    }
+    out
 }
