@@ -536,6 +536,16 @@ fn get_id(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DE
 /// everything, and sends nothing more.
 fn become_monitor(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
     let key = c.key;
+    // Watching everyone's traffic is for the bus's own user and root (dbus-daemon and
+    // dbus-broker refuse everyone else).
+    let bus = bus_of(dom, c)?;
+    let privileged = dom.conn(key).is_some_and(|me| bus.is_privileged(&me.peer));
+    if !privileged {
+        return Err(err(
+            ErrName::AccessDenied,
+            "Connection is not allowed to become a monitor",
+        ));
+    }
     dom.with_stream(key, |s, out| {
         if let Some(p) = peer_mut(s) {
             let me = UniqueName::from_id(out.id());

@@ -1,7 +1,7 @@
-//! The order in which a D-Bus monitor sees what the bus says, driven in memory: when a
-//! name changes owner, the owner's NameAcquired (and the old owner's NameLost) come
-//! before the NameOwnerChanged everyone gets, on every stream, monitors included, as
-//! dbus-daemon and the bus before the D-Bus personality moved out of the core did.
+//! The bus driver, driven in memory: who may become a monitor, and the order in which
+//! a monitor sees what the bus says (when a name changes owner, the owner's
+//! NameAcquired, and the old owner's NameLost, come before the NameOwnerChanged everyone
+//! gets, on every stream, monitors included, as dbus-daemon does).
 
 use kdbus_bridge::Bridge;
 use kdbus_core::{ConnKey, Creds, Domain, ManualClock, Peer};
@@ -110,8 +110,8 @@ fn read(d: &mut Domain, key: ConnKey) -> Vec<(String, String)> {
     seen
 }
 
-#[test]
-fn a_monitor_sees_name_acquired_before_name_owner_changed() {
+/// A bus owned by root, and the bridge.
+fn bus() -> (Domain, u64, Bridge) {
     let mut d = Domain::new(Box::new(ManualClock::new(1_000_000_000)));
     let make = kdbus_abi::encode::bus_make(
         "0-test",
@@ -121,9 +121,44 @@ fn a_monitor_sees_name_acquired_before_name_owner_changed() {
             n_hash: 1,
         },
     );
+    let bus = d.bus_make(&peer(1, true), &make, [7; 16]).unwrap();
+    (d, bus, Bridge::new("0123456789abcdef0123456789abcdef"))
+}
+
+/// Only the bus's own user (and root) may watch everyone's traffic.
+#[test]
+fn another_user_may_not_become_a_monitor() {
+    let (mut d, bus, mut bridge) = bus();
+    let other = peer(2, false);
+    let key = bridge.hello(&mut d, bus, &other, true, 1).unwrap();
+    read(&mut d, key);
+    let m = driver_call(
+        2,
+        "org.freedesktop.DBus.Monitoring",
+        "BecomeMonitor",
+        "asu",
+        &[],
+        Some(0),
+    );
+    let h = header::parse(&m).unwrap();
+    bridge
+        .message(&mut d, key, &h, &m, Vec::new(), other.creds)
+        .unwrap();
+    let seen = read(&mut d, key);
+    assert_eq!(
+        seen,
+        vec![(
+            "error".to_string(),
+            "Connection is not allowed to become a monitor".to_string()
+        )]
+    );
+    assert!(d.bus(bus).unwrap().monitors.is_empty());
+}
+
+#[test]
+fn a_monitor_sees_name_acquired_before_name_owner_changed() {
+    let (mut d, bus, mut bridge) = bus();
     let root = peer(1, true);
-    let bus = d.bus_make(&root, &make, [7; 16]).unwrap();
-    let mut bridge = Bridge::new("0123456789abcdef0123456789abcdef");
     let creds = root.creds;
     // The monitor comes first (its key is lower than the owner's).
     let monitor = bridge.hello(&mut d, bus, &root, true, 1).unwrap();
