@@ -49,6 +49,9 @@ pub struct Config {
     pub buses: Vec<String>,
     /// Extra D-Bus addresses the first bus listens on (dbus-daemon's `<listen>`).
     pub dbus_listen: Vec<crate::config::ListenAddr>,
+    /// Who may connect to the D-Bus sockets, from a dbus-daemon configuration (`None`:
+    /// kdbus's rule, the bus's access mode).
+    pub dbus_admission: Option<crate::config::Admission>,
 }
 
 /// The broker: the domain, and the sockets through which clients reach it.
@@ -117,7 +120,7 @@ impl Broker {
             _signal: signal,
             listeners: Listeners::new(cfg.runtime_dir.clone()),
             handles: HashMap::new(),
-            dbus: DBusClients::default(),
+            dbus: DBusClients::new(cfg.dbus_admission.clone()),
             conn_token: HashMap::new(),
             rbuf: vec![0; wire::MAX_REQUEST_DATAGRAM],
             dirty: Vec::new(),

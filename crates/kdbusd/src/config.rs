@@ -16,6 +16,56 @@ pub struct ConfigError {
     pub msg: String,
 }
 
+/// Who may connect to a bus's D-Bus socket (dbus-daemon's `<allow user=…>`,
+/// `<allow group=…>`, `<deny …>` rules): the bus's own user, then each rule that names
+/// the client, in order, the last one deciding (default policies, then mandatory
+/// ones).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    pub rules: Vec<(bool, Principal)>,
+}
+
+/// Whom an admission rule names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Principal {
+    AnyUser,
+    User(u32),
+    AnyGroup,
+    Group(u32),
+}
+
+impl Admission {
+    /// May a client of `uid`, in groups `gids`, connect? `owner`: it is the bus's
+    /// own user.
+    pub fn admits(&self, uid: u32, gids: &[u32], owner: bool) -> bool {
+        self.rules.iter().fold(owner, |allowed, (allow, who)| {
+            let names = match who {
+                Principal::AnyUser | Principal::AnyGroup => true,
+                Principal::User(u) => *u == uid,
+                Principal::Group(g) => gids.contains(g),
+            };
+            if names {
+                *allow
+            } else {
+                allowed
+            }
+        })
+    }
+}
+
+/// A user or group name (or number) to its id, from `/etc/passwd` or `/etc/group`.
+fn id_of(name: &str, db: &str) -> Option<u32> {
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    let text = std::fs::read_to_string(db).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
 /// One `<allow>`/`<deny>` rule of a `<policy>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyRule {
@@ -243,6 +293,31 @@ impl BusConfig {
         Ok(())
     }
 
+    /// Who may connect, from the `user=`/`group=` rules of the default and mandatory
+    /// policies. Names that do not resolve name nobody.
+    pub fn admission(&self) -> Admission {
+        let mut rules = Vec::new();
+        for context in ["default", "mandatory"] {
+            let policies = self
+                .policies
+                .iter()
+                .filter(|p| p.context.0 == "context" && p.context.1 == context);
+            for r in policies.flat_map(|p| &p.rules) {
+                for (k, v) in &r.attrs {
+                    let who = match (k.as_str(), v.as_str()) {
+                        ("user", "*") => Some(Principal::AnyUser),
+                        ("user", name) => id_of(name, "/etc/passwd").map(Principal::User),
+                        ("group", "*") => Some(Principal::AnyGroup),
+                        ("group", name) => id_of(name, "/etc/group").map(Principal::Group),
+                        _ => None,
+                    };
+                    rules.extend(who.map(|w| (r.allow, w)));
+                }
+            }
+        }
+        Admission { rules }
+    }
+
     pub fn limit(&self, name: &str) -> Option<u64> {
         self.limits
             .iter()
@@ -442,5 +517,21 @@ mod tests {
         );
         assert!(parse_listen("tcp:host=localhost").is_err());
         assert!(parse_listen("unix:foo=1").is_err());
+    }
+
+    #[test]
+    fn the_last_rule_naming_a_client_decides_admission() {
+        let a = Admission {
+            rules: vec![
+                (true, Principal::AnyUser),
+                (false, Principal::Group(100)),
+                (true, Principal::User(7)),
+            ],
+        };
+        assert!(a.admits(5, &[5], false));
+        assert!(!a.admits(5, &[5, 100], false));
+        assert!(a.admits(7, &[100], false));
+        assert!(Admission::default().admits(1, &[], true));
+        assert!(!Admission::default().admits(1, &[], false));
     }
 }

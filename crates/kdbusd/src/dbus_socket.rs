@@ -19,6 +19,7 @@
 //! arrived, and the fds that came ahead of the message they belong to.
 
 use crate::backlog::{send_bytes, Backlog, Broken};
+use crate::config::Admission;
 use crate::dispatch::Dispatch;
 use kdbus_bridge::Bridge;
 use kdbus_core::{BusKey, ConnKey, Creds, Domain, Files, Peer};
@@ -30,6 +31,7 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
+use std::rc::Rc;
 
 /// How long a client may take to authenticate and say Hello.
 pub const AUTH_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
@@ -120,6 +122,8 @@ struct Bus<'a> {
     bridge: &'a mut Bridge,
     /// For arming write interest when a SASL reply must wait.
     dispatch: &'a Dispatch,
+    /// Who may connect, from a dbus-daemon configuration.
+    admission: Option<Rc<Admission>>,
 }
 
 /// The per-user books of clients that have not finished something.
@@ -174,9 +178,19 @@ pub(crate) struct DBusClients {
     clients: HashMap<u64, Box<DBusClient>>,
     /// What unfinished clients hold, per user.
     books: Books,
+    /// Who may connect, from a dbus-daemon configuration (`None`: the bus's access
+    /// mode decides, as for its native socket).
+    admission: Option<Rc<Admission>>,
 }
 
 impl DBusClients {
+    pub(crate) fn new(admission: Option<Admission>) -> DBusClients {
+        DBusClients {
+            admission: admission.map(Rc::new),
+            ..Default::default()
+        }
+    }
+
     /// Whether one more incomplete connection of `uid` is allowed.
     pub(crate) fn may_accept(&self, uid: u32) -> bool {
         self.books.incomplete.get(&uid).copied().unwrap_or(0) < MAX_INCOMPLETE_PER_USER
@@ -364,6 +378,7 @@ impl DBusClients {
             domain,
             bridge,
             dispatch,
+            admission: self.admission.clone(),
         };
         let mut total = 0;
         let mut event = Event::Quiet;
@@ -443,6 +458,35 @@ impl DBusClients {
     }
 }
 
+/// May the (authenticated) client connect to its bus? With a dbus-daemon
+/// configuration: the bus's own user, unless its `user=`/`group=` rules say otherwise
+/// (dbus-daemon's rule; root is no exception). Without one: what the bus's access mode
+/// grants its native socket (kdbus's rule: the owner, its group or everyone), and
+/// privileged users.
+fn admits(c: &DBusClient, bus: &Bus<'_>) -> bool {
+    let Some(b) = bus.domain.bus(c.bus) else {
+        return false;
+    };
+    let owner = c.uid == b.creator.creds.uid;
+    let mut gids = vec![c.peer.creds.gid];
+    if let Some(g) = &c.peer.groups {
+        gids.extend(g.chunks_exact(8).filter_map(|w| {
+            let id: u64 = kdbus_abi::read_struct(w)?;
+            u32::try_from(id).ok()
+        }));
+    }
+    match &bus.admission {
+        Some(a) => a.admits(c.uid, &gids, owner),
+        None => {
+            let mode = kdbus_core::bus::bus_access_mode(b.flags);
+            owner
+                || c.peer.privileged
+                || mode & 0o006 != 0
+                || (mode & 0o060 != 0 && gids.contains(&b.creator.creds.gid))
+        }
+    }
+}
+
 /// Act on the complete units at the start of `data`: `(keep the client, bytes
 /// used)`.
 fn process(
@@ -472,6 +516,10 @@ fn process(
         }
         if !done {
             return (true, used);
+        }
+        if !admits(c, bus) {
+            tracing::info!(uid = c.uid, "a user the bus does not admit was turned away");
+            return (false, used);
         }
     }
     // Messages.

@@ -159,6 +159,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         runtime_dir,
         buses,
         dbus_listen: listen,
+        dbus_admission: bus_config.as_ref().map(BusConfig::admission),
     };
     if daemon_mode && fork && args.ready_fd.is_none() {
         // Run a fresh copy of ourselves in a new session and wait until it serves. (A

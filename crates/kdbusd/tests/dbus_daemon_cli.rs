@@ -290,3 +290,86 @@ fn print_address_to_a_file_descriptor() {
     assert!(line.starts_with("unix:path="), "{line:?}");
     get_id(line.trim());
 }
+
+/// Whether `dbus-send` run as uid/gid 65534 (nobody) can call the bus at `address`.
+fn nobody_can_call(address: &str) -> bool {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "dbus-send",
+        ])
+        .args([
+            &format!("--bus={address}"),
+            "--print-reply",
+            "--reply-timeout=3000",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.GetId",
+        ])
+        .output()
+        .expect("setpriv and dbus-send")
+        .status
+        .success()
+}
+
+/// Who may connect: another user is turned away from a bus whose policy names nobody
+/// else (a session bus: anyone who got in could talk to the user's services and watch
+/// its traffic), differentially against dbus-daemon with the same configuration; and
+/// admitted by `<allow user="*"/>` (a system bus). (dbus-daemon itself is compared only
+/// in the first case: run as root with that rule it still turned `nobody` away here,
+/// while with Debian's system.conf, which makes it drop to `messagebus`, it admits it.)
+#[test]
+fn only_the_users_a_configuration_admits_may_connect() {
+    if rustix::process::getuid().as_raw() != 0 {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let cases: [(&str, bool, &[&str]); 2] = [
+        ("", false, &[KDBUSD, "dbus-daemon"]),
+        ("<allow user=\"*\"/>", true, &[KDBUSD]),
+    ];
+    for (extra, nobody_admitted, daemons) in cases {
+        for &daemon in daemons {
+            let dir = tempfile::tempdir().unwrap();
+            let sock = dir.path().join("bus");
+            let conf = dir.path().join("bus.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "<busconfig>\n<type>session</type>\n<listen>unix:path={}</listen>\n\
+                     <auth>EXTERNAL</auth>\n<policy context=\"default\">{extra}\
+                     <allow send_destination=\"*\"/><allow own=\"*\"/></policy>\n</busconfig>\n",
+                    sock.display()
+                ),
+            )
+            .unwrap();
+            // The socket's directory and file must not be what stops the client.
+            let mode = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+            std::fs::set_permissions(dir.path(), mode).unwrap();
+            let child = Command::new(daemon)
+                .args([
+                    &format!("--config-file={}", conf.display()),
+                    "--nofork",
+                    "--print-address",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut child = Daemon(child);
+            let mut address = String::new();
+            BufReader::new(child.0.stdout.take().unwrap())
+                .read_line(&mut address)
+                .unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+            std::fs::set_permissions(&sock, mode).unwrap();
+            assert_eq!(
+                nobody_can_call(address.trim()),
+                nobody_admitted,
+                "{daemon} with policy {extra:?}"
+            );
+        }
+    }
+}
