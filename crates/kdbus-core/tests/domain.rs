@@ -64,14 +64,7 @@ impl Bus {
     fn new() -> Bus {
         let clock = ManualClock::new(1_000_000_000);
         let mut d = Domain::new(Box::new(clock.clone()));
-        let body = kdbus_abi::encode::bus_make(
-            "0-test",
-            0,
-            kdbus_abi::BloomParameter {
-                size: 64,
-                n_hash: 1,
-            },
-        );
+        let body = encode::bus_make_body();
         let bus = d.bus_make(&peer(0), &body, [7; 16]).unwrap();
         Bus {
             d,

@@ -45,14 +45,7 @@ struct Bus {
 impl Bus {
     fn new() -> Bus {
         let mut d = Domain::new(Box::new(ManualClock::new(1_000_000_000)));
-        let make = kdbus_abi::encode::bus_make(
-            "0-test",
-            0,
-            kdbus_abi::BloomParameter {
-                size: 64,
-                n_hash: 1,
-            },
-        );
+        let make = encode::bus_make_body();
         let root = Peer {
             privileged: true,
             ..Default::default()

@@ -44,14 +44,7 @@ fn peer(uid: u32) -> Peer {
 impl Bus {
     fn new() -> Bus {
         let mut d = Domain::new(Box::new(ManualClock::new(1_000_000_000)));
-        let make = kdbus_abi::encode::bus_make(
-            "0-test",
-            0,
-            kdbus_abi::BloomParameter {
-                size: 64,
-                n_hash: 1,
-            },
-        );
+        let make = encode::bus_make_body();
         let bus = d.bus_make(&peer(ROOT), &make, [7; 16]).unwrap();
         Bus {
             d,

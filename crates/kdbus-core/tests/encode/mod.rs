@@ -5,6 +5,15 @@
 use kdbus_abi::{msg_flags, payload, CmdHello, Msg};
 use zerocopy::IntoBytes;
 
+/// BUS_MAKE of the test bus `0-test` (bloom filters of 64 bytes, one hash).
+pub fn bus_make_body() -> Vec<u8> {
+    let bloom = kdbus_abi::BloomParameter {
+        size: 64,
+        n_hash: 1,
+    };
+    kdbus_abi::encode::bus_make("0-test", 0, bloom)
+}
+
 /// HELLO's options.
 #[derive(Clone, Debug)]
 pub struct HelloOptions {
