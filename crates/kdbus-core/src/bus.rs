@@ -8,9 +8,10 @@ use crate::ids::ConnKey;
 use crate::matches::MatchDb;
 use crate::meta::Peer;
 use crate::names::NameRegistry;
-use crate::policy::{Asker, PolicyDb, TALK};
+use crate::policy::{Asker, PolicyDb, SEE, TALK};
 use kdbus_abi::{item, items::ItemIter, make_flags, names, BloomParameter, CmdGeneric, Errno};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct Bus {
@@ -32,6 +33,10 @@ pub struct Bus {
     /// Who may see, talk to and own which names: entries of policy holders and
     /// activators.
     pub policy: PolicyDb,
+    /// Custom endpoints, by id: their connections see, talk to and own only what their
+    /// own policy also allows.
+    pub endpoints: HashMap<u64, Endpoint>,
+    pub next_endpoint: u64,
     /// Every match entry of every connection on the bus.
     pub matches: MatchDb,
     /// Monitors: they get a copy of every unicast.
@@ -67,6 +72,54 @@ impl Bus {
             groups: peer.groups.as_deref().unwrap_or(&[]),
         };
         to_names.any(|n| self.policy.allows(&asker, n, TALK))
+    }
+}
+
+/// A custom endpoint (ENDPOINT_MAKE): a socket of its own beside the bus's default one,
+/// with a policy of its own applied on top of the bus's. Nothing is visible, talkable or
+/// ownable through it unless its policy says so, whoever asks.
+pub struct Endpoint {
+    /// `<uid>-<name>`, the socket's name in the bus's directory.
+    pub name: String,
+    /// Its maker, who owns its socket.
+    pub uid: u32,
+    /// Access flags (`make_flags`): who may connect through it.
+    pub flags: u64,
+    pub policy: PolicyDb,
+}
+
+impl Bus {
+    /// May a connection on endpoint `ep` (`None`: the default one), asking as `asker`,
+    /// see `name`? Everything is visible on the default endpoint.
+    pub fn ep_sees_name(&self, ep: Option<u64>, asker: &Asker<'_>, name: &str) -> bool {
+        ep.is_none_or(|e| {
+            self.endpoints
+                .get(&e)
+                .is_some_and(|ep| ep.policy.allows(asker, name, SEE))
+        })
+    }
+
+    /// May it see connection `whom`: one of the names `whom` owns?
+    pub fn ep_sees_conn(&self, ep: Option<u64>, asker: &Asker<'_>, whom: ConnKey) -> bool {
+        ep.is_none()
+            || self
+                .names
+                .owned_by(whom)
+                .any(|n| self.ep_sees_name(ep, asker, n))
+    }
+
+    /// May it talk to `whom` as far as its endpoint is concerned (kdbus: TALK on one of
+    /// `whom`'s names in the endpoint's policy, even for privileged callers)?
+    pub fn ep_talks_to(&self, ep: Option<u64>, asker: &Asker<'_>, whom: ConnKey) -> bool {
+        let Some(ep) = ep else {
+            return true;
+        };
+        let Some(ep) = self.endpoints.get(&ep) else {
+            return false;
+        };
+        self.names
+            .owned_by(whom)
+            .any(|n| ep.policy.allows(asker, n, TALK))
     }
 }
 

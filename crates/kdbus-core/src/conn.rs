@@ -87,6 +87,8 @@ pub struct Conn {
     pub output: Output,
     /// Name given at HELLO (activators, policy holders).
     pub special_name: Option<String>,
+    /// The custom endpoint it connected through (`None`: the bus's default one).
+    pub endpoint: Option<u64>,
     /// Set for receivers on a stream (D-Bus clients): they get their messages through
     /// it, not a pool.
     pub stream: Option<Box<dyn StreamPeer>>,
@@ -103,6 +105,7 @@ pub struct ConnSpec {
     pub peer: Peer,
     pub description: Option<Arc<str>>,
     pub special_name: Option<String>,
+    pub endpoint: Option<u64>,
 }
 
 impl Conn {
@@ -134,6 +137,7 @@ impl Conn {
             dropped_told: 0,
             output: Output::new(spec.key),
             special_name: spec.special_name,
+            endpoint: spec.endpoint,
             stream,
         }
     }
@@ -145,6 +149,15 @@ impl Conn {
 
     pub fn is_active(&self) -> bool {
         self.state == ConnState::Active
+    }
+
+    /// The connection's credentials as a policy check sees them.
+    pub fn asker(&self) -> crate::policy::Asker<'_> {
+        crate::policy::Asker {
+            uid: self.peer.creds.uid,
+            gid: self.peer.creds.gid,
+            groups: self.peer.groups.as_deref().unwrap_or(&[]),
+        }
     }
 
     /// A native monitor (HELLO with `MONITOR`): sees every message on its bus without

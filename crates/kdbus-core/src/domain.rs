@@ -189,6 +189,8 @@ impl Domain {
             next_conn_id: 1,
             names: NameRegistry::new(),
             policy: Default::default(),
+            endpoints: HashMap::new(),
+            next_endpoint: 1,
             matches: MatchDb::new(),
             monitors: Vec::new(),
             streams: Default::default(),

@@ -305,7 +305,12 @@ impl Domain {
 pub enum HandleKind {
     Control,
     BusOwner,
-    Endpoint,
+    /// An endpoint's socket before HELLO (`custom`: a custom endpoint's).
+    Endpoint {
+        custom: bool,
+    },
+    /// Made a custom endpoint; the endpoint lives as long as the handle.
+    EndpointOwner,
     /// A connection: its commands go to [`Domain::conn_request`].
     Conn,
 }
@@ -317,8 +322,12 @@ pub enum HandleAction {
     Conn,
     BusMake,
     Hello,
+    EndpointMake,
+    EndpointUpdate,
     /// The owner closes its handle: the bus goes now.
     RemoveBus,
+    /// The endpoint's owner closes its handle: the endpoint goes now.
+    RemoveEndpoint,
     /// Answered with this errno (0: success), nothing else happens.
     Answer(Errno),
 }
@@ -331,14 +340,22 @@ pub fn handle_action(kind: HandleKind, c: u32) -> HandleAction {
         HandleKind::BusOwner if c == cmd::RELEASE => HandleAction::RemoveBus,
         // A bus owner's handle is for holding the bus, nothing else (HEAD).
         HandleKind::BusOwner => HandleAction::Answer(Errno::EBADFD),
-        HandleKind::Control | HandleKind::Endpoint if c == cmd::RELEASE => {
+        HandleKind::EndpointOwner if c == cmd::RELEASE => HandleAction::RemoveEndpoint,
+        HandleKind::EndpointOwner if c == cmd::ENDPOINT_UPDATE => HandleAction::EndpointUpdate,
+        HandleKind::EndpointOwner => HandleAction::Answer(Errno::EBADFD),
+        HandleKind::Control | HandleKind::Endpoint { .. } if c == cmd::RELEASE => {
             HandleAction::Answer(Errno(0))
         }
         HandleKind::Control if c == cmd::BUS_MAKE => HandleAction::BusMake,
-        HandleKind::Endpoint if c == cmd::HELLO => HandleAction::Hello,
-        // Custom endpoints come with the policy database.
-        HandleKind::Endpoint if c == cmd::ENDPOINT_MAKE => HandleAction::Answer(Errno::EOPNOTSUPP),
-        HandleKind::Control | HandleKind::Endpoint => HandleAction::Answer(Errno::ENOTTY),
+        HandleKind::Endpoint { .. } if c == cmd::HELLO => HandleAction::Hello,
+        // Endpoints are made through the bus's own endpoint.
+        HandleKind::Endpoint { custom: false } if c == cmd::ENDPOINT_MAKE => {
+            HandleAction::EndpointMake
+        }
+        HandleKind::Endpoint { custom: true } if c == cmd::ENDPOINT_MAKE => {
+            HandleAction::Answer(Errno::EOPNOTSUPP)
+        }
+        HandleKind::Control | HandleKind::Endpoint { .. } => HandleAction::Answer(Errno::ENOTTY),
     }
 }
 

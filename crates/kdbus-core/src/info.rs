@@ -27,9 +27,20 @@ impl Domain {
     ) -> Result<CmdInfo, Errno> {
         let me = self.conns.get(&key).ok_or(Errno::ECONNRESET)?;
         let bus = self.buses.get(&me.bus).ok_or(Errno::ESHUTDOWN)?;
+        // Through a custom endpoint, what it may not see does not exist.
+        let asker = me.asker();
         let target_key = match target {
+            Target::Name(name) if !bus.ep_sees_name(me.endpoint, &asker, name) => {
+                return Err(Errno::ESRCH)
+            }
             Target::Name(name) => bus.names.lookup(name).ok_or(Errno::ESRCH)?.owner,
-            Target::Id(id) => *bus.conns.get(&id).ok_or(Errno::ENXIO)?,
+            Target::Id(id) => {
+                let k = *bus.conns.get(&id).ok_or(Errno::ENXIO)?;
+                if !bus.ep_sees_conn(me.endpoint, &asker, k) {
+                    return Err(Errno::ENXIO);
+                }
+                k
+            }
         };
         let t = self.conns.get(&target_key).ok_or(Errno::ENXIO)?;
         let meta = SenderMeta {
@@ -174,10 +185,16 @@ impl Domain {
         let bus = self.buses.get(&me.bus).ok_or(Errno::ESHUTDOWN)?;
         self.scratch.clear();
         let f = cmd.flags;
+        // Through a custom endpoint: only the names, and connections, it may see.
+        let (ep, asker) = (me.endpoint, me.asker());
+        let sees = |n: &str| bus.ep_sees_name(ep, &asker, n);
         for ck in bus.conns.values() {
             let Some(c) = self.conns.get(ck) else {
                 continue;
             };
+            if !bus.ep_sees_conn(ep, &asker, c.key) {
+                continue;
+            }
             let activator = c.flags & hello_flags::ACTIVATOR != 0;
             if c.flags & (hello_flags::MONITOR | hello_flags::POLICY_HOLDER) != 0
                 || (activator && f & list_flags::ACTIVATORS == 0)
@@ -186,7 +203,7 @@ impl Domain {
             }
             let mut added = false;
             if f & (list_flags::NAMES | list_flags::ACTIVATORS) != 0 {
-                for n in bus.names.owned_by(c.key) {
+                for n in bus.names.owned_by(c.key).filter(|n| sees(n)) {
                     let Some(e) = bus.names.lookup(n) else {
                         continue;
                     };
@@ -207,7 +224,7 @@ impl Domain {
                 }
             }
             if f & list_flags::QUEUED != 0 {
-                for n in bus.names.queued_by(c.key) {
+                for n in bus.names.queued_by(c.key).filter(|n| sees(n)) {
                     let Some(e) = bus.names.lookup(n) else {
                         continue;
                     };

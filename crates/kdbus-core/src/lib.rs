@@ -34,6 +34,7 @@ pub mod reply;
 pub mod sink;
 
 mod deliver;
+mod endpoints;
 mod info;
 mod lifecycle;
 mod matching;

@@ -24,8 +24,8 @@ use kdbus_abi::{attach, hello_flags, item, limits, read_cmd, CmdGeneric, CmdHell
 use zerocopy::IntoBytes;
 
 impl Domain {
-    /// HELLO on an endpoint of `bus`. `make_pool` creates the pool memory once the
-    /// command is known to be valid.
+    /// HELLO on the default endpoint of `bus`. `make_pool` creates the pool memory once
+    /// the command is known to be valid.
     pub fn hello(
         &mut self,
         bus_key: BusKey,
@@ -33,7 +33,22 @@ impl Domain {
         body: &[u8],
         make_pool: &mut dyn FnMut(u64) -> Result<Box<dyn PoolMemory>, Errno>,
     ) -> Result<(ConnKey, CmdHello), Errno> {
+        self.hello_on(bus_key, None, peer, body, make_pool)
+    }
+
+    /// HELLO on endpoint `endpoint` of `bus` (`None`: its default one).
+    pub fn hello_on(
+        &mut self,
+        bus_key: BusKey,
+        endpoint: Option<u64>,
+        peer: &Peer,
+        body: &[u8],
+        make_pool: &mut dyn FnMut(u64) -> Result<Box<dyn PoolMemory>, Errno>,
+    ) -> Result<(ConnKey, CmdHello), Errno> {
         let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        if endpoint.is_some_and(|e| !bus.endpoints.contains_key(&e)) {
+            return Err(Errno::ESHUTDOWN);
+        }
         let (cmd, size) = read_cmd::<CmdHello>(body)?;
         if cmd.flags & !hello_flags::ALL != 0 {
             return Err(Errno::EINVAL);
@@ -49,6 +64,10 @@ impl Domain {
             & (hello_flags::ACTIVATOR | hello_flags::POLICY_HOLDER | hello_flags::MONITOR);
         if kind.count_ones() > 1 {
             return Err(Errno::EINVAL);
+        }
+        // Monitors, activators and policy holders belong to the bus's own endpoint.
+        if kind != 0 && endpoint.is_some() {
+            return Err(Errno::EOPNOTSUPP);
         }
         if kind != 0 && !bus.is_privileged(peer) {
             return Err(Errno::EPERM);
@@ -124,6 +143,7 @@ impl Domain {
             peer: peer.clone(),
             description: description.map(Into::into),
             special_name: name.map(str::to_owned),
+            endpoint,
         };
         let mut conn = Conn::new(spec, mem, cmd.pool_size, None);
         // HEAD hands the bloom parameters back as an item in the pool.
@@ -297,6 +317,7 @@ impl Domain {
             peer: peer.clone(),
             description: None,
             special_name: None,
+            endpoint: None,
         };
         let conn = Conn::new(spec, Box::new(VecPool::new(0)), 0, Some(stream));
         self.conns.insert(key, Box::new(conn));

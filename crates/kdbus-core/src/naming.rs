@@ -9,7 +9,7 @@ use crate::deliver::conn_enqueue;
 use crate::domain::Domain;
 use crate::ids::{BusKey, ConnKey};
 use crate::names::NameEvent;
-use crate::policy::{Asker, OWN};
+use crate::policy::OWN;
 use crate::reply::ReplyFailure;
 use kdbus_abi::{wire, Errno};
 
@@ -22,11 +22,16 @@ impl Domain {
         let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
         // Privileged bus users may own any name; others need OWN in the policy
         // (kdbus's default without entries: nobody).
-        let asker = Asker {
-            uid: conn.peer.creds.uid,
-            gid: conn.peer.creds.gid,
-            groups: conn.peer.groups.as_deref().unwrap_or(&[]),
-        };
+        let asker = conn.asker();
+        // Through a custom endpoint, its policy must grant OWN too, privileged or not.
+        let ep_owns = conn.endpoint.is_none_or(|e| {
+            bus.endpoints
+                .get(&e)
+                .is_some_and(|ep| ep.policy.allows(&asker, name, OWN))
+        });
+        if !ep_owns {
+            return Err(Errno::EPERM);
+        }
         if !bus.is_privileged(&conn.peer) && !bus.policy.allows(&asker, name, OWN) {
             return Err(Errno::EPERM);
         }

@@ -1,6 +1,8 @@
 //! Bus notifications: ID_ADD / ID_REMOVE / NAME_* to native connections whose
 //! matches take them, and the same events to stream peers in their own protocol.
 
+use crate::bus::Bus;
+use crate::conn::Conn;
 use crate::deliver::bus_native_monitors;
 use crate::domain::Domain;
 use crate::ids::{BusKey, ConnKey};
@@ -131,7 +133,10 @@ impl Domain {
         targets.extend(bus_native_monitors(bus, conns));
         bus.matches
             .for_each_notification_receiver(&n, &mut self.seen, |c| {
-                if conns.get(&c).is_some_and(|c| !c.is_native_monitor()) {
+                if conns
+                    .get(&c)
+                    .is_some_and(|c| !c.is_native_monitor() && notification_visible(bus, c, &n))
+                {
                     targets.push(c);
                 }
             });
@@ -143,5 +148,23 @@ impl Domain {
             }
         }
         self.targets = targets;
+    }
+}
+
+/// Through a custom endpoint, a notification is seen only if what it is about is: the
+/// name, or (for ID_*) one of the connection's names.
+fn notification_visible(bus: &Bus, c: &Conn, n: &Notification<'_>) -> bool {
+    if c.endpoint.is_none() {
+        return true;
+    }
+    let asker = c.asker();
+    match *n {
+        Notification::IdAdd { id } | Notification::IdRemove { id } => bus
+            .conns
+            .get(&id)
+            .is_some_and(|k| bus.ep_sees_conn(c.endpoint, &asker, *k)),
+        Notification::NameAdd { name, .. }
+        | Notification::NameRemove { name, .. }
+        | Notification::NameChange { name, .. } => bus.ep_sees_name(c.endpoint, &asker, name),
     }
 }

@@ -81,6 +81,12 @@ impl Domain {
             return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
         }
         let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        // Through a custom endpoint, a name it may not see does not exist.
+        if let (Some(name), Some(src)) = (req.dst_name, self.conns.get(&src_key)) {
+            if !bus.ep_sees_name(src.endpoint, &src.asker(), name) {
+                return Err(Errno::ESRCH);
+            }
+        }
         let (dst_key, name_id) = bus_resolve_destination(bus, &self.conns, req)?;
         let dst = self.conns.get(&dst_key).ok_or(Errno::ENXIO)?;
         if !dst.is_active() {
@@ -149,6 +155,11 @@ impl Domain {
         // TALK: the sender may talk to the receiver (replies, above, need not).
         let src = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?;
         let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        // Through a custom endpoint, its policy must grant TALK on one of the
+        // receiver's names, privileged or not; refused as if nobody were there.
+        if !bus.ep_talks_to(src.endpoint, &src.asker(), dst_key) {
+            return Err(Errno::ENOENT);
+        }
         if src.stream.is_none() && dst.stream.is_none() {
             let to = bus.names.owned_by(dst_key);
             let (uid, gid) = (creds.uid, creds.gid);
@@ -334,6 +345,10 @@ impl Domain {
 /// kdbus's check for a signal: may its receiver `dst` talk to its sender `src`? Stream
 /// peers (D-Bus) are judged by their own protocol's policy, not the kdbus database.
 fn bus_talks(bus: &Bus, dst: &Conn, src: &Conn, src_key: ConnKey) -> bool {
+    // A receiver on a custom endpoint hears only senders it may see.
+    if !bus.ep_sees_conn(dst.endpoint, &dst.asker(), src_key) {
+        return false;
+    }
     if dst.stream.is_some() || src.stream.is_some() {
         return true;
     }

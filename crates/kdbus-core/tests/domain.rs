@@ -456,14 +456,33 @@ fn each_kind_of_handle_takes_its_own_commands() {
         handle_action(K::Control, cmd::HELLO),
         A::Answer(Errno::ENOTTY)
     );
-    assert_eq!(handle_action(K::Endpoint, cmd::HELLO), A::Hello);
+    let default_ep = K::Endpoint { custom: false };
+    let custom_ep = K::Endpoint { custom: true };
+    assert_eq!(handle_action(default_ep, cmd::HELLO), A::Hello);
+    assert_eq!(handle_action(custom_ep, cmd::HELLO), A::Hello);
     assert_eq!(
-        handle_action(K::Endpoint, cmd::ENDPOINT_MAKE),
+        handle_action(default_ep, cmd::ENDPOINT_MAKE),
+        A::EndpointMake
+    );
+    assert_eq!(
+        handle_action(custom_ep, cmd::ENDPOINT_MAKE),
         A::Answer(Errno::EOPNOTSUPP)
     );
     assert_eq!(
-        handle_action(K::Endpoint, cmd::SEND),
+        handle_action(default_ep, cmd::SEND),
         A::Answer(Errno::ENOTTY)
+    );
+    assert_eq!(
+        handle_action(K::EndpointOwner, cmd::ENDPOINT_UPDATE),
+        A::EndpointUpdate
+    );
+    assert_eq!(
+        handle_action(K::EndpointOwner, cmd::RELEASE),
+        A::RemoveEndpoint
+    );
+    assert_eq!(
+        handle_action(K::EndpointOwner, cmd::HELLO),
+        A::Answer(Errno::EBADFD)
     );
     assert_eq!(
         handle_action(K::BusOwner, cmd::HELLO),

@@ -295,7 +295,8 @@ impl Broker {
             }
             let role = match which {
                 Listener::Control => Role::Control,
-                Listener::Bus(b) => Role::Endpoint(b),
+                Listener::Bus(b) => Role::Endpoint(b, None),
+                Listener::Endpoint(b, ep) => Role::Endpoint(b, Some(ep)),
                 Listener::DBus(b) => {
                     // The server guid is the bus id: addresses carry it as `guid=`, and
                     // clients check that the server they reach is the one they meant.
@@ -434,7 +435,21 @@ impl Broker {
                 self.reply_direct(token, req.req_id, Errno(0), &[], None);
             }
             (HandleAction::BusMake, Role::Control) => self.control_bus_make(token, req),
-            (HandleAction::Hello, Role::Endpoint(bus)) => self.endpoint_hello(token, bus, req),
+            (HandleAction::Hello, Role::Endpoint(bus, ep)) => {
+                self.endpoint_hello(token, bus, ep, req)
+            }
+            (HandleAction::EndpointMake, Role::Endpoint(bus, None)) => {
+                self.endpoint_make(token, bus, req)
+            }
+            (HandleAction::EndpointUpdate, Role::EndpointOwner(bus, ep)) => {
+                let r = self.domain.endpoint_update(bus, ep, req.body);
+                let e = r.err().unwrap_or(Errno(0));
+                self.reply_direct(token, req.req_id, e, &[], None);
+            }
+            (HandleAction::RemoveEndpoint, Role::EndpointOwner(bus, ep)) => {
+                self.endpoint_remove(bus, ep);
+                self.reply_direct(token, req.req_id, Errno(0), &[], None);
+            }
             (HandleAction::Answer(e), _) => self.reply_direct(token, req.req_id, e, &[], None),
             (action, role) => {
                 // The core gives each kind only actions its role can carry out.
@@ -471,7 +486,46 @@ impl Broker {
         }
     }
 
-    fn endpoint_hello(&mut self, token: u64, bus: BusKey, req: &Request<'_>) {
+    /// ENDPOINT_MAKE: the endpoint, then its socket beside the bus's; the handle owns
+    /// it from now on.
+    fn endpoint_make(&mut self, token: u64, bus: BusKey, req: &Request<'_>) {
+        let Some(h) = self.handles.get(&token) else {
+            return;
+        };
+        let mut peer = h.peer.clone();
+        peer.creds = req.creds;
+        let (ep, name, flags) = match self.domain.endpoint_make(bus, &peer, req.body) {
+            Ok(made) => made,
+            Err(e) => return self.reply_direct(token, req.req_id, e, &[], None),
+        };
+        let mode = bus_access_mode(flags);
+        let uid = peer.creds.uid;
+        let opened = self
+            .listeners
+            .open_endpoint(&mut self.dispatch, bus, ep, &name, mode, uid);
+        if let Err(e) = opened {
+            tracing::warn!(%e, "cannot create an endpoint's socket");
+            self.domain.endpoint_destroy(bus, ep);
+            return self.reply_direct(token, req.req_id, Errno::EIO, &[], None);
+        }
+        if let Some(h) = self.handles.get_mut(&token) {
+            h.role = Role::EndpointOwner(bus, ep);
+        }
+        self.reply_direct(token, req.req_id, Errno(0), &[], None);
+    }
+
+    /// A custom endpoint's owner is gone: so are the endpoint and its connections.
+    fn endpoint_remove(&mut self, bus: BusKey, ep: u64) {
+        self.domain.endpoint_destroy(bus, ep);
+        self.listeners.close_endpoint(&self.dispatch, bus, ep);
+        for key in self.domain.take_closed() {
+            if let Some(token) = self.conn_token.get(&key).copied() {
+                self.close(token);
+            }
+        }
+    }
+
+    fn endpoint_hello(&mut self, token: u64, bus: BusKey, ep: Option<u64>, req: &Request<'_>) {
         let Some(h) = self.handles.get(&token) else {
             return;
         };
@@ -486,7 +540,10 @@ impl Broker {
             ro_fd = Some(fd);
             Ok(Box::new(mem))
         };
-        match self.domain.hello(bus, &peer, req.body, &mut make_pool) {
+        match self
+            .domain
+            .hello_on(bus, ep, &peer, req.body, &mut make_pool)
+        {
             Ok((key, reply)) => {
                 if let Some(h) = self.handles.get_mut(&token) {
                     h.role = Role::Conn(key);
@@ -576,7 +633,8 @@ impl Broker {
                 self.domain.conn_release(key);
             }
             Role::BusOwner(bus) => self.bus_remove(bus),
-            Role::Control | Role::Endpoint(_) => {}
+            Role::EndpointOwner(bus, ep) => self.endpoint_remove(bus, ep),
+            Role::Control | Role::Endpoint(..) => {}
         }
     }
 

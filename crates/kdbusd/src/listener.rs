@@ -29,6 +29,8 @@ pub(crate) enum Listener {
     Bus(BusKey),
     /// A bus's D-Bus socket (or an extra D-Bus address of it).
     DBus(BusKey),
+    /// A custom endpoint of a bus: native kdbus clients.
+    Endpoint(BusKey, u64),
 }
 
 /// The sockets of one bus, removed with it.
@@ -51,6 +53,8 @@ pub(crate) struct Listeners {
     bus_sockets: HashMap<BusKey, BusSockets>,
     /// Socket files of extra D-Bus listeners, removed at shutdown.
     extra_paths: Vec<PathBuf>,
+    /// Custom endpoints' sockets: (bus, endpoint) -> (listener token, path).
+    endpoints: HashMap<(BusKey, u64), (u64, PathBuf)>,
 }
 
 impl Listeners {
@@ -60,6 +64,7 @@ impl Listeners {
             by_token: HashMap::new(),
             bus_sockets: HashMap::new(),
             extra_paths: Vec::new(),
+            endpoints: HashMap::new(),
         }
     }
 
@@ -102,6 +107,42 @@ impl Listeners {
             },
         );
         Ok(())
+    }
+
+    /// Listen on custom endpoint `ep` of bus `bus`: `<bus dir>/<name>`, owned by `uid`,
+    /// with permissions `mode`.
+    pub(crate) fn open_endpoint(
+        &mut self,
+        dispatch: &mut Dispatch,
+        bus: BusKey,
+        ep: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+    ) -> std::io::Result<()> {
+        let dir = self
+            .bus_dir(bus)
+            .ok_or_else(|| std::io::Error::other("the bus has no directory"))?;
+        let path = dir.join(name);
+        let lfd = listen_unix(&path, mode)?;
+        let owner = rustix::process::Uid::from_raw(uid);
+        rustix::fs::chown(&path, Some(owner), None)?;
+        let token = dispatch.token();
+        dispatch.add(&lfd, token)?;
+        self.by_token
+            .insert(token, (lfd, Listener::Endpoint(bus, ep)));
+        self.endpoints.insert((bus, ep), (token, path));
+        Ok(())
+    }
+
+    /// Custom endpoint `ep` of `bus` is gone: stop listening and remove its socket.
+    pub(crate) fn close_endpoint(&mut self, dispatch: &Dispatch, bus: BusKey, ep: u64) {
+        if let Some((token, path)) = self.endpoints.remove(&(bus, ep)) {
+            if let Some((lfd, _)) = self.by_token.remove(&token) {
+                dispatch.remove(&lfd);
+            }
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// The directory of bus `key`'s sockets.
@@ -157,6 +198,15 @@ impl Listeners {
 
     /// Bus `key` is gone: stop listening for it and remove its files.
     pub(crate) fn close_bus(&mut self, dispatch: &Dispatch, key: BusKey) {
+        let eps: Vec<u64> = self
+            .endpoints
+            .keys()
+            .filter(|(b, _)| *b == key)
+            .map(|(_, e)| *e)
+            .collect();
+        for ep in eps {
+            self.close_endpoint(dispatch, key, ep);
+        }
         if let Some(s) = self.bus_sockets.remove(&key) {
             for t in [s.listener_token, s.dbus_token] {
                 if let Some((lfd, _)) = self.by_token.remove(&t) {

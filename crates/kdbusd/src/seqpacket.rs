@@ -38,8 +38,10 @@ pub(crate) enum Role {
     Control,
     /// Made this bus; the bus lives as long as the handle.
     BusOwner(BusKey),
-    /// Connected to a bus endpoint, no HELLO yet.
-    Endpoint(BusKey),
+    /// Connected to a bus endpoint (a custom one: its id), no HELLO yet.
+    Endpoint(BusKey, Option<u64>),
+    /// Made this custom endpoint; it lives as long as the handle.
+    EndpointOwner(BusKey, u64),
     /// A connection on a bus (after HELLO).
     Conn(ConnKey),
 }
@@ -51,7 +53,10 @@ impl Role {
         match self {
             Role::Control => HandleKind::Control,
             Role::BusOwner(_) => HandleKind::BusOwner,
-            Role::Endpoint(_) => HandleKind::Endpoint,
+            Role::Endpoint(_, ep) => HandleKind::Endpoint {
+                custom: ep.is_some(),
+            },
+            Role::EndpointOwner(..) => HandleKind::EndpointOwner,
             Role::Conn(_) => HandleKind::Conn,
         }
     }
