@@ -55,13 +55,43 @@ impl Bus {
     }
 
     fn hello_with(&mut self, uid: u32, opts: HelloOptions) -> Result<(ConnKey, u64), Errno> {
+        self.hello_on(None, uid, opts)
+    }
+
+    /// HELLO through endpoint `ep` (`None`: the bus's own).
+    fn hello_on(
+        &mut self,
+        ep: Option<u64>,
+        uid: u32,
+        opts: HelloOptions,
+    ) -> Result<(ConnKey, u64), Errno> {
         let mut mk =
             |size: u64| -> Result<Box<dyn PoolMemory>, Errno> { Ok(Box::new(VecPool::new(size))) };
-        let (key, h) = self
-            .d
-            .hello(self.bus, &peer(uid), &opts.encode(), &mut mk)?;
+        let body = opts.encode();
+        let (key, h) = self.d.hello_on(self.bus, ep, &peer(uid), &body, &mut mk)?;
         self.uids.insert(key, uid);
         Ok((key, h.id))
+    }
+
+    /// A custom endpoint `<uid>-<name>` made by `uid`, with `policy` items.
+    fn endpoint(&mut self, uid: u32, name: &str, policy: &[u8]) -> Result<u64, Errno> {
+        let mut body = CmdGeneric::default().as_bytes().to_vec();
+        ItemWriter::new(&mut body).push_str(item::MAKE_NAME, &format!("{uid}-{name}"));
+        body.extend_from_slice(policy);
+        let size = body.len() as u64;
+        body[..8].copy_from_slice(&size.to_ne_bytes());
+        self.d
+            .endpoint_make(self.bus, &peer(uid), &body)
+            .map(|r| r.0)
+    }
+
+    fn info_by_id(&mut self, key: ConnKey, id: u64) -> i32 {
+        let cmd = kdbus_abi::CmdInfo {
+            size: std::mem::size_of::<kdbus_abi::CmdInfo>() as u64,
+            id,
+            ..Default::default()
+        };
+        self.run(key, cmd::CONN_INFO, cmd.as_bytes())
     }
 
     fn hello(&mut self, uid: u32) -> (ConnKey, u64) {
@@ -265,4 +295,75 @@ fn a_broadcast_reaches_only_receivers_that_may_talk_to_the_sender() {
     b.records(bob);
     assert_eq!(b.send(alice, &Message::broadcast(&words).cookie(2)), 0);
     assert_eq!(b.messages(bob), 1);
+}
+
+/// EP1-EP12 (selftest endpoint): a custom endpoint is made only by a privileged bus
+/// user under its own uid; through it, only what its policy grants exists: a name and
+/// its owner become visible, talkable and ownable by its SEE, TALK and OWN rules, and
+/// notifications about anything else do not arrive.
+#[test]
+fn a_custom_endpoint_shows_only_what_its_policy_grants() {
+    let mut b = Bus::new();
+    assert_eq!(b.endpoint(ALICE, "sandbox", &[]), Err(Errno::EPERM));
+    assert_eq!(
+        b.endpoint(ROOT, &"X".repeat(70), &[]),
+        Err(Errno::ENAMETOOLONG)
+    );
+    let ep = b.endpoint(ROOT, "sandbox", &[]).unwrap();
+    assert_eq!(b.endpoint(ROOT, "sandbox", &[]), Err(Errno::EEXIST));
+    let monitor = HelloOptions::new().policy_holder(policy_items("a.b", &[]));
+    assert_eq!(
+        b.hello_on(Some(ep), ROOT, monitor).err(),
+        Some(Errno::EOPNOTSUPP)
+    );
+    // A service on the bus, and a sandboxed client (the same user: the bus's own
+    // policy lets it talk; only the endpoint stands between them).
+    let (service, sid) = b.hello(ROOT);
+    assert_eq!(b.acquire(service, "org.example.Service"), 0);
+    let (sandboxed, _) = b.hello_on(Some(ep), ROOT, HelloOptions::new()).unwrap();
+    let any_name_add = {
+        let mut items = Vec::new();
+        let chg = [!0u64, 0, !0u64, 0];
+        ItemWriter::new(&mut items).push(item::NAME_ADD, chg.as_bytes());
+        items
+    };
+    let mut m = CmdMatch {
+        size: (std::mem::size_of::<CmdMatch>() + any_name_add.len()) as u64,
+        cookie: 1,
+        ..Default::default()
+    }
+    .as_bytes()
+    .to_vec();
+    m.extend_from_slice(&any_name_add);
+    assert_eq!(b.run(sandboxed, cmd::MATCH_ADD, &m), 0);
+    // Nothing is visible yet.
+    assert_eq!(b.info_by_id(sandboxed, sid), Errno::ENXIO.0);
+    assert_eq!(
+        b.send(sandboxed, &Message::to(sid).cookie(1)),
+        Errno::ENOENT.0
+    );
+    assert_eq!(b.acquire(sandboxed, "org.example.Mine"), Errno::EPERM.0);
+    let (other, _) = b.hello(ROOT);
+    assert_eq!(b.acquire(other, "org.example.Other"), 0);
+    assert_eq!(
+        b.messages(sandboxed),
+        0,
+        "no notification about names it may not see"
+    );
+    // The endpoint's policy grants TALK on the service's name (SEE included).
+    let policy = policy_items("org.example.Service", &[(WORLD, 0, TALK)]);
+    let mut body = CmdGeneric::default().as_bytes().to_vec();
+    body.extend_from_slice(&policy);
+    let size = body.len() as u64;
+    body[..8].copy_from_slice(&size.to_ne_bytes());
+    b.d.endpoint_update(b.bus, ep, &body).unwrap();
+    assert_eq!(b.info_by_id(sandboxed, sid), 0);
+    assert_eq!(b.send(sandboxed, &Message::to(sid).cookie(2)), 0);
+    assert_eq!(b.messages(service), 1);
+    // Still nothing else: a name it may not see appears silently.
+    assert_eq!(b.acquire(other, "org.example.Another"), 0);
+    assert_eq!(b.messages(sandboxed), 0);
+    // The endpoint's maker goes: so do its connections.
+    b.d.endpoint_destroy(b.bus, ep);
+    assert_eq!(b.d.take_closed(), vec![sandboxed]);
 }
