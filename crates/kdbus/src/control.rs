@@ -4,12 +4,14 @@
 //! it, so it is a bare [`Transport`] without the queueing and sharing machinery of a
 //! connection. A bus made through it lives as long as the handle: the broker ties the
 //! bus to the socket, so dropping the [`BusOwner`] is how a bus is removed, and a
-//! crashed owner cannot leak one.
+//! crashed owner cannot leak one. A custom endpoint ([`EndpointOwner`]) is made and
+//! owned the same way, through a fresh handle of the bus's default endpoint.
 
 use crate::error::{Error, Result};
 use crate::transport::Transport;
-use kdbus_abi::{cmd, BloomParameter};
+use kdbus_abi::{cmd, item, BloomParameter, CmdGeneric, ItemWriter, PolicyAccess};
 use std::path::{Path, PathBuf};
+use zerocopy::IntoBytes;
 
 /// A connection to a broker's `control` socket.
 pub struct Control {
@@ -53,6 +55,70 @@ impl Control {
     pub fn raw_request(&self, cmd: u32, body: &[u8]) -> Result<(i32, Vec<u8>)> {
         let (e, b, _) = self.t.request(cmd, body, &[])?;
         Ok((e, b))
+    }
+}
+
+/// A custom endpoint we made; it lives as long as this value.
+pub struct EndpointOwner {
+    t: Transport,
+    /// Path of the endpoint's socket (`<bus dir>/<uid>-<name>`).
+    pub path: PathBuf,
+}
+
+/// One rule of an endpoint's (or a policy holder's) policy: `name` (or `a.b.*`) may be
+/// seen (0), talked to (1) or owned (2) by everyone.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub name: String,
+    pub level: u64,
+}
+
+/// `NAME` + `POLICY_ACCESS` items for `grants`, world-wide.
+fn policy_items(grants: &[Grant]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = ItemWriter::new(&mut out);
+    for g in grants {
+        w.push_str(item::NAME, &g.name);
+        let a = PolicyAccess {
+            type_: 3, // KDBUS_POLICY_ACCESS_WORLD
+            access: g.level,
+            id: 0,
+        };
+        w.push(item::POLICY_ACCESS, a.as_bytes());
+    }
+    out
+}
+
+impl EndpointOwner {
+    /// ENDPOINT_MAKE `name` (`<uid>-<name>`, the caller's uid) on the bus whose default
+    /// endpoint is `bus`, with access `flags` (`make_flags`) and `grants`.
+    pub fn make(bus: &Path, name: &str, flags: u64, grants: &[Grant]) -> Result<EndpointOwner> {
+        let t = Transport::connect(bus)?;
+        let mut body = CmdGeneric::default().as_bytes().to_vec();
+        ItemWriter::new(&mut body).push_str(item::MAKE_NAME, name);
+        body.extend_from_slice(&policy_items(grants));
+        let size = body.len() as u64;
+        body[..8].copy_from_slice(&size.to_ne_bytes());
+        body[8..16].copy_from_slice(&flags.to_ne_bytes());
+        let (e, _, _) = t.request(cmd::ENDPOINT_MAKE, &body, &[])?;
+        if e != 0 {
+            return Err(Error::Bus(kdbus_abi::Errno(e)));
+        }
+        let path = bus.with_file_name(name);
+        Ok(EndpointOwner { t, path })
+    }
+
+    /// ENDPOINT_UPDATE: the endpoint's policy becomes `grants`.
+    pub fn update(&self, grants: &[Grant]) -> Result<()> {
+        let mut body = CmdGeneric::default().as_bytes().to_vec();
+        body.extend_from_slice(&policy_items(grants));
+        let size = body.len() as u64;
+        body[..8].copy_from_slice(&size.to_ne_bytes());
+        let (e, _, _) = self.t.request(cmd::ENDPOINT_UPDATE, &body, &[])?;
+        if e != 0 {
+            return Err(Error::Bus(kdbus_abi::Errno(e)));
+        }
+        Ok(())
     }
 }
 

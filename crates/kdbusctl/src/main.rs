@@ -42,6 +42,24 @@ enum Cmd {
         #[arg(long)]
         world: bool,
     },
+    /// Make a custom endpoint of the bus (`<uid>-` is prepended when missing): a socket
+    /// through which only the granted names exist. Prints its path; it lives until
+    /// interrupted.
+    MakeEndpoint {
+        name: String,
+        /// Let every user connect (default: only you).
+        #[arg(long)]
+        world: bool,
+        /// Names (or `a.b.*`) everyone on it may see.
+        #[arg(long, value_name = "NAME")]
+        see: Vec<String>,
+        /// Names everyone on it may see and call.
+        #[arg(long, value_name = "NAME")]
+        talk: Vec<String>,
+        /// Names everyone on it may see, call and own.
+        #[arg(long, value_name = "NAME")]
+        own: Vec<String>,
+    },
     /// Answer every call with its own payload (an echo service); prints its id.
     Serve,
     /// Well-known names: owner, queue, activator.
@@ -139,6 +157,13 @@ fn run(cli: Cli) -> Res {
         Cmd::Status { json } => status(&cli, *json),
         Cmd::List { json } => list(&cli, *json),
         Cmd::MakeBus { name, world } => make_bus(&cli, name, *world),
+        Cmd::MakeEndpoint {
+            name,
+            world,
+            see,
+            talk,
+            own,
+        } => make_endpoint(&cli, name, *world, [see, talk, own]),
         Cmd::Serve => serve(&cli),
         Cmd::Names { json } => names(&cli, *json),
         Cmd::Acquire {
@@ -484,6 +509,36 @@ fn make_bus(cli: &Cli, name: &str, world: bool) -> Res {
     )?;
     println!("{}", owner.endpoint.display());
     // The bus lives as long as this handle: wait until we are told to go.
+    wait_for_signal();
+    drop(owner);
+    Ok(())
+}
+
+fn make_endpoint(cli: &Cli, name: &str, world: bool, grants: [&Vec<String>; 3]) -> Res {
+    let prefix = format!("{}-", uid());
+    let name = if name.starts_with(&prefix) {
+        name.to_string()
+    } else {
+        format!("{prefix}{name}")
+    };
+    let flags = if world {
+        abi::make_flags::ACCESS_WORLD
+    } else {
+        0
+    };
+    let grants: Vec<kdbus::Grant> = (0..)
+        .zip(grants)
+        .flat_map(|(level, names)| {
+            names.iter().map(move |n| kdbus::Grant {
+                name: n.clone(),
+                level,
+            })
+        })
+        .collect();
+    let bus = bus_path(cli);
+    let owner = kdbus::EndpointOwner::make(&bus, &name, flags, &grants)?;
+    println!("{}", owner.path.display());
+    // The endpoint lives as long as this handle: wait until we are told to go.
     wait_for_signal();
     drop(owner);
     Ok(())

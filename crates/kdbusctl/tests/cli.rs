@@ -160,3 +160,60 @@ fn make_bus_serves_until_interrupted() {
     }
     assert!(!path.exists());
 }
+
+/// A sandbox's endpoint: through it only the granted name exists; it goes with its
+/// maker.
+#[test]
+fn make_endpoint_shows_only_the_granted_names() {
+    let b = Broker::start();
+    let mut service = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+        .arg("--runtime-dir")
+        .arg(b.dir.path())
+        .args(["acquire", "org.example.Granted"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut other = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+        .arg("--runtime-dir")
+        .arg(b.dir.path())
+        .args(["acquire", "org.example.Hidden"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for c in [&mut service, &mut other] {
+        let mut line = String::new();
+        BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+    }
+    let mut mk = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+        .arg("--runtime-dir")
+        .arg(b.dir.path())
+        .args(["make-endpoint", "sandbox", "--talk", "org.example.Granted"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut path = String::new();
+    BufReader::new(mk.stdout.take().unwrap())
+        .read_line(&mut path)
+        .unwrap();
+    let path = PathBuf::from(path.trim());
+    assert!(path.ends_with(format!("{}-sandbox", rustix::process::getuid().as_raw())));
+    let names = b.ctl_json(&["--bus", path.to_str().unwrap(), "names", "--json"]);
+    let text = names.to_string();
+    assert!(text.contains("org.example.Granted"), "{text}");
+    assert!(!text.contains("org.example.Hidden"), "{text}");
+    let _ = mk.kill();
+    let _ = mk.wait();
+    for _ in 0..500 {
+        if !path.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!path.exists(), "the endpoint goes with its maker");
+    for mut c in [service, other] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
