@@ -125,6 +125,25 @@ fn bus() -> (Domain, u64, Bridge) {
     (d, bus, Bridge::new("0123456789abcdef0123456789abcdef"))
 }
 
+/// Connection `key` (sending with `creds`) calls the driver's `iface.member`.
+fn call(
+    d: &mut Domain,
+    bridge: &mut Bridge,
+    key: ConnKey,
+    creds: Creds,
+    (iface, member, sig): (&str, &str, &str),
+    args: &[&str],
+    u: Option<u32>,
+) {
+    let m = driver_call(2, iface, member, sig, args, u);
+    let h = header::parse(&m).unwrap();
+    bridge.message(d, key, &h, &m, Vec::new(), creds).unwrap();
+}
+
+const BECOME_MONITOR: (&str, &str, &str) =
+    ("org.freedesktop.DBus.Monitoring", "BecomeMonitor", "asu");
+const REQUEST_NAME: (&str, &str, &str) = ("org.freedesktop.DBus", "RequestName", "su");
+
 /// Only the bus's own user (and root) may watch everyone's traffic.
 #[test]
 fn another_user_may_not_become_a_monitor() {
@@ -132,18 +151,15 @@ fn another_user_may_not_become_a_monitor() {
     let other = peer(2, false);
     let key = bridge.hello(&mut d, bus, &other, true, 1).unwrap();
     read(&mut d, key);
-    let m = driver_call(
-        2,
-        "org.freedesktop.DBus.Monitoring",
-        "BecomeMonitor",
-        "asu",
+    call(
+        &mut d,
+        &mut bridge,
+        key,
+        other.creds,
+        BECOME_MONITOR,
         &[],
         Some(0),
     );
-    let h = header::parse(&m).unwrap();
-    bridge
-        .message(&mut d, key, &h, &m, Vec::new(), other.creds)
-        .unwrap();
     let seen = read(&mut d, key);
     assert_eq!(
         seen,
@@ -162,32 +178,26 @@ fn a_monitor_sees_name_acquired_before_name_owner_changed() {
     let creds = root.creds;
     // The monitor comes first (its key is lower than the owner's).
     let monitor = bridge.hello(&mut d, bus, &root, true, 1).unwrap();
-    let m = driver_call(
-        2,
-        "org.freedesktop.DBus.Monitoring",
-        "BecomeMonitor",
-        "asu",
+    call(
+        &mut d,
+        &mut bridge,
+        monitor,
+        creds,
+        BECOME_MONITOR,
         &[],
         Some(0),
     );
-    let h = header::parse(&m).unwrap();
-    bridge
-        .message(&mut d, monitor, &h, &m, Vec::new(), creds)
-        .unwrap();
     let owner = bridge.hello(&mut d, bus, &peer(2, true), true, 1).unwrap();
     read(&mut d, monitor);
-    let m = driver_call(
-        2,
-        "org.freedesktop.DBus",
-        "RequestName",
-        "su",
+    call(
+        &mut d,
+        &mut bridge,
+        owner,
+        creds,
+        REQUEST_NAME,
         &["org.example.Name"],
         Some(0),
     );
-    let h = header::parse(&m).unwrap();
-    bridge
-        .message(&mut d, owner, &h, &m, Vec::new(), creds)
-        .unwrap();
     let seen = read(&mut d, monitor);
     let acquired = seen
         .iter()

@@ -4,13 +4,13 @@
 #[allow(dead_code)]
 mod encode;
 
-use encode::{HelloOptions, Message};
+use encode::{peer, HelloOptions, Message};
 use kdbus_abi::wire::{self, Frames, MsgEvent, RecHeader};
 use kdbus_abi::{
     attach, cmd, item, read_struct, recv_flags, send_flags, CmdFree, CmdRecv, CmdSend, Errno, Msg,
 };
 use kdbus_core::domain::Request;
-use kdbus_core::{ConnKey, Creds, Domain, ManualClock, Peer, PoolMemory, VecPool};
+use kdbus_core::{ConnKey, Creds, Domain, ManualClock, PoolMemory, VecPool};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -46,18 +46,6 @@ struct Rec {
     error: i32,
     req_id: u64,
     body: Vec<u8>,
-}
-
-fn peer(uid: u32) -> Peer {
-    Peer {
-        creds: Creds {
-            pid: 100 + uid,
-            uid,
-            gid: uid,
-        },
-        privileged: uid == 0,
-        ..Default::default()
-    }
 }
 
 impl Bus {

@@ -6,11 +6,11 @@
 #[allow(dead_code)]
 mod encode;
 
-use encode::{policy_items, HelloOptions, Message};
+use encode::{peer, policy_items, HelloOptions, Message};
 use kdbus_abi::wire::{self, Frames, RecHeader};
 use kdbus_abi::{cmd, item, CmdGeneric, CmdMatch, Errno, ItemWriter};
 use kdbus_core::domain::Request;
-use kdbus_core::{ConnKey, Creds, Domain, ManualClock, Peer, PoolMemory, VecPool};
+use kdbus_core::{ConnKey, Creds, Domain, ManualClock, PoolMemory, VecPool};
 use std::collections::HashMap;
 use zerocopy::IntoBytes;
 
@@ -27,18 +27,6 @@ struct Bus {
     bus: u64,
     uids: HashMap<ConnKey, u32>,
     req: u64,
-}
-
-fn peer(uid: u32) -> Peer {
-    Peer {
-        creds: Creds {
-            pid: 100 + uid,
-            uid,
-            gid: uid,
-        },
-        privileged: uid == ROOT,
-        ..Default::default()
-    }
 }
 
 impl Bus {

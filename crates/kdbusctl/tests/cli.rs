@@ -46,6 +46,22 @@ impl Broker {
             .unwrap()
     }
 
+    /// Start `kdbusctl ARGS` in the background and read its first line of output.
+    fn spawn_ctl(&self, args: &[&str]) -> (Child, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+            .arg("--runtime-dir")
+            .arg(self.dir.path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        (child, line.trim().to_string())
+    }
+
     fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.ctl(args);
         assert!(
@@ -78,18 +94,7 @@ fn status_json() {
 #[test]
 fn list_shows_a_serving_connection_and_call_reaches_it() {
     let b = Broker::start();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
-        .arg("--runtime-dir")
-        .arg(b.dir.path())
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut id = String::new();
-    BufReader::new(serve.stdout.take().unwrap())
-        .read_line(&mut id)
-        .unwrap();
-    let id = id.trim().to_string();
+    let (mut serve, id) = b.spawn_ctl(&["serve"]);
     let list = b.ctl_json(&["list", "--json"]);
     let rows = list.as_array().unwrap();
     let row = rows
@@ -133,18 +138,8 @@ fn bench_json_has_the_promised_fields() {
 #[test]
 fn make_bus_serves_until_interrupted() {
     let b = Broker::start();
-    let mut mk = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
-        .arg("--runtime-dir")
-        .arg(b.dir.path())
-        .args(["make-bus", "mine"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut path = String::new();
-    BufReader::new(mk.stdout.take().unwrap())
-        .read_line(&mut path)
-        .unwrap();
-    let path = PathBuf::from(path.trim());
+    let (mut mk, path) = b.spawn_ctl(&["make-bus", "mine"]);
+    let path = PathBuf::from(path);
     assert!(path.ends_with(format!("{}-mine/bus", rustix::process::getuid().as_raw())));
     assert!(path.exists());
     let v = b.ctl_json(&["--bus", path.to_str().unwrap(), "status", "--json"]);
@@ -166,38 +161,11 @@ fn make_bus_serves_until_interrupted() {
 #[test]
 fn make_endpoint_shows_only_the_granted_names() {
     let b = Broker::start();
-    let mut service = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
-        .arg("--runtime-dir")
-        .arg(b.dir.path())
-        .args(["acquire", "org.example.Granted"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut other = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
-        .arg("--runtime-dir")
-        .arg(b.dir.path())
-        .args(["acquire", "org.example.Hidden"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for c in [&mut service, &mut other] {
-        let mut line = String::new();
-        BufReader::new(c.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-    }
-    let mut mk = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
-        .arg("--runtime-dir")
-        .arg(b.dir.path())
-        .args(["make-endpoint", "sandbox", "--talk", "org.example.Granted"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut path = String::new();
-    BufReader::new(mk.stdout.take().unwrap())
-        .read_line(&mut path)
-        .unwrap();
-    let path = PathBuf::from(path.trim());
+    let (service, _) = b.spawn_ctl(&["acquire", "org.example.Granted"]);
+    let (other, _) = b.spawn_ctl(&["acquire", "org.example.Hidden"]);
+    let (mut mk, path) =
+        b.spawn_ctl(&["make-endpoint", "sandbox", "--talk", "org.example.Granted"]);
+    let path = PathBuf::from(path);
     assert!(path.ends_with(format!("{}-sandbox", rustix::process::getuid().as_raw())));
     let names = b.ctl_json(&["--bus", path.to_str().unwrap(), "names", "--json"]);
     let text = names.to_string();

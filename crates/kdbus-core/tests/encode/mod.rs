@@ -1,9 +1,22 @@
 //! Commands as a client encodes them, for driving the domain without the client
 //! library (which the core must not depend on): HELLO and a SEND builder with the
-//! same shape as `kdbus::Message`.
+//! same shape as `kdbus::Message`, and who the test clients are.
 
 use kdbus_abi::{msg_flags, payload, CmdHello, Msg};
 use zerocopy::IntoBytes;
+
+/// A test client of user `uid` (pid `100 + uid`, group `uid`); root is privileged.
+pub fn peer(uid: u32) -> kdbus_core::Peer {
+    kdbus_core::Peer {
+        creds: kdbus_core::Creds {
+            pid: 100 + uid,
+            uid,
+            gid: uid,
+        },
+        privileged: uid == 0,
+        ..Default::default()
+    }
+}
 
 /// BUS_MAKE of the test bus `0-test` (bloom filters of 64 bytes, one hash).
 pub fn bus_make_body() -> Vec<u8> {
