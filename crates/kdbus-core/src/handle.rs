@@ -13,8 +13,8 @@ use crate::message::{message_parse_send, SendRequest};
 use kdbus_abi::items::ItemIter;
 use kdbus_abi::wire;
 use kdbus_abi::{
-    cmd, hello_flags, item, limits, read_cmd, CmdFree, CmdGeneric, CmdInfo, CmdList, CmdMatch,
-    CmdRecv, CmdSend, Errno,
+    cmd, hello_flags, item, limits, CmdFree, CmdGeneric, CmdInfo, CmdList, CmdMatch, CmdRecv,
+    CmdSend, Errno,
 };
 use std::os::fd::OwnedFd;
 use zerocopy::{FromBytes, IntoBytes};
@@ -68,9 +68,9 @@ pub enum Target<'a> {
     Name(&'a str),
 }
 
-/// The fixed part of every command a connection may issue: its struct's size. Flags
-/// are checked against `kdbus_abi::cmd_allowed_flags`, the table NEGOTIATE answers
-/// from, so the two cannot disagree.
+/// Every command a connection may issue, with the size of its fixed struct. Flags are
+/// checked against `kdbus_abi::cmd_allowed_flags`, the table NEGOTIATE answers from, so
+/// the two cannot disagree.
 const FIXED: &[(u32, usize)] = &[
     (cmd::SEND, std::mem::size_of::<CmdSend>()),
     (cmd::RECV, std::mem::size_of::<CmdRecv>()),
@@ -86,36 +86,51 @@ const FIXED: &[(u32, usize)] = &[
     (cmd::NAME_RELEASE, std::mem::size_of::<CmdGeneric>()),
 ];
 
-/// Read a command's fixed struct, check its size and flags; returns the struct and the
-/// command's items.
-fn decode_fixed<T: FromBytes + IntoBytes>(c: u32, body: &[u8]) -> Result<(T, &[u8]), Errno> {
-    let (t, size) = read_cmd::<T>(body)?;
+/// The checks every command gets, from the table: its size (at least its fixed
+/// struct, at most `CMD_MAX_SIZE`, EMSGSIZE beyond, within what arrived) and its flags.
+/// Returns the command's size.
+fn command_check(c: u32, body: &[u8]) -> Result<usize, Errno> {
+    let fixed = FIXED.iter().find(|(k, _)| *k == c).ok_or(Errno::ENOTTY)?.1;
+    let size: u64 = kdbus_abi::read_struct(body).ok_or(Errno::EINVAL)?;
+    if size < fixed as u64 {
+        return Err(Errno::EINVAL);
+    }
+    if size > limits::CMD_MAX_SIZE {
+        return Err(Errno::EMSGSIZE);
+    }
+    if size > body.len() as u64 {
+        return Err(Errno::EINVAL);
+    }
     let flags: u64 = kdbus_abi::read_struct(&body[8..]).ok_or(Errno::EINVAL)?;
     if flags & !kdbus_abi::cmd_allowed_flags(c) != 0 {
         return Err(Errno::EINVAL);
     }
-    Ok((t, &body[std::mem::size_of::<T>()..size as usize]))
+    Ok(size as usize)
+}
+
+/// A checked command's fixed struct, and its items.
+fn decode_fixed<T: FromBytes>(body: &[u8], size: usize) -> Result<(T, &[u8]), Errno> {
+    let t = kdbus_abi::read_struct(body).ok_or(Errno::EINVAL)?;
+    Ok((t, &body[std::mem::size_of::<T>()..size]))
 }
 
 /// Decode one command of connection `id` (its unique id, which a SEND's `src_id` must
 /// be if set) with `n_fds` fds at hand.
 pub fn command_decode(c: u32, body: &[u8], id: u64, n_fds: usize) -> Result<Command<'_>, Errno> {
-    if !FIXED.iter().any(|(k, _)| *k == c) {
-        return Err(Errno::ENOTTY);
-    }
+    let size = command_check(c, body)?;
     Ok(match c {
         cmd::SEND => {
             let max = limits::MSG_MAX_PAYLOAD_VEC_SIZE;
             Command::Send(message_parse_send(body, n_fds, id, max)?)
         }
         cmd::RECV => {
-            let (cmd, claim) = decode_fixed::<CmdRecv>(c, body)?;
+            let (cmd, claim) = decode_fixed::<CmdRecv>(body, size)?;
             Command::Recv { cmd, claim }
         }
-        cmd::FREE => Command::Free(decode_fixed::<CmdFree>(c, body)?.0),
-        cmd::BYEBYE => Command::Byebye(decode_fixed::<CmdGeneric>(c, body)?.0),
+        cmd::FREE => Command::Free(decode_fixed::<CmdFree>(body, size)?.0),
+        cmd::BYEBYE => Command::Byebye(decode_fixed::<CmdGeneric>(body, size)?.0),
         cmd::CONN_INFO => {
-            let (cmd, items) = decode_fixed::<CmdInfo>(c, body)?;
+            let (cmd, items) = decode_fixed::<CmdInfo>(body, size)?;
             let target = if cmd.id == 0 {
                 let name = items_name(items)?.ok_or(Errno::EINVAL)?;
                 kdbus_abi::names::validate_well_known_name(name, false)?;
@@ -127,12 +142,12 @@ pub fn command_decode(c: u32, body: &[u8], id: u64, n_fds: usize) -> Result<Comm
             Command::ConnInfo { cmd, target }
         }
         cmd::BUS_CREATOR_INFO => {
-            let (cmd, items) = decode_fixed::<CmdInfo>(c, body)?;
+            let (cmd, items) = decode_fixed::<CmdInfo>(body, size)?;
             kdbus_abi::items::validate_all(items)?;
             Command::BusCreatorInfo(cmd)
         }
         cmd::UPDATE => {
-            let (cmd, items) = decode_fixed::<CmdGeneric>(c, body)?;
+            let (cmd, items) = decode_fixed::<CmdGeneric>(body, size)?;
             let (mut send, mut recv, mut policy) = (None, None, None);
             for it in ItemIter::new(items) {
                 let it = it?;
@@ -151,18 +166,18 @@ pub fn command_decode(c: u32, body: &[u8], id: u64, n_fds: usize) -> Result<Comm
                 policy,
             }
         }
-        cmd::LIST => Command::List(decode_fixed::<CmdList>(c, body)?.0),
+        cmd::LIST => Command::List(decode_fixed::<CmdList>(body, size)?.0),
         cmd::MATCH_ADD => {
-            let (cmd, rules) = decode_fixed::<CmdMatch>(c, body)?;
+            let (cmd, rules) = decode_fixed::<CmdMatch>(body, size)?;
             Command::MatchAdd { cmd, rules }
         }
         cmd::MATCH_REMOVE => {
-            let (cmd, items) = decode_fixed::<CmdMatch>(c, body)?;
+            let (cmd, items) = decode_fixed::<CmdMatch>(body, size)?;
             kdbus_abi::items::validate_all(items)?;
             Command::MatchRemove(cmd)
         }
         cmd::NAME_ACQUIRE => {
-            let (cmd, items) = decode_fixed::<CmdGeneric>(c, body)?;
+            let (cmd, items) = decode_fixed::<CmdGeneric>(body, size)?;
             let name = items_name(items)?.ok_or(Errno::EINVAL)?;
             kdbus_abi::names::validate_well_known_name(name, false)?;
             Command::NameAcquire { cmd, name }
@@ -170,7 +185,7 @@ pub fn command_decode(c: u32, body: &[u8], id: u64, n_fds: usize) -> Result<Comm
         cmd::NAME_RELEASE => {
             // HEAD looks the name up without judging its form: an invalid name is just
             // one nobody owns (ESRCH).
-            let (cmd, items) = decode_fixed::<CmdGeneric>(c, body)?;
+            let (cmd, items) = decode_fixed::<CmdGeneric>(body, size)?;
             let name = items_name(items)?.ok_or(Errno::EINVAL)?;
             Command::NameRelease { cmd, name }
         }
