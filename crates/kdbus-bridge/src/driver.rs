@@ -257,6 +257,13 @@ fn request_name(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Bo
         Ok(_) => 1,
         Err(Errno::EALREADY) => 4,
         Err(Errno::EEXIST) => 3,
+        Err(Errno::EPERM) if dom.take_denial().is_some() => {
+            let who = UniqueName::from_id(dom.conn(c.key).map_or(0, |k| k.id));
+            return Err(err(
+                ErrName::AccessDenied,
+                format!("Connection \"{who}\" is not allowed to own the service \"{name}\" due to security policies in the configuration file"),
+            ));
+        }
         Err(Errno::EPERM) => {
             return Err(err(
                 ErrName::AccessDenied,

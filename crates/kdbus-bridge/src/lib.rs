@@ -23,10 +23,12 @@
 mod body;
 mod driver;
 mod peer;
+mod policy;
 mod route;
 pub mod stream_quota;
 
 pub use peer::DBusPeer;
+pub use policy::HeaderFacts;
 pub use route::DBusFatal;
 
 /// The bus driver's name.

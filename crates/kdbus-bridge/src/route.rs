@@ -12,6 +12,7 @@
 
 use crate::body::{Body, ErrName};
 use crate::peer::{peer_mut, DBusPeer};
+use crate::policy::{header_facts, policy_denial_text, policy_driver_call};
 use crate::{Bridge, DRIVER, REPLY_TIMEOUT_NS};
 use kdbus_abi::{item, msg_flags, payload, Errno, ItemWriter, Msg, Vec_};
 use kdbus_core::message::message_from_parts;
@@ -112,6 +113,12 @@ impl Bridge {
                 // Fds sent to the bus itself go nowhere else; monitors see them.
                 let files = (!fds.is_empty()).then(|| Files::from(fds));
                 dom.monitors_observe(bus, None, &copy, files.as_ref());
+            }
+            if let Err(text) = policy_driver_call(dom, key, h) {
+                if h.msg_type == MessageType::MethodCall && !h.no_reply_expected() {
+                    error_to(dom, key, h.serial, ErrName::AccessDenied, &text);
+                }
+                return Ok(());
             }
             if h.msg_type == MessageType::MethodCall {
                 self.driver_call(dom, key, h, body);
@@ -237,7 +244,8 @@ impl Bridge {
             Err(Errno::EMFILE)
         } else {
             let (items, body, max) = (&self.items, &self.send, DBUS_MAX_PAYLOAD);
-            message_from_parts(msg, items, body, fds.len(), src_id, max).and_then(|req| {
+            message_from_parts(msg, items, body, fds.len(), src_id, max).and_then(|mut req| {
+                req.facts = Some(header_facts(h));
                 let files = (!fds.is_empty()).then(|| Files::from(fds));
                 dom.send(key, &req, files, creds, 0)
             })
@@ -259,7 +267,7 @@ impl Bridge {
                     Errno::ENOBUFS | Errno::EXFULL | Errno::EMLINK | Errno::EMFILE => {
                         (ErrName::LimitsExceeded, "Limits exceeded".to_string())
                     }
-                    Errno::EPERM => (ErrName::AccessDenied, "Access denied".to_string()),
+                    Errno::EPERM => (ErrName::AccessDenied, denied_text(dom, key, bus_key, h)),
                     e => (ErrName::Failed, format!("Cannot deliver the message: {e}")),
                 };
                 error_to(dom, key, h.serial, name, &text);
@@ -267,6 +275,20 @@ impl Bridge {
             Err(e) => tracing::debug!(conn = key, %e, "D-Bus message not delivered"),
         }
     }
+}
+
+/// Why `key`'s message `h` was refused with EPERM: the message policy's complaint,
+/// or kdbus's.
+fn denied_text(dom: &mut Domain, key: ConnKey, bus: kdbus_core::BusKey, h: &Header<'_>) -> String {
+    let Some(d) = dom.take_denial() else {
+        return "Access denied".to_string();
+    };
+    let b = dom.bus(bus);
+    let dst = h.destination.and_then(|d| match UniqueName::parse(d) {
+        Some(id) if d.starts_with(':') => b.and_then(|b| b.conns.get(&id).copied()),
+        _ => b.and_then(|b| b.names.lookup(d)).map(|e| e.owner),
+    });
+    policy_denial_text(dom, &d, h, key, dst)
 }
 
 /// Answer message `serial` of `key` with a driver error.

@@ -44,6 +44,8 @@ pub struct Bus {
     /// Stream receivers (D-Bus clients): the ones told of name and connection changes
     /// through their protocol, so a change costs O(streams), not O(connections).
     pub streams: std::collections::BTreeSet<ConnKey>,
+    /// The configuration's message policy (`msgpolicy`), if it was given one.
+    pub msg_policy: Option<crate::msgpolicy::MsgPolicy>,
 }
 
 impl Bus {

@@ -92,6 +92,8 @@ pub struct Conn {
     /// Set for receivers on a stream (D-Bus clients): they get their messages through
     /// it, not a pool.
     pub stream: Option<Box<dyn StreamPeer>>,
+    /// Its bus's message policy, compiled for it (`None`: the bus has none).
+    pub rules: Option<Arc<crate::msgpolicy::ConnRules>>,
 }
 
 /// What a new connection is.
@@ -139,6 +141,7 @@ impl Conn {
             special_name: spec.special_name,
             endpoint: spec.endpoint,
             stream,
+            rules: None,
         }
     }
 

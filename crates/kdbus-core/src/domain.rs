@@ -116,6 +116,10 @@ pub struct Domain {
     pub(crate) echo: Echo,
     /// Reused to visit a bus's stream peers.
     pub(crate) stream_keys: Vec<ConnKey>,
+    /// Reads message headers for the message policy.
+    pub(crate) facts_reader: Box<dyn crate::msgpolicy::FactsReader>,
+    /// What the message policy last refused (see `msgcheck`).
+    pub(crate) denial: Option<crate::msgpolicy::Denial>,
 }
 
 impl Domain {
@@ -155,6 +159,8 @@ impl Domain {
             send_gen: 0,
             staged: Staged::default(),
             stream_keys: Vec::new(),
+            facts_reader: Box::new(crate::msgcheck::NoFacts),
+            denial: None,
         }
     }
 
@@ -194,6 +200,7 @@ impl Domain {
             matches: MatchDb::new(),
             monitors: Vec::new(),
             streams: Default::default(),
+            msg_policy: None,
         };
         self.next_bus_id += 1;
         self.bus_names.insert(spec.name, key);

@@ -131,6 +131,7 @@ impl Domain {
         self.user_conn_check(peer)?;
         let mem = make_pool(cmd.pool_size)?;
         let (key, id) = self.conn_register(bus_key, peer.creds.uid)?;
+        let rules = self.conn_rules(bus_key, peer);
         let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
         let bloom = bus.bloom;
         let spec = ConnSpec {
@@ -146,6 +147,7 @@ impl Domain {
             endpoint,
         };
         let mut conn = Conn::new(spec, mem, cmd.pool_size, None);
+        conn.rules = rules;
         // HEAD hands the bloom parameters back as an item in the pool.
         self.scratch.clear();
         ItemWriter::new(&mut self.scratch).push(item::BLOOM_PARAMETER, bloom.as_bytes());
@@ -319,7 +321,8 @@ impl Domain {
             special_name: None,
             endpoint: None,
         };
-        let conn = Conn::new(spec, Box::new(VecPool::new(0)), 0, Some(stream));
+        let mut conn = Conn::new(spec, Box::new(VecPool::new(0)), 0, Some(stream));
+        conn.rules = self.conn_rules(bus_key, peer);
         self.conns.insert(key, Box::new(conn));
         Ok((key, id))
     }

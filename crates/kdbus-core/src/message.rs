@@ -47,6 +47,9 @@ pub struct SendRequest<'a> {
     pub n_memfds: usize,
     pub dst_name: Option<&'a str>,
     pub bloom: Option<&'a [u8]>,
+    /// The D-Bus header facts, when the personality that built the message read them
+    /// already (`None`: read them from the payload if the bus has a message policy).
+    pub facts: Option<crate::msgpolicy::Facts<'a>>,
 }
 
 impl SendRequest<'_> {
@@ -140,6 +143,7 @@ fn message_parse_msg<'a>(
         n_memfds: 0,
         dst_name: None,
         bloom: None,
+        facts: None,
     };
     let mut n_items = 0;
     let mut vec_total: u64 = 0;

@@ -131,6 +131,11 @@ impl NameRegistry {
             .flat_map(|c| c.queued.iter())
     }
 
+    /// Names `conn` owns or waits for: what dbus-daemon's policy counts as its names.
+    pub fn held_by(&self, conn: ConnKey) -> impl Iterator<Item = &Arc<str>> {
+        self.owned_by(conn).chain(self.queued_by(conn))
+    }
+
     /// The name `conn` is the activator of.
     pub fn activator_of(&self, conn: ConnKey) -> Option<&Arc<str>> {
         self.conns.get(&conn)?.activator_of.as_ref()

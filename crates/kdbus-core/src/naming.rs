@@ -35,6 +35,8 @@ impl Domain {
         if !bus.is_privileged(&conn.peer) && !bus.policy.allows(&asker, name, OWN) {
             return Err(Errno::EPERM);
         }
+        self.msg_may_own(key, name)?;
+        let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
         let mut events = Vec::new();
         let return_flags = bus.names.acquire(key, false, name, flags, &mut events)?;
         self.names_apply(bus_key, events);

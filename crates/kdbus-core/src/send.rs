@@ -58,6 +58,9 @@ impl Domain {
             }
         }
         let bus_key = src.bus;
+        // The message policy reads the header once per send, if the bus has one.
+        let policed = self.buses.get(&bus_key).is_some_and(|b| b.msg_policy.is_some());
+        let facts = policed.then(|| self.msg_facts(req));
         let mut sender = SenderMeta {
             id: src.id,
             key: Some(src_key),
@@ -77,7 +80,7 @@ impl Domain {
             if req.payload_len > limits::MSG_MAX_PAYLOAD_VEC_SIZE {
                 return Err(Errno::EMSGSIZE);
             }
-            self.send_broadcast(src_key, req, sender, files)?;
+            self.send_broadcast(src_key, req, sender, files, facts.as_ref())?;
             return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
         }
         let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
@@ -111,6 +114,10 @@ impl Domain {
                     .conns
                     .get(&src_key)
                     .is_some_and(|s| bus_talks(bus, dst, s, src_key));
+            let takes = takes
+                && facts
+                    .as_ref()
+                    .is_none_or(|f| self.msg_passes(src_key, dst_key, f));
             if !takes {
                 // Not delivered, but monitors see what was sent (HEAD).
                 self.seq += 1;
@@ -128,6 +135,9 @@ impl Domain {
                 .and_then(|s| s.owed.get(&(dst_key, cookie)).copied());
             // HEAD: a reply nobody waits for is refused (64d871b delivered it).
             let tracker = owed.ok_or(Errno::EPERM)?;
+            if let Some(f) = &facts {
+                self.msg_check(src_key, dst_key, f, true)?;
+            }
             if let Some(sync_req) = tracker.sync_req {
                 // A synchronous caller waits for this very message: if it cannot be
                 // delivered, the caller is told so instead of waiting for its timeout.
@@ -169,6 +179,9 @@ impl Domain {
         }
         if fds_refused {
             return Err(Errno::ECOMM);
+        }
+        if let Some(f) = &facts {
+            self.msg_check(src_key, dst_key, f, false)?;
         }
         let expect = req.expects_reply();
         let cookie = req.msg.cookie;
@@ -233,6 +246,7 @@ impl Domain {
         req: &SendRequest<'_>,
         mut sender: SenderMeta,
         memfds: Option<Files>,
+        facts: Option<&crate::msgpolicy::Facts<'_>>,
     ) -> Result<(), Errno> {
         let bus_key = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?.bus;
         let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
@@ -261,6 +275,14 @@ impl Domain {
                     targets.push(c);
                 }
             });
+        // The message policy drops receivers silently (monitors are exempt).
+        if let Some(f) = facts {
+            let conns = &self.conns;
+            targets.retain(|&t| {
+                conns.get(&t).is_some_and(|c| c.is_native_monitor())
+                    || self.msg_passes(src_key, t, f)
+            });
+        }
         let wants_names = targets
             .iter()
             .filter_map(|t| self.conns.get(t))

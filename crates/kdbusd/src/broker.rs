@@ -52,6 +52,9 @@ pub struct Config {
     /// Who may connect to the D-Bus sockets, from a dbus-daemon configuration (`None`:
     /// kdbus's rule, the bus's access mode).
     pub dbus_admission: Option<crate::config::Admission>,
+    /// The message policy of the first bus, from a dbus-daemon configuration (`None`:
+    /// none, as on a bus a native client makes).
+    pub msg_policy: Option<kdbus_core::msgpolicy::MsgPolicy>,
 }
 
 /// The broker: the domain, and the sockets through which clients reach it.
@@ -113,6 +116,7 @@ impl Broker {
         let me = peer_from_creds(me_creds, &mut proc_strings);
         let mut domain = Domain::new(Box::new(SystemClock));
         domain.set_fd_inspector(Box::new(SystemFiles));
+        domain.set_facts_reader(Box::new(kdbus_bridge::HeaderFacts));
         let mut b = Broker {
             domain,
             bridge: kdbus_bridge::Bridge::new(&machine_id()),
@@ -145,6 +149,7 @@ impl Broker {
             buses.push(dir.join("bus"));
             dbus.push(format!("unix:path={}", dir.join("dbus").display()));
             if i == 0 {
+                b.domain.bus_set_msg_policy(key, cfg.msg_policy.clone());
                 for addr in &cfg.dbus_listen {
                     dbus_listen.push(b.dbus_listen_extra(key, addr)?);
                 }

@@ -2,11 +2,14 @@
 //!
 //! We read every element dbus-daemon 1.14 knows, follow `<include>` and `<includedir>`,
 //! and keep what the broker uses (bus type, listen addresses, limits, policy rules,
-//! service directories). Policy is parsed completely and checked for syntax; the bus
-//! allows everything until the policy engine exists. Any error names the file and the
-//! line, and is reported before anything is bound or started.
+//! service directories). Policy rules are checked as dbus-daemon checks them (which
+//! attributes go together, which values they take) and become the bus's message policy
+//! (`kdbus_core::msgpolicy`). Any error names the file and the line, and is reported
+//! before anything is bound or started.
 
+use kdbus_core::msgpolicy::{self, Act, Context, MsgPolicy, NameCrit, Rule};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {msg}")]
@@ -71,6 +74,9 @@ fn id_of(name: &str, db: &str) -> Option<u32> {
 pub struct PolicyRule {
     pub allow: bool,
     pub attrs: Vec<(String, String)>,
+    /// What it says about sending, receiving or owning (`None`: a `user=`/`group=`
+    /// rule, which is about connecting).
+    pub rule: Option<Rule>,
 }
 
 /// A `<policy>` block: its context (`default`, `mandatory`, `user=`, `group=`, `at_console=`)
@@ -121,11 +127,11 @@ const KNOWN_LIMITS: &[&str] = &[
 ];
 
 const RULE_ATTRS: &[&str] = &[
+    "send_destination_prefix",
     "send_interface",
     "send_member",
     "send_error",
     "send_destination",
-    "send_destination_prefix",
     "send_path",
     "send_type",
     "send_requested_reply",
@@ -318,6 +324,30 @@ impl BusConfig {
         Admission { rules }
     }
 
+    /// The message policy of the bus: every `<policy>`'s send, receive and own rules,
+    /// under its context. Policies for users or groups that do not exist are ignored
+    /// (dbus-daemon warns and ignores them too).
+    pub fn msg_policy(&self) -> MsgPolicy {
+        let mut p = MsgPolicy::new();
+        for pol in &self.policies {
+            let ctx = match (pol.context.0.as_str(), pol.context.1.as_str()) {
+                ("context", "mandatory") => Some(Context::Mandatory),
+                ("context", _) => Some(Context::Default),
+                ("user", u) => id_of(u, "/etc/passwd").map(Context::User),
+                ("group", g) => id_of(g, "/etc/group").map(Context::Group),
+                (_, v) => Some(Context::Console(v == "true")),
+            };
+            let Some(ctx) = ctx else {
+                tracing::warn!(who = %pol.context.1, "policy for an unknown user or group ignored");
+                continue;
+            };
+            for r in pol.rules.iter().filter_map(|r| r.rule.clone()) {
+                p.push(ctx, r);
+            }
+        }
+        p
+    }
+
     pub fn limit(&self, name: &str) -> Option<u64> {
         self.limits
             .iter()
@@ -366,9 +396,104 @@ fn parse_policy(
         if ra.is_empty() {
             return Err((rl, format!("<{}> without attributes", r.tag_name().name())));
         }
-        rules.push(PolicyRule { allow, attrs: ra });
+        let rule = rule_from_attrs(allow, &ra).map_err(|m| (rl, m))?;
+        rules.push(PolicyRule {
+            allow,
+            attrs: ra,
+            rule,
+        });
     }
     Ok(Policy { context, rules })
+}
+
+/// The message rule an `<allow>`/`<deny>` element says, checked as dbus-daemon checks
+/// it: send attributes do not mix with receive ones, `own`, `user` and `group` stand
+/// alone, a member needs an interface or a path, `*` means any.
+fn rule_from_attrs(allow: bool, attrs: &[(String, String)]) -> Result<Option<Rule>, String> {
+    let get = |k: &str| attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let has = |prefix: &str| attrs.iter().any(|(n, _)| n.starts_with(prefix));
+    let alone = ["own", "own_prefix", "user", "group"];
+    let standalone = attrs.iter().filter(|(n, _)| alone.contains(&n.as_str())).count();
+    let sends = has("send_");
+    let receives = has("receive_");
+    let invalid = || "Invalid combination of attributes".to_string();
+    if (sends && receives) || (standalone > 0 && attrs.len() > standalone + usize::from(get("log").is_some())) || standalone > 1 {
+        return Err(invalid());
+    }
+    for side in ["send", "receive"] {
+        let m = |k: &str| get(&format!("{side}_{k}"));
+        if m("member").is_some() && m("interface").is_none() && m("path").is_none() {
+            return Err("if you specify a member you must specify an interface or a path".into());
+        }
+        if m("error").is_some() && (m("interface").is_some() || m("member").is_some()) {
+            return Err(invalid());
+        }
+    }
+    let any = |v: Option<&str>| v.filter(|v| *v != "*").map(Arc::<str>::from);
+    let boolean = |k: &str| -> Result<Option<bool>, String> {
+        match get(k) {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(v) => Err(format!("Bad value \"{v}\" for {k} attribute, must be true or false")),
+        }
+    };
+    let number = |k: &str| -> Result<Option<u32>, String> {
+        get(k)
+            .map(|v| v.parse().map_err(|_| format!("Bad value \"{v}\" for {k} attribute")))
+            .transpose()
+    };
+    let name = |exact: Option<&str>, prefix: Option<&str>| match (any(exact), prefix) {
+        (_, Some(p)) => Some(NameCrit::Prefix(p.into())),
+        (Some(n), None) => Some(match n.strip_prefix(":1.").and_then(|i| i.parse().ok()) {
+            Some(id) => NameCrit::Unique(id),
+            None => NameCrit::Name(n),
+        }),
+        (None, None) => None,
+    };
+    if let Some(own) = get("own") {
+        let mut r = Rule::new(allow, Act::Own);
+        r.name = any(Some(own)).map(NameCrit::Name);
+        return Ok(Some(r));
+    }
+    if let Some(p) = get("own_prefix") {
+        let mut r = Rule::new(allow, Act::Own);
+        r.name = Some(NameCrit::Prefix(p.into()));
+        return Ok(Some(r));
+    }
+    if get("user").is_some() || get("group").is_some() {
+        return Ok(None);
+    }
+    let side = if sends { "send" } else { "receive" };
+    let mut r = Rule::new(allow, if sends { Act::Send } else { Act::Receive });
+    let f = |k: &str| get(&format!("{side}_{k}"));
+    r.msg_type = match any(f("type")).as_deref() {
+        None => 0,
+        Some("method_call") => msgpolicy::METHOD_CALL,
+        Some("method_return") => msgpolicy::METHOD_RETURN,
+        Some("error") => msgpolicy::ERROR,
+        Some("signal") => msgpolicy::SIGNAL,
+        Some(t) => return Err(format!("Bad message type \"{t}\"")),
+    };
+    r.path = any(f("path"));
+    r.interface = any(f("interface"));
+    r.member = any(f("member"));
+    r.error = any(f("error"));
+    r.name = if sends {
+        name(f("destination"), f("destination_prefix"))
+    } else {
+        name(f("sender"), None)
+    };
+    if let Some(v) = boolean(&format!("{side}_requested_reply"))? {
+        r.requested_reply = v;
+    }
+    if let Some(v) = boolean("eavesdrop")? {
+        r.eavesdrop = v;
+    }
+    r.broadcast = boolean("send_broadcast")?;
+    r.min_fds = number("min_fds")?.unwrap_or(0);
+    r.max_fds = number("max_fds")?.unwrap_or(u32::MAX);
+    Ok(Some(r))
 }
 
 /// A D-Bus server address we can listen on.

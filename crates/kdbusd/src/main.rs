@@ -160,6 +160,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         buses,
         dbus_listen: listen,
         dbus_admission: bus_config.as_ref().map(BusConfig::admission),
+        msg_policy: bus_config.as_ref().map(BusConfig::msg_policy),
     };
     if daemon_mode && fork && args.ready_fd.is_none() {
         // Run a fresh copy of ourselves in a new session and wait until it serves. (A
