@@ -22,6 +22,9 @@ use zerocopy::{FromBytes, IntoBytes};
 /// A command of a connection, decoded and validated as far as it can be without
 /// looking at the bus.
 #[derive(Debug)]
+// Decoded on the stack once per command and matched at once: boxing the SEND variant
+// would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub enum Command<'a> {
     Send(SendRequest<'a>),
     /// RECV, with the items of a claim (the fd numbers of the receiver).

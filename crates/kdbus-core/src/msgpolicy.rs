@@ -263,7 +263,12 @@ impl Index {
     /// The newest rule that matches, judged by `m` for everything but the name, and
     /// by `party` for the name.
     fn decide(&self, party: &Party<'_>, m: &dyn Fn(&Rule) -> bool) -> Option<&Rule> {
-        let newest = |list: &[u32]| list.iter().rev().copied().find(|&i| m(&self.rules[i as usize]));
+        let newest = |list: &[u32]| {
+            list.iter()
+                .rev()
+                .copied()
+                .find(|&i| m(&self.rules[i as usize]))
+        };
         let mut best = newest(&self.any);
         let mut consider = |i: Option<u32>| best = best.max(i);
         match party {
@@ -439,7 +444,13 @@ fn judge(
 /// match, and never keep a deny rule from matching.
 fn message_fits(r: &Rule, m: &Facts<'_>, requested: bool) -> bool {
     let unknown_ok = !r.allow;
-    if r.msg_type != 0 && !(if m.known { m.msg_type == r.msg_type } else { unknown_ok }) {
+    if r.msg_type != 0
+        && !(if m.known {
+            m.msg_type == r.msg_type
+        } else {
+            unknown_ok
+        })
+    {
         return false;
     }
     if m.is_reply {
@@ -510,7 +521,10 @@ mod tests {
         let mut p = MsgPolicy::new();
         p.push(Context::Default, send_rule(true, None, None));
         p.push(Context::Default, send_rule(false, Some("a.b"), None));
-        p.push(Context::Default, send_rule(true, Some("a.b"), Some("a.b.Open")));
+        p.push(
+            Context::Default,
+            send_rule(true, Some("a.b"), Some("a.b.Open")),
+        );
         let c = p.compile(1000, &[1000]);
         let m = call(Some("a.b"), "a.b.Open", "X");
         assert!(c.may_send(&m, &to("a.b"), false).is_ok());
@@ -578,7 +592,9 @@ mod tests {
         p.push(Context::Default, send_rule(false, None, Some("a.Denied")));
         let c = p.compile(1, &[]);
         assert!(c.may_send(&opaque, &to("x"), false).is_err());
-        assert!(c.may_send(&call(None, "a.Other", "M"), &to("x"), false).is_ok());
+        assert!(c
+            .may_send(&call(None, "a.Other", "M"), &to("x"), false)
+            .is_ok());
     }
 
     #[test]
@@ -600,7 +616,9 @@ mod tests {
         let ifaces = [None, Some("i.X"), Some("i.Y")];
         let mut seed = 12345u64;
         let mut next = |n: usize| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 33) as usize % n
         };
         for _ in 0..300 {
@@ -626,10 +644,14 @@ mod tests {
                     let party = to(dest);
                     let walk = rules
                         .iter()
-                        .filter(|r| party.fits(r.name.as_ref()) && message_fits(r, &m, false))
-                        .last()
+                        .rev()
+                        .find(|r| party.fits(r.name.as_ref()) && message_fits(r, &m, false))
                         .is_some_and(|r| r.allow);
-                    assert_eq!(c.may_send(&m, &party, false).is_ok(), walk, "{rules:?} {dest} {iface}");
+                    assert_eq!(
+                        c.may_send(&m, &party, false).is_ok(),
+                        walk,
+                        "{rules:?} {dest} {iface}"
+                    );
                 }
             }
         }

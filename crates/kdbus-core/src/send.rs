@@ -59,7 +59,10 @@ impl Domain {
         }
         let bus_key = src.bus;
         // The message policy reads the header once per send, if the bus has one.
-        let policed = self.buses.get(&bus_key).is_some_and(|b| b.msg_policy.is_some());
+        let policed = self
+            .buses
+            .get(&bus_key)
+            .is_some_and(|b| b.msg_policy.is_some());
         let facts = policed.then(|| self.msg_facts(req));
         let mut sender = SenderMeta {
             id: src.id,

@@ -413,11 +413,17 @@ fn rule_from_attrs(allow: bool, attrs: &[(String, String)]) -> Result<Option<Rul
     let get = |k: &str| attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let has = |prefix: &str| attrs.iter().any(|(n, _)| n.starts_with(prefix));
     let alone = ["own", "own_prefix", "user", "group"];
-    let standalone = attrs.iter().filter(|(n, _)| alone.contains(&n.as_str())).count();
+    let standalone = attrs
+        .iter()
+        .filter(|(n, _)| alone.contains(&n.as_str()))
+        .count();
     let sends = has("send_");
     let receives = has("receive_");
     let invalid = || "Invalid combination of attributes".to_string();
-    if (sends && receives) || (standalone > 0 && attrs.len() > standalone + usize::from(get("log").is_some())) || standalone > 1 {
+    if (sends && receives)
+        || (standalone > 0 && attrs.len() > standalone + usize::from(get("log").is_some()))
+        || standalone > 1
+    {
         return Err(invalid());
     }
     for side in ["send", "receive"] {
@@ -435,12 +441,17 @@ fn rule_from_attrs(allow: bool, attrs: &[(String, String)]) -> Result<Option<Rul
             None => Ok(None),
             Some("true") => Ok(Some(true)),
             Some("false") => Ok(Some(false)),
-            Some(v) => Err(format!("Bad value \"{v}\" for {k} attribute, must be true or false")),
+            Some(v) => Err(format!(
+                "Bad value \"{v}\" for {k} attribute, must be true or false"
+            )),
         }
     };
     let number = |k: &str| -> Result<Option<u32>, String> {
         get(k)
-            .map(|v| v.parse().map_err(|_| format!("Bad value \"{v}\" for {k} attribute")))
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("Bad value \"{v}\" for {k} attribute"))
+            })
             .transpose()
     };
     let name = |exact: Option<&str>, prefix: Option<&str>| match (any(exact), prefix) {
