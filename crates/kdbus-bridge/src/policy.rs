@@ -80,10 +80,11 @@ pub(crate) fn policy_denial_text(
     )
 }
 
-/// `uid=… pid=… comm="…"` of a connection, as dbus-daemon describes one.
+/// `uid=… pid=… comm="…"` of a connection (`bus` for the bus itself), as dbus-daemon
+/// describes one.
 fn policy_who(dom: &Domain, key: Option<ConnKey>) -> String {
     let Some(c) = key.and_then(|k| dom.conn(k)) else {
-        return "(bus)".into();
+        return "bus".into();
     };
     let cmdline = c.peer.cmdline.as_deref().unwrap_or(&[]);
     let comm: String = String::from_utf8_lossy(cmdline)

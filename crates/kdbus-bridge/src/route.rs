@@ -149,7 +149,8 @@ impl Bridge {
             None if h.msg_type == MessageType::Signal => (kdbus_abi::DST_ID_BROADCAST, None),
             None => return, // a call or reply to nobody: nothing to do (dbus-daemon drops it too)
             Some(d) => match UniqueName::parse(d) {
-                Some(id) if d.starts_with(':') => (id, None),
+                // Unique ids start at 1: `:1.0` is nobody.
+                Some(id) if d.starts_with(':') && id != 0 => (id, None),
                 _ if d.starts_with(':') => {
                     if expects {
                         let text = format!("The name {d} was not provided by any .service files");

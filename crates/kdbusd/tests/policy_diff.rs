@@ -172,9 +172,37 @@ fn outcome(out: std::process::Output) -> String {
         .unwrap_or_else(|| format!("failed: {err}"))
 }
 
-/// `dbus-send` as `who`.
-fn dbus_send(address: &str, who: (u32, u32), args: &[&str]) -> String {
-    let out = Command::new("setpriv")
+/// The error text of a failed `dbus-send`, with what differs between two runs (pids,
+/// unique names, command lines) replaced by `N`.
+fn error_text(out: std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let mut text = String::new();
+    for (i, part) in err.trim().split("comm=\"").enumerate() {
+        if i > 0 {
+            text.push_str("comm=\"N");
+        }
+        text.push_str(if i > 0 {
+            &part[part.find('"').unwrap_or(0)..]
+        } else {
+            part
+        });
+    }
+    for marker in ["pid=", ":1."] {
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(marker) {
+            out.push_str(&rest[..at + marker.len()]);
+            rest = rest[at + marker.len()..].trim_start_matches(|c: char| c.is_ascii_digit());
+            out.push('N');
+        }
+        out.push_str(rest);
+        text = out;
+    }
+    text
+}
+
+fn setpriv_dbus_send(address: &str, who: (u32, u32), args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
         .args([
             &format!("--reuid={}", who.0),
             &format!("--regid={}", who.1),
@@ -186,8 +214,17 @@ fn dbus_send(address: &str, who: (u32, u32), args: &[&str]) -> String {
         ])
         .args(args)
         .output()
-        .expect("setpriv dbus-send");
-    outcome(out)
+        .expect("setpriv dbus-send")
+}
+
+/// `dbus-send` as `who`.
+fn dbus_send(address: &str, who: (u32, u32), args: &[&str]) -> String {
+    outcome(setpriv_dbus_send(address, who, args))
+}
+
+/// The error text `dbus-send` as `who` gets.
+fn dbus_send_text(address: &str, who: (u32, u32), args: &[&str]) -> String {
+    error_text(setpriv_dbus_send(address, who, args))
 }
 
 /// A step of a script, run on one bus.
@@ -196,6 +233,8 @@ enum Step {
     Call((u32, u32), &'static str, &'static str, &'static str),
     /// `who` asks for a name.
     Own((u32, u32), &'static str),
+    /// Like `Call`, but the answer is the error's text (normalized by `error_text`).
+    CallText((u32, u32), &'static str, &'static str, &'static str),
     /// root, owning `org.test.Caller`, calls `dest` `iface.member` with `fds` fds.
     RootCall(&'static str, &'static str, usize),
 }
@@ -206,6 +245,9 @@ fn run_step(address: &str, caller: &ZConn, step: &Step) -> String {
     match step {
         Step::Call(who, dest, path, method) => {
             dbus_send(address, *who, &[&format!("--dest={dest}"), path, method])
+        }
+        Step::CallText(who, dest, path, method) => {
+            dbus_send_text(address, *who, &[&format!("--dest={dest}"), path, method])
         }
         Step::Own(who, name) => dbus_send(
             address,
@@ -510,5 +552,26 @@ fn the_installed_system_bus_policy() {
             ),
         ],
         &["ok", DENIED, DENIED, "ok", DENIED, DENIED, DENIED, "ok"],
+    );
+}
+
+/// The texts of the refusals, as dbus-daemon words them.
+#[test]
+fn denials_are_worded_as_dbus_daemon_words_them() {
+    if !usable() {
+        return;
+    }
+    let driver = "org.freedesktop.DBus";
+    let path = "/org/freedesktop/DBus";
+    case(
+        r#"<policy user="nobody"><allow send_destination="org.test.A" send_interface="org.x.Open"/></policy>"#,
+        &[
+            Step::CallText(NOBODY, driver, path, "org.freedesktop.DBus.Debug.Stats.GetStats"),
+            Step::CallText(NOBODY, "org.test.A", "/", "org.x.Shut.M"),
+        ],
+        &[
+            "Error org.freedesktop.DBus.Error.AccessDenied: Rejected send message, 1 matched rules; type=\"method_call\", sender=\":1.N\" (uid=65534 pid=N comm=\"N\") interface=\"org.freedesktop.DBus.Debug.Stats\" member=\"GetStats\" error name=\"(unset)\" requested_reply=\"0\" destination=\"org.freedesktop.DBus\" (bus)",
+            "Error org.freedesktop.DBus.Error.AccessDenied: Rejected send message, 1 matched rules; type=\"method_call\", sender=\":1.N\" (uid=65534 pid=N comm=\"N\") interface=\"org.x.Shut\" member=\"M\" error name=\"(unset)\" requested_reply=\"0\" destination=\"org.test.A\" (uid=0 pid=N comm=\"N\")",
+        ],
     );
 }
