@@ -53,6 +53,28 @@ fn drain(d: &mut Domain, dirty: &mut Vec<ConnKey>, sink: &mut Vec<(ConnKey, Vec<
 
 #[test]
 fn dbus_round_trips_allocate_nothing() {
+    round_trips_allocate_nothing(None);
+}
+
+/// With a configured message policy (allow everything, plus 1000 rules about other
+/// names), judging a message allocates nothing either.
+#[test]
+fn dbus_round_trips_under_a_message_policy_allocate_nothing() {
+    use kdbus_core::msgpolicy::{Act, Context, MsgPolicy, NameCrit, Rule};
+    let mut p = MsgPolicy::new();
+    for act in [Act::Send, Act::Receive] {
+        p.push(Context::Default, Rule::new(true, act));
+    }
+    for i in 0..1000 {
+        let mut r = Rule::new(false, [Act::Send, Act::Receive, Act::Own][i % 3]);
+        r.name = Some(NameCrit::Name(format!("org.unrelated.N{i}").into()));
+        r.interface = Some("org.unrelated.I".into());
+        p.push(Context::Default, r);
+    }
+    round_trips_allocate_nothing(Some(p));
+}
+
+fn round_trips_allocate_nothing(policy: Option<kdbus_core::msgpolicy::MsgPolicy>) {
     let clock = ManualClock::new(1_000_000_000);
     let mut d = Domain::new(Box::new(clock.clone()));
     let make = kdbus_abi::encode::bus_make(
@@ -67,9 +89,12 @@ fn dbus_round_trips_allocate_nothing() {
     root.creds.uid = 0;
     root.privileged = true;
     let bus = d.bus_make(&root, &make, [7; 16]).unwrap();
+    let policed = policy.is_some();
+    d.bus_set_msg_policy(bus, policy);
     let mut bridge = Bridge::new("0123456789abcdef0123456789abcdef");
     let client = bridge.hello(&mut d, bus, &peer(10), true, 1).unwrap();
     let service = bridge.hello(&mut d, bus, &peer(11), true, 1).unwrap();
+    assert_eq!(d.conn(client).unwrap().rules.is_some(), policed);
     let (mut dirty, mut sink) = (Vec::new(), Vec::new());
     drain(&mut d, &mut dirty, &mut sink);
     // The service's unique name, from its Hello reply.

@@ -10,7 +10,7 @@
 
 #[path = "../../kdbus-core/tests/support/counting.rs"]
 mod counting;
-use counting::{allocs, counted};
+use counting::{allocs, counted_all};
 
 mod common;
 use common::*;
@@ -28,7 +28,7 @@ const ROUNDS: u64 = 1000;
 /// Allocations made while `f` runs (by any thread of this process).
 fn count(f: impl FnOnce()) -> usize {
     let before = allocs();
-    counted(f);
+    counted_all(f);
     allocs() - before
 }
 

@@ -212,7 +212,7 @@ pub struct DBusOutcome {
 }
 
 /// The request/reply workload on one bus: a client calling an echo service.
-struct RoundTrips {
+pub(crate) struct RoundTrips {
     client: Client,
     service: String,
     body: Vec<u8>,
@@ -224,7 +224,7 @@ struct RoundTrips {
 }
 
 impl RoundTrips {
-    fn start(address: &str, payload: usize, pid: Option<u32>) -> BenchResult<Self> {
+    pub(crate) fn start(address: &str, payload: usize, pid: Option<u32>) -> BenchResult<Self> {
         let svc = Client::connect(address)?;
         // The service waits while other brokers take their turns.
         rustix::net::sockopt::set_socket_timeout(
@@ -249,7 +249,7 @@ impl RoundTrips {
     }
 
     /// `n` round trips; timed (and the broker's CPU counted) if `timed`.
-    fn run(&mut self, n: usize, timed: bool) -> BenchResult<()> {
+    pub(crate) fn run(&mut self, n: usize, timed: bool) -> BenchResult<()> {
         let f = Fields {
             path: Some("/org/kdbus/Bench"),
             interface: Some("org.kdbus.Bench"),
@@ -281,7 +281,7 @@ impl RoundTrips {
     }
 
     /// Round-trip statistics and the broker's CPU time per round trip.
-    fn finish(self) -> (Stats, Option<f64>) {
+    pub(crate) fn finish(self) -> (Stats, Option<f64>) {
         let n = self.samples.len().max(1) as f64;
         let cpu = self.pid.map(|_| self.cpu_ns as f64 / 1e3 / n);
         (stats(self.samples, self.elapsed), cpu)
@@ -406,7 +406,7 @@ fn child_of(pid: u32) -> Option<u32> {
 }
 
 /// The broker's pid, as the bus tells it.
-fn bus_pid(address: &str) -> Option<u32> {
+pub(crate) fn bus_pid(address: &str) -> Option<u32> {
     let mut c = Client::connect(address).ok()?;
     let r = c
         .driver_s("GetConnectionUnixProcessID", "org.freedesktop.DBus")
@@ -456,9 +456,9 @@ fn print_row(name: &str, o: &DBusOutcome) {
 }
 
 /// A broker started for the comparison; killed on drop, with what it needs.
-struct Started {
-    child: Child,
-    address: String,
+pub(crate) struct Started {
+    pub(crate) child: Child,
+    pub(crate) address: String,
     _dir: PathBuf,
     /// Kept alive as long as the broker: its launcher's bus, a journal socket.
     _keep: Vec<Box<dyn std::any::Any>>,
@@ -472,7 +472,9 @@ impl Drop for Started {
     }
 }
 
-fn config(dir: &Path, listen: &str) -> BenchResult<PathBuf> {
+/// The benchmarks' configuration: everything allowed, limits out of the way, plus
+/// `extra` (more `<policy>` blocks).
+fn config(dir: &Path, listen: &str, extra: &str) -> BenchResult<PathBuf> {
     let p = dir.join("bench.conf");
     std::fs::write(
         &p,
@@ -484,7 +486,7 @@ fn config(dir: &Path, listen: &str) -> BenchResult<PathBuf> {
              <limit name=\"max_outgoing_bytes\">1000000000</limit>\
              <limit name=\"max_completed_connections\">100000</limit>\
              <limit name=\"max_connections_per_user\">100000</limit>\
-             <limit name=\"max_match_rules_per_connection\">50000</limit></busconfig>"
+             <limit name=\"max_match_rules_per_connection\">50000</limit>{extra}</busconfig>"
         ),
     )?;
     Ok(p)
@@ -498,8 +500,17 @@ fn private_dir(name: &str) -> BenchResult<PathBuf> {
 
 /// Start a dbus-daemon-compatible program (`--config-file --nofork --print-address`).
 fn start_daemon_like(name: &str, program: &str) -> BenchResult<Started> {
+    start_configured(name, program, "")
+}
+
+/// Start it with `extra` in its configuration.
+pub(crate) fn start_configured(name: &str, program: &str, extra: &str) -> BenchResult<Started> {
     let dir = private_dir(name)?;
-    let conf = config(&dir, &format!("unix:path={}", dir.join("socket").display()))?;
+    let conf = config(
+        &dir,
+        &format!("unix:path={}", dir.join("socket").display()),
+        extra,
+    )?;
     let mut child = Command::new(program)
         .arg(format!("--config-file={}", conf.display()))
         .args(["--nofork", "--print-address"])
@@ -551,7 +562,7 @@ fn journal_socket() -> JournalSocket {
 fn start_dbus_broker(kdbusd: &str) -> BenchResult<Started> {
     let dir = private_dir("dbus-broker")?;
     let sock = dir.join("socket");
-    let conf = config(&dir, &format!("unix:path={}", sock.display()))?;
+    let conf = config(&dir, &format!("unix:path={}", sock.display()), "")?;
     let journal = journal_socket();
     let parent = start_daemon_like("dbus-broker-parent", kdbusd)?;
     let lfd = std::os::unix::net::UnixListener::bind(&sock)?;

@@ -5,13 +5,14 @@
 //! caller) against the socketpair's two.
 //!
 //! The other workloads live in submodules (`--names`: [`names`], `--broadcast`:
-//! [`broadcast`], `--dbus`/`--dbus-compare`: [`dbus`]); this module holds what they
+//! [`broadcast`], `--dbus`/`--dbus-compare`: [`dbus`], `--policy-rules`: [`policy`]); this module holds what they
 //! share (timing, statistics) and dispatches on the arguments, so they all depend on
 //! it and never on each other.
 
 mod broadcast;
 mod dbus;
 mod names;
+mod policy;
 
 use kdbus::{Connection, HelloOptions, Message};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -45,6 +46,10 @@ pub struct BenchArgs {
     /// Start kdbusd, dbus-broker and dbus-daemon on private sockets and measure all three.
     #[arg(long)]
     dbus_compare: bool,
+    /// Measure D-Bus round trips on two kdbusd buses, one with this many more policy
+    /// rules (about other names) than the other.
+    #[arg(long, value_name = "N")]
+    policy_rules: Option<usize>,
 }
 
 pub(crate) struct Stats {
@@ -108,6 +113,9 @@ pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error
             args.bcast.subscribers,
             args.json,
         );
+    }
+    if let Some(n) = args.policy_rules {
+        return policy::run(n, args.rounds, args.size, args.json);
     }
     if args.dbus_compare {
         return dbus::run_compare(args.rounds, args.size, args.bcast.subscribers, args.json);
