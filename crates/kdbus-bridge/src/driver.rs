@@ -118,6 +118,7 @@ static METHODS: &[Row] = &[
     row(DRIVER, "AddMatch", Some("s"), add_match),
     row(DRIVER, "RemoveMatch", Some("s"), remove_match),
     row(DRIVER, "GetId", Some(""), get_id),
+    // Answered by the broker, which reads the files (see `driver_call`).
     row(DRIVER, "ReloadConfig", None, nothing),
     row(MONITORING, "BecomeMonitor", Some("asu"), become_monitor),
     row(PEER, "Ping", None, nothing),
@@ -137,28 +138,44 @@ impl Bridge {
         h: &Header<'_>,
         body: &[u8],
     ) {
+        if h.member == Some("ReloadConfig") && h.interface.is_none_or(|i| i == DRIVER) {
+            // Answered once the broker has read the files (or failed to).
+            self.reloads.push((key, h.serial, !h.no_reply_expected()));
+            return;
+        }
         let reply = self.driver_dispatch(dom, key, h, body);
         if h.no_reply_expected() {
             return;
         }
-        let serial = h.serial;
-        dom.with_stream(key, |s, out| {
-            let Some(p) = peer_mut(s) else {
-                return;
-            };
-            match reply {
-                Ok(b) => {
-                    let f = Fields {
-                        reply_serial: Some(serial),
-                        ..Default::default()
-                    };
-                    p.write_driver(out, MessageType::MethodReturn, f, &b);
-                }
-                Err(DErr(name, text)) => p.write_error(out, serial, name, &text),
-            }
-        });
+        driver_answer(dom, key, h.serial, reply);
     }
+}
 
+/// Answer call `serial` of `key`: its reply body, or an error.
+pub(crate) fn driver_answer(
+    dom: &mut Domain,
+    key: ConnKey,
+    serial: u32,
+    reply: Result<Body, DErr>,
+) {
+    dom.with_stream(key, |s, out| {
+        let Some(p) = peer_mut(s) else {
+            return;
+        };
+        match reply {
+            Ok(b) => {
+                let f = Fields {
+                    reply_serial: Some(serial),
+                    ..Default::default()
+                };
+                p.write_driver(out, MessageType::MethodReturn, f, &b);
+            }
+            Err(DErr(name, text)) => p.write_error(out, serial, name, &text),
+        }
+    });
+}
+
+impl Bridge {
     fn driver_dispatch(
         &mut self,
         dom: &mut Domain,

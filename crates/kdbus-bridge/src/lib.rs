@@ -48,6 +48,9 @@ pub struct Bridge {
     send: Vec<u8>,
     /// The kdbus items of the message being routed.
     items: Vec<u8>,
+    /// `ReloadConfig` calls waiting for the broker to reload: (caller, serial, wants
+    /// an answer). The broker reads files; the bridge does no I/O.
+    reloads: Vec<(kdbus_core::ConnKey, u32, bool)>,
 }
 
 impl Bridge {
@@ -56,5 +59,26 @@ impl Bridge {
             machine_id: machine_id.to_string(),
             ..Default::default()
         }
+    }
+
+    /// `ReloadConfig` calls since the last time: the broker reloads its configuration
+    /// once for all of them and answers each with [`Bridge::reload_answer`].
+    pub fn take_reloads(&mut self) -> Vec<(kdbus_core::ConnKey, u32, bool)> {
+        std::mem::take(&mut self.reloads)
+    }
+
+    /// Answer a `ReloadConfig` call: done, or why the configuration was not taken
+    /// (the old one stays in force).
+    pub fn reload_answer(
+        &mut self,
+        dom: &mut kdbus_core::Domain,
+        key: kdbus_core::ConnKey,
+        serial: u32,
+        result: Result<(), String>,
+    ) {
+        let reply = result
+            .map(|()| body::Body::new())
+            .map_err(|e| body::DErr(body::ErrName::Failed, e));
+        driver::driver_answer(dom, key, serial, reply);
     }
 }

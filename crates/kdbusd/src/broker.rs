@@ -25,7 +25,7 @@ use crate::listener::{Listener, Listeners};
 use crate::peer::{peer_from_creds, peer_from_socket, ProcStrings};
 use crate::pool_memfd::{pool_create, SystemFiles};
 use crate::seqpacket::{self, Handle, Read, Role, READ_BUDGET};
-use crate::sys::shutdown_signalfd;
+use crate::sys::signals_fd;
 use kdbus_abi::wire;
 use kdbus_abi::{BloomParameter, Errno};
 use kdbus_core::bus::bus_access_mode;
@@ -55,6 +55,8 @@ pub struct Config {
     /// The message policy of the first bus, from a dbus-daemon configuration (`None`:
     /// none, as on a bus a native client makes).
     pub msg_policy: Option<kdbus_core::msgpolicy::MsgPolicy>,
+    /// The dbus-daemon configuration file, read again on `ReloadConfig` and SIGHUP.
+    pub config_file: Option<PathBuf>,
 }
 
 /// The broker: the domain, and the sockets through which clients reach it.
@@ -66,7 +68,7 @@ pub struct Broker {
     /// The epoll set and its tokens.
     dispatch: Dispatch,
     /// Registered in `dispatch`; kept here so it stays open.
-    _signal: OwnedFd,
+    signals: OwnedFd,
     /// The listening sockets and the bus directories.
     listeners: Listeners,
     /// Native handles by token. Boxed: the table's slots stay small, so its growth
@@ -86,6 +88,9 @@ pub struct Broker {
     proc_strings: ProcStrings,
     /// kdbus's module parameters (`attach_flags_mask`), as files.
     params: Option<crate::params::Params>,
+    /// The configuration file and the bus it configures (the first one).
+    config_file: Option<PathBuf>,
+    config_bus: Option<BusKey>,
 }
 
 /// What `Broker::new` created, for the ready line.
@@ -102,7 +107,7 @@ pub struct Ready {
 
 impl Broker {
     pub fn new(cfg: Config) -> std::io::Result<(Broker, Ready)> {
-        let signal = shutdown_signalfd()?;
+        let signal = signals_fd()?;
         crate::sys::ignore_sigpipe();
         std::fs::create_dir_all(&cfg.runtime_dir)?;
         let dispatch = Dispatch::new()?;
@@ -121,7 +126,7 @@ impl Broker {
             domain,
             bridge: kdbus_bridge::Bridge::new(&machine_id()),
             dispatch,
-            _signal: signal,
+            signals: signal,
             listeners: Listeners::new(cfg.runtime_dir.clone()),
             handles: HashMap::new(),
             dbus: DBusClients::new(cfg.dbus_admission.clone()),
@@ -131,6 +136,8 @@ impl Broker {
             me,
             proc_strings,
             params: None,
+            config_file: cfg.config_file.clone(),
+            config_bus: None,
         };
         let control = b.listeners.open_control(&b.dispatch)?;
         let (params, mask) = crate::params::Params::open(&cfg.runtime_dir)?;
@@ -150,6 +157,7 @@ impl Broker {
             dbus.push(format!("unix:path={}", dir.join("dbus").display()));
             if i == 0 {
                 b.domain.bus_set_msg_policy(key, cfg.msg_policy.clone());
+                b.config_bus = Some(key);
                 for addr in &cfg.dbus_listen {
                     dbus_listen.push(b.dbus_listen_extra(key, addr)?);
                 }
@@ -237,12 +245,24 @@ impl Broker {
                 match token {
                     TOKEN_PARAMS => {}
                     TOKEN_SIGNAL => {
-                        tracing::info!("shutting down");
-                        self.shutdown();
-                        return Ok(());
+                        if self.signals_take() {
+                            tracing::info!("shutting down");
+                            self.shutdown();
+                            return Ok(());
+                        }
                     }
                     t if self.listeners.contains(t) => self.accept_all(t),
                     t => self.socket_event(t, flags),
+                }
+            }
+            let reloads = self.bridge.take_reloads();
+            if !reloads.is_empty() {
+                let result = self.reload();
+                for (key, serial, wants) in reloads {
+                    if wants {
+                        let r = result.clone();
+                        self.bridge.reload_answer(&mut self.domain, key, serial, r);
+                    }
                 }
             }
             self.domain.tick();
@@ -253,6 +273,44 @@ impl Broker {
                 }
             }
             self.flush();
+        }
+    }
+
+    /// Read the pending signals: SIGHUP reloads the configuration; `true` if one asks
+    /// to shut down.
+    fn signals_take(&mut self) -> bool {
+        // struct signalfd_siginfo: 128 bytes, the signal number first.
+        let mut info = [0u8; 128];
+        let mut stop = false;
+        while let Ok(128) = rustix::io::read(&self.signals, &mut info) {
+            let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+            if signo == libc::SIGHUP as u32 {
+                let _ = self.reload();
+            } else {
+                stop = true;
+            }
+        }
+        stop
+    }
+
+    /// Read the configuration file again and put its policy and admission rules in
+    /// force at once. A file that does not load changes nothing: the error is logged
+    /// and returned, and the old configuration stays.
+    fn reload(&mut self) -> Result<(), String> {
+        let (Some(path), Some(bus)) = (self.config_file.clone(), self.config_bus) else {
+            return Ok(());
+        };
+        match crate::config::BusConfig::load(&path) {
+            Ok(c) => {
+                self.domain.bus_set_msg_policy(bus, Some(c.msg_policy()));
+                self.dbus.set_admission(Some(c.admission()));
+                tracing::info!(file = %path.display(), "configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(%e, "configuration not reloaded; the old one stays in force");
+                Err(e.to_string())
+            }
         }
     }
 

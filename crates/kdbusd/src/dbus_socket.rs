@@ -192,6 +192,11 @@ impl DBusClients {
     }
 
     /// Whether one more incomplete connection of `uid` is allowed.
+    /// Who may connect from now on (a reloaded configuration).
+    pub(crate) fn set_admission(&mut self, admission: Option<Admission>) {
+        self.admission = admission.map(Rc::new);
+    }
+
     pub(crate) fn may_accept(&self, uid: u32) -> bool {
         self.books.incomplete.get(&uid).copied().unwrap_or(0) < MAX_INCOMPLETE_PER_USER
     }

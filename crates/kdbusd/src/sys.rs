@@ -80,9 +80,10 @@ impl Drop for MappedPool {
     }
 }
 
-/// Block SIGINT and SIGTERM for the process and return a signalfd that reports them, so
-/// shutdown is just another event in the loop. Call before spawning threads.
-pub fn shutdown_signalfd() -> io::Result<OwnedFd> {
+/// Block SIGINT, SIGTERM and SIGHUP for the process and return a signalfd that reports
+/// them, so shutdown and reloading are just other events in the loop. Call before
+/// spawning threads.
+pub fn signals_fd() -> io::Result<OwnedFd> {
     // SAFETY: plain libc calls on a zeroed, locally owned sigset_t; the returned fd is
     // checked and then owned exactly once.
     unsafe {
@@ -90,6 +91,7 @@ pub fn shutdown_signalfd() -> io::Result<OwnedFd> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }

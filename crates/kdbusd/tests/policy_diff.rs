@@ -73,6 +73,26 @@ enum Config<'a> {
     System,
 }
 
+/// Write the configuration of `tag`'s bus in `dir`: the base policy plus `extra`
+/// (`BROKEN`: a file that does not parse).
+fn write_conf(dir: &Path, tag: &str, extra: &str) -> PathBuf {
+    let conf = dir.join(format!("{tag}.conf"));
+    let sock = dir.join(format!("{tag}.sock"));
+    let text = if extra == BROKEN {
+        "<busconfig><policy context=\"default\"><allow/></busconfig>".to_string()
+    } else {
+        format!(
+            "<busconfig>\n  <type>system</type>\n  <listen>unix:path={}</listen>\n  <auth>EXTERNAL</auth>{BASE}\n{extra}\n</busconfig>\n",
+            sock.display()
+        )
+    };
+    std::fs::write(&conf, text).unwrap();
+    conf
+}
+
+/// A configuration that does not load.
+const BROKEN: &str = "broken";
+
 /// Start `program` (dbus-daemon or kdbusd) listening in `dir`; returns it and its
 /// address.
 fn start(program: &str, dir: &Path, config: Config<'_>) -> (Daemon, String) {
@@ -83,16 +103,10 @@ fn start(program: &str, dir: &Path, config: Config<'_>) -> (Daemon, String) {
     let sock = dir.join(format!("{tag}.sock"));
     let args = match config {
         Config::Base(extra) => {
-            let conf = dir.join(format!("{tag}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "<busconfig>\n  <type>system</type>\n  <listen>unix:path={}</listen>\n  <auth>EXTERNAL</auth>{BASE}\n{extra}\n</busconfig>\n",
-                    sock.display()
-                ),
-            )
-            .unwrap();
-            vec![format!("--config-file={}", conf.display())]
+            vec![format!(
+                "--config-file={}",
+                write_conf(dir, tag, extra).display()
+            )]
         }
         Config::System => vec![
             "--system".to_string(),
@@ -235,14 +249,50 @@ enum Step {
     Own((u32, u32), &'static str),
     /// Like `Call`, but the answer is the error's text (normalized by `error_text`).
     CallText((u32, u32), &'static str, &'static str, &'static str),
+    /// The bus's configuration file is rewritten with the base policy plus this.
+    Reconfigure(&'static str),
+    /// root calls `ReloadConfig`.
+    Reload,
+    /// The bus gets SIGHUP (and a moment to act on it).
+    Hangup,
     /// root, owning `org.test.Caller`, calls `dest` `iface.member` with `fds` fds.
     RootCall(&'static str, &'static str, usize),
 }
 
-/// Run `step` on the bus at `address`; `caller` is root's connection that owns
-/// `org.test.Caller`.
-fn run_step(address: &str, caller: &ZConn, step: &Step) -> String {
+/// The bus a script runs on.
+struct Ctx<'a> {
+    address: String,
+    /// root's connection, owning `org.test.Caller` (on a base configuration).
+    caller: ZConn,
+    dir: &'a Path,
+    /// The program's file name, which names its configuration file.
+    tag: String,
+    pid: u32,
+}
+
+/// Run `step` on the bus of `ctx`.
+fn run_step(ctx: &Ctx<'_>, step: &Step) -> String {
+    let (address, caller) = (ctx.address.as_str(), &ctx.caller);
     match step {
+        Step::Reconfigure(extra) => {
+            write_conf(ctx.dir, &ctx.tag, extra);
+            "ok".into()
+        }
+        Step::Reload => dbus_send(
+            address,
+            (0, 0),
+            &[
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.ReloadConfig",
+            ],
+        ),
+        Step::Hangup => {
+            let pid = rustix::process::Pid::from_raw(ctx.pid as i32).expect("a pid");
+            rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
+            std::thread::sleep(Duration::from_millis(500));
+            "ok".into()
+        }
         Step::Call(who, dest, path, method) => {
             dbus_send(address, *who, &[&format!("--dest={dest}"), path, method])
         }
@@ -299,7 +349,7 @@ fn run_both(config: Config<'_>, services: &[&[&str]], steps: &[Step], expected: 
     .unwrap();
     let mut answers: Vec<(PathBuf, Vec<String>)> = Vec::new();
     for program in ["dbus-daemon", KDBUSD] {
-        let (_d, address) = start(program, dir.path(), config);
+        let (d, address) = start(program, dir.path(), config);
         for names in services {
             serve(&address, names);
         }
@@ -307,10 +357,18 @@ fn run_both(config: Config<'_>, services: &[&[&str]], steps: &[Step], expected: 
         if matches!(config, Config::Base(_)) {
             request_name(&caller, "org.test.Caller");
         }
-        let got = steps
-            .iter()
-            .map(|s| run_step(&address, &caller, s))
-            .collect();
+        let ctx = Ctx {
+            address,
+            caller,
+            dir: dir.path(),
+            tag: Path::new(program)
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or("bus")
+                .to_string(),
+            pid: d.0.id(),
+        };
+        let got = steps.iter().map(|s| run_step(&ctx, s)).collect();
         answers.push((program.into(), got));
     }
     let expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
@@ -572,6 +630,46 @@ fn denials_are_worded_as_dbus_daemon_words_them() {
         &[
             "Error org.freedesktop.DBus.Error.AccessDenied: Rejected send message, 1 matched rules; type=\"method_call\", sender=\":1.N\" (uid=65534 pid=N comm=\"N\") interface=\"org.freedesktop.DBus.Debug.Stats\" member=\"GetStats\" error name=\"(unset)\" requested_reply=\"0\" destination=\"org.freedesktop.DBus\" (bus)",
             "Error org.freedesktop.DBus.Error.AccessDenied: Rejected send message, 1 matched rules; type=\"method_call\", sender=\":1.N\" (uid=65534 pid=N comm=\"N\") interface=\"org.x.Shut\" member=\"M\" error name=\"(unset)\" requested_reply=\"0\" destination=\"org.test.A\" (uid=0 pid=N comm=\"N\")",
+        ],
+    );
+}
+
+/// `ReloadConfig` and SIGHUP put a rewritten configuration in force at once; a file
+/// that does not load is refused and the old configuration stays.
+#[test]
+fn reload_config_and_sighup() {
+    if !usable() {
+        return;
+    }
+    case(
+        r#"<policy user="nobody"><allow own="org.test.Before"/></policy>"#,
+        &[
+            Step::Own(NOBODY, "org.test.After"),
+            Step::Reconfigure(r#"<policy user="nobody"><allow own="org.test.After"/></policy>"#),
+            Step::Reload,
+            Step::Own(NOBODY, "org.test.After"),
+            Step::Own(NOBODY, "org.test.Before"),
+            Step::Reconfigure(BROKEN),
+            Step::Reload,
+            Step::Own(NOBODY, "org.test.After"),
+            Step::Reconfigure(r#"<policy user="nobody"><allow own="org.test.Hup"/></policy>"#),
+            Step::Hangup,
+            Step::Own(NOBODY, "org.test.Hup"),
+            Step::Own(NOBODY, "org.test.After"),
+        ],
+        &[
+            DENIED,
+            "ok",
+            "ok",
+            "1",
+            DENIED,
+            "ok",
+            "org.freedesktop.DBus.Error.Failed",
+            "1",
+            "ok",
+            "ok",
+            "1",
+            DENIED,
         ],
     );
 }
