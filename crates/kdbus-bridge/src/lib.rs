@@ -51,6 +51,9 @@ pub struct Bridge {
     /// `ReloadConfig` calls waiting for the broker to reload: (caller, serial, wants
     /// an answer). The broker reads files; the bridge does no I/O.
     reloads: Vec<(kdbus_core::ConnKey, u32, bool)>,
+    /// How long the bus waits for the reply to a D-Bus call (`reply_timeout`); 0: the
+    /// default, [`REPLY_TIMEOUT_NS`].
+    reply_timeout_ns: u64,
 }
 
 impl Bridge {
@@ -58,6 +61,19 @@ impl Bridge {
         Bridge {
             machine_id: machine_id.to_string(),
             ..Default::default()
+        }
+    }
+
+    /// How long the bus waits for replies to calls of D-Bus clients from now on.
+    pub fn set_reply_timeout(&mut self, ns: u64) {
+        self.reply_timeout_ns = ns;
+    }
+
+    pub(crate) fn reply_timeout(&self) -> u64 {
+        if self.reply_timeout_ns == 0 {
+            REPLY_TIMEOUT_NS
+        } else {
+            self.reply_timeout_ns
         }
     }
 

@@ -13,7 +13,7 @@
 use crate::body::{Body, ErrName};
 use crate::peer::{peer_mut, DBusPeer};
 use crate::policy::{header_facts, policy_denial_text, policy_driver_call};
-use crate::{Bridge, DRIVER, REPLY_TIMEOUT_NS};
+use crate::{Bridge, DRIVER};
 use kdbus_abi::{item, msg_flags, payload, Errno, ItemWriter, Msg, Vec_};
 use kdbus_core::message::message_from_parts;
 use kdbus_core::{ConnKey, Creds, Domain, Files, Peer};
@@ -181,7 +181,7 @@ impl Bridge {
         let mut timeout_or_reply = cookie_reply;
         if expects {
             flags |= msg_flags::EXPECT_REPLY;
-            timeout_or_reply = dom.now().monotonic_ns + REPLY_TIMEOUT_NS;
+            timeout_or_reply = dom.now().monotonic_ns + self.reply_timeout();
         }
         if h.flags & header::FLAG_NO_AUTO_START != 0 {
             flags |= msg_flags::NO_AUTO_START;

@@ -46,6 +46,41 @@ pub struct Bus {
     pub streams: std::collections::BTreeSet<ConnKey>,
     /// The configuration's message policy (`msgpolicy`), if it was given one.
     pub msg_policy: Option<crate::msgpolicy::MsgPolicy>,
+    /// Per-connection and per-user bounds (kdbus's, or a configuration's).
+    pub limits: BusLimits,
+}
+
+/// What one connection, one user or the whole bus may hold. kdbus's fixed limits by
+/// default; a dbus-daemon configuration's `<limit>`s where one sets them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusLimits {
+    /// Names a connection may own (`max_names_per_connection`).
+    pub names_per_conn: usize,
+    /// Match rules a connection may have (`max_match_rules_per_connection`).
+    pub matches_per_conn: usize,
+    /// Calls a connection may wait for at once (`max_replies_per_connection`).
+    pub replies_per_conn: usize,
+    /// Connections one user may have in the domain (`max_connections_per_user`).
+    pub conns_per_user: usize,
+    /// Whether `conns_per_user` binds privileged users too: a configuration's limit
+    /// does (dbus-daemon), kdbus's does not.
+    pub conns_per_user_binds_all: bool,
+    /// Connections on the bus (`max_completed_connections`).
+    pub conns: usize,
+}
+
+impl Default for BusLimits {
+    fn default() -> Self {
+        use kdbus_abi::limits;
+        BusLimits {
+            names_per_conn: limits::CONN_MAX_NAMES,
+            matches_per_conn: limits::MATCH_MAX,
+            replies_per_conn: limits::CONN_MAX_REQUESTS_PENDING,
+            conns_per_user: limits::USER_MAX_CONN,
+            conns_per_user_binds_all: false,
+            conns: usize::MAX,
+        }
+    }
 }
 
 impl Bus {

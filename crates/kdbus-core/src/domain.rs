@@ -201,12 +201,23 @@ impl Domain {
             monitors: Vec::new(),
             streams: Default::default(),
             msg_policy: None,
+            limits: Default::default(),
         };
         self.next_bus_id += 1;
         self.bus_names.insert(spec.name, key);
         self.buses.insert(key, bus);
         tracing::debug!(bus = %self.buses[&key].name, "bus created");
         Ok(key)
+    }
+
+    /// Set what connections, users and the whole of `bus` may hold (a configuration's
+    /// limits); what is held already stays, only what comes next is refused.
+    pub fn bus_set_limits(&mut self, key: BusKey, limits: crate::bus::BusLimits) {
+        if let Some(b) = self.buses.get_mut(&key) {
+            b.limits = limits;
+            b.names.max_per_conn = limits.names_per_conn;
+            b.matches.max_per_conn = limits.matches_per_conn;
+        }
     }
 
     pub fn bus(&self, key: BusKey) -> Option<&Bus> {

@@ -128,7 +128,7 @@ impl Domain {
                 return Err(Errno::EEXIST);
             }
         }
-        self.user_conn_check(peer)?;
+        self.user_conn_check(bus_key, peer)?;
         let mem = make_pool(cmd.pool_size)?;
         let (key, id) = self.conn_register(bus_key, peer.creds.uid)?;
         let rules = self.conn_rules(bus_key, peer);
@@ -304,7 +304,7 @@ impl Domain {
         if !self.buses.contains_key(&bus_key) {
             return Err(Errno::ESHUTDOWN);
         }
-        self.user_conn_check(peer)?;
+        self.user_conn_check(bus_key, peer)?;
         let (key, id) = self.conn_register(bus_key, peer.creds.uid)?;
         if let Some(bus) = self.buses.get_mut(&bus_key) {
             bus.streams.insert(key);
@@ -329,9 +329,14 @@ impl Domain {
 
     /// Whether `peer` may hold one more connection (the per-user limit; privileged
     /// callers have none).
-    fn user_conn_check(&mut self, peer: &Peer) -> Result<(), Errno> {
+    fn user_conn_check(&mut self, bus_key: BusKey, peer: &Peer) -> Result<(), Errno> {
+        let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        let l = bus.limits;
+        if bus.conns.len() >= l.conns {
+            return Err(Errno::EMFILE);
+        }
         let usage = self.users.entry(peer.creds.uid).or_default();
-        if !peer.privileged && usage.conns >= limits::USER_MAX_CONN {
+        if (l.conns_per_user_binds_all || !peer.privileged) && usage.conns >= l.conns_per_user {
             return Err(Errno::EMFILE);
         }
         Ok(())

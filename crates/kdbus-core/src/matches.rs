@@ -261,7 +261,7 @@ fn slot_for(rules: &[Rule]) -> Slot {
 }
 
 /// All match entries of one bus.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct MatchDb {
     entries: HashMap<EntryId, Entry>,
     by_slot: HashMap<Slot, HashSet<EntryId>>,
@@ -270,6 +270,21 @@ pub struct MatchDb {
     /// Entries per connection: (cookie, id), for removal and the per-connection limit.
     by_conn: HashMap<ConnKey, Vec<(u64, EntryId)>>,
     next_id: EntryId,
+    /// Entries one connection may have (EMFILE beyond).
+    pub max_per_conn: usize,
+}
+
+impl Default for MatchDb {
+    fn default() -> Self {
+        MatchDb {
+            entries: HashMap::new(),
+            by_slot: HashMap::new(),
+            empty: HashSet::new(),
+            by_conn: HashMap::new(),
+            next_id: EntryId::default(),
+            max_per_conn: kdbus_abi::limits::MATCH_MAX,
+        }
+    }
 }
 
 impl MatchDb {
@@ -299,7 +314,7 @@ impl MatchDb {
                 v.len()
             }
         });
-        if existing >= kdbus_abi::limits::MATCH_MAX {
+        if existing >= self.max_per_conn {
             return Err(Errno::EMFILE);
         }
         if replace {

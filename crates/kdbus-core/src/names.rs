@@ -86,11 +86,24 @@ impl ConnNames {
     }
 }
 
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct NameRegistry {
+    /// Names one connection may own (E2BIG beyond).
+    pub max_per_conn: usize,
     names: HashMap<Arc<str>, NameEntry>,
     conns: HashMap<ConnKey, ConnNames>,
     next_name_id: u64,
+}
+
+impl Default for NameRegistry {
+    fn default() -> Self {
+        NameRegistry {
+            max_per_conn: limits::CONN_MAX_NAMES,
+            names: HashMap::new(),
+            conns: HashMap::new(),
+            next_name_id: 0,
+        }
+    }
 }
 
 impl NameRegistry {
@@ -159,7 +172,7 @@ impl NameRegistry {
         if flags & !ACQUIRE_FLAGS != 0 && !activator {
             return Err(Errno::EINVAL);
         }
-        if self.owned_count(conn) >= limits::CONN_MAX_NAMES {
+        if self.owned_count(conn) >= self.max_per_conn {
             return Err(Errno::E2BIG);
         }
         let is_activator_of = self.activator_of(conn).is_some();

@@ -190,7 +190,11 @@ impl Domain {
         let cookie = req.msg.cookie;
         if expect {
             let src = self.conns.get(&src_key).ok_or(Errno::ECONNRESET)?;
-            if src.awaited.len() >= limits::CONN_MAX_REQUESTS_PENDING {
+            let max = self
+                .buses
+                .get(&bus_key)
+                .map_or(0, |b| b.limits.replies_per_conn);
+            if src.awaited.len() >= max {
                 return Err(Errno::EMLINK);
             }
             if src.awaited.contains(&(dst_key, cookie)) {

@@ -57,6 +57,26 @@ pub struct Config {
     pub msg_policy: Option<kdbus_core::msgpolicy::MsgPolicy>,
     /// The dbus-daemon configuration file, read again on `ReloadConfig` and SIGHUP.
     pub config_file: Option<PathBuf>,
+    /// Its `<limit>`s, for the first bus and its D-Bus socket.
+    pub limits: Option<Limits>,
+}
+
+/// A configuration's limits, by where they are enforced.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub bus: kdbus_core::bus::BusLimits,
+    pub dbus: crate::dbus_socket::DBusLimits,
+    pub reply_timeout_ns: Option<u64>,
+}
+
+impl Limits {
+    pub fn of(c: &crate::config::BusConfig) -> Limits {
+        Limits {
+            bus: c.bus_limits(),
+            dbus: c.dbus_limits(),
+            reply_timeout_ns: c.reply_timeout_ns(),
+        }
+    }
 }
 
 /// The broker: the domain, and the sockets through which clients reach it.
@@ -158,6 +178,9 @@ impl Broker {
             if i == 0 {
                 b.domain.bus_set_msg_policy(key, cfg.msg_policy.clone());
                 b.config_bus = Some(key);
+                if let Some(l) = &cfg.limits {
+                    b.limits_apply(key, l);
+                }
                 for addr in &cfg.dbus_listen {
                     dbus_listen.push(b.dbus_listen_extra(key, addr)?);
                 }
@@ -267,6 +290,9 @@ impl Broker {
             }
             self.domain.tick();
             self.dbus.expire_auth(&mut self.domain, &self.dispatch);
+            if self.listeners.dbus_paused() && !self.dbus.full() {
+                self.listeners.dbus_pause(&self.dispatch, false);
+            }
             for key in self.domain.take_closed() {
                 if let Some(token) = self.conn_token.get(&key).copied() {
                     self.close(token);
@@ -304,6 +330,7 @@ impl Broker {
             Ok(c) => {
                 self.domain.bus_set_msg_policy(bus, Some(c.msg_policy()));
                 self.dbus.set_admission(Some(c.admission()));
+                self.limits_apply(bus, &Limits::of(&c));
                 tracing::info!(file = %path.display(), "configuration reloaded");
                 Ok(())
             }
@@ -312,6 +339,14 @@ impl Broker {
                 Err(e.to_string())
             }
         }
+    }
+
+    /// Put a configuration's limits in force on `bus` and the D-Bus sockets.
+    fn limits_apply(&mut self, bus: BusKey, l: &Limits) {
+        self.domain.bus_set_limits(bus, l.bus);
+        self.dbus.set_limits(l.dbus);
+        self.bridge
+            .set_reply_timeout(l.reply_timeout_ns.unwrap_or(0));
     }
 
     /// How long the loop may sleep (ns): until the next reply or authentication
@@ -331,7 +366,15 @@ impl Broker {
     }
 
     fn accept_all(&mut self, ltoken: u64) {
-        while let Some((fd, which)) = self.listeners.accept(ltoken) {
+        let dbus = self.listeners.is_dbus(ltoken);
+        loop {
+            if dbus && self.dbus.full() {
+                self.listeners.dbus_pause(&self.dispatch, true);
+                return;
+            }
+            let Some((fd, which)) = self.listeners.accept(ltoken) else {
+                return;
+            };
             // Connections (not control sockets) get a pidfd, for ProcessFD.
             let pidfd = !matches!(which, Listener::Control);
             let peer = match peer_from_socket(&fd, &mut self.proc_strings, pidfd) {

@@ -348,6 +348,61 @@ impl BusConfig {
         p
     }
 
+    /// The bus's limits: kdbus's, with every one the configuration sets replaced.
+    pub fn bus_limits(&self) -> kdbus_core::bus::BusLimits {
+        let mut l = kdbus_core::bus::BusLimits::default();
+        let n = |name| {
+            self.limit(name)
+                .map(|v| usize::try_from(v).unwrap_or(usize::MAX))
+        };
+        if let Some(v) = n("max_names_per_connection") {
+            // dbus-daemon counts the unique name among a connection's names.
+            l.names_per_conn = v.saturating_sub(1);
+        }
+        if let Some(v) = n("max_match_rules_per_connection") {
+            l.matches_per_conn = v;
+        }
+        if let Some(v) = n("max_replies_per_connection") {
+            l.replies_per_conn = v;
+        }
+        if let Some(v) = n("max_connections_per_user") {
+            l.conns_per_user = v;
+            l.conns_per_user_binds_all = true;
+        }
+        if let Some(v) = n("max_completed_connections") {
+            l.conns = v;
+        }
+        l
+    }
+
+    /// The D-Bus socket's limits, as configured.
+    pub fn dbus_limits(&self) -> crate::dbus_socket::DBusLimits {
+        let mut l = crate::dbus_socket::DBusLimits::default();
+        let n = |name| {
+            self.limit(name)
+                .map(|v| usize::try_from(v).unwrap_or(usize::MAX))
+        };
+        if let Some(ms) = self.limit("auth_timeout") {
+            l.auth_timeout_ns = ms.saturating_mul(1_000_000);
+        }
+        if let Some(v) = n("max_incomplete_connections") {
+            l.incomplete = v;
+        }
+        if let Some(v) = n("max_message_size") {
+            l.message_size = v;
+        }
+        if let Some(v) = n("max_message_unix_fds") {
+            l.message_fds = v;
+        }
+        l
+    }
+
+    /// How long the bus waits for a reply (ns), if the configuration says.
+    pub fn reply_timeout_ns(&self) -> Option<u64> {
+        self.limit("reply_timeout")
+            .map(|ms| ms.saturating_mul(1_000_000))
+    }
+
     pub fn limit(&self, name: &str) -> Option<u64> {
         self.limits
             .iter()

@@ -124,6 +124,7 @@ struct Bus<'a> {
     dispatch: &'a Dispatch,
     /// Who may connect, from a dbus-daemon configuration.
     admission: Option<Rc<Admission>>,
+    limits: DBusLimits,
 }
 
 /// The per-user books of clients that have not finished something.
@@ -181,6 +182,31 @@ pub(crate) struct DBusClients {
     /// Who may connect, from a dbus-daemon configuration (`None`: the bus's access
     /// mode decides, as for its native socket).
     admission: Option<Rc<Admission>>,
+    limits: DBusLimits,
+}
+
+/// The D-Bus socket's limits (dbus-daemon's `<limit>`s of the same names).
+#[derive(Clone, Copy, Debug)]
+pub struct DBusLimits {
+    /// `auth_timeout`: to authenticate and say Hello.
+    pub auth_timeout_ns: u64,
+    /// `max_incomplete_connections`: clients that have not said Hello, in all.
+    pub incomplete: usize,
+    /// `max_message_size`: a larger message disconnects its sender.
+    pub message_size: usize,
+    /// `max_message_unix_fds`: more fds with one message disconnect its sender.
+    pub message_fds: usize,
+}
+
+impl Default for DBusLimits {
+    fn default() -> Self {
+        DBusLimits {
+            auth_timeout_ns: AUTH_TIMEOUT_NS,
+            incomplete: usize::MAX,
+            message_size: header::MAX_MESSAGE_SIZE,
+            message_fds: MAX_FDS_PER_MESSAGE,
+        }
+    }
 }
 
 impl DBusClients {
@@ -191,14 +217,25 @@ impl DBusClients {
         }
     }
 
-    /// Whether one more incomplete connection of `uid` is allowed.
     /// Who may connect from now on (a reloaded configuration).
     pub(crate) fn set_admission(&mut self, admission: Option<Admission>) {
         self.admission = admission.map(Rc::new);
     }
 
+    /// The limits from now on (a configuration's, or a reloaded one's).
+    pub(crate) fn set_limits(&mut self, limits: DBusLimits) {
+        self.limits = limits;
+    }
+
+    /// Whether one more incomplete connection of `uid` is allowed.
     pub(crate) fn may_accept(&self, uid: u32) -> bool {
         self.books.incomplete.get(&uid).copied().unwrap_or(0) < MAX_INCOMPLETE_PER_USER
+    }
+
+    /// Whether as many clients as the configuration allows have not said Hello yet
+    /// (`max_incomplete_connections`): the next ones wait until one has.
+    pub(crate) fn full(&self) -> bool {
+        self.books.auth_deadlines.len() >= self.limits.incomplete
     }
 
     /// A client of `bus` connected on `fd` (registered in the dispatcher as `token`);
@@ -214,7 +251,7 @@ impl DBusClients {
         now: u64,
     ) {
         let uid = peer.creds.uid;
-        let deadline = now + AUTH_TIMEOUT_NS;
+        let deadline = now + self.limits.auth_timeout_ns;
         self.clients.insert(
             token,
             Box::new(DBusClient {
@@ -384,6 +421,7 @@ impl DBusClients {
             bridge,
             dispatch,
             admission: self.admission.clone(),
+            limits: self.limits,
         };
         let mut total = 0;
         let mut event = Event::Quiet;
@@ -531,6 +569,10 @@ fn process(
     loop {
         let avail = &data[used..];
         let len = match header::message_len(avail) {
+            Ok(Some(len)) if len > bus.limits.message_size => {
+                tracing::debug!(token, len, "message over the configured size");
+                return (false, used);
+            }
             Ok(Some(len)) if len <= avail.len() => len,
             Ok(_) => return (true, used),
             Err(e) => {
@@ -565,7 +607,7 @@ fn message(
     };
     let n = hdr.unix_fds as usize;
     // More fds than one write can carry could never be delivered.
-    if n > c.fds.len() || n > MAX_FDS_PER_MESSAGE {
+    if n > c.fds.len() || n > bus.limits.message_fds {
         return false;
     }
     let fds: Vec<OwnedFd> = if n == 0 {

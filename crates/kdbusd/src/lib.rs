@@ -25,7 +25,7 @@ mod pool_memfd;
 mod seqpacket;
 mod sys;
 
-pub use broker::{Broker, Config, Ready};
+pub use broker::{Broker, Config, Limits, Ready};
 
 /// Write to a file descriptor named on the command line.
 pub fn sys_write_fd(fd: i32, bytes: &[u8]) -> std::io::Result<()> {

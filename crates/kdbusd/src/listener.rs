@@ -55,6 +55,9 @@ pub(crate) struct Listeners {
     extra_paths: Vec<PathBuf>,
     /// Custom endpoints' sockets: (bus, endpoint) -> (listener token, path).
     endpoints: HashMap<(BusKey, u64), (u64, PathBuf)>,
+    /// The D-Bus listeners are out of the epoll set: new clients wait in the kernel's
+    /// backlog until incomplete ones finish (dbus-daemon's `max_incomplete_connections`).
+    dbus_paused: bool,
 }
 
 impl Listeners {
@@ -65,6 +68,7 @@ impl Listeners {
             bus_sockets: HashMap::new(),
             extra_paths: Vec::new(),
             endpoints: HashMap::new(),
+            dbus_paused: false,
         }
     }
 
@@ -231,6 +235,32 @@ impl Listeners {
         for p in &self.extra_paths {
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    /// Whether `token` is a D-Bus listener's.
+    pub(crate) fn is_dbus(&self, token: u64) -> bool {
+        matches!(self.by_token.get(&token), Some((_, Listener::DBus(_))))
+    }
+
+    /// Stop (`true`) or resume watching the D-Bus listeners for new clients.
+    pub(crate) fn dbus_pause(&mut self, dispatch: &Dispatch, pause: bool) {
+        if self.dbus_paused == pause {
+            return;
+        }
+        self.dbus_paused = pause;
+        for (token, (fd, which)) in &self.by_token {
+            if let Listener::DBus(_) = which {
+                if pause {
+                    dispatch.remove(fd);
+                } else if let Err(e) = dispatch.add(fd, *token) {
+                    tracing::warn!(%e, "cannot watch a D-Bus listener again");
+                }
+            }
+        }
+    }
+
+    pub(crate) fn dbus_paused(&self) -> bool {
+        self.dbus_paused
     }
 
     /// Whether `token` is a listener's.

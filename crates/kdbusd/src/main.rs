@@ -162,6 +162,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         dbus_admission: bus_config.as_ref().map(BusConfig::admission),
         msg_policy: bus_config.as_ref().map(BusConfig::msg_policy),
         config_file: config_path.clone(),
+        limits: bus_config.as_ref().map(kdbusd::Limits::of),
     };
     if daemon_mode && fork && args.ready_fd.is_none() {
         // Run a fresh copy of ourselves in a new session and wait until it serves. (A

@@ -1,0 +1,155 @@
+//! The configuration's `<limit>`s, enforced: one case per limit, the same
+//! configuration and client script against dbus-daemon and kdbusd (harness:
+//! `common/diff.rs`), the answers equal. Skipped without root, dbus-daemon, dbus-send or
+//! setpriv.
+
+#[path = "common/diff.rs"]
+mod diff;
+use diff::*;
+
+const LIMITS: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
+
+fn limit(name: &str, value: u64) -> String {
+    format!("<limit name=\"{name}\">{value}</limit>")
+}
+
+#[test]
+fn max_names_per_connection() {
+    if !usable() {
+        return;
+    }
+    // A unique name counts (dbus-daemon): the caller has its own and
+    // org.test.Caller, one service three.
+    case(
+        &limit("max_names_per_connection", 3),
+        &[
+            Step::RootOwn("org.test.Two"),
+            Step::RootOwn("org.test.Three"),
+        ],
+        &["1", LIMITS],
+    );
+}
+
+#[test]
+fn max_match_rules_per_connection() {
+    if !usable() {
+        return;
+    }
+    case(
+        &limit("max_match_rules_per_connection", 2),
+        &[
+            Step::RootMatch("type='signal',member='A'"),
+            Step::RootMatch("type='signal',member='B'"),
+            Step::RootMatch("type='signal',member='C'"),
+        ],
+        &["ok", "ok", LIMITS],
+    );
+}
+
+#[test]
+fn max_replies_per_connection() {
+    if !usable() {
+        return;
+    }
+    case(
+        &limit("max_replies_per_connection", 1),
+        &[
+            Step::RootHold(None),
+            Step::RootCall("org.test.B", "org.x.I.M", 0),
+        ],
+        &["ok", LIMITS],
+    );
+}
+
+#[test]
+fn reply_timeout() {
+    if !usable() {
+        return;
+    }
+    case(
+        &limit("reply_timeout", 300),
+        &[Step::RootHold(Some(5))],
+        &["org.freedesktop.DBus.Error.NoReply"],
+    );
+}
+
+#[test]
+fn max_connections_per_user() {
+    if !usable() {
+        return;
+    }
+    // root has three: two services and the caller.
+    case(
+        &limit("max_connections_per_user", 4),
+        &[Step::RootConnect, Step::RootConnect],
+        &["ok", "refused"],
+    );
+}
+
+#[test]
+fn max_completed_connections() {
+    if !usable() {
+        return;
+    }
+    case(
+        &limit("max_completed_connections", 4),
+        &[Step::RootConnect, Step::RootConnect],
+        &["ok", "refused"],
+    );
+}
+
+#[test]
+fn max_message_size() {
+    if !usable() {
+        return;
+    }
+    case(
+        &limit("max_message_size", 4096),
+        &[Step::RootSend(1000, 0), Step::RootSend(8000, 0)],
+        &["ok", "disconnected"],
+    );
+}
+
+#[test]
+fn max_message_unix_fds() {
+    if !usable() {
+        return;
+    }
+    case(
+        &limit("max_message_unix_fds", 2),
+        &[Step::RootSend(10, 2), Step::RootSend(10, 3)],
+        &["ok", "disconnected"],
+    );
+}
+
+#[test]
+fn auth_timeout() {
+    if !usable() {
+        return;
+    }
+    case(
+        &limit("auth_timeout", 300),
+        &[Step::RawIdle(50), Step::RawIdle(1500)],
+        &["open", "closed"],
+    );
+}
+
+#[test]
+fn max_incomplete_connections() {
+    if !usable() {
+        return;
+    }
+    case(
+        &limit("max_incomplete_connections", 2),
+        &[
+            Step::RawIdle(50),
+            Step::RawIdle(50),
+            Step::RawIdle(200),
+            // One too many waits, unanswered, until one of the others has said Hello
+            // or gone (dbus-daemon stops accepting).
+            Step::RawSasl(2),
+            Step::RawSasl(0),
+        ],
+        &["open", "open", "open", "silent", "answered"],
+    );
+}
