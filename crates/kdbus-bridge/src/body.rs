@@ -97,7 +97,7 @@ impl ErrName {
 }
 
 /// A driver error: its name and its text.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct DErr(pub(crate) ErrName, pub(crate) String);
 
 pub(crate) fn err(name: ErrName, msg: impl Into<String>) -> DErr {

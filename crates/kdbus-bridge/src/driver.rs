@@ -288,10 +288,14 @@ fn request_name(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Bo
             ))
         }
         Err(Errno::E2BIG) => {
+            // dbus-daemon counts the unique name among the names, so its limit is one
+            // more than the core's.
+            let max = dom.bus(c.bus).map_or(0, |b| b.limits.names_per_conn + 1);
+            let who = UniqueName::from_id(dom.conn(c.key).map_or(0, |k| k.id));
             return Err(err(
                 ErrName::LimitsExceeded,
-                "Connection owns too many names",
-            ))
+                format!("Connection \"{who}\" is not allowed to own more services (increase limits in configuration file if required; max_names_per_connection={max})"),
+            ));
         }
         Err(e) => return Err(err(ErrName::Failed, format!("Cannot acquire {name}: {e}"))),
     };
@@ -489,29 +493,33 @@ fn add_match(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body,
     let text = c.s()?;
     let rule = Rule::parse(text).map_err(|e| err(ErrName::MatchRuleInvalid, e.to_string()))?;
     let key = c.key;
-    let bloom = bus_of(dom, c)?.bloom;
+    let bus = bus_of(dom, c)?;
+    let (bloom, max) = (bus.bloom, bus.limits.matches_per_conn);
+    let too_many = || {
+        let who = UniqueName::from_id(dom.conn(key).map_or(0, |k| k.id));
+        err(
+            ErrName::LimitsExceeded,
+            format!("Connection \"{who}\" is not allowed to add more match rules (increase limits in configuration file if required; max_match_rules_per_connection={max})"),
+        )
+    };
+    let too_many = too_many();
     // Rules that can take broadcasts from peers go into the bus's match database.
     let takes_broadcasts = matches!(rule.msg_type, None | Some(MessageType::Signal))
         && rule.sender.as_deref() != Some(DRIVER);
     let cookie = dom
         .with_stream(key, |s, _| {
             let p = peer_mut(s).ok_or_else(|| err(ErrName::Failed, "not a D-Bus peer"))?;
-            if p.rules.len() >= kdbus_abi::limits::MATCH_MAX {
-                return Err(err(
-                    ErrName::LimitsExceeded,
-                    "Connection has too many match rules",
-                ));
+            if p.rules.len() >= max {
+                return Err(too_many.clone());
             }
             Ok(takes_broadcasts.then(|| p.next_cookie()))
         })
         .ok_or_else(|| err(ErrName::Failed, "gone"))??;
     if let Some(cookie) = cookie {
         let items = kernel_rule_items(&rule, bloom);
-        dom.match_add(key, cookie, 0, &items).map_err(|e| {
-            err(
-                ErrName::LimitsExceeded,
-                format!("Cannot add the match: {e}"),
-            )
+        dom.match_add(key, cookie, 0, &items).map_err(|e| match e {
+            Errno::EMFILE => too_many,
+            e => err(ErrName::Failed, format!("Cannot add the match: {e}")),
         })?;
     }
     dom.with_stream(key, |s, _| {

@@ -312,10 +312,11 @@ impl StreamPeer for DBusPeer {
     }
 
     fn no_reply(&mut self, out: &mut StreamOut<'_>, cookie: u64, dead: bool) {
+        // dbus-daemon's words.
         let text = if dead {
-            "The peer went away before replying"
+            "Message recipient disconnected from message bus without replying"
         } else {
-            "Did not receive a reply. Possible causes include: the remote application did not send a reply, the message bus security policy blocked the reply, the reply timeout expired, or the network connection was broken."
+            "Message did not receive a reply (timeout by message bus)"
         };
         self.write_error(out, cookie as u32, ErrName::NoReply, text);
     }

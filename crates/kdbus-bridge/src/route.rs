@@ -265,7 +265,12 @@ impl Bridge {
                             h.destination.unwrap_or("")
                         ),
                     ),
-                    Errno::ENOBUFS | Errno::EXFULL | Errno::EMLINK | Errno::EMFILE => {
+                    Errno::EMLINK => (
+                        ErrName::LimitsExceeded,
+                        "The maximum number of pending replies per connection has been reached"
+                            .to_string(),
+                    ),
+                    Errno::ENOBUFS | Errno::EXFULL | Errno::EMFILE => {
                         (ErrName::LimitsExceeded, "Limits exceeded".to_string())
                     }
                     Errno::EPERM => (ErrName::AccessDenied, denied_text(dom, key, bus_key, h)),

@@ -24,9 +24,10 @@ fn max_names_per_connection() {
         &limit("max_names_per_connection", 3),
         &[
             Step::RootOwn("org.test.Two"),
+            Step::Texts,
             Step::RootOwn("org.test.Three"),
         ],
-        &["1", LIMITS],
+        &["1", "ok", &format!("{LIMITS}: Connection \":1.N\" is not allowed to own more services (increase limits in configuration file if required; max_names_per_connection=3)")],
     );
 }
 
@@ -40,9 +41,10 @@ fn max_match_rules_per_connection() {
         &[
             Step::RootMatch("type='signal',member='A'"),
             Step::RootMatch("type='signal',member='B'"),
+            Step::Texts,
             Step::RootMatch("type='signal',member='C'"),
         ],
-        &["ok", "ok", LIMITS],
+        &["ok", "ok", "ok", &format!("{LIMITS}: Connection \":1.N\" is not allowed to add more match rules (increase limits in configuration file if required; max_match_rules_per_connection=2)")],
     );
 }
 
@@ -55,9 +57,16 @@ fn max_replies_per_connection() {
         &limit("max_replies_per_connection", 1),
         &[
             Step::RootHold(None),
+            Step::Texts,
             Step::RootCall("org.test.B", "org.x.I.M", 0),
         ],
-        &["ok", LIMITS],
+        &[
+            "ok",
+            "ok",
+            &format!(
+                "{LIMITS}: The maximum number of pending replies per connection has been reached"
+            ),
+        ],
     );
 }
 
@@ -68,8 +77,8 @@ fn reply_timeout() {
     }
     case(
         &limit("reply_timeout", 300),
-        &[Step::RootHold(Some(5))],
-        &["org.freedesktop.DBus.Error.NoReply"],
+        &[Step::Texts, Step::RootHold(Some(5))],
+        &["ok", "org.freedesktop.DBus.Error.NoReply: Message did not receive a reply (timeout by message bus)"],
     );
 }
 

@@ -174,9 +174,17 @@ pub fn serve(address: &str, names: &[&str]) {
     });
 }
 
+thread_local! {
+    /// Whether root's steps report error texts (`Step::Texts`), for this test's thread.
+    static TEXTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// The D-Bus error name of a failed zbus call, or what else went wrong.
 fn zbus_error(e: &zbus::Error) -> String {
     match e {
+        zbus::Error::MethodError(name, Some(text), _) if TEXTS.with(|t| t.get()) => {
+            format!("{name}: {}", normalize(text))
+        }
         zbus::Error::MethodError(name, _, _) => name.to_string(),
         zbus::Error::FDO(f) => zbus::DBusError::name(&**f).to_string(),
         other => format!("failed: {other}"),
@@ -211,7 +219,12 @@ pub fn outcome(out: std::process::Output) -> String {
 /// The error text of a failed `dbus-send`, with what differs between two runs (pids,
 /// unique names, command lines) replaced by `N`.
 pub fn error_text(out: std::process::Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    normalize(&String::from_utf8_lossy(&out.stderr))
+}
+
+/// An error text with what differs between two runs (pids, unique names, command
+/// lines) replaced by `N`.
+pub fn normalize(err: &str) -> String {
     let mut text = String::new();
     for (i, part) in err.trim().split("comm=\"").enumerate() {
         if i > 0 {
@@ -281,6 +294,8 @@ pub enum Step {
     RootCall(&'static str, &'static str, usize),
     /// root's caller asks for a name (DoNotQueue): the code, or the error.
     RootOwn(&'static str),
+    /// From now on, errors of root's steps come with their (normalized) text.
+    Texts,
     /// root's caller adds a match rule.
     RootMatch(&'static str),
     /// root's caller starts a call to `org.test.A` that is never answered and keeps
@@ -388,6 +403,10 @@ pub fn run_step(ctx: &Ctx<'_>, step: &Step) -> String {
             let answered = matches!(std::io::Read::read(&mut s, &mut b), Ok(n) if n > 0);
             if answered { "answered" } else { "silent" }.into()
         }
+        Step::Texts => {
+            TEXTS.with(|t| t.set(true));
+            "ok".into()
+        }
         Step::Reconfigure(extra) => {
             write_conf(ctx.dir, &ctx.tag, extra);
             "ok".into()
@@ -436,8 +455,7 @@ pub fn run_step(ctx: &Ctx<'_>, step: &Step) -> String {
             };
             match r {
                 Ok(_) => "ok".to_string(),
-                Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
-                Err(e) => format!("failed: {e}"),
+                Err(e) => zbus_error(&e),
             }
         }
     }
@@ -463,6 +481,7 @@ pub fn run_both(config: Config<'_>, services: &[&[&str]], steps: &[Step], expect
     .unwrap();
     let mut answers: Vec<(PathBuf, Vec<String>)> = Vec::new();
     for program in ["dbus-daemon", KDBUSD] {
+        TEXTS.with(|t| t.set(false));
         let (d, address) = start(program, dir.path(), config);
         for names in services {
             serve(&address, names);
