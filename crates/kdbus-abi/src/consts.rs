@@ -16,6 +16,9 @@ pub const FLAG_NEGOTIATE: u64 = 1 << 63;
 /// Command codes: kdbus's ioctl numbers (the `nr` byte).
 pub mod cmd {
     pub const BUS_MAKE: u32 = 0x00;
+    /// 64d871b's DOMAIN_MAKE (HEAD made a domain per kdbusfs mount instead): on a
+    /// control handle, a new domain below this one, as long as the handle lives.
+    pub const DOMAIN_MAKE: u32 = 0x01;
     pub const ENDPOINT_MAKE: u32 = 0x10;
     pub const ENDPOINT_UPDATE: u32 = 0x11;
     pub const HELLO: u32 = 0x80;
@@ -40,6 +43,7 @@ pub mod cmd {
     pub fn name(cmd: u32) -> &'static str {
         match cmd {
             BUS_MAKE => "BUS_MAKE",
+            DOMAIN_MAKE => "DOMAIN_MAKE",
             ENDPOINT_MAKE => "ENDPOINT_MAKE",
             ENDPOINT_UPDATE => "ENDPOINT_UPDATE",
             HELLO => "HELLO",
@@ -65,6 +69,7 @@ pub mod cmd {
 pub fn cmd_allowed_flags(c: u32) -> u64 {
     match c {
         cmd::BUS_MAKE | cmd::ENDPOINT_MAKE => make_flags::ALL,
+        cmd::DOMAIN_MAKE => make_flags::ACCESS_GROUP | make_flags::ACCESS_WORLD,
         cmd::HELLO => hello_flags::ALL,
         cmd::SEND => send_flags::ALL,
         cmd::RECV => recv_flags::ALL,

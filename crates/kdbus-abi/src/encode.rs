@@ -19,6 +19,17 @@ pub fn bus_make(name: &str, flags: u64, bloom: BloomParameter) -> Vec<u8> {
     out
 }
 
+/// A DOMAIN_MAKE body: `kdbus_cmd` with `flags` and the name.
+pub fn domain_make(name: &str, flags: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(CmdGeneric::default().as_bytes());
+    ItemWriter::new(&mut out).push_str(item::MAKE_NAME, name);
+    let size = out.len() as u64;
+    out[..8].copy_from_slice(&size.to_ne_bytes());
+    out[8..16].copy_from_slice(&flags.to_ne_bytes());
+    out
+}
+
 /// The part of a SEND request body before its payload bytes: `kdbus_cmd_send`, the
 /// message header `msg` (its `size` is filled in) and its items, into `out` (cleared
 /// first). Its length is a multiple of 8. The payload vectors (of `payload_sizes`)

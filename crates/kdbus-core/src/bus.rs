@@ -211,6 +211,32 @@ pub fn bus_parse_make(body: &[u8], uid: u32) -> Result<BusSpec, Errno> {
     })
 }
 
+/// What DOMAIN_MAKE asked for: the new domain's name and access flags. Only a
+/// privileged caller may make one (EPERM); the name is a plain sysname, given once
+/// (EBADMSG without, EEXIST twice). Whether the parent has one of that name already is
+/// for whoever keeps the domains to say.
+pub fn domain_parse_make(body: &[u8], peer: &Peer) -> Result<(String, u64), Errno> {
+    let (cmd, size) = kdbus_abi::read_cmd::<CmdGeneric>(body)?;
+    if cmd.flags & !(make_flags::ACCESS_GROUP | make_flags::ACCESS_WORLD) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    if !peer.privileged {
+        return Err(Errno::EPERM);
+    }
+    let items = &body[std::mem::size_of::<CmdGeneric>()..size as usize];
+    let mut name = None;
+    for it in ItemIter::new(items) {
+        let it = it?;
+        it.check_payload()?;
+        if it.type_ == item::MAKE_NAME && name.replace(it.as_str()?).is_some() {
+            return Err(Errno::EEXIST);
+        }
+    }
+    let name = name.ok_or(Errno::EBADMSG)?;
+    names::validate_sysname(name)?;
+    Ok((name.to_owned(), cmd.flags))
+}
+
 /// 8 ≤ size ≤ 4096, a multiple of 8, at least one hash function.
 pub fn bus_validate_bloom(b: &BloomParameter) -> Result<(), Errno> {
     let max = kdbus_abi::limits::BUS_BLOOM_MAX_SIZE;

@@ -329,6 +329,8 @@ pub enum HandleKind {
     },
     /// Made a custom endpoint; the endpoint lives as long as the handle.
     EndpointOwner,
+    /// Made a domain; the domain lives as long as the handle.
+    DomainOwner,
     /// A connection: its commands go to [`Domain::conn_request`].
     Conn,
 }
@@ -339,6 +341,7 @@ pub enum HandleAction {
     /// A connection's command, for [`Domain::conn_request`].
     Conn,
     BusMake,
+    DomainMake,
     Hello,
     EndpointMake,
     EndpointUpdate,
@@ -346,6 +349,8 @@ pub enum HandleAction {
     RemoveBus,
     /// The endpoint's owner closes its handle: the endpoint goes now.
     RemoveEndpoint,
+    /// The domain's owner closes its handle: the domain and all in it go now.
+    RemoveDomain,
     /// Answered with this errno (0: success), nothing else happens.
     Answer(Errno),
 }
@@ -361,10 +366,14 @@ pub fn handle_action(kind: HandleKind, c: u32) -> HandleAction {
         HandleKind::EndpointOwner if c == cmd::RELEASE => HandleAction::RemoveEndpoint,
         HandleKind::EndpointOwner if c == cmd::ENDPOINT_UPDATE => HandleAction::EndpointUpdate,
         HandleKind::EndpointOwner => HandleAction::Answer(Errno::EBADFD),
+        HandleKind::DomainOwner if c == cmd::RELEASE => HandleAction::RemoveDomain,
+        // Like a bus owner's, a domain owner's handle only holds the domain.
+        HandleKind::DomainOwner => HandleAction::Answer(Errno::EBADFD),
         HandleKind::Control | HandleKind::Endpoint { .. } if c == cmd::RELEASE => {
             HandleAction::Answer(Errno(0))
         }
         HandleKind::Control if c == cmd::BUS_MAKE => HandleAction::BusMake,
+        HandleKind::Control if c == cmd::DOMAIN_MAKE => HandleAction::DomainMake,
         HandleKind::Endpoint { .. } if c == cmd::HELLO => HandleAction::Hello,
         // Endpoints are made through the bus's own endpoint.
         HandleKind::Endpoint { custom: false } if c == cmd::ENDPOINT_MAKE => {

@@ -5,7 +5,8 @@
 //! connection. A bus made through it lives as long as the handle: the broker ties the
 //! bus to the socket, so dropping the [`BusOwner`] is how a bus is removed, and a
 //! crashed owner cannot leak one. A custom endpoint ([`EndpointOwner`]) is made and
-//! owned the same way, through a fresh handle of the bus's default endpoint.
+//! owned the same way, through a fresh handle of the bus's default endpoint, and so is
+//! a domain ([`DomainOwner`]), made below the one the control socket belongs to.
 
 use crate::error::{Error, Result};
 use crate::transport::Transport;
@@ -51,7 +52,38 @@ impl Control {
         })
     }
 
+    /// DOMAIN_MAKE (privileged callers only): a domain `name` below this one, with its
+    /// own `control` in `<runtime dir>/domain/<name>/`, as long as the returned value
+    /// lives. `flags`: who may use its control socket (`make_flags::ACCESS_*`).
+    pub fn make_domain(self, name: &str, flags: u64) -> Result<DomainOwner> {
+        let body = kdbus_abi::encode::domain_make(name, flags);
+        let (e, _, _) = self.t.request(cmd::DOMAIN_MAKE, &body, &[])?;
+        if e != 0 {
+            return Err(Error::Bus(kdbus_abi::Errno(e)));
+        }
+        Ok(DomainOwner {
+            t: self.t,
+            runtime_dir: self.runtime_dir.join("domain").join(name),
+        })
+    }
+
     /// Send any command on the control socket (tests of error paths).
+    pub fn raw_request(&self, cmd: u32, body: &[u8]) -> Result<(i32, Vec<u8>)> {
+        let (e, b, _) = self.t.request(cmd, body, &[])?;
+        Ok((e, b))
+    }
+}
+
+/// A domain we made; it (with all its buses and connections) lives as long as this
+/// value.
+pub struct DomainOwner {
+    t: Transport,
+    /// Its root: where its `control` is.
+    pub runtime_dir: PathBuf,
+}
+
+impl DomainOwner {
+    /// Send any command on the domain-owner handle (it answers EBADFD to everything).
     pub fn raw_request(&self, cmd: u32, body: &[u8]) -> Result<(i32, Vec<u8>)> {
         let (e, b, _) = self.t.request(cmd, body, &[])?;
         Ok((e, b))

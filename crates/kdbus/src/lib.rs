@@ -35,7 +35,7 @@ mod sys;
 pub mod transport;
 
 pub use conn::{Connection, HelloOptions};
-pub use control::{BusOwner, Control, EndpointOwner, Grant};
+pub use control::{BusOwner, Control, DomainOwner, EndpointOwner, Grant};
 pub use error::{Error, Result};
 pub use info::ConnInfo;
 pub use kdbus_abi as abi;

@@ -42,6 +42,15 @@ enum Cmd {
         #[arg(long)]
         world: bool,
     },
+    /// Make a domain below this one (root only): a separate tree with its own
+    /// `control`, in `<runtime dir>/domain/NAME/`. Prints its directory; it lives until
+    /// interrupted.
+    MakeDomain {
+        name: String,
+        /// Let every user use its control socket (default: only root).
+        #[arg(long)]
+        world: bool,
+    },
     /// Make a custom endpoint of the bus (`<uid>-` is prepended when missing): a socket
     /// through which only the granted names exist. Prints its path; it lives until
     /// interrupted.
@@ -157,6 +166,7 @@ fn run(cli: Cli) -> Res {
         Cmd::Status { json } => status(&cli, *json),
         Cmd::List { json } => list(&cli, *json),
         Cmd::MakeBus { name, world } => make_bus(&cli, name, *world),
+        Cmd::MakeDomain { name, world } => make_domain(&cli, name, *world),
         Cmd::MakeEndpoint {
             name,
             world,
@@ -481,6 +491,24 @@ fn monitor(cli: &Cli, as_json: bool) -> Res {
         writeln!(out, "{line}")?;
         out.flush()?;
     }
+}
+
+fn make_domain(cli: &Cli, name: &str, world: bool) -> Res {
+    let dir = cli
+        .runtime_dir
+        .clone()
+        .unwrap_or_else(kdbus::default_runtime_dir);
+    let flags = if world {
+        abi::make_flags::ACCESS_WORLD
+    } else {
+        0
+    };
+    let owner = Control::open(&dir)?.make_domain(name, flags)?;
+    println!("{}", owner.runtime_dir.display());
+    // The domain lives as long as this handle: wait until we are told to go.
+    wait_for_signal();
+    drop(owner);
+    Ok(())
 }
 
 fn make_bus(cli: &Cli, name: &str, world: bool) -> Res {

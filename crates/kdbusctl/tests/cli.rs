@@ -185,3 +185,39 @@ fn make_endpoint_shows_only_the_granted_names() {
         let _ = c.wait();
     }
 }
+
+/// `make-domain` makes a domain for as long as it runs; only privileged users may
+/// (EPERM for `nobody`).
+#[test]
+fn make_domain_as_root_and_as_nobody() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let b = Broker::start();
+    let (mut child, line) = b.spawn_ctl(&["make-domain", "--world", "sub"]);
+    let control = PathBuf::from(line.trim()).join("control");
+    assert!(control.exists(), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        !control.exists()
+    });
+    assert!(gone, "the domain goes with its maker");
+    let Ok(out) = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_kdbusctl"))
+        .arg("--runtime-dir")
+        .arg(b.dir.path())
+        .args(["make-domain", "nope"])
+        .output()
+    else {
+        eprintln!("skipped: setpriv is missing");
+        return;
+    };
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("EPERM"), "{err}");
+    assert!(!b.dir.path().join("domain/nope").exists());
+}

@@ -1,4 +1,5 @@
-//! The broker: one epoll loop, one thread, every client a socket.
+//! The broker of one domain: its epoll set, every client a socket. The server
+//! (`server`) runs any number of them in one loop, one thread.
 //!
 //! Sockets play kdbus's device nodes: `control` makes buses, `<bus>/bus` is a bus's
 //! default endpoint, `<bus>/dbus` its D-Bus socket (module `listener`). Each accepted
@@ -20,12 +21,11 @@
 
 use crate::clock::{machine_id, random_id128, SystemClock};
 use crate::dbus_socket::{DBusClients, Event};
-use crate::dispatch::{Dispatch, TOKEN_PARAMS, TOKEN_SIGNAL};
+use crate::dispatch::{Dispatch, TOKEN_PARAMS};
 use crate::listener::{Listener, Listeners};
 use crate::peer::{peer_from_creds, peer_from_socket, ProcStrings};
 use crate::pool_memfd::{pool_create, SystemFiles};
 use crate::seqpacket::{self, Handle, Read, Role, READ_BUDGET};
-use crate::sys::signals_fd;
 use kdbus_abi::wire;
 use kdbus_abi::{BloomParameter, Errno};
 use kdbus_core::bus::bus_access_mode;
@@ -87,8 +87,6 @@ pub struct Broker {
     bridge: kdbus_bridge::Bridge,
     /// The epoll set and its tokens.
     dispatch: Dispatch,
-    /// Registered in `dispatch`; kept here so it stays open.
-    signals: OwnedFd,
     /// The listening sockets and the bus directories.
     listeners: Listeners,
     /// Native handles by token. Boxed: the table's slots stay small, so its growth
@@ -111,6 +109,14 @@ pub struct Broker {
     /// The configuration file and the bus it configures (the first one).
     config_file: Option<PathBuf>,
     config_bus: Option<BusKey>,
+    /// Where `control` and the bus directories are.
+    runtime_dir: PathBuf,
+    /// DOMAIN_MAKE requests for the server: (handle, request, name, access flags).
+    domain_makes: Vec<(u64, u64, String, u64)>,
+    /// Domains whose owner's handle is gone, for the server to remove.
+    domains_gone: Vec<u64>,
+    /// Reused by `turn`.
+    events: Vec<epoll::Event>,
 }
 
 /// What `Broker::new` created, for the ready line.
@@ -126,12 +132,12 @@ pub struct Ready {
 }
 
 impl Broker {
-    pub fn new(cfg: Config) -> std::io::Result<(Broker, Ready)> {
-        let signal = signals_fd()?;
+    /// The broker of a domain rooted at `cfg.runtime_dir`, with `control_mode` for
+    /// its control socket.
+    pub fn new(cfg: Config, control_mode: u32) -> std::io::Result<(Broker, Ready)> {
         crate::sys::ignore_sigpipe();
         std::fs::create_dir_all(&cfg.runtime_dir)?;
         let dispatch = Dispatch::new()?;
-        dispatch.add(&signal, TOKEN_SIGNAL)?;
         let me_creds = Creds {
             pid: std::process::id(),
             uid: rustix::process::getuid().as_raw(),
@@ -146,7 +152,6 @@ impl Broker {
             domain,
             bridge: kdbus_bridge::Bridge::new(&machine_id()),
             dispatch,
-            signals: signal,
             listeners: Listeners::new(cfg.runtime_dir.clone()),
             handles: HashMap::new(),
             dbus: DBusClients::new(cfg.dbus_admission.clone()),
@@ -158,8 +163,12 @@ impl Broker {
             params: None,
             config_file: cfg.config_file.clone(),
             config_bus: None,
+            runtime_dir: cfg.runtime_dir.clone(),
+            domain_makes: Vec::new(),
+            domains_gone: Vec::new(),
+            events: Vec::with_capacity(256),
         };
-        let control = b.listeners.open_control(&b.dispatch)?;
+        let control = b.listeners.open_control(&b.dispatch, control_mode)?;
         let (params, mask) = crate::params::Params::open(&cfg.runtime_dir)?;
         b.dispatch.add(params.fd(), TOKEN_PARAMS)?;
         b.domain.set_attach_mask(mask);
@@ -240,89 +249,99 @@ impl Broker {
             .open_bus(&mut self.dispatch, key, &bus.name, mode)
     }
 
-    /// Run until SIGINT/SIGTERM; removes every socket it created on the way out.
-    pub fn run(&mut self) -> std::io::Result<()> {
-        let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
-        loop {
-            let timeout = self.poll_timeout();
-            match self.dispatch.wait(&mut events, timeout) {
-                Ok(()) if events.is_empty() && crate::sys::shutdown_pending() => {
-                    tracing::info!("shutting down");
-                    self.shutdown();
-                    return Ok(());
-                }
-                Ok(()) => {}
-                Err(SysErrno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-            // A parameter written before a client's request applies to it: the
-            // watch goes first.
-            if events.iter().any(|ev| ev.data.u64() == TOKEN_PARAMS) {
-                if let Some(mask) = self.params.as_mut().and_then(|p| p.changed()) {
-                    self.domain.set_attach_mask(mask);
-                }
-            }
-            for ev in &events {
-                let token = ev.data.u64();
-                let flags = ev.flags;
-                match token {
-                    TOKEN_PARAMS => {}
-                    TOKEN_SIGNAL => {
-                        if self.signals_take() {
-                            tracing::info!("shutting down");
-                            self.shutdown();
-                            return Ok(());
-                        }
-                    }
-                    t if self.listeners.contains(t) => self.accept_all(t),
-                    t => self.socket_event(t, flags),
-                }
-            }
-            let reloads = self.bridge.take_reloads();
-            if !reloads.is_empty() {
-                let result = self.reload();
-                for (key, serial, wants) in reloads {
-                    if wants {
-                        let r = result.clone();
-                        self.bridge.reload_answer(&mut self.domain, key, serial, r);
-                    }
-                }
-            }
-            self.domain.tick();
-            self.dbus.expire_auth(&mut self.domain, &self.dispatch);
-            if self.listeners.dbus_paused() && !self.dbus.full() {
-                self.listeners.dbus_pause(&self.dispatch, false);
-            }
-            for key in self.domain.take_closed() {
-                if let Some(token) = self.conn_token.get(&key).copied() {
-                    self.close(token);
-                }
-            }
-            self.flush();
-        }
+    /// The epoll set of this domain, for the server to watch.
+    pub fn epoll_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.dispatch.fd()
     }
 
-    /// Read the pending signals: SIGHUP reloads the configuration; `true` if one asks
-    /// to shut down.
-    fn signals_take(&mut self) -> bool {
-        // struct signalfd_siginfo: 128 bytes, the signal number first.
-        let mut info = [0u8; 128];
-        let mut stop = false;
-        while let Ok(128) = rustix::io::read(&self.signals, &mut info) {
-            let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
-            if signo == libc::SIGHUP as u32 {
-                let _ = self.reload();
-            } else {
-                stop = true;
+    /// Where this domain's `control` and buses are.
+    pub fn runtime_dir(&self) -> &std::path::Path {
+        &self.runtime_dir
+    }
+
+    /// One turn of the loop: act on whatever is ready now (never waiting), then let
+    /// deadlines pass, answer reloads and flush.
+    pub fn turn(&mut self) -> std::io::Result<()> {
+        let mut events = std::mem::take(&mut self.events);
+        let r = self.turn_with(&mut events);
+        self.events = events;
+        r
+    }
+
+    fn turn_with(&mut self, events: &mut Vec<epoll::Event>) -> std::io::Result<()> {
+        match self.dispatch.wait(events, 0) {
+            Ok(()) | Err(SysErrno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // A parameter written before a client's request applies to it: the
+        // watch goes first.
+        if events.iter().any(|ev| ev.data.u64() == TOKEN_PARAMS) {
+            if let Some(mask) = self.params.as_mut().and_then(|p| p.changed()) {
+                self.domain.set_attach_mask(mask);
             }
         }
-        stop
+        for ev in events.iter() {
+            let token = ev.data.u64();
+            let flags = ev.flags;
+            match token {
+                TOKEN_PARAMS => {}
+                t if self.listeners.contains(t) => self.accept_all(t),
+                t => self.socket_event(t, flags),
+            }
+        }
+        let reloads = self.bridge.take_reloads();
+        if !reloads.is_empty() {
+            let result = self.reload();
+            for (key, serial, wants) in reloads {
+                if wants {
+                    let r = result.clone();
+                    self.bridge.reload_answer(&mut self.domain, key, serial, r);
+                }
+            }
+        }
+        self.domain.tick();
+        self.dbus.expire_auth(&mut self.domain, &self.dispatch);
+        if self.listeners.dbus_paused() && !self.dbus.full() {
+            self.listeners.dbus_pause(&self.dispatch, false);
+        }
+        for key in self.domain.take_closed() {
+            if let Some(token) = self.conn_token.get(&key).copied() {
+                self.close(token);
+            }
+        }
+        self.flush();
+        Ok(())
+    }
+
+    /// DOMAIN_MAKE requests since the last time: (handle, request id, name, flags).
+    /// The server makes the domain and answers with [`Broker::domain_made`].
+    pub fn take_domain_makes(&mut self) -> Vec<(u64, u64, String, u64)> {
+        std::mem::take(&mut self.domain_makes)
+    }
+
+    /// The answer to a DOMAIN_MAKE: the handle owns domain `Ok(id)` from now on.
+    pub fn domain_made(&mut self, token: u64, req_id: u64, result: Result<u64, Errno>) {
+        match result {
+            Ok(id) => {
+                if let Some(h) = self.handles.get_mut(&token) {
+                    h.role = Role::DomainOwner(id);
+                }
+                self.reply_direct(token, req_id, Errno(0), &[], None);
+            }
+            Err(e) => self.reply_direct(token, req_id, e, &[], None),
+        }
+        self.flush();
+    }
+
+    /// Domains whose owner handle is gone since the last time.
+    pub fn take_domains_gone(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.domains_gone)
     }
 
     /// Read the configuration file again and put its policy and admission rules in
     /// force at once. A file that does not load changes nothing: the error is logged
     /// and returned, and the old configuration stays.
-    fn reload(&mut self) -> Result<(), String> {
+    pub fn reload(&mut self) -> Result<(), String> {
         let (Some(path), Some(bus)) = (self.config_file.clone(), self.config_bus) else {
             return Ok(());
         };
@@ -351,7 +370,7 @@ impl Broker {
 
     /// How long the loop may sleep (ns): until the next reply or authentication
     /// deadline, and at least once a second.
-    fn poll_timeout(&self) -> u64 {
+    pub fn poll_timeout(&self) -> u64 {
         let auth = self.dbus.next_deadline();
         let now = self.domain.now().monotonic_ns;
         // Wake at least once a second to look for a shutdown signal (see
@@ -541,6 +560,21 @@ impl Broker {
                 self.reply_direct(token, req.req_id, Errno(0), &[], None);
             }
             (HandleAction::BusMake, Role::Control) => self.control_bus_make(token, req),
+            (HandleAction::DomainMake, Role::Control) => {
+                let mut peer = h.peer.clone();
+                peer.creds = req.creds;
+                match kdbus_core::bus::domain_parse_make(req.body, &peer) {
+                    Ok((name, flags)) => self.domain_makes.push((token, req.req_id, name, flags)),
+                    Err(e) => self.reply_direct(token, req.req_id, e, &[], None),
+                }
+            }
+            (HandleAction::RemoveDomain, Role::DomainOwner(id)) => {
+                self.domains_gone.push(id);
+                if let Some(h) = self.handles.get_mut(&token) {
+                    h.role = Role::Control;
+                }
+                self.reply_direct(token, req.req_id, Errno(0), &[], None);
+            }
             (HandleAction::Hello, Role::Endpoint(bus, ep)) => {
                 self.endpoint_hello(token, bus, ep, req)
             }
@@ -740,6 +774,7 @@ impl Broker {
             }
             Role::BusOwner(bus) => self.bus_remove(bus),
             Role::EndpointOwner(bus, ep) => self.endpoint_remove(bus, ep),
+            Role::DomainOwner(id) => self.domains_gone.push(id),
             Role::Control | Role::Endpoint(..) => {}
         }
     }
@@ -755,7 +790,8 @@ impl Broker {
         }
     }
 
-    fn shutdown(&mut self) {
+    /// Remove every bus (disconnecting everyone on them) and every socket file.
+    pub fn shutdown(&mut self) {
         for b in self.listeners.buses() {
             self.bus_remove(b);
         }

@@ -11,7 +11,7 @@ use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::io::Errno as SysErrno;
 
-/// The shutdown signalfd.
+/// The signalfd (in the server's set).
 pub(crate) const TOKEN_SIGNAL: u64 = 0;
 /// The control socket's listener.
 pub(crate) const TOKEN_CONTROL: u64 = 1;
@@ -34,6 +34,12 @@ impl Dispatch {
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             next_token: FIRST_TOKEN,
         })
+    }
+
+    /// The epoll instance itself: readable when something in it is ready, so one
+    /// set can watch others (the server watches each domain's).
+    pub(crate) fn fd(&self) -> rustix::fd::BorrowedFd<'_> {
+        self.epoll.as_fd()
     }
 
     /// A token no fd had before.

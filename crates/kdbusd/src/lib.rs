@@ -23,9 +23,11 @@ mod params;
 mod peer;
 mod pool_memfd;
 mod seqpacket;
+pub mod server;
 mod sys;
 
 pub use broker::{Broker, Config, Limits, Ready};
+pub use server::Server;
 
 /// Write to a file descriptor named on the command line.
 pub fn sys_write_fd(fd: i32, bytes: &[u8]) -> std::io::Result<()> {

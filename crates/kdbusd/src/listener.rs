@@ -73,9 +73,13 @@ impl Listeners {
     }
 
     /// Listen on `<runtime dir>/control`; returns its path.
-    pub(crate) fn open_control(&mut self, dispatch: &Dispatch) -> std::io::Result<PathBuf> {
+    pub(crate) fn open_control(
+        &mut self,
+        dispatch: &Dispatch,
+        mode: u32,
+    ) -> std::io::Result<PathBuf> {
         let control = self.runtime_dir.join("control");
-        let lfd = listen_unix(&control, 0o666)?;
+        let lfd = listen_unix(&control, mode)?;
         dispatch.add(&lfd, TOKEN_CONTROL)?;
         self.by_token
             .insert(TOKEN_CONTROL, (lfd, Listener::Control));

@@ -9,7 +9,7 @@
 
 use clap::Parser;
 use kdbusd::config::{parse_listen, BusConfig};
-use kdbusd::{default_runtime_dir, Broker, Config};
+use kdbusd::{default_runtime_dir, Config, Server};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,9 +22,11 @@ const VERSION: &str = concat!(
 #[derive(Parser, Debug)]
 #[command(version = VERSION, about = "The kdbus broker: buses, connections and receive pools over unix sockets")]
 struct Args {
-    /// Directory for the control socket and the bus directories.
+    /// Directory for the control socket and the bus directories: one domain. Given
+    /// more than once, one domain each, fully separate (the buses are made in each;
+    /// a configuration's D-Bus addresses belong to the first).
     #[arg(long, value_name = "DIR")]
-    runtime_dir: Option<PathBuf>,
+    runtime_dir: Vec<PathBuf>,
     /// Serve this bus for the broker's lifetime (`<uid>-` is prepended when missing).
     /// Without any --bus, the default bus `<uid>-user` is served.
     #[arg(long = "bus", value_name = "NAME")]
@@ -140,7 +142,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         })
         .collect();
-    let runtime_dir = match (&args.runtime_dir, daemon_mode) {
+    let runtime_dir = match (args.runtime_dir.first(), daemon_mode) {
         (Some(d), _) => d.clone(),
         // As dbus-daemon, keep native sockets private to this instance, so that any
         // number of them (tests, GTestDBus) can run beside a real kdbusd.
@@ -171,7 +173,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return background_copy();
     }
     raise_fd_limit();
-    let (mut broker, ready) = Broker::new(cfg)?;
+    let mut configs = vec![cfg.clone()];
+    for dir in args.runtime_dir.iter().skip(1) {
+        configs.push(Config {
+            runtime_dir: dir.clone(),
+            buses: cfg.buses.clone(),
+            dbus_listen: Vec::new(),
+            dbus_admission: None,
+            msg_policy: None,
+            config_file: None,
+            limits: None,
+        });
+    }
+    let (mut server, readies) = Server::new(configs)?;
+    let ready = readies.first().ok_or("no domain")?;
 
     if daemon_mode {
         let address = ready.dbus_listen.join(";");
@@ -194,22 +209,29 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         tracing::info!(%address, "listening as dbus-daemon");
     } else {
-        let buses: Vec<String> = ready
-            .buses
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
+        // One line per domain, the first domain's first, in one write: a reader that
+        // takes the first line and closes the pipe must not cost us the others (nor,
+        // with EPIPE, the broker).
+        let mut text = String::new();
+        for ready in &readies {
+            let buses: Vec<String> = ready
+                .buses
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            text.push_str(&format!(
+                "kdbusd ready: control={} bus={} dbus={}\n",
+                ready.control.display(),
+                buses.join(","),
+                ready.dbus.join(";")
+            ));
+        }
         let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "kdbusd ready: control={} bus={} dbus={}",
-            ready.control.display(),
-            buses.join(","),
-            ready.dbus.join(";")
-        )?;
-        out.flush()?;
+        if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            tracing::debug!(%e, "the ready line was not read");
+        }
     }
-    broker.run()?;
+    server.run()?;
     Ok(())
 }
 

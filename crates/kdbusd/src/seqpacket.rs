@@ -42,6 +42,8 @@ pub(crate) enum Role {
     Endpoint(BusKey, Option<u64>),
     /// Made this custom endpoint; it lives as long as the handle.
     EndpointOwner(BusKey, u64),
+    /// Made the domain with this id; it lives as long as the handle.
+    DomainOwner(u64),
     /// A connection on a bus (after HELLO).
     Conn(ConnKey),
 }
@@ -57,6 +59,7 @@ impl Role {
                 custom: ep.is_some(),
             },
             Role::EndpointOwner(..) => HandleKind::EndpointOwner,
+            Role::DomainOwner(_) => HandleKind::DomainOwner,
             Role::Conn(_) => HandleKind::Conn,
         }
     }
