@@ -21,7 +21,7 @@
 
 use crate::clock::{machine_id, random_id128, SystemClock};
 use crate::dbus_socket::{DBusClients, Event};
-use crate::dispatch::{Dispatch, TOKEN_PARAMS};
+use crate::dispatch::{Dispatch, TOKEN_PARAMS, TOKEN_SIGNAL};
 use crate::listener::{Listener, Listeners};
 use crate::peer::{peer_from_creds, peer_from_socket, ProcStrings};
 use crate::pool_memfd::{pool_create, SystemFiles};
@@ -117,6 +117,15 @@ pub struct Broker {
     domains_gone: Vec<u64>,
     /// Reused by `turn`.
     events: Vec<epoll::Event>,
+}
+
+/// What one turn of a domain's loop saw.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Turn {
+    /// The signalfd is readable.
+    pub signalled: bool,
+    /// Nothing was ready: the wait ended by its timeout.
+    pub idle: bool,
 }
 
 /// What `Broker::new` created, for the ready line.
@@ -259,20 +268,33 @@ impl Broker {
         &self.runtime_dir
     }
 
-    /// One turn of the loop: act on whatever is ready now (never waiting), then let
-    /// deadlines pass, answer reloads and flush.
-    pub fn turn(&mut self) -> std::io::Result<()> {
+    /// Watch the server's signalfd too (as [`TOKEN_SIGNAL`]): a server with one
+    /// domain then waits in the domain's own set, one `epoll_wait` per wakeup.
+    pub fn watch_signals(&self, fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+        self.dispatch.add(fd, TOKEN_SIGNAL)
+    }
+
+    /// One turn of the loop: wait for something to do, at most `timeout_ns` (0: act
+    /// only on what is ready now), act on it, let deadlines pass, answer reloads and
+    /// flush. Says whether the signalfd is readable (the server reads it) and whether
+    /// anything happened at all.
+    pub fn turn(&mut self, timeout_ns: u64) -> std::io::Result<Turn> {
         let mut events = std::mem::take(&mut self.events);
-        let r = self.turn_with(&mut events);
+        let r = self.turn_with(&mut events, timeout_ns);
         self.events = events;
         r
     }
 
-    fn turn_with(&mut self, events: &mut Vec<epoll::Event>) -> std::io::Result<()> {
-        match self.dispatch.wait(events, 0) {
+    fn turn_with(
+        &mut self,
+        events: &mut Vec<epoll::Event>,
+        timeout_ns: u64,
+    ) -> std::io::Result<Turn> {
+        match self.dispatch.wait(events, timeout_ns) {
             Ok(()) | Err(SysErrno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
+        let signalled = events.iter().any(|ev| ev.data.u64() == TOKEN_SIGNAL);
         // A parameter written before a client's request applies to it: the
         // watch goes first.
         if events.iter().any(|ev| ev.data.u64() == TOKEN_PARAMS) {
@@ -284,7 +306,7 @@ impl Broker {
             let token = ev.data.u64();
             let flags = ev.flags;
             match token {
-                TOKEN_PARAMS => {}
+                TOKEN_PARAMS | TOKEN_SIGNAL => {}
                 t if self.listeners.contains(t) => self.accept_all(t),
                 t => self.socket_event(t, flags),
             }
@@ -310,7 +332,10 @@ impl Broker {
             }
         }
         self.flush();
-        Ok(())
+        Ok(Turn {
+            signalled,
+            idle: events.is_empty(),
+        })
     }
 
     /// DOMAIN_MAKE requests since the last time: (handle, request id, name, flags).

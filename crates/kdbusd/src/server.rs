@@ -13,11 +13,11 @@
 //! goes, the child and everything below it go: their buses are removed, every client
 //! is hung up on, and the directory disappears.
 
-use crate::broker::{Broker, Config, Ready};
+use crate::broker::{Broker, Config, Ready, Turn};
 use crate::dispatch::{Dispatch, TOKEN_SIGNAL};
 use kdbus_abi::{make_flags, Errno};
 use rustix::event::epoll;
-use rustix::fd::OwnedFd;
+use rustix::fd::{AsFd, OwnedFd};
 use rustix::io::Errno as SysErrno;
 use std::collections::BTreeMap;
 
@@ -65,6 +65,7 @@ impl Server {
         let id = self.next_id;
         self.next_id += 1;
         self.dispatch.add(broker.epoll_fd(), id)?;
+        broker.watch_signals(self.signals.as_fd())?;
         self.domains.insert(id, Hosted { broker, parent });
         Ok(id)
     }
@@ -79,40 +80,58 @@ impl Server {
                 .map(|d| d.broker.poll_timeout())
                 .min()
                 .unwrap_or(1_000_000_000);
-            match self.dispatch.wait(&mut events, timeout) {
-                Ok(()) if events.is_empty() && crate::sys::shutdown_pending() => {
-                    self.shutdown();
-                    return Ok(());
-                }
-                Ok(()) => {}
-                Err(SysErrno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-            let mut turned = false;
-            for ev in &events {
-                match ev.data.u64() {
-                    TOKEN_SIGNAL => {
-                        if self.signals_take() {
-                            self.shutdown();
-                            return Ok(());
-                        }
-                    }
-                    id => {
-                        if let Some(d) = self.domains.get_mut(&id) {
-                            d.broker.turn()?;
-                            turned = true;
-                        }
-                    }
-                }
-            }
-            if !turned {
-                // Woken by a deadline: every domain lets its time pass.
+            let turn = if self.domains.len() == 1 {
+                // The common case costs nothing: wait in the one domain's set (which
+                // watches the signalfd too).
+                let mut turn = Turn::default();
                 for d in self.domains.values_mut() {
-                    d.broker.turn()?;
+                    turn = d.broker.turn(timeout)?;
                 }
+                turn
+            } else {
+                self.turn_all(&mut events, timeout)?
+            };
+            // (A signal that reached a process only through `sigpending` is looked
+            // for when nothing else woke us.)
+            let stop = (turn.signalled && self.signals_take())
+                || (turn.idle && crate::sys::shutdown_pending());
+            if stop {
+                self.shutdown();
+                return Ok(());
             }
             self.domains_settle();
         }
+    }
+
+    /// Wait in the server's set, then give each domain with something to do a turn
+    /// (every domain when a deadline woke us).
+    fn turn_all(&mut self, events: &mut Vec<epoll::Event>, timeout: u64) -> std::io::Result<Turn> {
+        match self.dispatch.wait(events, timeout) {
+            Ok(()) | Err(SysErrno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut signalled = false;
+        let mut turned = false;
+        for ev in events.iter() {
+            match ev.data.u64() {
+                TOKEN_SIGNAL => signalled = true,
+                id => {
+                    if let Some(d) = self.domains.get_mut(&id) {
+                        signalled |= d.broker.turn(0)?.signalled;
+                        turned = true;
+                    }
+                }
+            }
+        }
+        if !turned {
+            for d in self.domains.values_mut() {
+                signalled |= d.broker.turn(0)?.signalled;
+            }
+        }
+        Ok(Turn {
+            signalled,
+            idle: events.is_empty(),
+        })
     }
 
     /// Make the domains asked for, remove those whose owners are gone.
