@@ -40,6 +40,9 @@ pub struct HelloOptions {
     pub description: Option<String>,
     /// The name of an activator or policy holder.
     pub name: Option<String>,
+    /// What everyone may do with that name (a policy holder's or an activator's
+    /// policy): `policy::SEE`, `TALK` or `OWN` levels, as kdbus's `POLICY_ACCESS`.
+    pub world_access: Option<u64>,
 }
 
 impl Default for HelloOptions {
@@ -51,6 +54,7 @@ impl Default for HelloOptions {
             pool_size: crate::DEFAULT_POOL_SIZE,
             description: None,
             name: None,
+            world_access: None,
         }
     }
 }
@@ -99,6 +103,13 @@ impl HelloOptions {
         self
     }
 
+    /// Let everyone see (0), talk to (1) or own (2) the activator's or policy holder's
+    /// name.
+    pub fn world_access(mut self, level: u64) -> Self {
+        self.world_access = Some(level);
+        self
+    }
+
     /// Encode HELLO.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -116,6 +127,14 @@ impl HelloOptions {
         }
         if let Some(n) = &self.name {
             w.push_str(item::NAME, n);
+            if let Some(level) = self.world_access {
+                let a = kdbus_abi::PolicyAccess {
+                    type_: 3, // KDBUS_POLICY_ACCESS_WORLD
+                    access: level,
+                    id: 0,
+                };
+                w.push(item::POLICY_ACCESS, a.as_bytes());
+            }
         }
         let size = out.len() as u64;
         out[..8].copy_from_slice(&size.to_ne_bytes());
