@@ -560,3 +560,98 @@ fn native_peer_leaving_is_name_owner_changed() {
         "the signal is about {n}"
     );
 }
+
+// ------------------------------------------------------------------ one policy
+
+/// A bus started from a configuration judges native peers by its `<policy>` too: a
+/// native client cannot call what a D-Bus client may not, and a payload the bus
+/// cannot read as D-Bus does not slip past a rule about interfaces.
+#[test]
+fn the_configured_policy_binds_native_peers_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bus.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "<busconfig><type>session</type><listen>unix:path={}/dbus-sock</listen>\
+             <policy context=\"default\"><allow send_destination=\"*\"/>\
+             <allow receive_type=\"*\"/><allow own=\"*\"/>\
+             <deny send_destination=\"org.example.ZService\" send_interface=\"org.example.Secret\"/>\
+             </policy></busconfig>",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let rt = dir.path().join("rt");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kdbusd"))
+        .arg(format!("--config-file={}", conf.display()))
+        .arg("--runtime-dir")
+        .arg(&rt)
+        .args(["--nofork", "--print-address"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut address = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut address,
+    )
+    .unwrap();
+    let _kill = KillOnDrop(child);
+    let svc = zbus::blocking::connection::Builder::address(address.trim())
+        .unwrap()
+        .build()
+        .unwrap();
+    request_name(&svc, "org.example.ZService");
+    let it = MessageIterator::from(&svc);
+    std::thread::spawn(move || {
+        for m in it.flatten() {
+            if m.message_type() == MsgType::MethodCall && svc.reply(&m.header(), &"ok").is_err() {
+                return;
+            }
+        }
+    });
+    let bus = rt.join(format!("{}-session", uid())).join("bus");
+    let native = ok(Connection::hello(&bus, &test_hello()));
+    let call = |serial: u32, iface: &str| {
+        let m = dbus_message(
+            MessageType::MethodCall,
+            serial,
+            Fields {
+                path: Some(PATH),
+                interface: Some(iface),
+                member: Some("M"),
+                destination: Some("org.example.ZService"),
+                ..Default::default()
+            },
+            &[],
+        );
+        native
+            .call(
+                Message::to_name("org.example.ZService")
+                    .cookie(serial as u64)
+                    .payload(&m),
+                SOON,
+            )
+            .map(|r| r.cookie_reply())
+    };
+    assert_eq!(ok(call(1, "org.example.Public")), 1);
+    assert_eq!(errno(call(2, "org.example.Secret")), kdbus::Errno::EPERM);
+    // Not a D-Bus message: a rule about interfaces cannot be judged, so it denies.
+    let opaque = native.call(
+        Message::to_name("org.example.ZService")
+            .cookie(3)
+            .payload(b"not a D-Bus message at all"),
+        SOON,
+    );
+    assert_eq!(errno(opaque), kdbus::Errno::EPERM);
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
