@@ -305,3 +305,48 @@ fn reload_config_and_sighup() {
         ],
     );
 }
+
+/// Error replies, and what `requested_reply` means: a deny rule without it is about
+/// unrequested replies only, so a requested error passes it; with it, the error is
+/// refused and the caller hears only the bus's NoReply when the reply timeout ends.
+/// (An error rule needs its type: a message without an error name matches any
+/// `send_error`, so `<deny send_error=…/>` alone would deny every call, in
+/// dbus-daemon as here.)
+#[test]
+fn send_error_receive_error_and_requested_reply() {
+    if !usable() {
+        return;
+    }
+    const ERR: &str = "org.x.Err";
+    const NO_REPLY: &str = "no reply";
+    let timeout = r#"<limit name="reply_timeout">500</limit>"#;
+    let steps = || [Step::RootCall("org.test.A", "org.x.I.Fail", 0)];
+    case(
+        &format!(
+            r#"{timeout}<policy user="root"><deny send_type="error" send_error="{ERR}"/></policy>"#
+        ),
+        &steps(),
+        &[ERR],
+    );
+    case(
+        &format!(
+            r#"{timeout}<policy user="root"><deny send_type="error" send_error="{ERR}" send_requested_reply="true"/></policy>"#
+        ),
+        &steps(),
+        &[NO_REPLY],
+    );
+    case(
+        &format!(
+            r#"{timeout}<policy user="root"><deny receive_type="error" receive_error="{ERR}"/></policy>"#
+        ),
+        &steps(),
+        &[ERR],
+    );
+    case(
+        &format!(
+            r#"{timeout}<policy user="root"><deny receive_type="error" receive_error="{ERR}" receive_requested_reply="true"/></policy>"#
+        ),
+        &steps(),
+        &[NO_REPLY],
+    );
+}

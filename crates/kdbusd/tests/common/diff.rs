@@ -133,7 +133,7 @@ pub fn start(program: &str, dir: &Path, config: Config<'_>) -> (Daemon, String) 
 pub fn zconn(address: &str) -> ZConn {
     Builder::address(address)
         .expect("address")
-        .method_timeout(Duration::from_secs(10))
+        .method_timeout(Duration::from_secs(3))
         .build()
         .expect("root connects")
 }
@@ -152,7 +152,8 @@ pub fn request_name(c: &ZConn, name: &str) {
 }
 
 /// A root service owning `names` that answers every call with "ok", but those to a
-/// member `Hold`, which it never answers.
+/// member `Hold`, which it never answers, and to `Fail`, which get the error
+/// `org.x.Err`.
 pub fn serve(address: &str, names: &[&str]) {
     let c = zconn(address);
     let it = MessageIterator::from(&c);
@@ -167,7 +168,12 @@ pub fn serve(address: &str, names: &[&str]) {
             {
                 continue;
             }
-            if c.reply(&h, &"ok").is_err() {
+            let r = if h.member().is_some_and(|n| n.as_str() == "Fail") {
+                c.reply_error(&h, "org.x.Err", &"failed")
+            } else {
+                c.reply(&h, &"ok")
+            };
+            if r.is_err() {
                 return;
             }
         }
@@ -182,6 +188,18 @@ thread_local! {
 /// The D-Bus error name of a failed zbus call, or what else went wrong.
 fn zbus_error(e: &zbus::Error) -> String {
     match e {
+        // A caller that gets no answer: the bus's NoReply (kdbusd keeps a call whose
+        // reply the policy refused pending until its timeout) or its own timeout
+        // (dbus-daemon forgets such a call) are the same to it.
+        zbus::Error::MethodError(name, _, _)
+            if name.as_str() == "org.freedesktop.DBus.Error.NoReply"
+                && !TEXTS.with(|t| t.get()) =>
+        {
+            "no reply".to_string()
+        }
+        zbus::Error::InputOutput(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            "no reply".to_string()
+        }
         zbus::Error::MethodError(name, Some(text), _) if TEXTS.with(|t| t.get()) => {
             format!("{name}: {}", normalize(text))
         }
