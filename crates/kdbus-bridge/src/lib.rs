@@ -54,6 +54,8 @@ pub struct Bridge {
     /// How long the bus waits for the reply to a D-Bus call (`reply_timeout`); 0: the
     /// default, [`REPLY_TIMEOUT_NS`].
     reply_timeout_ns: u64,
+    /// What a new client's stream may hold from other peers.
+    stream_limits: stream_quota::StreamLimits,
 }
 
 impl Bridge {
@@ -62,6 +64,12 @@ impl Bridge {
             machine_id: machine_id.to_string(),
             ..Default::default()
         }
+    }
+
+    /// What the streams of clients that say Hello from now on may hold from other
+    /// peers (`max_outgoing_bytes`, `max_outgoing_unix_fds`).
+    pub fn set_stream_limits(&mut self, limits: stream_quota::StreamLimits) {
+        self.stream_limits = limits;
     }
 
     /// How long the bus waits for replies to calls of D-Bus clients from now on.

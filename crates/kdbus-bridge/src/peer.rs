@@ -14,7 +14,7 @@
 //! (`stream_quota`): messages the client asked for are counted, never refused.
 
 use crate::body::{Body, ErrName};
-use crate::stream_quota::{Charge, StreamQuota, STREAM_QUOTA_BYTES};
+use crate::stream_quota::{Charge, StreamLimits, StreamQuota};
 use crate::{DRIVER, DRIVER_PATH};
 use kdbus_abi::{item, payload, Errno, Msg, Vec_};
 use kdbus_core::message::message_payload;
@@ -46,10 +46,17 @@ pub(crate) fn peer_mut(s: &mut dyn StreamPeer) -> Option<&mut DBusPeer> {
 
 impl DBusPeer {
     pub fn new(fds_ok: bool) -> Self {
-        DBusPeer {
+        Self::with_limits(fds_ok, StreamLimits::default())
+    }
+
+    /// A peer whose stream may hold `limits` from other peers.
+    pub fn with_limits(fds_ok: bool, limits: StreamLimits) -> Self {
+        let mut p = DBusPeer {
             fds_ok,
             ..Default::default()
-        }
+        };
+        p.quota.limits = limits;
+        p
     }
 
     fn serial(&mut self) -> u32 {
@@ -74,7 +81,7 @@ impl DBusPeer {
         fields: Fields<'_>,
         body: &Body,
     ) {
-        if t == MessageType::Signal && self.quota.pending_bytes() > STREAM_QUOTA_BYTES {
+        if t == MessageType::Signal && self.quota.pending_bytes() > self.quota.limits.bytes {
             out.lose();
             return;
         }
@@ -210,7 +217,7 @@ impl DBusPeer {
                 return;
             }
         }
-        if self.quota.pending_bytes() > STREAM_QUOTA_BYTES {
+        if self.quota.pending_bytes() > self.quota.limits.bytes {
             out.lose();
             return;
         }

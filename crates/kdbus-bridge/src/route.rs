@@ -54,7 +54,8 @@ impl Bridge {
         fds_ok: bool,
         serial: u32,
     ) -> Result<ConnKey, Errno> {
-        let (key, id) = dom.hello_stream(bus, peer, Box::new(DBusPeer::new(fds_ok)))?;
+        let stream = DBusPeer::with_limits(fds_ok, self.stream_limits);
+        let (key, id) = dom.hello_stream(bus, peer, Box::new(stream))?;
         let name = UniqueName::from_id(id);
         let f = Fields {
             reply_serial: Some(serial),

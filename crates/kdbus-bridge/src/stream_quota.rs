@@ -50,8 +50,27 @@ struct Usage {
     fds: u32,
 }
 
+/// How much a stream may hold from other peers: bytes and fds (a configuration's
+/// `max_outgoing_bytes` and `max_outgoing_unix_fds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub bytes: u64,
+    pub fds: u32,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            bytes: STREAM_QUOTA_BYTES,
+            fds: STREAM_QUOTA_FDS,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct StreamQuota {
+    /// Its bounds.
+    pub limits: StreamLimits,
     /// Stream positions: bytes appended, bytes written, since the stream began.
     appended: u64,
     written: u64,
@@ -90,11 +109,11 @@ impl StreamQuota {
         let n = self.users.len() as u64 + u64::from(share == 0 && share_fds == 0);
         let total = self.pending_bytes();
         let bytes_ok =
-            total == 0 || share_admits(STREAM_QUOTA_BYTES.saturating_sub(total), n, share, len);
+            total == 0 || share_admits(self.limits.bytes.saturating_sub(total), n, share, len);
         let fds_ok = fds == 0
             || self.fds == 0
             || share_admits(
-                u64::from(STREAM_QUOTA_FDS.saturating_sub(self.fds)),
+                u64::from(self.limits.fds.saturating_sub(self.fds)),
                 n,
                 u64::from(share_fds),
                 u64::from(fds),

@@ -67,6 +67,7 @@ pub struct Limits {
     pub bus: kdbus_core::bus::BusLimits,
     pub dbus: crate::dbus_socket::DBusLimits,
     pub reply_timeout_ns: Option<u64>,
+    pub stream: kdbus_bridge::stream_quota::StreamLimits,
 }
 
 impl Limits {
@@ -75,6 +76,7 @@ impl Limits {
             bus: c.bus_limits(),
             dbus: c.dbus_limits(),
             reply_timeout_ns: c.reply_timeout_ns(),
+            stream: c.stream_limits(),
         }
     }
 }
@@ -391,6 +393,7 @@ impl Broker {
         self.dbus.set_limits(l.dbus);
         self.bridge
             .set_reply_timeout(l.reply_timeout_ns.unwrap_or(0));
+        self.bridge.set_stream_limits(l.stream);
     }
 
     /// How long the loop may sleep (ns): until the next reply or authentication

@@ -394,6 +394,25 @@ impl BusConfig {
         if let Some(v) = n("max_message_unix_fds") {
             l.message_fds = v;
         }
+        let out = self.stream_limits();
+        l.backlog = l.backlog.max(
+            usize::try_from(out.bytes)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(4),
+        );
+        l
+    }
+
+    /// What a D-Bus client's stream may hold from other peers
+    /// (`max_outgoing_bytes`, `max_outgoing_unix_fds`).
+    pub fn stream_limits(&self) -> kdbus_bridge::stream_quota::StreamLimits {
+        let mut l = kdbus_bridge::stream_quota::StreamLimits::default();
+        if let Some(v) = self.limit("max_outgoing_bytes") {
+            l.bytes = v;
+        }
+        if let Some(v) = self.limit("max_outgoing_unix_fds") {
+            l.fds = u32::try_from(v).unwrap_or(u32::MAX);
+        }
         l
     }
 

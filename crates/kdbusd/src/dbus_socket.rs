@@ -196,6 +196,10 @@ pub struct DBusLimits {
     pub message_size: usize,
     /// `max_message_unix_fds`: more fds with one message disconnect its sender.
     pub message_fds: usize,
+    /// Output a client may leave unread before it is given up on: well above what
+    /// other peers may queue for it (`max_outgoing_bytes`), so only the answers to its
+    /// own calls, or a monitor's copies, can get it there.
+    pub backlog: usize,
 }
 
 impl Default for DBusLimits {
@@ -205,6 +209,7 @@ impl Default for DBusLimits {
             incomplete: usize::MAX,
             message_size: header::MAX_MESSAGE_SIZE,
             message_fds: MAX_FDS_PER_MESSAGE,
+            backlog: MAX_STREAM_BACKLOG,
         }
     }
 }
@@ -264,7 +269,7 @@ impl DBusClients {
                 key: None,
                 deadline,
                 uid,
-                backlog: Backlog::new(MAX_STREAM_BACKLOG),
+                backlog: Backlog::new(self.limits.backlog),
             }),
         );
         *self.books.incomplete.entry(uid).or_default() += 1;

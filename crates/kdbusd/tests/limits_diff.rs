@@ -162,3 +162,44 @@ fn max_incomplete_connections() {
         &["open", "open", "open", "silent", "answered"],
     );
 }
+
+/// A receiver that does not read: what others send it piles up to
+/// `max_outgoing_bytes`, then a call that does not fit is refused. (kdbusd shares the
+/// bound out among sending users as dbus-broker does, a single one getting about half
+/// of it, so a small call may still fit where dbus-daemon refuses everything: the call
+/// here is larger than half.)
+#[test]
+fn max_outgoing_bytes() {
+    if !usable() {
+        return;
+    }
+    case(
+        &limit("max_outgoing_bytes", 100_000),
+        &[
+            Step::RawReceiver,
+            // Beyond what the kernel's socket buffers take in.
+            Step::Flood(600, 10_000),
+            Step::CallRaw(60_000),
+        ],
+        &["ok", "ok", LIMITS],
+    );
+}
+
+/// Messages are taken off a client's socket as they come and routed at once, so a
+/// small `max_incoming_bytes` does not keep a larger message from going through (in
+/// dbus-daemon neither).
+#[test]
+fn max_incoming_bytes() {
+    if !usable() {
+        return;
+    }
+    case(
+        &format!(
+            "{}{}",
+            limit("max_incoming_bytes", 1000),
+            limit("max_incoming_unix_fds", 1)
+        ),
+        &[Step::RootSend(8000, 0), Step::RootSend(10, 2)],
+        &["ok", "ok"],
+    );
+}

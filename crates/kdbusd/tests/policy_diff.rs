@@ -350,3 +350,23 @@ fn send_error_receive_error_and_requested_reply() {
         &[NO_REPLY],
     );
 }
+
+/// `send_broadcast`: a rule for broadcasts only leaves the same signal sent to one
+/// receiver alone.
+#[test]
+fn send_broadcast() {
+    if !usable() {
+        return;
+    }
+    case(
+        r#"<policy user="root"><deny send_broadcast="true" send_member="Quiet" send_interface="org.x.Sig"/></policy>"#,
+        &[
+            Step::Subscribe,
+            Step::Emit("Quiet", false),
+            Step::Emit("Quiet", true),
+            Step::Emit("Loud", false),
+            Step::Heard("Loud"),
+        ],
+        &["ok", "ok", "ok", "ok", "Quiet,Loud"],
+    );
+}

@@ -180,6 +180,60 @@ pub fn serve(address: &str, names: &[&str]) {
     });
 }
 
+/// A D-Bus client on a bare socket at `address`: authenticates as root, says Hello,
+/// and returns its socket (never read again) and unique name.
+fn raw_hello(address: &str) -> (std::os::unix::net::UnixStream, String) {
+    use kdbus::dbus::header::{self, Fields, MessageType};
+    use kdbus::dbus::marshal::{Endian, Reader};
+    use std::io::{Read, Write};
+    let path = address
+        .strip_prefix("unix:path=")
+        .and_then(|p| p.split(',').next())
+        .expect("a unix:path address");
+    let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+    s.write_all(b"\0AUTH EXTERNAL 30\r\n").unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        s.read_exact(&mut b).unwrap();
+        line.push(b[0]);
+    }
+    assert!(
+        line.starts_with(b"OK "),
+        "{}",
+        String::from_utf8_lossy(&line)
+    );
+    s.write_all(b"BEGIN\r\n").unwrap();
+    let mut hello = Vec::new();
+    let f = Fields {
+        path: Some("/org/freedesktop/DBus"),
+        interface: Some("org.freedesktop.DBus"),
+        member: Some("Hello"),
+        destination: Some("org.freedesktop.DBus"),
+        ..Default::default()
+    };
+    header::write_fields(
+        &mut hello,
+        Endian::Little,
+        MessageType::MethodCall,
+        0,
+        0,
+        1,
+        &f,
+    );
+    s.write_all(&hello).unwrap();
+    let mut fixed = [0u8; 16];
+    s.read_exact(&mut fixed).unwrap();
+    let len = header::message_len(&fixed).unwrap().expect("a length");
+    let mut msg = fixed.to_vec();
+    msg.resize(len, 0);
+    s.read_exact(&mut msg[16..]).unwrap();
+    let h = header::parse(&msg).expect("the Hello reply");
+    let mut r = Reader::new(&msg[h.header_len..], h.endian);
+    let name = r.string().expect("a unique name").to_string();
+    (s, name)
+}
+
 thread_local! {
     /// Whether root's steps report error texts (`Step::Texts`), for this test's thread.
     static TEXTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -330,12 +384,32 @@ pub enum Step {
     /// The socket `RawIdle` kept `i`-th starts authenticating: "answered" if the bus
     /// answers within 300 ms, else "silent".
     RawSasl(usize),
+    /// A root client on a bare socket says Hello and then reads nothing more (a
+    /// receiver that does not keep up); kept as the raw receiver.
+    RawReceiver,
+    /// root's caller sends this many calls (no reply expected) of this many bytes to
+    /// the raw receiver.
+    Flood(usize, usize),
+    /// root's caller calls the raw receiver (which never answers) with a string of
+    /// this many bytes: the error.
+    CallRaw(usize),
+    /// A root subscriber to all signals is kept.
+    Subscribe,
+    /// root's caller emits signal `iface.member`, as a broadcast or (`true`) to the
+    /// subscriber.
+    Emit(&'static str, bool),
+    /// The subscriber's signals until one of this member: their members, in order.
+    Heard(&'static str),
 }
 
 /// The bus a script runs on.
 pub struct Ctx<'a> {
     /// Connections and sockets steps keep open.
     kept: std::cell::RefCell<Vec<ZConn>>,
+    /// The raw receiver: its socket and unique name.
+    raw_receiver: std::cell::RefCell<Option<(std::os::unix::net::UnixStream, String)>>,
+    /// The subscriber: its unique name, and the members of the signals it got.
+    subscriber: std::cell::RefCell<Option<(String, std::sync::mpsc::Receiver<String>)>>,
     raw: std::cell::RefCell<Vec<std::os::unix::net::UnixStream>>,
     address: String,
     /// root's connection, owning `org.test.Caller` (on a base configuration).
@@ -420,6 +494,96 @@ pub fn run_step(ctx: &Ctx<'_>, step: &Step) -> String {
             let mut b = [0u8; 64];
             let answered = matches!(std::io::Read::read(&mut s, &mut b), Ok(n) if n > 0);
             if answered { "answered" } else { "silent" }.into()
+        }
+        Step::RawReceiver => {
+            *ctx.raw_receiver.borrow_mut() = Some(raw_hello(address));
+            "ok".into()
+        }
+        Step::Flood(count, size) => {
+            let dest = ctx
+                .raw_receiver
+                .borrow()
+                .as_ref()
+                .expect("a raw receiver")
+                .1
+                .clone();
+            let s = "x".repeat(*size);
+            for _ in 0..*count {
+                let m = zbus::message::Message::method_call("/", "M")
+                    .and_then(|b| b.destination(dest.as_str()))
+                    .and_then(|b| b.interface("org.x.I"))
+                    .map(|b| b.with_flags(zbus::message::Flags::NoReplyExpected))
+                    .and_then(|b| b?.build(&s))
+                    .expect("a message");
+                caller.send(&m).expect("send");
+            }
+            "ok".into()
+        }
+        Step::CallRaw(size) => {
+            let dest = ctx
+                .raw_receiver
+                .borrow()
+                .as_ref()
+                .expect("a raw receiver")
+                .1
+                .clone();
+            let s = "x".repeat(*size);
+            zbus_outcome(caller.call_method(Some(dest.as_str()), "/", Some("org.x.I"), "M", &s))
+        }
+        Step::Subscribe => {
+            let c = zconn(address);
+            let rule = "type='signal',interface='org.x.Sig'";
+            c.call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus"),
+                "AddMatch",
+                &rule,
+            )
+            .expect("AddMatch");
+            let name = c.unique_name().expect("a unique name").to_string();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let it = MessageIterator::from(&c);
+            std::thread::spawn(move || {
+                let _keep = c;
+                for m in it.flatten() {
+                    let h = m.header();
+                    if m.message_type() == MsgType::Signal
+                        && h.interface().is_some_and(|i| i.as_str() == "org.x.Sig")
+                    {
+                        let member = h.member().map(|n| n.to_string()).unwrap_or_default();
+                        if tx.send(member).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            *ctx.subscriber.borrow_mut() = Some((name, rx));
+            "ok".into()
+        }
+        Step::Emit(member, unicast) => {
+            let to = ctx
+                .subscriber
+                .borrow()
+                .as_ref()
+                .expect("a subscriber")
+                .0
+                .clone();
+            let dest = unicast.then_some(to.as_str());
+            zbus_outcome(caller.emit_signal(dest, "/", "org.x.Sig", *member, &()))
+        }
+        Step::Heard(last) => {
+            let sub = ctx.subscriber.borrow();
+            let rx = &sub.as_ref().expect("a subscriber").1;
+            let mut got = Vec::new();
+            while let Ok(m) = rx.recv_timeout(Duration::from_secs(3)) {
+                let done = m == *last;
+                got.push(m);
+                if done {
+                    break;
+                }
+            }
+            got.join(",")
         }
         Step::Texts => {
             TEXTS.with(|t| t.set(true));
@@ -511,6 +675,8 @@ pub fn run_both(config: Config<'_>, services: &[&[&str]], steps: &[Step], expect
         let ctx = Ctx {
             kept: Default::default(),
             raw: Default::default(),
+            raw_receiver: Default::default(),
+            subscriber: Default::default(),
             address,
             caller,
             dir: dir.path(),
