@@ -216,12 +216,26 @@ pub fn bus_parse_make(body: &[u8], uid: u32) -> Result<BusSpec, Errno> {
 /// (EBADMSG without, EEXIST twice). Whether the parent has one of that name already is
 /// for whoever keeps the domains to say.
 pub fn domain_parse_make(body: &[u8], peer: &Peer) -> Result<(String, u64), Errno> {
-    let (cmd, size) = kdbus_abi::read_cmd::<CmdGeneric>(body)?;
-    if cmd.flags & !(make_flags::ACCESS_GROUP | make_flags::ACCESS_WORLD) != 0 {
-        return Err(Errno::EINVAL);
-    }
+    let access = make_flags::ACCESS_GROUP | make_flags::ACCESS_WORLD;
+    let (cmd, name, _) = make_parse_named(body, access)?;
     if !peer.privileged {
         return Err(Errno::EPERM);
+    }
+    let name = name.ok_or(Errno::EBADMSG)?;
+    names::validate_sysname(name)?;
+    Ok((name.to_owned(), cmd.flags))
+}
+
+/// A `kdbus_cmd` that makes something named (DOMAIN_MAKE, ENDPOINT_MAKE): its header
+/// with no flags beyond `allowed` (EINVAL), its items (each checked), and the one
+/// `MAKE_NAME` among them if there is one (EEXIST for two).
+pub(crate) fn make_parse_named(
+    body: &[u8],
+    allowed: u64,
+) -> Result<(CmdGeneric, Option<&str>, &[u8]), Errno> {
+    let (cmd, size) = kdbus_abi::read_cmd::<CmdGeneric>(body)?;
+    if cmd.flags & !allowed != 0 {
+        return Err(Errno::EINVAL);
     }
     let items = &body[std::mem::size_of::<CmdGeneric>()..size as usize];
     let mut name = None;
@@ -232,9 +246,7 @@ pub fn domain_parse_make(body: &[u8], peer: &Peer) -> Result<(String, u64), Errn
             return Err(Errno::EEXIST);
         }
     }
-    let name = name.ok_or(Errno::EBADMSG)?;
-    names::validate_sysname(name)?;
-    Ok((name.to_owned(), cmd.flags))
+    Ok((cmd, name, items))
 }
 
 /// 8 ≤ size ≤ 4096, a multiple of 8, at least one hash function.

@@ -159,7 +159,7 @@ impl Domain {
             send_gen: 0,
             staged: Staged::default(),
             stream_keys: Vec::new(),
-            facts_reader: Box::new(crate::msgcheck::NoFacts),
+            facts_reader: Box::new(crate::msgpolicy::NoFacts),
             denial: None,
         }
     }

@@ -7,29 +7,16 @@
 //! socket `<uid>-<name>` beside `bus`; the endpoint lives as long as the handle that
 //! made it, and its connections are disconnected with it.
 
-use crate::bus::Endpoint;
+use crate::bus::{make_parse_named, Endpoint};
 use crate::domain::Domain;
 use crate::ids::{BusKey, ConnKey};
 use crate::meta::Peer;
 use crate::policy::{policy_parse, PolicyDb};
-use kdbus_abi::items::ItemIter;
-use kdbus_abi::{item, make_flags, read_cmd, CmdGeneric, Errno};
+use kdbus_abi::{make_flags, read_cmd, CmdGeneric, Errno};
 
 /// Items of ENDPOINT_MAKE: its name, and optionally its first policy.
 fn endpoint_parse_make(body: &[u8], uid: u32) -> Result<(CmdGeneric, String, &[u8]), Errno> {
-    let (cmd, size) = read_cmd::<CmdGeneric>(body)?;
-    if cmd.flags & !make_flags::ALL != 0 {
-        return Err(Errno::EINVAL);
-    }
-    let items = &body[std::mem::size_of::<CmdGeneric>()..size as usize];
-    let mut name = None;
-    for it in ItemIter::new(items) {
-        let it = it?;
-        it.check_payload()?;
-        if it.type_ == item::MAKE_NAME && name.replace(it.as_str()?).is_some() {
-            return Err(Errno::EEXIST);
-        }
-    }
+    let (cmd, name, items) = make_parse_named(body, make_flags::ALL)?;
     let name = name.ok_or(Errno::EINVAL)?;
     // A sysname (ENAMETOOLONG beyond 63), prefixed with the maker's uid.
     kdbus_abi::names::validate_uid_prefixed(name, uid)?;

@@ -14,15 +14,6 @@ use crate::msgpolicy::{ConnRules, Denial, Facts, FactsReader, MsgPolicy, Party};
 use kdbus_abi::{Errno, DST_ID_BROADCAST};
 use std::sync::Arc;
 
-/// The reader a domain has until the broker gives it one: every header unknown.
-pub(crate) struct NoFacts;
-
-impl FactsReader for NoFacts {
-    fn read<'a>(&self, _: &'a [u8]) -> Facts<'a> {
-        Facts::default()
-    }
-}
-
 impl Domain {
     /// Let the broker read message headers for the message policy.
     pub fn set_facts_reader(&mut self, reader: Box<dyn FactsReader>) {

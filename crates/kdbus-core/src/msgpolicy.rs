@@ -66,6 +66,15 @@ pub trait FactsReader: Send {
     fn read<'a>(&self, payload: &'a [u8]) -> Facts<'a>;
 }
 
+/// The reader a domain has until the broker gives it one: every header unknown.
+pub struct NoFacts;
+
+impl FactsReader for NoFacts {
+    fn read<'a>(&self, _: &'a [u8]) -> Facts<'a> {
+        Facts::default()
+    }
+}
+
 /// What a rule permits or forbids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Act {

@@ -74,7 +74,7 @@ impl Limits {
     pub fn of(c: &crate::config::BusConfig) -> Limits {
         Limits {
             bus: c.bus_limits(),
-            dbus: c.dbus_limits(),
+            dbus: dbus_limits(c),
             reply_timeout_ns: c.reply_timeout_ns(),
             stream: c.stream_limits(),
         }
@@ -119,6 +119,31 @@ pub struct Broker {
     domains_gone: Vec<u64>,
     /// Reused by `turn`.
     events: Vec<epoll::Event>,
+}
+
+/// The D-Bus socket's limits, as `c` configures them.
+fn dbus_limits(c: &crate::config::BusConfig) -> crate::dbus_socket::DBusLimits {
+    let mut l = crate::dbus_socket::DBusLimits::default();
+    let n = |name| {
+        c.limit(name)
+            .map(|v| usize::try_from(v).unwrap_or(usize::MAX))
+    };
+    if let Some(ms) = c.limit("auth_timeout") {
+        l.auth_timeout_ns = ms.saturating_mul(1_000_000);
+    }
+    if let Some(v) = n("max_incomplete_connections") {
+        l.incomplete = v;
+    }
+    if let Some(v) = n("max_message_size") {
+        l.message_size = v;
+    }
+    if let Some(v) = n("max_message_unix_fds") {
+        l.message_fds = v;
+    }
+    // Well above what other peers may queue for a client.
+    let out = usize::try_from(c.stream_limits().bytes).unwrap_or(usize::MAX);
+    l.backlog = l.backlog.max(out.saturating_mul(4));
+    l
 }
 
 /// What one turn of a domain's loop saw.

@@ -375,34 +375,6 @@ impl BusConfig {
         l
     }
 
-    /// The D-Bus socket's limits, as configured.
-    pub fn dbus_limits(&self) -> crate::dbus_socket::DBusLimits {
-        let mut l = crate::dbus_socket::DBusLimits::default();
-        let n = |name| {
-            self.limit(name)
-                .map(|v| usize::try_from(v).unwrap_or(usize::MAX))
-        };
-        if let Some(ms) = self.limit("auth_timeout") {
-            l.auth_timeout_ns = ms.saturating_mul(1_000_000);
-        }
-        if let Some(v) = n("max_incomplete_connections") {
-            l.incomplete = v;
-        }
-        if let Some(v) = n("max_message_size") {
-            l.message_size = v;
-        }
-        if let Some(v) = n("max_message_unix_fds") {
-            l.message_fds = v;
-        }
-        let out = self.stream_limits();
-        l.backlog = l.backlog.max(
-            usize::try_from(out.bytes)
-                .unwrap_or(usize::MAX)
-                .saturating_mul(4),
-        );
-        l
-    }
-
     /// What a D-Bus client's stream may hold from other peers
     /// (`max_outgoing_bytes`, `max_outgoing_unix_fds`).
     pub fn stream_limits(&self) -> kdbus_bridge::stream_quota::StreamLimits {

@@ -420,6 +420,14 @@ pub struct Ctx<'a> {
     pid: u32,
 }
 
+impl Ctx<'_> {
+    /// The unique name of the raw receiver (`Step::RawReceiver`).
+    fn raw_name(&self) -> String {
+        let r = self.raw_receiver.borrow();
+        r.as_ref().expect("a raw receiver").1.clone()
+    }
+}
+
 /// Run `step` on the bus of `ctx`.
 pub fn run_step(ctx: &Ctx<'_>, step: &Step) -> String {
     let (address, caller) = (ctx.address.as_str(), &ctx.caller);
@@ -500,13 +508,7 @@ pub fn run_step(ctx: &Ctx<'_>, step: &Step) -> String {
             "ok".into()
         }
         Step::Flood(count, size) => {
-            let dest = ctx
-                .raw_receiver
-                .borrow()
-                .as_ref()
-                .expect("a raw receiver")
-                .1
-                .clone();
+            let dest = ctx.raw_name();
             let s = "x".repeat(*size);
             for _ in 0..*count {
                 let m = zbus::message::Message::method_call("/", "M")
@@ -520,13 +522,7 @@ pub fn run_step(ctx: &Ctx<'_>, step: &Step) -> String {
             "ok".into()
         }
         Step::CallRaw(size) => {
-            let dest = ctx
-                .raw_receiver
-                .borrow()
-                .as_ref()
-                .expect("a raw receiver")
-                .1
-                .clone();
+            let dest = ctx.raw_name();
             let s = "x".repeat(*size);
             zbus_outcome(caller.call_method(Some(dest.as_str()), "/", Some("org.x.I"), "M", &s))
         }
