@@ -327,8 +327,9 @@ impl Domain {
         Ok((key, id))
     }
 
-    /// Whether `peer` may hold one more connection (the per-user limit; privileged
-    /// callers have none).
+    /// Whether `peer` may have one more connection on `bus_key`: the bus's total, and
+    /// the per-user limit (kdbus's spares privileged callers, a configuration's binds
+    /// everyone).
     fn user_conn_check(&mut self, bus_key: BusKey, peer: &Peer) -> Result<(), Errno> {
         let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
         let l = bus.limits;

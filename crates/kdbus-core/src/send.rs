@@ -6,8 +6,10 @@
 //! quota; a call that expects a reply leaves a tracker on its receiver (`replies`). A
 //! synchronous call parks its request until the tracker resolves. A broadcast gets one
 //! sequence number and goes to every connection whose matches take it, with the bloom
-//! filter loaded once. Policy checks will be one call here, after the destination is
-//! known and before delivery.
+//! filter loaded once. Policy is judged once the destination is known and before
+//! delivery: a custom endpoint's (TALK, SEE), then kdbus's TALK between native peers,
+//! then, on a bus that has one, the configured message policy (`msgcheck`), for each
+//! receiver of a broadcast.
 
 use crate::bus::Bus;
 use crate::conn::Conn;
