@@ -46,6 +46,7 @@ pub(crate) fn policy_driver_call(dom: &Domain, key: ConnKey, h: &Header<'_>) -> 
     let f = header_facts(h);
     rules
         .may_send(&f, &Party::Named(Some(DRIVER)), false)
+        .map(|_| ())
         .map_err(|d| policy_denial_text(dom, &d, h, key, None))
 }
 

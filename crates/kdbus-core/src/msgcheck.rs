@@ -101,7 +101,15 @@ impl Domain {
                 id: d.id,
                 names,
             };
-            rules.may_send(f, &to, requested)?;
+            if rules.may_send(f, &to, requested)? {
+                tracing::warn!(
+                    sender = s.id,
+                    receiver = d.id,
+                    interface = f.interface,
+                    member = f.member,
+                    "Would reject message (a rule with log=\"true\" let it through)"
+                );
+            }
         }
         if let Some(rules) = &d.rules {
             let from = Party::Conn {

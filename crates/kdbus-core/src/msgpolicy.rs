@@ -114,6 +114,9 @@ pub struct Rule {
     pub broadcast: Option<bool>,
     pub min_fds: u32,
     pub max_fds: u32,
+    /// A send rule whose messages are let through but logged as ones that would be
+    /// refused (dbus-daemon's `log="true"`, for policies being tightened).
+    pub log: bool,
 }
 
 impl Rule {
@@ -136,6 +139,7 @@ impl Rule {
             broadcast: None,
             min_fds: 0,
             max_fds: u32::MAX,
+            log: false,
         }
     }
 
@@ -395,7 +399,8 @@ impl ConnRules {
     }
 
     /// May this connection send `m` to `to` (for a broadcast: to this receiver)?
-    pub fn may_send(&self, m: &Facts<'_>, to: &Party<'_>, requested: bool) -> Result<(), Denial> {
+    /// `Ok(true)`: yes, but the rule that decided asks for it to be logged.
+    pub fn may_send(&self, m: &Facts<'_>, to: &Party<'_>, requested: bool) -> Result<bool, Denial> {
         let broadcast = m.known && m.msg_type == SIGNAL && m.destination.is_none();
         let fits = |r: &Rule| {
             let broadcast_ok = match r.broadcast {
@@ -427,7 +432,7 @@ impl ConnRules {
             };
             eaves_ok && message_fits(r, m, requested)
         };
-        judge(&self.receive, from, &fits, Act::Receive, requested)
+        judge(&self.receive, from, &fits, Act::Receive, requested).map(|_| ())
     }
 }
 
@@ -437,9 +442,9 @@ fn judge(
     fits: &dyn Fn(&Rule) -> bool,
     act: Act,
     requested_reply: bool,
-) -> Result<(), Denial> {
-    if ix.decide(party, fits).is_some_and(|r| r.allow) {
-        return Ok(());
+) -> Result<bool, Denial> {
+    if let Some(r) = ix.decide(party, fits).filter(|r| r.allow) {
+        return Ok(r.log);
     }
     Err(Denial {
         act,

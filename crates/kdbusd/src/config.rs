@@ -548,6 +548,7 @@ fn rule_from_attrs(allow: bool, attrs: &[(String, String)]) -> Result<Option<Rul
         r.eavesdrop = v;
     }
     r.broadcast = boolean("send_broadcast")?;
+    r.log = sends && get("log") == Some("true");
     r.min_fds = number("min_fds")?.unwrap_or(0);
     r.max_fds = number("max_fds")?.unwrap_or(u32::MAX);
     Ok(Some(r))

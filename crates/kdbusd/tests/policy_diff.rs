@@ -370,3 +370,22 @@ fn send_broadcast() {
         &["ok", "ok", "ok", "ok", "Quiet,Loud"],
     );
 }
+
+/// `log="true"`: a message its rule lets through is logged as one that would be
+/// refused; messages other rules let through are not.
+#[test]
+fn log() {
+    if !usable() {
+        return;
+    }
+    case(
+        r#"<policy user="root"><allow send_destination="org.test.A" send_interface="org.x.Logged" log="true"/></policy>"#,
+        &[
+            Step::RootCall("org.test.A", "org.x.Plain.M", 0),
+            Step::Logged("Would reject message"),
+            Step::RootCall("org.test.A", "org.x.Logged.M", 0),
+            Step::Logged("Would reject message"),
+        ],
+        &["ok", "not logged", "ok", "logged"],
+    );
+}

@@ -119,7 +119,7 @@ pub fn start(program: &str, dir: &Path, config: Config<'_>) -> (Daemon, String) 
         .args(&args)
         .args(["--nofork", "--print-address"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{tag}.log"))).expect("a log file"))
         .spawn()
         .unwrap_or_else(|e| panic!("{program}: {e}"));
     let mut line = String::new();
@@ -384,6 +384,9 @@ pub enum Step {
     /// The socket `RawIdle` kept `i`-th starts authenticating: "answered" if the bus
     /// answers within 300 ms, else "silent".
     RawSasl(usize),
+    /// Whether the bus has logged a line containing this (within 300 ms): "logged" or
+    /// "not logged".
+    Logged(&'static str),
     /// A root client on a bare socket says Hello and then reads nothing more (a
     /// receiver that does not keep up); kept as the raw receiver.
     RawReceiver,
@@ -580,6 +583,14 @@ pub fn run_step(ctx: &Ctx<'_>, step: &Step) -> String {
                 }
             }
             got.join(",")
+        }
+        Step::Logged(text) => {
+            let log = ctx.dir.join(format!("{}.log", ctx.tag));
+            let seen = (0..6).any(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                std::fs::read_to_string(&log).is_ok_and(|l| l.contains(text))
+            });
+            if seen { "logged" } else { "not logged" }.into()
         }
         Step::Texts => {
             TEXTS.with(|t| t.set(true));
