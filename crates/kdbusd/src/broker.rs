@@ -58,27 +58,7 @@ pub struct Config {
     /// The dbus-daemon configuration file, read again on `ReloadConfig` and SIGHUP.
     pub config_file: Option<PathBuf>,
     /// Its `<limit>`s, for the first bus and its D-Bus socket.
-    pub limits: Option<Limits>,
-}
-
-/// A configuration's limits, by where they are enforced.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    pub bus: kdbus_core::bus::BusLimits,
-    pub dbus: crate::dbus_socket::DBusLimits,
-    pub reply_timeout_ns: Option<u64>,
-    pub stream: kdbus_bridge::stream_quota::StreamLimits,
-}
-
-impl Limits {
-    pub fn of(c: &crate::config::BusConfig) -> Limits {
-        Limits {
-            bus: c.bus_limits(),
-            dbus: dbus_limits(c),
-            reply_timeout_ns: c.reply_timeout_ns(),
-            stream: c.stream_limits(),
-        }
-    }
+    pub limits: Option<crate::limits::Limits>,
 }
 
 /// The broker: the domain, and the sockets through which clients reach it.
@@ -119,31 +99,6 @@ pub struct Broker {
     domains_gone: Vec<u64>,
     /// Reused by `turn`.
     events: Vec<epoll::Event>,
-}
-
-/// The D-Bus socket's limits, as `c` configures them.
-fn dbus_limits(c: &crate::config::BusConfig) -> crate::dbus_socket::DBusLimits {
-    let mut l = crate::dbus_socket::DBusLimits::default();
-    let n = |name| {
-        c.limit(name)
-            .map(|v| usize::try_from(v).unwrap_or(usize::MAX))
-    };
-    if let Some(ms) = c.limit("auth_timeout") {
-        l.auth_timeout_ns = ms.saturating_mul(1_000_000);
-    }
-    if let Some(v) = n("max_incomplete_connections") {
-        l.incomplete = v;
-    }
-    if let Some(v) = n("max_message_size") {
-        l.message_size = v;
-    }
-    if let Some(v) = n("max_message_unix_fds") {
-        l.message_fds = v;
-    }
-    // Well above what other peers may queue for a client.
-    let out = usize::try_from(c.stream_limits().bytes).unwrap_or(usize::MAX);
-    l.backlog = l.backlog.max(out.saturating_mul(4));
-    l
 }
 
 /// What one turn of a domain's loop saw.
@@ -401,7 +356,7 @@ impl Broker {
             Ok(c) => {
                 self.domain.bus_set_msg_policy(bus, Some(c.msg_policy()));
                 self.dbus.set_admission(Some(c.admission()));
-                self.limits_apply(bus, &Limits::of(&c));
+                self.limits_apply(bus, &crate::limits::Limits::of(&c));
                 tracing::info!(file = %path.display(), "configuration reloaded");
                 Ok(())
             }
@@ -413,7 +368,7 @@ impl Broker {
     }
 
     /// Put a configuration's limits in force on `bus` and the D-Bus sockets.
-    fn limits_apply(&mut self, bus: BusKey, l: &Limits) {
+    fn limits_apply(&mut self, bus: BusKey, l: &crate::limits::Limits) {
         self.domain.bus_set_limits(bus, l.bus);
         self.dbus.set_limits(l.dbus);
         self.bridge

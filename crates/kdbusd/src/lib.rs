@@ -18,6 +18,7 @@ mod clock;
 pub mod config;
 mod dbus_socket;
 mod dispatch;
+pub mod limits;
 mod listener;
 mod params;
 mod peer;
@@ -26,7 +27,8 @@ mod seqpacket;
 pub mod server;
 mod sys;
 
-pub use broker::{Broker, Config, Limits, Ready};
+pub use broker::{Broker, Config, Ready};
+pub use limits::Limits;
 pub use server::Server;
 
 /// Write to a file descriptor named on the command line.
