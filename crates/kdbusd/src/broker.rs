@@ -19,10 +19,11 @@
 //! backlog overflow is disconnected. Output is flushed once per iteration, so every
 //! record a connection got during one wakeup travels in one datagram.
 
+use crate::admission;
 use crate::clock::{machine_id, random_id128, SystemClock};
 use crate::dbus_socket::{DBusClients, Event};
 use crate::dispatch::{Dispatch, TOKEN_PARAMS, TOKEN_SIGNAL};
-use crate::listener::{Listener, Listeners};
+use crate::listener::{Accept, Listener, Listeners};
 use crate::peer::{peer_from_creds, peer_from_socket, ProcStrings};
 use crate::pool_memfd::{pool_create, SystemFiles};
 use crate::seqpacket::{self, Handle, Read, Role, READ_BUDGET};
@@ -99,6 +100,14 @@ pub struct Broker {
     domains_gone: Vec<u64>,
     /// Reused by `turn`.
     events: Vec<epoll::Event>,
+    /// The process's descriptors, per user (shared with the other domains).
+    fds: crate::admission::SharedFdBooks,
+    /// Native handles not yet transformed, per user and by deadline.
+    waiting: crate::admission::Waiting,
+    /// Accepting is paused until then (the process ran out of descriptors).
+    accept_paused_until: Option<u64>,
+    /// When running out of descriptors was last logged.
+    exhausted_logged: u64,
 }
 
 /// What one turn of a domain's loop saw.
@@ -125,7 +134,11 @@ pub struct Ready {
 impl Broker {
     /// The broker of a domain rooted at `cfg.runtime_dir`, with `control_mode` for
     /// its control socket.
-    pub fn new(cfg: Config, control_mode: u32) -> std::io::Result<(Broker, Ready)> {
+    pub fn new(
+        cfg: Config,
+        control_mode: u32,
+        fds: crate::admission::SharedFdBooks,
+    ) -> std::io::Result<(Broker, Ready)> {
         crate::sys::ignore_sigpipe();
         std::fs::create_dir_all(&cfg.runtime_dir)?;
         let dispatch = Dispatch::new()?;
@@ -145,7 +158,7 @@ impl Broker {
             dispatch,
             listeners: Listeners::new(cfg.runtime_dir.clone()),
             handles: HashMap::new(),
-            dbus: DBusClients::new(cfg.dbus_admission.clone()),
+            dbus: DBusClients::new(cfg.dbus_admission.clone(), fds.clone()),
             conn_token: HashMap::new(),
             rbuf: vec![0; wire::MAX_REQUEST_DATAGRAM],
             dirty: Vec::new(),
@@ -158,6 +171,10 @@ impl Broker {
             domain_makes: Vec::new(),
             domains_gone: Vec::new(),
             events: Vec::with_capacity(256),
+            fds,
+            waiting: Default::default(),
+            accept_paused_until: None,
+            exhausted_logged: 0,
         };
         let control = b.listeners.open_control(&b.dispatch, control_mode)?;
         let (params, mask) = crate::params::Params::open(&cfg.runtime_dir)?;
@@ -305,6 +322,7 @@ impl Broker {
         }
         self.domain.tick();
         self.dbus.expire_auth(&mut self.domain, &self.dispatch);
+        self.waiting_expire();
         if self.listeners.dbus_paused() && !self.dbus.full() {
             self.listeners.dbus_pause(&self.dispatch, false);
         }
@@ -332,6 +350,7 @@ impl Broker {
             Ok(id) => {
                 if let Some(h) = self.handles.get_mut(&token) {
                     h.role = Role::DomainOwner(id);
+                    self.waiting.end(token);
                 }
                 self.reply_direct(token, req_id, Errno(0), &[], None);
             }
@@ -376,6 +395,33 @@ impl Broker {
         self.bridge.set_stream_limits(l.stream);
     }
 
+    /// Close native handles that did not become anything in time.
+    fn waiting_expire(&mut self) {
+        let now = self.domain.now().monotonic_ns;
+        if self.waiting.next_deadline().is_some_and(|d| d <= now) {
+            for token in self.waiting.expired(now) {
+                tracing::debug!(token, "a handle did not become anything in time");
+                self.close(token);
+            }
+        }
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            self.listeners.pause_all(&self.dispatch, false);
+        }
+    }
+
+    /// The process is out of descriptors: stop accepting for a moment instead of
+    /// spinning on a listener that stays readable, and say so at most once a second.
+    fn accept_pause(&mut self) {
+        let now = self.domain.now().monotonic_ns;
+        self.accept_paused_until = Some(now + 100_000_000);
+        self.listeners.pause_all(&self.dispatch, true);
+        if now.saturating_sub(self.exhausted_logged) >= 1_000_000_000 {
+            self.exhausted_logged = now;
+            tracing::warn!("out of file descriptors: not accepting for 100 ms");
+        }
+    }
+
     /// How long the loop may sleep (ns): until the next reply or authentication
     /// deadline, and at least once a second.
     pub fn poll_timeout(&self) -> u64 {
@@ -384,11 +430,18 @@ impl Broker {
         // Wake at least once a second to look for a shutdown signal (see
         // `sys::shutdown_pending`).
         let tick = now + 1_000_000_000;
-        let deadline = [self.domain.next_deadline(), auth, Some(tick)]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(tick);
+        let waiting = self.waiting.next_deadline();
+        let deadline = [
+            self.domain.next_deadline(),
+            auth,
+            waiting,
+            self.accept_paused_until,
+            Some(tick),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(tick);
         deadline.saturating_sub(now)
     }
 
@@ -399,8 +452,10 @@ impl Broker {
                 self.listeners.dbus_pause(&self.dispatch, true);
                 return;
             }
-            let Some((fd, which)) = self.listeners.accept(ltoken) else {
-                return;
+            let (fd, which) = match self.listeners.accept(ltoken) {
+                Accept::Client(fd, which) => (fd, which),
+                Accept::Empty => return,
+                Accept::Exhausted => return self.accept_pause(),
             };
             // Connections (not control sockets) get a pidfd, for ProcessFD.
             let pidfd = !matches!(which, Listener::Control);
@@ -411,19 +466,38 @@ impl Broker {
                     continue;
                 }
             };
+            let uid = peer.creds.uid;
+            let cost = match which {
+                Listener::Control => admission::COST_CONTROL,
+                Listener::DBus(_) => admission::COST_DBUS,
+                Listener::Bus(_) | Listener::Endpoint(..) => admission::COST_ENDPOINT,
+            };
+            // Privileged callers (and the broker's own user) keep a reserve.
+            let privileged = peer.privileged || uid == self.me.creds.uid;
+            if !self.fds.borrow_mut().admit(uid, privileged, cost) {
+                tracing::debug!(uid, "a user holds its share of descriptors, closing");
+                continue;
+            }
             if let Listener::DBus(_) = which {
-                if !self.dbus.may_accept(peer.creds.uid) {
-                    tracing::debug!(
-                        uid = peer.creds.uid,
-                        "too many unauthenticated D-Bus connections, closing"
-                    );
+                if !self.dbus.may_accept(uid) {
+                    tracing::debug!(uid, "too many unauthenticated D-Bus connections, closing");
+                    self.fds.borrow_mut().release(uid, cost);
                     continue;
                 }
             }
             let _ = rustix::net::sockopt::set_socket_passcred(&fd, true);
             let _ = rustix::net::sockopt::set_socket_send_buffer_size(&fd, 1 << 20);
             let token = self.dispatch.token();
+            let now = self.domain.now().monotonic_ns;
+            let waits = !matches!(which, Listener::DBus(_));
+            if waits && !self.waiting.start(token, uid, now) {
+                tracing::debug!(uid, "too many handles waiting to become something, closing");
+                self.fds.borrow_mut().release(uid, cost);
+                continue;
+            }
             if self.dispatch.add(&fd, token).is_err() {
+                self.waiting.end(token);
+                self.fds.borrow_mut().release(uid, cost);
                 continue;
             }
             let role = match which {
@@ -440,7 +514,7 @@ impl Broker {
                 }
             };
             self.handles
-                .insert(token, Box::new(Handle::new(fd, peer, role)));
+                .insert(token, Box::new(Handle::new(fd, peer, role, cost)));
         }
     }
 
@@ -625,6 +699,7 @@ impl Broker {
                 }
                 if let Some(h) = self.handles.get_mut(&token) {
                     h.role = Role::BusOwner(key);
+                    self.waiting.end(token);
                 }
                 let body =
                     kdbus_abi::read_struct::<kdbus_abi::CmdGeneric>(req.body).unwrap_or_default();
@@ -658,6 +733,7 @@ impl Broker {
         }
         if let Some(h) = self.handles.get_mut(&token) {
             h.role = Role::EndpointOwner(bus, ep);
+            self.waiting.end(token);
         }
         self.reply_direct(token, req.req_id, Errno(0), &[], None);
     }
@@ -695,6 +771,7 @@ impl Broker {
             Ok((key, reply)) => {
                 if let Some(h) = self.handles.get_mut(&token) {
                     h.role = Role::Conn(key);
+                    self.waiting.end(token);
                 }
                 self.conn_token.insert(key, token);
                 // The answer goes out after what HELLO did to others (ID_ADD to their
@@ -775,6 +852,8 @@ impl Broker {
             return;
         };
         self.dispatch.remove(&h.fd);
+        self.waiting.end(token);
+        self.fds.borrow_mut().release(h.peer.creds.uid, h.cost);
         match h.role {
             Role::Conn(key) => {
                 self.conn_token.remove(&key);

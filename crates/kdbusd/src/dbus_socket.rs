@@ -183,6 +183,8 @@ pub(crate) struct DBusClients {
     /// mode decides, as for its native socket).
     admission: Option<Rc<Admission>>,
     limits: DBusLimits,
+    /// The process's descriptor books: a client's are given back when it goes.
+    fds: Option<crate::admission::SharedFdBooks>,
 }
 
 /// The D-Bus socket's limits (dbus-daemon's `<limit>`s of the same names).
@@ -215,9 +217,13 @@ impl Default for DBusLimits {
 }
 
 impl DBusClients {
-    pub(crate) fn new(admission: Option<Admission>) -> DBusClients {
+    pub(crate) fn new(
+        admission: Option<Admission>,
+        fds: crate::admission::SharedFdBooks,
+    ) -> DBusClients {
         DBusClients {
             admission: admission.map(Rc::new),
+            fds: Some(fds),
             ..Default::default()
         }
     }
@@ -287,6 +293,9 @@ impl DBusClients {
             return Event::Quiet;
         };
         dispatch.remove(&c.fd);
+        if let Some(f) = &self.fds {
+            f.borrow_mut().release(c.uid, crate::admission::COST_DBUS);
+        }
         self.books.complete(token, c.deadline, c.uid);
         self.books.partial_account(c.uid, c.partial.len(), 0);
         if let Some(key) = c.key {

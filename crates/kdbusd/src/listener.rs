@@ -20,6 +20,15 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// What accepting on a listener gave.
+pub(crate) enum Accept {
+    Client(OwnedFd, Listener),
+    /// Nobody is waiting (or the client left first).
+    Empty,
+    /// The process (or the system) is out of descriptors or memory.
+    Exhausted,
+}
+
 /// What a listening socket serves.
 #[derive(Clone, Copy)]
 pub(crate) enum Listener {
@@ -272,16 +281,36 @@ impl Listeners {
         self.by_token.contains_key(&token)
     }
 
-    /// Accept one client on listener `token`: `None` when there is none waiting (or the
-    /// listener is gone, or accept failed).
-    pub(crate) fn accept(&self, token: u64) -> Option<(OwnedFd, Listener)> {
-        let (lfd, which) = self.by_token.get(&token)?;
+    /// Accept one client on listener `token`.
+    pub(crate) fn accept(&self, token: u64) -> Accept {
+        let Some((lfd, which)) = self.by_token.get(&token) else {
+            return Accept::Empty;
+        };
         match rustix::net::accept_with(lfd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
-            Ok(fd) => Some((fd, *which)),
-            Err(SysErrno::AGAIN) => None,
+            Ok(fd) => Accept::Client(fd, *which),
+            Err(SysErrno::MFILE | SysErrno::NFILE | SysErrno::NOBUFS | SysErrno::NOMEM) => {
+                Accept::Exhausted
+            }
             Err(e) => {
-                tracing::warn!(%e, "accept failed");
-                None
+                // The client went away before we took it (ECONNABORTED) and the like.
+                tracing::debug!(%e, "accept failed");
+                Accept::Empty
+            }
+        }
+    }
+
+    /// Stop (`true`) or resume watching every listener (the process is out of
+    /// descriptors). Resuming leaves the D-Bus listeners alone while those are paused
+    /// for incomplete connections.
+    pub(crate) fn pause_all(&mut self, dispatch: &Dispatch, pause: bool) {
+        for (token, (fd, which)) in &self.by_token {
+            if matches!(which, Listener::DBus(_)) && self.dbus_paused && !pause {
+                continue;
+            }
+            if pause {
+                dispatch.remove(fd);
+            } else if let Err(e) = dispatch.add(fd, *token) {
+                tracing::warn!(%e, "cannot watch a listener again");
             }
         }
     }

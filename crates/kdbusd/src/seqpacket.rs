@@ -73,6 +73,8 @@ pub(crate) struct Handle {
     pub(crate) peer: Peer,
     /// What the handle has become.
     pub(crate) role: Role,
+    /// Descriptors it is charged to its user for (`admission`).
+    pub(crate) cost: usize,
     /// Datagrams the client has not taken yet (its socket buffer was full).
     backlog: Backlog,
 }
@@ -99,11 +101,12 @@ pub(crate) enum Read {
 }
 
 impl Handle {
-    pub(crate) fn new(fd: OwnedFd, peer: Peer, role: Role) -> Handle {
+    pub(crate) fn new(fd: OwnedFd, peer: Peer, role: Role, cost: usize) -> Handle {
         Handle {
             fd,
             peer,
             role,
+            cost,
             backlog: Backlog::new(MAX_BACKLOG),
         }
     }

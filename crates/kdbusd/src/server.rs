@@ -31,6 +31,8 @@ struct Hosted {
 pub struct Server {
     dispatch: Dispatch,
     signals: OwnedFd,
+    /// The process's descriptors, per user: every domain's clients draw on them.
+    fds: crate::admission::SharedFdBooks,
     /// Domains by id; a domain's epoll fd is registered as token `id`.
     domains: BTreeMap<u64, Hosted>,
     next_id: u64,
@@ -44,17 +46,19 @@ impl Server {
     /// dbus-daemon configuration and extra D-Bus addresses apply to).
     pub fn new(configs: Vec<Config>) -> std::io::Result<(Server, Vec<Ready>)> {
         let signals = crate::sys::signals_fd()?;
+        let fds = crate::admission::FdBooks::for_process();
         let dispatch = Dispatch::new()?;
         dispatch.add(&signals, TOKEN_SIGNAL)?;
         let mut s = Server {
             dispatch,
             signals,
+            fds,
             domains: BTreeMap::new(),
             next_id: FIRST_DOMAIN,
         };
         let mut ready = Vec::new();
         for cfg in configs {
-            let (broker, r) = Broker::new(cfg, 0o666)?;
+            let (broker, r) = Broker::new(cfg, 0o666, s.fds.clone())?;
             s.host(broker, None)?;
             ready.push(r);
         }
@@ -184,7 +188,7 @@ impl Server {
         } else {
             0o600
         };
-        let (broker, ready) = Broker::new(cfg, mode).map_err(|e| {
+        let (broker, ready) = Broker::new(cfg, mode, self.fds.clone()).map_err(|e| {
             tracing::warn!(%e, "cannot make a domain");
             Errno::EIO
         })?;
