@@ -56,6 +56,8 @@ pub struct Bridge {
     reply_timeout_ns: u64,
     /// What a new client's stream may hold from other peers.
     stream_limits: stream_quota::StreamLimits,
+    /// What each user's streams hold from other users, together.
+    user_books: stream_quota::SharedUserBooks,
 }
 
 impl Bridge {

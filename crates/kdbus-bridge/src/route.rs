@@ -54,7 +54,8 @@ impl Bridge {
         fds_ok: bool,
         serial: u32,
     ) -> Result<ConnKey, Errno> {
-        let stream = DBusPeer::with_limits(fds_ok, self.stream_limits);
+        let mut stream = DBusPeer::with_limits(fds_ok, self.stream_limits);
+        stream.quota.user = Some((peer.creds.uid, self.user_books.clone()));
         let (key, id) = dom.hello_stream(bus, peer, Box::new(stream))?;
         let name = UniqueName::from_id(id);
         let f = Fields {
@@ -255,9 +256,13 @@ impl Bridge {
         if self.send.capacity() > SEND_KEEP_BYTES {
             self.send = Vec::new();
         }
+        // A call the bus could not queue is answered even when no reply was asked for:
+        // the protocol allows it, and nothing is lost without its sender hearing.
+        let refused = h.msg_type == MessageType::MethodCall
+            && matches!(sent, Err(Errno::ENOBUFS | Errno::EXFULL));
         match sent {
             Ok(_) => {}
-            Err(e) if expects => {
+            Err(e) if expects || refused => {
                 let (name, text) = match e {
                     Errno::ESRCH | Errno::ENXIO | Errno::EADDRNOTAVAIL => (
                         ErrName::ServiceUnknown,

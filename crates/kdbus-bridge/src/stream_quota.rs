@@ -21,12 +21,81 @@
 //! counted but never refused, and a stream that holds nothing takes any one message:
 //! the D-Bus framing already bounds it. Fds in flight are shared out the same way
 //! (each one pins a descriptor of the broker until the receiver reads its message).
+//!
+//! Above the streams, the receiving *user* has books of its own ([`UserBooks`],
+//! dbus-broker's per-user quota): everything its streams hold from senders together
+//! may not pass [`USER_QUOTA_BYTES`], shared out among the sending users by the same
+//! rule, so a burst to one receiver has room while one user's many never-reading
+//! connections cannot make the broker hold more than that.
 
 pub use kdbus_core::sink::Charge;
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 
 /// Bytes a D-Bus receiver may have waiting from other peers.
-pub const STREAM_QUOTA_BYTES: u64 = 8 * 1024 * 1024;
+pub const STREAM_QUOTA_BYTES: u64 = 128 * 1024 * 1024;
+/// Bytes all the D-Bus streams of one user may have waiting from other peers
+/// (dbus-broker's per-user byte quota).
+pub const USER_QUOTA_BYTES: u64 = 512 * 1024 * 1024;
+
+/// What the streams of each receiving user hold from each sending user.
+#[derive(Debug, Default)]
+pub struct UserBooks {
+    /// By receiving user; entries are kept once made (there are only so many users).
+    users: HashMap<u32, Held>,
+}
+
+/// One receiving user's total, and each sending user's part of it.
+#[derive(Debug, Default)]
+struct Held {
+    bytes: u64,
+    senders: Vec<(u32, u64)>,
+}
+
+/// The books, shared by every D-Bus peer of the bus (one thread).
+pub type SharedUserBooks = Rc<RefCell<UserBooks>>;
+
+impl UserBooks {
+    /// May `sender` add `len` bytes to what `receiver`'s streams hold?
+    fn admits(&self, receiver: u32, sender: u32, len: u64) -> bool {
+        let Some(h) = self.users.get(&receiver) else {
+            return len <= USER_QUOTA_BYTES;
+        };
+        let share = h.senders.iter().find(|s| s.0 == sender).map_or(0, |s| s.1);
+        let n = h.senders.len() as u64 + u64::from(share == 0);
+        share_admits(USER_QUOTA_BYTES.saturating_sub(h.bytes), n, share, len)
+    }
+
+    fn charge(&mut self, receiver: u32, sender: u32, len: u64) {
+        let h = self.users.entry(receiver).or_default();
+        h.bytes += len;
+        match h.senders.iter_mut().find(|s| s.0 == sender) {
+            Some(s) => s.1 += len,
+            None => h.senders.push((sender, len)),
+        }
+    }
+
+    fn release(&mut self, receiver: u32, sender: u32, len: u64) {
+        let Some(h) = self.users.get_mut(&receiver) else {
+            return;
+        };
+        h.bytes = h.bytes.saturating_sub(len);
+        if let Some(i) = h.senders.iter().position(|s| s.0 == sender) {
+            h.senders[i].1 = h.senders[i].1.saturating_sub(len);
+            if h.senders[i].1 == 0 {
+                h.senders.swap_remove(i);
+            }
+        }
+        // The entry stays (one per user that ever received): a message in flight and
+        // gone again must not cost an allocation.
+    }
+
+    /// Bytes `receiver`'s streams hold from senders.
+    pub fn held(&self, receiver: u32) -> u64 {
+        self.users.get(&receiver).map_or(0, |h| h.bytes)
+    }
+}
 /// Fds a D-Bus receiver may have waiting from other peers (one message may carry up
 /// to 253, the kernel's SCM_MAX_FD).
 pub const STREAM_QUOTA_FDS: u32 = 256;
@@ -71,6 +140,8 @@ impl Default for StreamLimits {
 pub struct StreamQuota {
     /// Its bounds.
     pub limits: StreamLimits,
+    /// The receiving user and its books, if the stream counts towards them.
+    pub user: Option<(u32, SharedUserBooks)>,
     /// Stream positions: bytes appended, bytes written, since the stream began.
     appended: u64,
     written: u64,
@@ -110,6 +181,10 @@ impl StreamQuota {
         let total = self.pending_bytes();
         let bytes_ok =
             total == 0 || share_admits(self.limits.bytes.saturating_sub(total), n, share, len);
+        let user_ok = self
+            .user
+            .as_ref()
+            .is_none_or(|(me, books)| books.borrow().admits(*me, user, len));
         let fds_ok = fds == 0
             || self.fds == 0
             || share_admits(
@@ -118,7 +193,7 @@ impl StreamQuota {
                 u64::from(share_fds),
                 u64::from(fds),
             );
-        bytes_ok && fds_ok
+        bytes_ok && user_ok && fds_ok
     }
 
     /// Record `len` bytes (and `fds` fds going with their first byte) appended.
@@ -128,6 +203,9 @@ impl StreamQuota {
         let Charge::Sender(user) = charge else {
             return;
         };
+        if let Some((me, books)) = &self.user {
+            books.borrow_mut().charge(*me, user, len);
+        }
         match self.users.iter_mut().find(|u| u.user == user) {
             Some(u) => {
                 u.bytes += len;
@@ -161,6 +239,9 @@ impl StreamQuota {
                 break;
             }
             let freed = r.end.min(self.written) - r.start.max(before);
+            if let Some((me, books)) = &self.user {
+                books.borrow_mut().release(*me, r.user, freed);
+            }
             // Its fds went with its first byte.
             let fds = if r.start >= before { r.fds } else { 0 };
             let (user, done) = (r.user, r.end <= self.written);
@@ -180,12 +261,25 @@ impl StreamQuota {
         }
     }
 
-    /// Bytes and fds `user` holds.
+    /// Bytes and fds `user` holds on this stream.
     fn share_of(&self, user: u32) -> (u64, u32) {
         self.users
             .iter()
             .find(|u| u.user == user)
             .map_or((0, 0), |u| (u.bytes, u.fds))
+    }
+}
+
+impl Drop for StreamQuota {
+    /// A stream that goes gives its user's books back what it still held.
+    fn drop(&mut self) {
+        let Some((me, books)) = &self.user else {
+            return;
+        };
+        let mut books = books.borrow_mut();
+        for r in &self.charged {
+            books.release(*me, r.user, r.end - r.start.max(self.written));
+        }
     }
 }
 
@@ -195,6 +289,32 @@ mod tests {
     use proptest::prelude::*;
 
     const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn a_receiving_users_streams_share_its_quota() {
+        let books = SharedUserBooks::default();
+        let stream = || {
+            let mut q = StreamQuota::default();
+            q.user = Some((1, books.clone()));
+            q.limits.bytes = u64::MAX;
+            q
+        };
+        let (mut a, mut b) = (stream(), stream());
+        a.charge(Charge::Sender(2), 300 * MIB, 0);
+        assert_eq!(books.borrow().held(1), 300 * MIB);
+        // The same sender, through the user's other stream: over its share.
+        assert!(!b.admits(Charge::Sender(2), 300 * MIB, 0));
+        // Another sender still has room.
+        assert!(b.admits(Charge::Sender(3), 50 * MIB, 0));
+        b.charge(Charge::Sender(3), 50 * MIB, 0);
+        a.written(100 * MIB);
+        assert_eq!(books.borrow().held(1), 250 * MIB);
+        // A stream that goes gives back what it held.
+        drop(a);
+        assert_eq!(books.borrow().held(1), 50 * MIB);
+        drop(b);
+        assert_eq!(books.borrow().held(1), 0);
+    }
 
     #[test]
     fn requested_bytes_keep_no_records() {

@@ -65,7 +65,11 @@ fn a_killed_process_leaves_nothing_behind() {
         .by_ref()
         .map_while(Result::ok)
         .find_map(|l| l.find("REAP ").map(|i| l[i + 5..].to_owned()));
-    assert_eq!(said.as_deref(), Some("own=false"), "its own socket was refused");
+    assert_eq!(
+        said.as_deref(),
+        Some("own=false"),
+        "its own socket was refused"
+    );
     let watcher = b.conn();
     assert!(watcher.info_by_name("org.reap.Me", 0).is_ok());
     let t0 = Instant::now();
