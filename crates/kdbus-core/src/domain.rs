@@ -74,6 +74,8 @@ pub enum SendOutcome {
 pub(crate) struct UserUsage {
     pub(crate) conns: usize,
     pub(crate) buses: usize,
+    /// Match entries of all the user's connections in the domain.
+    pub(crate) matches: usize,
 }
 
 pub struct Domain {

@@ -51,6 +51,7 @@ pub use domain::{Domain, SendOutcome};
 pub use files::{FdInspector, FdKind};
 pub use ids::{BusKey, ConnKey, Files, OutFiles};
 pub use kdbus_abi::Errno;
+pub use matching::USER_MAX_MATCHES;
 pub use memory::{PoolMemory, VecPool};
 pub use meta::{Creds, Peer};
 

@@ -260,14 +260,17 @@ impl Domain {
         conn.queued_at.clear();
         conn.quota = PoolQuota::new();
         let flags = conn.flags;
+        let mut matches = 0;
         if let Some(b) = self.buses.get_mut(&bus) {
             b.conns.remove(&id);
+            matches = b.matches.conn_count(key);
             b.matches.remove_conn(key);
             b.monitors.retain(|m| *m != key);
             b.streams.remove(&key);
         }
         if let Some(u) = self.users.get_mut(&uid) {
             u.conns = u.conns.saturating_sub(1);
+            u.matches = u.matches.saturating_sub(matches);
         }
         for (requester, cookie) in owed {
             if let Some(t) = self.tracker_remove(key, requester, cookie) {
@@ -369,12 +372,17 @@ impl Domain {
     /// A stream client becomes a monitor (D-Bus `BecomeMonitor`): it gives up its names
     /// and matches, gets a copy of everything on the bus, and sends nothing more.
     pub fn conn_become_monitor(&mut self, key: ConnKey) {
-        let Some(bus_key) = self.conns.get(&key).map(|c| c.bus) else {
+        let Some((bus_key, uid)) = self.conns.get(&key).map(|c| (c.bus, c.peer.creds.uid)) else {
             return;
         };
         let mut events = Vec::new();
         if let Some(bus) = self.buses.get_mut(&bus_key) {
             bus.names.release_all(key, &mut events);
+            let had = bus.matches.conn_count(key);
+            if let Some(u) = self.users.get_mut(&uid) {
+                // The one rule below replaces them all.
+                u.matches = (u.matches + 1).saturating_sub(had);
+            }
             bus.matches.remove_conn(key);
             // One rule without conditions: every broadcast.
             if let Err(e) = bus.matches.add(key, 1, false, &[], bus.bloom.size) {

@@ -357,6 +357,11 @@ impl MatchDb {
     }
 
     /// Forget every entry of a connection that leaves.
+    /// Entries `conn` has.
+    pub fn conn_count(&self, conn: ConnKey) -> usize {
+        self.by_conn.get(&conn).map_or(0, Vec::len)
+    }
+
     pub fn remove_conn(&mut self, conn: ConnKey) {
         for (_, id) in self.by_conn.remove(&conn).unwrap_or_default() {
             self.entry_drop(id);

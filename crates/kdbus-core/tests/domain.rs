@@ -480,3 +480,40 @@ fn each_kind_of_handle_takes_its_own_commands() {
     assert_eq!(handle_action(K::Control, cmd::RELEASE), A::Answer(Errno(0)));
     assert_eq!(handle_action(K::Conn, cmd::SEND), A::Conn);
 }
+
+/// One user's connections together hold at most `USER_MAX_MATCHES` match entries,
+/// however many connections it opens; entries that go make room again.
+#[test]
+fn a_users_matches_are_capped_across_its_connections() {
+    use kdbus_core::USER_MAX_MATCHES;
+    let mut b = Bus::new();
+    let conns: Vec<ConnKey> = (0..70)
+        .map(|_| b.hello_with(1000, &HelloOptions::new()).unwrap().0)
+        .collect();
+    let mut added = 0;
+    let mut refused = None;
+    'all: for &c in &conns {
+        for cookie in 1..=256u64 {
+            match b.d.match_add(c, cookie, 0, &[]) {
+                Ok(()) => added += 1,
+                Err(e) => {
+                    refused = Some((c, e));
+                    break 'all;
+                }
+            }
+        }
+    }
+    assert_eq!(added, USER_MAX_MATCHES);
+    let (last, e) = refused.expect("a refusal");
+    assert_eq!(e, Errno::EMFILE);
+    // Removing one makes room for one.
+    b.d.match_remove(conns[0], 1).unwrap();
+    b.d.match_add(last, 1000, 0, &[]).unwrap();
+    assert_eq!(b.d.match_add(last, 1001, 0, &[]), Err(Errno::EMFILE));
+    // A connection that goes takes its entries along.
+    b.d.conn_release(conns[1]);
+    for cookie in 2000..2100 {
+        b.d.match_add(last, cookie, 0, &[])
+            .unwrap_or_else(|e| panic!("{cookie}: {e}"));
+    }
+}

@@ -446,13 +446,14 @@ fn a_flooding_sender_gets_errors_and_its_slow_receiver_stays() {
     let b = Broker::start();
     let (mut victim, mut victim_r, victim_name) = hello(&b);
     let (mut flood, mut flood_r, _) = hello(&b);
-    // 64 calls of 256 KiB (16 MiB) to a receiver that reads nothing meanwhile.
+    // 320 calls of 256 KiB (80 MiB, more than one sending user's share of a stream's
+    // 128 MiB) to a receiver that reads nothing meanwhile.
     let mut body = Vec::new();
     {
         let mut w = Writer::new(&mut body, Endian::Little);
         w.string(&"x".repeat(256 * 1024));
     }
-    let n = 64;
+    let n = 320;
     let writer = {
         let calls: Vec<u8> = (0..n)
             .flat_map(|i| call(10 + i, &victim_name, "Fill", "s", &body, 0))
