@@ -301,28 +301,43 @@ impl Domain {
         }
         self.seq += 1;
         let seq = self.seq;
+        let mut overwhelmed = Vec::new();
         for &t in &targets {
             let charge = Charge::Sender(sender.creds.uid);
-            if self
-                .deliver_at(
-                    t,
-                    req,
-                    &sender,
-                    memfds.clone(),
-                    Route {
-                        name_id: 0,
-                        seq,
-                        charge,
-                    },
-                )
-                .is_err()
-            {
+            let r = self.deliver_at(
+                t,
+                req,
+                &sender,
+                memfds.clone(),
+                Route {
+                    name_id: 0,
+                    seq,
+                    charge,
+                },
+            );
+            if let Err(e) = r {
                 if let Some(c) = self.conns.get_mut(&t) {
                     c.lose(&mut self.outbox);
+                    // A native receiver learns of it (`dropped_msgs`); a stream
+                    // receiver has no way to, so it goes, as dbus-broker has it: it
+                    // cannot keep up with what it subscribed to.
+                    // (Only for want of room: a message it cannot take at all, say a
+                    // native payload that is not D-Bus, is just not delivered.)
+                    if c.stream.is_some() && e == Errno::ENOBUFS {
+                        overwhelmed.push(t);
+                    }
                 }
             }
         }
         self.targets = targets;
+        for t in overwhelmed {
+            tracing::info!(
+                conn = t,
+                "a D-Bus peer that cannot keep up with the signals it subscribed to is disconnected"
+            );
+            self.conn_disconnect(t);
+            self.closed.push(t);
+        }
         Ok(())
     }
 

@@ -608,3 +608,61 @@ fn a_bad_header_disconnects_only_its_sender() {
         .unwrap();
     assert_eq!(reply_serial(&good_r.reply()), Some(3));
 }
+
+/// A subscriber that cannot keep up with the signals it asked for goes (dbus-broker's
+/// rule: it has no other way to learn it missed some); the bus and the broadcaster go
+/// on.
+#[test]
+fn a_subscriber_that_cannot_keep_up_is_disconnected() {
+    let b = Broker::start();
+    let (mut sub, mut sub_r, _) = hello(&b);
+    let mut rule = Vec::new();
+    Writer::new(&mut rule, Endian::Little).string("type='signal',interface='org.example.Flood'");
+    sub.write_all(&call(2, DRIVER, "AddMatch", "s", &rule, 0))
+        .unwrap();
+    assert_eq!(reply_serial(&sub_r.reply()), Some(2));
+    // 700 signals of 256 KiB (175 MiB, past the sender's share of the stream) to a
+    // subscriber that reads nothing meanwhile.
+    let (mut tx, mut tx_r, _) = hello(&b);
+    let mut body = Vec::new();
+    Writer::new(&mut body, Endian::Little).string(&"x".repeat(256 * 1024));
+    let f = Fields {
+        path: Some("/org/example/Obj"),
+        interface: Some("org.example.Flood"),
+        member: Some("Tick"),
+        signature: "s",
+        ..Default::default()
+    };
+    let writer = std::thread::spawn(move || {
+        for serial in 10..710 {
+            let mut m = Vec::new();
+            header::write_fields(
+                &mut m,
+                Endian::Little,
+                MessageType::Signal,
+                0,
+                body.len() as u32,
+                serial,
+                &f,
+            );
+            m.extend_from_slice(&body);
+            tx.write_all(&m).unwrap();
+        }
+        tx
+    });
+    let mut tx = writer.join().unwrap();
+    // The broadcaster is still served.
+    tx.write_all(&call(1000, DRIVER, "GetId", "", &[], 0))
+        .unwrap();
+    assert_eq!(reply_serial(&tx_r.reply()), Some(1000));
+    // The subscriber's stream ends: what was queued, then end-of-file.
+    sub.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match std::io::Read::read(&mut sub, &mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!("the overwhelmed subscriber was not disconnected: {e}"),
+        }
+    }
+}
