@@ -35,8 +35,14 @@ pub struct Server {
     fds: crate::admission::SharedFdBooks,
     /// Domains by id; a domain's epoll fd is registered as token `id`.
     domains: BTreeMap<u64, Hosted>,
+    /// When the heap was last given back to the system (an idle wakeup does it, at
+    /// most every few seconds).
+    trimmed: std::time::Instant,
     next_id: u64,
 }
+
+/// How often an idle server gives the heap's free memory back.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Ids of domains, as tokens in the server's set: above the fixed tokens.
 const FIRST_DOMAIN: u64 = 16;
@@ -55,6 +61,7 @@ impl Server {
             fds,
             domains: BTreeMap::new(),
             next_id: FIRST_DOMAIN,
+            trimmed: std::time::Instant::now(),
         };
         let mut ready = Vec::new();
         for cfg in configs {
@@ -102,6 +109,11 @@ impl Server {
             if stop {
                 self.shutdown();
                 return Ok(());
+            }
+            // Nothing to do for a while: memory a flood left behind goes back.
+            if turn.idle && self.trimmed.elapsed() >= TRIM_EVERY {
+                self.trimmed = std::time::Instant::now();
+                crate::sys::trim_heap();
             }
             self.domains_settle();
         }

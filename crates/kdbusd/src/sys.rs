@@ -103,6 +103,16 @@ pub fn signals_fd() -> io::Result<OwnedFd> {
     }
 }
 
+/// Give the heap's free memory back to the system (after a flood has gone, the
+/// allocator keeps what it had unless asked).
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no
+    // preconditions and touches no memory of ours.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Ignore SIGPIPE: a client that vanished shows up as EPIPE on write, handled there.
 pub fn ignore_sigpipe() {
     // SAFETY: setting a signal disposition to SIG_IGN has no memory-safety preconditions.

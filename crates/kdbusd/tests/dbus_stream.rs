@@ -666,3 +666,48 @@ fn a_subscriber_that_cannot_keep_up_is_disconnected() {
         }
     }
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What a flood made the broker hold goes back to the system once the flood is over.
+#[test]
+fn memory_goes_back_after_a_flood() {
+    let b = Broker::start();
+    let pid = b.child.id();
+    let (recv, recv_r, name) = hello(&b);
+    let (mut tx, mut tx_r, _) = hello(&b);
+    let start = rss_kib(pid);
+    // 200 calls of 256 KiB (50 MiB) to a receiver that reads nothing.
+    let mut body = Vec::new();
+    Writer::new(&mut body, Endian::Little).string(&"x".repeat(256 * 1024));
+    let no_reply = header::FLAG_NO_REPLY_EXPECTED;
+    let calls: Vec<u8> = (0..200)
+        .flat_map(|i| call(10 + i, &name, "Fill", "s", &body, no_reply))
+        .collect();
+    let writer = std::thread::spawn(move || {
+        tx.write_all(&calls).unwrap();
+        tx
+    });
+    let mut tx = writer.join().unwrap();
+    tx.write_all(&call(1000, DRIVER, "GetId", "", &[], 0))
+        .unwrap();
+    while reply_serial(&tx_r.reply()) != Some(1000) {}
+    let flooded = rss_kib(pid);
+    assert!(
+        flooded > start + 30 * 1024,
+        "the broker held the flood: {start} -> {flooded} KiB"
+    );
+    drop((recv, recv_r));
+    drop((tx, tx_r));
+    let back = wait_until(Duration::from_secs(15), || rss_kib(pid) < start + 20 * 1024);
+    let end = rss_kib(pid);
+    eprintln!("RSS {start} KiB, {flooded} KiB flooded, {end} KiB after");
+    assert!(back, "RSS stayed at {end} KiB (started at {start} KiB)");
+}
