@@ -490,7 +490,7 @@ impl Broker {
             let token = self.dispatch.token();
             let now = self.domain.now().monotonic_ns;
             let waits = !matches!(which, Listener::DBus(_));
-            if waits && !self.waiting.start(token, uid, now) {
+            if waits && !self.waiting.start(token, uid, privileged, now) {
                 tracing::debug!(uid, "too many handles waiting to become something, closing");
                 self.fds.borrow_mut().release(uid, cost);
                 continue;
