@@ -443,6 +443,17 @@ fn fills_before_own_call(s: &mut UnixStream, r: &mut Reading) -> u32 {
 
 #[test]
 fn a_flooding_sender_gets_errors_and_its_slow_receiver_stays() {
+    flood_a_slow_receiver(0);
+}
+
+/// Calls that ask for no reply are not dropped silently either: the sender hears of
+/// every one the bus refused.
+#[test]
+fn refused_no_reply_calls_are_answered_too() {
+    flood_a_slow_receiver(header::FLAG_NO_REPLY_EXPECTED);
+}
+
+fn flood_a_slow_receiver(flags: u8) {
     let b = Broker::start();
     let (mut victim, mut victim_r, victim_name) = hello(&b);
     let (mut flood, mut flood_r, _) = hello(&b);
@@ -456,7 +467,7 @@ fn a_flooding_sender_gets_errors_and_its_slow_receiver_stays() {
     let n = 320;
     let writer = {
         let calls: Vec<u8> = (0..n)
-            .flat_map(|i| call(10 + i, &victim_name, "Fill", "s", &body, 0))
+            .flat_map(|i| call(10 + i, &victim_name, "Fill", "s", &body, flags))
             .collect();
         std::thread::spawn(move || flood.write_all(&calls).map(|_| flood))
     };
