@@ -203,3 +203,20 @@ fn max_incoming_bytes() {
         &["ok", "ok"],
     );
 }
+
+/// A callee that leaves without answering: the caller hears it from the bus, in
+/// dbus-daemon's words.
+#[test]
+fn a_callee_that_leaves_without_answering() {
+    if !usable() {
+        return;
+    }
+    case(
+        "",
+        &[Step::Texts, Step::RootCall("org.test.A", "org.x.I.Vanish", 0)],
+        &[
+            "ok",
+            "org.freedesktop.DBus.Error.NoReply: Message recipient disconnected from message bus without replying",
+        ],
+    );
+}

@@ -152,8 +152,8 @@ pub fn request_name(c: &ZConn, name: &str) {
 }
 
 /// A root service owning `names` that answers every call with "ok", but those to a
-/// member `Hold`, which it never answers, and to `Fail`, which get the error
-/// `org.x.Err`.
+/// member `Hold`, which it never answers, to `Fail`, which get the error
+/// `org.x.Err`, and to `Vanish`, on which it leaves the bus without answering.
 pub fn serve(address: &str, names: &[&str]) {
     let c = zconn(address);
     let it = MessageIterator::from(&c);
@@ -167,6 +167,10 @@ pub fn serve(address: &str, names: &[&str]) {
                 || h.member().is_some_and(|n| n.as_str() == "Hold")
             {
                 continue;
+            }
+            if h.member().is_some_and(|n| n.as_str() == "Vanish") {
+                let _ = c.close();
+                return;
             }
             let r = if h.member().is_some_and(|n| n.as_str() == "Fail") {
                 c.reply_error(&h, "org.x.Err", &"failed")
