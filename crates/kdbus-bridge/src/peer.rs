@@ -39,6 +39,35 @@ pub struct DBusPeer {
     pub quota: StreamQuota,
 }
 
+/// May the driver send this peer a message of type `t` with `fields` (to `dest`;
+/// `None`: a broadcast)? The peer's receive rules judge it as dbus-daemon does: sent by
+/// the bus itself, a reply always requested, monitors exempt.
+fn driver_may_tell(
+    out: &StreamOut<'_>,
+    t: MessageType,
+    fields: &Fields<'_>,
+    dest: Option<&str>,
+) -> bool {
+    let Some(rules) = out.rules().filter(|_| !out.is_monitor()) else {
+        return true;
+    };
+    let facts = kdbus_core::msgpolicy::Facts {
+        known: true,
+        msg_type: t as u8,
+        path: fields.path,
+        interface: fields.interface,
+        member: fields.member,
+        error: fields.error_name,
+        destination: dest,
+        is_reply: fields.reply_serial.is_some(),
+        fds: 0,
+    };
+    let bus = kdbus_core::msgpolicy::Party::Named(Some(DRIVER));
+    rules
+        .may_receive(&facts, &bus, fields.reply_serial.is_some(), false)
+        .is_ok()
+}
+
 /// The D-Bus peer behind a stream peer (every stream peer is one, today).
 pub(crate) fn peer_mut(s: &mut dyn StreamPeer) -> Option<&mut DBusPeer> {
     s.as_any_mut().downcast_mut::<DBusPeer>()
@@ -85,8 +114,11 @@ impl DBusPeer {
             out.lose();
             return;
         }
-        let serial = self.serial();
         let dest = UniqueName::from_id(out.id());
+        if !driver_may_tell(out, t, &fields, Some(&dest)) {
+            return;
+        }
+        let serial = self.serial();
         let f = Fields {
             sender: Some(DRIVER),
             destination: Some(&dest),
@@ -189,7 +221,7 @@ impl DBusPeer {
             ..Default::default()
         };
         if !out.is_monitor() {
-            if self.rules.is_empty() {
+            if self.rules.is_empty() || !driver_may_tell(out, MessageType::Signal, &f, None) {
                 return;
             }
             // The signal as a rule sees it (sender and body as a broadcast has them).

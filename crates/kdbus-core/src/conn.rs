@@ -185,6 +185,7 @@ impl Conn {
             outbox,
             dropped: &mut self.dropped_msgs,
             echo,
+            rules: self.rules.as_deref(),
         };
         Some(f(stream, &mut to))
     }

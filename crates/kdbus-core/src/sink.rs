@@ -72,6 +72,8 @@ pub struct StreamOut<'a> {
     pub(crate) outbox: &'a mut Outbox,
     pub(crate) dropped: &'a mut u64,
     pub(crate) echo: &'a mut Echo,
+    /// The receiver's message policy, for what the personality itself sends it.
+    pub(crate) rules: Option<&'a crate::msgpolicy::ConnRules>,
 }
 
 /// Copies for the bus's stream monitors of what the bus said to one peer.
@@ -99,6 +101,12 @@ impl StreamOut<'_> {
     }
 
     /// The receiver became a monitor: it sees copies of everything, asks for nothing.
+    /// The receiver's compiled message policy, if its bus has one: messages the
+    /// personality writes itself (a D-Bus driver's) are judged by it too.
+    pub fn rules(&self) -> Option<&crate::msgpolicy::ConnRules> {
+        self.rules
+    }
+
     pub fn is_monitor(&self) -> bool {
         self.flags & kdbus_abi::hello_flags::MONITOR != 0
     }

@@ -389,3 +389,27 @@ fn log() {
         &["ok", "not logged", "ok", "logged"],
     );
 }
+
+/// What the bus itself sends a client passes the client's receive rules too: a
+/// refused error from the driver never arrives, and its caller waits in vain.
+#[test]
+fn receive_rules_judge_the_bus_driver_too() {
+    if !usable() {
+        return;
+    }
+    let driver = "org.freedesktop.DBus";
+    let path = "/org/freedesktop/DBus";
+    case(
+        r#"<policy user="nobody"><deny receive_sender="org.freedesktop.DBus" receive_type="error" receive_requested_reply="true"/></policy>"#,
+        &[
+            Step::Call(NOBODY, driver, path, "org.freedesktop.DBus.GetId"),
+            Step::Call(NOBODY, driver, path, "org.freedesktop.DBus.NoSuchMethod"),
+            Step::Call(DAEMON, driver, path, "org.freedesktop.DBus.NoSuchMethod"),
+        ],
+        &[
+            "ok",
+            "org.freedesktop.DBus.Error.NoReply",
+            "org.freedesktop.DBus.Error.UnknownMethod",
+        ],
+    );
+}
