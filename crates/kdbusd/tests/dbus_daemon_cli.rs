@@ -317,9 +317,9 @@ fn nobody_can_call(address: &str) -> bool {
 /// Who may connect: another user is turned away from a bus whose policy names nobody
 /// else (a session bus: anyone who got in could talk to the user's services and watch
 /// its traffic), differentially against dbus-daemon with the same configuration; and
-/// admitted by `<allow user="*"/>` (a system bus). (dbus-daemon itself is compared only
-/// in the first case: run as root with that rule it still turned `nobody` away here,
-/// while with Debian's system.conf, which makes it drop to `messagebus`, it admits it.)
+/// admitted by `<allow user="*"/>` (a system bus). The policy allows receiving:
+/// dbus-daemon (and kdbusd) judge even the bus's own replies by the receive rules, so
+/// without that nobody would hear `Hello`'s answer.
 #[test]
 fn only_the_users_a_configuration_admits_may_connect() {
     if rustix::process::getuid().as_raw() != 0 {
@@ -328,7 +328,7 @@ fn only_the_users_a_configuration_admits_may_connect() {
     }
     let cases: [(&str, bool, &[&str]); 2] = [
         ("", false, &[KDBUSD, "dbus-daemon"]),
-        ("<allow user=\"*\"/>", true, &[KDBUSD]),
+        ("<allow user=\"*\"/>", true, &[KDBUSD, "dbus-daemon"]),
     ];
     for (extra, nobody_admitted, daemons) in cases {
         for &daemon in daemons {
@@ -340,7 +340,8 @@ fn only_the_users_a_configuration_admits_may_connect() {
                 format!(
                     "<busconfig>\n<type>session</type>\n<listen>unix:path={}</listen>\n\
                      <auth>EXTERNAL</auth>\n<policy context=\"default\">{extra}\
-                     <allow send_destination=\"*\"/><allow own=\"*\"/></policy>\n</busconfig>\n",
+                     <allow send_destination=\"*\"/><allow receive_sender=\"*\"/>\
+                     <allow own=\"*\"/></policy>\n</busconfig>\n",
                     sock.display()
                 ),
             )
