@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::transport::Transport;
-use kdbus_abi::{cmd, item, BloomParameter, CmdGeneric, ItemWriter, PolicyAccess};
+use kdbus_abi::{cmd, item, BloomParameter, ItemWriter, PolicyAccess};
 use std::path::{Path, PathBuf};
 use zerocopy::IntoBytes;
 
@@ -106,9 +106,7 @@ pub struct Grant {
 }
 
 /// `NAME` + `POLICY_ACCESS` items for `grants`, world-wide.
-fn policy_items(grants: &[Grant]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut w = ItemWriter::new(&mut out);
+fn push_grants(w: &mut ItemWriter<'_>, grants: &[Grant]) {
     for g in grants {
         w.push_str(item::NAME, &g.name);
         let a = PolicyAccess {
@@ -118,7 +116,6 @@ fn policy_items(grants: &[Grant]) -> Vec<u8> {
         };
         w.push(item::POLICY_ACCESS, a.as_bytes());
     }
-    out
 }
 
 impl EndpointOwner {
@@ -126,12 +123,10 @@ impl EndpointOwner {
     /// endpoint is `bus`, with access `flags` (`make_flags`) and `grants`.
     pub fn make(bus: &Path, name: &str, flags: u64, grants: &[Grant]) -> Result<EndpointOwner> {
         let t = Transport::connect(bus)?;
-        let mut body = CmdGeneric::default().as_bytes().to_vec();
-        ItemWriter::new(&mut body).push_str(item::MAKE_NAME, name);
-        body.extend_from_slice(&policy_items(grants));
-        let size = body.len() as u64;
-        body[..8].copy_from_slice(&size.to_ne_bytes());
-        body[8..16].copy_from_slice(&flags.to_ne_bytes());
+        let body = kdbus_abi::encode::cmd_generic(flags, |w| {
+            w.push_str(item::MAKE_NAME, name);
+            push_grants(w, grants);
+        });
         let (e, _, _) = t.request(cmd::ENDPOINT_MAKE, &body, &[])?;
         if e != 0 {
             return Err(Error::Bus(kdbus_abi::Errno(e)));
@@ -142,10 +137,7 @@ impl EndpointOwner {
 
     /// ENDPOINT_UPDATE: the endpoint's policy becomes `grants`.
     pub fn update(&self, grants: &[Grant]) -> Result<()> {
-        let mut body = CmdGeneric::default().as_bytes().to_vec();
-        body.extend_from_slice(&policy_items(grants));
-        let size = body.len() as u64;
-        body[..8].copy_from_slice(&size.to_ne_bytes());
+        let body = kdbus_abi::encode::cmd_generic(0, |w| push_grants(w, grants));
         let (e, _, _) = self.t.request(cmd::ENDPOINT_UPDATE, &body, &[])?;
         if e != 0 {
             return Err(Error::Bus(kdbus_abi::Errno(e)));
