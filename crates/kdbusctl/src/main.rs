@@ -151,6 +151,32 @@ fn uid() -> u32 {
     rustix::process::getuid().as_raw()
 }
 
+/// The runtime directory: `--runtime-dir`, or the default one.
+fn runtime_dir(cli: &Cli) -> PathBuf {
+    cli.runtime_dir
+        .clone()
+        .unwrap_or_else(kdbus::default_runtime_dir)
+}
+
+/// Make flags for `--world` (everyone may connect) or not (only its maker).
+fn access_flags(world: bool) -> u64 {
+    if world {
+        abi::make_flags::ACCESS_WORLD
+    } else {
+        0
+    }
+}
+
+/// `name` with the caller's `<uid>-` in front, unless it has it.
+fn uid_prefixed(name: &str) -> String {
+    let prefix = format!("{}-", uid());
+    if name.starts_with(&prefix) {
+        name.to_string()
+    } else {
+        format!("{prefix}{name}")
+    }
+}
+
 fn connect(cli: &Cli) -> Res<Connection> {
     let path = bus_path(cli);
     Connection::hello(&path, &HelloOptions::new().description("kdbusctl"))
@@ -494,15 +520,8 @@ fn monitor(cli: &Cli, as_json: bool) -> Res {
 }
 
 fn make_domain(cli: &Cli, name: &str, world: bool) -> Res {
-    let dir = cli
-        .runtime_dir
-        .clone()
-        .unwrap_or_else(kdbus::default_runtime_dir);
-    let flags = if world {
-        abi::make_flags::ACCESS_WORLD
-    } else {
-        0
-    };
+    let dir = runtime_dir(cli);
+    let flags = access_flags(world);
     let owner = Control::open(&dir)?.make_domain(name, flags)?;
     println!("{}", owner.runtime_dir.display());
     // The domain lives as long as this handle: wait until we are told to go.
@@ -512,21 +531,9 @@ fn make_domain(cli: &Cli, name: &str, world: bool) -> Res {
 }
 
 fn make_bus(cli: &Cli, name: &str, world: bool) -> Res {
-    let prefix = format!("{}-", uid());
-    let name = if name.starts_with(&prefix) {
-        name.to_string()
-    } else {
-        format!("{prefix}{name}")
-    };
-    let dir = cli
-        .runtime_dir
-        .clone()
-        .unwrap_or_else(kdbus::default_runtime_dir);
-    let flags = if world {
-        abi::make_flags::ACCESS_WORLD
-    } else {
-        0
-    };
+    let name = uid_prefixed(name);
+    let dir = runtime_dir(cli);
+    let flags = access_flags(world);
     let owner = Control::open(&dir)?.make_bus(
         &name,
         flags,
@@ -543,17 +550,8 @@ fn make_bus(cli: &Cli, name: &str, world: bool) -> Res {
 }
 
 fn make_endpoint(cli: &Cli, name: &str, world: bool, grants: [&Vec<String>; 3]) -> Res {
-    let prefix = format!("{}-", uid());
-    let name = if name.starts_with(&prefix) {
-        name.to_string()
-    } else {
-        format!("{prefix}{name}")
-    };
-    let flags = if world {
-        abi::make_flags::ACCESS_WORLD
-    } else {
-        0
-    };
+    let name = uid_prefixed(name);
+    let flags = access_flags(world);
     let grants: Vec<kdbus::Grant> = (0..)
         .zip(grants)
         .flat_map(|(level, names)| {

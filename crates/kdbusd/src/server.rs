@@ -212,13 +212,7 @@ impl Server {
     /// Remove domain `id` and every domain made in it: their buses go, their clients
     /// are hung up on, their directories disappear.
     fn domain_remove(&mut self, id: u64) {
-        let children: Vec<u64> = self
-            .domains
-            .iter()
-            .filter(|(_, d)| d.parent == Some(id))
-            .map(|(k, _)| *k)
-            .collect();
-        for c in children {
+        for c in self.children(id) {
             self.domain_remove(c);
         }
         if let Some(mut d) = self.domains.remove(&id) {
@@ -251,24 +245,22 @@ impl Server {
         stop
     }
 
+    /// The domains made in `parent` (`None`: those of the command line).
+    fn children(&self, parent: impl Into<Option<u64>>) -> Vec<u64> {
+        let parent = parent.into();
+        self.domains
+            .iter()
+            .filter(|(_, d)| d.parent == parent)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     fn shutdown(&mut self) {
         tracing::info!("shutting down");
-        let top: Vec<u64> = self
-            .domains
-            .iter()
-            .filter(|(_, d)| d.parent.is_none())
-            .map(|(k, _)| *k)
-            .collect();
-        for id in top {
+        for id in self.children(None) {
             // Children first (their directories are inside), then the domain's own
             // sockets; its runtime directory was given to us and stays.
-            let children: Vec<u64> = self
-                .domains
-                .iter()
-                .filter(|(_, d)| d.parent == Some(id))
-                .map(|(k, _)| *k)
-                .collect();
-            for c in children {
+            for c in self.children(id) {
                 self.domain_remove(c);
             }
             if let Some(d) = self.domains.get_mut(&id) {

@@ -12,11 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 fn root() -> bool {
-    let root = rustix::process::geteuid().is_root();
-    if !root {
-        eprintln!("skipped: DOMAIN_MAKE needs a privileged caller");
-    }
-    root
+    root_or_skip("DOMAIN_MAKE needs a privileged caller")
 }
 
 /// 64d871b's test-domain.c, step by step.

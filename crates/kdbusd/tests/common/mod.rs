@@ -79,6 +79,15 @@ pub fn uid() -> u32 {
     rustix::process::getuid().as_raw()
 }
 
+/// Whether this test runs as root (CI does); says why it is skipped if not.
+pub fn root_or_skip(why: &str) -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: needs root ({why})");
+    }
+    root
+}
+
 // ------------------------------------------------------------------ helpers for the
 // error-path suites (bus_make, hello, message, reply, pool, byebye, bench_selftest)
 
@@ -102,6 +111,12 @@ pub const TEST_BLOOM: BloomParameter = BloomParameter {
 impl Broker {
     pub fn runtime_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Let other users reach the sockets (the temporary directory is private).
+    pub fn open_to_other_users(&self) {
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(self.dir.path(), mode).expect("chmod the runtime dir");
     }
 
     /// A fresh handle on the control socket.
