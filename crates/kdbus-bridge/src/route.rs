@@ -16,7 +16,7 @@ use crate::policy::{header_facts, policy_denial_text, policy_driver_call};
 use crate::{Bridge, DRIVER};
 use kdbus_abi::{item, msg_flags, payload, Errno, ItemWriter, Msg, Vec_};
 use kdbus_core::message::message_from_parts;
-use kdbus_core::{ConnKey, Creds, Domain, Files, Peer};
+use kdbus_core::{ConnKey, Creds, Domain, FileSet, Peer};
 use kdbus_dbus::bloom::{signal_filter, SignalSpec};
 use kdbus_dbus::header::{self, Fields, Header, HeaderError, MessageType};
 use kdbus_dbus::names::UniqueName;
@@ -113,7 +113,7 @@ impl Bridge {
                 header::write(&mut copy, h, Some(&sender));
                 copy.extend_from_slice(body);
                 // Fds sent to the bus itself go nowhere else; monitors see them.
-                let files = (!fds.is_empty()).then(|| Files::from(fds));
+                let files = (!fds.is_empty()).then(|| FileSet::shared(fds));
                 dom.monitors_observe(bus, None, &copy, files.as_ref());
             }
             if let Err(text) = policy_driver_call(dom, key, h) {
@@ -249,7 +249,7 @@ impl Bridge {
             let (items, body, max) = (&self.items, &self.send, DBUS_MAX_PAYLOAD);
             message_from_parts(msg, items, body, fds.len(), src_id, max).and_then(|mut req| {
                 req.facts = Some(header_facts(h));
-                let files = (!fds.is_empty()).then(|| Files::from(fds));
+                let files = (!fds.is_empty()).then(|| FileSet::shared(fds));
                 dom.send(key, &req, files, creds, 0)
             })
         };

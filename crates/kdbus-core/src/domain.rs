@@ -31,17 +31,19 @@
 use crate::bus::{bus_parse_make, Bus};
 use crate::clock::{Clock, Now};
 use crate::conn::Conn;
-use crate::files::{FdInspector, NoInspector};
+use crate::files::{FdInspector, FdLedger, NoInspector};
 use crate::ids::{BusKey, ConnKey, Files, OutFiles};
 use crate::matches::MatchDb;
 use crate::message::Staged;
 use crate::meta::{Creds, Peer};
 use crate::names::NameRegistry;
 use crate::outbox::Outbox;
+use crate::pool::PoolBudget;
 use crate::sink::{Echo, StreamOut, StreamPeer};
 use kdbus_abi::wire;
 use kdbus_abi::{attach, limits, CmdSend, Errno};
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 use zerocopy::IntoBytes;
 
@@ -70,12 +72,40 @@ pub enum SendOutcome {
     Pending,
 }
 
+/// What all the connections of one unprivileged user may hold together in a domain,
+/// whatever their number (dbus-broker's per-user quotas, `src/util/user.c`). Each
+/// connection has its own, smaller limits besides; privileged users have none of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserLimits {
+    /// Receive-pool memory the user's pools may have touched (see `pool`).
+    pub pool_bytes: u64,
+    /// Match entries.
+    pub matches: usize,
+    /// Bytes of those entries' rules, as sent.
+    pub match_bytes: usize,
+}
+
+impl Default for UserLimits {
+    /// Generous for any real program (a burst of 160 MB passes), small enough that
+    /// one user cannot take the machine: together well under 600 MB of the broker.
+    fn default() -> Self {
+        UserLimits {
+            pool_bytes: 256 << 20,
+            matches: crate::matching::USER_MAX_MATCHES,
+            match_bytes: 64 << 20,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct UserUsage {
     pub(crate) conns: usize,
     pub(crate) buses: usize,
-    /// Match entries of all the user's connections in the domain.
+    /// Match entries of all the user's connections in the domain, and their bytes.
     pub(crate) matches: usize,
+    pub(crate) match_bytes: usize,
+    /// The memory the user's pools have touched (made with the first connection).
+    pub(crate) pool: Option<Rc<PoolBudget>>,
 }
 
 pub struct Domain {
@@ -83,6 +113,8 @@ pub struct Domain {
     pub(crate) clock: Box<dyn Clock>,
     /// What passed fds are (memfd payloads, sockets that may not travel).
     pub(crate) files: Box<dyn FdInspector>,
+    /// Who pays for the fds messages carry (none: nobody is bound).
+    pub(crate) fd_ledger: Option<Rc<dyn FdLedger>>,
     /// Metadata the domain attaches at all (kdbus's `attach_flags_mask` module
     /// parameter): applied to messages, notifications and INFO results.
     pub(crate) attach_mask: u64,
@@ -95,6 +127,7 @@ pub struct Domain {
     pub(crate) deadlines: BTreeSet<(u64, ConnKey, ConnKey, u64)>,
     /// Connections and buses per uid (the per-user limits).
     pub(crate) users: HashMap<u32, UserUsage>,
+    pub(crate) user_limits: UserLimits,
     /// The last sequence number given to a message.
     pub(crate) seq: u64,
     pub(crate) next_key: u64,
@@ -136,16 +169,51 @@ impl Domain {
         self.files = files;
     }
 
+    /// Charge the fds messages carry to their senders in `ledger`.
+    pub fn set_fd_ledger(&mut self, ledger: Rc<dyn FdLedger>) {
+        self.fd_ledger = Some(ledger);
+    }
+
+    /// Set what one unprivileged user may hold in all. Applies to what comes next:
+    /// pools keep the budget they were made with.
+    pub fn set_user_limits(&mut self, l: UserLimits) {
+        self.user_limits = l;
+    }
+
+    pub fn user_limits(&self) -> UserLimits {
+        self.user_limits
+    }
+
+    /// The budget the pools of `uid` draw on (none for privileged callers).
+    pub(crate) fn user_pool_budget(&mut self, uid: u32, privileged: bool) -> Option<Rc<PoolBudget>> {
+        if privileged {
+            return None;
+        }
+        let cap = self.user_limits.pool_bytes;
+        let usage = self.users.entry(uid).or_default();
+        Some(usage.pool.get_or_insert_with(|| PoolBudget::new(cap)).clone())
+    }
+
+    /// Pool memory the connections of `uid` have touched in all.
+    pub fn user_pool_touched(&self, uid: u32) -> u64 {
+        self.users
+            .get(&uid)
+            .and_then(|u| u.pool.as_ref())
+            .map_or(0, |b| b.touched())
+    }
+
     pub fn new(clock: Box<dyn Clock>) -> Self {
         Domain {
             clock,
             files: Box::new(NoInspector),
+            fd_ledger: None,
             attach_mask: attach::ALL,
             buses: HashMap::new(),
             bus_names: HashMap::new(),
             conns: HashMap::new(),
             deadlines: BTreeSet::new(),
             users: HashMap::new(),
+            user_limits: UserLimits::default(),
             seq: 0,
             next_key: 1,
             next_bus_id: 1,

@@ -7,8 +7,50 @@
 //! makes those decisions; what a file *is* takes a syscall, so the broker answers
 //! through [`FdInspector`], and tests answer with whatever they like.
 
+//!
+//! Every descriptor a message carries is also one of the broker's, and the broker has
+//! a fixed number of them: one user who made it hold them all (fds sent to receivers
+//! that never read) would make it refuse everyone. So a message's descriptors are
+//! charged to its sender through an [`FdLedger`] when the domain takes the message,
+//! and the [`FdSlip`] that travels with them gives them back when the broker lets go
+//! of the last reference (received, dropped, or the connection gone), whatever the
+//! path.
+
 use kdbus_abi::Errno;
 use std::os::fd::BorrowedFd;
+use std::rc::Rc;
+
+/// Books of the descriptors users make the broker hold.
+pub trait FdLedger {
+    /// Charge `n` descriptors to `uid`; false if it may not hold that many more.
+    fn charge(&self, uid: u32, privileged: bool, n: usize) -> bool;
+    /// Give back what `charge` took.
+    fn refund(&self, uid: u32, n: usize);
+}
+
+/// Descriptors charged to a user; refunded when dropped.
+pub struct FdSlip {
+    ledger: Rc<dyn FdLedger>,
+    uid: u32,
+    n: usize,
+}
+
+impl FdSlip {
+    /// Charge `n` descriptors to `uid` in `ledger`, or `None` if refused.
+    pub fn take(ledger: &Rc<dyn FdLedger>, uid: u32, privileged: bool, n: usize) -> Option<FdSlip> {
+        ledger.charge(uid, privileged, n).then(|| FdSlip {
+            ledger: ledger.clone(),
+            uid,
+            n,
+        })
+    }
+}
+
+impl Drop for FdSlip {
+    fn drop(&mut self) {
+        self.ledger.refund(self.uid, self.n);
+    }
+}
 
 /// What an fd is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 //! command (spec CON13) is decided here too.
 
 use crate::domain::{Domain, Request, SendOutcome};
-use crate::ids::{ConnKey, Files};
+use crate::ids::{ConnKey, FileSet, Files};
 use crate::message::{message_parse_send, SendRequest};
 use kdbus_abi::items::ItemIter;
 use kdbus_abi::wire;
@@ -263,7 +263,7 @@ impl Domain {
         Some(match command {
             Command::Send(send) => {
                 let n = send.n_fds + send.n_memfds;
-                let files: Option<Files> = (n > 0).then(|| fds.drain(..n).collect());
+                let files: Option<Files> = (n > 0).then(|| FileSet::shared(fds.drain(..n).collect()));
                 match self.send(key, &send, files, req.creds, req.req_id) {
                     Ok(SendOutcome::Pending) => return None,
                     Ok(SendOutcome::Done(wb)) => Ok(Reply::Send(wb)),

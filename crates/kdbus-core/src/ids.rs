@@ -6,8 +6,9 @@
 //! dangling pointer. The keys live here, in a leaf, so that every registry can name a
 //! connection without depending on the module that holds connections.
 
+use crate::files::FdSlip;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// A connection in the domain (not its bus-visible id, which is per bus).
 pub type ConnKey = u64;
@@ -16,7 +17,53 @@ pub type BusKey = u64;
 
 /// File descriptors travelling with a message. Shared: the queue keeps them (a message
 /// may still move to another connection) while the announcement carries them out.
-pub type Files = Arc<[OwnedFd]>;
+pub type Files = Rc<FileSet>;
+
+/// The descriptors of one message, and the slip that keeps them charged to their
+/// sender for as long as the broker holds any of them (see `files::FdLedger`).
+pub struct FileSet {
+    fds: Box<[OwnedFd]>,
+    slip: Option<FdSlip>,
+}
+
+impl FileSet {
+    /// `fds`, charged to nobody (yet).
+    pub fn shared(fds: Vec<OwnedFd>) -> Files {
+        Rc::new(FileSet {
+            fds: fds.into_boxed_slice(),
+            slip: None,
+        })
+    }
+
+    /// Charge the set to a sender; only while it is not shared yet.
+    pub(crate) fn charge(files: &mut Files, slip: FdSlip) -> bool {
+        match Rc::get_mut(files) {
+            Some(set) => {
+                set.slip = Some(slip);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether someone pays for these descriptors.
+    pub fn is_charged(&self) -> bool {
+        self.slip.is_some()
+    }
+}
+
+impl std::ops::Deref for FileSet {
+    type Target = [OwnedFd];
+    fn deref(&self) -> &[OwnedFd] {
+        &self.fds
+    }
+}
+
+impl std::fmt::Debug for FileSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.fds.iter()).finish()
+    }
+}
 
 /// Fds waiting with a connection's output, each with the offset in the output where
 /// the record or message they belong to starts.

@@ -47,9 +47,9 @@ mod replies;
 mod send;
 
 pub use clock::{Clock, ManualClock, Now};
-pub use domain::{Domain, SendOutcome};
-pub use files::{FdInspector, FdKind};
-pub use ids::{BusKey, ConnKey, Files, OutFiles};
+pub use domain::{Domain, SendOutcome, UserLimits};
+pub use files::{FdInspector, FdKind, FdLedger, FdSlip};
+pub use ids::{BusKey, ConnKey, FileSet, Files, OutFiles};
 pub use kdbus_abi::Errno;
 pub use matching::USER_MAX_MATCHES;
 pub use memory::{PoolMemory, VecPool};

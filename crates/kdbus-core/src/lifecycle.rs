@@ -11,10 +11,11 @@ use crate::deliver::conn_write_owner_slice;
 use crate::domain::{Domain, POOL_MAX_SIZE};
 use crate::ids::{BusKey, ConnKey};
 use crate::matches::Notification;
+use crate::matching::MatchCharge;
 use crate::memory::{PoolMemory, VecPool};
 use crate::meta::Peer;
 use crate::policy::policy_parse;
-use crate::pool::PoolQuota;
+use crate::pool::{PoolAllocator, PoolQuota};
 use crate::reply::ReplyFailure;
 use crate::sink::StreamPeer;
 use kdbus_abi::items::{ItemIter, ItemWriter};
@@ -132,6 +133,7 @@ impl Domain {
         let mem = make_pool(cmd.pool_size)?;
         let (key, id) = self.conn_register(bus_key, peer.creds.uid)?;
         let rules = self.conn_rules(bus_key, peer);
+        let budget = self.user_pool_budget(peer.creds.uid, peer.privileged);
         let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
         let bloom = bus.bloom;
         let spec = ConnSpec {
@@ -147,6 +149,7 @@ impl Domain {
             endpoint,
         };
         let mut conn = Conn::new(spec, mem, cmd.pool_size, None);
+        conn.pool = PoolAllocator::with_budget(cmd.pool_size, budget);
         conn.rules = rules;
         // HEAD hands the bloom parameters back as an item in the pool.
         self.scratch.clear();
@@ -260,17 +263,17 @@ impl Domain {
         conn.queued_at.clear();
         conn.quota = PoolQuota::new();
         let flags = conn.flags;
-        let mut matches = 0;
+        let mut matches = MatchCharge::default();
         if let Some(b) = self.buses.get_mut(&bus) {
             b.conns.remove(&id);
-            matches = b.matches.conn_count(key);
+            matches = MatchCharge::of(&b.matches, key);
             b.matches.remove_conn(key);
             b.monitors.retain(|m| *m != key);
             b.streams.remove(&key);
         }
         if let Some(u) = self.users.get_mut(&uid) {
             u.conns = u.conns.saturating_sub(1);
-            u.matches = u.matches.saturating_sub(matches);
+            MatchCharge::default().settle(matches, u);
         }
         for (requester, cookie) in owed {
             if let Some(t) = self.tracker_remove(key, requester, cookie) {
@@ -343,6 +346,11 @@ impl Domain {
         if (l.conns_per_user_binds_all || !peer.privileged) && usage.conns >= l.conns_per_user {
             return Err(Errno::EMFILE);
         }
+        // A new pool touches its first page at once (the HELLO items).
+        let touched = usage.pool.as_ref().map_or(0, |b| b.touched());
+        if !peer.privileged && touched + limits::PAGE_SIZE > self.user_limits.pool_bytes {
+            return Err(Errno::ENOBUFS);
+        }
         Ok(())
     }
 
@@ -378,15 +386,14 @@ impl Domain {
         let mut events = Vec::new();
         if let Some(bus) = self.buses.get_mut(&bus_key) {
             bus.names.release_all(key, &mut events);
-            let had = bus.matches.conn_count(key);
-            if let Some(u) = self.users.get_mut(&uid) {
-                // The one rule below replaces them all.
-                u.matches = (u.matches + 1).saturating_sub(had);
-            }
+            let had = MatchCharge::of(&bus.matches, key);
             bus.matches.remove_conn(key);
             // One rule without conditions: every broadcast.
             if let Err(e) = bus.matches.add(key, 1, false, &[], bus.bloom.size) {
                 crate::bug!(e, "an empty match rule was refused");
+            }
+            if let Some(u) = self.users.get_mut(&uid) {
+                MatchCharge::of(&bus.matches, key).settle(had, u);
             }
             bus.monitors.push(key);
         }

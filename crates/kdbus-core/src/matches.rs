@@ -146,6 +146,14 @@ struct Entry {
     conn: ConnKey,
     rules: Vec<Rule>,
     slot: Slot,
+    /// What it is charged as (see `entry_bytes`).
+    bytes: usize,
+}
+
+/// What an entry made of `items` is charged: the rules as sent (bloom masks, names,
+/// are kept about that size) plus the indexes' share.
+pub fn entry_bytes(items: &[u8]) -> usize {
+    items.len() + 128
 }
 
 impl Entry {
@@ -269,6 +277,8 @@ pub struct MatchDb {
     empty: HashSet<EntryId>,
     /// Entries per connection: (cookie, id), for removal and the per-connection limit.
     by_conn: HashMap<ConnKey, Vec<(u64, EntryId)>>,
+    /// Bytes of rules per connection (what the per-user byte quota counts).
+    bytes_by_conn: HashMap<ConnKey, usize>,
     next_id: EntryId,
     /// Entries one connection may have (EMFILE beyond).
     pub max_per_conn: usize,
@@ -281,6 +291,7 @@ impl Default for MatchDb {
             by_slot: HashMap::new(),
             empty: HashSet::new(),
             by_conn: HashMap::new(),
+            bytes_by_conn: HashMap::new(),
             next_id: EntryId::default(),
             max_per_conn: kdbus_abi::limits::MATCH_MAX,
         }
@@ -329,7 +340,15 @@ impl MatchDb {
         }
         self.by_slot.entry(slot.clone()).or_default().insert(id);
         self.by_conn.entry(conn).or_default().push((cookie, id));
-        self.entries.insert(id, Entry { conn, rules, slot });
+        let bytes = entry_bytes(items);
+        *self.bytes_by_conn.entry(conn).or_default() += bytes;
+        let entry = Entry {
+            conn,
+            rules,
+            slot,
+            bytes,
+        };
+        self.entries.insert(id, entry);
         Ok(())
     }
 
@@ -356,12 +375,17 @@ impl MatchDb {
         Ok(())
     }
 
-    /// Forget every entry of a connection that leaves.
     /// Entries `conn` has.
     pub fn conn_count(&self, conn: ConnKey) -> usize {
         self.by_conn.get(&conn).map_or(0, Vec::len)
     }
 
+    /// Bytes of rules `conn` has (see `entry_bytes`).
+    pub fn conn_bytes(&self, conn: ConnKey) -> usize {
+        self.bytes_by_conn.get(&conn).copied().unwrap_or(0)
+    }
+
+    /// Forget every entry of a connection that leaves.
     pub fn remove_conn(&mut self, conn: ConnKey) {
         for (_, id) in self.by_conn.remove(&conn).unwrap_or_default() {
             self.entry_drop(id);
@@ -372,6 +396,12 @@ impl MatchDb {
         let Some(e) = self.entries.remove(&id) else {
             return;
         };
+        if let Some(b) = self.bytes_by_conn.get_mut(&e.conn) {
+            *b = b.saturating_sub(e.bytes);
+            if *b == 0 {
+                self.bytes_by_conn.remove(&e.conn);
+            }
+        }
         self.empty.remove(&id);
         if let Some(set) = self.by_slot.get_mut(&e.slot) {
             set.remove(&id);

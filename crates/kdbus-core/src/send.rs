@@ -15,8 +15,8 @@ use crate::bus::Bus;
 use crate::conn::Conn;
 use crate::deliver::{bus_native_monitors, conn_write_message, Route, Slot};
 use crate::domain::{bus_owned_names, Domain, SendOutcome};
-use crate::files::{fd_check, memfd_check};
-use crate::ids::{ConnKey, Files};
+use crate::files::{fd_check, memfd_check, FdSlip};
+use crate::ids::{ConnKey, FileSet, Files};
 use crate::matches::Broadcast;
 use crate::message::{message_memfds, SendRequest, SenderMeta};
 use crate::meta::Creds;
@@ -38,7 +38,7 @@ impl Domain {
         &mut self,
         src_key: ConnKey,
         req: &SendRequest<'_>,
-        files: Option<Files>,
+        mut files: Option<Files>,
         creds: Creds,
         req_id: u64,
     ) -> Result<SendOutcome, Errno> {
@@ -57,6 +57,13 @@ impl Domain {
             }
             for (fd, (start, size)) in f[req.n_fds..].iter().zip(message_memfds(req)) {
                 memfd_check(self.files.inspect(fd.as_fd()), start, size)?;
+            }
+        }
+        if let (Some(f), Some(ledger)) = (files.as_mut(), &self.fd_ledger) {
+            let (uid, privileged) = (src.peer.creds.uid, src.peer.privileged);
+            let slip = FdSlip::take(ledger, uid, privileged, f.len()).ok_or(Errno::EMFILE)?;
+            if !FileSet::charge(f, slip) {
+                crate::bug!(Errno::EMFILE, "a sender's fds were shared before they were charged");
             }
         }
         let bus_key = src.bus;

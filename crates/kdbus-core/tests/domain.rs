@@ -517,3 +517,171 @@ fn a_users_matches_are_capped_across_its_connections() {
             .unwrap_or_else(|e| panic!("{cookie}: {e}"));
     }
 }
+
+/// A user's pools together may touch `UserLimits::pool_bytes` of memory, however many
+/// connections share it: past that a message to any of them is the sender's ENOBUFS,
+/// and a new connection is refused; a pool that goes gives its memory back.
+/// Privileged users are not bound.
+#[test]
+fn a_users_pools_together_touch_at_most_their_budget() {
+    const CAP: u64 = 128 << 10;
+    let mut b = Bus::new();
+    b.d.set_user_limits(kdbus_core::UserLimits {
+        pool_bytes: CAP,
+        ..Default::default()
+    });
+    let (a, _) = b.hello();
+    let receivers: Vec<(ConnKey, u64)> = (0..8)
+        .map(|_| b.hello_with(1000, &HelloOptions::new().pool_size(1 << 20)).unwrap())
+        .collect();
+    let big = vec![0u8; 4000];
+    let mut delivered = 0;
+    let mut refused = None;
+    'flood: for round in 0..16u64 {
+        for &(_, id) in &receivers {
+            let r = b.send(a, &Message::to(id).cookie(round + 1).payload(&big), 0);
+            match b.answer(a, r).error {
+                0 => delivered += 1,
+                e => {
+                    refused = Some(e);
+                    break 'flood;
+                }
+            }
+        }
+    }
+    // Each receiver alone had room for far more (a third of half of 1 MiB).
+    assert_eq!(refused, Some(Errno::ENOBUFS.0), "after {delivered} messages");
+    let touched = b.d.user_pool_touched(1000);
+    assert!(touched <= CAP, "{touched}");
+    assert!(delivered >= 8, "{delivered}");
+    assert_eq!(
+        b.hello_with(1000, &HelloOptions::new()).err(),
+        Some(Errno::ENOBUFS)
+    );
+    // Root's pools draw on nothing.
+    let (root, _) = b.hello_with(0, &HelloOptions::new()).unwrap();
+    let (_, root_id) = b.hello_with(0, &HelloOptions::new().pool_size(1 << 20)).unwrap();
+    for cookie in 100..120 {
+        let r = b.send(root, &Message::to(root_id).cookie(cookie).payload(&big), 0);
+        assert_eq!(b.answer(root, r).error, 0);
+    }
+    // A pool that goes gives back all it touched.
+    b.d.conn_release(receivers[0].0);
+    assert!(b.d.user_pool_touched(1000) < touched);
+    let r = b.send(a, &Message::to(receivers[1].1).cookie(999).payload(&big), 0);
+    assert_eq!(b.answer(a, r).error, 0);
+    for &(k, _) in &receivers[1..] {
+        b.d.conn_release(k);
+    }
+    b.d.conn_release(a);
+    assert_eq!(b.d.user_pool_touched(1000), 0);
+}
+
+/// Besides their number, the bytes of a user's match rules are capped across its
+/// connections; what goes makes room.
+#[test]
+fn a_users_match_bytes_are_capped_across_its_connections() {
+    let mut b = Bus::new();
+    b.d.set_user_limits(kdbus_core::UserLimits {
+        match_bytes: 16 << 10,
+        ..Default::default()
+    });
+    // A bloom mask of 16 generations of the bus's 64-byte filter: about 1 KiB a rule.
+    let mut rule = Vec::new();
+    kdbus_abi::items::ItemWriter::new(&mut rule).push(item::BLOOM_MASK, &[0xffu8; 1024]);
+    let conns: Vec<ConnKey> = (0..4)
+        .map(|_| b.hello_with(1000, &HelloOptions::new()).unwrap().0)
+        .collect();
+    let mut added = 0;
+    let mut refused = None;
+    'all: for &c in &conns {
+        for cookie in 1..=8u64 {
+            match b.d.match_add(c, cookie, 0, &rule) {
+                Ok(()) => added += 1,
+                Err(e) => {
+                    refused = Some((c, e));
+                    break 'all;
+                }
+            }
+        }
+    }
+    let (last, e) = refused.expect("a refusal");
+    assert_eq!(e, Errno::EMFILE);
+    assert!((10..16).contains(&added), "{added}");
+    // Small rules still fit where big ones do not... until they too fill it.
+    b.d.conn_release(conns[0]);
+    b.d.match_add(last, 100, 0, &rule).unwrap();
+    // Privileged users are not bound.
+    let (root, _) = b.hello_with(0, &HelloOptions::new()).unwrap();
+    for cookie in 1..40 {
+        b.d.match_add(root, cookie, 0, &rule).unwrap();
+    }
+}
+
+/// The fds a message carries are charged to its sender's user in the domain's ledger
+/// from the send until the broker lets go of them, whatever the path: received,
+/// dropped with their receiver, or refused.
+#[test]
+fn fds_in_flight_are_charged_to_their_sender_until_let_go() {
+    use kdbus_core::FdLedger;
+    #[derive(Default)]
+    struct Ledger(RefCell<HashMap<u32, usize>>);
+    impl FdLedger for Ledger {
+        fn charge(&self, uid: u32, _: bool, n: usize) -> bool {
+            let mut m = self.0.borrow_mut();
+            let held = m.entry(uid).or_default();
+            if *held + n > 3 {
+                return false;
+            }
+            *held += n;
+            true
+        }
+        fn refund(&self, uid: u32, n: usize) {
+            *self.0.borrow_mut().entry(uid).or_default() -= n;
+        }
+    }
+    let ledger = Rc::new(Ledger::default());
+    let mut b = Bus::new();
+    b.d.set_fd_ledger(ledger.clone());
+    let held = |l: &Ledger| l.0.borrow().get(&1000).copied().unwrap_or(0);
+    let (a, _) = b.hello();
+    let (r1, id1) = b.hello();
+    let (_r2, id2) = b.hello();
+    let devnull = || std::fs::File::open("/dev/null").unwrap().into();
+    let send_fds = |b: &mut Bus, to: u64, cookie: u64, n: usize| {
+        let mut body = Vec::new();
+        Message::to(to).cookie(cookie).fds(n).encode_send(0, &mut body);
+        b.req += 1;
+        let r = Request {
+            cmd: cmd::SEND,
+            flags: 0,
+            req_id: b.req,
+            body: &body,
+            creds: Creds { pid: 1, uid: 1000, gid: 1000 },
+        };
+        let mut fds: Vec<std::os::fd::OwnedFd> = (0..n).map(|_| devnull()).collect();
+        b.d.conn_request(a, &r, &mut fds);
+        let req = b.req;
+        b.answer(a, req).error
+    };
+    assert_eq!(send_fds(&mut b, id1, 1, 2), 0);
+    assert_eq!(held(&ledger), 2);
+    // Over the user's share: refused, and nothing stays charged for it.
+    assert_eq!(send_fds(&mut b, id2, 2, 2), Errno::EMFILE.0);
+    assert_eq!(held(&ledger), 2);
+    assert_eq!(send_fds(&mut b, id2, 3, 1), 0);
+    assert_eq!(held(&ledger), 3);
+    // Receiving hands them over: once the output carrying them is written, they are
+    // the receiver's, not the broker's.
+    b.records(r1);
+    let recv = CmdRecv {
+        size: std::mem::size_of::<CmdRecv>() as u64,
+        ..Default::default()
+    };
+    b.request(r1, cmd::RECV, recv.as_bytes());
+    b.records(r1);
+    assert_eq!(held(&ledger), 1);
+    // A receiver that goes drops what was queued for it.
+    b.d.conn_release(_r2);
+    assert_eq!(held(&ledger), 0);
+}

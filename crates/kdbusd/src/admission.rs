@@ -19,6 +19,10 @@
 //!   [`MAX_WAITING_PER_USER`] of them, each for at most [`WAITING_TIMEOUT_NS`]. D-Bus
 //!   clients that have not said Hello have the same bounds in `dbus_socket`.
 //!
+//! The fds messages carry are charged on the same books to their senders, for as
+//! long as the broker holds them (`kdbus_core::FdLedger`): a user who sends fds to
+//! receivers that never read uses up its own share, not the broker's.
+//!
 //! The books are the server's (one process, one limit): every domain's broker
 //! shares them.
 
@@ -112,6 +116,20 @@ impl FdBooks {
     /// Descriptors `uid` holds.
     pub fn held(&self, uid: u32) -> usize {
         self.per_user.get(&uid).copied().unwrap_or(0)
+    }
+}
+
+/// The fds messages carry are the broker's descriptors too: charged to their sender
+/// on the same books, from the moment the domain takes a message until the broker
+/// lets go of them.
+pub struct FdLedgerOf(pub SharedFdBooks);
+
+impl kdbus_core::FdLedger for FdLedgerOf {
+    fn charge(&self, uid: u32, privileged: bool, n: usize) -> bool {
+        self.0.borrow_mut().admit(uid, privileged, n)
+    }
+    fn refund(&self, uid: u32, n: usize) {
+        self.0.borrow_mut().release(uid, n);
     }
 }
 

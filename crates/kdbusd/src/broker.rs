@@ -39,6 +39,7 @@ use rustix::fd::OwnedFd;
 use rustix::io::Errno as SysErrno;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use zerocopy::IntoBytes;
 
 /// Broker configuration, from the command line.
@@ -60,6 +61,8 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// Its `<limit>`s, for the first bus and its D-Bus socket.
     pub limits: Option<crate::limits::Limits>,
+    /// What one unprivileged user may hold in all in the domain.
+    pub user_limits: kdbus_core::UserLimits,
 }
 
 /// The broker: the domain, and the sockets through which clients reach it.
@@ -152,6 +155,8 @@ impl Broker {
         let mut domain = Domain::new(Box::new(SystemClock));
         domain.set_fd_inspector(Box::new(SystemFiles));
         domain.set_facts_reader(Box::new(kdbus_bridge::HeaderFacts));
+        domain.set_fd_ledger(Rc::new(crate::admission::FdLedgerOf(fds.clone())));
+        domain.set_user_limits(cfg.user_limits);
         let mut b = Broker {
             domain,
             bridge: kdbus_bridge::Bridge::new(&machine_id()),
@@ -265,6 +270,11 @@ impl Broker {
     /// Where this domain's `control` and buses are.
     pub fn runtime_dir(&self) -> &std::path::Path {
         &self.runtime_dir
+    }
+
+    /// What one unprivileged user may hold in all in this domain.
+    pub fn user_limits(&self) -> kdbus_core::UserLimits {
+        self.domain.user_limits()
     }
 
     /// Watch the server's signalfd too (as [`TOKEN_SIGNAL`]): a server with one

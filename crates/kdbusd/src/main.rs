@@ -31,6 +31,17 @@ struct Args {
     /// Without any --bus, the default bus `<uid>-user` is served.
     #[arg(long = "bus", value_name = "NAME")]
     buses: Vec<String>,
+    /// Receive-pool memory all the pools of one unprivileged user may touch, in bytes,
+    /// per domain.
+    #[arg(long, value_name = "BYTES")]
+    user_pool_bytes: Option<u64>,
+    /// Match rules all the connections of one unprivileged user may hold, per domain.
+    #[arg(long, value_name = "N")]
+    user_matches: Option<usize>,
+    /// Bytes of match rules all the connections of one unprivileged user may hold,
+    /// per domain.
+    #[arg(long, value_name = "BYTES")]
+    user_match_bytes: Option<usize>,
     /// Log level filter (also read from RUST_LOG).
     #[arg(long, default_value = "info")]
     log: String,
@@ -91,6 +102,16 @@ fn main() -> ExitCode {
             eprintln!("kdbusd: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The per-user totals: the defaults, and what the command line changes.
+fn user_limits(args: &Args) -> kdbus_core::UserLimits {
+    let d = kdbus_core::UserLimits::default();
+    kdbus_core::UserLimits {
+        pool_bytes: args.user_pool_bytes.unwrap_or(d.pool_bytes),
+        matches: args.user_matches.unwrap_or(d.matches),
+        match_bytes: args.user_match_bytes.unwrap_or(d.match_bytes),
     }
 }
 
@@ -165,6 +186,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         msg_policy: bus_config.as_ref().map(BusConfig::msg_policy),
         config_file: config_path.clone(),
         limits: bus_config.as_ref().map(kdbusd::Limits::of),
+        user_limits: user_limits(&args),
     };
     if daemon_mode && fork && args.ready_fd.is_none() {
         // Run a fresh copy of ourselves in a new session and wait until it serves. (A
@@ -183,6 +205,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             msg_policy: None,
             config_file: None,
             limits: None,
+            user_limits: cfg.user_limits,
         });
     }
     let (mut server, readies) = Server::new(configs)?;

@@ -5,7 +5,7 @@
 //! connections, or many processes of one program, share one copy instead of holding
 //! one per connection.
 
-use kdbus_core::Files;
+use kdbus_core::FileSet;
 use kdbus_core::{Creds, Peer};
 use rustix::fd::AsFd;
 use std::collections::HashSet;
@@ -73,7 +73,7 @@ pub fn peer_from_socket(
     };
     let mut peer = peer_from_creds(creds, interned);
     if pidfd {
-        peer.pidfd = crate::sys::peer_pidfd(fd.as_fd()).map(|f| Files::from(vec![f]));
+        peer.pidfd = crate::sys::peer_pidfd(fd.as_fd()).map(|f| FileSet::shared(vec![f]));
     }
     Ok(peer)
 }

@@ -15,7 +15,7 @@ use crate::dispatch::Dispatch;
 use kdbus_abi::wire::{self, Frames, RecHeader, ReqHeader};
 use kdbus_abi::Errno;
 use kdbus_core::domain::Request;
-use kdbus_core::{BusKey, ConnKey, Creds, Files, OutFiles, Peer};
+use kdbus_core::{BusKey, ConnKey, Creds, FileSet, Files, OutFiles, Peer};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::io::Errno as SysErrno;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
@@ -252,7 +252,7 @@ pub(crate) fn reply_record(
     };
     let mut out = Vec::with_capacity(64 + body.len());
     wire::push_frame(&mut out, &h, &[body]);
-    let files: Vec<Files> = fd.map(|fd| Files::from(vec![fd])).into_iter().collect();
+    let files: Vec<Files> = fd.map(|fd| FileSet::shared(vec![fd])).into_iter().collect();
     (out, files)
 }
 

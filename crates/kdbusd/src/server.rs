@@ -173,11 +173,9 @@ impl Server {
 
     /// DOMAIN_MAKE in domain `parent`: `<its runtime dir>/domain/<name>/control`.
     fn domain_make(&mut self, parent: u64, name: &str, flags: u64) -> Result<u64, Errno> {
-        let dir = self
-            .domains
-            .get(&parent)
-            .ok_or(Errno::ESHUTDOWN)?
-            .broker
+        let parent_broker = &self.domains.get(&parent).ok_or(Errno::ESHUTDOWN)?.broker;
+        let user_limits = parent_broker.user_limits();
+        let dir = parent_broker
             .runtime_dir()
             .join("domain")
             .join(name);
@@ -192,6 +190,7 @@ impl Server {
             msg_policy: None,
             config_file: None,
             limits: None,
+            user_limits,
         };
         let mode = if flags & make_flags::ACCESS_WORLD != 0 {
             0o666

@@ -84,6 +84,7 @@ pub struct Message<'a> {
     priority: i64,
     payload: Vec<&'a [u8]>,
     bloom: Option<&'a [u64]>,
+    fds: usize,
 }
 
 impl<'a> Message<'a> {
@@ -96,7 +97,13 @@ impl<'a> Message<'a> {
             priority: 0,
             payload: Vec::new(),
             bloom: None,
+            fds: 0,
         }
+    }
+    /// An FDS item for `n` descriptors (the request must carry them).
+    pub fn fds(mut self, n: usize) -> Self {
+        self.fds = n;
+        self
     }
     /// A signal to everyone whose matches take its bloom filter `words`.
     pub fn broadcast(words: &'a [u64]) -> Self {
@@ -149,7 +156,7 @@ impl<'a> Message<'a> {
             None,
             bloom,
             sizes,
-            std::iter::empty(),
+            (0..self.fds).map(|i| i as i32),
         );
         for p in &self.payload {
             out.extend_from_slice(p);
