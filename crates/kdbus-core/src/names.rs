@@ -86,6 +86,13 @@ impl ConnNames {
     }
 }
 
+/// Where a replaced owner that asked to queue waits (see `acquire_requeue`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    Tail,
+    Head,
+}
+
 #[derive(Debug)]
 pub struct NameRegistry {
     /// Names one connection may own (E2BIG beyond).
@@ -169,6 +176,20 @@ impl NameRegistry {
         flags: u64,
         events: &mut Vec<NameEvent>,
     ) -> Result<u64, Errno> {
+        self.acquire_requeue(conn, activator, name, flags, Requeue::Tail, events)
+    }
+
+    /// ACQUIRE, saying where an owner that is replaced and asked to queue goes: to the
+    /// tail of the queue (kdbus) or its head (dbus-daemon, for D-Bus peers).
+    pub fn acquire_requeue(
+        &mut self,
+        conn: ConnKey,
+        activator: bool,
+        name: &str,
+        flags: u64,
+        requeue: Requeue,
+        events: &mut Vec<NameEvent>,
+    ) -> Result<u64, Errno> {
         if flags & !ACQUIRE_FLAGS != 0 && !activator {
             return Err(Errno::EINVAL);
         }
@@ -238,7 +259,10 @@ impl NameRegistry {
         {
             let (old, old_flags) = (e.owner, e.flags);
             if old_flags & name_flags::QUEUE != 0 {
-                e.queue.push_back((old, old_flags));
+                match requeue {
+                    Requeue::Tail => e.queue.push_back((old, old_flags)),
+                    Requeue::Head => e.queue.push_front((old, old_flags)),
+                }
                 let n = e.name.clone();
                 self.conns.entry(old).or_default().queued.insert(n);
             }

@@ -8,7 +8,7 @@ use crate::conn::Queued;
 use crate::deliver::conn_enqueue;
 use crate::domain::Domain;
 use crate::ids::{BusKey, ConnKey};
-use crate::names::NameEvent;
+use crate::names::{NameEvent, Requeue};
 use crate::policy::OWN;
 use crate::reply::ReplyFailure;
 use kdbus_abi::{wire, Errno};
@@ -41,8 +41,17 @@ impl Domain {
         }
         self.msg_may_own(key, name)?;
         let bus = self.buses.get_mut(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        // A D-Bus owner that is replaced waits first in line (dbus-daemon); a native
+        // one last (kdbus).
+        let conns = &self.conns;
+        let requeue = match bus.names.lookup(name).and_then(|e| conns.get(&e.owner)) {
+            Some(c) if c.stream.is_some() => Requeue::Head,
+            _ => Requeue::Tail,
+        };
         let mut events = Vec::new();
-        let return_flags = bus.names.acquire(key, false, name, flags, &mut events)?;
+        let return_flags =
+            bus.names
+                .acquire_requeue(key, false, name, flags, requeue, &mut events)?;
         self.names_apply(bus_key, events);
         Ok(return_flags)
     }

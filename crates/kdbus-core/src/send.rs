@@ -274,14 +274,16 @@ impl Domain {
         };
         let mut targets = std::mem::take(&mut self.targets);
         targets.clear();
-        // Native monitors see every broadcast, matches or not (HEAD); the sender
-        // never gets its own broadcast; activators get none at all.
+        // Native monitors see every broadcast, matches or not (HEAD); a native sender
+        // never gets its own broadcast (HEAD), a D-Bus sender does when its own rules
+        // take it (dbus-daemon); activators get none at all.
         let conns = &self.conns;
         let src = conns.get(&src_key).map(|c| &**c);
+        let to_self = src.is_some_and(|s| s.stream.is_some());
         targets.extend(bus_native_monitors(bus, conns));
         bus.matches
             .for_each_broadcast_receiver(&b, &mut self.seen, |c| {
-                if c != src_key
+                if (c != src_key || to_self)
                     && conns.get(&c).is_some_and(|c| {
                         c.flags & hello_flags::ACTIVATOR == 0
                             && !c.is_native_monitor()
