@@ -234,6 +234,15 @@ impl<'a> Call<'a> {
     fn u(&mut self) -> Result<u32, DErr> {
         self.r.u32().map_err(bad_args)
     }
+    /// An `as` argument.
+    fn strings(&mut self) -> Result<Vec<&'a str>, DErr> {
+        let end = self.r.array_begin(4).map_err(bad_args)?;
+        let mut v = Vec::new();
+        while self.r.pos() < end {
+            v.push(self.s()?);
+        }
+        Ok(v)
+    }
 }
 
 fn no_bus() -> DErr {
@@ -573,11 +582,22 @@ fn become_monitor(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<
     let bus = bus_of(dom, c)?;
     let privileged = dom.conn(key).is_some_and(|me| bus.is_privileged(&me.peer));
     if !privileged {
-        return Err(err(
-            ErrName::AccessDenied,
-            "Connection is not allowed to become a monitor",
-        ));
+        let me = dom.conn(key);
+        let text = format!(
+            "rejected attempt to call BecomeMonitor by connection {} ({}) with uid {}",
+            UniqueName::from_id(me.map_or(0, |c| c.id)),
+            crate::policy::policy_who(dom, Some(key)),
+            me.map_or(0, |c| c.peer.creds.uid),
+        );
+        return Err(err(ErrName::AccessDenied, text));
     }
+    // Which messages it is shown (none: all); a rule that does not parse is the
+    // caller's error, and nothing changes.
+    let rules = c
+        .strings()?
+        .into_iter()
+        .map(|t| Rule::parse(t).map_err(|e| err(ErrName::MatchRuleInvalid, e.to_string())))
+        .collect::<Result<Vec<Rule>, DErr>>()?;
     dom.with_stream(key, |s, out| {
         if let Some(p) = peer_mut(s) {
             let me = UniqueName::from_id(out.id());
@@ -588,6 +608,7 @@ fn become_monitor(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<
     dom.with_stream(key, |s, _| {
         if let Some(p) = peer_mut(s) {
             p.rules.clear();
+            p.monitor_rules = rules;
         }
     });
     Ok(Body::new())

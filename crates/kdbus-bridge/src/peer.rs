@@ -33,6 +33,9 @@ pub struct DBusPeer {
     pub fds_ok: bool,
     /// Installed match rules: (rule, its cookie in the bus's match database).
     pub rules: Vec<(Rule, Option<u64>)>,
+    /// A monitor's rules (`BecomeMonitor`): it is shown what any of them takes, or
+    /// everything if there are none.
+    pub monitor_rules: Vec<Rule>,
     next_serial: u32,
     next_cookie: u64,
     /// What the stream holds unwritten, and whose it is.
@@ -74,6 +77,48 @@ pub(crate) fn peer_mut(s: &mut dyn StreamPeer) -> Option<&mut DBusPeer> {
 }
 
 impl DBusPeer {
+    /// Whether this monitor is shown a message (header `h`, `body`) from `sender`.
+    /// Rules match as eavesdropping rules do: unicasts between others included.
+    fn monitor_takes(
+        &self,
+        h: &Header<'_>,
+        sender: &str,
+        owns: &dyn Fn(&str) -> bool,
+        body: &[u8],
+    ) -> bool {
+        self.monitor_rules.is_empty()
+            || self
+                .monitor_rules
+                .iter()
+                .any(|r| r.matches(h, sender, owns, body))
+    }
+
+    /// `observe` for a monitor with rules: only the messages of `msgs` (whole D-Bus
+    /// messages, each with the fds at its offset) that a rule takes.
+    fn observe_chosen(&mut self, out: &mut StreamOut<'_>, msgs: &[u8], files: &[(usize, Files)]) {
+        let mut at = 0;
+        while let Some(rest) = msgs.get(at..).filter(|r| !r.is_empty()) {
+            let Ok(h) = header::parse(rest) else {
+                return;
+            };
+            let Some(msg) = rest.get(..h.total_len()) else {
+                return;
+            };
+            let body = &msg[h.header_len..];
+            let no = |_: &str| false;
+            if self.monitor_takes(&h, h.sender.unwrap_or(""), &no, body) {
+                let buf = out.buf();
+                let start = buf.len();
+                buf.extend_from_slice(msg);
+                for (_, f) in files.iter().filter(|(off, _)| *off == at) {
+                    out.attach_files(start, f.clone());
+                }
+                self.quota.charge(Charge::Requested, msg.len() as u64, 0);
+            }
+            at += msg.len();
+        }
+    }
+
     pub fn new(fds_ok: bool) -> Self {
         Self::with_limits(fds_ok, StreamLimits::default())
     }
@@ -209,7 +254,7 @@ impl DBusPeer {
         Ok(())
     }
 
-    /// NameOwnerChanged, if this peer's rules take it (a monitor takes everything).
+    /// NameOwnerChanged, if this peer's rules take it (a monitor's, its own).
     fn name_owner_changed(&mut self, out: &mut StreamOut<'_>, name: &str, old: &str, new: &str) {
         let body = Body::new().s(name).s(old).s(new);
         let f = Fields {
@@ -220,10 +265,13 @@ impl DBusPeer {
             signature: "sss",
             ..Default::default()
         };
-        if !out.is_monitor() {
-            if self.rules.is_empty() || !driver_may_tell(out, MessageType::Signal, &f, None) {
-                return;
-            }
+        let monitor = out.is_monitor();
+        if !monitor
+            && (self.rules.is_empty() || !driver_may_tell(out, MessageType::Signal, &f, None))
+        {
+            return;
+        }
+        if !monitor || !self.monitor_rules.is_empty() {
             // The signal as a rule sees it (sender and body as a broadcast has them).
             let mut probe = Vec::new();
             let len = body.bytes.len() as u32;
@@ -241,11 +289,14 @@ impl DBusPeer {
                 return;
             };
             let no = |_: &str| false;
-            if !self
-                .rules
-                .iter()
-                .any(|(r, _)| r.matches(&h, DRIVER, &no, &body.bytes))
-            {
+            let taken = if monitor {
+                self.monitor_takes(&h, DRIVER, &no, &body.bytes)
+            } else {
+                self.rules
+                    .iter()
+                    .any(|(r, _)| r.matches(&h, DRIVER, &no, &body.bytes))
+            };
+            if !taken {
                 return;
             }
         }
@@ -306,16 +357,15 @@ impl StreamPeer for DBusPeer {
         }
         let sender = UniqueName::from_id(d.sender_id);
         let monitor = out.is_monitor();
-        if d.is_broadcast() && !monitor {
-            let body = &msg[h.header_len..h.total_len()];
-            let owns = |n: &str| d.sender_owns(n);
-            if !self
-                .rules
-                .iter()
-                .any(|(r, _)| r.matches(&h, &sender, &owns, body))
-            {
-                return Ok(());
-            }
+        let body = &msg[h.header_len..h.total_len()];
+        let owns = |n: &str| d.sender_owns(n);
+        let shown = if monitor {
+            self.monitor_takes(&h, &sender, &owns, body)
+        } else {
+            !d.is_broadcast() || self.rules.iter().any(|(r, _)| r.matches(&h, &sender, &owns, body))
+        };
+        if !shown {
+            return Ok(());
         }
         // A monitor's copy is the monitor's own doing.
         let charge = if monitor { Charge::Requested } else { d.charge };
@@ -390,6 +440,9 @@ impl StreamPeer for DBusPeer {
         // (as in delivery).
         if !files.is_empty() && !self.fds_ok {
             return;
+        }
+        if !self.monitor_rules.is_empty() {
+            return self.observe_chosen(out, msgs, files);
         }
         let buf = out.buf();
         let at = buf.len();

@@ -83,7 +83,7 @@ pub(crate) fn policy_denial_text(
 
 /// `uid=… pid=… comm="…"` of a connection (`bus` for the bus itself), as dbus-daemon
 /// describes one.
-fn policy_who(dom: &Domain, key: Option<ConnKey>) -> String {
+pub(crate) fn policy_who(dom: &Domain, key: Option<ConnKey>) -> String {
     let Some(c) = key.and_then(|k| dom.conn(k)) else {
         return "bus".into();
     };

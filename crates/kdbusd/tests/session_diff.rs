@@ -16,13 +16,18 @@ use zbus_peer::{first_string, member, Inbox, DRIVER, DRIVER_PATH};
 
 /// Run `script` against dbus-daemon and kdbusd; both transcripts must equal `expected`.
 fn both(script: impl Fn(&str) -> Vec<String>, expected: &[&str]) {
+    both_with("", script, expected)
+}
+
+/// `both`, on the configuration with `extra` added.
+fn both_with(extra: &str, script: impl Fn(&str) -> Vec<String>, expected: &[&str]) {
     if !usable() {
         return;
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut got = Vec::new();
     for program in ["dbus-daemon", KDBUSD] {
-        let (_daemon, address) = start(program, dir.path(), Config::Base(""));
+        let (_daemon, address) = start(program, dir.path(), Config::Base(extra));
         got.push((program, script(&address)));
     }
     for (program, transcript) in &got {
@@ -135,6 +140,134 @@ fn a_replaced_owner_waits_at_the_head_of_the_queue() {
             "NameAcquired",
             "NameLost",
             "NameAcquired",
+        ],
+    );
+}
+
+/// What a monitor saw, one line per message: type, member and destination (`-` for
+/// none, unique names of the script's connections by label).
+fn seen(inbox: &Inbox, labels: &[(String, &str)], until_member: &str) -> Vec<String> {
+    let mut t = Vec::new();
+    while let Some(m) = inbox.next_where(|_| true) {
+        let h = m.header();
+        let dest = h.destination().map_or("-".to_string(), |d| {
+            let d = d.to_string();
+            labels
+                .iter()
+                .find(|(u, _)| *u == d)
+                .map_or(d.clone(), |(_, l)| l.to_string())
+        });
+        let mem = member(&m);
+        // Traffic to and from the bus itself (Hello, RequestName, their replies, its
+        // signals) is not what these scripts look at.
+        let driver = |n: Option<&str>| n == Some(DRIVER);
+        if driver(h.sender().map(|s| s.as_str())) || driver(h.destination().map(|d| d.as_str())) {
+            continue;
+        }
+        t.push(format!("{:?} {mem} {dest}", m.message_type()));
+        if mem == until_member {
+            break;
+        }
+    }
+    t
+}
+
+/// Become a monitor with `rules`: the outcome, and the monitor's inbox.
+fn monitor(address: &str, rules: &[&str]) -> (String, ZConn, Inbox) {
+    let m = zconn(address);
+    let inbox = Inbox::new(&m);
+    let r = m.call_method(
+        Some(DRIVER),
+        DRIVER_PATH,
+        Some("org.freedesktop.DBus.Monitoring"),
+        "BecomeMonitor",
+        &(rules, 0u32),
+    );
+    (outcome(r), m, inbox)
+}
+
+/// A monitor's rules choose what it sees; without rules it sees everything, and its
+/// copies keep their destination as sent (none for a broadcast, the well-known name
+/// of a call to one).
+#[test]
+fn a_monitor_sees_what_its_rules_take_with_destinations_as_sent() {
+    both(
+        |address| {
+            let (r1, _m1, picky) = monitor(address, &["type='signal',interface='org.kdbus.Mon'"]);
+            let (r2, _m2, all) = monitor(address, &[]);
+            let a = zconn(address);
+            diff::serve(address, &["org.kdbus.MonB"]);
+            let labels = vec![(a.unique_name().unwrap().to_string(), "A")];
+            a.emit_signal(None::<&str>, "/m", "org.kdbus.Other", "Tock", &())
+                .expect("emit");
+            a.call_method(Some("org.kdbus.MonB"), "/m", Some("org.kdbus.Mon"), "Call", &())
+                .expect("the call is answered");
+            a.emit_signal(None::<&str>, "/m", "org.kdbus.Mon", "Tick", &())
+                .expect("emit");
+            let mut t = vec![r1, r2];
+            t.extend(seen(&picky, &labels, "Tick"));
+            t.push("--".into());
+            t.extend(seen(&all, &labels, "Tick"));
+            t
+        },
+        &[
+            "ok",
+            "ok",
+            "Signal Tick -",
+            "--",
+            "Signal Tock -",
+            "MethodCall Call org.kdbus.MonB",
+            "MethodReturn  A",
+            "Signal Tick -",
+        ],
+    );
+}
+
+/// An invalid rule is an error, and the connection stays what it was.
+#[test]
+fn becoming_a_monitor_with_an_invalid_rule_fails() {
+    both(
+        |address| {
+            let (r, m, _) = monitor(address, &["type='bogus'"]);
+            vec![r, outcome(driver(&m, "GetId", &())).len().to_string()]
+        },
+        &["org.freedesktop.DBus.Error.MatchRuleInvalid", "32"],
+    );
+}
+
+/// A monitor only watches: one that sends anything is disconnected.
+#[test]
+fn a_monitor_that_sends_is_disconnected() {
+    both(
+        |address| {
+            let (r, m, _) = monitor(address, &[]);
+            let sent = driver(&m, "GetId", &());
+            vec![r, if sent.is_ok() { "answered".into() } else { "gone".into() }]
+        },
+        &["ok", "gone"],
+    );
+}
+
+/// Watching everyone's traffic is for the bus's own user (and root): another user is
+/// refused, in dbus-daemon's words.
+#[test]
+fn only_the_bus_owner_may_become_a_monitor() {
+    both_with(
+        r#"<policy context="default"><allow send_destination="org.freedesktop.DBus"
+             send_interface="org.freedesktop.DBus.Monitoring"/></policy>"#,
+        |address| {
+            let args = [
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.Monitoring.BecomeMonitor",
+                "array:string:",
+                "uint32:0",
+            ];
+            vec![diff::dbus_send_text(address, diff::NOBODY, &args)]
+        },
+        &[
+            "Error org.freedesktop.DBus.Error.AccessDenied: rejected attempt to call \
+             BecomeMonitor by connection :1.N (uid=65534 pid=N comm=\"N\") with uid 65534",
         ],
     );
 }
