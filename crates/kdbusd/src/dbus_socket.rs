@@ -645,6 +645,8 @@ fn message(
         && hdr.destination == Some(kdbus_bridge::DRIVER)
         && hdr.member == Some("Hello");
     if !hello {
+        // Monitors see what it tried (as dbus-daemon shows it), then it goes.
+        bus.domain.monitors_observe(c.bus, None, msg, None);
         return false;
     }
     let mut peer = c.peer.clone();

@@ -5,6 +5,8 @@
 //! Skipped without root, dbus-daemon, dbus-send or setpriv.
 
 mod common;
+#[path = "common/dbus_raw.rs"]
+mod dbus_raw;
 #[path = "common/diff.rs"]
 mod diff;
 #[path = "common/zbus_peer.rs"]
@@ -269,5 +271,32 @@ fn only_the_bus_owner_may_become_a_monitor() {
             "Error org.freedesktop.DBus.Error.AccessDenied: rejected attempt to call \
              BecomeMonitor by connection :1.N (uid=65534 pid=N comm=\"N\") with uid 65534",
         ],
+    );
+}
+
+/// A client whose first message is not Hello is disconnected; monitors see what it
+/// sent first.
+#[test]
+fn a_message_before_hello_is_shown_to_monitors_and_its_sender_goes() {
+    use std::io::Write;
+    both(
+        |address| {
+            let (r, _m, all) = monitor(address, &[]);
+            let path = address
+                .strip_prefix("unix:path=")
+                .and_then(|p| p.split(',').next())
+                .expect("a unix:path address");
+            let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+            let mut bytes = dbus_raw::auth_lines(false);
+            bytes.extend(dbus_raw::call(1, "org.kdbus.Early", "Early", "", &[], 0));
+            s.write_all(&bytes).expect("write");
+            let mut reading = dbus_raw::Reading::new(s);
+            let ok = reading.line();
+            let mut t = vec![r];
+            t.extend(seen(&all, &[], "Early"));
+            t.push(format!("{} closed: {}", &ok[..2], reading.closed()));
+            t
+        },
+        &["ok", "MethodCall Early org.kdbus.Early", "OK closed: true"],
     );
 }
