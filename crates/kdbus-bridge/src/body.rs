@@ -71,6 +71,7 @@ pub(crate) enum ErrName {
     AdtAuditDataUnknown,
     SELinuxSecurityContextUnknown,
     UnknownProperty,
+    PropertyReadOnly,
 }
 
 impl ErrName {
@@ -92,6 +93,7 @@ impl ErrName {
                 "org.freedesktop.DBus.Error.SELinuxSecurityContextUnknown"
             }
             ErrName::UnknownProperty => "org.freedesktop.DBus.Error.UnknownProperty",
+            ErrName::PropertyReadOnly => "org.freedesktop.DBus.Error.PropertyReadOnly",
         }
     }
 }

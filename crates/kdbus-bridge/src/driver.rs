@@ -4,13 +4,17 @@
 //! must have, and a function of 5 to 30 lines. Dispatch is the table's: an unknown
 //! member of a known interface is UnknownMethod, an unknown interface
 //! UnknownInterface, wrong arguments InvalidArgs, all worded as dbus-daemon words
-//! them. Methods act on the bus through the core's typed commands (`name_acquire`,
+//! them. Off `/org/freedesktop/DBus` only the compatibility interfaces answer (the
+//! driver's own, Introspectable, Peer), and privileged rows (the bus's own user and
+//! root only) not even there. Properties and Introspect live in `describe`, the
+//! stats interface in `stats`. Methods act on the bus through the core's typed commands (`name_acquire`,
 //! `match_add`, ...) and read it through its accessors; a method's result is the reply
 //! body, or a [`DErr`] sent as an error, unless the caller asked for no reply.
 
 use crate::body::{err, Body, DErr, ErrName};
+use crate::describe::{introspect, properties_get, properties_get_all, properties_set};
 use crate::peer::peer_mut;
-use crate::{Bridge, DRIVER};
+use crate::{Bridge, DRIVER, DRIVER_PATH};
 use kdbus_abi::{item, name_flags, Errno, ItemWriter};
 use kdbus_core::bus::Bus;
 use kdbus_core::conn::Conn;
@@ -22,13 +26,14 @@ use kdbus_dbus::names::UniqueName;
 use kdbus_dbus::rules::{ArgTest, Rule};
 use zerocopy::IntoBytes;
 
-const MONITORING: &str = "org.freedesktop.DBus.Monitoring";
+pub(crate) const MONITORING: &str = "org.freedesktop.DBus.Monitoring";
 const PEER: &str = "org.freedesktop.DBus.Peer";
 const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+pub(crate) const STATS: &str = "org.freedesktop.DBus.Debug.Stats";
 
 /// A method call to the driver, as its function sees it.
-struct Call<'a> {
+pub(crate) struct Call<'a> {
     key: ConnKey,
     bus: BusKey,
     /// The arguments, positioned at the first.
@@ -37,12 +42,49 @@ struct Call<'a> {
 
 type Method = fn(&mut Bridge, &mut Domain, &mut Call<'_>) -> Result<Body, DErr>;
 
-/// One row of the driver: interface, member, argument signature (`None`: any), function.
-struct Row {
-    iface: &'static str,
+/// One row of the driver: interface, member, argument signature (`None`: any), function,
+/// and whether only the bus's own user and root may call it.
+pub(crate) struct Row {
+    pub(crate) iface: &'static str,
     member: &'static str,
     sig: Option<&'static str>,
     f: Method,
+    privileged: bool,
+}
+
+/// Interfaces the driver answers on any path (for compatibility, as dbus-daemon);
+/// the others only on `/org/freedesktop/DBus`.
+fn iface_any_path(iface: &str) -> bool {
+    matches!(iface, DRIVER | INTROSPECTABLE | PEER)
+}
+
+/// Methods of those interfaces that still want the bus's own path.
+fn method_any_path(m: &Row) -> bool {
+    iface_any_path(m.iface) && !m.privileged
+}
+
+/// dbus-daemon's refusal of a privileged method to anyone else.
+fn not_privileged(dom: &Domain, key: ConnKey, m: &Row) -> DErr {
+    let me = dom.conn(key);
+    err(
+        ErrName::AccessDenied,
+        format!(
+            "rejected attempt to call {} by connection {} ({}) with uid {}",
+            m.member,
+            UniqueName::from_id(me.map_or(0, |c| c.id)),
+            crate::policy::policy_who(dom, Some(key)),
+            me.map_or(0, |c| c.peer.creds.uid),
+        ),
+    )
+}
+
+/// The caller is the bus's own user or root (watching everyone's traffic, changing
+/// what services start with).
+fn caller_is_privileged(dom: &Domain, key: ConnKey) -> bool {
+    let Some(me) = dom.conn(key) else {
+        return false;
+    };
+    dom.bus(me.bus).is_some_and(|b| b.is_privileged(&me.peer))
 }
 
 const fn row(
@@ -56,10 +98,19 @@ const fn row(
         member,
         sig,
         f,
+        privileged: false,
     }
 }
 
-static METHODS: &[Row] = &[
+/// A row only the bus's own user and root may call.
+const fn privileged(r: Row) -> Row {
+    Row {
+        privileged: true,
+        ..r
+    }
+}
+
+pub(crate) static METHODS: &[Row] = &[
     row(DRIVER, "Hello", None, hello),
     row(DRIVER, "RequestName", Some("su"), request_name),
     row(DRIVER, "ReleaseName", Some("s"), release_name),
@@ -79,12 +130,12 @@ static METHODS: &[Row] = &[
         Some("su"),
         start_service_by_name,
     ),
-    row(
+    privileged(row(
         DRIVER,
         "UpdateActivationEnvironment",
         Some("a{ss}"),
         nothing,
-    ),
+    )),
     row(
         DRIVER,
         "GetConnectionUnixUser",
@@ -120,13 +171,21 @@ static METHODS: &[Row] = &[
     row(DRIVER, "GetId", Some(""), get_id),
     // Answered by the broker, which reads the files (see `driver_call`).
     row(DRIVER, "ReloadConfig", None, nothing),
-    row(MONITORING, "BecomeMonitor", Some("asu"), become_monitor),
+    privileged(row(
+        MONITORING,
+        "BecomeMonitor",
+        Some("asu"),
+        become_monitor,
+    )),
     row(PEER, "Ping", None, nothing),
     row(PEER, "GetMachineId", None, get_machine_id),
     row(INTROSPECTABLE, "Introspect", None, introspect),
     row(PROPERTIES, "Get", Some("ss"), properties_get),
     row(PROPERTIES, "GetAll", Some("s"), properties_get_all),
-    row(PROPERTIES, "Set", None, properties_set),
+    row(PROPERTIES, "Set", Some("ssv"), properties_set),
+    row(STATS, "GetStats", Some(""), get_stats),
+    row(STATS, "GetConnectionStats", Some("s"), get_connection_stats),
+    row(STATS, "GetAllMatchRules", Some(""), get_all_match_rules),
 ];
 
 impl Bridge {
@@ -184,27 +243,37 @@ impl Bridge {
         body: &[u8],
     ) -> Result<Body, DErr> {
         let member = h.member.unwrap_or("");
-        let iface = h.interface.unwrap_or(DRIVER);
         let bus = dom
             .conn(key)
             .map(|c| c.bus)
             .ok_or_else(|| err(ErrName::Failed, "gone"))?;
-        let Some(m) = METHODS
-            .iter()
-            .find(|m| m.iface == iface && m.member == member)
-        else {
-            return Err(if METHODS.iter().any(|m| m.iface == iface) {
-                err(
-                    ErrName::UnknownMethod,
-                    format!("{DRIVER} does not understand message {member}"),
-                )
+        // Off the bus's own path only its compatibility interfaces answer; without an
+        // interface, the first that has the member does (dbus-daemon).
+        let canonical = h.path == Some(DRIVER_PATH);
+        let mut visible = METHODS.iter().filter(|m| {
+            (canonical || iface_any_path(m.iface)) && h.interface.is_none_or(|i| i == m.iface)
+        });
+        let found_iface = visible.clone().next().is_some();
+        let Some(m) = visible.find(|m| m.member == member) else {
+            let name = if found_iface {
+                ErrName::UnknownMethod
             } else {
-                err(
-                    ErrName::UnknownInterface,
-                    format!("{DRIVER} does not understand interface {iface}"),
-                )
-            });
+                ErrName::UnknownInterface
+            };
+            return Err(err(
+                name,
+                format!("{DRIVER} does not understand message {member}"),
+            ));
         };
+        if m.privileged && !caller_is_privileged(dom, key) {
+            return Err(not_privileged(dom, key, m));
+        }
+        if !canonical && !method_any_path(m) {
+            return Err(err(
+                ErrName::AccessDenied,
+                format!("Method '{member}' is only available at the canonical object path '{DRIVER_PATH}'"),
+            ));
+        }
         if let Some(want) = m.sig {
             if h.signature != want {
                 let sig = h.signature;
@@ -228,7 +297,7 @@ fn bad_args(_: kdbus_dbus::marshal::MarshalError) -> DErr {
 }
 
 impl<'a> Call<'a> {
-    fn s(&mut self) -> Result<&'a str, DErr> {
+    pub(crate) fn s(&mut self) -> Result<&'a str, DErr> {
         self.r.string().map_err(bad_args)
     }
     fn u(&mut self) -> Result<u32, DErr> {
@@ -577,20 +646,6 @@ fn get_id(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DE
 /// everything, and sends nothing more.
 fn become_monitor(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
     let key = c.key;
-    // Watching everyone's traffic is for the bus's own user and root (dbus-daemon and
-    // dbus-broker refuse everyone else).
-    let bus = bus_of(dom, c)?;
-    let privileged = dom.conn(key).is_some_and(|me| bus.is_privileged(&me.peer));
-    if !privileged {
-        let me = dom.conn(key);
-        let text = format!(
-            "rejected attempt to call BecomeMonitor by connection {} ({}) with uid {}",
-            UniqueName::from_id(me.map_or(0, |c| c.id)),
-            crate::policy::policy_who(dom, Some(key)),
-            me.map_or(0, |c| c.peer.creds.uid),
-        );
-        return Err(err(ErrName::AccessDenied, text));
-    }
     // Which messages it is shown (none: all); a rule that does not parse is the
     // caller's error, and nothing changes.
     let rules = c
@@ -618,54 +673,6 @@ fn get_machine_id(b: &mut Bridge, _: &mut Domain, _: &mut Call<'_>) -> Result<Bo
     Ok(Body::new().s(&b.machine_id))
 }
 
-fn introspect(_: &mut Bridge, _: &mut Domain, _: &mut Call<'_>) -> Result<Body, DErr> {
-    Ok(Body::new().s(INTROSPECTION))
-}
-
-fn properties_get(_: &mut Bridge, _: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
-    let (i, p) = (c.s()?, c.s()?);
-    let v = driver_property(i, p)?;
-    let mut b = Body::new();
-    b.sig.push('v');
-    let mut w = b.w();
-    w.signature("as");
-    let a = w.array_begin(4);
-    for s in v {
-        w.string(s);
-    }
-    w.array_end(a);
-    Ok(b)
-}
-
-fn properties_get_all(_: &mut Bridge, _: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
-    let i = c.s()?;
-    let mut b = Body::new();
-    b.sig.push_str("a{sv}");
-    let mut w = b.w();
-    let a = w.array_begin(8);
-    if i == DRIVER {
-        for p in ["Features", "Interfaces"] {
-            w.align(8);
-            w.string(p);
-            w.signature("as");
-            let arr = w.array_begin(4);
-            for s in driver_property(i, p)? {
-                w.string(s);
-            }
-            w.array_end(arr);
-        }
-    }
-    w.array_end(a);
-    Ok(b)
-}
-
-fn properties_set(_: &mut Bridge, _: &mut Domain, _: &mut Call<'_>) -> Result<Body, DErr> {
-    Err(err(
-        ErrName::AccessDenied,
-        "Properties of the bus are read-only",
-    ))
-}
-
 /// The unique name owning `name` (a unique name owns itself; the driver owns its own
 /// name).
 fn owner_of(dom: &Domain, bus: BusKey, name: &str) -> Option<String> {
@@ -684,6 +691,26 @@ fn owner_of(dom: &Domain, bus: BusKey, name: &str) -> Option<String> {
     };
     let c = dom.conn(key).filter(|c| c.is_ordinary())?;
     Some(UniqueName::from_id(c.id).to_string())
+}
+
+/// The key of the connection owning `name`, if any.
+pub(crate) fn conn_key_of(dom: &Domain, bus: BusKey, name: &str) -> Option<ConnKey> {
+    let owner = owner_of(dom, bus, name)?;
+    let id = UniqueName::parse(&owner)?;
+    dom.bus(bus).and_then(|b| b.conns.get(&id)).copied()
+}
+
+fn get_stats(b: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
+    crate::stats::get_stats(b, dom, c.bus)
+}
+
+fn get_connection_stats(b: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
+    let name = c.s()?;
+    crate::stats::get_connection_stats(b, dom, c.bus, name)
+}
+
+fn get_all_match_rules(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
+    crate::stats::get_all_match_rules(dom, c.bus)
 }
 
 /// The connection owning `name`.
@@ -730,22 +757,6 @@ fn check_well_known(name: &str, verb: &str) -> Result<(), DErr> {
     Ok(())
 }
 
-fn driver_property(i: &str, p: &str) -> Result<&'static [&'static str], DErr> {
-    match (i, p) {
-        // Unknown header fields are dropped when forwarding ("HeaderFiltering").
-        (DRIVER, "Features") => Ok(&["HeaderFiltering"]),
-        (DRIVER, "Interfaces") => Ok(&["org.freedesktop.DBus.Monitoring"]),
-        (DRIVER, _) => Err(err(
-            ErrName::UnknownProperty,
-            format!("Property {p} on interface {i} does not exist"),
-        )),
-        _ => Err(err(
-            ErrName::UnknownInterface,
-            format!("Interface {i} does not exist"),
-        )),
-    }
-}
-
 /// The bus match-database rules for a D-Bus rule: its bloom mask and its sender.
 fn kernel_rule_items(rule: &Rule, bloom: kdbus_abi::BloomParameter) -> Vec<u8> {
     let mut items = Vec::new();
@@ -790,50 +801,3 @@ fn kernel_rule_items(rule: &Rule, bloom: kdbus_abi::BloomParameter) -> Vec<u8> {
     }
     items
 }
-
-const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
-"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
-<node>
-  <interface name="org.freedesktop.DBus">
-    <method name="Hello"><arg direction="out" type="s"/></method>
-    <method name="RequestName"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="out" type="u"/></method>
-    <method name="ReleaseName"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
-    <method name="StartServiceByName"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="out" type="u"/></method>
-    <method name="UpdateActivationEnvironment"><arg direction="in" type="a{ss}"/></method>
-    <method name="NameHasOwner"><arg direction="in" type="s"/><arg direction="out" type="b"/></method>
-    <method name="ListNames"><arg direction="out" type="as"/></method>
-    <method name="ListActivatableNames"><arg direction="out" type="as"/></method>
-    <method name="AddMatch"><arg direction="in" type="s"/></method>
-    <method name="RemoveMatch"><arg direction="in" type="s"/></method>
-    <method name="GetNameOwner"><arg direction="in" type="s"/><arg direction="out" type="s"/></method>
-    <method name="ListQueuedOwners"><arg direction="in" type="s"/><arg direction="out" type="as"/></method>
-    <method name="GetConnectionUnixUser"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
-    <method name="GetConnectionUnixProcessID"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
-    <method name="GetAdtAuditSessionData"><arg direction="in" type="s"/><arg direction="out" type="ay"/></method>
-    <method name="GetConnectionSELinuxSecurityContext"><arg direction="in" type="s"/><arg direction="out" type="ay"/></method>
-    <method name="GetConnectionCredentials"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
-    <method name="ReloadConfig"/>
-    <method name="GetId"><arg direction="out" type="s"/></method>
-    <signal name="NameOwnerChanged"><arg type="s"/><arg type="s"/><arg type="s"/></signal>
-    <signal name="NameLost"><arg type="s"/></signal>
-    <signal name="NameAcquired"><arg type="s"/></signal>
-    <property name="Features" type="as" access="read"/>
-    <property name="Interfaces" type="as" access="read"/>
-  </interface>
-  <interface name="org.freedesktop.DBus.Monitoring">
-    <method name="BecomeMonitor"><arg direction="in" type="as"/><arg direction="in" type="u"/></method>
-  </interface>
-  <interface name="org.freedesktop.DBus.Introspectable">
-    <method name="Introspect"><arg direction="out" type="s"/></method>
-  </interface>
-  <interface name="org.freedesktop.DBus.Peer">
-    <method name="Ping"/>
-    <method name="GetMachineId"><arg direction="out" type="s"/></method>
-  </interface>
-  <interface name="org.freedesktop.DBus.Properties">
-    <method name="Get"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="out" type="v"/></method>
-    <method name="GetAll"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
-    <method name="Set"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="in" type="v"/></method>
-  </interface>
-</node>
-"#;

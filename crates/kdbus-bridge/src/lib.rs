@@ -21,10 +21,12 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod describe;
 mod driver;
 mod peer;
 mod policy;
 mod route;
+mod stats;
 pub mod stream_quota;
 
 pub use peer::DBusPeer;
@@ -58,6 +60,10 @@ pub struct Bridge {
     stream_limits: stream_quota::StreamLimits,
     /// What each user's streams hold from other users, together.
     user_books: stream_quota::SharedUserBooks,
+    /// What `Debug.Stats` keeps between calls.
+    stats: stats::Stats,
+    /// Started with `--systemd-activation` (the `SystemdActivation` feature).
+    systemd_activation: bool,
 }
 
 impl Bridge {
@@ -72,6 +78,17 @@ impl Bridge {
     /// peers (`max_outgoing_bytes`, `max_outgoing_unix_fds`).
     pub fn set_stream_limits(&mut self, limits: stream_quota::StreamLimits) {
         self.stream_limits = limits;
+    }
+
+    /// Whether the bus was started with `--systemd-activation`.
+    pub fn set_systemd_activation(&mut self, on: bool) {
+        self.systemd_activation = on;
+    }
+
+    /// How many D-Bus clients are connected but have not said Hello (the broker
+    /// keeps them; `GetStats` reports them).
+    pub fn set_incomplete_connections(&mut self, n: usize) {
+        self.stats.incomplete = n;
     }
 
     /// How long the bus waits for replies to calls of D-Bus clients from now on.

@@ -362,7 +362,11 @@ impl StreamPeer for DBusPeer {
         let shown = if monitor {
             self.monitor_takes(&h, &sender, &owns, body)
         } else {
-            !d.is_broadcast() || self.rules.iter().any(|(r, _)| r.matches(&h, &sender, &owns, body))
+            !d.is_broadcast()
+                || self
+                    .rules
+                    .iter()
+                    .any(|(r, _)| r.matches(&h, &sender, &owns, body))
         };
         if !shown {
             return Ok(());

@@ -153,6 +153,10 @@ pub struct StreamQuota {
     charged: VecDeque<Record>,
     /// Per sending user (few users talk to one peer: a vector).
     users: Vec<Usage>,
+    /// The most bytes and sender-charged fds it ever held unwritten (for
+    /// `GetConnectionStats`).
+    peak_bytes: u64,
+    peak_fds: u32,
 }
 
 /// dbus-broker's share rule: may a user holding `share` of a resource of which
@@ -169,6 +173,21 @@ impl StreamQuota {
     /// Bytes appended and not yet written.
     pub fn pending_bytes(&self) -> u64 {
         self.appended - self.written
+    }
+
+    /// Sender-charged fds not yet written.
+    pub fn pending_fds(&self) -> u32 {
+        self.fds
+    }
+
+    /// The most `pending_bytes` and `pending_fds` have been.
+    pub fn peaks(&self) -> (u64, u32) {
+        (self.peak_bytes, self.peak_fds)
+    }
+
+    /// What each sending user holds: (uid, bytes, fds).
+    pub fn senders(&self) -> impl Iterator<Item = (u32, u64, u32)> + '_ {
+        self.users.iter().map(|u| (u.user, u.bytes, u.fds))
     }
 
     /// Whether `len` more bytes and `fds` fds charged as `charge` fit.
@@ -200,6 +219,8 @@ impl StreamQuota {
     pub fn charge(&mut self, charge: Charge, len: u64, fds: u32) {
         let start = self.appended;
         self.appended += len;
+        self.peak_bytes = self.peak_bytes.max(self.pending_bytes());
+        self.peak_fds = self.peak_fds.max(self.fds + fds);
         let Charge::Sender(user) = charge else {
             return;
         };

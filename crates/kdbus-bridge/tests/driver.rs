@@ -164,7 +164,9 @@ fn another_user_may_not_become_a_monitor() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].0, "error");
     assert!(
-        seen[0].1.starts_with("rejected attempt to call BecomeMonitor by connection :1."),
+        seen[0]
+            .1
+            .starts_with("rejected attempt to call BecomeMonitor by connection :1."),
         "{seen:?}"
     );
     assert!(d.bus(bus).unwrap().monitors.is_empty());

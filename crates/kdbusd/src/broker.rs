@@ -63,6 +63,8 @@ pub struct Config {
     pub limits: Option<crate::limits::Limits>,
     /// What one unprivileged user may hold in all in the domain.
     pub user_limits: kdbus_core::UserLimits,
+    /// `--systemd-activation` was given (the driver lists `SystemdActivation`).
+    pub systemd_activation: bool,
 }
 
 /// The broker: the domain, and the sockets through which clients reach it.
@@ -159,7 +161,11 @@ impl Broker {
         domain.set_user_limits(cfg.user_limits);
         let mut b = Broker {
             domain,
-            bridge: kdbus_bridge::Bridge::new(&machine_id()),
+            bridge: {
+                let mut bridge = kdbus_bridge::Bridge::new(&machine_id());
+                bridge.set_systemd_activation(cfg.systemd_activation);
+                bridge
+            },
             dispatch,
             listeners: Listeners::new(cfg.runtime_dir.clone()),
             handles: HashMap::new(),

@@ -634,6 +634,9 @@ fn message(
         return false;
     }
     if let Some(key) = c.key {
+        // What `GetStats` reports as incomplete connections.
+        bus.bridge
+            .set_incomplete_connections(books.auth_deadlines.len());
         if let Err(e) = bus.bridge.message(bus.domain, key, &hdr, msg, fds, creds) {
             tracing::debug!(token, %e, "D-Bus client broke the protocol");
             return false;

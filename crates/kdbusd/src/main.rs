@@ -77,7 +77,8 @@ struct Args {
     /// Internal: the pipe to report readiness on (used by --fork).
     #[arg(long, hide = true, value_name = "FD")]
     ready_fd: Option<i32>,
-    /// Accepted for compatibility; activation through systemd is not implemented.
+    /// Activation through systemd (listed in the driver's `Features`; activation
+    /// itself is not implemented yet).
     #[arg(long)]
     systemd_activation: bool,
     /// Accepted for compatibility.
@@ -187,6 +188,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         config_file: config_path.clone(),
         limits: bus_config.as_ref().map(kdbusd::Limits::of),
         user_limits: user_limits(&args),
+        systemd_activation: args.systemd_activation,
     };
     if daemon_mode && fork && args.ready_fd.is_none() {
         // Run a fresh copy of ourselves in a new session and wait until it serves. (A
@@ -206,6 +208,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             config_file: None,
             limits: None,
             user_limits: cfg.user_limits,
+            systemd_activation: false,
         });
     }
     let (mut server, readies) = Server::new(configs)?;

@@ -175,10 +175,7 @@ impl Server {
     fn domain_make(&mut self, parent: u64, name: &str, flags: u64) -> Result<u64, Errno> {
         let parent_broker = &self.domains.get(&parent).ok_or(Errno::ESHUTDOWN)?.broker;
         let user_limits = parent_broker.user_limits();
-        let dir = parent_broker
-            .runtime_dir()
-            .join("domain")
-            .join(name);
+        let dir = parent_broker.runtime_dir().join("domain").join(name);
         if self.domains.values().any(|d| d.broker.runtime_dir() == dir) {
             return Err(Errno::EEXIST);
         }
@@ -191,6 +188,7 @@ impl Server {
             config_file: None,
             limits: None,
             user_limits,
+            systemd_activation: false,
         };
         let mode = if flags & make_flags::ACCESS_WORLD != 0 {
             0o666

@@ -655,3 +655,42 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `Debug.Stats` shows, beside dbus-daemon's numbers, what people chasing a
+/// `LimitsExceeded` need: a native connection's pool, a D-Bus peer's stream quota.
+#[test]
+fn connection_stats_show_pools_and_stream_quotas() {
+    use std::collections::HashMap;
+    use zbus::zvariant::OwnedValue;
+    let b = Broker::start();
+    let native = b.conn();
+    let z = zconn(&b);
+    let stats = |name: &str| -> HashMap<String, OwnedValue> {
+        z.call_method(
+            Some(DRIVER),
+            DRIVER_PATH,
+            Some("org.freedesktop.DBus.Debug.Stats"),
+            "GetConnectionStats",
+            &(name,),
+        )
+        .expect("GetConnectionStats")
+        .body()
+        .deserialize()
+        .expect("a{sv}")
+    };
+    let n = stats(&format!(":1.{}", native.id()));
+    let num = |d: &HashMap<String, OwnedValue>, k: &str| -> u64 {
+        let v = d.get(k).unwrap_or_else(|| panic!("no {k} in {d:?}"));
+        u64::try_from(v)
+            .or_else(|_| u32::try_from(v).map(u64::from))
+            .unwrap_or_else(|_| panic!("{k} is not a number"))
+    };
+    assert_eq!(num(&n, "PoolSize"), native.pool().len() as u64);
+    assert!(num(&n, "PoolTouchedBytes") >= 4096);
+    assert_eq!(num(&n, "QueuedMessages"), 0);
+    let me = unique(&z);
+    let d = stats(&me);
+    assert_eq!(num(&d, "QuotaBytes"), 128 << 20);
+    assert_eq!(num(&d, "QuotaFDs"), 256);
+    assert!(d.contains_key("OutgoingBySender"));
+}

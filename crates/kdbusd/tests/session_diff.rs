@@ -21,6 +21,23 @@ fn both(script: impl Fn(&str) -> Vec<String>, expected: &[&str]) {
     both_with("", script, expected)
 }
 
+/// Run `script` against dbus-daemon and kdbusd: the transcripts must be equal.
+fn same(script: impl Fn(&str) -> Vec<String>) {
+    if !usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut got = Vec::new();
+    for program in ["dbus-daemon", KDBUSD] {
+        let (_daemon, address) = start(program, dir.path(), Config::Base(""));
+        got.push(script(&address));
+    }
+    assert_eq!(
+        got[1], got[0],
+        "kdbusd (left) and dbus-daemon (right) differ"
+    );
+}
+
 /// `both`, on the configuration with `extra` added.
 fn both_with(extra: &str, script: impl Fn(&str) -> Vec<String>, expected: &[&str]) {
     if !usable() {
@@ -79,9 +96,8 @@ fn a_broadcast_reaches_its_own_sender_when_it_matches() {
             ))];
             c.emit_signal(None::<&str>, "/org/kdbus/Own", "org.kdbus.Own", "Ping", &())
                 .expect("emit");
-            let got = inbox.next_where(|m| {
-                m.message_type() == MsgType::Signal && member(m) == "Ping"
-            });
+            let got =
+                inbox.next_where(|m| m.message_type() == MsgType::Signal && member(m) == "Ping");
             t.push(format!("own signal: {}", got.is_some()));
             t
         },
@@ -202,8 +218,14 @@ fn a_monitor_sees_what_its_rules_take_with_destinations_as_sent() {
             let labels = vec![(a.unique_name().unwrap().to_string(), "A")];
             a.emit_signal(None::<&str>, "/m", "org.kdbus.Other", "Tock", &())
                 .expect("emit");
-            a.call_method(Some("org.kdbus.MonB"), "/m", Some("org.kdbus.Mon"), "Call", &())
-                .expect("the call is answered");
+            a.call_method(
+                Some("org.kdbus.MonB"),
+                "/m",
+                Some("org.kdbus.Mon"),
+                "Call",
+                &(),
+            )
+            .expect("the call is answered");
             a.emit_signal(None::<&str>, "/m", "org.kdbus.Mon", "Tick", &())
                 .expect("emit");
             let mut t = vec![r1, r2];
@@ -244,7 +266,14 @@ fn a_monitor_that_sends_is_disconnected() {
         |address| {
             let (r, m, _) = monitor(address, &[]);
             let sent = driver(&m, "GetId", &());
-            vec![r, if sent.is_ok() { "answered".into() } else { "gone".into() }]
+            vec![
+                r,
+                if sent.is_ok() {
+                    "answered".into()
+                } else {
+                    "gone".into()
+                },
+            ]
         },
         &["ok", "gone"],
     );
@@ -299,4 +328,284 @@ fn a_message_before_hello_is_shown_to_monitors_and_its_sender_goes() {
         },
         &["ok", "MethodCall Early org.kdbus.Early", "OK closed: true"],
     );
+}
+
+/// A call to the driver on any path and interface: the error name, or the reply's body
+/// as zvariant shows it.
+fn driver_at(c: &ZConn, path: &str, iface: &str, method: &str, body: &impl DriverArgs) -> String {
+    let r = body.call(c, path, iface, method);
+    match r {
+        Ok(m) => {
+            let b = m.body();
+            match b.deserialize::<zbus::zvariant::Structure>() {
+                Ok(s) => format!("{s}"),
+                Err(_) => "()".to_string(),
+            }
+        }
+        Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+/// Arguments of a driver call (a tuple zbus can marshal).
+trait DriverArgs {
+    fn call(&self, c: &ZConn, path: &str, iface: &str, method: &str)
+        -> zbus::Result<zbus::Message>;
+}
+
+impl<T> DriverArgs for T
+where
+    T: zbus::export::serde::Serialize + zbus::zvariant::DynamicType,
+{
+    fn call(
+        &self,
+        c: &ZConn,
+        path: &str,
+        iface: &str,
+        method: &str,
+    ) -> zbus::Result<zbus::Message> {
+        c.call_method(Some(DRIVER), path, Some(iface), method, self)
+    }
+}
+
+const PROPS: &str = "org.freedesktop.DBus.Properties";
+
+/// The driver's properties: read-only, on its own path and interface only, with
+/// dbus-daemon's errors for the rest.
+#[test]
+fn the_drivers_properties_and_their_errors() {
+    both(
+        |address| {
+            let c = zconn(address);
+            let p = DRIVER_PATH;
+            vec![
+                driver_at(&c, p, PROPS, "Get", &(DRIVER, "Interfaces")),
+                driver_at(&c, p, PROPS, "Get", &(DRIVER, "NoSuch")),
+                driver_at(&c, p, PROPS, "Get", &("org.no.Such", "Features")),
+                driver_at(&c, "/", PROPS, "Get", &(DRIVER, "Interfaces")),
+                driver_at(&c, "/org/x", PROPS, "Get", &(DRIVER, "Interfaces")),
+                driver_at(&c, p, PROPS, "GetAll", &("org.no.Such",)),
+                driver_at(&c, "/org/x", PROPS, "GetAll", &(DRIVER,)),
+                driver_at(
+                    &c,
+                    p,
+                    PROPS,
+                    "Set",
+                    &(DRIVER, "Features", zbus::zvariant::Value::from(1u32)),
+                ),
+                driver_at(
+                    &c,
+                    p,
+                    PROPS,
+                    "Set",
+                    &(DRIVER, "NoSuch", zbus::zvariant::Value::from(1u32)),
+                ),
+                driver_at(
+                    &c,
+                    p,
+                    PROPS,
+                    "Set",
+                    &("org.no.Such", "X", zbus::zvariant::Value::from(1u32)),
+                ),
+                driver_at(
+                    &c,
+                    p,
+                    PROPS,
+                    "GetAll",
+                    &("org.freedesktop.DBus.Monitoring",),
+                ),
+                driver_at(
+                    &c,
+                    "/",
+                    "org.freedesktop.DBus.Monitoring",
+                    "BecomeMonitor",
+                    &(Vec::<String>::new(), 0u32),
+                ),
+                driver_at(&c, "/", "org.freedesktop.DBus.Debug.Stats", "GetStats", &()),
+                driver_at(
+                    &c,
+                    "/",
+                    DRIVER,
+                    "UpdateActivationEnvironment",
+                    &(std::collections::HashMap::<String, String>::new(),),
+                ),
+                driver_at(&c, "/", DRIVER, "NoSuchMethod", &()),
+                driver_at(&c, p, "org.no.Such", "Method", &()),
+            ]
+        },
+        &[
+            r#"(<["org.freedesktop.DBus.Monitoring", "org.freedesktop.DBus.Debug.Stats"]>,)"#,
+            "org.freedesktop.DBus.Error.UnknownProperty",
+            "org.freedesktop.DBus.Error.UnknownInterface",
+            "org.freedesktop.DBus.Error.UnknownInterface",
+            "org.freedesktop.DBus.Error.UnknownInterface",
+            "org.freedesktop.DBus.Error.UnknownInterface",
+            "org.freedesktop.DBus.Error.UnknownInterface",
+            "org.freedesktop.DBus.Error.PropertyReadOnly",
+            "org.freedesktop.DBus.Error.UnknownProperty",
+            "org.freedesktop.DBus.Error.UnknownInterface",
+            "(@a{sv} {},)",
+            "org.freedesktop.DBus.Error.UnknownInterface",
+            "org.freedesktop.DBus.Error.UnknownInterface",
+            "org.freedesktop.DBus.Error.AccessDenied",
+            "org.freedesktop.DBus.Error.UnknownMethod",
+            "org.freedesktop.DBus.Error.UnknownInterface",
+        ],
+    );
+}
+
+/// The driver's errors in dbus-daemon's words: on the wrong path, interface or
+/// property, and for wrong arguments.
+#[test]
+fn the_drivers_error_texts_are_dbus_daemons() {
+    same(|address| {
+        let c = zconn(address);
+        let p = DRIVER_PATH;
+        let text = |r: zbus::Result<zbus::Message>| match r {
+            Err(zbus::Error::MethodError(name, text, _)) => {
+                format!("{name}: {}", text.unwrap_or_default())
+            }
+            Ok(_) => "ok".into(),
+            Err(e) => format!("failed: {e}"),
+        };
+        let v = || zbus::zvariant::Value::from(1u32);
+        vec![
+            text(PropsCall(&c, p, "Get").with(&(DRIVER, "NoSuch"))),
+            text(PropsCall(&c, p, "Get").with(&("org.no.Such", "X"))),
+            text(PropsCall(&c, p, "GetAll").with(&("org.no.Such",))),
+            text(PropsCall(&c, p, "Set").with(&(DRIVER, "Features", v()))),
+            text(PropsCall(&c, p, "Set").with(&(DRIVER, "NoSuch", v()))),
+            text(PropsCall(&c, "/", "Get").with(&(DRIVER, "Features"))),
+            text(c.call_method(
+                Some(DRIVER),
+                "/",
+                Some(DRIVER),
+                "UpdateActivationEnvironment",
+                &(std::collections::HashMap::<String, String>::new(),),
+            )),
+            text(c.call_method(Some(DRIVER), p, Some(DRIVER), "NoSuch", &())),
+            text(c.call_method(Some(DRIVER), p, Some("org.no.Such"), "NoSuch", &())),
+            text(c.call_method(
+                Some(DRIVER),
+                p,
+                Some("org.freedesktop.DBus.Debug.Stats"),
+                "GetConnectionStats",
+                &(DRIVER,),
+            )),
+            text(c.call_method(
+                Some(DRIVER),
+                p,
+                Some("org.freedesktop.DBus.Debug.Stats"),
+                "GetConnectionStats",
+                &("org.no.Such",),
+            )),
+        ]
+    });
+}
+
+/// A Properties call on the driver at `path`.
+struct PropsCall<'a>(&'a ZConn, &'a str, &'a str);
+
+impl PropsCall<'_> {
+    fn with<B>(&self, body: &B) -> zbus::Result<zbus::Message>
+    where
+        B: zbus::export::serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        self.0
+            .call_method(Some(DRIVER), self.1, Some(PROPS), self.2, body)
+    }
+}
+
+/// `Debug.Stats`: dbus-daemon's keys (but its allocator's and `OutgoingMessages`, see
+/// the bridge's `stats`), its counts, and the match rules in its words.
+#[test]
+fn debug_stats_answers_as_dbus_daemon() {
+    use std::collections::HashMap;
+    use zbus::zvariant::OwnedValue;
+    const STATS: &str = "org.freedesktop.DBus.Debug.Stats";
+    same(|address| {
+        let c = zconn(address);
+        let me = c.unique_name().expect("a unique name").to_string();
+        for rule in [
+            "type='signal',interface='org.x'",
+            "member='M',arg0='it'\\''s'",
+        ] {
+            driver(&c, "AddMatch", &rule).expect("AddMatch");
+        }
+        diff::request_name(&c, "org.kdbus.Stats");
+        let stats = |m: zbus::Result<zbus::Message>| -> HashMap<String, OwnedValue> {
+            m.expect("stats").body().deserialize().expect("a{sv}")
+        };
+        let skip = [
+            "ListMemPoolUsedBytes",
+            "ListMemPoolCachedBytes",
+            "ListMemPoolAllocatedBytes",
+            "OutgoingMessages",
+        ];
+        let keys = |d: &HashMap<String, OwnedValue>| {
+            let mut k: Vec<String> = d
+                .keys()
+                .filter(|k| !skip.contains(&k.as_str()))
+                .cloned()
+                .collect();
+            k.sort();
+            k
+        };
+        let bus = stats(c.call_method(Some(DRIVER), DRIVER_PATH, Some(STATS), "GetStats", &()));
+        let mine = stats(c.call_method(
+            Some(DRIVER),
+            DRIVER_PATH,
+            Some(STATS),
+            "GetConnectionStats",
+            &(me.as_str(),),
+        ));
+        let dbus_daemon_conn_keys = [
+            "BusNames",
+            "IncomingBytes",
+            "IncomingFDs",
+            "IncomingMessages",
+            "MatchRules",
+            "OutgoingBytes",
+            "OutgoingFDs",
+            "PeakBusNames",
+            "PeakIncomingBytes",
+            "PeakIncomingFDs",
+            "PeakMatchRules",
+            "PeakOutgoingBytes",
+            "PeakOutgoingFDs",
+            "Serial",
+            "UniqueName",
+        ];
+        let rules = c
+            .call_method(
+                Some(DRIVER),
+                DRIVER_PATH,
+                Some(STATS),
+                "GetAllMatchRules",
+                &(),
+            )
+            .expect("GetAllMatchRules");
+        let rules: HashMap<String, Vec<String>> = rules.body().deserialize().expect("a{sas}");
+        let u = |d: &HashMap<String, OwnedValue>, k: &str| {
+            d.get(k)
+                .and_then(|v| u32::try_from(v).ok())
+                .map_or("-".into(), |n| n.to_string())
+        };
+        vec![
+            format!("{:?}", keys(&bus)),
+            format!(
+                "{:?}",
+                dbus_daemon_conn_keys
+                    .iter()
+                    .filter(|k| !mine.contains_key(**k))
+                    .collect::<Vec<_>>()
+            ),
+            format!(
+                "rules {} names {}",
+                u(&mine, "MatchRules"),
+                u(&mine, "BusNames")
+            ),
+            format!("{:?}", rules.get(&me)),
+        ]
+    });
 }

@@ -1,0 +1,159 @@
+//! What the driver says about itself: `org.freedesktop.DBus.Properties` (read-only
+//! `Features` and `Interfaces` of `org.freedesktop.DBus`, with dbus-daemon's errors
+//! for every other interface and property) and `Introspect`.
+
+use crate::body::{err, Body, DErr, ErrName};
+use crate::driver::{Call, METHODS, MONITORING, STATS};
+use crate::{Bridge, DRIVER};
+use kdbus_core::Domain;
+
+/// The driver's properties: those of `iface` (an interface the driver has, or
+/// UnknownInterface as dbus-daemon words it).
+fn driver_properties(
+    b: &Bridge,
+    iface: &str,
+) -> Result<Vec<(&'static str, Vec<&'static str>)>, DErr> {
+    if !METHODS.iter().any(|m| m.iface == iface) {
+        return Err(err(
+            ErrName::UnknownInterface,
+            format!("Interface \"{iface}\" not found"),
+        ));
+    }
+    if iface != DRIVER {
+        return Ok(Vec::new());
+    }
+    // Unknown header fields are dropped when forwarding ("HeaderFiltering").
+    let mut features = vec!["HeaderFiltering"];
+    if b.systemd_activation {
+        features.push("SystemdActivation");
+    }
+    // What is worth listing: not the driver's own interface, Properties or Peer.
+    let interfaces = vec![MONITORING, STATS];
+    Ok(vec![("Features", features), ("Interfaces", interfaces)])
+}
+
+/// One property of the driver's `iface`.
+fn driver_property(b: &Bridge, iface: &str, prop: &str) -> Result<Vec<&'static str>, DErr> {
+    driver_properties(b, iface)?
+        .into_iter()
+        .find(|(name, _)| *name == prop)
+        .map(|(_, v)| v)
+        .ok_or_else(|| {
+            err(
+                ErrName::UnknownProperty,
+                format!("Property \"{iface}.{prop}\" not found"),
+            )
+        })
+}
+
+/// A variant holding an `as`.
+fn write_strings_variant(w: &mut kdbus_dbus::marshal::Writer<'_>, v: &[&str]) {
+    w.signature("as");
+    let a = w.array_begin(4);
+    for s in v {
+        w.string(s);
+    }
+    w.array_end(a);
+}
+
+pub(crate) fn properties_get(
+    b: &mut Bridge,
+    _: &mut Domain,
+    c: &mut Call<'_>,
+) -> Result<Body, DErr> {
+    let (i, p) = (c.s()?, c.s()?);
+    let v = driver_property(b, i, p)?;
+    let mut body = Body::new();
+    body.sig.push('v');
+    write_strings_variant(&mut body.w(), &v);
+    Ok(body)
+}
+
+pub(crate) fn properties_get_all(
+    b: &mut Bridge,
+    _: &mut Domain,
+    c: &mut Call<'_>,
+) -> Result<Body, DErr> {
+    let props = driver_properties(b, c.s()?)?;
+    let mut body = Body::new();
+    body.sig.push_str("a{sv}");
+    let mut w = body.w();
+    let a = w.array_begin(8);
+    for (name, v) in props {
+        w.align(8);
+        w.string(name);
+        write_strings_variant(&mut w, &v);
+    }
+    w.array_end(a);
+    Ok(body)
+}
+
+/// Every property of the driver is read-only.
+pub(crate) fn properties_set(
+    b: &mut Bridge,
+    _: &mut Domain,
+    c: &mut Call<'_>,
+) -> Result<Body, DErr> {
+    let (i, p) = (c.s()?, c.s()?);
+    driver_property(b, i, p)?;
+    Err(err(
+        ErrName::PropertyReadOnly,
+        format!("Property '{i}.{p}' cannot be set"),
+    ))
+}
+
+pub(crate) fn introspect(_: &mut Bridge, _: &mut Domain, _: &mut Call<'_>) -> Result<Body, DErr> {
+    Ok(Body::new().s(INTROSPECTION))
+}
+
+const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
+"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
+<node>
+  <interface name="org.freedesktop.DBus">
+    <method name="Hello"><arg direction="out" type="s"/></method>
+    <method name="RequestName"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="out" type="u"/></method>
+    <method name="ReleaseName"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
+    <method name="StartServiceByName"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="out" type="u"/></method>
+    <method name="UpdateActivationEnvironment"><arg direction="in" type="a{ss}"/></method>
+    <method name="NameHasOwner"><arg direction="in" type="s"/><arg direction="out" type="b"/></method>
+    <method name="ListNames"><arg direction="out" type="as"/></method>
+    <method name="ListActivatableNames"><arg direction="out" type="as"/></method>
+    <method name="AddMatch"><arg direction="in" type="s"/></method>
+    <method name="RemoveMatch"><arg direction="in" type="s"/></method>
+    <method name="GetNameOwner"><arg direction="in" type="s"/><arg direction="out" type="s"/></method>
+    <method name="ListQueuedOwners"><arg direction="in" type="s"/><arg direction="out" type="as"/></method>
+    <method name="GetConnectionUnixUser"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
+    <method name="GetConnectionUnixProcessID"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
+    <method name="GetAdtAuditSessionData"><arg direction="in" type="s"/><arg direction="out" type="ay"/></method>
+    <method name="GetConnectionSELinuxSecurityContext"><arg direction="in" type="s"/><arg direction="out" type="ay"/></method>
+    <method name="GetConnectionCredentials"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
+    <method name="ReloadConfig"/>
+    <method name="GetId"><arg direction="out" type="s"/></method>
+    <signal name="NameOwnerChanged"><arg type="s"/><arg type="s"/><arg type="s"/></signal>
+    <signal name="NameLost"><arg type="s"/></signal>
+    <signal name="NameAcquired"><arg type="s"/></signal>
+    <property name="Features" type="as" access="read"/>
+    <property name="Interfaces" type="as" access="read"/>
+  </interface>
+  <interface name="org.freedesktop.DBus.Monitoring">
+    <method name="BecomeMonitor"><arg direction="in" type="as"/><arg direction="in" type="u"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Debug.Stats">
+    <method name="GetStats"><arg direction="out" type="a{sv}"/></method>
+    <method name="GetConnectionStats"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
+    <method name="GetAllMatchRules"><arg direction="out" type="a{sas}"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Introspectable">
+    <method name="Introspect"><arg direction="out" type="s"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Peer">
+    <method name="Ping"/>
+    <method name="GetMachineId"><arg direction="out" type="s"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Properties">
+    <method name="Get"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="out" type="v"/></method>
+    <method name="GetAll"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
+    <method name="Set"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="in" type="v"/></method>
+  </interface>
+</node>
+"#;
