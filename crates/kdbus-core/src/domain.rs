@@ -185,13 +185,22 @@ impl Domain {
     }
 
     /// The budget the pools of `uid` draw on (none for privileged callers).
-    pub(crate) fn user_pool_budget(&mut self, uid: u32, privileged: bool) -> Option<Rc<PoolBudget>> {
+    pub(crate) fn user_pool_budget(
+        &mut self,
+        uid: u32,
+        privileged: bool,
+    ) -> Option<Rc<PoolBudget>> {
         if privileged {
             return None;
         }
         let cap = self.user_limits.pool_bytes;
         let usage = self.users.entry(uid).or_default();
-        Some(usage.pool.get_or_insert_with(|| PoolBudget::new(cap)).clone())
+        Some(
+            usage
+                .pool
+                .get_or_insert_with(|| PoolBudget::new(cap))
+                .clone(),
+        )
     }
 
     /// Pool memory the connections of `uid` have touched in all.

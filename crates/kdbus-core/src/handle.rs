@@ -263,7 +263,8 @@ impl Domain {
         Some(match command {
             Command::Send(send) => {
                 let n = send.n_fds + send.n_memfds;
-                let files: Option<Files> = (n > 0).then(|| FileSet::shared(fds.drain(..n).collect()));
+                let files: Option<Files> =
+                    (n > 0).then(|| FileSet::shared(fds.drain(..n).collect()));
                 match self.send(key, &send, files, req.creds, req.req_id) {
                     Ok(SendOutcome::Pending) => return None,
                     Ok(SendOutcome::Done(wb)) => Ok(Reply::Send(wb)),

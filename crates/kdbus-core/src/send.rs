@@ -63,7 +63,10 @@ impl Domain {
             let (uid, privileged) = (src.peer.creds.uid, src.peer.privileged);
             let slip = FdSlip::take(ledger, uid, privileged, f.len()).ok_or(Errno::EMFILE)?;
             if !FileSet::charge(f, slip) {
-                crate::bug!(Errno::EMFILE, "a sender's fds were shared before they were charged");
+                crate::bug!(
+                    Errno::EMFILE,
+                    "a sender's fds were shared before they were charged"
+                );
             }
         }
         let bus_key = src.bus;

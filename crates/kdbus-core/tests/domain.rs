@@ -532,7 +532,10 @@ fn a_users_pools_together_touch_at_most_their_budget() {
     });
     let (a, _) = b.hello();
     let receivers: Vec<(ConnKey, u64)> = (0..8)
-        .map(|_| b.hello_with(1000, &HelloOptions::new().pool_size(1 << 20)).unwrap())
+        .map(|_| {
+            b.hello_with(1000, &HelloOptions::new().pool_size(1 << 20))
+                .unwrap()
+        })
         .collect();
     let big = vec![0u8; 4000];
     let mut delivered = 0;
@@ -550,7 +553,11 @@ fn a_users_pools_together_touch_at_most_their_budget() {
         }
     }
     // Each receiver alone had room for far more (a third of half of 1 MiB).
-    assert_eq!(refused, Some(Errno::ENOBUFS.0), "after {delivered} messages");
+    assert_eq!(
+        refused,
+        Some(Errno::ENOBUFS.0),
+        "after {delivered} messages"
+    );
     let touched = b.d.user_pool_touched(1000);
     assert!(touched <= CAP, "{touched}");
     assert!(delivered >= 8, "{delivered}");
@@ -560,7 +567,9 @@ fn a_users_pools_together_touch_at_most_their_budget() {
     );
     // Root's pools draw on nothing.
     let (root, _) = b.hello_with(0, &HelloOptions::new()).unwrap();
-    let (_, root_id) = b.hello_with(0, &HelloOptions::new().pool_size(1 << 20)).unwrap();
+    let (_, root_id) = b
+        .hello_with(0, &HelloOptions::new().pool_size(1 << 20))
+        .unwrap();
     for cookie in 100..120 {
         let r = b.send(root, &Message::to(root_id).cookie(cookie).payload(&big), 0);
         assert_eq!(b.answer(root, r).error, 0);
@@ -650,14 +659,21 @@ fn fds_in_flight_are_charged_to_their_sender_until_let_go() {
     let devnull = || std::fs::File::open("/dev/null").unwrap().into();
     let send_fds = |b: &mut Bus, to: u64, cookie: u64, n: usize| {
         let mut body = Vec::new();
-        Message::to(to).cookie(cookie).fds(n).encode_send(0, &mut body);
+        Message::to(to)
+            .cookie(cookie)
+            .fds(n)
+            .encode_send(0, &mut body);
         b.req += 1;
         let r = Request {
             cmd: cmd::SEND,
             flags: 0,
             req_id: b.req,
             body: &body,
-            creds: Creds { pid: 1, uid: 1000, gid: 1000 },
+            creds: Creds {
+                pid: 1,
+                uid: 1000,
+                gid: 1000,
+            },
         };
         let mut fds: Vec<std::os::fd::OwnedFd> = (0..n).map(|_| devnull()).collect();
         b.d.conn_request(a, &r, &mut fds);

@@ -176,7 +176,12 @@ fn as_nobody(endpoint: &Path, scenario: &str) -> (Child, String) {
     let mut child = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(std::env::current_exe().expect("the test binary"))
-        .args(["totals_helper", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "totals_helper",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(HELPER_ENV, format!("{scenario}\n{}", endpoint.display()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -210,7 +215,11 @@ fn root_round_trip(endpoint: &Path) -> Duration {
     let reply = std::thread::scope(|s| {
         s.spawn(|| {
             let m = ok(service.recv_timeout(Some(SOON)));
-            ok(service.send(&Message::to(m.src_id()).reply_to(m.cookie()).payload(b"pong")));
+            ok(service.send(
+                &Message::to(m.src_id())
+                    .reply_to(m.cookie())
+                    .payload(b"pong"),
+            ));
         });
         caller.call(Message::to(service.id()).cookie(1).payload(b"ping"), SOON)
     });
@@ -244,8 +253,14 @@ fn flood(scenario: &str) -> Option<(String, [u64; 3])> {
         "{scenario}: nobody {report}; broker RSS {start} KiB, {flooded} KiB flooded, \
          {end} KiB after; root's call took {took:?}"
     );
-    assert!(flooded < RSS_MAX_KIB, "{scenario}: RSS reached {flooded} KiB");
-    assert!(back, "{scenario}: RSS stayed at {end} KiB (started at {start} KiB)");
+    assert!(
+        flooded < RSS_MAX_KIB,
+        "{scenario}: RSS reached {flooded} KiB"
+    );
+    assert!(
+        back,
+        "{scenario}: RSS stayed at {end} KiB (started at {start} KiB)"
+    );
     assert!(
         took < Duration::from_millis(100),
         "{scenario}: root waited {took:?}"
@@ -259,7 +274,10 @@ fn a_users_match_rules_are_capped_in_number_and_bytes() {
         return;
     };
     let defaults = kdbus_core::UserLimits::default();
-    assert!(field(&report, "bytes") as usize <= defaults.match_bytes, "{report}");
+    assert!(
+        field(&report, "bytes") as usize <= defaults.match_bytes,
+        "{report}"
+    );
     assert!(field(&report, "matches") > 0, "{report}");
 }
 

@@ -147,7 +147,8 @@ pub fn reply_serial(m: &[u8]) -> Option<u32> {
 /// Connect, authenticate and say Hello in one write: the unique name.
 pub fn hello_at(path: &Path) -> (UnixStream, Reading, String) {
     let mut s = UnixStream::connect(path).expect("connect to the D-Bus socket");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("a read timeout");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("a read timeout");
     let mut bytes = auth();
     bytes.extend(call(1, DRIVER, "Hello", "", &[], 0));
     s.write_all(&bytes).unwrap();
