@@ -167,7 +167,6 @@ pub fn parse<'a>(msg: &'a [u8]) -> Result<Header<'a>, HeaderError> {
     };
     let end = r.array_begin(8)?;
     let mut seen = 0u32;
-    let mut have_signature = false;
     while r.pos() < end {
         r.align(8)?;
         let code = r.u8()?;
@@ -222,7 +221,6 @@ pub fn parse<'a>(msg: &'a [u8]) -> Result<Header<'a>, HeaderError> {
             }
             field::SIGNATURE => {
                 h.signature = string(&mut r, "g")?;
-                have_signature = true;
             }
             field::REPLY_SERIAL | field::UNIX_FDS => {
                 if sig != "u" {
@@ -255,7 +253,9 @@ pub fn parse<'a>(msg: &'a [u8]) -> Result<Header<'a>, HeaderError> {
     if h.total_len() > MAX_MESSAGE_SIZE {
         return Err(HeaderError::TooLarge);
     }
-    if body_len > 0 && !have_signature {
+    // An empty SIGNATURE field says what an absent one does: the body is empty (the
+    // bus's rewrite drops an empty one, so it must not carry a body either).
+    if body_len > 0 && h.signature.is_empty() {
         return Err(HeaderError::Missing(field::SIGNATURE));
     }
     let need: &[u8] = match msg_type {
@@ -473,6 +473,38 @@ mod tests {
             },
         );
         assert_eq!(parse(&out), Err(HeaderError::Missing(field::SIGNATURE)));
+    }
+
+    /// A body with an empty SIGNATURE field is as invalid as one without (found by
+    /// fuzz/dbus_message: the rewrite dropped the empty field and the bus's own parser
+    /// refused the message it forwarded).
+    #[test]
+    fn a_body_needs_a_non_empty_signature() {
+        let mut out = Vec::new();
+        write_fields(
+            &mut out,
+            Endian::Little,
+            MessageType::MethodReturn,
+            0,
+            8,
+            1,
+            &Fields {
+                reply_serial: Some(2),
+                ..Default::default()
+            },
+        );
+        // Append an empty SIGNATURE field (write_fields leaves an empty one out).
+        let fields_len = u32::from_le_bytes(out[12..16].try_into().unwrap()) as usize;
+        out.truncate(16 + fields_len);
+        out.resize(16 + fields_len.div_ceil(8) * 8, 0);
+        out.extend_from_slice(&[field::SIGNATURE, 1, b'g', 0, 0, 0]);
+        let fields_len = (out.len() - 16) as u32;
+        out[12..16].copy_from_slice(&fields_len.to_le_bytes());
+        out.resize(out.len().div_ceil(8) * 8, 0);
+        assert_eq!(parse(&out), Err(HeaderError::Missing(field::SIGNATURE)));
+        // Without a body it is fine.
+        out[4..8].copy_from_slice(&0u32.to_le_bytes());
+        assert!(parse(&out).is_ok());
     }
 
     proptest::proptest! {

@@ -99,7 +99,10 @@ impl Sasl {
         while self.state != State::Done {
             let rest = &input[used..];
             let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") else {
-                if rest.len() > MAX_LINE {
+                // A '\r' at the end may be the start of the line's CRLF, whose '\n' is in
+                // the next read: it does not count against the line.
+                let pending = rest.len() - usize::from(rest.ends_with(b"\r"));
+                if pending > MAX_LINE {
                     return Err(SaslError::LineTooLong);
                 }
                 break;
@@ -276,6 +279,27 @@ mod tests {
             .copied()
             .collect::<Vec<u8>>();
         assert_eq!(run(&mut s, &spam).0, Err(SaslError::TooManyFailures));
+    }
+
+    /// A line of the longest length is taken however the reads cut it, even between
+    /// its '\r' and its '\n' (found by fuzz/sasl: that cut used to be LineTooLong).
+    #[test]
+    fn longest_line_split_inside_crlf() {
+        let line = [&b"\0AUTH EXTERNAL "[..], &vec![b'3'; MAX_LINE - 14]].concat();
+        let mut whole = Sasl::new(1, [0; 16], true);
+        let (r, out) = run(&mut whole, &[&line[..], b"\r\n"].concat());
+        assert!(r.is_ok());
+        let mut split = Sasl::new(1, [0; 16], true);
+        let first = [&line[..], b"\r"].concat();
+        let p = split.feed(&first, &mut Vec::new()).unwrap();
+        let (r2, out2) = run(&mut split, &[&first[p.consumed..], b"\n"].concat());
+        assert!(r2.is_ok());
+        assert_eq!(out, out2);
+        assert_eq!(out, "REJECTED EXTERNAL\r\n");
+        // One byte more is too long either way.
+        let mut s = Sasl::new(1, [0; 16], true);
+        let long = [&line[..], b"3\r"].concat();
+        assert_eq!(run(&mut s, &long).0, Err(SaslError::LineTooLong));
     }
 
     proptest::proptest! {

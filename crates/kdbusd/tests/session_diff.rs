@@ -282,7 +282,7 @@ fn a_monitor_that_sends_is_disconnected() {
 /// Watching everyone's traffic is for the bus's own user (and root): another user is
 /// refused, in dbus-daemon's words.
 #[test]
-fn only_the_bus_owner_may_become_a_monitor() {
+fn only_the_bus_owner_may_monitor_or_change_the_activation_environment() {
     both_with(
         r#"<policy context="default"><allow send_destination="org.freedesktop.DBus"
              send_interface="org.freedesktop.DBus.Monitoring"/></policy>"#,
@@ -294,11 +294,23 @@ fn only_the_bus_owner_may_become_a_monitor() {
                 "array:string:",
                 "uint32:0",
             ];
-            vec![diff::dbus_send_text(address, diff::NOBODY, &args)]
+            let env = [
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.UpdateActivationEnvironment",
+                "dict:string:string:A,B",
+            ];
+            vec![
+                diff::dbus_send_text(address, diff::NOBODY, &args),
+                diff::dbus_send_text(address, diff::NOBODY, &env),
+            ]
         },
         &[
             "Error org.freedesktop.DBus.Error.AccessDenied: rejected attempt to call \
              BecomeMonitor by connection :1.N (uid=65534 pid=N comm=\"N\") with uid 65534",
+            "Error org.freedesktop.DBus.Error.AccessDenied: rejected attempt to call \
+             UpdateActivationEnvironment by connection :1.N (uid=65534 pid=N comm=\"N\") \
+             with uid 65534",
         ],
     );
 }
