@@ -600,11 +600,15 @@ fn add_match(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body,
             e => err(ErrName::Failed, format!("Cannot add the match: {e}")),
         })?;
     }
+    let eavesdrop = rule.eavesdrop;
     dom.with_stream(key, |s, _| {
         if let Some(p) = peer_mut(s) {
             p.rules.push((rule, cookie));
         }
     });
+    if eavesdrop {
+        dom.conn_set_eavesdropper(key, true);
+    }
     Ok(Body::new())
 }
 
@@ -625,9 +629,14 @@ fn remove_match(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Bo
                         "The given match rule wasn't found and can't be removed",
                     )
                 })?;
-            Ok(p.rules.remove(i).1)
+            let cookie = p.rules.remove(i).1;
+            Ok((cookie, p.rules.iter().any(|(r, _)| r.eavesdrop)))
         })
         .ok_or_else(|| err(ErrName::Failed, "gone"))??;
+    let (removed, still_eavesdrops) = removed;
+    if rule.eavesdrop && !still_eavesdrops {
+        dom.conn_set_eavesdropper(key, false);
+    }
     if let Some(cookie) = removed {
         if let Err(e) = dom.match_remove(key, cookie) {
             tracing::error!(%e, "a D-Bus rule's match entry was missing");
@@ -660,6 +669,7 @@ fn become_monitor(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<
         }
     });
     dom.conn_become_monitor(key);
+    dom.conn_set_eavesdropper(key, false);
     dom.with_stream(key, |s, _| {
         if let Some(p) = peer_mut(s) {
             p.rules.clear();

@@ -42,6 +42,20 @@ pub struct DBusPeer {
     pub quota: StreamQuota,
 }
 
+/// May this peer see `h`, addressed to someone else? Its receive rules judge, with
+/// dbus-daemon's eavesdropping rule: only allow rules that say `eavesdrop="true"`.
+/// (The sender's send rules towards the eavesdropper, which dbus-daemon checks too,
+/// are not consulted.)
+fn may_eavesdrop(out: &StreamOut<'_>, h: &Header<'_>, d: &Delivery<'_>) -> bool {
+    let (Some(rules), Some(from)) = (out.rules(), d.sender_party()) else {
+        return true;
+    };
+    let facts = crate::policy::header_facts(h);
+    rules
+        .may_receive(&facts, &from, h.reply_serial.is_some(), true)
+        .is_ok()
+}
+
 /// May the driver send this peer a message of type `t` with `fields` (to `dest`;
 /// `None`: a broadcast)? The peer's receive rules judge it as dbus-daemon does: sent by
 /// the bus itself, a reply always requested, monitors exempt.
@@ -361,6 +375,11 @@ impl StreamPeer for DBusPeer {
         let owns = |n: &str| d.sender_owns(n);
         let shown = if monitor {
             self.monitor_takes(&h, &sender, &owns, body)
+        } else if d.eavesdrop {
+            self.rules
+                .iter()
+                .any(|(r, _)| r.eavesdrop && r.matches(&h, &sender, &owns, body))
+                && may_eavesdrop(out, &h, d)
         } else {
             !d.is_broadcast()
                 || self

@@ -41,6 +41,8 @@ pub struct Bus {
     pub matches: MatchDb,
     /// Monitors: they get a copy of every unicast.
     pub monitors: Vec<ConnKey>,
+    /// D-Bus peers with eavesdropping rules: every unicast is offered to them.
+    pub eavesdroppers: Vec<ConnKey>,
     /// Stream receivers (D-Bus clients): the ones told of name and connection changes
     /// through their protocol, so a change costs O(streams), not O(connections).
     pub streams: std::collections::BTreeSet<ConnKey>,

@@ -43,6 +43,7 @@ impl Domain {
             name_id,
             seq,
             charge,
+            eavesdrop: false,
         };
         self.deliver_at(dst_key, req, sender, files, route)?;
         self.seq = seq;
@@ -63,6 +64,7 @@ impl Domain {
             name_id,
             seq,
             charge,
+            eavesdrop,
         } = route;
         if let Some(dst) = self.conns.get_mut(&dst_key).filter(|c| c.stream.is_some()) {
             let bus = self.buses.get(&dst.bus).ok_or(Errno::ESHUTDOWN)?;
@@ -73,6 +75,7 @@ impl Domain {
                 files,
                 names: &bus.names,
                 sender_key: sender.key,
+                eavesdrop,
             };
             let bus_key = dst.bus;
             let r = dst
@@ -114,8 +117,9 @@ impl Domain {
         Ok(())
     }
 
-    /// Copy a delivered unicast to the bus's monitors (without its fds); a monitor
-    /// without room loses the copy.
+    /// Copy a delivered unicast to the bus's monitors (without its fds; a monitor
+    /// without room loses the copy) and offer it to its eavesdroppers (D-Bus peers
+    /// with `eavesdrop='true'` rules, whose rules and policy decide, silently).
     pub(crate) fn monitors_copy(
         &mut self,
         dst_key: ConnKey,
@@ -127,6 +131,12 @@ impl Domain {
         let Some(bus_key) = self.conns.get(&dst_key).map(|c| c.bus) else {
             return;
         };
+        let route = Route {
+            name_id,
+            seq,
+            charge: Charge::Requested,
+            eavesdrop: false,
+        };
         // By index: delivering borrows the domain, and a copy of the list would cost
         // an allocation per message.
         for i in 0.. {
@@ -137,16 +147,28 @@ impl Domain {
             else {
                 break;
             };
-            let route = Route {
-                name_id,
-                seq,
-                charge: Charge::Requested,
-            };
             let copy = self.deliver_at(m, req, sender, None, route);
             if copy.is_err() {
                 if let Some(c) = self.conns.get_mut(&m) {
                     c.lose(&mut self.outbox);
                 }
+            }
+        }
+        for i in 0.. {
+            let Some(e) = self
+                .buses
+                .get(&bus_key)
+                .and_then(|b| b.eavesdroppers.get(i).copied())
+            else {
+                break;
+            };
+            if e != dst_key && Some(e) != sender.key {
+                let route = Route {
+                    eavesdrop: true,
+                    ..route
+                };
+                // Not taken (its rules, its policy) is no loss: it never asked for it.
+                self.deliver_at(e, req, sender, None, route).ok();
             }
         }
     }
@@ -227,6 +249,8 @@ pub(crate) struct Route {
     pub seq: u64,
     /// Whom a stream receiver's quota charges for it.
     pub charge: Charge,
+    /// Offered to a receiver it is not addressed to (an eavesdropper).
+    pub eavesdrop: bool,
 }
 
 /// Where a message goes in a pool.

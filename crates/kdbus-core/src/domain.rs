@@ -278,6 +278,7 @@ impl Domain {
             next_endpoint: 1,
             matches: MatchDb::new(),
             monitors: Vec::new(),
+            eavesdroppers: Vec::new(),
             streams: Default::default(),
             msg_policy: None,
             limits: Default::default(),

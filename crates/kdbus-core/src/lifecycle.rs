@@ -269,6 +269,7 @@ impl Domain {
             matches = MatchCharge::of(&b.matches, key);
             b.matches.remove_conn(key);
             b.monitors.retain(|m| *m != key);
+            b.eavesdroppers.retain(|m| *m != key);
             b.streams.remove(&key);
         }
         if let Some(u) = self.users.get_mut(&uid) {
@@ -375,6 +376,26 @@ impl Domain {
         let p = NotifyIdChange { id, flags };
         self.notify(bus, Notification::IdAdd { id }, p.as_bytes());
         self.streams_conn_changed(bus, id, true);
+    }
+
+    /// Whether a stream client eavesdrops (has a D-Bus rule with `eavesdrop='true'`):
+    /// every unicast on its bus is then offered to it.
+    pub fn conn_set_eavesdropper(&mut self, key: ConnKey, on: bool) {
+        let Some(bus) = self
+            .conns
+            .get(&key)
+            .and_then(|c| self.buses.get_mut(&c.bus))
+        else {
+            return;
+        };
+        let at = bus.eavesdroppers.iter().position(|e| *e == key);
+        match (on, at) {
+            (true, None) => bus.eavesdroppers.push(key),
+            (false, Some(i)) => {
+                bus.eavesdroppers.swap_remove(i);
+            }
+            _ => {}
+        }
     }
 
     /// A stream client becomes a monitor (D-Bus `BecomeMonitor`): it gives up its names

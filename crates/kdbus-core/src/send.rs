@@ -325,6 +325,7 @@ impl Domain {
                     name_id: 0,
                     seq,
                     charge,
+                    eavesdrop: false,
                 },
             );
             if let Err(e) = r {

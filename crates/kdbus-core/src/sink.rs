@@ -49,12 +49,24 @@ pub struct Delivery<'a> {
     /// For rules on the sender's well-known names.
     pub(crate) names: &'a NameRegistry,
     pub(crate) sender_key: Option<ConnKey>,
+    /// Not addressed to this receiver: offered because it eavesdrops (only its
+    /// `eavesdrop='true'` rules, and a policy that allows eavesdropping, take it).
+    pub eavesdrop: bool,
 }
 
 impl Delivery<'_> {
     /// Sent to everyone whose matches take it (a stream checks its own rules too).
     pub fn is_broadcast(&self) -> bool {
         self.req.msg.dst_id == kdbus_abi::DST_ID_BROADCAST
+    }
+
+    /// The sender, as the message policy names it.
+    pub fn sender_party(&self) -> Option<crate::msgpolicy::Party<'_>> {
+        self.sender_key.map(|key| crate::msgpolicy::Party::Conn {
+            key,
+            id: self.sender_id,
+            names: self.names,
+        })
     }
 
     /// Whether the sender owns the well-known name `name` now.

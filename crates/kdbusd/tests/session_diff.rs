@@ -621,3 +621,53 @@ fn debug_stats_answers_as_dbus_daemon() {
         ]
     });
 }
+
+/// `eavesdrop='true'` shows a connection unicasts between others that its rule takes,
+/// where the policy allows eavesdropping (here it does); a rule without it does not.
+#[test]
+fn eavesdropping_shows_unicasts_between_others_where_allowed() {
+    let script = |address: &str| {
+        let eaves = zconn(address);
+        let plain = zconn(address);
+        let (eaves_in, plain_in) = (Inbox::new(&eaves), Inbox::new(&plain));
+        let mut t = vec![
+            outcome(driver(
+                &eaves,
+                "AddMatch",
+                &"eavesdrop='true',type='method_call',interface='org.kdbus.E'",
+            )),
+            outcome(driver(
+                &plain,
+                "AddMatch",
+                &"type='method_call',interface='org.kdbus.E'",
+            )),
+        ];
+        let a = zconn(address);
+        diff::serve(address, &["org.kdbus.EB"]);
+        a.call_method(Some("org.kdbus.EB"), "/e", Some("org.kdbus.E"), "Ping", &())
+            .expect("the call is answered");
+        // A broadcast afterwards: a receiver that got it has seen all before it.
+        for (c, inbox) in [(&eaves, &eaves_in), (&plain, &plain_in)] {
+            outcome(driver(
+                c,
+                "AddMatch",
+                &"type='signal',interface='org.kdbus.End'",
+            ));
+            let _ = inbox;
+        }
+        a.emit_signal(None::<&str>, "/e", "org.kdbus.End", "End", &())
+            .expect("emit");
+        for inbox in [&eaves_in, &plain_in] {
+            let got = inbox.next_where(|m| matches!(member(m).as_str(), "Ping" | "End"));
+            t.push(got.map_or("nothing".into(), |m| member(&m)));
+        }
+        t
+    };
+    both_with(
+        r#"<policy context="default"><allow eavesdrop="true"/></policy>"#,
+        script,
+        &["ok", "ok", "Ping", "End"],
+    );
+    // Debian's system bus policy does not allow it.
+    both(script, &["ok", "ok", "End", "End"]);
+}
