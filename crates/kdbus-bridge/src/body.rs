@@ -72,6 +72,10 @@ pub(crate) enum ErrName {
     SELinuxSecurityContextUnknown,
     UnknownProperty,
     PropertyReadOnly,
+    SpawnChildExited,
+    SpawnChildSignaled,
+    SpawnExecFailed,
+    TimedOut,
 }
 
 impl ErrName {
@@ -94,6 +98,10 @@ impl ErrName {
             }
             ErrName::UnknownProperty => "org.freedesktop.DBus.Error.UnknownProperty",
             ErrName::PropertyReadOnly => "org.freedesktop.DBus.Error.PropertyReadOnly",
+            ErrName::SpawnChildExited => "org.freedesktop.DBus.Error.Spawn.ChildExited",
+            ErrName::SpawnChildSignaled => "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
+            ErrName::SpawnExecFailed => "org.freedesktop.DBus.Error.Spawn.ExecFailed",
+            ErrName::TimedOut => "org.freedesktop.DBus.Error.TimedOut",
         }
     }
 }

@@ -134,7 +134,7 @@ pub(crate) static METHODS: &[Row] = &[
         DRIVER,
         "UpdateActivationEnvironment",
         Some("a{ss}"),
-        nothing,
+        update_activation_environment,
     )),
     row(
         DRIVER,
@@ -469,7 +469,7 @@ fn list_queued_owners(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Res
     Ok(Body::new().strings(&owners))
 }
 
-fn start_service_by_name(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
+fn start_service_by_name(b: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
     let name = c.s()?;
     // Only names with an activator can be started (dbus-daemon: with a .service
     // file): 1 if the activator holds the name (the service starts when its activator
@@ -477,6 +477,8 @@ fn start_service_by_name(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> 
     let bus = bus_of(dom, c)?;
     match bus.names.lookup(name) {
         Some(e) if e.activator.is_some() && e.flags & name_flags::ACTIVATOR != 0 => {
+            // A service of the bus's own starts now; the answer does not wait for it.
+            b.starts.push(name.to_string());
             Ok(Body::new().u(1))
         }
         Some(e) if e.activator.is_some() => Ok(Body::new().u(2)),
@@ -485,6 +487,22 @@ fn start_service_by_name(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> 
             format!("The name {name} was not provided by any .service files"),
         )),
     }
+}
+
+/// Variables for the services the bus starts from now on (added or replaced).
+fn update_activation_environment(
+    b: &mut Bridge,
+    _: &mut Domain,
+    c: &mut Call<'_>,
+) -> Result<Body, DErr> {
+    let end = c.r.array_begin(8).map_err(bad_args)?;
+    let mut vars = Vec::new();
+    while c.r.pos() < end {
+        c.r.align(8).map_err(bad_args)?;
+        vars.push((c.s()?.to_string(), c.s()?.to_string()));
+    }
+    b.activation_env.extend(vars);
+    Ok(Body::new())
 }
 
 fn get_connection_unix_user(

@@ -64,6 +64,23 @@ pub struct Bridge {
     stats: stats::Stats,
     /// Started with `--systemd-activation` (the `SystemdActivation` feature).
     systemd_activation: bool,
+    /// Names `StartServiceByName` asked to start since the broker last looked.
+    starts: Vec<String>,
+    /// What `UpdateActivationEnvironment` set, for the services the bus starts.
+    activation_env: std::collections::BTreeMap<String, String>,
+}
+
+/// Why a service the bus was to start did not come (dbus-daemon's errors).
+#[derive(Clone, Debug)]
+pub enum ActivationError {
+    /// Its process exited (with this status) before owning the name.
+    Exited(i32),
+    /// Its process was killed by this signal before owning the name.
+    Signaled(i32),
+    /// Its program could not be run.
+    ExecFailed(String),
+    /// It did not own the name within `service_start_timeout` (ms).
+    TimedOut(u64),
 }
 
 impl Bridge {
@@ -78,6 +95,49 @@ impl Bridge {
     /// peers (`max_outgoing_bytes`, `max_outgoing_unix_fds`).
     pub fn set_stream_limits(&mut self, limits: stream_quota::StreamLimits) {
         self.stream_limits = limits;
+    }
+
+    /// Services `StartServiceByName` asked for since the last time.
+    pub fn take_starts(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.starts)
+    }
+
+    /// The environment `UpdateActivationEnvironment` gave the services the bus starts.
+    pub fn activation_env(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.activation_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The service `name` did not come: the D-Bus call `serial` of `key` that was
+    /// waiting for it fails with dbus-daemon's error.
+    pub fn activation_failed(
+        &mut self,
+        dom: &mut kdbus_core::Domain,
+        key: kdbus_core::ConnKey,
+        serial: u32,
+        name: &str,
+        why: &ActivationError,
+    ) {
+        use body::ErrName;
+        let (e, text) = match why {
+            ActivationError::Exited(n) => (
+                ErrName::SpawnChildExited,
+                format!("Process {name} exited with status {n}"),
+            ),
+            ActivationError::Signaled(n) => (
+                ErrName::SpawnChildSignaled,
+                format!("Process {name} received signal {n}"),
+            ),
+            ActivationError::ExecFailed(why) => (ErrName::SpawnExecFailed, why.clone()),
+            ActivationError::TimedOut(ms) => (
+                ErrName::TimedOut,
+                format!(
+                    "Failed to activate service '{name}': timed out (service_start_timeout={ms}ms)"
+                ),
+            ),
+        };
+        route::error_to(dom, key, serial, e, &text);
     }
 
     /// Whether the bus was started with `--systemd-activation`.

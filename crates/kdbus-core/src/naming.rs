@@ -76,6 +76,48 @@ impl Domain {
         }
     }
 
+    /// The service behind activator `key` did not start: drop what waits on it. The
+    /// answers owed for those messages are taken off the books; native requesters are
+    /// told REPLY_DEAD here, stream requesters are returned as (requester, cookie) for
+    /// their protocol's words (dbus-daemon names the failure).
+    pub fn activator_drop_queue(&mut self, key: ConnKey) -> Vec<(ConnKey, u64)> {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return Vec::new();
+        };
+        for q in conn.queue.drain().map(|(_, q)| q) {
+            conn.quota.uncharge(q.user, q.size, q.charged_fds);
+            if let Err(e) = conn.pool.free(q.offset) {
+                crate::bug!(e, "a queued slice could not be freed");
+            }
+            self.outbox.push_record(
+                &mut conn.output,
+                wire::REC_RETRACT,
+                0,
+                0,
+                0,
+                &q.offset.to_ne_bytes(),
+            );
+        }
+        conn.queued_at.clear();
+        let owed: Vec<_> = conn.owed.keys().copied().collect();
+        let mut streams = Vec::new();
+        for (requester, cookie) in owed {
+            let Some(t) = self.tracker_remove(key, requester, cookie) else {
+                continue;
+            };
+            if self
+                .conns
+                .get(&requester)
+                .is_some_and(|c| c.stream.is_some())
+            {
+                streams.push((requester, cookie));
+            } else {
+                self.tracker_fail(requester, cookie, t, ReplyFailure::Dead);
+            }
+        }
+        streams
+    }
+
     /// Move queued messages from `from` to `to` (all, or those sent to `name_id`),
     /// keeping their order and sequence numbers, with the answers owed for them. A
     /// message that does not fit into `to` is lost for it: counted as dropped, and its

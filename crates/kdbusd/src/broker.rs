@@ -40,6 +40,8 @@ use rustix::io::Errno as SysErrno;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
+
+mod configure;
 use zerocopy::IntoBytes;
 
 /// Broker configuration, from the command line.
@@ -111,6 +113,8 @@ pub struct Broker {
     waiting: crate::admission::Waiting,
     /// Accepting is paused until then (the process ran out of descriptors).
     accept_paused_until: Option<u64>,
+    /// The configured bus's activatable services (see `activation`).
+    activation: crate::activation::Activation,
     /// When running out of descriptors was last logged.
     exhausted_logged: u64,
 }
@@ -186,6 +190,7 @@ impl Broker {
             waiting: Default::default(),
             accept_paused_until: None,
             exhausted_logged: 0,
+            activation: Default::default(),
         };
         let control = b.listeners.open_control(&b.dispatch, control_mode)?;
         let (params, mask) = crate::params::Params::open(&cfg.runtime_dir)?;
@@ -212,6 +217,8 @@ impl Broker {
                 for addr in &cfg.dbus_listen {
                     dbus_listen.push(b.dbus_listen_extra(key, addr)?);
                 }
+                let starter = dbus_listen.first().or(dbus.last()).cloned();
+                b.activation_setup(starter.unwrap_or_default());
             }
         }
         Ok((
@@ -326,6 +333,7 @@ impl Broker {
                 t => self.socket_event(t, flags),
             }
         }
+        self.activation_turn();
         let reloads = self.bridge.take_reloads();
         if !reloads.is_empty() {
             let result = self.reload();
@@ -380,37 +388,6 @@ impl Broker {
         std::mem::take(&mut self.domains_gone)
     }
 
-    /// Read the configuration file again and put its policy and admission rules in
-    /// force at once. A file that does not load changes nothing: the error is logged
-    /// and returned, and the old configuration stays.
-    pub fn reload(&mut self) -> Result<(), String> {
-        let (Some(path), Some(bus)) = (self.config_file.clone(), self.config_bus) else {
-            return Ok(());
-        };
-        match crate::config::BusConfig::load(&path) {
-            Ok(c) => {
-                self.domain.bus_set_msg_policy(bus, Some(c.msg_policy()));
-                self.dbus.set_admission(Some(c.admission()));
-                self.limits_apply(bus, &crate::limits::Limits::of(&c));
-                tracing::info!(file = %path.display(), "configuration reloaded");
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(%e, "configuration not reloaded; the old one stays in force");
-                Err(e.to_string())
-            }
-        }
-    }
-
-    /// Put a configuration's limits in force on `bus` and the D-Bus sockets.
-    fn limits_apply(&mut self, bus: BusKey, l: &crate::limits::Limits) {
-        self.domain.bus_set_limits(bus, l.bus);
-        self.dbus.set_limits(l.dbus);
-        self.bridge
-            .set_reply_timeout(l.reply_timeout_ns.unwrap_or(0));
-        self.bridge.set_stream_limits(l.stream);
-    }
-
     /// Close native handles that did not become anything in time.
     fn waiting_expire(&mut self) {
         let now = self.domain.now().monotonic_ns;
@@ -447,8 +424,13 @@ impl Broker {
         // `sys::shutdown_pending`).
         let tick = now + 1_000_000_000;
         let waiting = self.waiting.next_deadline();
+        let activation = self
+            .activation
+            .next_check()
+            .map(|d| now + d.as_nanos() as u64);
         let deadline = [
             self.domain.next_deadline(),
+            activation,
             auth,
             waiting,
             self.accept_paused_until,
@@ -837,6 +819,15 @@ impl Broker {
     fn flush_conn(&mut self, key: ConnKey) {
         let Some(&token) = self.conn_token.get(&key) else {
             if let Some((out, fds)) = self.domain.conn_output(key) {
+                // A service's activator: what queued on it starts the service.
+                if self.activation.owns(key) {
+                    let env: Vec<(String, String)> = self
+                        .bridge
+                        .activation_env()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    self.activation.on_output(key, out, &env);
+                }
                 out.clear();
                 fds.clear();
             }

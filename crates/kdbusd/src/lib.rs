@@ -12,6 +12,7 @@
 //! - `pool_memfd`, `clock`, `peer`, `params`, `config`: facts from the system;
 //! - `sys`: the only module with `unsafe`.
 
+mod activation;
 pub mod admission;
 mod backlog;
 pub mod broker;

@@ -671,3 +671,90 @@ fn eavesdropping_shows_unicasts_between_others_where_allowed() {
     // Debian's system bus policy does not allow it.
     both(script, &["ok", "ok", "End", "End"]);
 }
+
+/// The service `activation` starts: owns `org.kdbus.Activated` on the bus that
+/// started it and answers `Ping` with "pong" until the bus goes (a test only when a
+/// bus starts it).
+#[test]
+fn activated_service() {
+    let Ok(address) = std::env::var("DBUS_STARTER_ADDRESS") else {
+        return;
+    };
+    if std::env::var("KDBUS_TEST_ACTIVATION").is_err() {
+        return;
+    }
+    let c = zconn(&address);
+    let it = zbus::blocking::MessageIterator::from(&c);
+    diff::request_name(&c, "org.kdbus.Activated");
+    for m in it.flatten() {
+        if m.message_type() == MsgType::MethodCall && member(&m) == "Ping" {
+            let _ = c.reply(&m.header(), &"pong");
+        }
+    }
+}
+
+/// Activation from `.service` files: a call to an activatable name starts its
+/// service, which answers that very call; a service whose program fails gives
+/// dbus-daemon's error; both are listed as activatable.
+#[test]
+fn a_call_to_an_activatable_name_starts_its_service() {
+    if !usable() {
+        return;
+    }
+    let services = tempfile::tempdir().expect("a service directory");
+    let exe = std::env::current_exe().expect("the test binary");
+    std::fs::write(
+        services.path().join("org.kdbus.Activated.service"),
+        format!(
+            // The bus's stdout may be a closed pipe: the test harness must not write to it.
+            "[D-BUS Service]\nName=org.kdbus.Activated\nExec=/bin/sh -c '{} activated_service --exact --test-threads=1 >/dev/null 2>&1'\n",
+            exe.display()
+        ),
+    )
+    .expect("a service file");
+    std::fs::write(
+        services.path().join("org.kdbus.Fails.service"),
+        "[D-BUS Service]\nName=org.kdbus.Fails\nExec=/bin/sh -c 'exit 3'\n",
+    )
+    .expect("a service file");
+    // The harness starts buses with KDBUS_TEST_ACTIVATION set, which services inherit:
+    // it tells the test binary to be the service.
+    let extra = format!("<servicedir>{}</servicedir>", services.path().display());
+    let script = |address: &str| {
+        let c = zconn(address);
+        let mut names: Vec<String> = driver(&c, "ListActivatableNames", &())
+            .ok()
+            .and_then(|m| m.body().deserialize::<Vec<String>>().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with("org.kdbus."))
+            .collect();
+        names.sort();
+        let call =
+            |dest: &str| match c.call_method(Some(dest), "/", Some("org.kdbus.A"), "Ping", &()) {
+                Ok(m) => m.body().deserialize::<String>().unwrap_or_default(),
+                Err(zbus::Error::MethodError(name, text, _)) => {
+                    format!("{name}: {}", text.unwrap_or_default())
+                }
+                Err(e) => format!("failed: {e}"),
+            };
+        vec![
+            names.join(","),
+            call("org.kdbus.Activated"),
+            call("org.kdbus.Activated"),
+            call("org.kdbus.Fails"),
+            outcome(driver(&c, "NameHasOwner", &"org.kdbus.Activated")),
+        ]
+    };
+    both_with(
+        &extra,
+        script,
+        &[
+            "org.kdbus.Activated,org.kdbus.Fails",
+            "pong",
+            "pong",
+            "org.freedesktop.DBus.Error.Spawn.ChildExited: Process org.kdbus.Fails exited with status 3",
+            "ok",
+        ],
+    );
+}

@@ -116,6 +116,8 @@ pub fn start(program: &str, dir: &Path, config: Config<'_>) -> (Daemon, String) 
         ],
     };
     let mut child = Command::new(program)
+        // What activated test services are (see session_diff.rs).
+        .env("KDBUS_TEST_ACTIVATION", "1")
         .args(&args)
         .args(["--nofork", "--print-address"])
         .stdout(Stdio::piped())

@@ -1,0 +1,370 @@
+//! Service activation from dbus-daemon's `.service` files (without systemd).
+//!
+//! The model is kdbus's own: each activatable name is held by an *activator*, here a
+//! connection of the broker's on the configured bus. A message to the name queues on
+//! the activator like on any connection (native and D-Bus senders alike: one
+//! mechanism), and the first one, or `StartServiceByName`, starts the service's
+//! `Exec=` with dbus-daemon's environment (`DBUS_STARTER_ADDRESS`,
+//! `DBUS_STARTER_BUS_TYPE`, what `UpdateActivationEnvironment` set). When the service
+//! takes the name, the core moves the queue to it. If its process ends first, or
+//! `service_start_timeout` passes, what waited fails with dbus-daemon's error and the
+//! activator stays for the next try.
+//!
+//! The broker's loop calls [`Activation::poll`] while something is starting (every
+//! 50 ms) to notice exits and timeouts, and reaps every child it started.
+
+use kdbus_abi::{hello_flags, item, wire, CmdHello, ItemWriter};
+use kdbus_bridge::ActivationError;
+use kdbus_core::{BusKey, ConnKey, Domain, Peer, PoolMemory};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use zerocopy::IntoBytes;
+
+/// dbus-daemon's default `service_start_timeout`.
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(25);
+/// How often a starting service is looked at.
+const POLL: Duration = Duration::from_millis(50);
+/// Pool of an activator: sparse, so this bounds address space only.
+const ACTIVATOR_POOL: u64 = 16 << 20;
+
+/// One `.service` file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Service {
+    pub(crate) name: String,
+    pub(crate) exec: Vec<String>,
+}
+
+/// Parse a `.service` file: `[D-BUS Service]` with `Name=` and `Exec=` (other keys,
+/// `User=` and `SystemdService=` among them, are not used yet).
+pub(crate) fn service_parse(text: &str) -> Result<Service, String> {
+    let mut in_section = false;
+    let (mut name, mut exec) = (None, None);
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            in_section = line == "[D-BUS Service]";
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!("a line without '=': {line}"));
+        };
+        match (in_section, k.trim()) {
+            (true, "Name") => name = Some(v.trim().to_string()),
+            (true, "Exec") => exec = Some(exec_split(v.trim())?),
+            _ => {}
+        }
+    }
+    let name = name.ok_or("no Name=")?;
+    if !kdbus_dbus::names::is_bus_name(&name) || kdbus_dbus::names::is_unique_name(&name) {
+        return Err(format!("\"{name}\" is not a well-known name"));
+    }
+    let exec = exec.filter(|e| !e.is_empty()).ok_or("no Exec=")?;
+    Ok(Service { name, exec })
+}
+
+/// Split an `Exec=` line as a shell would split words (quotes and backslashes), which
+/// is how dbus-daemon reads it; nothing is expanded.
+fn exec_split(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur: Option<String> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => {
+                words.extend(cur.take());
+            }
+            '\'' => {
+                let w = cur.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err("unterminated ' in Exec=".into()),
+                    }
+                }
+            }
+            '"' => {
+                let w = cur.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err("unterminated \" in Exec=".into()),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err("unterminated \" in Exec=".into()),
+                    }
+                }
+            }
+            '\\' => {
+                let w = cur.get_or_insert_with(String::new);
+                w.extend(chars.next());
+            }
+            c => cur.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(cur);
+    Ok(words)
+}
+
+/// The services of `dirs`, the first directory winning for a name (dbus-daemon's
+/// order); files that do not parse are logged and skipped.
+pub(crate) fn services_load(dirs: &[PathBuf]) -> Vec<Service> {
+    let mut by_name: HashMap<String, Service> = HashMap::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "service"))
+            .collect();
+        files.sort();
+        for f in files {
+            match std::fs::read_to_string(&f)
+                .map_err(|e| e.to_string())
+                .and_then(|t| service_parse(&t))
+            {
+                Ok(s) => {
+                    by_name.entry(s.name.clone()).or_insert(s);
+                }
+                Err(e) => tracing::warn!(file = %f.display(), %e, "a service file was skipped"),
+            }
+        }
+    }
+    let mut v: Vec<Service> = by_name.into_values().collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// A service being started.
+struct Starting {
+    child: Child,
+    deadline: Instant,
+}
+
+/// The activatable services of one bus, their activators and what is starting.
+#[derive(Default)]
+pub(crate) struct Activation {
+    bus: Option<BusKey>,
+    services: HashMap<String, Service>,
+    /// Activator connection -> its name, and back.
+    by_key: HashMap<ConnKey, String>,
+    keys: HashMap<String, ConnKey>,
+    starting: HashMap<String, Starting>,
+    /// Children that came (or failed): reaped when they end.
+    running: Vec<Child>,
+    /// Services that could not start, for the next poll to fail what waits.
+    failed: Vec<(String, ActivationError)>,
+    /// What a service is told about the bus that started it.
+    pub(crate) starter_address: String,
+    pub(crate) bus_type: String,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Activation {
+    /// Make `services` activatable on `bus`: an activator for each name that has none
+    /// (a reload adds new ones; names whose file went keep theirs).
+    pub(crate) fn install(
+        &mut self,
+        dom: &mut Domain,
+        bus: BusKey,
+        me: &Peer,
+        services: Vec<Service>,
+    ) {
+        self.bus = Some(bus);
+        for s in services {
+            if !self.keys.contains_key(&s.name) {
+                match activator_hello(dom, bus, me, &s.name) {
+                    Ok(key) => {
+                        self.by_key.insert(key, s.name.clone());
+                        self.keys.insert(s.name.clone(), key);
+                    }
+                    Err(e) => tracing::warn!(name = %s.name, %e, "the name cannot be activated"),
+                }
+            }
+            self.services.insert(s.name.clone(), s);
+        }
+    }
+
+    /// Whether `key` is one of our activators.
+    pub(crate) fn owns(&self, key: ConnKey) -> bool {
+        self.by_key.contains_key(&key)
+    }
+
+    /// An activator's output: a message queued on it starts its service.
+    pub(crate) fn on_output(&mut self, key: ConnKey, out: &[u8], env: &[(String, String)]) {
+        let queued = wire::Frames::<wire::RecHeader>::new(out)
+            .flatten()
+            .any(|(h, _)| h.kind == wire::REC_MSG);
+        if let Some(name) = self.by_key.get(&key).cloned().filter(|_| queued) {
+            self.start(&name, env);
+        }
+    }
+
+    /// Start `name`'s service unless it is starting already. A program that cannot be
+    /// run fails what waits at the next poll.
+    pub(crate) fn start(&mut self, name: &str, env: &[(String, String)]) {
+        if self.starting.contains_key(name) {
+            return;
+        }
+        let Some(s) = self.services.get(name) else {
+            return;
+        };
+        let mut cmd = Command::new(&s.exec[0]);
+        cmd.args(&s.exec[1..])
+            .env("DBUS_STARTER_ADDRESS", &self.starter_address)
+            .env("DBUS_STARTER_BUS_TYPE", &self.bus_type)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        match cmd.spawn() {
+            Ok(child) => {
+                tracing::info!(%name, pid = child.id(), "activating service");
+                let deadline = Instant::now() + self.timeout.unwrap_or(START_TIMEOUT);
+                self.starting
+                    .insert(name.to_string(), Starting { child, deadline });
+            }
+            Err(e) => {
+                let why = format!("Failed to execute program {}: {e}", s.exec[0]);
+                tracing::warn!(%name, %why, "activation failed");
+                self.failed
+                    .push((name.to_string(), ActivationError::ExecFailed(why)));
+            }
+        }
+    }
+
+    /// Look at what is starting: a service that owns its name now came; one whose
+    /// process ended, or whose time is up, did not, and what waited for it fails.
+    pub(crate) fn poll(&mut self, dom: &mut Domain, bridge: &mut kdbus_bridge::Bridge) {
+        let now = Instant::now();
+        let timeout = self.timeout.unwrap_or(START_TIMEOUT);
+        let names: Vec<String> = self.starting.keys().cloned().collect();
+        for name in names {
+            let waiting = self
+                .keys
+                .get(&name)
+                .is_some_and(|k| activator_holds(dom, self.bus, &name, *k));
+            let Some(st) = self.starting.get_mut(&name) else {
+                continue;
+            };
+            let ended = match st.child.try_wait() {
+                _ if !waiting => Some(None),
+                Ok(Some(status)) => Some(Some(exit_error(status))),
+                Ok(None) if now >= st.deadline => {
+                    Some(Some(ActivationError::TimedOut(timeout.as_millis() as u64)))
+                }
+                Ok(None) => None,
+                Err(e) => Some(Some(ActivationError::ExecFailed(e.to_string()))),
+            };
+            let Some(failure) = ended else {
+                continue;
+            };
+            if let Some(st) = self.starting.remove(&name) {
+                self.running.push(st.child);
+            }
+            if let Some(why) = failure {
+                tracing::warn!(%name, ?why, "activation failed");
+                self.failed.push((name, why));
+            }
+        }
+        for (name, why) in std::mem::take(&mut self.failed) {
+            let Some(&key) = self.keys.get(&name) else {
+                continue;
+            };
+            for (requester, cookie) in dom.activator_drop_queue(key) {
+                bridge.activation_failed(dom, requester, cookie as u32, &name, &why);
+            }
+        }
+        self.running
+            .retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+    }
+
+    /// When the loop should call [`Activation::poll`] again, if at all.
+    pub(crate) fn next_check(&self) -> Option<Duration> {
+        if !self.starting.is_empty() || !self.failed.is_empty() {
+            Some(POLL)
+        } else if !self.running.is_empty() {
+            Some(Duration::from_secs(1))
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether the activator `key` still holds `name` (its service has not come).
+fn activator_holds(dom: &Domain, bus: Option<BusKey>, name: &str, key: ConnKey) -> bool {
+    bus.and_then(|b| dom.bus(b))
+        .and_then(|b| b.names.lookup(name))
+        .is_some_and(|e| e.owner == key)
+}
+
+/// dbus-daemon's error for a service process that ended before owning its name.
+fn exit_error(status: std::process::ExitStatus) -> ActivationError {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ActivationError::Exited(code),
+        (None, Some(sig)) => ActivationError::Signaled(sig),
+        _ => ActivationError::Exited(-1),
+    }
+}
+
+/// HELLO of an activator for `name`, as the broker itself.
+fn activator_hello(
+    dom: &mut Domain,
+    bus: BusKey,
+    me: &Peer,
+    name: &str,
+) -> Result<ConnKey, kdbus_abi::Errno> {
+    let mut body = Vec::new();
+    let h = CmdHello {
+        flags: hello_flags::ACTIVATOR,
+        pool_size: ACTIVATOR_POOL,
+        ..Default::default()
+    };
+    body.extend_from_slice(h.as_bytes());
+    ItemWriter::new(&mut body).push_str(item::NAME, name);
+    let size = body.len() as u64;
+    body[..8].copy_from_slice(&size.to_ne_bytes());
+    let mut make_pool = |size: u64| -> Result<Box<dyn PoolMemory>, kdbus_abi::Errno> {
+        let (mem, _client_fd) =
+            crate::pool_memfd::pool_create(size).map_err(|_| kdbus_abi::Errno::ENOMEM)?;
+        Ok(Box::new(mem))
+    };
+    dom.hello(bus, me, &body, &mut make_pool)
+        .map(|(key, _)| key)
+}
+
+/// The service directories and start timeout of a configuration.
+pub(crate) fn of_config(c: &crate::config::BusConfig) -> (Vec<Service>, Option<Duration>) {
+    let timeout = c.limit("service_start_timeout").map(Duration::from_millis);
+    (services_load(&c.service_dirs), timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_files_and_exec_lines_read_as_dbus_daemon_reads_them() {
+        let s = service_parse(
+            "# c\n[D-BUS Service]\nName=org.x.Y\nExec=/bin/run -a 'b c' \"d \\\"e\\\"\" f\\ g\nUser=nobody\n",
+        )
+        .unwrap();
+        assert_eq!(s.name, "org.x.Y");
+        assert_eq!(s.exec, ["/bin/run", "-a", "b c", "d \"e\"", "f g"]);
+        assert!(service_parse("[D-BUS Service]\nExec=/bin/x\n").is_err());
+        assert!(service_parse("[D-BUS Service]\nName=:1.2\nExec=/bin/x\n").is_err());
+        assert!(service_parse("[Other]\nName=org.x.Y\nExec=/bin/x\n").is_err());
+        assert!(exec_split("a 'b").is_err());
+    }
+}

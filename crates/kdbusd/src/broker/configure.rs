@@ -1,0 +1,80 @@
+//! What the broker takes from its configuration file, at start and on reload:
+//! policy, admission, limits, and the activatable services.
+
+use super::Broker;
+use kdbus_core::BusKey;
+
+impl Broker {
+    /// Read the configuration file again and put its policy and admission rules in
+    /// force at once. A file that does not load changes nothing: the error is logged
+    /// and returned, and the old configuration stays.
+    pub fn reload(&mut self) -> Result<(), String> {
+        let (Some(path), Some(bus)) = (self.config_file.clone(), self.config_bus) else {
+            return Ok(());
+        };
+        match crate::config::BusConfig::load(&path) {
+            Ok(c) => {
+                self.domain.bus_set_msg_policy(bus, Some(c.msg_policy()));
+                self.dbus.set_admission(Some(c.admission()));
+                self.limits_apply(bus, &crate::limits::Limits::of(&c));
+                self.activation_load();
+                tracing::info!(file = %path.display(), "configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(%e, "configuration not reloaded; the old one stays in force");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Put a configuration's limits in force on `bus` and the D-Bus sockets.
+    pub(super) fn limits_apply(&mut self, bus: BusKey, l: &crate::limits::Limits) {
+        self.domain.bus_set_limits(bus, l.bus);
+        self.dbus.set_limits(l.dbus);
+        self.bridge
+            .set_reply_timeout(l.reply_timeout_ns.unwrap_or(0));
+        self.bridge.set_stream_limits(l.stream);
+    }
+
+    /// Make the configured bus's services activatable; `starter` is the address
+    /// services are told to connect to.
+    pub(super) fn activation_setup(&mut self, starter: String) {
+        self.activation.starter_address = starter;
+        self.activation_load();
+    }
+
+    /// (Re)read the service directories of the configuration, if there is one.
+    fn activation_load(&mut self) {
+        let (Some(path), Some(bus)) = (self.config_file.clone(), self.config_bus) else {
+            return;
+        };
+        let Ok(c) = crate::config::BusConfig::load(&path) else {
+            return;
+        };
+        self.activation.bus_type = c.bus_type.clone().unwrap_or_else(|| "session".into());
+        let (services, timeout) = crate::activation::of_config(&c);
+        self.activation.timeout = timeout;
+        let me = self.me.clone();
+        self.activation
+            .install(&mut self.domain, bus, &me, services);
+    }
+
+    /// Start what `StartServiceByName` asked for, and look at what is starting.
+    pub(super) fn activation_turn(&mut self) {
+        let starts = self.bridge.take_starts();
+        if !starts.is_empty() {
+            let env: Vec<(String, String)> = self
+                .bridge
+                .activation_env()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            for name in starts {
+                self.activation.start(&name, &env);
+            }
+        }
+        if self.activation.next_check().is_some() {
+            self.activation.poll(&mut self.domain, &mut self.bridge);
+        }
+    }
+}
