@@ -89,7 +89,7 @@ fn check_message(msg: &[u8]) {
     }
     // A signal's bloom filter, from its header and leading string arguments.
     if h.msg_type == MessageType::Signal {
-        let strs: Vec<&str> = args.iter().map_while(|a| a.map(|(_, s)| s)).collect();
+        let strs: Vec<Option<&str>> = args.iter().map(|a| a.map(|(_, s)| s)).collect();
         let spec = SignalSpec {
             interface: h.interface,
             member: h.member,

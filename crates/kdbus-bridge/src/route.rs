@@ -191,10 +191,12 @@ impl Bridge {
         let bloom = if dst_id == kdbus_abi::DST_ID_BROADCAST {
             flags |= msg_flags::SIGNAL;
             let params = dom.bus(bus_key).map(|b| b.bloom).unwrap_or_default();
-            let args: Vec<&str> = kdbus_dbus::rules::string_args(body, h.endian, h.signature, 64)
-                .into_iter()
-                .map_while(|a| a.map(|(_, v)| v))
-                .collect();
+            // Every string-like argument at its position, past others too.
+            let args: Vec<Option<&str>> =
+                kdbus_dbus::rules::string_args(body, h.endian, h.signature, 64)
+                    .into_iter()
+                    .map(|a| a.map(|(_, v)| v))
+                    .collect();
             let spec = SignalSpec {
                 interface: h.interface,
                 member: h.member,

@@ -136,8 +136,9 @@ pub struct SignalSpec<'a> {
     pub interface: Option<&'a str>,
     pub member: Option<&'a str>,
     pub path: Option<&'a str>,
-    /// Leading string-like arguments (strings, object paths, signatures), in order.
-    pub args: &'a [&'a str],
+    /// The arguments by position: string-like ones (strings, object paths) with their
+    /// value, others `None` (they keep their position but add nothing).
+    pub args: &'a [Option<&'a str>],
 }
 
 /// The filter sd-bus attaches to a signal.
@@ -156,10 +157,18 @@ pub fn signal_filter(p: BloomParameter, s: &SignalSpec<'_>) -> Bloom {
         b.add_prefixes("path-slash-prefix", path, '/');
     }
     for (i, a) in s.args.iter().enumerate().take(64) {
+        let Some(a) = a else {
+            continue;
+        };
         let key = format!("arg{i}");
         b.add_pair(&key, a);
-        b.add_prefixes(&format!("{key}-dot-prefix"), a, '.');
-        b.add_prefixes(&format!("{key}-slash-prefix"), a, '/');
+        // The whole value too (beyond sd-bus, which leaves it out): `argNnamespace='a.b'`
+        // takes an argument of exactly `a.b`, `argNpath='/a/b'` one of exactly `/a/b`.
+        for (suffix, sep) in [("-dot-prefix", '.'), ("-slash-prefix", '/')] {
+            let k = format!("{key}{suffix}");
+            b.add_pair(&k, a);
+            b.add_prefixes(&k, a, sep);
+        }
     }
     b
 }
@@ -256,7 +265,7 @@ mod tests {
                 interface: Some("org.x.I"),
                 member: Some("Ping"),
                 path: Some("/org/x/obj"),
-                args: &["a.b.c", "/p/q"],
+                args: &[Some("a.b.c"), Some("/p/q")],
             },
         );
         let yes = [

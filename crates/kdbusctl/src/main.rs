@@ -246,7 +246,7 @@ fn run(cli: Cli) -> Res {
             data,
         } => {
             let c = connect(&cli)?;
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let args: Vec<Option<&str>> = args.iter().map(|a| Some(a.as_str())).collect();
             let spec = kdbus::bloom::SignalSpec {
                 interface: interface.as_deref(),
                 member: member.as_deref(),

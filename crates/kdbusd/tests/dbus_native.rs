@@ -416,7 +416,7 @@ fn native_broadcast_reaches_a_zbus_subscriber() {
                 interface: Some("org.example.Native"),
                 member: Some(member),
                 path: Some(path),
-                args: &[arg],
+                args: &[Some(arg)],
             },
         );
         ok(native.send(

@@ -758,3 +758,66 @@ fn a_call_to_an_activatable_name_starts_its_service() {
         ],
     );
 }
+
+/// Signals reach subscribers whose argument rules take them, wherever the argument
+/// is: an `arg0namespace` equal to the argument, a string behind an integer (both
+/// were lost to the bloom filter).
+#[test]
+fn argument_rules_take_what_dbus_daemon_delivers() {
+    both(
+        |address| {
+            let rules = [
+                "type='signal',interface='org.kdbus.Args',arg0namespace='org.fuzz'",
+                "type='signal',interface='org.kdbus.Args',arg1='x'",
+                "type='signal',interface='org.kdbus.Args',arg0path='/a/b'",
+            ];
+            let subs: Vec<(ZConn, Inbox)> = rules
+                .iter()
+                .map(|r| {
+                    let c = zconn(address);
+                    let inbox = Inbox::new(&c);
+                    driver(&c, "AddMatch", r).expect("AddMatch");
+                    // The last signal, to know when to stop looking.
+                    driver(&c, "AddMatch", &"type='signal',member='End'").expect("AddMatch");
+                    (c, inbox)
+                })
+                .collect();
+            let a = zconn(address);
+            let emit = |member: &str, body: &dyn Fn(&ZConn, &str) -> zbus::Result<()>| {
+                body(&a, member).expect("emit");
+            };
+            emit("NsEqual", &|c, m| {
+                c.emit_signal(None::<&str>, "/", "org.kdbus.Args", m, &"org.fuzz")
+            });
+            emit("Behind", &|c, m| {
+                c.emit_signal(None::<&str>, "/", "org.kdbus.Args", m, &(7u32, "x"))
+            });
+            emit("PathEqual", &|c, m| {
+                let p = zbus::zvariant::ObjectPath::try_from("/a/b").expect("a path");
+                c.emit_signal(None::<&str>, "/", "org.kdbus.Args", m, &p)
+            });
+            emit("End", &|c, m| {
+                c.emit_signal(None::<&str>, "/", "org.kdbus.Args", m, &"end")
+            });
+            subs.iter()
+                .map(|(_, inbox)| {
+                    let mut got = Vec::new();
+                    let ours = |m: &zbus::Message| {
+                        m.header()
+                            .interface()
+                            .is_some_and(|i| i.as_str() == "org.kdbus.Args")
+                    };
+                    while let Some(m) = inbox.next_where(ours) {
+                        let name = member(&m);
+                        if name == "End" {
+                            break;
+                        }
+                        got.push(name);
+                    }
+                    got.join(",")
+                })
+                .collect()
+        },
+        &["NsEqual", "Behind", "PathEqual"],
+    );
+}
