@@ -32,6 +32,10 @@ pub enum DBusFatal {
     NoHello,
     #[error("unix fds do not match the header")]
     Fds,
+    #[error("body does not match its signature: {0}")]
+    Body(#[from] kdbus_dbus::marshal::MarshalError),
+    #[error("a monitor sent a message")]
+    MonitorSent,
 }
 
 /// The largest payload of a D-Bus peer's message: one of the protocol's maximum size
@@ -101,10 +105,13 @@ impl Bridge {
             return Ok(());
         }
         if conn.flags & kdbus_abi::hello_flags::MONITOR != 0 {
-            // Monitors only watch (dbus-daemon disconnects them; we drop).
-            return Ok(());
+            // Monitors only watch: one that sends goes (dbus-daemon).
+            return Err(DBusFatal::MonitorSent);
         }
         let body = &msg[h.header_len..h.total_len().min(msg.len())];
+        // Checked once, here, so that nobody downstream (a libdbus receiver, the
+        // driver) gets a body that is not what its signature says.
+        kdbus_dbus::marshal::body_validate(body, h.endian, h.signature, h.unix_fds)?;
         if h.destination == Some(DRIVER) {
             let bus = conn.bus;
             let sender = UniqueName::from_id(conn.id);

@@ -32,7 +32,7 @@ fn driver_call(
     let mut body = Vec::new();
     {
         let mut w = Writer::new(&mut body, Endian::Little);
-        if sig == "as" {
+        if sig.starts_with("as") {
             let a = w.array_begin(4);
             for s in args {
                 w.string(s);

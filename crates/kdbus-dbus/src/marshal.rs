@@ -48,6 +48,10 @@ pub enum MarshalError {
     BadArray,
     #[error("containers nested too deeply")]
     TooDeep,
+    #[error("unix fd index beyond the message's fds")]
+    BadFd,
+    #[error("bytes after the last value of the signature")]
+    Trailing,
 }
 
 pub type Result<T> = std::result::Result<T, MarshalError>;
@@ -70,6 +74,8 @@ pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     endian: Endian,
+    /// `h` values must be below this (the message's fd count) when skipped.
+    fds: u32,
 }
 
 impl<'a> Reader<'a> {
@@ -79,12 +85,18 @@ impl<'a> Reader<'a> {
             buf,
             pos: 0,
             endian,
+            fds: u32::MAX,
         }
     }
 
     /// A reader positioned at `pos` of a message buffer.
     pub fn at(buf: &'a [u8], pos: usize, endian: Endian) -> Self {
-        Reader { buf, pos, endian }
+        Reader {
+            buf,
+            pos,
+            endian,
+            fds: u32::MAX,
+        }
     }
 
     pub fn pos(&self) -> usize {
@@ -223,8 +235,13 @@ impl<'a> Reader<'a> {
             b'b' => {
                 self.bool()?;
             }
-            b'i' | b'u' | b'h' => {
+            b'i' | b'u' => {
                 self.u32()?;
+            }
+            b'h' => {
+                if self.u32()? >= self.fds {
+                    return Err(MarshalError::BadFd);
+                }
             }
             b'x' | b't' | b'd' => {
                 self.u64()?;
@@ -270,6 +287,22 @@ impl<'a> Reader<'a> {
         }
         Ok(rest)
     }
+}
+
+/// Whether `body` is exactly a sequence of values of `signature`, its `h` values
+/// below `unix_fds`: what dbus-daemon checks before it forwards a message (a libdbus
+/// receiver disconnects on anything less).
+pub fn body_validate(body: &[u8], endian: Endian, signature: &str, unix_fds: u32) -> Result<()> {
+    let mut r = Reader::new(body, endian);
+    r.fds = unix_fds;
+    let mut sig = signature.as_bytes();
+    while !sig.is_empty() {
+        sig = r.skip(sig, 0)?;
+    }
+    if r.pos != body.len() {
+        return Err(MarshalError::Trailing);
+    }
+    Ok(())
 }
 
 /// The single complete type at the start of `sig`.

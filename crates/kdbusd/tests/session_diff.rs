@@ -328,6 +328,8 @@ fn a_message_before_hello_is_shown_to_monitors_and_its_sender_goes() {
                 .and_then(|p| p.split(',').next())
                 .expect("a unix:path address");
             let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("a read timeout");
             let mut bytes = dbus_raw::auth_lines(false);
             bytes.extend(dbus_raw::call(1, "org.kdbus.Early", "Early", "", &[], 0));
             s.write_all(&bytes).expect("write");
@@ -819,5 +821,35 @@ fn argument_rules_take_what_dbus_daemon_delivers() {
                 .collect()
         },
         &["NsEqual", "Behind", "PathEqual"],
+    );
+}
+
+/// A message whose body is not what its signature says costs its sender the
+/// connection, as in dbus-daemon, and reaches nobody.
+#[test]
+fn a_body_that_is_not_its_signature_disconnects_its_sender() {
+    use std::io::Write;
+    both(
+        |address| {
+            let path = address
+                .strip_prefix("unix:path=")
+                .and_then(|p| p.split(',').next())
+                .expect("a unix:path address");
+            let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("a read timeout");
+            let mut bytes = dbus_raw::auth_lines(false);
+            bytes.extend(dbus_raw::call(1, DRIVER, "Hello", "", &[], 0));
+            s.write_all(&bytes).expect("write");
+            let mut r = dbus_raw::Reading::new(s.try_clone().expect("a clone"));
+            let ok = r.line();
+            r.reply();
+            // A string of 3 bytes without its terminating NUL.
+            let bad = [3, 0, 0, 0, b'a', b'b', b'c', b'X'];
+            s.write_all(&dbus_raw::call(2, DRIVER, "GetNameOwner", "s", &bad, 0))
+                .expect("write");
+            vec![format!("{} closed: {}", &ok[..2], r.closed())]
+        },
+        &["OK closed: true"],
     );
 }
