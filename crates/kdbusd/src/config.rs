@@ -561,6 +561,8 @@ pub enum ListenAddr {
     /// A fresh socket in this directory (`unix:dir=`, `unix:tmpdir=`).
     Dir(PathBuf),
     Abstract(String),
+    /// The sockets systemd passed (`systemd:`; `LISTEN_FDS`).
+    Systemd,
 }
 
 /// Check a `<listen>` / `--address` value: one or more `;`-separated unix addresses.
@@ -568,10 +570,15 @@ fn check_listen(a: &str) -> Result<(), String> {
     parse_listen(a).map(|_| ())
 }
 
-/// Parse `unix:path=`, `unix:dir=`, `unix:tmpdir=`, `unix:runtime=yes`, `unix:abstract=`.
+/// Parse `unix:path=`, `unix:dir=`, `unix:tmpdir=`, `unix:runtime=yes`, `unix:abstract=`,
+/// `systemd:`.
 pub fn parse_listen(a: &str) -> Result<Vec<ListenAddr>, String> {
     let mut out = Vec::new();
     for one in a.split(';').filter(|s| !s.is_empty()) {
+        if one == "systemd:" {
+            out.push(ListenAddr::Systemd);
+            continue;
+        }
         let Some(rest) = one.strip_prefix("unix:") else {
             return Err(format!(
                 "unsupported address \"{one}\" (only unix: transports)"

@@ -192,6 +192,20 @@ impl Listeners {
                     format!("unix:path={}", p.display()),
                 )
             }
+            ListenAddr::Systemd => {
+                let mut fds = crate::sys::systemd_listeners()?.into_iter();
+                let first = fds.next().ok_or_else(|| {
+                    std::io::Error::other("systemd: given, but systemd passed no socket")
+                })?;
+                // Every socket serves the bus; the first one's name is the address.
+                for fd in fds {
+                    let token = dispatch.token();
+                    dispatch.add(&fd, token)?;
+                    self.by_token.insert(token, (fd, Listener::DBus(bus)));
+                }
+                let printed = socket_address(&first);
+                (first, printed)
+            }
             ListenAddr::Abstract(n) => {
                 let fd = rustix::net::socket_with(
                     AddressFamily::UNIX,
@@ -204,7 +218,11 @@ impl Listeners {
                 (fd, format!("unix:abstract={n}"))
             }
         };
-        if let Some(path) = printed.strip_prefix("unix:path=") {
+        // Files we made go with us; systemd's sockets stay systemd's.
+        if let (Some(path), false) = (
+            printed.strip_prefix("unix:path="),
+            matches!(addr, ListenAddr::Systemd),
+        ) {
             self.extra_paths.push(PathBuf::from(path));
         }
         let token = dispatch.token();
@@ -322,6 +340,24 @@ fn listen_unix(path: &Path, mode: u32) -> std::io::Result<OwnedFd> {
 }
 
 /// The same for a D-Bus socket (a byte stream).
+/// A bound unix socket's address as D-Bus writes it.
+fn socket_address(fd: &OwnedFd) -> String {
+    let name = rustix::net::getsockname(fd)
+        .ok()
+        .and_then(|a| SocketAddrUnix::try_from(a).ok());
+    match name {
+        Some(u) if u.path().is_some() => {
+            let p = u.path().map(|p| p.to_string_lossy().into_owned());
+            format!("unix:path={}", p.unwrap_or_default())
+        }
+        Some(u) => {
+            let n = u.abstract_name().map(String::from_utf8_lossy);
+            format!("unix:abstract={}", n.unwrap_or_default())
+        }
+        None => "systemd:".into(),
+    }
+}
+
 fn listen_unix_stream(path: &Path, mode: u32) -> std::io::Result<OwnedFd> {
     listen_unix_type(path, mode, SocketType::STREAM)
 }

@@ -257,6 +257,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             tracing::debug!(%e, "the ready line was not read");
         }
     }
+    // Serving: tell systemd (Type=notify), if it asked.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(%e, "could not tell systemd that the bus is ready");
+    }
     server.run()?;
     Ok(())
 }

@@ -217,3 +217,18 @@ pub fn detach_child(cmd: &mut std::process::Command, keep: i32) {
         });
     }
 }
+
+/// The listening sockets systemd passed this process (`LISTEN_FDS`, `LISTEN_PID`),
+/// made non-blocking; none if it passed none.
+pub(crate) fn systemd_listeners() -> std::io::Result<Vec<OwnedFd>> {
+    let mut out = Vec::new();
+    for raw in sd_notify::listen_fds()? {
+        // SAFETY: systemd hands these descriptors to this process (LISTEN_PID is ours,
+        // checked by `listen_fds`) and nothing else in it owns them: they are taken once,
+        // here, at start-up.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK)?;
+        out.push(fd);
+    }
+    Ok(out)
+}
