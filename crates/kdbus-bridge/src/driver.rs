@@ -279,7 +279,7 @@ impl Bridge {
                 let sig = h.signature;
                 return Err(err(
                     ErrName::InvalidArgs,
-                    format!("Call to {member} has wrong args ({sig}, expected {want})"),
+                    format!("Call to {member} has wrong args ({sig}, expected {want})\n"),
                 ));
             }
         }
@@ -332,9 +332,14 @@ fn hello(_: &mut Bridge, _: &mut Domain, _: &mut Call<'_>) -> Result<Body, DErr>
 
 fn request_name(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
     let (name, flags) = (c.s()?, c.u()?);
-    check_well_known(name, "acquire")?;
+    check_well_known(name, "acquire", "Requested")?;
     if name == DRIVER {
-        return Err(err(ErrName::InvalidArgs, "Connection is not allowed to own the service \"org.freedesktop.DBus\" because it is reserved for D-Bus' use only"));
+        // dbus-daemon's words, its missing space included.
+        let me = UniqueName::from_id(dom.conn(c.key).map_or(0, |k| k.id));
+        return Err(err(
+            ErrName::InvalidArgs,
+            format!("Connection \"{me}\" is not allowed to own the service \"{DRIVER}\"because it is reserved for D-Bus' use only"),
+        ));
     }
     // D-Bus flags: 1 allow replacement, 2 replace existing, 4 do not queue.
     let mut kflags = 0;
@@ -382,7 +387,7 @@ fn request_name(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Bo
 
 fn release_name(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
     let name = c.s()?;
-    check_well_known(name, "release")?;
+    check_well_known(name, "release", "Given")?;
     if name == DRIVER {
         return Err(err(
             ErrName::InvalidArgs,
@@ -511,7 +516,7 @@ fn get_connection_unix_user(
     c: &mut Call<'_>,
 ) -> Result<Body, DErr> {
     let name = c.s()?;
-    let (creds, _) = creds_of(dom, c.bus, name)?;
+    let (creds, _) = creds_of(dom, c.bus, name, "UID")?;
     Ok(Body::new().u(creds.uid))
 }
 
@@ -521,7 +526,7 @@ fn get_connection_unix_process_id(
     c: &mut Call<'_>,
 ) -> Result<Body, DErr> {
     let name = c.s()?;
-    let (creds, _) = creds_of(dom, c.bus, name)?;
+    let (creds, _) = creds_of(dom, c.bus, name, "PID")?;
     Ok(Body::new().u(creds.pid))
 }
 
@@ -531,7 +536,7 @@ fn get_connection_credentials(
     c: &mut Call<'_>,
 ) -> Result<Body, DErr> {
     let name = c.s()?;
-    let (creds, pidfd) = creds_of(dom, c.bus, name)?;
+    let (creds, pidfd) = creds_of(dom, c.bus, name, "credentials")?;
     // ProcessFD only for callers that agreed to receive fds (dbus-daemon).
     let caller_takes_fds = dom
         .with_stream(c.key, |s, _| peer_mut(s).is_some_and(|p| p.fds_ok))
@@ -572,7 +577,7 @@ fn get_adt_audit_session_data(
     conn_of(dom, c.bus, name)?;
     Err(err(
         ErrName::AdtAuditDataUnknown,
-        "Could not determine audit session data",
+        format!("Could not determine audit session data for '{name}'"),
     ))
 }
 
@@ -581,7 +586,7 @@ fn get_selinux_context(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Re
     conn_of(dom, c.bus, name)?;
     Err(err(
         ErrName::SELinuxSecurityContextUnknown,
-        "Could not determine security context",
+        format!("Could not determine security context for '{name}'"),
     ))
 }
 
@@ -760,16 +765,31 @@ fn conn_of<'d>(dom: &'d Domain, bus: BusKey, name: &str) -> Result<&'d Conn, DEr
 
 /// Credentials of the owner of `name` (for the bus itself, its creator's), and its
 /// pidfd if there is one.
-fn creds_of(dom: &Domain, bus: BusKey, name: &str) -> Result<(Creds, Option<Files>), DErr> {
+/// `what` names what was asked for in the error ("UID", "PID", "credentials").
+fn creds_of(
+    dom: &Domain,
+    bus: BusKey,
+    name: &str,
+    what: &str,
+) -> Result<(Creds, Option<Files>), DErr> {
     let peer = if name == DRIVER {
         &dom.bus(bus).ok_or_else(no_bus)?.creator
     } else {
-        &conn_of(dom, bus, name)?.peer
+        &conn_of(dom, bus, name)
+            .map_err(|_| {
+                err(
+                    ErrName::NameHasNoOwner,
+                    format!("Could not get {what} of name '{name}': no such name"),
+                )
+            })?
+            .peer
     };
     Ok((peer.creds, peer.pidfd.clone()))
 }
 
-fn check_well_known(name: &str, verb: &str) -> Result<(), DErr> {
+/// A well-known name to `verb` (`what` the name is called in the error: "Requested",
+/// "Given", as dbus-daemon varies it).
+fn check_well_known(name: &str, verb: &str, what: &str) -> Result<(), DErr> {
     if name.starts_with(':') {
         return Err(err(
             ErrName::InvalidArgs,
@@ -779,7 +799,7 @@ fn check_well_known(name: &str, verb: &str) -> Result<(), DErr> {
     if !kdbus_dbus::names::is_bus_name(name) {
         return Err(err(
             ErrName::InvalidArgs,
-            format!("Requested bus name \"{name}\" is not valid"),
+            format!("{what} bus name \"{name}\" is not valid"),
         ));
     }
     Ok(())

@@ -14,9 +14,14 @@ pub const MAX_RULE_LEN: usize = 1024;
 /// Highest argument index a rule may test.
 pub const MAX_ARG: usize = 63;
 
+/// Why a rule does not parse, in dbus-daemon's words (clients show them).
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
-#[error("invalid match rule: {0}")]
-pub struct RuleError(pub &'static str);
+#[error("{0}")]
+pub struct RuleError(pub String);
+
+fn bad<T>(text: impl Into<String>) -> Result<T, RuleError> {
+    Err(RuleError(text.into()))
+}
 
 /// What an `argN...` key tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,15 +60,17 @@ fn pairs(s: &str) -> Result<Vec<(String, String)>, RuleError> {
             break;
         }
         let mut key = String::new();
+        let mut eq = false;
         for c in chars.by_ref() {
             if c == '=' {
+                eq = true;
                 break;
             }
             key.push(c);
         }
         let key = key.trim().to_string();
-        if key.is_empty() {
-            return Err(RuleError("empty key"));
+        if key.is_empty() || !eq {
+            return bad("Match rule has a key with no subsequent '=' character");
         }
         let mut value = String::new();
         let mut quoted = false;
@@ -85,7 +92,7 @@ fn pairs(s: &str) -> Result<Vec<(String, String)>, RuleError> {
             }
         }
         if quoted {
-            return Err(RuleError("unterminated quote"));
+            return bad("Unbalanced quotation marks in match rule");
         }
         out.push((key, value));
         if !ended {
@@ -140,13 +147,24 @@ impl Rule {
     /// Parse a rule string.
     pub fn parse(s: &str) -> Result<Rule, RuleError> {
         if s.len() > MAX_RULE_LEN {
-            return Err(RuleError("rule too long"));
+            return bad(format!(
+                "Match rule text is {} bytes, maximum is {MAX_RULE_LEN}",
+                s.len()
+            ));
         }
         let mut r = Rule::default();
         let mut seen = std::collections::HashSet::new();
         for (k, v) in pairs(s)? {
-            if !seen.insert(k.clone()) {
-                return Err(RuleError("key appears twice"));
+            let path_key = k == "path" || k == "path_namespace";
+            if path_key && (r.path.is_some() || r.path_namespace.is_some()) {
+                return bad("path or path_namespace specified twice in match rule\n");
+            }
+            if !seen.insert(k.clone()) && k != "eavesdrop" {
+                return bad(if k.starts_with("arg") {
+                    format!("Argument {k} matched more than once in match rule\n")
+                } else {
+                    format!("Key {k} specified twice in match rule\n")
+                });
             }
             match k.as_str() {
                 "type" => {
@@ -155,30 +173,30 @@ impl Rule {
                         "method_call" => MessageType::MethodCall,
                         "method_return" => MessageType::MethodReturn,
                         "error" => MessageType::Error,
-                        _ => return Err(RuleError("unknown message type")),
+                        _ => return bad(format!("Invalid message type ({v}) in match rule\n")),
                     })
                 }
                 "sender" => {
                     if !names::is_bus_name(&v) && v != "org.freedesktop.DBus" {
-                        return Err(RuleError("invalid sender"));
+                        return bad(format!("Sender name '{v}' is invalid\n"));
                     }
                     r.sender = Some(v);
                 }
                 "interface" => {
                     if !names::is_interface(&v) {
-                        return Err(RuleError("invalid interface"));
+                        return bad(format!("Interface name '{v}' is invalid\n"));
                     }
                     r.interface = Some(v);
                 }
                 "member" => {
                     if !names::is_member(&v) {
-                        return Err(RuleError("invalid member"));
+                        return bad(format!("Member name '{v}' is invalid\n"));
                     }
                     r.member = Some(v);
                 }
                 "path" | "path_namespace" => {
                     if !names::is_object_path(&v) {
-                        return Err(RuleError("invalid path"));
+                        return bad(format!("Path '{v}' is invalid\n"));
                     }
                     if k == "path" {
                         r.path = Some(v);
@@ -188,7 +206,7 @@ impl Rule {
                 }
                 "destination" => {
                     if !names::is_bus_name(&v) {
-                        return Err(RuleError("invalid destination"));
+                        return bad(format!("Destination name '{v}' is invalid\n"));
                     }
                     r.destination = Some(v);
                 }
@@ -196,19 +214,25 @@ impl Rule {
                     r.eavesdrop = match v.as_str() {
                         "true" => true,
                         "false" => false,
-                        _ => return Err(RuleError("eavesdrop is true or false")),
+                        _ => {
+                            return bad(format!(
+                                "eavesdrop='{v}' is invalid, it should be 'true' or 'false'\n"
+                            ))
+                        }
                     }
                 }
-                _ => r.args.push(parse_arg_key(&k, v)?),
+                _ => {
+                    let (i, test) = parse_arg_key(&k, v)?;
+                    if r.args.iter().any(|(j, _)| *j == i) {
+                        return bad(format!(
+                            "Argument {k} matched more than once in match rule\n"
+                        ));
+                    }
+                    r.args.push((i, test));
+                }
             }
         }
-        if r.path.is_some() && r.path_namespace.is_some() {
-            return Err(RuleError("path and path_namespace together"));
-        }
         r.args.sort_by_key(|(i, _)| *i);
-        if r.args.windows(2).any(|w| w[0].0 == w[1].0) {
-            return Err(RuleError("argument tested twice"));
-        }
         Ok(r)
     }
 
@@ -292,25 +316,42 @@ impl Rule {
 }
 
 fn parse_arg_key(k: &str, v: String) -> Result<(u8, ArgTest), RuleError> {
-    let rest = k.strip_prefix("arg").ok_or(RuleError("unknown key"))?;
-    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    if digits.is_empty() || digits.len() > 2 || (digits.len() == 2 && digits.starts_with('0')) {
-        return Err(RuleError("unknown key"));
+    let Some(rest) = k.strip_prefix("arg") else {
+        return bad(format!("Unknown key \"{k}\" in match rule"));
+    };
+    let example = "Should be 'arg0' or 'arg7' for example.\n";
+    if rest.is_empty() {
+        return bad(format!(
+            "Key '{k}' in match rule starts with 'arg' but lacks an arg number. {example}"
+        ));
     }
-    let n: usize = digits.parse().map_err(|_| RuleError("unknown key"))?;
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let Ok(n) = digits.parse::<usize>() else {
+        return bad(format!(
+            "Key '{k}' in match rule starts with 'arg' but could not parse arg number. {example}"
+        ));
+    };
     if n > MAX_ARG {
-        return Err(RuleError("argument index above 63"));
+        return bad(format!(
+            "Key '{k}' in match rule has arg number {n} but the maximum is {MAX_ARG}.\n"
+        ));
     }
     let test = match &rest[digits.len()..] {
         "" => ArgTest::Equals(v),
         "path" => ArgTest::Path(v),
         "namespace" if n == 0 => {
             if !names::is_bus_name(&v) && !names::is_interface(&v) && !is_namespace_prefix(&v) {
-                return Err(RuleError("invalid arg0namespace"));
+                return bad(format!(
+                    "arg0namespace='{v}' is not a valid prefix of a bus name"
+                ));
             }
             ArgTest::Namespace(v)
         }
-        _ => return Err(RuleError("unknown key")),
+        _ => {
+            return bad(format!(
+                "Key '{k}' in match rule contains junk after argument number ({n}). Only 'arg{n}path' (for example) or 'arg0namespace' are valid"
+            ))
+        }
     };
     Ok((n as u8, test))
 }
@@ -390,7 +431,10 @@ mod tests {
     fn parse_rules() {
         let r = Rule::parse("type='signal',sender='org.x',interface='org.x.I',member='M',path_namespace='/a',arg0='x',arg2path='/p/',arg0namespace='org'")
             .unwrap_err();
-        assert_eq!(r, RuleError("argument tested twice"));
+        assert_eq!(
+            r,
+            RuleError("Argument arg0namespace matched more than once in match rule\n".into())
+        );
         let r = Rule::parse("type='signal', interface='org.x.I',arg1='it''s',eavesdrop='true'")
             .unwrap();
         assert_eq!(r.args, vec![(1, ArgTest::Equals("its".into()))]);

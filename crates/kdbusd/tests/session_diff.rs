@@ -853,3 +853,99 @@ fn a_body_that_is_not_its_signature_disconnects_its_sender() {
         &["OK closed: true"],
     );
 }
+
+/// Every method of `org.freedesktop.DBus` (and `Peer`, `Introspectable`) with its
+/// error cases: the same answers and texts as dbus-daemon, unique names and the
+/// machine's ids aside.
+#[test]
+fn each_driver_method_answers_as_dbus_daemon() {
+    same(|address| {
+        let c = zconn(address);
+        let other = zconn(address);
+        let me = c.unique_name().expect("a name").to_string();
+        let them = other.unique_name().expect("a name").to_string();
+        let norm = |s: String| s.replace(&me, ":ME").replace(&them, ":THEM");
+        let text = |r: zbus::Result<zbus::Message>| -> String {
+            match r {
+                Ok(m) => {
+                    let b = m.body();
+                    let shown = b
+                        .deserialize::<zbus::zvariant::Structure>()
+                        .map(|s| format!("{s}"))
+                        .unwrap_or_else(|_| "()".into());
+                    norm(shown)
+                }
+                Err(zbus::Error::MethodError(name, t, _)) => {
+                    norm(format!("{name}: {}", t.unwrap_or_default()))
+                }
+                Err(e) => format!("failed: {e}"),
+            }
+        };
+        let d =
+            |method: &str, body: &dyn DriverArgs| text(body.call(&c, DRIVER_PATH, DRIVER, method));
+        let mut t = vec![
+            d("RequestName", &("org.kdbus.M", 0u32)),
+            d("RequestName", &("org.kdbus.M", 0u32)),
+            d("RequestName", &(":1.5", 0u32)),
+            d("RequestName", &("org.freedesktop.DBus", 0u32)),
+            d("RequestName", &("not a name", 0u32)),
+            d("RequestName", &("org.kdbus.F", 64u32)),
+            text(other.call_method(
+                Some(DRIVER),
+                DRIVER_PATH,
+                Some(DRIVER),
+                "RequestName",
+                &("org.kdbus.M", 4u32),
+            )),
+            d("ReleaseName", &("org.kdbus.Nobody",)),
+            d("ReleaseName", &(":1.5",)),
+            d("ReleaseName", &("not a name",)),
+            d("NameHasOwner", &("org.kdbus.M",)),
+            d("NameHasOwner", &("org.kdbus.Nobody",)),
+            d("NameHasOwner", &(DRIVER,)),
+            d("GetNameOwner", &("org.kdbus.M",)),
+            d("GetNameOwner", &("org.kdbus.Nobody",)),
+            d("GetNameOwner", &(DRIVER,)),
+            d("GetNameOwner", &("not a name",)),
+            d("ListQueuedOwners", &("org.kdbus.M",)),
+            d("ListQueuedOwners", &("org.kdbus.Nobody",)),
+            d("ListQueuedOwners", &(DRIVER,)),
+            d("StartServiceByName", &("org.kdbus.Nobody", 0u32)),
+            d("StartServiceByName", &("org.kdbus.M", 0u32)),
+            d("GetConnectionUnixUser", &("org.kdbus.Nobody",)),
+            d("GetConnectionUnixUser", &(them.as_str(),)),
+            d("GetConnectionUnixProcessID", &(":1.999",)),
+            d("GetAdtAuditSessionData", &(them.as_str(),)),
+            d("GetConnectionSELinuxSecurityContext", &(them.as_str(),)),
+            d("AddMatch", &("type='nonsense'",)),
+            d("AddMatch", &("type='signal'",)),
+            d("RemoveMatch", &("type='method_call'",)),
+            d("RemoveMatch", &("type='signal'",)),
+            d("RemoveMatch", &("bogus",)),
+            d("Hello", &()),
+            d("GetId", &(1u32,)),
+            d("ReleaseName", &("org.kdbus.M",)),
+            d("ReleaseName", &("org.kdbus.M",)),
+            text(c.call_method(
+                Some(DRIVER),
+                "/",
+                Some("org.freedesktop.DBus.Peer"),
+                "Ping",
+                &(),
+            )),
+        ];
+        // Lists hold more than this script made (other tests' clients do not share the
+        // bus, but the bus itself is listed): only what the script made is compared.
+        let names = driver(&c, "ListNames", &())
+            .ok()
+            .and_then(|m| m.body().deserialize::<Vec<String>>().ok())
+            .unwrap_or_default();
+        t.push(format!(
+            "ListNames has the bus {}, me {}, org.kdbus.M {}",
+            names.iter().any(|n| n == DRIVER),
+            names.iter().any(|n| *n == me),
+            names.iter().any(|n| n == "org.kdbus.M")
+        ));
+        t
+    });
+}
