@@ -943,7 +943,7 @@ fn each_driver_method_answers_as_dbus_daemon() {
         t.push(format!(
             "ListNames has the bus {}, me {}, org.kdbus.M {}",
             names.iter().any(|n| n == DRIVER),
-            names.iter().any(|n| *n == me),
+            names.contains(&me),
             names.iter().any(|n| n == "org.kdbus.M")
         ));
         t
