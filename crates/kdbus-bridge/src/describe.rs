@@ -3,9 +3,16 @@
 //! for every other interface and property) and `Introspect`.
 
 use crate::body::{err, Body, DErr, ErrName};
-use crate::driver::{Call, METHODS, MONITORING, STATS};
 use crate::{Bridge, DRIVER};
-use kdbus_core::Domain;
+
+pub(crate) const MONITORING: &str = "org.freedesktop.DBus.Monitoring";
+pub(crate) const PEER: &str = "org.freedesktop.DBus.Peer";
+pub(crate) const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
+pub(crate) const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+pub(crate) const STATS: &str = "org.freedesktop.DBus.Debug.Stats";
+
+/// Every interface the driver has.
+const INTERFACES: &[&str] = &[DRIVER, MONITORING, PEER, INTROSPECTABLE, PROPERTIES, STATS];
 
 /// The driver's properties: those of `iface` (an interface the driver has, or
 /// UnknownInterface as dbus-daemon words it).
@@ -13,7 +20,7 @@ fn driver_properties(
     b: &Bridge,
     iface: &str,
 ) -> Result<Vec<(&'static str, Vec<&'static str>)>, DErr> {
-    if !METHODS.iter().any(|m| m.iface == iface) {
+    if !INTERFACES.contains(&iface) {
         return Err(err(
             ErrName::UnknownInterface,
             format!("Interface \"{iface}\" not found"),
@@ -56,12 +63,8 @@ fn write_strings_variant(w: &mut kdbus_dbus::marshal::Writer<'_>, v: &[&str]) {
     w.array_end(a);
 }
 
-pub(crate) fn properties_get(
-    b: &mut Bridge,
-    _: &mut Domain,
-    c: &mut Call<'_>,
-) -> Result<Body, DErr> {
-    let (i, p) = (c.s()?, c.s()?);
+/// `Get(i, p)`.
+pub(crate) fn property_get(b: &Bridge, i: &str, p: &str) -> Result<Body, DErr> {
     let v = driver_property(b, i, p)?;
     let mut body = Body::new();
     body.sig.push('v');
@@ -69,12 +72,9 @@ pub(crate) fn properties_get(
     Ok(body)
 }
 
-pub(crate) fn properties_get_all(
-    b: &mut Bridge,
-    _: &mut Domain,
-    c: &mut Call<'_>,
-) -> Result<Body, DErr> {
-    let props = driver_properties(b, c.s()?)?;
+/// `GetAll(i)`.
+pub(crate) fn property_get_all(b: &Bridge, i: &str) -> Result<Body, DErr> {
+    let props = driver_properties(b, i)?;
     let mut body = Body::new();
     body.sig.push_str("a{sv}");
     let mut w = body.w();
@@ -88,13 +88,8 @@ pub(crate) fn properties_get_all(
     Ok(body)
 }
 
-/// Every property of the driver is read-only.
-pub(crate) fn properties_set(
-    b: &mut Bridge,
-    _: &mut Domain,
-    c: &mut Call<'_>,
-) -> Result<Body, DErr> {
-    let (i, p) = (c.s()?, c.s()?);
+/// `Set(i, p, _)`: every property of the driver is read-only.
+pub(crate) fn property_set(b: &Bridge, i: &str, p: &str) -> Result<Body, DErr> {
     driver_property(b, i, p)?;
     Err(err(
         ErrName::PropertyReadOnly,
@@ -102,8 +97,8 @@ pub(crate) fn properties_set(
     ))
 }
 
-pub(crate) fn introspect(_: &mut Bridge, _: &mut Domain, _: &mut Call<'_>) -> Result<Body, DErr> {
-    Ok(Body::new().s(INTROSPECTION))
+pub(crate) fn introspect() -> Body {
+    Body::new().s(INTROSPECTION)
 }
 
 const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"

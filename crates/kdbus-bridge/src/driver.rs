@@ -12,7 +12,8 @@
 //! body, or a [`DErr`] sent as an error, unless the caller asked for no reply.
 
 use crate::body::{err, Body, DErr, ErrName};
-use crate::describe::{introspect, properties_get, properties_get_all, properties_set};
+use crate::describe::{self, INTROSPECTABLE, MONITORING, PEER, PROPERTIES, STATS};
+use crate::owners::{conn_key_of, owner_of};
 use crate::peer::peer_mut;
 use crate::{Bridge, DRIVER, DRIVER_PATH};
 use kdbus_abi::{item, name_flags, Errno, ItemWriter};
@@ -26,14 +27,8 @@ use kdbus_dbus::names::UniqueName;
 use kdbus_dbus::rules::{ArgTest, Rule};
 use zerocopy::IntoBytes;
 
-pub(crate) const MONITORING: &str = "org.freedesktop.DBus.Monitoring";
-const PEER: &str = "org.freedesktop.DBus.Peer";
-const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
-const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
-pub(crate) const STATS: &str = "org.freedesktop.DBus.Debug.Stats";
-
 /// A method call to the driver, as its function sees it.
-pub(crate) struct Call<'a> {
+struct Call<'a> {
     key: ConnKey,
     bus: BusKey,
     /// The arguments, positioned at the first.
@@ -44,8 +39,8 @@ type Method = fn(&mut Bridge, &mut Domain, &mut Call<'_>) -> Result<Body, DErr>;
 
 /// One row of the driver: interface, member, argument signature (`None`: any), function,
 /// and whether only the bus's own user and root may call it.
-pub(crate) struct Row {
-    pub(crate) iface: &'static str,
+struct Row {
+    iface: &'static str,
     member: &'static str,
     sig: Option<&'static str>,
     f: Method,
@@ -110,7 +105,7 @@ const fn privileged(r: Row) -> Row {
     }
 }
 
-pub(crate) static METHODS: &[Row] = &[
+static METHODS: &[Row] = &[
     row(DRIVER, "Hello", None, hello),
     row(DRIVER, "RequestName", Some("su"), request_name),
     row(DRIVER, "ReleaseName", Some("s"), release_name),
@@ -297,7 +292,7 @@ fn bad_args(_: kdbus_dbus::marshal::MarshalError) -> DErr {
 }
 
 impl<'a> Call<'a> {
-    pub(crate) fn s(&mut self) -> Result<&'a str, DErr> {
+    fn s(&mut self) -> Result<&'a str, DErr> {
         self.r.string().map_err(bad_args)
     }
     fn u(&mut self) -> Result<u32, DErr> {
@@ -706,31 +701,22 @@ fn get_machine_id(b: &mut Bridge, _: &mut Domain, _: &mut Call<'_>) -> Result<Bo
     Ok(Body::new().s(&b.machine_id))
 }
 
-/// The unique name owning `name` (a unique name owns itself; the driver owns its own
-/// name).
-fn owner_of(dom: &Domain, bus: BusKey, name: &str) -> Option<String> {
-    if name == DRIVER {
-        return Some(DRIVER.to_string());
-    }
-    let b = dom.bus(bus)?;
-    let key = if name.starts_with(':') {
-        *b.conns.get(&UniqueName::parse(name)?)?
-    } else {
-        let e = b.names.lookup(name)?;
-        if e.flags & name_flags::ACTIVATOR != 0 {
-            return None;
-        }
-        e.owner
-    };
-    let c = dom.conn(key).filter(|c| c.is_ordinary())?;
-    Some(UniqueName::from_id(c.id).to_string())
+fn introspect(_: &mut Bridge, _: &mut Domain, _: &mut Call<'_>) -> Result<Body, DErr> {
+    Ok(describe::introspect())
 }
 
-/// The key of the connection owning `name`, if any.
-pub(crate) fn conn_key_of(dom: &Domain, bus: BusKey, name: &str) -> Option<ConnKey> {
-    let owner = owner_of(dom, bus, name)?;
-    let id = UniqueName::parse(&owner)?;
-    dom.bus(bus).and_then(|b| b.conns.get(&id)).copied()
+fn properties_get(b: &mut Bridge, _: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
+    let (i, p) = (c.s()?, c.s()?);
+    describe::property_get(b, i, p)
+}
+
+fn properties_get_all(b: &mut Bridge, _: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
+    describe::property_get_all(b, c.s()?)
+}
+
+fn properties_set(b: &mut Bridge, _: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
+    let (i, p) = (c.s()?, c.s()?);
+    describe::property_set(b, i, p)
 }
 
 fn get_stats(b: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
@@ -754,13 +740,8 @@ fn conn_of<'d>(dom: &'d Domain, bus: BusKey, name: &str) -> Result<&'d Conn, DEr
             format!("Could not get owner of name '{name}': no such name"),
         )
     };
-    let owner = owner_of(dom, bus, name).ok_or_else(none)?;
-    let id = UniqueName::parse(&owner).ok_or_else(none)?;
-    let key = dom
-        .bus(bus)
-        .and_then(|b| b.conns.get(&id))
-        .ok_or_else(none)?;
-    dom.conn(*key).ok_or_else(none)
+    let key = conn_key_of(dom, bus, name).ok_or_else(none)?;
+    dom.conn(key).ok_or_else(none)
 }
 
 /// Credentials of the owner of `name` (for the bus itself, its creator's), and its

@@ -23,6 +23,7 @@
 mod body;
 mod describe;
 mod driver;
+mod owners;
 mod peer;
 mod policy;
 mod route;

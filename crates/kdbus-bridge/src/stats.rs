@@ -163,7 +163,7 @@ pub(crate) fn get_connection_stats(
             format!("Could not get statistics of name '{name}': no such name"),
         )
     };
-    let key = crate::driver::conn_key_of(dom, bus, name).ok_or_else(none)?;
+    let key = crate::owners::conn_key_of(dom, bus, name).ok_or_else(none)?;
     b.stats.refresh(dom, bus);
     let peaks = b.stats.peaks.get(&bus).copied().unwrap_or_default();
     let rules = conn_match_rules(dom, bus, key);

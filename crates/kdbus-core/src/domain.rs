@@ -72,6 +72,10 @@ pub enum SendOutcome {
     Pending,
 }
 
+/// Match entries all of one user's connections may hold by default (dbus-broker's
+/// 16 Ki).
+pub const USER_MAX_MATCHES: usize = 16 * 1024;
+
 /// What all the connections of one unprivileged user may hold together in a domain,
 /// whatever their number (dbus-broker's per-user quotas, `src/util/user.c`). Each
 /// connection has its own, smaller limits besides; privileged users have none of these.
@@ -91,7 +95,7 @@ impl Default for UserLimits {
     fn default() -> Self {
         UserLimits {
             pool_bytes: 256 << 20,
-            matches: crate::matching::USER_MAX_MATCHES,
+            matches: USER_MAX_MATCHES,
             match_bytes: 64 << 20,
         }
     }

@@ -47,11 +47,11 @@ mod replies;
 mod send;
 
 pub use clock::{Clock, ManualClock, Now};
+pub use domain::USER_MAX_MATCHES;
 pub use domain::{Domain, SendOutcome, UserLimits};
 pub use files::{FdInspector, FdKind, FdLedger, FdSlip};
 pub use ids::{BusKey, ConnKey, FileSet, Files, OutFiles};
 pub use kdbus_abi::Errno;
-pub use matching::USER_MAX_MATCHES;
 pub use memory::{PoolMemory, VecPool};
 pub use meta::{Creds, Peer};
 

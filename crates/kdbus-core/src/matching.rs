@@ -11,10 +11,6 @@ use crate::ids::ConnKey;
 use crate::matches::{entry_bytes, MatchDb};
 use kdbus_abi::{match_flags, Errno};
 
-/// Match entries all of one user's connections may hold by default (dbus-broker's
-/// 16 Ki).
-pub const USER_MAX_MATCHES: usize = 16 * 1024;
-
 impl Domain {
     /// MATCH_ADD: install the rules `rules` (items) under `cookie` for `key`.
     pub fn match_add(
