@@ -818,14 +818,10 @@ impl Broker {
     /// Write a connection's output to its socket, or what does not fit to its backlog.
     fn flush_conn(&mut self, key: ConnKey) {
         let Some(&token) = self.conn_token.get(&key) else {
+            // A service's activator: what queued on it starts the service.
+            let env = self.activation.owns(key).then(|| self.activation_env());
             if let Some((out, fds)) = self.domain.conn_output(key) {
-                // A service's activator: what queued on it starts the service.
-                if self.activation.owns(key) {
-                    let env: Vec<(String, String)> = self
-                        .bridge
-                        .activation_env()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect();
+                if let Some(env) = env {
                     self.activation.on_output(key, out, &env);
                 }
                 out.clear();

@@ -17,7 +17,7 @@ impl Broker {
                 self.domain.bus_set_msg_policy(bus, Some(c.msg_policy()));
                 self.dbus.set_admission(Some(c.admission()));
                 self.limits_apply(bus, &crate::limits::Limits::of(&c));
-                self.activation_load();
+                self.activation_install(bus, &c);
                 tracing::info!(file = %path.display(), "configuration reloaded");
                 Ok(())
             }
@@ -41,34 +41,39 @@ impl Broker {
     /// services are told to connect to.
     pub(super) fn activation_setup(&mut self, starter: String) {
         self.activation.starter_address = starter;
-        self.activation_load();
-    }
-
-    /// (Re)read the service directories of the configuration, if there is one.
-    fn activation_load(&mut self) {
         let (Some(path), Some(bus)) = (self.config_file.clone(), self.config_bus) else {
             return;
         };
-        let Ok(c) = crate::config::BusConfig::load(&path) else {
-            return;
-        };
+        // Read again: the broker is handed what it needs of the file, not the file.
+        if let Ok(c) = crate::config::BusConfig::load(&path) {
+            self.activation_install(bus, &c);
+        }
+    }
+
+    /// Make the services of `c`'s service directories activatable on `bus`.
+    fn activation_install(&mut self, bus: BusKey, c: &crate::config::BusConfig) {
         self.activation.bus_type = c.bus_type.clone().unwrap_or_else(|| "session".into());
-        let (services, timeout) = crate::activation::of_config(&c);
+        let (services, timeout) = crate::activation::of_config(c);
         self.activation.timeout = timeout;
         let me = self.me.clone();
         self.activation
             .install(&mut self.domain, bus, &me, services);
     }
 
+    /// What services start with besides the starter variables
+    /// (`UpdateActivationEnvironment`).
+    pub(super) fn activation_env(&self) -> Vec<(String, String)> {
+        self.bridge
+            .activation_env()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     /// Start what `StartServiceByName` asked for, and look at what is starting.
     pub(super) fn activation_turn(&mut self) {
         let starts = self.bridge.take_starts();
         if !starts.is_empty() {
-            let env: Vec<(String, String)> = self
-                .bridge
-                .activation_env()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let env = self.activation_env();
             for name in starts {
                 self.activation.start(&name, &env);
             }
