@@ -618,7 +618,9 @@ fn unescape(v: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(x) = u8::from_str_radix(&v[i + 1..i + 3], 16) {
+            // By bytes: what follows '%' need not be ASCII (found by fuzz/config_xml).
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+            if let Some(x) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(x);
                 i += 3;
                 continue;
@@ -691,6 +693,16 @@ mod tests {
         );
         assert!(BusConfig::load(&bad).is_err());
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// An escape followed by a character of more than one byte is not one (it used to
+    /// cut that character in two and panic).
+    #[test]
+    fn a_percent_before_a_multibyte_character_is_kept() {
+        assert_eq!(
+            parse_listen("unix:path=/run/x%2\u{246}y").unwrap(),
+            vec![ListenAddr::Path("/run/x%2\u{246}y".into())]
+        );
     }
 
     #[test]
