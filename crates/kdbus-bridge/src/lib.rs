@@ -82,6 +82,8 @@ pub enum ActivationError {
     ExecFailed(String),
     /// It did not own the name within `service_start_timeout` (ms).
     TimedOut(u64),
+    /// As many services as `max_pending_service_starts` (this) allows were starting.
+    TooMany(usize),
 }
 
 impl Bridge {
@@ -131,6 +133,12 @@ impl Bridge {
                 format!("Process {name} received signal {n}"),
             ),
             ActivationError::ExecFailed(why) => (ErrName::SpawnExecFailed, why.clone()),
+            ActivationError::TooMany(max) => (
+                ErrName::LimitsExceeded,
+                format!(
+                    "The maximum number of pending activations has been reached, activation of {name} failed (max_pending_service_starts={max})"
+                ),
+            ),
             ActivationError::TimedOut(ms) => (
                 ErrName::TimedOut,
                 format!(

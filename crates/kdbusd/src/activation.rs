@@ -24,6 +24,8 @@ use zerocopy::IntoBytes;
 
 /// dbus-daemon's default `service_start_timeout`.
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(25);
+/// dbus-daemon's default `max_pending_service_starts`.
+const MAX_PENDING: usize = 512;
 /// How often a starting service is looked at.
 const POLL: Duration = Duration::from_millis(50);
 /// Pool of an activator: sparse, so this bounds address space only.
@@ -170,6 +172,8 @@ pub(crate) struct Activation {
     pub(crate) starter_address: String,
     pub(crate) bus_type: String,
     pub(crate) timeout: Option<Duration>,
+    /// `max_pending_service_starts` (dbus-daemon's default: 512).
+    pub(crate) max_pending: Option<usize>,
 }
 
 impl Activation {
@@ -221,6 +225,13 @@ impl Activation {
         let Some(s) = self.services.get(name) else {
             return;
         };
+        let max = self.max_pending.unwrap_or(MAX_PENDING);
+        if self.starting.len() >= max {
+            tracing::warn!(%name, "too many services starting");
+            self.failed
+                .push((name.to_string(), ActivationError::TooMany(max)));
+            return;
+        }
         let mut cmd = Command::new(&s.exec[0]);
         cmd.args(&s.exec[1..])
             .env("DBUS_STARTER_ADDRESS", &self.starter_address)
@@ -344,10 +355,9 @@ fn activator_hello(
         .map(|(key, _)| key)
 }
 
-/// The service directories and start timeout of a configuration.
-pub(crate) fn of_config(c: &crate::config::BusConfig) -> (Vec<Service>, Option<Duration>) {
-    let timeout = c.limit("service_start_timeout").map(Duration::from_millis);
-    (services_load(&c.service_dirs), timeout)
+/// The service directories of a configuration.
+pub(crate) fn of_config(c: &crate::config::BusConfig) -> Vec<Service> {
+    services_load(&c.service_dirs)
 }
 
 #[cfg(test)]

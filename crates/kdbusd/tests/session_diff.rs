@@ -949,3 +949,50 @@ fn each_driver_method_answers_as_dbus_daemon() {
         t
     });
 }
+
+/// `max_pending_service_starts`: a service more than may be starting at once is
+/// refused in dbus-daemon's words.
+#[test]
+fn too_many_services_starting_is_limits_exceeded() {
+    if !usable() {
+        return;
+    }
+    let services = tempfile::tempdir().expect("a service directory");
+    for name in ["org.kdbus.Slow1", "org.kdbus.Slow2"] {
+        std::fs::write(
+            services.path().join(format!("{name}.service")),
+            format!("[D-BUS Service]\nName={name}\nExec=/bin/sleep 2\n"),
+        )
+        .expect("a service file");
+    }
+    let extra = format!(
+        "<servicedir>{}</servicedir><limit name=\"max_pending_service_starts\">1</limit>",
+        services.path().display()
+    );
+    let call = |address: &str, dest: &str| {
+        let c = zconn(address);
+        match c.call_method(Some(dest), "/", Some("org.kdbus.A"), "Ping", &()) {
+            Ok(_) => "ok".to_string(),
+            Err(zbus::Error::MethodError(name, text, _)) => {
+                format!("{name}: {}", text.unwrap_or_default())
+            }
+            Err(e) => format!("failed: {e}"),
+        }
+    };
+    both_with(
+        &extra,
+        |address| {
+            let a = address.to_string();
+            // The first service is starting (and stays so for two seconds)...
+            std::thread::spawn(move || call(&a, "org.kdbus.Slow1"));
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            // ...so the second may not.
+            vec![call(address, "org.kdbus.Slow2")]
+        },
+        &[
+            "org.freedesktop.DBus.Error.LimitsExceeded: The maximum number of pending \
+           activations has been reached, activation of org.kdbus.Slow2 failed \
+           (max_pending_service_starts=1)",
+        ],
+    );
+}

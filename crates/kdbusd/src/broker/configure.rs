@@ -3,6 +3,7 @@
 
 use super::Broker;
 use kdbus_core::BusKey;
+use std::time::Duration;
 
 impl Broker {
     /// Read the configuration file again and put its policy and admission rules in
@@ -53,8 +54,11 @@ impl Broker {
     /// Make the services of `c`'s service directories activatable on `bus`.
     fn activation_install(&mut self, bus: BusKey, c: &crate::config::BusConfig) {
         self.activation.bus_type = c.bus_type.clone().unwrap_or_else(|| "session".into());
-        let (services, timeout) = crate::activation::of_config(c);
-        self.activation.timeout = timeout;
+        let services = crate::activation::of_config(c);
+        self.activation.timeout = c.limit("service_start_timeout").map(Duration::from_millis);
+        self.activation.max_pending = c
+            .limit("max_pending_service_starts")
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let me = self.me.clone();
         self.activation
             .install(&mut self.domain, bus, &me, services);
