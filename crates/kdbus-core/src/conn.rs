@@ -192,6 +192,18 @@ impl Conn {
 
     /// A message for this connection was lost for lack of room; its client hears of it
     /// with the next flush.
+    /// Drop every queued message: their slices go back to the pool, their charges
+    /// with them.
+    pub(crate) fn queue_drop(&mut self) {
+        for q in self.queue.drain().map(|(_, q)| q) {
+            if let Err(e) = self.pool.free(q.offset) {
+                crate::bug!(e, "a queued slice could not be freed");
+            }
+        }
+        self.queued_at.clear();
+        self.quota = PoolQuota::new();
+    }
+
     pub(crate) fn lose(&mut self, outbox: &mut Outbox) {
         self.dropped_msgs += 1;
         if self.stream.is_none() {

@@ -15,7 +15,7 @@ use crate::matching::MatchCharge;
 use crate::memory::{PoolMemory, VecPool};
 use crate::meta::Peer;
 use crate::policy::policy_parse;
-use crate::pool::{PoolAllocator, PoolQuota};
+use crate::pool::PoolAllocator;
 use crate::reply::ReplyFailure;
 use crate::sink::StreamPeer;
 use kdbus_abi::items::{ItemIter, ItemWriter};
@@ -255,13 +255,7 @@ impl Domain {
         };
         let owed: Vec<_> = conn.owed.keys().copied().collect();
         let awaited: Vec<_> = conn.awaited.iter().copied().collect();
-        for q in conn.queue.drain().map(|(_, q)| q) {
-            if let Err(e) = conn.pool.free(q.offset) {
-                crate::bug!(e, "a queued slice could not be freed");
-            }
-        }
-        conn.queued_at.clear();
-        conn.quota = PoolQuota::new();
+        conn.queue_drop();
         let flags = conn.flags;
         let mut matches = MatchCharge::default();
         if let Some(b) = self.buses.get_mut(&bus) {

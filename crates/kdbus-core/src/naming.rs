@@ -84,21 +84,7 @@ impl Domain {
         let Some(conn) = self.conns.get_mut(&key) else {
             return Vec::new();
         };
-        for q in conn.queue.drain().map(|(_, q)| q) {
-            conn.quota.uncharge(q.user, q.size, q.charged_fds);
-            if let Err(e) = conn.pool.free(q.offset) {
-                crate::bug!(e, "a queued slice could not be freed");
-            }
-            self.outbox.push_record(
-                &mut conn.output,
-                wire::REC_RETRACT,
-                0,
-                0,
-                0,
-                &q.offset.to_ne_bytes(),
-            );
-        }
-        conn.queued_at.clear();
+        conn.queue_drop();
         let owed: Vec<_> = conn.owed.keys().copied().collect();
         let mut streams = Vec::new();
         for (requester, cookie) in owed {
