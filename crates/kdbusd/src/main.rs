@@ -54,10 +54,10 @@ struct Args {
     #[arg(long)]
     system: bool,
     /// Use this dbus-daemon configuration file.
-    #[arg(long, value_name = "FILE", require_equals = true)]
+    #[arg(long, value_name = "FILE")]
     config_file: Option<PathBuf>,
     /// Listen on this D-Bus address instead of the configured ones.
-    #[arg(long, value_name = "ADDR", require_equals = true)]
+    #[arg(long, value_name = "ADDR")]
     address: Option<String>,
     /// Stay in the foreground (the default).
     #[arg(long)]
@@ -66,10 +66,10 @@ struct Args {
     #[arg(long, conflicts_with = "nofork")]
     fork: bool,
     /// Print the address clients should use, to stdout or to FD.
-    #[arg(long, value_name = "FD", num_args = 0..=1, require_equals = true, default_missing_value = "1")]
+    #[arg(long, value_name = "FD", num_args = 0..=1, default_missing_value = "1")]
     print_address: Option<i32>,
     /// Print the broker's pid, to stdout or to FD.
-    #[arg(long, value_name = "FD", num_args = 0..=1, require_equals = true, default_missing_value = "1")]
+    #[arg(long, value_name = "FD", num_args = 0..=1, default_missing_value = "1")]
     print_pid: Option<i32>,
     /// Do not write the configured pid file.
     #[arg(long)]
