@@ -190,6 +190,18 @@ fn seen(inbox: &Inbox, labels: &[(String, &str)], until_member: &str) -> Vec<Str
     t
 }
 
+/// A bare socket to the bus at `address` (reads time out after 5 s).
+fn raw_socket(address: &str) -> std::os::unix::net::UnixStream {
+    let path = address
+        .strip_prefix("unix:path=")
+        .and_then(|p| p.split(',').next())
+        .expect("a unix:path address");
+    let s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("a read timeout");
+    s
+}
+
 /// Become a monitor with `rules`: the outcome, and the monitor's inbox.
 fn monitor(address: &str, rules: &[&str]) -> (String, ZConn, Inbox) {
     let m = zconn(address);
@@ -323,13 +335,7 @@ fn a_message_before_hello_is_shown_to_monitors_and_its_sender_goes() {
     both(
         |address| {
             let (r, _m, all) = monitor(address, &[]);
-            let path = address
-                .strip_prefix("unix:path=")
-                .and_then(|p| p.split(',').next())
-                .expect("a unix:path address");
-            let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect");
-            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-                .expect("a read timeout");
+            let mut s = raw_socket(address);
             let mut bytes = dbus_raw::auth_lines(false);
             bytes.extend(dbus_raw::call(1, "org.kdbus.Early", "Early", "", &[], 0));
             s.write_all(&bytes).expect("write");
@@ -831,13 +837,7 @@ fn a_body_that_is_not_its_signature_disconnects_its_sender() {
     use std::io::Write;
     both(
         |address| {
-            let path = address
-                .strip_prefix("unix:path=")
-                .and_then(|p| p.split(',').next())
-                .expect("a unix:path address");
-            let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect");
-            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-                .expect("a read timeout");
+            let mut s = raw_socket(address);
             let mut bytes = dbus_raw::auth_lines(false);
             bytes.extend(dbus_raw::call(1, DRIVER, "Hello", "", &[], 0));
             s.write_all(&bytes).expect("write");

@@ -9,12 +9,12 @@
 mod common;
 use common::*;
 use kdbus::abi::make_flags;
-use kdbus::{Connection, Message};
+use kdbus::Connection;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const HELPER_ENV: &str = "KDBUS_STARVE_HELPER";
 /// Sockets the hostile user opens to the control, native and D-Bus listeners: with
@@ -134,21 +134,7 @@ fn nobody_cannot_make_the_broker_refuse_root() {
     std::thread::sleep(Duration::from_secs(1));
     let idle = cpu_ticks(pid) - before;
     // Root connects and calls, as always.
-    let t0 = Instant::now();
-    let caller = ok(Connection::hello(&bus.endpoint, &test_hello()));
-    let call = std::thread::scope(|s| {
-        s.spawn(|| {
-            let m = ok(service.recv_timeout(Some(SOON)));
-            ok(service.send(
-                &Message::to(m.src_id())
-                    .reply_to(m.cookie())
-                    .payload(b"pong"),
-            ));
-        });
-        caller.call(Message::to(service.id()).cookie(1).payload(b"ping"), SOON)
-    });
-    let took = t0.elapsed();
-    assert_eq!(ok(call).payload_bytes(), b"pong");
+    let took = connect_and_call(&service, &bus.endpoint);
     eprintln!(
         "root's connect and call took {took:?}; broker CPU while flooded: {idle} ticks in 1 s"
     );

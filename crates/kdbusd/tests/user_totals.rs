@@ -22,7 +22,7 @@ use kdbus_dbus::marshal::{Endian, Writer};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const HELPER_ENV: &str = "KDBUS_TOTALS_HELPER";
 /// RSS the broker may reach during any one flood (issue 12's bound).
@@ -210,22 +210,7 @@ fn field(report: &str, key: &str) -> u64 {
 /// Root connects and gets a reply through the broker: how long it took.
 fn root_round_trip(endpoint: &Path) -> Duration {
     let service = ok(Connection::hello(endpoint, &test_hello()));
-    let t0 = Instant::now();
-    let caller = ok(Connection::hello(endpoint, &test_hello()));
-    let reply = std::thread::scope(|s| {
-        s.spawn(|| {
-            let m = ok(service.recv_timeout(Some(SOON)));
-            ok(service.send(
-                &Message::to(m.src_id())
-                    .reply_to(m.cookie())
-                    .payload(b"pong"),
-            ));
-        });
-        caller.call(Message::to(service.id()).cookie(1).payload(b"ping"), SOON)
-    });
-    let took = t0.elapsed();
-    assert_eq!(ok(reply).payload_bytes(), b"pong");
-    took
+    connect_and_call(&service, endpoint)
 }
 
 /// One flood: `nobody` runs `scenario`; the broker's RSS is measured at the start,

@@ -524,3 +524,25 @@ impl Broker {
         out
     }
 }
+
+/// A new connection to `endpoint` calls `service` (which this answers with "pong"):
+/// how long the connect and the call took.
+pub fn connect_and_call(service: &Connection, endpoint: &Path) -> Duration {
+    use kdbus::Message;
+    let t0 = std::time::Instant::now();
+    let caller = ok(Connection::hello(endpoint, &test_hello()));
+    let reply = std::thread::scope(|s| {
+        s.spawn(|| {
+            let m = ok(service.recv_timeout(Some(SOON)));
+            ok(service.send(
+                &Message::to(m.src_id())
+                    .reply_to(m.cookie())
+                    .payload(b"pong"),
+            ));
+        });
+        caller.call(Message::to(service.id()).cookie(1).payload(b"ping"), SOON)
+    });
+    let took = t0.elapsed();
+    assert_eq!(ok(reply).payload_bytes(), b"pong");
+    took
+}
