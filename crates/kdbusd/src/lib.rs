@@ -38,6 +38,11 @@ pub fn sys_write_fd(fd: i32, bytes: &[u8]) -> std::io::Result<()> {
     sys::write_raw_fd(fd, bytes)
 }
 
+/// Close an fd from the command line once done with it (`--print-address=FD`).
+pub fn sys_close_fd(fd: i32) {
+    sys::close_raw_fd(fd)
+}
+
 /// Detach from the terminal's streams (after `--fork` and printing the address).
 pub fn sys_detach_stdio() -> std::io::Result<()> {
     sys::detach_stdio()

@@ -222,6 +222,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         if let Some(fd) = args.print_pid {
             write_fd(fd, &format!("{}\n", std::process::id()))?;
         }
+        // Readers of these fds wait for end-of-file (dbus-run-session does).
+        let mut printed: Vec<i32> = [args.print_address, args.print_pid]
+            .into_iter()
+            .flatten()
+            .collect();
+        printed.sort_unstable();
+        printed.dedup();
+        printed.into_iter().for_each(kdbusd::sys_close_fd);
         if let (Some(p), false) = (
             bus_config.as_ref().and_then(|c| c.pidfile.clone()),
             args.nopidfile,

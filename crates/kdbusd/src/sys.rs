@@ -138,6 +138,16 @@ pub fn write_raw_fd(fd: i32, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Close an fd number our caller was handed and is done with (`--print-address=FD`:
+/// whoever reads the address waits for end-of-file, as from dbus-daemon).
+pub fn close_raw_fd(fd: i32) {
+    if fd > 2 {
+        // SAFETY: the fd number comes from our command line, nothing in this process
+        // owns it, and it is closed once (the caller passes each number once).
+        drop(unsafe { <OwnedFd as FromRawFd>::from_raw_fd(fd) });
+    }
+}
+
 /// Point stdin, stdout and stderr at /dev/null (a forked daemon, after it printed what
 /// it had to print), so whoever started us sees end-of-file.
 pub fn detach_stdio() -> io::Result<()> {

@@ -44,7 +44,6 @@ fn assert_ok(out: Option<std::process::Output>, want: &str) {
 }
 
 #[test]
-#[ignore = "the client hangs under dbus-run-session with kdbusd (issue 13, open)"]
 fn a_libdbus_program_runs_on_kdbusd() {
     let out = in_session(
         "dbus-send",
@@ -60,7 +59,6 @@ fn a_libdbus_program_runs_on_kdbusd() {
 }
 
 #[test]
-#[ignore = "the client hangs under dbus-run-session with kdbusd (issue 13, open)"]
 fn a_glib_program_runs_on_kdbusd() {
     let out = in_session(
         "gdbus",
@@ -80,7 +78,6 @@ fn a_glib_program_runs_on_kdbusd() {
 }
 
 #[test]
-#[ignore = "the client hangs under dbus-run-session with kdbusd (issue 13, open)"]
 fn an_sd_bus_program_runs_on_kdbusd() {
     let out = in_session(
         "busctl",
