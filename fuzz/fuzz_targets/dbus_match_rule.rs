@@ -11,44 +11,14 @@
 //! a signal the client asked for).
 #![no_main]
 
-use kdbus_dbus::bloom::{match_mask, signal_filter, MatchSpec, SignalSpec};
 use kdbus_dbus::header::{self, MessageType};
-use kdbus_dbus::rules::{string_args, ArgTest, Rule};
+use kdbus_dbus::rules::{signal_bloom, Rule};
 use libfuzzer_sys::fuzz_target;
 
 const BLOOM: kdbus_abi::BloomParameter = kdbus_abi::BloomParameter {
     size: 64,
     n_hash: 8,
 };
-
-/// The mask kdbus-bridge's driver uploads for `rule` (`kernel_rule_items`).
-fn rule_mask(rule: &Rule) -> Option<kdbus_dbus::bloom::Bloom> {
-    let pick = |want: fn(&ArgTest) -> Option<&str>| -> Vec<(u8, &str)> {
-        rule.args
-            .iter()
-            .filter_map(|(i, t)| want(t).map(|v| (*i, v)))
-            .collect()
-    };
-    let args = pick(|t| match t {
-        ArgTest::Equals(v) => Some(v),
-        _ => None,
-    });
-    let namespaces = pick(|t| match t {
-        ArgTest::Namespace(v) => Some(v),
-        _ => None,
-    });
-    let spec = MatchSpec {
-        message_type: rule.msg_type.map(MessageType::name),
-        interface: rule.interface.as_deref(),
-        member: rule.member.as_deref(),
-        path: rule.path.as_deref(),
-        path_namespace: rule.path_namespace.as_deref(),
-        args: &args,
-        arg_paths: &[],
-        arg_namespaces: &namespaces,
-    };
-    match_mask(BLOOM, &spec)
-}
 
 fuzz_target!(|data: &[u8]| {
     let (text, msg) = match data.iter().position(|b| *b == 0) {
@@ -64,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .all(|(i, _)| (*i as usize) <= kdbus_dbus::rules::MAX_ARG));
         let _ = r.is_eavesdropping();
-        let _ = rule_mask(r);
+        let _ = r.bloom_mask(BLOOM);
     }
     let Ok(h) = header::parse(msg) else {
         return;
@@ -81,21 +51,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let matched = rule.matches(&h, sender, &owns, body);
     if matched && h.msg_type == MessageType::Signal && h.destination.is_none() {
-        // The signal's filter, as kdbus-bridge's router builds it.
-        let args: Vec<Option<&str>> = string_args(body, h.endian, h.signature, 64)
-            .into_iter()
-            .map(|a| a.map(|(_, v)| v))
-            .collect();
-        let spec = SignalSpec {
-            interface: h.interface,
-            member: h.member,
-            path: h.path,
-            args: &args,
-        };
-        let filter = signal_filter(BLOOM, &spec);
+        // The signal's filter and the rule's mask, as the bus computes them.
+        let filter = signal_bloom(BLOOM, &h, body);
         // (Two gaps this check found, an argument equal to a namespace and strings
         // behind other arguments, are closed: no case is skipped.)
-        if let Some(mask) = rule_mask(&rule) {
+        if let Some(mask) = rule.bloom_mask(BLOOM) {
             assert!(
                 filter.covers(&mask),
                 "rule {text:?} matches a broadcast signal whose bloom filter does not cover \

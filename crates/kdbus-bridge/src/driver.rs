@@ -20,11 +20,10 @@ use kdbus_abi::{item, name_flags, Errno, ItemWriter};
 use kdbus_core::bus::Bus;
 use kdbus_core::conn::Conn;
 use kdbus_core::{BusKey, ConnKey, Creds, Domain, Files};
-use kdbus_dbus::bloom::{match_mask, MatchSpec};
 use kdbus_dbus::header::{Fields, Header, MessageType};
 use kdbus_dbus::marshal::Reader;
 use kdbus_dbus::names::UniqueName;
-use kdbus_dbus::rules::{ArgTest, Rule};
+use kdbus_dbus::rules::Rule;
 use zerocopy::IntoBytes;
 
 /// A method call to the driver, as its function sees it.
@@ -789,34 +788,8 @@ fn check_well_known(name: &str, verb: &str, what: &str) -> Result<(), DErr> {
 /// The bus match-database rules for a D-Bus rule: its bloom mask and its sender.
 fn kernel_rule_items(rule: &Rule, bloom: kdbus_abi::BloomParameter) -> Vec<u8> {
     let mut items = Vec::new();
-    let pick = |want: fn(&ArgTest) -> Option<&str>| -> Vec<(u8, &str)> {
-        rule.args
-            .iter()
-            .filter_map(|(i, t)| want(t).map(|v| (*i, v)))
-            .collect()
-    };
-    let args = pick(|t| match t {
-        ArgTest::Equals(v) => Some(v),
-        _ => None,
-    });
-    let namespaces = pick(|t| match t {
-        ArgTest::Namespace(v) => Some(v),
-        _ => None,
-    });
-    // argNpath also matches shorter values that end in '/', which the bloom prefix
-    // convention does not cover: it stays out of the mask and is checked exactly later.
-    let spec = MatchSpec {
-        message_type: rule.msg_type.map(MessageType::name),
-        interface: rule.interface.as_deref(),
-        member: rule.member.as_deref(),
-        path: rule.path.as_deref(),
-        path_namespace: rule.path_namespace.as_deref(),
-        args: &args,
-        arg_paths: &[],
-        arg_namespaces: &namespaces,
-    };
     let mut w = ItemWriter::new(&mut items);
-    if let Some(mask) = match_mask(bloom, &spec) {
+    if let Some(mask) = rule.bloom_mask(bloom) {
         w.push(item::BLOOM_MASK, mask.words().as_bytes());
     }
     match rule.sender.as_deref() {

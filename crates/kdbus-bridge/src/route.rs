@@ -17,7 +17,6 @@ use crate::{Bridge, DRIVER};
 use kdbus_abi::{item, msg_flags, payload, Errno, ItemWriter, Msg, Vec_};
 use kdbus_core::message::message_from_parts;
 use kdbus_core::{ConnKey, Creds, Domain, FileSet, Peer};
-use kdbus_dbus::bloom::{signal_filter, SignalSpec};
 use kdbus_dbus::header::{self, Fields, Header, HeaderError, MessageType};
 use kdbus_dbus::names::UniqueName;
 use std::os::fd::OwnedFd;
@@ -198,19 +197,7 @@ impl Bridge {
         let bloom = if dst_id == kdbus_abi::DST_ID_BROADCAST {
             flags |= msg_flags::SIGNAL;
             let params = dom.bus(bus_key).map(|b| b.bloom).unwrap_or_default();
-            // Every string-like argument at its position, past others too.
-            let args: Vec<Option<&str>> =
-                kdbus_dbus::rules::string_args(body, h.endian, h.signature, 64)
-                    .into_iter()
-                    .map(|a| a.map(|(_, v)| v))
-                    .collect();
-            let spec = SignalSpec {
-                interface: h.interface,
-                member: h.member,
-                path: h.path,
-                args: &args,
-            };
-            Some(signal_filter(params, &spec))
+            Some(kdbus_dbus::rules::signal_bloom(params, h, body))
         } else {
             None
         };

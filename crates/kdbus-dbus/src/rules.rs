@@ -4,6 +4,7 @@
 //! Values are quoted with `'`; inside quotes nothing is special, outside them `\'` is a
 //! literal quote. Keys and limits as the specification and dbus-daemon have them.
 
+use crate::bloom::{match_mask, signal_filter, Bloom, BloomParameter, MatchSpec, SignalSpec};
 use crate::header::{Header, MessageType};
 use crate::marshal::{Endian, Reader};
 use crate::names;
@@ -143,7 +144,54 @@ impl std::fmt::Display for Rule {
     }
 }
 
+/// The bloom filter a broadcast signal (header `h`, `body`) carries on the bus: its
+/// interface, member, path and every string-like argument at its position.
+pub fn signal_bloom(p: BloomParameter, h: &Header<'_>, body: &[u8]) -> Bloom {
+    let args: Vec<Option<&str>> = string_args(body, h.endian, h.signature, 64)
+        .into_iter()
+        .map(|a| a.map(|(_, v)| v))
+        .collect();
+    let spec = SignalSpec {
+        interface: h.interface,
+        member: h.member,
+        path: h.path,
+        args: &args,
+    };
+    signal_filter(p, &spec)
+}
+
 impl Rule {
+    /// The bloom mask a broadcast must cover to be worth this rule's full check (none:
+    /// the rule has no bloom part). `argNpath` also matches shorter values ending in
+    /// '/', which the prefix convention does not cover: it stays out of the mask.
+    pub fn bloom_mask(&self, p: BloomParameter) -> Option<Bloom> {
+        let pick = |want: fn(&ArgTest) -> Option<&str>| -> Vec<(u8, &str)> {
+            self.args
+                .iter()
+                .filter_map(|(i, t)| want(t).map(|v| (*i, v)))
+                .collect()
+        };
+        let args = pick(|t| match t {
+            ArgTest::Equals(v) => Some(v),
+            _ => None,
+        });
+        let namespaces = pick(|t| match t {
+            ArgTest::Namespace(v) => Some(v),
+            _ => None,
+        });
+        let spec = MatchSpec {
+            message_type: self.msg_type.map(MessageType::name),
+            interface: self.interface.as_deref(),
+            member: self.member.as_deref(),
+            path: self.path.as_deref(),
+            path_namespace: self.path_namespace.as_deref(),
+            args: &args,
+            arg_paths: &[],
+            arg_namespaces: &namespaces,
+        };
+        match_mask(p, &spec)
+    }
+
     /// Parse a rule string.
     pub fn parse(s: &str) -> Result<Rule, RuleError> {
         if s.len() > MAX_RULE_LEN {
