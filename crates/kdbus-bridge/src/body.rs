@@ -75,6 +75,9 @@ pub(crate) enum ErrName {
     SpawnChildExited,
     SpawnChildSignaled,
     SpawnExecFailed,
+    SpawnFileInvalid,
+    SpawnServiceNotFound,
+    SpawnFailedToSetup,
     TimedOut,
 }
 
@@ -101,6 +104,9 @@ impl ErrName {
             ErrName::SpawnChildExited => "org.freedesktop.DBus.Error.Spawn.ChildExited",
             ErrName::SpawnChildSignaled => "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
             ErrName::SpawnExecFailed => "org.freedesktop.DBus.Error.Spawn.ExecFailed",
+            ErrName::SpawnFileInvalid => "org.freedesktop.DBus.Error.Spawn.FileInvalid",
+            ErrName::SpawnServiceNotFound => "org.freedesktop.DBus.Error.Spawn.ServiceNotFound",
+            ErrName::SpawnFailedToSetup => "org.freedesktop.DBus.Error.Spawn.FailedToSetup",
             ErrName::TimedOut => "org.freedesktop.DBus.Error.TimedOut",
         }
     }

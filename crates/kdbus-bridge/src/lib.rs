@@ -84,6 +84,12 @@ pub enum ActivationError {
     TimedOut(u64),
     /// As many services as `max_pending_service_starts` (this) allows were starting.
     TooMany(usize),
+    /// Its service file could not be used (a system bus's launcher: no `User=`).
+    FileInvalid(String),
+    /// Its service file was no longer found when it was to start.
+    ServiceNotFound(String),
+    /// Its `User=` does not exist (or could not be become).
+    FailedToSetup(String),
 }
 
 impl Bridge {
@@ -133,6 +139,9 @@ impl Bridge {
                 format!("Process {name} received signal {n}"),
             ),
             ActivationError::ExecFailed(why) => (ErrName::SpawnExecFailed, why.clone()),
+            ActivationError::FileInvalid(why) => (ErrName::SpawnFileInvalid, why.clone()),
+            ActivationError::ServiceNotFound(why) => (ErrName::SpawnServiceNotFound, why.clone()),
+            ActivationError::FailedToSetup(why) => (ErrName::SpawnFailedToSetup, why.clone()),
             ActivationError::TooMany(max) => (
                 ErrName::LimitsExceeded,
                 format!(

@@ -36,13 +36,17 @@ const ACTIVATOR_POOL: u64 = 16 << 20;
 pub(crate) struct Service {
     pub(crate) name: String,
     pub(crate) exec: Vec<String>,
+    /// Whom it runs as on a system bus (`User=`).
+    pub(crate) user: Option<String>,
+    /// The systemd unit that provides it (`SystemdService=`).
+    pub(crate) systemd_service: Option<String>,
 }
 
-/// Parse a `.service` file: `[D-BUS Service]` with `Name=` and `Exec=` (other keys,
-/// `User=` and `SystemdService=` among them, are not used yet).
+/// Parse a `.service` file: `[D-BUS Service]` with `Name=`, `Exec=`, `User=` and
+/// `SystemdService=` (other keys are ignored, as dbus-daemon ignores them).
 pub(crate) fn service_parse(text: &str) -> Result<Service, String> {
     let mut in_section = false;
-    let (mut name, mut exec) = (None, None);
+    let (mut name, mut exec, mut user, mut systemd_service) = (None, None, None, None);
     for line in text.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -57,6 +61,8 @@ pub(crate) fn service_parse(text: &str) -> Result<Service, String> {
         match (in_section, k.trim()) {
             (true, "Name") => name = Some(v.trim().to_string()),
             (true, "Exec") => exec = Some(exec_split(v.trim())?),
+            (true, "User") => user = Some(v.trim().to_string()),
+            (true, "SystemdService") => systemd_service = Some(v.trim().to_string()),
             _ => {}
         }
     }
@@ -65,7 +71,12 @@ pub(crate) fn service_parse(text: &str) -> Result<Service, String> {
         return Err(format!("\"{name}\" is not a well-known name"));
     }
     let exec = exec.filter(|e| !e.is_empty()).ok_or("no Exec=")?;
-    Ok(Service { name, exec })
+    Ok(Service {
+        name,
+        exec,
+        user,
+        systemd_service,
+    })
 }
 
 /// Split an `Exec=` line as a shell would split words (quotes and backslashes), which
@@ -149,9 +160,9 @@ pub(crate) fn services_load(dirs: &[PathBuf]) -> Vec<Service> {
     v
 }
 
-/// A service being started.
+/// A service being started: its process, unless the launcher runs it.
 struct Starting {
-    child: Child,
+    child: Option<Child>,
     deadline: Instant,
 }
 
@@ -174,6 +185,8 @@ pub(crate) struct Activation {
     pub(crate) timeout: Option<Duration>,
     /// `max_pending_service_starts` (dbus-daemon's default: 512).
     pub(crate) max_pending: Option<usize>,
+    /// On a system bus that dropped to its `<user>`: who starts services as theirs.
+    pub(crate) launcher: Option<crate::launcher::Launcher>,
 }
 
 impl Activation {
@@ -232,6 +245,25 @@ impl Activation {
                 .push((name.to_string(), ActivationError::TooMany(max)));
             return;
         }
+        let deadline = Instant::now() + self.timeout.unwrap_or(START_TIMEOUT);
+        if let Some(l) = &self.launcher {
+            match l.launcher_request(name, &self.starter_address, &self.bus_type) {
+                Ok(()) => {
+                    tracing::info!(%name, "activating service through the launcher");
+                    let st = Starting {
+                        child: None,
+                        deadline,
+                    };
+                    self.starting.insert(name.to_string(), st);
+                }
+                Err(e) => {
+                    let why = format!("Failed to execute program {}: {e}", s.exec[0]);
+                    self.failed
+                        .push((name.to_string(), ActivationError::ExecFailed(why)));
+                }
+            }
+            return;
+        }
         let mut cmd = Command::new(&s.exec[0]);
         cmd.args(&s.exec[1..])
             .env("DBUS_STARTER_ADDRESS", &self.starter_address)
@@ -241,9 +273,11 @@ impl Activation {
         match cmd.spawn() {
             Ok(child) => {
                 tracing::info!(%name, pid = child.id(), "activating service");
-                let deadline = Instant::now() + self.timeout.unwrap_or(START_TIMEOUT);
-                self.starting
-                    .insert(name.to_string(), Starting { child, deadline });
+                let st = Starting {
+                    child: Some(child),
+                    deadline,
+                };
+                self.starting.insert(name.to_string(), st);
             }
             Err(e) => {
                 let why = format!("Failed to execute program {}: {e}", s.exec[0]);
@@ -259,6 +293,20 @@ impl Activation {
     pub(crate) fn poll(&mut self, dom: &mut Domain, bridge: &mut kdbus_bridge::Bridge) {
         let now = Instant::now();
         let timeout = self.timeout.unwrap_or(START_TIMEOUT);
+        // What the launcher saw end: a process that ended before its name came.
+        let mut ended_early: HashMap<String, ActivationError> = HashMap::new();
+        if let Some(l) = &mut self.launcher {
+            let (events, gone) = l.launcher_events();
+            ended_early.extend(events);
+            if gone {
+                tracing::error!("the activation launcher is gone; services cannot start");
+                self.launcher = None;
+                for name in self.starting.keys() {
+                    let why = ActivationError::ExecFailed("The activation launcher is gone".into());
+                    ended_early.entry(name.clone()).or_insert(why);
+                }
+            }
+        }
         let names: Vec<String> = self.starting.keys().cloned().collect();
         for name in names {
             let waiting = self
@@ -268,9 +316,13 @@ impl Activation {
             let Some(st) = self.starting.get_mut(&name) else {
                 continue;
             };
-            let ended = match st.child.try_wait() {
+            let exit = match &mut st.child {
+                Some(child) => child.try_wait().map(|s| s.map(exit_error)),
+                None => Ok(ended_early.remove(&name)),
+            };
+            let ended = match exit {
                 _ if !waiting => Some(None),
-                Ok(Some(status)) => Some(Some(exit_error(status))),
+                Ok(Some(why)) => Some(Some(why)),
                 Ok(None) if now >= st.deadline => {
                     Some(Some(ActivationError::TimedOut(timeout.as_millis() as u64)))
                 }
@@ -281,7 +333,7 @@ impl Activation {
                 continue;
             };
             if let Some(st) = self.starting.remove(&name) {
-                self.running.push(st.child);
+                self.running.extend(st.child);
             }
             if let Some(why) = failure {
                 tracing::warn!(%name, ?why, "activation failed");

@@ -67,6 +67,9 @@ pub struct Config {
     pub user_limits: kdbus_core::UserLimits,
     /// `--systemd-activation` was given (the driver lists `SystemdActivation`).
     pub systemd_activation: bool,
+    /// The uid and gid the broker will serve as once its sockets are bound (a system
+    /// bus's `<user>`): the buses' owner and its own peer are that user, not root.
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// The broker: the domain, and the sockets through which clients reach it.
@@ -151,10 +154,14 @@ impl Broker {
         crate::sys::ignore_sigpipe();
         std::fs::create_dir_all(&cfg.runtime_dir)?;
         let dispatch = Dispatch::new()?;
+        let (uid, gid) = cfg.run_as.unwrap_or((
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        ));
         let me_creds = Creds {
             pid: std::process::id(),
-            uid: rustix::process::getuid().as_raw(),
-            gid: rustix::process::getgid().as_raw(),
+            uid,
+            gid,
         };
         let mut proc_strings = ProcStrings::default();
         let me = peer_from_creds(me_creds, &mut proc_strings);
@@ -281,6 +288,15 @@ impl Broker {
     }
 
     /// Where this domain's `control` and buses are.
+    /// Start the launcher that runs this bus's services as their `User=` (a system
+    /// bus, while the broker is still root; see `launcher.rs`).
+    pub fn activation_launcher_start(&mut self) -> std::io::Result<()> {
+        if let Some(path) = &self.config_file {
+            self.activation.launcher = Some(crate::launcher::Launcher::launcher_start(path)?);
+        }
+        Ok(())
+    }
+
     pub fn runtime_dir(&self) -> &std::path::Path {
         &self.runtime_dir
     }

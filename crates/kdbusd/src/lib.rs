@@ -20,6 +20,7 @@ mod clock;
 pub mod config;
 mod dbus_socket;
 mod dispatch;
+mod launcher;
 pub mod limits;
 mod listener;
 mod params;
@@ -30,6 +31,7 @@ pub mod server;
 mod sys;
 
 pub use broker::{Broker, Config, Ready};
+pub use launcher::launcher_serve;
 pub use limits::Limits;
 pub use server::Server;
 
@@ -41,6 +43,16 @@ pub fn sys_write_fd(fd: i32, bytes: &[u8]) -> std::io::Result<()> {
 /// Close an fd from the command line once done with it (`--print-address=FD`).
 pub fn sys_close_fd(fd: i32) {
     sys::close_raw_fd(fd)
+}
+
+/// The uid and primary gid of the user `name` (NSS).
+pub fn sys_user_lookup(name: &str) -> Option<(u32, u32)> {
+    sys::user_lookup(name)
+}
+
+/// Become `uid`/`gid` for good, without supplementary groups (`<user>`).
+pub fn sys_drop_privileges(uid: u32, gid: u32) -> std::io::Result<()> {
+    sys::drop_privileges(uid, gid)
 }
 
 /// Detach from the terminal's streams (after `--fork` and printing the address).

@@ -74,11 +74,15 @@ struct Args {
     /// Do not write the configured pid file.
     #[arg(long)]
     nopidfile: bool,
+    /// Internal: run as a system bus's activation launcher for this configuration
+    /// file, serving the broker on stdin (see launcher.rs).
+    #[arg(long, hide = true, value_name = "FILE")]
+    activation_launcher: Option<PathBuf>,
     /// Internal: the pipe to report readiness on (used by --fork).
     #[arg(long, hide = true, value_name = "FD")]
     ready_fd: Option<i32>,
-    /// Activation through systemd (listed in the driver's `Features`; activation
-    /// itself is not implemented yet).
+    /// Activation through systemd: services with `SystemdService=` are started by
+    /// asking systemd (the `ActivationRequest` signal).
     #[arg(long)]
     systemd_activation: bool,
     /// Accepted for compatibility.
@@ -97,6 +101,15 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
+    if let Some(config) = &args.activation_launcher {
+        return match kdbusd::launcher_serve(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kdbusd activation launcher: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -130,9 +143,48 @@ fn raise_fd_limit() {
     }
 }
 
+/// The user a configuration's `<user>` names, if the broker is to become it: `None`
+/// when there is none or it is the broker's user already; an error when it does not
+/// exist or the broker, not root, cannot become it (dbus-daemon fails the same way).
+fn run_as_of(c: Option<&BusConfig>) -> Result<Option<(u32, u32)>, String> {
+    let Some(user) = c.and_then(|c| c.user.as_deref()) else {
+        return Ok(None);
+    };
+    let (uid, gid) =
+        kdbusd::sys_user_lookup(user).ok_or_else(|| format!("<user>: no user {user}"))?;
+    let me = rustix::process::geteuid().as_raw();
+    if uid == me {
+        Ok(None)
+    } else if me == 0 {
+        Ok(Some((uid, gid)))
+    } else {
+        Err(format!("<user>: cannot become {user} without being root"))
+    }
+}
+
+/// Hand what the broker made as root to the user it becomes, then become it: the
+/// runtime directory (so that endpoints and domains can still be made) and no way
+/// back to root.
+fn become_user(runtime_dirs: &[PathBuf], uid: u32, gid: u32) -> std::io::Result<()> {
+    let ids = (
+        Some(rustix::process::Uid::from_raw(uid)),
+        Some(rustix::process::Gid::from_raw(gid)),
+    );
+    let mut dirs = runtime_dirs.to_vec();
+    while let Some(d) = dirs.pop() {
+        rustix::fs::chown(&d, ids.0, ids.1)?;
+        for e in std::fs::read_dir(&d)?.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e.path());
+            }
+        }
+    }
+    kdbusd::sys_drop_privileges(uid, gid)?;
+    tracing::info!(uid, gid, "dropped privileges to the configured <user>");
+    Ok(())
+}
+
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let uid = rustix::process::getuid().as_raw();
-    let prefix = format!("{uid}-");
     let daemon_mode = args.session || args.system || args.config_file.is_some();
     let config_path = match (&args.config_file, args.session, args.system) {
         (Some(p), _, _) => Some(p.clone()),
@@ -142,6 +194,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     // Everything is checked before anything is bound.
     let bus_config = config_path.as_deref().map(BusConfig::load).transpose()?;
+    let run_as = run_as_of(bus_config.as_ref())?;
+    // Bus names carry the uid of the user the broker serves as.
+    let uid = run_as.map_or(rustix::process::getuid().as_raw(), |(u, _)| u);
+    let prefix = format!("{uid}-");
     let listen = match (&args.address, &bus_config) {
         (Some(a), _) => parse_listen(a).map_err(|e| format!("--address: {e}"))?,
         (None, Some(c)) => {
@@ -189,6 +245,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         limits: bus_config.as_ref().map(kdbusd::Limits::of),
         user_limits: user_limits(&args),
         systemd_activation: args.systemd_activation,
+        run_as,
     };
     if daemon_mode && fork && args.ready_fd.is_none() {
         // Run a fresh copy of ourselves in a new session and wait until it serves. (A
@@ -209,6 +266,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             limits: None,
             user_limits: cfg.user_limits,
             systemd_activation: false,
+            run_as,
         });
     }
     let (mut server, readies) = Server::new(configs)?;
@@ -216,6 +274,27 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     if daemon_mode {
         let address = ready.dbus_listen.join(";");
+        if let (Some(p), false) = (
+            bus_config.as_ref().and_then(|c| c.pidfile.clone()),
+            args.nopidfile,
+        ) {
+            std::fs::write(&p, format!("{}\n", std::process::id()))
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        // Bound, pid file written: now the configured user (dbus-daemon's order),
+        // leaving behind, as root, only the launcher of services' `User=`. The
+        // address is printed after, so that whoever waits for it finds the bus as it
+        // will stay.
+        if let Some((uid, gid)) = run_as {
+            if let Some(b) = server.first_broker() {
+                b.activation_launcher_start()?;
+            }
+            let dirs = match args.runtime_dir.is_empty() {
+                true => vec![cfg.runtime_dir.clone()],
+                false => args.runtime_dir.clone(),
+            };
+            become_user(&dirs, uid, gid).map_err(|e| format!("<user>: {e}"))?;
+        }
         if let Some(fd) = args.print_address {
             write_fd(fd, &format!("{address}\n"))?;
         }
@@ -230,13 +309,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         printed.sort_unstable();
         printed.dedup();
         printed.into_iter().for_each(kdbusd::sys_close_fd);
-        if let (Some(p), false) = (
-            bus_config.as_ref().and_then(|c| c.pidfile.clone()),
-            args.nopidfile,
-        ) {
-            std::fs::write(&p, format!("{}\n", std::process::id()))
-                .map_err(|e| format!("{}: {e}", p.display()))?;
-        }
         if let Some(fd) = args.ready_fd {
             kdbusd::sys_detach_stdio()?;
             kdbusd::sys_write_fd(fd, b"1")?;

@@ -72,6 +72,11 @@ impl Server {
         Ok((s, ready))
     }
 
+    /// The first domain's broker: the one a dbus-daemon configuration applies to.
+    pub fn first_broker(&mut self) -> Option<&mut Broker> {
+        self.domains.values_mut().next().map(|d| &mut d.broker)
+    }
+
     fn host(&mut self, broker: Broker, parent: Option<u64>) -> std::io::Result<u64> {
         let id = self.next_id;
         self.next_id += 1;
@@ -189,6 +194,7 @@ impl Server {
             limits: None,
             user_limits,
             systemd_activation: false,
+            run_as: None,
         };
         let mode = if flags & make_flags::ACCESS_WORLD != 0 {
             0o666

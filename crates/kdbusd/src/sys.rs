@@ -242,3 +242,98 @@ pub(crate) fn systemd_listeners() -> std::io::Result<Vec<OwnedFd>> {
     }
     Ok(out)
 }
+
+/// A user's uid and primary gid, from the system's user database (NSS, as
+/// dbus-daemon resolves `<user>` and a service's `User=`).
+pub fn user_lookup(name: &str) -> Option<(u32, u32)> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16 << 10];
+    // SAFETY: a zeroed passwd is a valid "empty" value; getpwnam_r fills it with
+    // pointers into `buf`, which outlives every read of them (only the two ids are
+    // read, by value, before `buf` is dropped).
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut out: *mut libc::passwd = std::ptr::null_mut();
+        let r = libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut out,
+        );
+        (r == 0 && !out.is_null()).then_some((pw.pw_uid, pw.pw_gid))
+    }
+}
+
+/// Become `uid`/`gid` for good: no supplementary groups, and real, effective and saved
+/// ids all changed, so that nothing can be taken back (dbus-daemon's `<user>`). Checked
+/// afterwards: an error if root is still within reach.
+pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: setgroups reads zero entries from a null list; setgid and setuid take
+    // plain integers. glibc applies each to every thread of the process.
+    let r = unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            -1
+        } else {
+            0
+        }
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (ruid, euid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::geteuid().as_raw(),
+    );
+    if ruid != uid || euid != uid || (uid != 0 && rustix::process::getgid().as_raw() != gid) {
+        return Err(io::Error::other("the ids did not change"));
+    }
+    Ok(())
+}
+
+/// The groups `user` (primary group `gid`) belongs to, as `initgroups` would set them.
+pub fn user_groups(user: &str, gid: u32) -> Vec<u32> {
+    let Ok(cname) = std::ffi::CString::new(user) else {
+        return vec![gid];
+    };
+    let mut n: libc::c_int = 64;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        let asked = n;
+        // SAFETY: `groups` has room for `n` entries; getgrouplist writes at most that
+        // many and sets `n` to the number it has (or needs).
+        let r = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if r >= 0 {
+            groups.truncate(n.max(0) as usize);
+            return groups;
+        }
+        if n <= asked {
+            n = asked.saturating_mul(2);
+        }
+        if n > 65536 {
+            return vec![gid];
+        }
+    }
+}
+
+/// Make `cmd`'s child become `uid`/`gid` with `groups` before it runs its program (a
+/// system bus service's `User=`, started by the root launcher).
+pub fn command_as_user(cmd: &mut std::process::Command, uid: u32, gid: u32, groups: Vec<u32>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe system calls run (setgroups,
+    // setgid, setuid), on memory the closure owns; an error stops the exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
