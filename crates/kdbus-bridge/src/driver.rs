@@ -30,6 +30,8 @@ use zerocopy::IntoBytes;
 struct Call<'a> {
     key: ConnKey,
     bus: BusKey,
+    serial: u32,
+    reply_expected: bool,
     /// The arguments, positioned at the first.
     r: Reader<'a>,
 }
@@ -197,7 +199,7 @@ impl Bridge {
             return;
         }
         let reply = self.driver_dispatch(dom, key, h, body);
-        if h.no_reply_expected() {
+        if std::mem::take(&mut self.deferred) || h.no_reply_expected() {
             return;
         }
         driver_answer(dom, key, h.serial, reply);
@@ -280,6 +282,8 @@ impl Bridge {
         let mut call = Call {
             key,
             bus,
+            serial: h.serial,
+            reply_expected: !h.no_reply_expected(),
             r: Reader::new(body, h.endian),
         };
         (m.f)(self, dom, &mut call)
@@ -471,14 +475,16 @@ fn list_queued_owners(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Res
 fn start_service_by_name(b: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
     let name = c.s()?;
     // Only names with an activator can be started (dbus-daemon: with a .service
-    // file): 1 if the activator holds the name (the service starts when its activator
-    // sees the queue), 2 if it already runs.
+    // file): 2 at once if it already runs; else 1 once the service owns the name, or
+    // the error that ended its start (the broker tells, see `activation_came`).
     let bus = bus_of(dom, c)?;
     match bus.names.lookup(name) {
         Some(e) if e.activator.is_some() && e.flags & name_flags::ACTIVATOR != 0 => {
-            // A service of the bus's own starts now; the answer does not wait for it.
             b.starts.push(name.to_string());
-            Ok(Body::new().u(1))
+            b.start_waiters
+                .push((name.to_string(), c.key, c.serial, c.reply_expected));
+            b.deferred = true;
+            Ok(Body::new())
         }
         Some(e) if e.activator.is_some() => Ok(Body::new().u(2)),
         _ => Err(err(

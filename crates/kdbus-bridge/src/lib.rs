@@ -67,6 +67,12 @@ pub struct Bridge {
     systemd_activation: bool,
     /// Names `StartServiceByName` asked to start since the broker last looked.
     starts: Vec<String>,
+    /// `StartServiceByName` calls waiting for their service: name, caller, serial,
+    /// and whether it wants the answer (dbus-daemon answers once the name has an
+    /// owner, or with the error that ended the start).
+    start_waiters: Vec<(String, kdbus_core::ConnKey, u32, bool)>,
+    /// Set by a driver method whose answer comes later.
+    deferred: bool,
     /// What `UpdateActivationEnvironment` set, for the services the bus starts.
     activation_env: std::collections::BTreeMap<String, String>,
 }
@@ -116,6 +122,44 @@ impl Bridge {
         self.activation_env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The service `name` owns its name now: the `StartServiceByName` calls that
+    /// waited for it get 1 (`DBUS_START_REPLY_SUCCESS`).
+    pub fn activation_came(&mut self, dom: &mut kdbus_core::Domain, name: &str) {
+        for (key, serial, answer) in self.start_waiters_take(name) {
+            if answer {
+                driver::driver_answer(dom, key, serial, Ok(body::Body::new().u(1)));
+            }
+        }
+    }
+
+    /// The service `name` did not come: its `StartServiceByName` calls fail with
+    /// dbus-daemon's error (the messages that waited on its activator are the
+    /// broker's to fail, one by one, with [`Bridge::activation_failed`]).
+    pub fn activation_start_failed(
+        &mut self,
+        dom: &mut kdbus_core::Domain,
+        name: &str,
+        why: &ActivationError,
+    ) {
+        for (key, serial, answer) in self.start_waiters_take(name) {
+            if answer {
+                self.activation_failed(dom, key, serial, name, why);
+            }
+        }
+    }
+
+    fn start_waiters_take(&mut self, name: &str) -> Vec<(kdbus_core::ConnKey, u32, bool)> {
+        let mut out = Vec::new();
+        self.start_waiters.retain(|(n, key, serial, answer)| {
+            let mine = n == name;
+            if mine {
+                out.push((*key, *serial, *answer));
+            }
+            !mine
+        });
+        out
     }
 
     /// The service `name` did not come: the D-Bus call `serial` of `key` that was

@@ -214,6 +214,11 @@ impl Activation {
         }
     }
 
+    /// Whether `name` is one of the bus's own activatable services.
+    pub(crate) fn serves(&self, name: &str) -> bool {
+        self.services.contains_key(name)
+    }
+
     /// Whether `key` is one of our activators.
     pub(crate) fn owns(&self, key: ConnKey) -> bool {
         self.by_key.contains_key(&key)
@@ -335,12 +340,16 @@ impl Activation {
             if let Some(st) = self.starting.remove(&name) {
                 self.running.extend(st.child);
             }
-            if let Some(why) = failure {
-                tracing::warn!(%name, ?why, "activation failed");
-                self.failed.push((name, why));
+            match failure {
+                Some(why) => {
+                    tracing::warn!(%name, ?why, "activation failed");
+                    self.failed.push((name, why));
+                }
+                None => bridge.activation_came(dom, &name),
             }
         }
         for (name, why) in std::mem::take(&mut self.failed) {
+            bridge.activation_start_failed(dom, &name, &why);
             let Some(&key) = self.keys.get(&name) else {
                 continue;
             };

@@ -9,77 +9,15 @@ mod common;
 mod dbus_raw;
 #[path = "common/diff.rs"]
 mod diff;
+#[path = "common/script.rs"]
+mod script;
 #[path = "common/zbus_peer.rs"]
 mod zbus_peer;
-use diff::{start, usable, zconn, Config, KDBUSD};
+use diff::zconn;
+use script::{both, both_with, driver, reply_text, same};
 use zbus::blocking::Connection as ZConn;
 use zbus::message::Type as MsgType;
 use zbus_peer::{first_string, member, Inbox, DRIVER, DRIVER_PATH};
-
-/// Run `script` against dbus-daemon and kdbusd; both transcripts must equal `expected`.
-fn both(script: impl Fn(&str) -> Vec<String>, expected: &[&str]) {
-    both_with("", script, expected)
-}
-
-/// Run `script` against dbus-daemon and kdbusd: the transcripts must be equal.
-fn same(script: impl Fn(&str) -> Vec<String>) {
-    if !usable() {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut got = Vec::new();
-    for program in ["dbus-daemon", KDBUSD] {
-        let (_daemon, address) = start(program, dir.path(), Config::Base(""));
-        got.push(script(&address));
-    }
-    assert_eq!(
-        got[1], got[0],
-        "kdbusd (left) and dbus-daemon (right) differ"
-    );
-}
-
-/// `both`, on the configuration with `extra` added.
-fn both_with(extra: &str, script: impl Fn(&str) -> Vec<String>, expected: &[&str]) {
-    if !usable() {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut got = Vec::new();
-    for program in ["dbus-daemon", KDBUSD] {
-        let (_daemon, address) = start(program, dir.path(), Config::Base(extra));
-        got.push((program, script(&address)));
-    }
-    for (program, transcript) in &got {
-        assert_eq!(transcript, expected, "{program}");
-    }
-}
-
-fn driver<B>(c: &ZConn, method: &str, body: &B) -> zbus::Result<zbus::Message>
-where
-    B: zbus::export::serde::Serialize + zbus::zvariant::DynamicType,
-{
-    c.call_method(Some(DRIVER), DRIVER_PATH, Some(DRIVER), method, body)
-}
-
-/// The reply of a driver call as text: its body (if one `u` or `as`) or the error name.
-fn outcome(r: zbus::Result<zbus::Message>) -> String {
-    match r {
-        Ok(m) => {
-            let b = m.body();
-            if let Ok(n) = b.deserialize::<u32>() {
-                n.to_string()
-            } else if let Ok(v) = b.deserialize::<Vec<String>>() {
-                v.join(",")
-            } else if let Ok(s) = b.deserialize::<String>() {
-                s
-            } else {
-                "ok".to_string()
-            }
-        }
-        Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
-        Err(e) => format!("failed: {e}"),
-    }
-}
 
 /// A signal matched by its own sender's rule reaches its sender too (GLib programs
 /// wait for their own signals).
@@ -89,7 +27,7 @@ fn a_broadcast_reaches_its_own_sender_when_it_matches() {
         |address| {
             let c = zconn(address);
             let inbox = Inbox::new(&c);
-            let mut t = vec![outcome(driver(
+            let mut t = vec![reply_text(driver(
                 &c,
                 "AddMatch",
                 &"type='signal',interface='org.kdbus.Own'",
@@ -131,12 +69,12 @@ fn a_replaced_owner_waits_at_the_head_of_the_queue() {
             };
             let a_inbox = Inbox::new(&a);
             let mut t = vec![
-                outcome(driver(&a, "RequestName", &(NAME, ALLOW_REPLACEMENT))),
-                outcome(driver(&c, "RequestName", &(NAME, 0u32))),
-                outcome(driver(&b, "RequestName", &(NAME, REPLACE_EXISTING))),
+                reply_text(driver(&a, "RequestName", &(NAME, ALLOW_REPLACEMENT))),
+                reply_text(driver(&c, "RequestName", &(NAME, 0u32))),
+                reply_text(driver(&b, "RequestName", &(NAME, REPLACE_EXISTING))),
             ];
             t.push(queue(&a));
-            t.push(outcome(driver(&b, "ReleaseName", &NAME)));
+            t.push(reply_text(driver(&b, "ReleaseName", &NAME)));
             t.push(queue(&a));
             // A was told it lost the name, and that it has it again.
             for _ in 0..3 {
@@ -213,7 +151,7 @@ fn monitor(address: &str, rules: &[&str]) -> (String, ZConn, Inbox) {
         "BecomeMonitor",
         &(rules, 0u32),
     );
-    (outcome(r), m, inbox)
+    (reply_text(r), m, inbox)
 }
 
 /// A monitor's rules choose what it sees; without rules it sees everything, and its
@@ -265,7 +203,7 @@ fn becoming_a_monitor_with_an_invalid_rule_fails() {
     both(
         |address| {
             let (r, m, _) = monitor(address, &["type='bogus'"]);
-            vec![r, outcome(driver(&m, "GetId", &())).len().to_string()]
+            vec![r, reply_text(driver(&m, "GetId", &())).len().to_string()]
         },
         &["org.freedesktop.DBus.Error.MatchRuleInvalid", "32"],
     );
@@ -639,12 +577,12 @@ fn eavesdropping_shows_unicasts_between_others_where_allowed() {
         let plain = zconn(address);
         let (eaves_in, plain_in) = (Inbox::new(&eaves), Inbox::new(&plain));
         let mut t = vec![
-            outcome(driver(
+            reply_text(driver(
                 &eaves,
                 "AddMatch",
                 &"eavesdrop='true',type='method_call',interface='org.kdbus.E'",
             )),
-            outcome(driver(
+            reply_text(driver(
                 &plain,
                 "AddMatch",
                 &"type='method_call',interface='org.kdbus.E'",
@@ -656,7 +594,7 @@ fn eavesdropping_shows_unicasts_between_others_where_allowed() {
             .expect("the call is answered");
         // A broadcast afterwards: a receiver that got it has seen all before it.
         for (c, inbox) in [(&eaves, &eaves_in), (&plain, &plain_in)] {
-            outcome(driver(
+            reply_text(driver(
                 c,
                 "AddMatch",
                 &"type='signal',interface='org.kdbus.End'",
@@ -678,93 +616,6 @@ fn eavesdropping_shows_unicasts_between_others_where_allowed() {
     );
     // Debian's system bus policy does not allow it.
     both(script, &["ok", "ok", "End", "End"]);
-}
-
-/// The service `activation` starts: owns `org.kdbus.Activated` on the bus that
-/// started it and answers `Ping` with "pong" until the bus goes (a test only when a
-/// bus starts it).
-#[test]
-fn activated_service() {
-    let Ok(address) = std::env::var("DBUS_STARTER_ADDRESS") else {
-        return;
-    };
-    if std::env::var("KDBUS_TEST_ACTIVATION").is_err() {
-        return;
-    }
-    let c = zconn(&address);
-    let it = zbus::blocking::MessageIterator::from(&c);
-    diff::request_name(&c, "org.kdbus.Activated");
-    for m in it.flatten() {
-        if m.message_type() == MsgType::MethodCall && member(&m) == "Ping" {
-            let _ = c.reply(&m.header(), &"pong");
-        }
-    }
-}
-
-/// Activation from `.service` files: a call to an activatable name starts its
-/// service, which answers that very call; a service whose program fails gives
-/// dbus-daemon's error; both are listed as activatable.
-#[test]
-fn a_call_to_an_activatable_name_starts_its_service() {
-    if !usable() {
-        return;
-    }
-    let services = tempfile::tempdir().expect("a service directory");
-    let exe = std::env::current_exe().expect("the test binary");
-    std::fs::write(
-        services.path().join("org.kdbus.Activated.service"),
-        format!(
-            // The bus's stdout may be a closed pipe: the test harness must not write to it.
-            "[D-BUS Service]\nName=org.kdbus.Activated\nExec=/bin/sh -c '{} activated_service --exact --test-threads=1 >/dev/null 2>&1'\n",
-            exe.display()
-        ),
-    )
-    .expect("a service file");
-    std::fs::write(
-        services.path().join("org.kdbus.Fails.service"),
-        "[D-BUS Service]\nName=org.kdbus.Fails\nExec=/bin/sh -c 'exit 3'\n",
-    )
-    .expect("a service file");
-    // The harness starts buses with KDBUS_TEST_ACTIVATION set, which services inherit:
-    // it tells the test binary to be the service.
-    let extra = format!("<servicedir>{}</servicedir>", services.path().display());
-    let script = |address: &str| {
-        let c = zconn(address);
-        let mut names: Vec<String> = driver(&c, "ListActivatableNames", &())
-            .ok()
-            .and_then(|m| m.body().deserialize::<Vec<String>>().ok())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n.starts_with("org.kdbus."))
-            .collect();
-        names.sort();
-        let call =
-            |dest: &str| match c.call_method(Some(dest), "/", Some("org.kdbus.A"), "Ping", &()) {
-                Ok(m) => m.body().deserialize::<String>().unwrap_or_default(),
-                Err(zbus::Error::MethodError(name, text, _)) => {
-                    format!("{name}: {}", text.unwrap_or_default())
-                }
-                Err(e) => format!("failed: {e}"),
-            };
-        vec![
-            names.join(","),
-            call("org.kdbus.Activated"),
-            call("org.kdbus.Activated"),
-            call("org.kdbus.Fails"),
-            outcome(driver(&c, "NameHasOwner", &"org.kdbus.Activated")),
-        ]
-    };
-    both_with(
-        &extra,
-        script,
-        &[
-            "org.kdbus.Activated,org.kdbus.Fails",
-            "pong",
-            "pong",
-            "org.freedesktop.DBus.Error.Spawn.ChildExited: Process org.kdbus.Fails exited with status 3",
-            "ok",
-        ],
-    );
 }
 
 /// Signals reach subscribers whose argument rules take them, wherever the argument
@@ -948,51 +799,4 @@ fn each_driver_method_answers_as_dbus_daemon() {
         ));
         t
     });
-}
-
-/// `max_pending_service_starts`: a service more than may be starting at once is
-/// refused in dbus-daemon's words.
-#[test]
-fn too_many_services_starting_is_limits_exceeded() {
-    if !usable() {
-        return;
-    }
-    let services = tempfile::tempdir().expect("a service directory");
-    for name in ["org.kdbus.Slow1", "org.kdbus.Slow2"] {
-        std::fs::write(
-            services.path().join(format!("{name}.service")),
-            format!("[D-BUS Service]\nName={name}\nExec=/bin/sleep 2\n"),
-        )
-        .expect("a service file");
-    }
-    let extra = format!(
-        "<servicedir>{}</servicedir><limit name=\"max_pending_service_starts\">1</limit>",
-        services.path().display()
-    );
-    let call = |address: &str, dest: &str| {
-        let c = zconn(address);
-        match c.call_method(Some(dest), "/", Some("org.kdbus.A"), "Ping", &()) {
-            Ok(_) => "ok".to_string(),
-            Err(zbus::Error::MethodError(name, text, _)) => {
-                format!("{name}: {}", text.unwrap_or_default())
-            }
-            Err(e) => format!("failed: {e}"),
-        }
-    };
-    both_with(
-        &extra,
-        |address| {
-            let a = address.to_string();
-            // The first service is starting (and stays so for two seconds)...
-            std::thread::spawn(move || call(&a, "org.kdbus.Slow1"));
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            // ...so the second may not.
-            vec![call(address, "org.kdbus.Slow2")]
-        },
-        &[
-            "org.freedesktop.DBus.Error.LimitsExceeded: The maximum number of pending \
-           activations has been reached, activation of org.kdbus.Slow2 failed \
-           (max_pending_service_starts=1)",
-        ],
-    );
 }

@@ -79,7 +79,13 @@ impl Broker {
         if !starts.is_empty() {
             let env = self.activation_env();
             for name in starts {
-                self.activation.start(&name, &env);
+                if self.activation.serves(&name) {
+                    self.activation.start(&name, &env);
+                } else {
+                    // An activator of a native client's: it starts its service when
+                    // it sees a message; nothing to wait for here.
+                    self.bridge.activation_came(&mut self.domain, &name);
+                }
             }
         }
         if self.activation.next_check().is_some() {

@@ -1,0 +1,204 @@
+//! Service activation, checked against dbus-daemon: the same `.service` files and
+//! client script against both brokers (`common/diff.rs`, `common/script.rs`), the
+//! answers compared. A call or `StartServiceByName` starts a service, which answers;
+//! failures, limits and systemd activation give dbus-daemon's errors. Skipped without
+//! root, dbus-daemon, dbus-send or setpriv.
+
+mod common;
+#[path = "common/diff.rs"]
+mod diff;
+#[path = "common/script.rs"]
+mod script;
+#[path = "common/zbus_peer.rs"]
+mod zbus_peer;
+use diff::{usable, zconn};
+use script::{both_with, driver, reply_text};
+use zbus::message::Type as MsgType;
+use zbus_peer::member;
+
+/// The service `activation` starts: owns `org.kdbus.Activated` on the bus that
+/// started it and answers `Ping` with "pong" until the bus goes (a test only when a
+/// bus starts it).
+#[test]
+fn activated_service() {
+    let Ok(address) = std::env::var("DBUS_STARTER_ADDRESS") else {
+        return;
+    };
+    if std::env::var("KDBUS_TEST_ACTIVATION").is_err() {
+        return;
+    }
+    let c = zconn(&address);
+    let it = zbus::blocking::MessageIterator::from(&c);
+    diff::request_name(&c, "org.kdbus.Activated");
+    for m in it.flatten() {
+        if m.message_type() == MsgType::MethodCall && member(&m) == "Ping" {
+            let _ = c.reply(&m.header(), &"pong");
+        }
+    }
+}
+
+/// A service directory with `org.kdbus.Activated` (this test binary as
+/// `activated_service`) and `org.kdbus.Fails` (exits 3), and the configuration line
+/// that names it. The harness starts buses with KDBUS_TEST_ACTIVATION set, which
+/// services inherit: it tells the test binary to be the service.
+fn test_services() -> (tempfile::TempDir, String) {
+    let services = tempfile::tempdir().expect("a service directory");
+    let exe = std::env::current_exe().expect("the test binary");
+    std::fs::write(
+        services.path().join("org.kdbus.Activated.service"),
+        format!(
+            // The bus's stdout may be a closed pipe: the test harness must not write to it.
+            "[D-BUS Service]\nName=org.kdbus.Activated\nExec=/bin/sh -c '{} activated_service --exact --test-threads=1 >/dev/null 2>&1'\n",
+            exe.display()
+        ),
+    )
+    .expect("a service file");
+    std::fs::write(
+        services.path().join("org.kdbus.Fails.service"),
+        "[D-BUS Service]\nName=org.kdbus.Fails\nExec=/bin/sh -c 'exit 3'\n",
+    )
+    .expect("a service file");
+    let extra = format!("<servicedir>{}</servicedir>", services.path().display());
+    (services, extra)
+}
+
+/// `StartServiceByName` answers once the service owns its name (1), at once when it
+/// runs already (2), and with the error that ended a start or `ServiceUnknown`.
+#[test]
+fn start_service_by_name_answers_when_the_service_has_come() {
+    if !usable() {
+        return;
+    }
+    let (_services, extra) = test_services();
+    let script = |address: &str| {
+        let c = zconn(address);
+        let start = |name: &str| {
+            let r = driver(&c, "StartServiceByName", &(name, 0u32));
+            match r {
+                Err(zbus::Error::MethodError(name, text, _)) => {
+                    format!("{name}: {}", text.unwrap_or_default())
+                }
+                r => reply_text(r),
+            }
+        };
+        vec![
+            start("org.kdbus.Activated"),
+            driver(&c, "NameHasOwner", &"org.kdbus.Activated")
+                .ok()
+                .and_then(|m| m.body().deserialize::<bool>().ok())
+                .map_or("failed".into(), |b| b.to_string()),
+            start("org.kdbus.Activated"),
+            start("org.kdbus.Fails"),
+            start("org.kdbus.Nobody"),
+        ]
+    };
+    both_with(
+        &extra,
+        script,
+        &[
+            "1",
+            "true",
+            "2",
+            "org.freedesktop.DBus.Error.Spawn.ChildExited: Process org.kdbus.Fails exited with status 3",
+            "org.freedesktop.DBus.Error.ServiceUnknown: The name org.kdbus.Nobody was not provided by any .service files",
+        ],
+    );
+}
+
+/// Activation from `.service` files: a call to an activatable name starts its
+/// service, which answers that very call; a service whose program fails gives
+/// dbus-daemon's error; both are listed as activatable.
+#[test]
+fn a_call_to_an_activatable_name_starts_its_service() {
+    if !usable() {
+        return;
+    }
+    let (_services, extra) = test_services();
+    let script = |address: &str| {
+        let c = zconn(address);
+        let mut names: Vec<String> = driver(&c, "ListActivatableNames", &())
+            .ok()
+            .and_then(|m| m.body().deserialize::<Vec<String>>().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with("org.kdbus."))
+            .collect();
+        names.sort();
+        let call =
+            |dest: &str| match c.call_method(Some(dest), "/", Some("org.kdbus.A"), "Ping", &()) {
+                Ok(m) => m.body().deserialize::<String>().unwrap_or_default(),
+                Err(zbus::Error::MethodError(name, text, _)) => {
+                    format!("{name}: {}", text.unwrap_or_default())
+                }
+                Err(e) => format!("failed: {e}"),
+            };
+        vec![
+            names.join(","),
+            call("org.kdbus.Activated"),
+            call("org.kdbus.Activated"),
+            call("org.kdbus.Fails"),
+            driver(&c, "NameHasOwner", &"org.kdbus.Activated")
+                .ok()
+                .and_then(|m| m.body().deserialize::<bool>().ok())
+                .map_or("failed".into(), |b| b.to_string()),
+        ]
+    };
+    both_with(
+        &extra,
+        script,
+        &[
+            "org.kdbus.Activated,org.kdbus.Fails",
+            "pong",
+            "pong",
+            "org.freedesktop.DBus.Error.Spawn.ChildExited: Process org.kdbus.Fails exited with status 3",
+            "true",
+        ],
+    );
+}
+
+/// `max_pending_service_starts`: a service more than may be starting at once is
+/// refused in dbus-daemon's words.
+#[test]
+fn too_many_services_starting_is_limits_exceeded() {
+    if !usable() {
+        return;
+    }
+    let services = tempfile::tempdir().expect("a service directory");
+    for name in ["org.kdbus.Slow1", "org.kdbus.Slow2"] {
+        std::fs::write(
+            services.path().join(format!("{name}.service")),
+            format!("[D-BUS Service]\nName={name}\nExec=/bin/sleep 2\n"),
+        )
+        .expect("a service file");
+    }
+    let extra = format!(
+        "<servicedir>{}</servicedir><limit name=\"max_pending_service_starts\">1</limit>",
+        services.path().display()
+    );
+    let call = |address: &str, dest: &str| {
+        let c = zconn(address);
+        match c.call_method(Some(dest), "/", Some("org.kdbus.A"), "Ping", &()) {
+            Ok(_) => "ok".to_string(),
+            Err(zbus::Error::MethodError(name, text, _)) => {
+                format!("{name}: {}", text.unwrap_or_default())
+            }
+            Err(e) => format!("failed: {e}"),
+        }
+    };
+    both_with(
+        &extra,
+        |address| {
+            let a = address.to_string();
+            // The first service is starting (and stays so for two seconds)...
+            std::thread::spawn(move || call(&a, "org.kdbus.Slow1"));
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            // ...so the second may not.
+            vec![call(address, "org.kdbus.Slow2")]
+        },
+        &[
+            "org.freedesktop.DBus.Error.LimitsExceeded: The maximum number of pending \
+           activations has been reached, activation of org.kdbus.Slow2 failed \
+           (max_pending_service_starts=1)",
+        ],
+    );
+}
