@@ -225,7 +225,7 @@ pub(crate) fn driver_answer(
                 };
                 p.write_driver(out, MessageType::MethodReturn, f, &b);
             }
-            Err(DErr(name, text)) => p.write_error(out, serial, name, &text),
+            Err(DErr(name, text)) => p.write_error(out, serial, name.as_str(), &text),
         }
     });
 }

@@ -29,10 +29,12 @@ mod policy;
 mod route;
 mod stats;
 pub mod stream_quota;
+mod systemd;
 
 pub use peer::DBusPeer;
 pub use policy::HeaderFacts;
 pub use route::DBusFatal;
+pub use systemd::{SystemdFailure, SYSTEMD};
 
 /// The bus driver's name.
 pub const DRIVER: &str = "org.freedesktop.DBus";
@@ -73,6 +75,8 @@ pub struct Bridge {
     start_waiters: Vec<(String, kdbus_core::ConnKey, u32, bool)>,
     /// Set by a driver method whose answer comes later.
     deferred: bool,
+    /// `ActivationFailure`s from systemd the broker has not seen yet.
+    systemd_failures: Vec<SystemdFailure>,
     /// What `UpdateActivationEnvironment` set, for the services the bus starts.
     activation_env: std::collections::BTreeMap<String, String>,
 }
@@ -96,6 +100,8 @@ pub enum ActivationError {
     ServiceNotFound(String),
     /// Its `User=` does not exist (or could not be become).
     FailedToSetup(String),
+    /// systemd could not start its unit: systemd's error name and text.
+    Systemd { error: String, text: String },
 }
 
 impl Bridge {
@@ -173,6 +179,10 @@ impl Bridge {
         why: &ActivationError,
     ) {
         use body::ErrName;
+        if let ActivationError::Systemd { error, text } = why {
+            route::error_named_to(dom, key, serial, error, text);
+            return;
+        }
         let (e, text) = match why {
             ActivationError::Exited(n) => (
                 ErrName::SpawnChildExited,
@@ -186,6 +196,7 @@ impl Bridge {
             ActivationError::FileInvalid(why) => (ErrName::SpawnFileInvalid, why.clone()),
             ActivationError::ServiceNotFound(why) => (ErrName::SpawnServiceNotFound, why.clone()),
             ActivationError::FailedToSetup(why) => (ErrName::SpawnFailedToSetup, why.clone()),
+            ActivationError::Systemd { .. } => return,
             ActivationError::TooMany(max) => (
                 ErrName::LimitsExceeded,
                 format!(

@@ -207,12 +207,12 @@ impl DBusPeer {
         &mut self,
         out: &mut StreamOut<'_>,
         serial: u32,
-        e: ErrName,
+        e: &str,
         text: &str,
     ) {
         let f = Fields {
             reply_serial: Some(serial),
-            error_name: Some(e.as_str()),
+            error_name: Some(e),
             ..Default::default()
         };
         self.write_driver(out, MessageType::Error, f, &Body::new().s(text));
@@ -430,7 +430,7 @@ impl StreamPeer for DBusPeer {
         } else {
             "Message did not receive a reply (timeout by message bus)"
         };
-        self.write_error(out, cookie as u32, ErrName::NoReply, text);
+        self.write_error(out, cookie as u32, ErrName::NoReply.as_str(), text);
     }
 
     fn name_lost(&mut self, out: &mut StreamOut<'_>, name: &str) {

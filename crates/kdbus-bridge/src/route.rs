@@ -128,8 +128,10 @@ impl Bridge {
                 }
                 return Ok(());
             }
-            if h.msg_type == MessageType::MethodCall {
-                self.driver_call(dom, key, h, body);
+            match h.msg_type {
+                MessageType::MethodCall => self.driver_call(dom, key, h, body),
+                MessageType::Signal => self.systemd_signal(dom, key, h, body),
+                _ => {}
             }
             return Ok(());
         }
@@ -301,6 +303,11 @@ fn denied_text(dom: &mut Domain, key: ConnKey, bus: kdbus_core::BusKey, h: &Head
 
 /// Answer message `serial` of `key` with a driver error.
 pub(crate) fn error_to(dom: &mut Domain, key: ConnKey, serial: u32, e: ErrName, text: &str) {
+    error_named_to(dom, key, serial, e.as_str(), text)
+}
+
+/// [`error_to`] with an error name the bus did not make (systemd's).
+pub(crate) fn error_named_to(dom: &mut Domain, key: ConnKey, serial: u32, e: &str, text: &str) {
     dom.with_stream(key, |s, out| {
         if let Some(p) = peer_mut(s) {
             p.write_error(out, serial, e, text);

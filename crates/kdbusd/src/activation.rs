@@ -10,8 +10,15 @@
 //! `service_start_timeout` passes, what waited fails with dbus-daemon's error and the
 //! activator stays for the next try.
 //!
+//! With `--systemd-activation`, a service whose file names a `SystemdService=` is
+//! systemd's to start: the bus sends systemd the `ActivationRequest` signal (once
+//! systemd is on the bus) and waits for the name as for any other start; systemd's
+//! `ActivationFailure` fails what waited with systemd's error (kdbus-bridge's
+//! `systemd.rs`). On a system bus that dropped to its `<user>`, the launcher starts
+//! services as their `User=` (`launcher.rs`).
+//!
 //! The broker's loop calls [`Activation::poll`] while something is starting (every
-//! 50 ms) to notice exits and timeouts, and reaps every child it started.
+//! 50 ms) to notice exits, failures and timeouts, and reaps every child it started.
 
 use kdbus_abi::{hello_flags, item, wire, CmdHello, ItemWriter};
 use kdbus_bridge::ActivationError;
@@ -160,9 +167,11 @@ pub(crate) fn services_load(dirs: &[PathBuf]) -> Vec<Service> {
     v
 }
 
-/// A service being started: its process, unless the launcher runs it.
+/// A service being started: its process, unless the launcher or systemd runs it.
 struct Starting {
     child: Option<Child>,
+    /// The systemd unit asked to start it (`SystemdService=`).
+    unit: Option<String>,
     deadline: Instant,
 }
 
@@ -187,6 +196,10 @@ pub(crate) struct Activation {
     pub(crate) max_pending: Option<usize>,
     /// On a system bus that dropped to its `<user>`: who starts services as theirs.
     pub(crate) launcher: Option<crate::launcher::Launcher>,
+    /// `--systemd-activation`: services with `SystemdService=` are systemd's to start.
+    pub(crate) systemd: bool,
+    /// Units to ask systemd for, once it is on the bus.
+    systemd_asks: Vec<String>,
 }
 
 impl Activation {
@@ -251,12 +264,26 @@ impl Activation {
             return;
         }
         let deadline = Instant::now() + self.timeout.unwrap_or(START_TIMEOUT);
+        if let Some(unit) = s.systemd_service.clone().filter(|_| self.systemd) {
+            // systemd starts it (dbus-daemon's systemd activation); the request goes
+            // out at the next poll, or once systemd is there.
+            tracing::info!(%name, %unit, "activating service through systemd");
+            self.systemd_asks.push(unit.clone());
+            let st = Starting {
+                child: None,
+                unit: Some(unit),
+                deadline,
+            };
+            self.starting.insert(name.to_string(), st);
+            return;
+        }
         if let Some(l) = &self.launcher {
             match l.launcher_request(name, &self.starter_address, &self.bus_type) {
                 Ok(()) => {
                     tracing::info!(%name, "activating service through the launcher");
                     let st = Starting {
                         child: None,
+                        unit: None,
                         deadline,
                     };
                     self.starting.insert(name.to_string(), st);
@@ -280,6 +307,7 @@ impl Activation {
                 tracing::info!(%name, pid = child.id(), "activating service");
                 let st = Starting {
                     child: Some(child),
+                    unit: None,
                     deadline,
                 };
                 self.starting.insert(name.to_string(), st);
@@ -309,6 +337,21 @@ impl Activation {
                 for name in self.starting.keys() {
                     let why = ActivationError::ExecFailed("The activation launcher is gone".into());
                     ended_early.entry(name.clone()).or_insert(why);
+                }
+            }
+        }
+        if let Some(bus) = self.bus {
+            self.systemd_asks
+                .retain(|unit| !bridge.systemd_request(dom, bus, unit));
+        }
+        for f in bridge.take_systemd_failures() {
+            for (name, st) in &self.starting {
+                if st.unit.as_deref() == Some(f.unit.as_str()) {
+                    let why = ActivationError::Systemd {
+                        error: f.error.clone(),
+                        text: f.text.clone(),
+                    };
+                    ended_early.insert(name.clone(), why);
                 }
             }
         }

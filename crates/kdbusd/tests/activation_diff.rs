@@ -12,7 +12,7 @@ mod script;
 #[path = "common/zbus_peer.rs"]
 mod zbus_peer;
 use diff::{usable, zconn};
-use script::{both_with, driver, reply_text};
+use script::{both_with, both_with_args, driver, reply_text};
 use zbus::message::Type as MsgType;
 use zbus_peer::member;
 
@@ -199,6 +199,123 @@ fn too_many_services_starting_is_limits_exceeded() {
             "org.freedesktop.DBus.Error.LimitsExceeded: The maximum number of pending \
            activations has been reached, activation of org.kdbus.Slow2 failed \
            (max_pending_service_starts=1)",
+        ],
+    );
+}
+
+/// A stand-in for systemd on the bus at `address`: owns `org.freedesktop.systemd1`
+/// and answers each `ActivationRequest` for `kdbus-unit.service` by starting a
+/// service that owns `org.kdbus.Unit` (and answers `Ping`), and any other with an
+/// `ActivationFailure`. Returns what it was asked, one line per request.
+fn stand_in_systemd(address: &str) -> std::sync::mpsc::Receiver<String> {
+    let c = zconn(address);
+    let it = zbus::blocking::MessageIterator::from(&c);
+    diff::request_name(&c, "org.freedesktop.systemd1");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let address = address.to_string();
+    std::thread::spawn(move || {
+        for m in it.flatten() {
+            let h = m.header();
+            if m.message_type() != MsgType::Signal || member(&m) != "ActivationRequest" {
+                continue;
+            }
+            let unit: String = m.body().deserialize().unwrap_or_default();
+            let _ = tx.send(format!(
+                "request {unit} from {} at {} on {}",
+                h.sender().map_or("-".into(), |s| s.to_string()),
+                h.path().map_or("-".into(), |p| p.to_string()),
+                h.interface().map_or("-".into(), |i| i.to_string()),
+            ));
+            if unit == "kdbus-unit.service" {
+                let address = address.clone();
+                std::thread::spawn(move || {
+                    let s = zconn(&address);
+                    let it = zbus::blocking::MessageIterator::from(&s);
+                    diff::request_name(&s, "org.kdbus.Unit");
+                    for m in it.flatten() {
+                        if m.message_type() == MsgType::MethodCall && member(&m) == "Ping" {
+                            let _ = s.reply(&m.header(), &"pong");
+                        }
+                    }
+                });
+            } else {
+                let _ = c.emit_signal(
+                    Some("org.freedesktop.DBus"),
+                    "/org/freedesktop/systemd1",
+                    "org.freedesktop.systemd1.Activator",
+                    "ActivationFailure",
+                    &(
+                        unit.as_str(),
+                        "org.freedesktop.systemd1.NoSuchUnit",
+                        format!("Unit {unit} not found."),
+                    ),
+                );
+            }
+        }
+    });
+    rx
+}
+
+/// `--systemd-activation`: a service with `SystemdService=` is systemd's to start.
+/// The bus sends systemd `ActivationRequest` (once systemd is on the bus: the first
+/// call here comes before it), the call waits for the unit's service and is answered
+/// by it; a unit systemd cannot start fails the call with systemd's error; a forged
+/// `ActivationFailure` from someone else changes nothing.
+#[test]
+fn systemd_activation_asks_systemd_and_takes_its_failures() {
+    if !usable() {
+        return;
+    }
+    let services = tempfile::tempdir().expect("a service directory");
+    for (name, unit) in [
+        ("org.kdbus.Unit", "kdbus-unit.service"),
+        ("org.kdbus.BadUnit", "kdbus-bad.service"),
+    ] {
+        std::fs::write(
+            services.path().join(format!("{name}.service")),
+            format!("[D-BUS Service]\nName={name}\nExec=/bin/false\nSystemdService={unit}\n"),
+        )
+        .expect("a service file");
+    }
+    let extra = format!("<servicedir>{}</servicedir>", services.path().display());
+    let call = |address: &str, dest: &str| {
+        let c = zconn(address);
+        match c.call_method(Some(dest), "/", Some("org.kdbus.A"), "Ping", &()) {
+            Ok(m) => m.body().deserialize::<String>().unwrap_or_default(),
+            Err(zbus::Error::MethodError(name, text, _)) => {
+                format!("{name}: {}", text.unwrap_or_default())
+            }
+            Err(e) => format!("failed: {e}"),
+        }
+    };
+    let script = |address: &str| {
+        let a = address.to_string();
+        let first = std::thread::spawn(move || call(&a, "org.kdbus.Unit"));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // A root client that is not systemd claims the unit failed: ignored.
+        let forger = zconn(address);
+        let _ = forger.emit_signal(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Activator",
+            "ActivationFailure",
+            &("kdbus-unit.service", "org.x.Forged", "forged"),
+        );
+        let asked = stand_in_systemd(address);
+        let mut t = vec![first.join().unwrap_or_default()];
+        t.push(call(address, "org.kdbus.BadUnit"));
+        t.extend(asked.try_iter());
+        t
+    };
+    both_with_args(
+        &extra,
+        &["--systemd-activation"],
+        script,
+        &[
+            "pong",
+            "org.freedesktop.systemd1.NoSuchUnit: Unit kdbus-bad.service not found.",
+            "request kdbus-unit.service from org.freedesktop.DBus at /org/freedesktop/DBus on org.freedesktop.systemd1.Activator",
+            "request kdbus-bad.service from org.freedesktop.DBus at /org/freedesktop/DBus on org.freedesktop.systemd1.Activator",
         ],
     );
 }

@@ -42,6 +42,7 @@ impl Broker {
     /// services are told to connect to.
     pub(super) fn activation_setup(&mut self, starter: String) {
         self.activation.starter_address = starter;
+        self.activation.systemd = self.bridge.systemd_activation();
         let (Some(path), Some(bus)) = (self.config_file.clone(), self.config_bus) else {
             return;
         };

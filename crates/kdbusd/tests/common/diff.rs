@@ -97,6 +97,16 @@ pub const BROKEN: &str = "broken";
 /// Start `program` (dbus-daemon or kdbusd) listening in `dir`; returns it and its
 /// address.
 pub fn start(program: &str, dir: &Path, config: Config<'_>) -> (Daemon, String) {
+    start_with(program, dir, config, &[])
+}
+
+/// [`start`], with more command-line arguments (both brokers take dbus-daemon's).
+pub fn start_with(
+    program: &str,
+    dir: &Path,
+    config: Config<'_>,
+    more: &[&str],
+) -> (Daemon, String) {
     let tag = Path::new(program)
         .file_name()
         .and_then(|f| f.to_str())
@@ -119,6 +129,7 @@ pub fn start(program: &str, dir: &Path, config: Config<'_>) -> (Daemon, String) 
         // What activated test services are (see session_diff.rs).
         .env("KDBUS_TEST_ACTIVATION", "1")
         .args(&args)
+        .args(more)
         .args(["--nofork", "--print-address"])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.join(format!("{tag}.log"))).expect("a log file"))

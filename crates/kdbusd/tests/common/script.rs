@@ -4,7 +4,7 @@
 //! (`#[path = "common/script.rs"] mod script;`).
 #![allow(dead_code)]
 
-use crate::diff::{start, usable, Config, KDBUSD};
+use crate::diff::{start, start_with, usable, Config, KDBUSD};
 use crate::zbus_peer::{DRIVER, DRIVER_PATH};
 use zbus::blocking::Connection as ZConn;
 
@@ -32,13 +32,23 @@ pub fn same(script: impl Fn(&str) -> Vec<String>) {
 
 /// `both`, on the configuration with `extra` added.
 pub fn both_with(extra: &str, script: impl Fn(&str) -> Vec<String>, expected: &[&str]) {
+    both_with_args(extra, &[], script, expected)
+}
+
+/// `both_with`, both brokers started with the command-line arguments `args` too.
+pub fn both_with_args(
+    extra: &str,
+    args: &[&str],
+    script: impl Fn(&str) -> Vec<String>,
+    expected: &[&str],
+) {
     if !usable() {
         return;
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut got = Vec::new();
     for program in ["dbus-daemon", KDBUSD] {
-        let (_daemon, address) = start(program, dir.path(), Config::Base(extra));
+        let (_daemon, address) = start_with(program, dir.path(), Config::Base(extra), args);
         got.push((program, script(&address)));
     }
     for (program, transcript) in &got {
