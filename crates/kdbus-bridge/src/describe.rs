@@ -29,8 +29,9 @@ fn driver_properties(
     if iface != DRIVER {
         return Ok(Vec::new());
     }
-    // Unknown header fields are dropped when forwarding ("HeaderFiltering").
-    let mut features = vec!["HeaderFiltering"];
+    // Unknown header fields are dropped when forwarding ("HeaderFiltering"); the bus
+    // says when its activatable services change (dbus-daemon 1.14's order).
+    let mut features = vec!["ActivatableServicesChanged", "HeaderFiltering"];
     if b.systemd_activation {
         features.push("SystemdActivation");
     }
@@ -127,6 +128,7 @@ const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS 
     <signal name="NameOwnerChanged"><arg type="s"/><arg type="s"/><arg type="s"/></signal>
     <signal name="NameLost"><arg type="s"/></signal>
     <signal name="NameAcquired"><arg type="s"/></signal>
+    <signal name="ActivatableServicesChanged"/>
     <property name="Features" type="as" access="read"/>
     <property name="Interfaces" type="as" access="read"/>
   </interface>

@@ -130,6 +130,28 @@ impl Bridge {
             .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
+    /// The bus's activatable services may have changed (a reload, or a service
+    /// directory changed): `ActivatableServicesChanged` to every D-Bus peer of `bus`
+    /// whose rules take it, as dbus-daemon sends it after every reload.
+    pub fn activatable_services_changed(
+        &mut self,
+        dom: &mut kdbus_core::Domain,
+        bus: kdbus_core::BusKey,
+    ) {
+        let keys: Vec<kdbus_core::ConnKey> = dom
+            .bus(bus)
+            .map(|b| b.conns.values().copied().collect())
+            .unwrap_or_default();
+        let body = body::Body::new();
+        for key in keys {
+            dom.with_stream(key, |s, out| {
+                if let Some(p) = peer::peer_mut(s) {
+                    p.driver_broadcast(out, "ActivatableServicesChanged", &body);
+                }
+            });
+        }
+    }
+
     /// The service `name` owns its name now: the `StartServiceByName` calls that
     /// waited for it get 1 (`DBUS_START_REPLY_SUCCESS`).
     pub fn activation_came(&mut self, dom: &mut kdbus_core::Domain, name: &str) {

@@ -271,12 +271,18 @@ impl DBusPeer {
     /// NameOwnerChanged, if this peer's rules take it (a monitor's, its own).
     fn name_owner_changed(&mut self, out: &mut StreamOut<'_>, name: &str, old: &str, new: &str) {
         let body = Body::new().s(name).s(old).s(new);
+        self.driver_broadcast(out, "NameOwnerChanged", &body);
+    }
+
+    /// A signal the bus broadcasts (no destination), if this peer's rules take it (a
+    /// monitor's, its own).
+    pub(crate) fn driver_broadcast(&mut self, out: &mut StreamOut<'_>, member: &str, body: &Body) {
         let f = Fields {
             path: Some(DRIVER_PATH),
             interface: Some(DRIVER),
-            member: Some("NameOwnerChanged"),
+            member: Some(member),
             sender: Some(DRIVER),
-            signature: "sss",
+            signature: &body.sig,
             ..Default::default()
         };
         let monitor = out.is_monitor();

@@ -22,7 +22,7 @@
 use crate::admission;
 use crate::clock::{machine_id, random_id128, SystemClock};
 use crate::dbus_socket::{DBusClients, Event};
-use crate::dispatch::{Dispatch, TOKEN_PARAMS, TOKEN_SIGNAL};
+use crate::dispatch::{Dispatch, TOKEN_CONFIG_WATCH, TOKEN_PARAMS, TOKEN_SIGNAL};
 use crate::listener::{Accept, Listener, Listeners};
 use crate::peer::{peer_from_creds, peer_from_socket, ProcStrings};
 use crate::pool_memfd::{pool_create, SystemFiles};
@@ -118,6 +118,8 @@ pub struct Broker {
     accept_paused_until: Option<u64>,
     /// The configured bus's activatable services (see `activation`).
     activation: crate::activation::Activation,
+    /// The watch over the configuration's directories (a dbus-daemon configuration).
+    config_watch: Option<crate::config_watch::ConfigWatch>,
     /// When running out of descriptors was last logged.
     exhausted_logged: u64,
 }
@@ -198,6 +200,7 @@ impl Broker {
             accept_paused_until: None,
             exhausted_logged: 0,
             activation: Default::default(),
+            config_watch: None,
         };
         let control = b.listeners.open_control(&b.dispatch, control_mode)?;
         let (params, mask) = crate::params::Params::open(&cfg.runtime_dir)?;
@@ -344,13 +347,22 @@ impl Broker {
             let token = ev.data.u64();
             let flags = ev.flags;
             match token {
-                TOKEN_PARAMS | TOKEN_SIGNAL => {}
+                TOKEN_PARAMS | TOKEN_SIGNAL | TOKEN_CONFIG_WATCH => {}
                 t if self.listeners.contains(t) => self.accept_all(t),
                 t => self.socket_event(t, flags),
             }
         }
         self.activation_turn();
+        let changed = events.iter().any(|ev| ev.data.u64() == TOKEN_CONFIG_WATCH)
+            && self
+                .config_watch
+                .as_ref()
+                .is_some_and(|w| w.config_watch_drain());
         let reloads = self.bridge.take_reloads();
+        if changed && reloads.is_empty() {
+            tracing::info!("a configuration or service directory changed: reloading");
+            let _ = self.reload();
+        }
         if !reloads.is_empty() {
             let result = self.reload();
             for (key, serial, wants) in reloads {

@@ -100,6 +100,8 @@ pub struct BusConfig {
     pub user: Option<String>,
     /// Files read, in order (for diagnostics).
     pub files: Vec<PathBuf>,
+    /// The `<includedir>`s, watched for changes with the service directories.
+    pub include_dirs: Vec<PathBuf>,
 }
 
 const KNOWN_LIMITS: &[&str] = &[
@@ -257,6 +259,7 @@ impl BusConfig {
                 }
                 "includedir" => {
                     let dir = base.join(need_text("includedir")?);
+                    self.include_dirs.push(dir.clone());
                     let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
                         Ok(rd) => rd
                             .flatten()
@@ -301,6 +304,16 @@ impl BusConfig {
 
     /// Who may connect, from the `user=`/`group=` rules of the default and mandatory
     /// policies. Names that do not resolve name nobody.
+    /// The directories whose changes reload the configuration: its `<includedir>`s
+    /// and its service directories.
+    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+        let mut v = self.include_dirs.clone();
+        v.extend(self.service_dirs.iter().cloned());
+        v.sort();
+        v.dedup();
+        v
+    }
+
     pub fn admission(&self) -> Admission {
         let mut rules = Vec::new();
         for context in ["default", "mandatory"] {

@@ -17,6 +17,8 @@ pub(crate) const TOKEN_SIGNAL: u64 = 0;
 pub(crate) const TOKEN_CONTROL: u64 = 1;
 /// The module-parameter watch.
 pub(crate) const TOKEN_PARAMS: u64 = 2;
+/// The watch over the configuration's directories.
+pub(crate) const TOKEN_CONFIG_WATCH: u64 = 3;
 /// Tokens below this are reserved for the fixed fds above.
 const FIRST_TOKEN: u64 = 16;
 

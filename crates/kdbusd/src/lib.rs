@@ -18,6 +18,7 @@ mod backlog;
 pub mod broker;
 mod clock;
 pub mod config;
+mod config_watch;
 mod dbus_socket;
 mod dispatch;
 mod launcher;

@@ -319,3 +319,69 @@ fn systemd_activation_asks_systemd_and_takes_its_failures() {
         ],
     );
 }
+
+/// `ActivatableServicesChanged` after `ReloadConfig`, and after a `.service` file
+/// appears in a service directory (both brokers watch them and reload on their own),
+/// with the new name activatable then.
+#[test]
+fn activatable_services_changed_after_a_reload_and_a_new_service_file() {
+    if !usable() {
+        return;
+    }
+    let (services, extra) = test_services();
+    let script = |address: &str| {
+        let c = zconn(address);
+        let inbox = zbus_peer::Inbox::new(&c);
+        driver(
+            &c,
+            "AddMatch",
+            &"type='signal',member='ActivatableServicesChanged'",
+        )
+        .expect("AddMatch");
+        let changed = || {
+            let m = inbox.next_where(|m| member(m) == "ActivatableServicesChanged");
+            m.map_or("no signal".to_string(), |m| {
+                let h = m.header();
+                format!(
+                    "{} from {} at {}",
+                    member(&m),
+                    h.sender().map_or("-".into(), |s| s.to_string()),
+                    h.path().map_or("-".into(), |p| p.to_string())
+                )
+            })
+        };
+        let activatable = || {
+            driver(&c, "ListActivatableNames", &())
+                .ok()
+                .and_then(|m| m.body().deserialize::<Vec<String>>().ok())
+                .is_some_and(|v| v.iter().any(|n| n == "org.kdbus.New"))
+        };
+        let mut t = vec![reply_text(driver(&c, "ReloadConfig", &()))];
+        t.push(changed());
+        t.push(format!("new activatable before: {}", activatable()));
+        let file = services.path().join("org.kdbus.New.service");
+        std::fs::write(
+            &file,
+            "[D-BUS Service]\nName=org.kdbus.New\nExec=/bin/false\n",
+        )
+        .expect("a service file");
+        t.push(changed());
+        t.push(format!("new activatable after: {}", activatable()));
+        let _ = std::fs::remove_file(&file);
+        t.push(changed());
+        t
+    };
+    let line = "ActivatableServicesChanged from org.freedesktop.DBus at /org/freedesktop/DBus";
+    both_with(
+        &extra,
+        script,
+        &[
+            "ok",
+            line,
+            "new activatable before: false",
+            line,
+            "new activatable after: true",
+            line,
+        ],
+    );
+}

@@ -1,5 +1,6 @@
 //! What the broker takes from its configuration file, at start and on reload:
-//! policy, admission, limits, and the activatable services.
+//! policy, admission, limits, and the activatable services; and the watch that
+//! reloads it when its directories change (`config_watch.rs`).
 
 use super::Broker;
 use kdbus_core::BusKey;
@@ -13,7 +14,7 @@ impl Broker {
         let (Some(path), Some(bus)) = (self.config_file.clone(), self.config_bus) else {
             return Ok(());
         };
-        match crate::config::BusConfig::load(&path) {
+        let result = match crate::config::BusConfig::load(&path) {
             Ok(c) => {
                 self.domain.bus_set_msg_policy(bus, Some(c.msg_policy()));
                 self.dbus.set_admission(Some(c.admission()));
@@ -26,6 +27,27 @@ impl Broker {
                 tracing::error!(%e, "configuration not reloaded; the old one stays in force");
                 Err(e.to_string())
             }
+        };
+        // After every reload, taken or not (dbus-daemon's order).
+        self.bridge
+            .activatable_services_changed(&mut self.domain, bus);
+        result
+    }
+
+    /// Watch the directories of `c` (anew: they may have changed).
+    fn config_watch_set(&mut self, c: &crate::config::BusConfig) {
+        if let Some(old) = self.config_watch.take() {
+            self.dispatch.remove(old.fd());
+        }
+        match crate::config_watch::ConfigWatch::config_watch_new(&c.watched_dirs()) {
+            Ok(w) => match self
+                .dispatch
+                .add(w.fd(), crate::dispatch::TOKEN_CONFIG_WATCH)
+            {
+                Ok(()) => self.config_watch = Some(w),
+                Err(e) => tracing::warn!(%e, "configuration directories not watched"),
+            },
+            Err(e) => tracing::warn!(%e, "configuration directories not watched"),
         }
     }
 
@@ -54,6 +76,7 @@ impl Broker {
 
     /// Make the services of `c`'s service directories activatable on `bus`.
     fn activation_install(&mut self, bus: BusKey, c: &crate::config::BusConfig) {
+        self.config_watch_set(c);
         self.activation.bus_type = c.bus_type.clone().unwrap_or_else(|| "session".into());
         let services = crate::activation::of_config(c);
         self.activation.timeout = c.limit("service_start_timeout").map(Duration::from_millis);
