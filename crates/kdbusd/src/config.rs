@@ -98,6 +98,10 @@ pub struct BusConfig {
     pub fork: bool,
     pub pidfile: Option<PathBuf>,
     pub user: Option<String>,
+    /// `<syslog/>`: log to the system log too.
+    pub syslog: bool,
+    /// `<keep_umask/>`: a forked bus keeps the umask it was started with.
+    pub keep_umask: bool,
     /// Files read, in order (for diagnostics).
     pub files: Vec<PathBuf>,
     /// The `<includedir>`s, watched for changes with the service directories.
@@ -294,8 +298,9 @@ impl BusConfig {
                 "fork" => self.fork = true,
                 "pidfile" => self.pidfile = Some(PathBuf::from(need_text("pidfile")?)),
                 "user" => self.user = Some(need_text("user")?),
-                "keep_umask" | "syslog" | "allow_anonymous" | "servicehelper" | "selinux"
-                | "apparmor" => {}
+                "syslog" => self.syslog = true,
+                "keep_umask" => self.keep_umask = true,
+                "allow_anonymous" | "servicehelper" | "selinux" | "apparmor" => {}
                 other => return Err(fail(l, format!("unknown element <{other}>"))),
             }
         }

@@ -30,6 +30,7 @@ mod pool_memfd;
 mod seqpacket;
 pub mod server;
 mod sys;
+pub mod syslog;
 
 pub use broker::{Broker, Config, Ready};
 pub use launcher::launcher_serve;

@@ -85,11 +85,13 @@ struct Args {
     /// asking systemd (the `ActivationRequest` signal).
     #[arg(long)]
     systemd_activation: bool,
-    /// Accepted for compatibility.
+    /// Log to the system log too.
     #[arg(long)]
     syslog: bool,
-    #[arg(long)]
+    /// Do not log to the system log, whatever the configuration says.
+    #[arg(long, conflicts_with_all = ["syslog", "syslog_only"])]
     nosyslog: bool,
+    /// Log to the system log only.
     #[arg(long)]
     syslog_only: bool,
 }
@@ -97,10 +99,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or(args.log.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+    logging_init(&args, filter);
     if let Some(config) = &args.activation_launcher {
         return match kdbusd::launcher_serve(config) {
             Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +115,44 @@ fn main() -> ExitCode {
             eprintln!("kdbusd: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where logs go: standard error (coloured only on a terminal) unless
+/// `--syslog-only`, and the system log too with `--syslog`, `--syslog-only` or the
+/// configuration's `<syslog/>` (unless `--nosyslog`), as dbus-daemon decides.
+fn logging_init(args: &Args, filter: String) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
+    let conf_says = config_path_of(args)
+        .and_then(|p| BusConfig::load(&p).ok())
+        .is_some_and(|c| c.syslog);
+    let to_syslog = args.syslog || args.syslog_only || (conf_says && !args.nosyslog);
+    let stderr = (!args.syslog_only).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+    });
+    let syslog = to_syslog.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(kdbusd::syslog::Syslog::open())
+            .with_ansi(false)
+            .without_time()
+    });
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new(filter))
+        .with(stderr)
+        .with(syslog)
+        .init();
+}
+
+/// The dbus-daemon configuration file the command line names, if any.
+fn config_path_of(args: &Args) -> Option<PathBuf> {
+    match (&args.config_file, args.session, args.system) {
+        (Some(p), _, _) => Some(p.clone()),
+        (None, true, _) => Some(PathBuf::from("/usr/share/dbus-1/session.conf")),
+        (None, _, true) => Some(PathBuf::from("/usr/share/dbus-1/system.conf")),
+        _ => None,
     }
 }
 
@@ -186,12 +223,7 @@ fn become_user(runtime_dirs: &[PathBuf], uid: u32, gid: u32) -> std::io::Result<
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let daemon_mode = args.session || args.system || args.config_file.is_some();
-    let config_path = match (&args.config_file, args.session, args.system) {
-        (Some(p), _, _) => Some(p.clone()),
-        (None, true, _) => Some(PathBuf::from("/usr/share/dbus-1/session.conf")),
-        (None, _, true) => Some(PathBuf::from("/usr/share/dbus-1/system.conf")),
-        _ => None,
-    };
+    let config_path = config_path_of(&args);
     // Everything is checked before anything is bound.
     let bus_config = config_path.as_deref().map(BusConfig::load).transpose()?;
     let run_as = run_as_of(bus_config.as_ref())?;
@@ -252,6 +284,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // forked copy would not do: signalfd wake-ups registered with epoll belong to
         // the process that registered them.)
         return background_copy();
+    }
+    if args.ready_fd.is_some() && !bus_config.as_ref().is_some_and(|c| c.keep_umask) {
+        // The forked bus, as dbus-daemon's: a known umask unless <keep_umask/>.
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     }
     raise_fd_limit();
     let mut configs = vec![cfg.clone()];

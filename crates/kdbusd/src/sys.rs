@@ -337,3 +337,28 @@ pub fn command_as_user(cmd: &mut std::process::Command, uid: u32, gid: u32, grou
         });
     }
 }
+
+/// Open the system log as `kdbusd` (the C library's syslog, which finds `/dev/log`).
+pub fn syslog_open() {
+    static IDENT: &std::ffi::CStr = c"kdbusd";
+    // SAFETY: IDENT is a static NUL-terminated string, which openlog keeps a pointer
+    // to for the life of the process.
+    unsafe {
+        libc::openlog(
+            IDENT.as_ptr(),
+            libc::LOG_PID | libc::LOG_NDELAY,
+            libc::LOG_DAEMON,
+        )
+    }
+}
+
+/// One line to the system log at `priority` (`LOG_ERR` ... `LOG_DEBUG`).
+pub fn syslog_line(priority: libc::c_int, line: &[u8]) {
+    let text: Vec<u8> = line.iter().copied().filter(|&b| b != 0).collect();
+    let Ok(text) = std::ffi::CString::new(text) else {
+        return;
+    };
+    // SAFETY: the format is a static "%s" and its one argument a NUL-terminated
+    // string that lives across the call.
+    unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) }
+}

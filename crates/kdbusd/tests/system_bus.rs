@@ -219,3 +219,137 @@ fn kdbusd_users_exist() -> bool {
         .iter()
         .all(|u| passwd.lines().any(|l| l.starts_with(u)))
 }
+
+/// The stand-in system log of `a_bus_configured_with_syslog_logs_there`: binds
+/// `/dev/log` (in the test's own mount namespace) and writes what it receives, one
+/// line per datagram, to the file `KDBUS_TEST_SYSLOG` names, for three seconds.
+#[test]
+fn syslog_listener() {
+    let Ok(out) = std::env::var("KDBUS_TEST_SYSLOG") else {
+        return;
+    };
+    let sock = std::os::unix::net::UnixDatagram::bind("/dev/log").expect("bind /dev/log");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        got.push('\n');
+        std::fs::write(&out, &got).unwrap();
+    }
+}
+
+/// `<syslog/>` (the system bus configuration has it): the bus logs to the system
+/// log. Run in a mount namespace of its own, with a `/dev` where this test binary is
+/// the system log. Skipped without root or where namespaces cannot be made.
+#[test]
+fn a_bus_configured_with_syslog_logs_there() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let d = dir.path();
+    let conf = d.join("bus.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "<busconfig><type>system</type><syslog/><listen>unix:path={}</listen><auth>EXTERNAL</auth></busconfig>",
+            d.join("sock").display()
+        ),
+    )
+    .unwrap();
+    let got = d.join("syslog");
+    let script = format!(
+        "mount -t tmpfs none /dev && mknod -m 666 /dev/null c 1 3 || exit 77\n\
+         KDBUS_TEST_SYSLOG={got} {test} syslog_listener --exact --test-threads=1 >/dev/null 2>&1 &\n\
+         sleep 0.5\n\
+         timeout 1 {kdbusd} --config-file={conf} --nofork --print-address >/dev/null 2>&1\n\
+         wait\n",
+        got = got.display(),
+        test = std::env::current_exe().unwrap().display(),
+        kdbusd = KDBUSD,
+        conf = conf.display(),
+    );
+    let status = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .status();
+    match status.map(|s| s.code()) {
+        Ok(Some(0)) | Ok(Some(124)) => {}
+        other => {
+            eprintln!("skipped: no mount namespace here ({other:?})");
+            return;
+        }
+    }
+    let log = std::fs::read_to_string(&got).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("kdbusd[") && l.contains("listening as dbus-daemon")),
+        "the system log got: {log}"
+    );
+}
+
+/// `kdbusd --system`, from the installed configuration: it serves as the user that
+/// configuration names (Debian's `messagebus`), and an unprivileged client is refused
+/// what that policy refuses (owning a name). Skipped without root, the installed
+/// configuration or its user.
+#[test]
+fn kdbusd_system_runs_as_the_installed_configurations_user() {
+    let conf = std::fs::read_to_string("/usr/share/dbus-1/system.conf").unwrap_or_default();
+    let user = conf
+        .split("<user>")
+        .nth(1)
+        .and_then(|r| r.split("</user>").next())
+        .map(str::trim)
+        .unwrap_or("");
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let uid: Option<u32> = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&user)).then(|| f.get(2)?.parse().ok())?
+    });
+    let Some(uid) = uid.filter(|_| rustix::process::geteuid().is_root()) else {
+        eprintln!("skipped: needs root and the installed system bus configuration");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("sock");
+    let mut bus = Bus(Command::new(KDBUSD)
+        .arg("--system")
+        .arg(format!("--address=unix:path={}", sock.display()))
+        .args(["--nofork", "--nopidfile", "--print-address"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kdbusd"));
+    let mut address = String::new();
+    BufReader::new(bus.0.stdout.take().unwrap())
+        .read_line(&mut address)
+        .unwrap();
+    assert!(!address.trim().is_empty(), "kdbusd --system did not start");
+    assert_eq!(status_ids(bus.0.id(), "Uid:"), [uid; 4]);
+    let own = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "dbus-send",
+        ])
+        .arg(format!("--bus={}", address.trim()))
+        .args([
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.RequestName",
+            "string:org.kdbus.Mine",
+            "uint32:0",
+        ])
+        .output()
+        .expect("setpriv dbus-send");
+    let err = String::from_utf8_lossy(&own.stderr);
+    assert!(
+        err.contains("org.freedesktop.DBus.Error.AccessDenied"),
+        "nobody owning a name: {err}"
+    );
+}
