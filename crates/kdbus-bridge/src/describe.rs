@@ -3,7 +3,7 @@
 //! for every other interface and property) and `Introspect`.
 
 use crate::body::{err, Body, DErr, ErrName};
-use crate::{Bridge, DRIVER};
+use crate::{Bridge, DRIVER, DRIVER_PATH};
 
 pub(crate) const MONITORING: &str = "org.freedesktop.DBus.Monitoring";
 pub(crate) const PEER: &str = "org.freedesktop.DBus.Peer";
@@ -98,14 +98,47 @@ pub(crate) fn property_set(b: &Bridge, i: &str, p: &str) -> Result<Body, DErr> {
     ))
 }
 
-pub(crate) fn introspect() -> Body {
-    Body::new().s(INTROSPECTION)
+/// `Introspect` at `path`: on the bus's own path every interface, in dbus-daemon's
+/// order; elsewhere the interfaces that answer on any path and, on a path above the
+/// bus's own, the node that leads to it (dbus-daemon 1.14's answers).
+pub(crate) fn introspect(path: &str) -> Body {
+    let mut x = String::with_capacity(8192);
+    x.push_str(INTROSPECT_HEADER);
+    x.push_str("<node>\n");
+    if path == DRIVER_PATH {
+        for i in [
+            IFACE_DBUS,
+            IFACE_PROPERTIES,
+            IFACE_INTROSPECTABLE,
+            IFACE_MONITORING,
+            IFACE_STATS,
+            IFACE_PEER,
+        ] {
+            x.push_str(i);
+        }
+    } else {
+        for i in [IFACE_DBUS, IFACE_INTROSPECTABLE, IFACE_PEER] {
+            x.push_str(i);
+        }
+        let below = if path == "/" {
+            Some(&DRIVER_PATH[1..])
+        } else {
+            DRIVER_PATH
+                .strip_prefix(path)
+                .and_then(|rest| rest.strip_prefix('/'))
+        };
+        if let Some(child) = below {
+            x.push_str(&format!("  <node name=\"{child}\"/>\n"));
+        }
+    }
+    x.push_str("</node>\n");
+    Body::new().s(&x)
 }
 
-const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
+const INTROSPECT_HEADER: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
 "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
-<node>
-  <interface name="org.freedesktop.DBus">
+"#;
+const IFACE_DBUS: &str = r#"  <interface name="org.freedesktop.DBus">
     <method name="Hello"><arg direction="out" type="s"/></method>
     <method name="RequestName"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="out" type="u"/></method>
     <method name="ReleaseName"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
@@ -132,25 +165,29 @@ const INTROSPECTION: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS 
     <property name="Features" type="as" access="read"/>
     <property name="Interfaces" type="as" access="read"/>
   </interface>
-  <interface name="org.freedesktop.DBus.Monitoring">
+"#;
+const IFACE_MONITORING: &str = r#"  <interface name="org.freedesktop.DBus.Monitoring">
     <method name="BecomeMonitor"><arg direction="in" type="as"/><arg direction="in" type="u"/></method>
   </interface>
-  <interface name="org.freedesktop.DBus.Debug.Stats">
+"#;
+const IFACE_STATS: &str = r#"  <interface name="org.freedesktop.DBus.Debug.Stats">
     <method name="GetStats"><arg direction="out" type="a{sv}"/></method>
     <method name="GetConnectionStats"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
     <method name="GetAllMatchRules"><arg direction="out" type="a{sas}"/></method>
   </interface>
-  <interface name="org.freedesktop.DBus.Introspectable">
+"#;
+const IFACE_INTROSPECTABLE: &str = r#"  <interface name="org.freedesktop.DBus.Introspectable">
     <method name="Introspect"><arg direction="out" type="s"/></method>
   </interface>
-  <interface name="org.freedesktop.DBus.Peer">
+"#;
+const IFACE_PEER: &str = r#"  <interface name="org.freedesktop.DBus.Peer">
     <method name="Ping"/>
     <method name="GetMachineId"><arg direction="out" type="s"/></method>
   </interface>
-  <interface name="org.freedesktop.DBus.Properties">
+"#;
+const IFACE_PROPERTIES: &str = r#"  <interface name="org.freedesktop.DBus.Properties">
     <method name="Get"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="out" type="v"/></method>
     <method name="GetAll"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
     <method name="Set"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="in" type="v"/></method>
   </interface>
-</node>
 "#;

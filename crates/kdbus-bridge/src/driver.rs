@@ -32,6 +32,8 @@ struct Call<'a> {
     bus: BusKey,
     serial: u32,
     reply_expected: bool,
+    /// The object path called.
+    path: &'a str,
     /// The arguments, positioned at the first.
     r: Reader<'a>,
 }
@@ -284,6 +286,7 @@ impl Bridge {
             bus,
             serial: h.serial,
             reply_expected: !h.no_reply_expected(),
+            path: h.path.unwrap_or(DRIVER_PATH),
             r: Reader::new(body, h.endian),
         };
         (m.f)(self, dom, &mut call)
@@ -706,8 +709,8 @@ fn get_machine_id(b: &mut Bridge, _: &mut Domain, _: &mut Call<'_>) -> Result<Bo
     Ok(Body::new().s(&b.machine_id))
 }
 
-fn introspect(_: &mut Bridge, _: &mut Domain, _: &mut Call<'_>) -> Result<Body, DErr> {
-    Ok(describe::introspect())
+fn introspect(_: &mut Bridge, _: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
+    Ok(describe::introspect(c.path))
 }
 
 fn properties_get(b: &mut Bridge, _: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {

@@ -800,3 +800,41 @@ fn each_driver_method_answers_as_dbus_daemon() {
         t
     });
 }
+
+/// `Introspect` of the bus on its own path and elsewhere: which interfaces each path
+/// lists and the node that leads down to the bus's own path (dbus-daemon 1.14 lists
+/// only the interfaces that answer on any path off it).
+#[test]
+fn introspection_depends_on_the_path() {
+    same(|address| {
+        let c = zconn(address);
+        let mut t = Vec::new();
+        for path in [
+            "/",
+            "/org",
+            "/org/freedesktop",
+            "/org/freedesktop/DBus",
+            "/org/x",
+        ] {
+            let xml = c
+                .call_method(
+                    Some(DRIVER),
+                    path,
+                    Some("org.freedesktop.DBus.Introspectable"),
+                    "Introspect",
+                    &(),
+                )
+                .ok()
+                .and_then(|m| m.body().deserialize::<String>().ok())
+                .unwrap_or_default();
+            // What the document declares, without its layout.
+            let names: Vec<&str> = xml
+                .split('<')
+                .filter(|e| e.starts_with("interface ") || e.starts_with("node name"))
+                .map(|e| e.trim_end_matches(['>', '/', '\n', ' ']))
+                .collect();
+            t.push(format!("{path}: {}", names.join(" | ")));
+        }
+        t
+    });
+}
