@@ -45,9 +45,11 @@ impl Domain {
             charge,
             eavesdrop: false,
         };
+        // Eavesdroppers get the fds too (dbus-daemon's); a shared set, not a copy.
+        let shared = files.clone();
         self.deliver_at(dst_key, req, sender, files, route)?;
         self.seq = seq;
-        self.monitors_copy(dst_key, req, sender, name_id, seq);
+        self.monitors_copy(dst_key, req, sender, name_id, seq, shared.as_ref());
         Ok(())
     }
 
@@ -118,8 +120,9 @@ impl Domain {
     }
 
     /// Copy a delivered unicast to the bus's monitors (without its fds; a monitor
-    /// without room loses the copy) and offer it to its eavesdroppers (D-Bus peers
-    /// with `eavesdrop='true'` rules, whose rules and policy decide, silently).
+    /// without room loses the copy) and offer it, with its `files`, to its
+    /// eavesdroppers (D-Bus peers with `eavesdrop='true'` rules, whose rules, policy
+    /// and fd negotiation decide, silently).
     pub(crate) fn monitors_copy(
         &mut self,
         dst_key: ConnKey,
@@ -127,6 +130,7 @@ impl Domain {
         sender: &SenderMeta,
         name_id: u64,
         seq: u64,
+        files: Option<&Files>,
     ) {
         let Some(bus_key) = self.conns.get(&dst_key).map(|c| c.bus) else {
             return;
@@ -168,7 +172,7 @@ impl Domain {
                     ..route
                 };
                 // Not taken (its rules, its policy) is no loss: it never asked for it.
-                self.deliver_at(e, req, sender, None, route).ok();
+                self.deliver_at(e, req, sender, files.cloned(), route).ok();
             }
         }
     }

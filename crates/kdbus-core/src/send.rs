@@ -137,7 +137,7 @@ impl Domain {
                 // Not delivered, but monitors see what was sent (HEAD).
                 self.seq += 1;
                 let seq = self.seq;
-                self.monitors_copy(dst_key, req, &sender, name_id, seq);
+                self.monitors_copy(dst_key, req, &sender, name_id, seq, None);
                 return Ok(SendOutcome::Done(send_writeback(&req.cmd, None)));
             }
         }
@@ -372,7 +372,7 @@ impl Domain {
         let (offset, msg_size, _) =
             conn_write_message(dst, staged, at, clock, Slot::Owner, req, sender)?;
         self.seq = seq;
-        self.monitors_copy(requester, req, sender, 0, seq);
+        self.monitors_copy(requester, req, sender, 0, seq, None);
         self.tracker_remove(replier, requester, req.msg.timeout_or_cookie_reply);
         let wb = CmdSend {
             size: std::mem::size_of::<CmdSend>() as u64,

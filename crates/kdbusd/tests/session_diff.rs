@@ -838,3 +838,40 @@ fn introspection_depends_on_the_path() {
         t
     });
 }
+
+/// An eavesdropper that negotiated fd passing sees a call between others that
+/// carries an fd, with the fd (it was never offered such calls before).
+#[test]
+fn eavesdroppers_see_calls_that_carry_fds() {
+    let script = |address: &str| {
+        let eaves = zconn(address);
+        let inbox = Inbox::new(&eaves);
+        let mut t = vec![reply_text(driver(
+            &eaves,
+            "AddMatch",
+            &"eavesdrop='true',type='method_call',interface='org.kdbus.E'",
+        ))];
+        let a = zconn(address);
+        diff::serve(address, &["org.kdbus.EB"]);
+        let (r, _w) = rustix::pipe::pipe().expect("pipe");
+        let fd = zbus::zvariant::Fd::from(&r);
+        a.call_method(Some("org.kdbus.EB"), "/e", Some("org.kdbus.E"), "Take", &fd)
+            .expect("the call is answered");
+        let got = inbox.next_where(|m| member(m) == "Take");
+        t.push(got.map_or("nothing".into(), |m| {
+            let fd: Option<zbus::zvariant::OwnedFd> = m.body().deserialize().ok();
+            format!(
+                "{} with {} fd(s), readable: {}",
+                member(&m),
+                m.header().unix_fds().unwrap_or(0),
+                fd.is_some()
+            )
+        }));
+        t
+    };
+    both_with(
+        r#"<policy context="default"><allow eavesdrop="true"/></policy>"#,
+        script,
+        &["ok", "Take with 1 fd(s), readable: true"],
+    );
+}
