@@ -378,6 +378,13 @@ impl StreamPeer for DBusPeer {
         let sender = UniqueName::from_id(d.sender_id);
         let monitor = out.is_monitor();
         let body = &msg[h.header_len..h.total_len()];
+        // A D-Bus sender's body was checked when it was read (`route.rs`); a native
+        // sender's is checked here, before a D-Bus peer (libdbus disconnects on a bad
+        // body) sees it: the sender gets EBADMSG.
+        if d.req.facts.is_none() {
+            kdbus_dbus::marshal::body_validate(body, h.endian, h.signature, h.unix_fds)
+                .map_err(|_| Errno::EBADMSG)?;
+        }
         let owns = |n: &str| d.sender_owns(n);
         let shown = if monitor {
             self.monitor_takes(&h, &sender, &owns, body)

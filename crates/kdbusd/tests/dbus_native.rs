@@ -694,3 +694,46 @@ fn connection_stats_show_pools_and_stream_quotas() {
     assert_eq!(num(&d, "QuotaFDs"), 256);
     assert!(d.contains_key("OutgoingBySender"));
 }
+
+/// A native sender's D-Bus payload whose body breaks its signature (a string without
+/// its terminating NUL) is refused with EBADMSG before a D-Bus peer sees it; the peer
+/// stays connected and answers the next, valid call.
+#[test]
+fn a_native_payload_that_breaks_its_signature_is_refused() {
+    let b = Broker::start();
+    let svc = spawn_zbus_service(&b, Some("org.example.ZCheck"));
+    let native = b.conn();
+    let call = |serial: u32| {
+        dbus_message(
+            MessageType::MethodCall,
+            serial,
+            Fields {
+                path: Some(PATH),
+                interface: Some(IFACE),
+                member: Some("Echo"),
+                destination: Some("org.example.ZCheck"),
+                ..Default::default()
+            },
+            &["ping"],
+        )
+    };
+    let mut bad = call(1);
+    let last = bad.len() - 1;
+    bad[last] = b'x';
+    let r = native.call(
+        Message::to_name("org.example.ZCheck")
+            .cookie(1)
+            .payload(&bad),
+        SOON,
+    );
+    assert_eq!(r.err().map(|e| e.errno()), Some(kdbus::abi::Errno::EBADMSG));
+    let r = ok(native.call(
+        Message::to_name("org.example.ZCheck")
+            .cookie(2)
+            .payload(&call(2)),
+        SOON,
+    ));
+    assert_eq!(r.src_id(), id_of(&svc));
+    let payload = r.payload_bytes();
+    assert_eq!(parse_payload(&payload).1, vec!["echo: ping".to_string()]);
+}
