@@ -16,8 +16,8 @@ use script::{both_with, both_with_args, driver, reply_text};
 use zbus::message::Type as MsgType;
 use zbus_peer::member;
 
-/// The service `activation` starts: owns `org.kdbus.Activated` on the bus that
-/// started it and answers `Ping` with "pong" until the bus goes (a test only when a
+/// The service `activation` starts: owns `org.kdbus.Activated` (or the name
+/// `KDBUS_TEST_SERVICE_NAME` says) on the bus that started it and answers `Ping` with "pong" until the bus goes (a test only when a
 /// bus starts it).
 #[test]
 fn activated_service() {
@@ -29,7 +29,8 @@ fn activated_service() {
     }
     let c = zconn(&address);
     let it = zbus::blocking::MessageIterator::from(&c);
-    diff::request_name(&c, "org.kdbus.Activated");
+    let name = std::env::var("KDBUS_TEST_SERVICE_NAME");
+    diff::request_name(&c, name.as_deref().unwrap_or("org.kdbus.Activated"));
     for m in it.flatten() {
         if m.message_type() == MsgType::MethodCall && member(&m) == "Ping" {
             let _ = c.reply(&m.header(), &"pong");
@@ -382,6 +383,84 @@ fn activatable_services_changed_after_a_reload_and_a_new_service_file() {
             line,
             "new activatable after: true",
             line,
+        ],
+    );
+}
+
+/// The first call that names an activatable service, from `dbus-send --print-reply`
+/// (libdbus) and from `gdbus call` (GLib's auto-start), starts it and is answered by
+/// it; a service that fails gives dbus-daemon's error to `dbus-send`.
+#[test]
+fn first_calls_from_dbus_send_and_gdbus_start_their_services() {
+    if !usable() {
+        return;
+    }
+    let services = tempfile::tempdir().expect("a service directory");
+    let exe = std::env::current_exe().expect("the test binary");
+    for name in ["org.kdbus.ViaSend", "org.kdbus.ViaGio"] {
+        std::fs::write(
+            services.path().join(format!("{name}.service")),
+            format!(
+                "[D-BUS Service]\nName={name}\nExec=/bin/sh -c 'KDBUS_TEST_SERVICE_NAME={name} {} activated_service --exact --test-threads=1 >/dev/null 2>&1'\n",
+                exe.display()
+            ),
+        )
+        .expect("a service file");
+    }
+    std::fs::write(
+        services.path().join("org.kdbus.Fails.service"),
+        "[D-BUS Service]\nName=org.kdbus.Fails\nExec=/bin/sh -c 'exit 3'\n",
+    )
+    .expect("a service file");
+    let extra = format!("<servicedir>{}</servicedir>", services.path().display());
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().expect("the tool runs");
+        let text = if out.status.success() {
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        } else {
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        };
+        // dbus-send's reply line carries times and serials; its body line does not.
+        text.lines()
+            .filter(|l| !l.starts_with("method return"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let script = |address: &str| {
+        let send = |dest: &str| {
+            run(std::process::Command::new("dbus-send")
+                .arg(format!("--bus={address}"))
+                .args([
+                    "--print-reply",
+                    &format!("--dest={dest}"),
+                    "/",
+                    "org.kdbus.A.Ping",
+                ]))
+        };
+        vec![
+            send("org.kdbus.ViaSend"),
+            run(std::process::Command::new("gdbus").args([
+                "call",
+                "--address",
+                address,
+                "--dest",
+                "org.kdbus.ViaGio",
+                "--object-path",
+                "/",
+                "--method",
+                "org.kdbus.A.Ping",
+            ])),
+            send("org.kdbus.Fails"),
+        ]
+    };
+    both_with(
+        &extra,
+        script,
+        &[
+            "string \"pong\"",
+            "('pong',)",
+            "Error org.freedesktop.DBus.Error.Spawn.ChildExited: Process org.kdbus.Fails exited with status 3",
         ],
     );
 }
