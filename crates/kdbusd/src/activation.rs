@@ -136,11 +136,13 @@ fn exec_split(s: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-/// The services of `dirs`, the first directory winning for a name (dbus-daemon's
-/// order); files that do not parse are logged and skipped.
-pub(crate) fn services_load(dirs: &[PathBuf]) -> Vec<Service> {
+/// The services of a configuration's directories, the first directory winning for a
+/// name (dbus-daemon's order); files that do not parse (or, in the transient
+/// directory, are not named after their service) are logged and skipped.
+pub(crate) fn services_load(c: &crate::config::BusConfig) -> Vec<Service> {
     let mut by_name: HashMap<String, Service> = HashMap::new();
-    for dir in dirs {
+    for dir in &c.service_dirs {
+        let strict = c.strict_service_dirs.contains(dir);
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };
@@ -154,7 +156,10 @@ pub(crate) fn services_load(dirs: &[PathBuf]) -> Vec<Service> {
             match std::fs::read_to_string(&f)
                 .map_err(|e| e.to_string())
                 .and_then(|t| service_parse(&t))
-            {
+                .and_then(|s| match strict && !file_names(&f, &s.name) {
+                    true => Err(format!("its file is not named {}.service", s.name)),
+                    false => Ok(s),
+                }) {
                 Ok(s) => {
                     by_name.entry(s.name.clone()).or_insert(s);
                 }
@@ -165,6 +170,14 @@ pub(crate) fn services_load(dirs: &[PathBuf]) -> Vec<Service> {
     let mut v: Vec<Service> = by_name.into_values().collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
+}
+
+/// Whether the file `f` is named `<name>.service`.
+fn file_names(f: &std::path::Path, name: &str) -> bool {
+    f.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".service"))
+        == Some(name)
 }
 
 /// A service being started: its process, unless the launcher or systemd runs it.
@@ -461,7 +474,7 @@ fn activator_hello(
 
 /// The service directories of a configuration.
 pub(crate) fn of_config(c: &crate::config::BusConfig) -> Vec<Service> {
-    services_load(&c.service_dirs)
+    services_load(c)
 }
 
 #[cfg(test)]

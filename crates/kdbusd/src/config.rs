@@ -93,6 +93,9 @@ pub struct BusConfig {
     pub listen: Vec<String>,
     pub auth: Vec<String>,
     pub service_dirs: Vec<PathBuf>,
+    /// Those of `service_dirs` whose files must be named `<Name>.service` (the
+    /// transient directory, as dbus-daemon's strict naming).
+    pub strict_service_dirs: Vec<PathBuf>,
     pub limits: Vec<(String, u64)>,
     pub policies: Vec<Policy>,
     pub fork: bool,
@@ -278,7 +281,15 @@ impl BusConfig {
                     }
                 }
                 "servicedir" => self.service_dirs.push(base.join(need_text("servicedir")?)),
-                "standard_session_servicedirs" => self.service_dirs.extend(standard_session_dirs()),
+                "standard_session_servicedirs" => {
+                    // The transient directory first: it wins (dbus-daemon's order).
+                    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+                        let t = Path::new(&d).join("dbus-1/services");
+                        self.strict_service_dirs.push(t.clone());
+                        self.service_dirs.push(t);
+                    }
+                    self.service_dirs.extend(standard_session_dirs())
+                }
                 "standard_system_servicedirs" => self.service_dirs.extend(standard_system_dirs()),
                 "limit" => {
                     let name = n

@@ -12,7 +12,7 @@ mod script;
 #[path = "common/zbus_peer.rs"]
 mod zbus_peer;
 use diff::{usable, zconn};
-use script::{both_with, both_with_args, driver, reply_text};
+use script::{both_with, both_with_args, both_with_env, driver, reply_text};
 use zbus::message::Type as MsgType;
 use zbus_peer::member;
 
@@ -462,5 +462,48 @@ fn first_calls_from_dbus_send_and_gdbus_start_their_services() {
             "('pong',)",
             "Error org.freedesktop.DBus.Error.Spawn.ChildExited: Process org.kdbus.Fails exited with status 3",
         ],
+    );
+}
+
+/// `<standard_session_servicedirs/>` includes the transient directory
+/// `$XDG_RUNTIME_DIR/dbus-1/services` (searched first), where a file counts only if
+/// it is named after its service.
+#[test]
+fn the_transient_service_directory_is_a_standard_one() {
+    if !usable() {
+        return;
+    }
+    let runtime = tempfile::tempdir().expect("a runtime directory");
+    let transient = runtime.path().join("dbus-1/services");
+    std::fs::create_dir_all(&transient).unwrap();
+    for (file, name) in [
+        ("org.kdbus.Transient.service", "org.kdbus.Transient"),
+        ("misnamed.service", "org.kdbus.Misnamed"),
+    ] {
+        std::fs::write(
+            transient.join(file),
+            format!("[D-BUS Service]\nName={name}\nExec=/bin/false\n"),
+        )
+        .unwrap();
+    }
+    let script = |address: &str| {
+        let c = zconn(address);
+        let mut names: Vec<String> = driver(&c, "ListActivatableNames", &())
+            .ok()
+            .and_then(|m| m.body().deserialize::<Vec<String>>().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with("org.kdbus."))
+            .collect();
+        names.sort();
+        vec![names.join(",")]
+    };
+    let runtime = runtime.path().to_str().unwrap();
+    both_with_env(
+        "<standard_session_servicedirs/>",
+        &[],
+        &[("XDG_RUNTIME_DIR", runtime)],
+        script,
+        &["org.kdbus.Transient"],
     );
 }

@@ -107,6 +107,17 @@ pub fn start_with(
     config: Config<'_>,
     more: &[&str],
 ) -> (Daemon, String) {
+    start_env(program, dir, config, more, &[])
+}
+
+/// [`start_with`], with more variables in the bus's environment.
+pub fn start_env(
+    program: &str,
+    dir: &Path,
+    config: Config<'_>,
+    more: &[&str],
+    env: &[(&str, &str)],
+) -> (Daemon, String) {
     let tag = Path::new(program)
         .file_name()
         .and_then(|f| f.to_str())
@@ -128,6 +139,7 @@ pub fn start_with(
     let mut child = Command::new(program)
         // What activated test services are (see session_diff.rs).
         .env("KDBUS_TEST_ACTIVATION", "1")
+        .envs(env.iter().copied())
         .args(&args)
         .args(more)
         .args(["--nofork", "--print-address"])

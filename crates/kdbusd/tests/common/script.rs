@@ -4,7 +4,7 @@
 //! (`#[path = "common/script.rs"] mod script;`).
 #![allow(dead_code)]
 
-use crate::diff::{start, start_with, usable, Config, KDBUSD};
+use crate::diff::{start, start_env, usable, Config, KDBUSD};
 use crate::zbus_peer::{DRIVER, DRIVER_PATH};
 use zbus::blocking::Connection as ZConn;
 
@@ -42,13 +42,24 @@ pub fn both_with_args(
     script: impl Fn(&str) -> Vec<String>,
     expected: &[&str],
 ) {
+    both_with_env(extra, args, &[], script, expected)
+}
+
+/// `both_with_args`, both brokers started with `env` in their environment too.
+pub fn both_with_env(
+    extra: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    script: impl Fn(&str) -> Vec<String>,
+    expected: &[&str],
+) {
     if !usable() {
         return;
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut got = Vec::new();
     for program in ["dbus-daemon", KDBUSD] {
-        let (_daemon, address) = start_with(program, dir.path(), Config::Base(extra), args);
+        let (_daemon, address) = start_env(program, dir.path(), Config::Base(extra), args, env);
         got.push((program, script(&address)));
     }
     for (program, transcript) in &got {
