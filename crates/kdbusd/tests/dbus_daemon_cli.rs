@@ -374,3 +374,54 @@ fn only_the_users_a_configuration_admits_may_connect() {
         }
     }
 }
+
+/// The listen addresses dbus-daemon 1.14 takes (`unix:path=`, `unix:dir=`,
+/// `unix:tmpdir=`, `unix:abstract=`, `unix:runtime=yes`): both brokers print the same
+/// kind of address for each (random names aside) and answer on it.
+#[test]
+fn listen_addresses_as_dbus_daemon_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let runtime = dir.path().join("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    let abs = format!("kdbus-test-{}", std::process::id());
+    let forms = [
+        format!("unix:path={d}/p"),
+        format!("unix:dir={d}"),
+        format!("unix:tmpdir={d}"),
+        format!("unix:abstract={abs}"),
+        "unix:runtime=yes".to_string(),
+    ];
+    // The printed address without its guid and with random socket names as `X`.
+    let shape = |a: &str| -> String {
+        let a = a.split(",guid=").next().unwrap_or("");
+        match a.rsplit_once("/dbus-") {
+            Some((head, _)) => format!("{head}/dbus-X"),
+            None => a.to_string(),
+        }
+    };
+    for form in &forms {
+        let mut got = Vec::new();
+        for program in ["dbus-daemon", KDBUSD] {
+            let _ = std::fs::remove_file(dir.path().join("p"));
+            let mut child = Command::new(program)
+                .args(["--session", "--nofork", "--print-address"])
+                .arg(format!("--address={form}"))
+                .env("XDG_RUNTIME_DIR", &runtime)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let daemon = Daemon(child);
+            let address = line.trim().to_string();
+            assert!(!get_id(&address).is_empty(), "{program} on {form}");
+            got.push(shape(&address));
+            drop(daemon);
+        }
+        assert_eq!(got[1], got[0], "{form}: kdbusd (left), dbus-daemon (right)");
+    }
+}
