@@ -185,6 +185,26 @@ fn max_outgoing_bytes() {
     );
 }
 
+/// A receiver that does not read: once its socket is full, the fds others send it
+/// pile up to `max_outgoing_unix_fds`, then a call whose fds do not fit is refused.
+#[test]
+fn max_outgoing_unix_fds() {
+    if !usable() {
+        return;
+    }
+    case(
+        &limit("max_outgoing_unix_fds", 16),
+        &[
+            Step::RawReceiver,
+            // Beyond what the kernel's socket buffers take in.
+            Step::Flood(600, 10_000),
+            Step::FloodFds(20, 1),
+            Step::CallRawFds(1),
+        ],
+        &["ok", "ok", "ok", LIMITS],
+    );
+}
+
 /// Messages are taken off a client's socket as they come and routed at once, so a
 /// small `max_incoming_bytes` does not keep a larger message from going through (in
 /// dbus-daemon neither).

@@ -220,18 +220,25 @@ fn raw_hello(address: &str) -> (std::os::unix::net::UnixStream, String) {
         .and_then(|p| p.split(',').next())
         .expect("a unix:path address");
     let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+    let line_of = |s: &mut std::os::unix::net::UnixStream| {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            s.read_exact(&mut b).unwrap();
+            line.push(b[0]);
+        }
+        line
+    };
     s.write_all(b"\0AUTH EXTERNAL 30\r\n").unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while !line.ends_with(b"\r\n") {
-        s.read_exact(&mut b).unwrap();
-        line.push(b[0]);
-    }
+    let line = line_of(&mut s);
     assert!(
         line.starts_with(b"OK "),
         "{}",
         String::from_utf8_lossy(&line)
     );
+    // It takes fds (and never reads them: `max_outgoing_unix_fds`).
+    s.write_all(b"NEGOTIATE_UNIX_FD\r\n").unwrap();
+    assert!(line_of(&mut s).starts_with(b"AGREE_UNIX_FD"));
     s.write_all(b"BEGIN\r\n").unwrap();
     let mut hello = Vec::new();
     let f = Fields {
@@ -425,6 +432,11 @@ pub enum Step {
     /// root's caller calls the raw receiver (which never answers) with a string of
     /// this many bytes: the error.
     CallRaw(usize),
+    /// root's caller sends this many calls (no reply expected), each with this many
+    /// fds, to the raw receiver.
+    FloodFds(usize, usize),
+    /// root's caller calls the raw receiver with this many fds: the error.
+    CallRawFds(usize),
     /// A root subscriber to all signals is kept.
     Subscribe,
     /// root's caller emits signal `iface.member`, as a broadcast or (`true`) to the
@@ -552,6 +564,29 @@ pub fn run_step(ctx: &Ctx<'_>, step: &Step) -> String {
                 caller.send(&m).expect("send");
             }
             "ok".into()
+        }
+        Step::FloodFds(count, nfds) => {
+            let dest = ctx.raw_name();
+            let (r, _w) = rustix::pipe::pipe().expect("a pipe");
+            for _ in 0..*count {
+                let fds: Vec<zbus::zvariant::Fd> =
+                    (0..*nfds).map(|_| zbus::zvariant::Fd::from(&r)).collect();
+                let m = zbus::message::Message::method_call("/", "M")
+                    .and_then(|b| b.destination(dest.as_str()))
+                    .and_then(|b| b.interface("org.x.I"))
+                    .map(|b| b.with_flags(zbus::message::Flags::NoReplyExpected))
+                    .and_then(|b| b?.build(&fds))
+                    .expect("a message");
+                caller.send(&m).expect("send");
+            }
+            "ok".into()
+        }
+        Step::CallRawFds(nfds) => {
+            let dest = ctx.raw_name();
+            let (r, _w) = rustix::pipe::pipe().expect("a pipe");
+            let fds: Vec<zbus::zvariant::Fd> =
+                (0..*nfds).map(|_| zbus::zvariant::Fd::from(&r)).collect();
+            zbus_outcome(caller.call_method(Some(dest.as_str()), "/", Some("org.x.I"), "M", &fds))
         }
         Step::CallRaw(size) => {
             let dest = ctx.raw_name();
