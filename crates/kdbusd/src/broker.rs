@@ -374,6 +374,12 @@ impl Broker {
         }
         self.domain.tick();
         self.dbus.expire_auth(&mut self.domain, &self.dispatch);
+        for (token, ev) in self
+            .dbus
+            .expire_pending_fds(&mut self.domain, &self.dispatch)
+        {
+            self.dbus_event(token, ev);
+        }
         self.waiting_expire();
         if self.listeners.dbus_paused() && !self.dbus.full() {
             self.listeners.dbus_pause(&self.dispatch, false);

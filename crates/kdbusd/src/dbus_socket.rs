@@ -35,6 +35,9 @@ use std::rc::Rc;
 
 /// How long a client may take to authenticate and say Hello.
 pub const AUTH_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
+/// How long a client may hold fds of a message it has not finished sending
+/// (dbus-daemon's default `pending_fd_timeout`: 150 s).
+pub const PENDING_FD_TIMEOUT_NS: u64 = 150 * 1_000_000_000;
 /// Clients of one user that may be connected without having said Hello yet (as
 /// dbus-daemon's `max_incomplete_connections`): more are closed at once.
 pub const MAX_INCOMPLETE_PER_USER: u32 = 64;
@@ -87,6 +90,9 @@ struct DBusClient {
     key: Option<ConnKey>,
     /// Until Hello: when it must have come, and whose incomplete connection it is.
     deadline: u64,
+    /// While it holds fds of a message not complete yet: when it must have finished
+    /// it (`pending_fd_timeout`).
+    fds_deadline: Option<u64>,
     /// The socket's owner, for the per-user books.
     uid: u32,
     /// Writes the client has not taken yet; a stream's writes may be partial.
@@ -136,6 +142,8 @@ struct Books {
     incomplete: HashMap<u32, u32>,
     /// Bytes of incomplete messages held per uid.
     partial_bytes: HashMap<u32, u64>,
+    /// Clients holding fds of an incomplete message: (deadline, token), earliest first.
+    fd_deadlines: BTreeSet<(u64, u64)>,
 }
 
 impl Books {
@@ -198,6 +206,9 @@ pub struct DBusLimits {
     pub message_size: usize,
     /// `max_message_unix_fds`: more fds with one message disconnect its sender.
     pub message_fds: usize,
+    /// `pending_fd_timeout`: fds of a message not finished within this disconnect
+    /// their sender (a client must not hold the broker's descriptors at will).
+    pub pending_fd_timeout_ns: u64,
     /// Output a client may leave unread before it is given up on: well above what
     /// other peers may queue for it (`max_outgoing_bytes`), so only the answers to its
     /// own calls, or a monitor's copies, can get it there.
@@ -211,6 +222,7 @@ impl Default for DBusLimits {
             incomplete: usize::MAX,
             message_size: header::MAX_MESSAGE_SIZE,
             message_fds: MAX_FDS_PER_MESSAGE,
+            pending_fd_timeout_ns: PENDING_FD_TIMEOUT_NS,
             backlog: MAX_STREAM_BACKLOG,
         }
     }
@@ -274,6 +286,7 @@ impl DBusClients {
                 fds: VecDeque::new(),
                 key: None,
                 deadline,
+                fds_deadline: None,
                 uid,
                 backlog: Backlog::new(self.limits.backlog),
             }),
@@ -282,9 +295,11 @@ impl DBusClients {
         self.books.auth_deadlines.insert((deadline, token));
     }
 
-    /// The earliest authentication deadline.
+    /// The earliest deadline: to authenticate, or to finish a message with fds.
     pub(crate) fn next_deadline(&self) -> Option<u64> {
-        self.books.auth_deadlines.first().map(|d| d.0)
+        let auth = self.books.auth_deadlines.first().map(|d| d.0);
+        let fds = self.books.fd_deadlines.first().map(|d| d.0);
+        auth.into_iter().chain(fds).min()
     }
 
     /// Close a client's socket: off the books, and its connection leaves the bus.
@@ -298,6 +313,9 @@ impl DBusClients {
         }
         self.books.complete(token, c.deadline, c.uid);
         self.books.partial_account(c.uid, c.partial.len(), 0);
+        if let Some(d) = c.fds_deadline {
+            self.books.fd_deadlines.remove(&(d, token));
+        }
         if let Some(key) = c.key {
             domain.conn_release(key);
         }
@@ -319,6 +337,29 @@ impl DBusClients {
             debug_assert!(!matches!(closed, Event::Closed(Some(_))));
             self.books.auth_deadlines.remove(&(deadline, token));
         }
+    }
+
+    /// Disconnect clients that held fds of an unfinished message past
+    /// `pending_fd_timeout` (dbus-daemon's rule); returns what the loop must forget.
+    pub(crate) fn expire_pending_fds(
+        &mut self,
+        domain: &mut Domain,
+        dispatch: &Dispatch,
+    ) -> Vec<(u64, Event)> {
+        let now = domain.now().monotonic_ns;
+        let mut out = Vec::new();
+        while let Some(&(deadline, token)) = self.books.fd_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            tracing::info!(
+                token,
+                "D-Bus client held fds of an unfinished message too long"
+            );
+            self.books.fd_deadlines.remove(&(deadline, token));
+            out.push((token, self.close(token, domain, dispatch)));
+        }
+        out
     }
 
     /// The client's socket is writable again: write its backlog.
@@ -498,6 +539,18 @@ impl DBusClients {
             // Fds left over belong to the one message not complete yet: more than a
             // message may carry is a client hoarding the broker's descriptors.
             let hoarding = c.fds.len() > MAX_FDS_PER_MESSAGE;
+            match (c.fds.is_empty(), c.fds_deadline) {
+                (false, None) => {
+                    let d = bus.domain.now().monotonic_ns + self.limits.pending_fd_timeout_ns;
+                    c.fds_deadline = Some(d);
+                    self.books.fd_deadlines.insert((d, token));
+                }
+                (true, Some(d)) => {
+                    c.fds_deadline = None;
+                    self.books.fd_deadlines.remove(&(d, token));
+                }
+                _ => {}
+            }
             let partial_after = c.partial.len();
             let within = self
                 .books

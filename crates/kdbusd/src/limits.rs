@@ -35,6 +35,9 @@ fn dbus_limits(c: &BusConfig) -> DBusLimits {
     if let Some(ms) = c.limit("auth_timeout") {
         l.auth_timeout_ns = ms.saturating_mul(1_000_000);
     }
+    if let Some(ms) = c.limit("pending_fd_timeout") {
+        l.pending_fd_timeout_ns = ms.saturating_mul(1_000_000);
+    }
     if let Some(v) = n("max_incomplete_connections") {
         l.incomplete = v;
     }

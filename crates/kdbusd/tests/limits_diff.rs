@@ -205,6 +205,20 @@ fn max_outgoing_unix_fds() {
     );
 }
 
+/// `pending_fd_timeout`: a client that sent fds with the start of a message and
+/// never the rest is disconnected once the timeout has passed, not before.
+#[test]
+fn pending_fd_timeout() {
+    if !usable() {
+        return;
+    }
+    case(
+        &limit("pending_fd_timeout", 700),
+        &[Step::FdsPending(100), Step::FdsPending(2000)],
+        &["open", "closed"],
+    );
+}
+
 /// Messages are taken off a client's socket as they come and routed at once, so a
 /// small `max_incoming_bytes` does not keep a larger message from going through (in
 /// dbus-daemon neither).

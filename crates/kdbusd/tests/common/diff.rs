@@ -437,6 +437,10 @@ pub enum Step {
     FloodFds(usize, usize),
     /// root's caller calls the raw receiver with this many fds: the error.
     CallRawFds(usize),
+    /// A root client on a bare socket says Hello, then sends the first bytes of a
+    /// message with an fd and nothing more; after this many ms: "closed" if the bus
+    /// hung up, else "open" (kept).
+    FdsPending(u64),
     /// A root subscriber to all signals is kept.
     Subscribe,
     /// root's caller emits signal `iface.member`, as a broadcast or (`true`) to the
@@ -534,6 +538,37 @@ pub fn run_step(ctx: &Ctx<'_>, step: &Step) -> String {
             s.set_nonblocking(true).unwrap();
             let mut b = [0u8; 1];
             let closed = matches!(std::io::Read::read(&mut &s, &mut b), Ok(0));
+            ctx.raw.borrow_mut().push(s);
+            if closed { "closed" } else { "open" }.into()
+        }
+        Step::FdsPending(ms) => {
+            use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+            let (s, _) = raw_hello(address);
+            let (r, _w) = rustix::pipe::pipe().expect("a pipe");
+            let fds = [std::os::fd::AsFd::as_fd(&r)];
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut anc = SendAncillaryBuffer::new(&mut space);
+            assert!(anc.push(SendAncillaryMessage::ScmRights(&fds)));
+            // A message's first bytes only: its fds are pending until the rest comes.
+            let start = [b'l', 1, 0, 1, 8, 0, 0, 0];
+            sendmsg(
+                &s,
+                &[std::io::IoSlice::new(&start)],
+                &mut anc,
+                SendFlags::empty(),
+            )
+            .expect("sendmsg");
+            std::thread::sleep(Duration::from_millis(*ms));
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 4096];
+            let closed = loop {
+                match std::io::Read::read(&mut &s, &mut b) {
+                    Ok(0) => break true,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                    Err(_) => break true,
+                }
+            };
             ctx.raw.borrow_mut().push(s);
             if closed { "closed" } else { "open" }.into()
         }
