@@ -100,7 +100,7 @@ impl World {
         let mut clients = Vec::new();
         for (uid, fds_ok, hello) in [(1000, true, true), (0, true, true), (1001, false, false)] {
             let p = peer(uid);
-            let key = hello.then(|| bridge.hello(&mut d, bus, &p, fds_ok, 1).expect("hello"));
+            let key = hello.then(|| bridge.hello(&mut d, bus, None, &p, fds_ok, 1).expect("hello"));
             clients.push(Client {
                 peer: p,
                 fds_ok,
@@ -252,7 +252,7 @@ impl World {
         let (p, fds_ok) = (c.peer.clone(), c.fds_ok);
         match self
             .bridge
-            .hello(&mut self.d, self.bus, &p, fds_ok, h.serial)
+            .hello(&mut self.d, self.bus, None, &p, fds_ok, h.serial)
         {
             Ok(key) => {
                 self.clients[i].key = Some(key);

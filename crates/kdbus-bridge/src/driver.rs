@@ -77,12 +77,13 @@ fn not_privileged(dom: &Domain, key: ConnKey, m: &Row) -> DErr {
 }
 
 /// The caller is the bus's own user or root (watching everyone's traffic, changing
-/// what services start with).
+/// what services start with), and not on a custom endpoint: a sandbox is never
+/// privileged, whoever runs in it.
 fn caller_is_privileged(dom: &Domain, key: ConnKey) -> bool {
     let Some(me) = dom.conn(key) else {
         return false;
     };
-    dom.bus(me.bus).is_some_and(|b| b.is_privileged(&me.peer))
+    me.endpoint.is_none() && dom.bus(me.bus).is_some_and(|b| b.is_privileged(&me.peer))
 }
 
 const fn row(
@@ -405,17 +406,20 @@ fn release_name(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Bo
 
 fn list_names(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
     let bus = bus_of(dom, c)?;
+    let me = c.key;
     let mut names = vec![DRIVER.to_string()];
     names.extend(
         bus.conns
             .iter()
             .filter(|(_, k)| dom.conn(**k).is_some_and(|c| c.is_ordinary()))
+            .filter(|(_, k)| dom.conn_sees_conn(me, **k))
             .map(|(id, _)| UniqueName::from_id(*id).to_string()),
     );
     names.extend(
         bus.names
             .entries()
             .filter(|e| e.flags & name_flags::ACTIVATOR == 0)
+            .filter(|e| dom.conn_sees_name(me, &e.name))
             .map(|e| e.name.to_string()),
     );
     Ok(Body::new().strings(&names))
@@ -432,6 +436,7 @@ fn list_activatable_names(
         bus.names
             .entries()
             .filter(|e| e.activator.is_some())
+            .filter(|e| dom.conn_sees_name(c.key, &e.name))
             .map(|e| e.name.to_string()),
     );
     Ok(Body::new().strings(&names))
@@ -439,12 +444,12 @@ fn list_activatable_names(
 
 fn name_has_owner(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
     let name = c.s()?;
-    Ok(Body::new().b(owner_of(dom, c.bus, name).is_some()))
+    Ok(Body::new().b(owner_of(dom, c.key, name).is_some()))
 }
 
 fn get_name_owner(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
     let name = c.s()?;
-    match owner_of(dom, c.bus, name) {
+    match owner_of(dom, c.key, name) {
         Some(o) => Ok(Body::new().s(&o)),
         None => Err(err(
             ErrName::NameHasNoOwner,
@@ -456,13 +461,14 @@ fn get_name_owner(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<
 fn list_queued_owners(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
     let name = c.s()?;
     let bus = bus_of(dom, c)?;
-    let owners: Vec<String> = match bus.names.lookup(name) {
+    let seen = dom.conn_sees_name(c.key, name);
+    let owners: Vec<String> = match bus.names.lookup(name).filter(|_| seen) {
         Some(e) if e.flags & name_flags::ACTIVATOR == 0 => std::iter::once(e.owner)
             .chain(e.queue.iter().map(|(c, _)| *c))
             .filter_map(|k| dom.conn(k).map(|c| UniqueName::from_id(c.id).to_string()))
             .collect(),
         _ if name == DRIVER => vec![DRIVER.to_string()],
-        _ if name.starts_with(':') && owner_of(dom, c.bus, name).is_some() => {
+        _ if name.starts_with(':') && owner_of(dom, c.key, name).is_some() => {
             vec![name.to_string()]
         }
         _ => {
@@ -481,7 +487,8 @@ fn start_service_by_name(b: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> 
     // file): 2 at once if it already runs; else 1 once the service owns the name, or
     // the error that ended its start (the broker tells, see `activation_came`).
     let bus = bus_of(dom, c)?;
-    match bus.names.lookup(name) {
+    let seen = dom.conn_sees_name(c.key, name);
+    match bus.names.lookup(name).filter(|_| seen) {
         Some(e) if e.activator.is_some() && e.flags & name_flags::ACTIVATOR != 0 => {
             b.starts.push(name.to_string());
             b.start_waiters
@@ -519,7 +526,7 @@ fn get_connection_unix_user(
     c: &mut Call<'_>,
 ) -> Result<Body, DErr> {
     let name = c.s()?;
-    let (creds, _) = creds_of(dom, c.bus, name, "UID")?;
+    let (creds, _) = creds_of(dom, c.key, name, "UID")?;
     Ok(Body::new().u(creds.uid))
 }
 
@@ -529,7 +536,7 @@ fn get_connection_unix_process_id(
     c: &mut Call<'_>,
 ) -> Result<Body, DErr> {
     let name = c.s()?;
-    let (creds, _) = creds_of(dom, c.bus, name, "PID")?;
+    let (creds, _) = creds_of(dom, c.key, name, "PID")?;
     Ok(Body::new().u(creds.pid))
 }
 
@@ -539,7 +546,7 @@ fn get_connection_credentials(
     c: &mut Call<'_>,
 ) -> Result<Body, DErr> {
     let name = c.s()?;
-    let (creds, pidfd) = creds_of(dom, c.bus, name, "credentials")?;
+    let (creds, pidfd) = creds_of(dom, c.key, name, "credentials")?;
     // ProcessFD only for callers that agreed to receive fds (dbus-daemon).
     let caller_takes_fds = dom
         .with_stream(c.key, |s, _| peer_mut(s).is_some_and(|p| p.fds_ok))
@@ -577,7 +584,7 @@ fn get_adt_audit_session_data(
     c: &mut Call<'_>,
 ) -> Result<Body, DErr> {
     let name = c.s()?;
-    conn_of(dom, c.bus, name)?;
+    conn_of(dom, c.key, name)?;
     Err(err(
         ErrName::AdtAuditDataUnknown,
         format!("Could not determine audit session data for '{name}'"),
@@ -586,7 +593,7 @@ fn get_adt_audit_session_data(
 
 fn get_selinux_context(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
     let name = c.s()?;
-    conn_of(dom, c.bus, name)?;
+    conn_of(dom, c.key, name)?;
     Err(err(
         ErrName::SELinuxSecurityContextUnknown,
         format!("Could not determine security context for '{name}'"),
@@ -733,22 +740,22 @@ fn get_stats(b: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body,
 
 fn get_connection_stats(b: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
     let name = c.s()?;
-    crate::stats::get_connection_stats(b, dom, c.bus, name)
+    crate::stats::get_connection_stats(b, dom, c.key, c.bus, name)
 }
 
 fn get_all_match_rules(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body, DErr> {
-    crate::stats::get_all_match_rules(dom, c.bus)
+    crate::stats::get_all_match_rules(dom, c.key, c.bus)
 }
 
 /// The connection owning `name`.
-fn conn_of<'d>(dom: &'d Domain, bus: BusKey, name: &str) -> Result<&'d Conn, DErr> {
+fn conn_of<'d>(dom: &'d Domain, viewer: ConnKey, name: &str) -> Result<&'d Conn, DErr> {
     let none = || {
         err(
             ErrName::NameHasNoOwner,
             format!("Could not get owner of name '{name}': no such name"),
         )
     };
-    let key = conn_key_of(dom, bus, name).ok_or_else(none)?;
+    let key = conn_key_of(dom, viewer, name).ok_or_else(none)?;
     dom.conn(key).ok_or_else(none)
 }
 
@@ -757,14 +764,15 @@ fn conn_of<'d>(dom: &'d Domain, bus: BusKey, name: &str) -> Result<&'d Conn, DEr
 /// `what` names what was asked for in the error ("UID", "PID", "credentials").
 fn creds_of(
     dom: &Domain,
-    bus: BusKey,
+    viewer: ConnKey,
     name: &str,
     what: &str,
 ) -> Result<(Creds, Option<Files>), DErr> {
+    let bus = dom.conn(viewer).ok_or_else(no_bus)?.bus;
     let peer = if name == DRIVER {
         &dom.bus(bus).ok_or_else(no_bus)?.creator
     } else {
-        &conn_of(dom, bus, name)
+        &conn_of(dom, viewer, name)
             .map_err(|_| {
                 err(
                     ErrName::NameHasNoOwner,

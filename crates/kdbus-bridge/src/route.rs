@@ -47,19 +47,21 @@ static NO_FDS: [u8; kdbus_abi::limits::MSG_MAX_FDS * 4] =
     [0xff; kdbus_abi::limits::MSG_MAX_FDS * 4];
 
 impl Bridge {
-    /// A D-Bus client said Hello (serial `serial`): make it a connection on `bus`. Its
-    /// Hello reply and NameAcquired are in its output before the bus hears of it.
+    /// A D-Bus client said Hello (serial `serial`): make it a connection on `bus`,
+    /// through `endpoint` (`None`: the default one). Its Hello reply and NameAcquired
+    /// are in its output before the bus hears of it.
     pub fn hello(
         &mut self,
         dom: &mut Domain,
         bus: kdbus_core::BusKey,
+        endpoint: Option<u64>,
         peer: &Peer,
         fds_ok: bool,
         serial: u32,
     ) -> Result<ConnKey, Errno> {
         let mut stream = DBusPeer::with_limits(fds_ok, self.stream_limits);
         stream.quota.user = Some((peer.creds.uid, self.user_books.clone()));
-        let (key, id) = dom.hello_stream(bus, peer, Box::new(stream))?;
+        let (key, id) = dom.hello_stream(bus, endpoint, peer, Box::new(stream))?;
         let name = UniqueName::from_id(id);
         let f = Fields {
             reply_serial: Some(serial),

@@ -148,6 +148,7 @@ pub(crate) fn get_stats(b: &mut Bridge, dom: &mut Domain, bus: BusKey) -> Result
 pub(crate) fn get_connection_stats(
     b: &mut Bridge,
     dom: &mut Domain,
+    viewer: ConnKey,
     bus: BusKey,
     name: &str,
 ) -> Result<Body, DErr> {
@@ -163,7 +164,7 @@ pub(crate) fn get_connection_stats(
             format!("Could not get statistics of name '{name}': no such name"),
         )
     };
-    let key = crate::owners::conn_key_of(dom, bus, name).ok_or_else(none)?;
+    let key = crate::owners::conn_key_of(dom, viewer, name).ok_or_else(none)?;
     b.stats.refresh(dom, bus);
     let peaks = b.stats.peaks.get(&bus).copied().unwrap_or_default();
     let rules = conn_match_rules(dom, bus, key);
@@ -249,11 +250,19 @@ pub(crate) fn get_connection_stats(
 }
 
 /// `GetAllMatchRules`: every D-Bus peer's rules, in dbus-daemon's words.
-pub(crate) fn get_all_match_rules(dom: &mut Domain, bus: BusKey) -> Result<Body, DErr> {
+pub(crate) fn get_all_match_rules(
+    dom: &mut Domain,
+    viewer: ConnKey,
+    bus: BusKey,
+) -> Result<Body, DErr> {
+    // Through a custom endpoint: only the connections the caller may see.
     let conns: Vec<(u64, ConnKey)> = dom
         .bus(bus)
-        .map(|b| b.conns.iter().map(|(id, k)| (*id, *k)).collect())
-        .unwrap_or_default();
+        .map(|b| b.conns.iter().map(|(id, k)| (*id, *k)).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, k)| dom.conn_sees_conn(viewer, *k))
+        .collect();
     let mut body = Body::new();
     body.sig.push_str("a{sas}");
     let mut all = Vec::new();

@@ -92,8 +92,8 @@ fn round_trips_allocate_nothing(policy: Option<kdbus_core::msgpolicy::MsgPolicy>
     let policed = policy.is_some();
     d.bus_set_msg_policy(bus, policy);
     let mut bridge = Bridge::new("0123456789abcdef0123456789abcdef");
-    let client = bridge.hello(&mut d, bus, &peer(10), true, 1).unwrap();
-    let service = bridge.hello(&mut d, bus, &peer(11), true, 1).unwrap();
+    let client = bridge.hello(&mut d, bus, None, &peer(10), true, 1).unwrap();
+    let service = bridge.hello(&mut d, bus, None, &peer(11), true, 1).unwrap();
     assert_eq!(d.conn(client).unwrap().rules.is_some(), policed);
     let (mut dirty, mut sink) = (Vec::new(), Vec::new());
     drain(&mut d, &mut dirty, &mut sink);

@@ -149,7 +149,7 @@ const REQUEST_NAME: (&str, &str, &str) = ("org.freedesktop.DBus", "RequestName",
 fn another_user_may_not_become_a_monitor() {
     let (mut d, bus, mut bridge) = bus();
     let other = peer(2, false);
-    let key = bridge.hello(&mut d, bus, &other, true, 1).unwrap();
+    let key = bridge.hello(&mut d, bus, None, &other, true, 1).unwrap();
     read(&mut d, key);
     call(
         &mut d,
@@ -178,7 +178,7 @@ fn a_monitor_sees_name_acquired_before_name_owner_changed() {
     let root = peer(1, true);
     let creds = root.creds;
     // The monitor comes first (its key is lower than the owner's).
-    let monitor = bridge.hello(&mut d, bus, &root, true, 1).unwrap();
+    let monitor = bridge.hello(&mut d, bus, None, &root, true, 1).unwrap();
     call(
         &mut d,
         &mut bridge,
@@ -188,7 +188,9 @@ fn a_monitor_sees_name_acquired_before_name_owner_changed() {
         &[],
         Some(0),
     );
-    let owner = bridge.hello(&mut d, bus, &peer(2, true), true, 1).unwrap();
+    let owner = bridge
+        .hello(&mut d, bus, None, &peer(2, true), true, 1)
+        .unwrap();
     read(&mut d, monitor);
     call(
         &mut d,

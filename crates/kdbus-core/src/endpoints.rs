@@ -68,6 +68,38 @@ impl Domain {
         ep.policy.set(0, entries)
     }
 
+    /// The custom endpoint connection `key` came through (`None`: the default one).
+    pub fn conn_endpoint(&self, key: ConnKey) -> Option<u64> {
+        self.conns.get(&key).and_then(|c| c.endpoint)
+    }
+
+    /// Whether connection `key` may see the well-known `name`: always through the
+    /// default endpoint; through a custom one, if its policy grants SEE.
+    pub fn conn_sees_name(&self, key: ConnKey, name: &str) -> bool {
+        let Some(c) = self.conns.get(&key) else {
+            return false;
+        };
+        c.endpoint.is_none()
+            || self
+                .buses
+                .get(&c.bus)
+                .is_some_and(|b| b.ep_sees_name(c.endpoint, &c.asker(), name))
+    }
+
+    /// Whether connection `key` may see connection `whom` (through a custom endpoint:
+    /// one of `whom`'s names, or `whom` is itself).
+    pub fn conn_sees_conn(&self, key: ConnKey, whom: ConnKey) -> bool {
+        let Some(c) = self.conns.get(&key) else {
+            return false;
+        };
+        key == whom
+            || c.endpoint.is_none()
+            || self
+                .buses
+                .get(&c.bus)
+                .is_some_and(|b| b.ep_sees_conn(c.endpoint, &c.asker(), whom))
+    }
+
     /// The endpoint's maker went away: its connections are disconnected (the broker
     /// finds them in [`Domain::take_closed`]) and it is gone.
     pub fn endpoint_destroy(&mut self, bus_key: BusKey, ep: u64) {

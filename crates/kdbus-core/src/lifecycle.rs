@@ -292,17 +292,19 @@ impl Domain {
         tracing::debug!(conn = key, id, "disconnected");
     }
 
-    /// A client of a stream protocol (D-Bus) joins `bus`: a connection without a pool,
-    /// whose messages go to `stream`. Returns its key and unique id. Nobody is told
+    /// A client of a stream protocol (D-Bus) joins `bus` through `endpoint` (`None`:
+    /// the default one): a connection without a pool, whose messages go to `stream`. Returns its key and unique id. Nobody is told
     /// yet: the personality first answers its client, then calls
     /// [`Domain::conn_announce`].
     pub fn hello_stream(
         &mut self,
         bus_key: BusKey,
+        endpoint: Option<u64>,
         peer: &Peer,
         stream: Box<dyn StreamPeer>,
     ) -> Result<(ConnKey, u64), Errno> {
-        if !self.buses.contains_key(&bus_key) {
+        let bus = self.buses.get(&bus_key).ok_or(Errno::ESHUTDOWN)?;
+        if endpoint.is_some_and(|e| !bus.endpoints.contains_key(&e)) {
             return Err(Errno::ESHUTDOWN);
         }
         self.user_conn_check(bus_key, peer)?;
@@ -320,7 +322,7 @@ impl Domain {
             peer: peer.clone(),
             description: None,
             special_name: None,
-            endpoint: None,
+            endpoint,
         };
         let mut conn = Conn::new(spec, Box::new(VecPool::new(0)), 0, Some(stream));
         conn.rules = self.conn_rules(bus_key, peer);
@@ -373,11 +375,13 @@ impl Domain {
     }
 
     /// Whether a stream client eavesdrops (has a D-Bus rule with `eavesdrop='true'`):
-    /// every unicast on its bus is then offered to it.
+    /// every unicast on its bus is then offered to it. Never one on a custom
+    /// endpoint: a sandbox does not watch the traffic of others.
     pub fn conn_set_eavesdropper(&mut self, key: ConnKey, on: bool) {
         let Some(bus) = self
             .conns
             .get(&key)
+            .filter(|c| c.endpoint.is_none())
             .and_then(|c| self.buses.get_mut(&c.bus))
         else {
             return;

@@ -90,20 +90,31 @@ impl Domain {
         self.notify(bus, n, &payload);
     }
 
-    /// Tell the bus's stream peers that `name` changed owner (unique ids, 0: none).
+    /// Tell the bus's stream peers that `name` changed owner (unique ids, 0: none);
+    /// through a custom endpoint, only those that may see the name.
     fn streams_name_changed(&mut self, bus_key: BusKey, name: &str, old: u64, new: u64) {
-        self.streams_each(bus_key, |s, out| s.name_changed(out, name, old, new));
+        let sees = |bus: &Bus, c: &Conn| bus.ep_sees_name(c.endpoint, &c.asker(), name);
+        self.streams_each(bus_key, sees, |s, out| s.name_changed(out, name, old, new));
     }
 
-    /// Tell the bus's stream peers that connection `id` joined or left.
+    /// Tell the bus's stream peers that connection `id` joined or left; through a
+    /// custom endpoint, only those that may see it.
     pub(crate) fn streams_conn_changed(&mut self, bus_key: BusKey, id: u64, joined: bool) {
-        self.streams_each(bus_key, |s, out| s.conn_changed(out, id, joined));
+        let sees = |bus: &Bus, c: &Conn| {
+            c.endpoint.is_none()
+                || bus
+                    .conns
+                    .get(&id)
+                    .is_some_and(|k| bus.ep_sees_conn(c.endpoint, &c.asker(), *k))
+        };
+        self.streams_each(bus_key, sees, |s, out| s.conn_changed(out, id, joined));
     }
 
-    /// Run `f` on every stream peer of the bus, in key order.
+    /// Run `f` on every stream peer of the bus that `visible` admits, in key order.
     fn streams_each(
         &mut self,
         bus_key: BusKey,
+        visible: impl Fn(&Bus, &Conn) -> bool,
         mut f: impl FnMut(&mut dyn StreamPeer, &mut StreamOut<'_>),
     ) {
         let Some(bus) = self.buses.get(&bus_key) else {
@@ -114,7 +125,13 @@ impl Domain {
         }
         let mut keys = std::mem::take(&mut self.stream_keys);
         keys.clear();
-        keys.extend(bus.streams.iter().copied());
+        let conns = &self.conns;
+        keys.extend(
+            bus.streams
+                .iter()
+                .copied()
+                .filter(|k| conns.get(k).is_some_and(|c| visible(bus, c))),
+        );
         for &k in &keys {
             self.with_stream(k, &mut f);
         }

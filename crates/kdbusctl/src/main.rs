@@ -52,8 +52,8 @@ enum Cmd {
         world: bool,
     },
     /// Make a custom endpoint of the bus (`<uid>-` is prepended when missing): a socket
-    /// through which only the granted names exist. Prints its path; it lives until
-    /// interrupted.
+    /// through which only the granted names exist. Prints its path, then the D-Bus
+    /// address of its D-Bus socket; it lives until interrupted.
     MakeEndpoint {
         name: String,
         /// Let every user connect (default: only you).
@@ -563,7 +563,9 @@ fn make_endpoint(cli: &Cli, name: &str, world: bool, grants: [&Vec<String>; 3]) 
         .collect();
     let bus = bus_path(cli);
     let owner = kdbus::EndpointOwner::make(&bus, &name, flags, &grants)?;
+    // Its native socket, then the address of its D-Bus socket beside it.
     println!("{}", owner.path.display());
+    println!("unix:path={}.dbus", owner.path.display());
     // The endpoint lives as long as this handle: wait until we are told to go.
     wait_for_signal();
     drop(owner);

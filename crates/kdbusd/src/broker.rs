@@ -501,7 +501,7 @@ impl Broker {
             let uid = peer.creds.uid;
             let cost = match which {
                 Listener::Control => admission::COST_CONTROL,
-                Listener::DBus(_) => admission::COST_DBUS,
+                Listener::DBus(..) => admission::COST_DBUS,
                 Listener::Bus(_) | Listener::Endpoint(..) => admission::COST_ENDPOINT,
             };
             // Privileged callers (and the broker's own user) keep a reserve.
@@ -510,7 +510,7 @@ impl Broker {
                 tracing::debug!(uid, "a user holds its share of descriptors, closing");
                 continue;
             }
-            if let Listener::DBus(_) = which {
+            if let Listener::DBus(..) = which {
                 if !self.dbus.may_accept(uid) {
                     tracing::debug!(uid, "too many unauthenticated D-Bus connections, closing");
                     self.fds.borrow_mut().release(uid, cost);
@@ -521,7 +521,7 @@ impl Broker {
             let _ = rustix::net::sockopt::set_socket_send_buffer_size(&fd, 1 << 20);
             let token = self.dispatch.token();
             let now = self.domain.now().monotonic_ns;
-            let waits = !matches!(which, Listener::DBus(_));
+            let waits = !matches!(which, Listener::DBus(..));
             if waits && !self.waiting.start(token, uid, privileged, now) {
                 tracing::debug!(uid, "too many handles waiting to become something, closing");
                 self.fds.borrow_mut().release(uid, cost);
@@ -536,12 +536,12 @@ impl Broker {
                 Listener::Control => Role::Control,
                 Listener::Bus(b) => Role::Endpoint(b, None),
                 Listener::Endpoint(b, ep) => Role::Endpoint(b, Some(ep)),
-                Listener::DBus(b) => {
+                Listener::DBus(b, ep) => {
                     // The server guid is the bus id: addresses carry it as `guid=`, and
                     // clients check that the server they reach is the one they meant.
                     let guid = self.domain.bus(b).map_or([0; 16], |bus| bus.id128);
                     let now = self.domain.now().monotonic_ns;
-                    self.dbus.accept(token, fd, peer, b, guid, now);
+                    self.dbus.accept(token, fd, peer, (b, ep), guid, now);
                     continue;
                 }
             };

@@ -78,6 +78,8 @@ struct DBusClient {
     peer: Peer,
     /// The bus whose D-Bus socket it connected to.
     bus: BusKey,
+    /// The custom endpoint whose D-Bus socket it connected to (`None`: the bus's own).
+    endpoint: Option<u64>,
     /// The authentication conversation (done once the client sent BEGIN).
     sasl: Sasl,
     /// The start of a unit (SASL line, message) that has not fully arrived.
@@ -269,7 +271,7 @@ impl DBusClients {
         token: u64,
         fd: OwnedFd,
         peer: Peer,
-        bus: BusKey,
+        (bus, endpoint): (BusKey, Option<u64>),
         guid: [u8; 16],
         now: u64,
     ) {
@@ -281,6 +283,7 @@ impl DBusClients {
                 fd,
                 peer,
                 bus,
+                endpoint,
                 sasl: Sasl::new(uid, guid, true),
                 partial: Vec::new(),
                 fds: VecDeque::new(),
@@ -572,11 +575,25 @@ impl DBusClients {
 /// configuration: the bus's own user, unless its `user=`/`group=` rules say otherwise
 /// (dbus-daemon's rule; root is no exception). Without one: what the bus's access mode
 /// grants its native socket (kdbus's rule: the owner, its group or everyone), and
-/// privileged users.
+/// privileged users. Through a custom endpoint's D-Bus socket: the configuration's
+/// rules too, and the endpoint's own access (its maker, or everyone if it is open to
+/// the world), as for its native socket.
 fn admits(c: &DBusClient, bus: &Bus<'_>) -> bool {
     let Some(b) = bus.domain.bus(c.bus) else {
         return false;
     };
+    if let Some(ep) = c.endpoint {
+        let Some(e) = b.endpoints.get(&ep) else {
+            return false;
+        };
+        let mode = kdbus_core::bus::bus_access_mode(e.flags);
+        let by_endpoint = c.uid == e.uid || c.peer.privileged || mode & 0o006 != 0;
+        let by_config = bus
+            .admission
+            .as_ref()
+            .is_none_or(|a| a.admits(c.uid, &[c.peer.creds.gid], c.uid == b.creator.creds.uid));
+        return by_endpoint && by_config;
+    }
     let owner = c.uid == b.creator.creds.uid;
     let mut gids = vec![c.peer.creds.gid];
     if let Some(g) = &c.peer.groups {
@@ -709,7 +726,7 @@ fn message(
     peer.creds = creds;
     match bus
         .bridge
-        .hello(bus.domain, c.bus, &peer, fds_ok, hdr.serial)
+        .hello(bus.domain, c.bus, c.endpoint, &peer, fds_ok, hdr.serial)
     {
         Ok(key) => {
             books.complete(token, c.deadline, c.uid);

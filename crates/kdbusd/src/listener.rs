@@ -36,8 +36,9 @@ pub(crate) enum Listener {
     Control,
     /// A bus's default endpoint: native kdbus clients.
     Bus(BusKey),
-    /// A bus's D-Bus socket (or an extra D-Bus address of it).
-    DBus(BusKey),
+    /// A bus's D-Bus socket (or an extra D-Bus address of it), or (`Some`) a custom
+    /// endpoint's: D-Bus clients.
+    DBus(BusKey, Option<u64>),
     /// A custom endpoint of a bus: native kdbus clients.
     Endpoint(BusKey, u64),
 }
@@ -62,8 +63,9 @@ pub(crate) struct Listeners {
     bus_sockets: HashMap<BusKey, BusSockets>,
     /// Socket files of extra D-Bus listeners, removed at shutdown.
     extra_paths: Vec<PathBuf>,
-    /// Custom endpoints' sockets: (bus, endpoint) -> (listener token, path).
-    endpoints: HashMap<(BusKey, u64), (u64, PathBuf)>,
+    /// Custom endpoints' sockets: (bus, endpoint) -> the native and the D-Bus
+    /// socket's (listener token, path).
+    endpoints: HashMap<(BusKey, u64), [(u64, PathBuf); 2]>,
     /// The D-Bus listeners are out of the epoll set: new clients wait in the kernel's
     /// backlog until incomplete ones finish (dbus-daemon's `max_incomplete_connections`).
     dbus_paused: bool,
@@ -114,7 +116,8 @@ impl Listeners {
         let dfd = listen_unix_stream(&dir.join("dbus"), mode)?;
         let dbus_token = dispatch.token();
         dispatch.add(&dfd, dbus_token)?;
-        self.by_token.insert(dbus_token, (dfd, Listener::DBus(key)));
+        self.by_token
+            .insert(dbus_token, (dfd, Listener::DBus(key, None)));
         self.bus_sockets.insert(
             key,
             BusSockets {
@@ -126,8 +129,9 @@ impl Listeners {
         Ok(())
     }
 
-    /// Listen on custom endpoint `ep` of bus `bus`: `<bus dir>/<name>`, owned by `uid`,
-    /// with permissions `mode`.
+    /// Listen on custom endpoint `ep` of bus `bus`: `<bus dir>/<name>` for native
+    /// clients and `<bus dir>/<name>.dbus` for D-Bus ones, owned by `uid`, with
+    /// permissions `mode`.
     pub(crate) fn open_endpoint(
         &mut self,
         dispatch: &mut Dispatch,
@@ -140,21 +144,27 @@ impl Listeners {
         let dir = self
             .bus_dir(bus)
             .ok_or_else(|| std::io::Error::other("the bus has no directory"))?;
-        let path = dir.join(name);
+        let (path, dpath) = (dir.join(name), dir.join(format!("{name}.dbus")));
+        let owner = Some(rustix::process::Uid::from_raw(uid));
         let lfd = listen_unix(&path, mode)?;
-        let owner = rustix::process::Uid::from_raw(uid);
-        rustix::fs::chown(&path, Some(owner), None)?;
-        let token = dispatch.token();
+        rustix::fs::chown(&path, owner, None)?;
+        let dfd = listen_unix_stream(&dpath, mode)?;
+        rustix::fs::chown(&dpath, owner, None)?;
+        let (token, dtoken) = (dispatch.token(), dispatch.token());
         dispatch.add(&lfd, token)?;
+        dispatch.add(&dfd, dtoken)?;
         self.by_token
             .insert(token, (lfd, Listener::Endpoint(bus, ep)));
-        self.endpoints.insert((bus, ep), (token, path));
+        self.by_token
+            .insert(dtoken, (dfd, Listener::DBus(bus, Some(ep))));
+        self.endpoints
+            .insert((bus, ep), [(token, path), (dtoken, dpath)]);
         Ok(())
     }
 
-    /// Custom endpoint `ep` of `bus` is gone: stop listening and remove its socket.
+    /// Custom endpoint `ep` of `bus` is gone: stop listening and remove its sockets.
     pub(crate) fn close_endpoint(&mut self, dispatch: &Dispatch, bus: BusKey, ep: u64) {
-        if let Some((token, path)) = self.endpoints.remove(&(bus, ep)) {
+        for (token, path) in self.endpoints.remove(&(bus, ep)).into_iter().flatten() {
             if let Some((lfd, _)) = self.by_token.remove(&token) {
                 dispatch.remove(&lfd);
             }
@@ -201,7 +211,7 @@ impl Listeners {
                 for fd in fds {
                     let token = dispatch.token();
                     dispatch.add(&fd, token)?;
-                    self.by_token.insert(token, (fd, Listener::DBus(bus)));
+                    self.by_token.insert(token, (fd, Listener::DBus(bus, None)));
                 }
                 let printed = socket_address(&first);
                 (first, printed)
@@ -227,7 +237,7 @@ impl Listeners {
         }
         let token = dispatch.token();
         dispatch.add(&fd, token)?;
-        self.by_token.insert(token, (fd, Listener::DBus(bus)));
+        self.by_token.insert(token, (fd, Listener::DBus(bus, None)));
         Ok(format!("{printed},guid={guid}"))
     }
 
@@ -270,7 +280,7 @@ impl Listeners {
 
     /// Whether `token` is a D-Bus listener's.
     pub(crate) fn is_dbus(&self, token: u64) -> bool {
-        matches!(self.by_token.get(&token), Some((_, Listener::DBus(_))))
+        matches!(self.by_token.get(&token), Some((_, Listener::DBus(..))))
     }
 
     /// Stop (`true`) or resume watching the D-Bus listeners for new clients.
@@ -280,7 +290,7 @@ impl Listeners {
         }
         self.dbus_paused = pause;
         for (token, (fd, which)) in &self.by_token {
-            if let Listener::DBus(_) = which {
+            if let Listener::DBus(..) = which {
                 if pause {
                     dispatch.remove(fd);
                 } else if let Err(e) = dispatch.add(fd, *token) {
@@ -322,7 +332,7 @@ impl Listeners {
     /// for incomplete connections.
     pub(crate) fn pause_all(&mut self, dispatch: &Dispatch, pause: bool) {
         for (token, (fd, which)) in &self.by_token {
-            if matches!(which, Listener::DBus(_)) && self.dbus_paused && !pause {
+            if matches!(which, Listener::DBus(..)) && self.dbus_paused && !pause {
                 continue;
             }
             if pause {

@@ -154,3 +154,210 @@ fn a_sandboxed_user_sees_and_calls_only_the_granted_name() {
 fn bus_bloom(c: &Connection) -> abi::BloomParameter {
     c.bloom()
 }
+
+const DBUS_HELPER_ENV: &str = "KDBUS_DBUS_SANDBOX_HELPER";
+
+/// The sandboxed side speaking D-Bus, run as `nobody` on the endpoint's D-Bus socket:
+/// prints what it sees, one `SANDBOX` line each.
+#[test]
+fn dbus_sandbox_helper() {
+    use zbus::message::Type;
+    let Ok(path) = std::env::var(DBUS_HELPER_ENV) else {
+        return;
+    };
+    let c = zbus::blocking::connection::Builder::address(format!("unix:path={path}").as_str())
+        .and_then(|b| b.method_timeout(Duration::from_secs(10)).build())
+        .expect("the sandbox connects");
+    let it = zbus::blocking::MessageIterator::from(&c);
+    let me = c.unique_name().map(|u| u.to_string()).unwrap_or_default();
+    let driver = |method: &str, arg: &str| {
+        c.call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            method,
+            &arg,
+        )
+    };
+    let error = |e: zbus::Error| match e {
+        zbus::Error::MethodError(name, _, _) => name.to_string(),
+        other => format!("failed: {other}"),
+    };
+    let names: Vec<String> = c
+        .call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "ListNames",
+            &(),
+        )
+        .ok()
+        .and_then(|m| m.body().deserialize().ok())
+        .unwrap_or_default();
+    let mut known: Vec<&String> = names.iter().filter(|n| !n.starts_with(':')).collect();
+    known.sort();
+    let others = names.iter().filter(|n| n.starts_with(':') && **n != me);
+    println!(
+        "SANDBOX names={} uniques={}",
+        known
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        others.count()
+    );
+    let call = |dest: &str| {
+        c.call_method(Some(dest), "/", Some("org.example.S"), "Ping", &())
+            .map(|m| m.body().deserialize::<String>().unwrap_or_default())
+            .unwrap_or_else(error)
+    };
+    println!("SANDBOX call={}", call(GRANTED));
+    println!("SANDBOX hidden={}", call(HIDDEN));
+    let owner = driver("GetNameOwner", HIDDEN).map_or_else(error, |_| "known".into());
+    println!("SANDBOX owner={owner}");
+    let matched: Vec<String> = ["type='signal'", "eavesdrop='true'"]
+        .iter()
+        .map(|r| driver("AddMatch", r).map_or_else(error, |_| "ok".into()))
+        .collect();
+    println!("SANDBOX match={}", matched.join(","));
+    println!("SANDBOX ready");
+    let mut heard = Vec::new();
+    for m in it.flatten() {
+        let h = m.header();
+        let member = h.member().map(|m| m.to_string()).unwrap_or_default();
+        let about_me = m.body().deserialize::<String>().is_ok_and(|a| a == me);
+        if m.message_type() == Type::Signal && member == "Granted" {
+            break;
+        }
+        // Its own: the answers to its calls, the bus's word about its unique name.
+        let reply = matches!(m.message_type(), Type::MethodReturn | Type::Error);
+        if reply || (matches!(member.as_str(), "NameAcquired" | "NameLost") && about_me) {
+            continue;
+        }
+        heard.push(format!("{:?} {member}", m.message_type()));
+    }
+    println!("SANDBOX heard={}", heard.join(","));
+}
+
+/// The same sandbox for a D-Bus program: through the endpoint's D-Bus socket
+/// (`<endpoint>.dbus`), `nobody` sees and calls only the granted name, owns and
+/// watches nothing else, and hears no signal, name change or call of anyone it may
+/// not see; the granted service's signal is the positive control.
+#[test]
+fn a_sandboxed_dbus_program_sees_and_calls_only_the_granted_name() {
+    use zbus::blocking::{connection::Builder, Connection as ZConn, MessageIterator};
+    if !root_or_skip("to drop to nobody") {
+        return;
+    }
+    let b = Broker::start();
+    b.open_to_other_users();
+    let bus = b.make_bus("dbus-sandbox", make_flags::ACCESS_WORLD);
+    let dbus = format!(
+        "unix:path={}",
+        bus.endpoint.with_file_name("dbus").display()
+    );
+    let zconn = || {
+        Builder::address(dbus.as_str())
+            .and_then(|b| b.method_timeout(Duration::from_secs(10)).build())
+            .expect("root connects")
+    };
+    let own = |c: &ZConn, name: &str| {
+        c.call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "RequestName",
+            &(name, 4u32),
+        )
+        .expect("RequestName");
+    };
+    // The granted service answers Ping; the hidden one is only there.
+    let granted = zconn();
+    let it = MessageIterator::from(&granted);
+    own(&granted, GRANTED);
+    let g = granted.clone();
+    std::thread::spawn(move || {
+        for m in it.flatten() {
+            let member = m.header().member().map(|m| m.to_string());
+            if m.message_type() == zbus::message::Type::MethodCall
+                && member.as_deref() == Some("Ping")
+            {
+                let _ = g.reply(&m.header(), &"pong");
+            }
+        }
+    });
+    let hidden = zconn();
+    own(&hidden, HIDDEN);
+    let grants = [Grant {
+        name: GRANTED.into(),
+        level: 1, // TALK
+    }];
+    let ep = ok(EndpointOwner::make(
+        &bus.endpoint,
+        &format!("{}-dbusapp", uid()),
+        make_flags::ACCESS_WORLD,
+        &grants,
+    ));
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "dbus_sandbox_helper",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(DBUS_HELPER_ENV, format!("{}.dbus", ep.path.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| l.find("SANDBOX ").map(|i| l[i + 8..].to_owned()));
+    let mut said = Vec::new();
+    for l in lines.by_ref() {
+        let ready = l == "ready";
+        said.push(l);
+        if ready {
+            break;
+        }
+    }
+    // What it must not hear: the hidden peer's signal and its call to the granted
+    // service, names and connections coming and going.
+    hidden
+        .emit_signal(None::<&str>, "/", "org.example.S", "Hidden", &())
+        .expect("emit");
+    let _ = hidden.call_method(Some(GRANTED), "/", Some("org.example.S"), "Ping", &());
+    let other = zconn();
+    own(&other, "org.example.Other");
+    drop(other);
+    hidden
+        .call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "ReleaseName",
+            &HIDDEN,
+        )
+        .expect("ReleaseName");
+    // What it must hear, last.
+    granted
+        .emit_signal(None::<&str>, "/", "org.example.S", "Granted", &())
+        .expect("emit");
+    said.extend(lines);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{said:?}");
+    assert_eq!(
+        said,
+        [
+            format!("names={GRANTED},org.freedesktop.DBus uniques=1"),
+            "call=pong".to_string(),
+            "hidden=org.freedesktop.DBus.Error.ServiceUnknown".to_string(),
+            "owner=org.freedesktop.DBus.Error.NameHasNoOwner".to_string(),
+            "match=ok,ok".to_string(),
+            "ready".to_string(),
+            "heard=".to_string(),
+        ]
+    );
+}
