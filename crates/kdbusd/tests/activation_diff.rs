@@ -507,3 +507,43 @@ fn the_transient_service_directory_is_a_standard_one() {
         &["org.kdbus.Transient"],
     );
 }
+
+/// `service_start_timeout`: a service that does not take its name in time fails
+/// what waited for it with dbus-daemon's `TimedOut` and its words.
+#[test]
+fn service_start_timeout_fails_what_waits() {
+    if !usable() {
+        return;
+    }
+    let services = tempfile::tempdir().expect("a service directory");
+    std::fs::write(
+        services.path().join("org.kdbus.Sleepy.service"),
+        "[D-BUS Service]\nName=org.kdbus.Sleepy\nExec=/bin/sleep 3\n",
+    )
+    .expect("a service file");
+    let extra = format!(
+        "<servicedir>{}</servicedir><limit name=\"service_start_timeout\">400</limit>",
+        services.path().display()
+    );
+    let script = |address: &str| {
+        let c = zconn(address);
+        let r = c.call_method(
+            Some("org.kdbus.Sleepy"),
+            "/",
+            Some("org.kdbus.A"),
+            "Ping",
+            &(),
+        );
+        vec![match r {
+            Err(zbus::Error::MethodError(name, text, _)) => {
+                format!("{name}: {}", text.unwrap_or_default())
+            }
+            other => format!("unexpected: {other:?}"),
+        }]
+    };
+    both_with(
+        &extra,
+        script,
+        &["org.freedesktop.DBus.Error.TimedOut: Failed to activate service 'org.kdbus.Sleepy': timed out (service_start_timeout=400ms)"],
+    );
+}

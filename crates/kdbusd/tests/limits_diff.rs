@@ -219,6 +219,33 @@ fn pending_fd_timeout() {
     );
 }
 
+/// The `max_container*` limits are about dbus-daemon's `Containers1` interface, which
+/// distributions do not build: set to 0 they bind nothing, in either broker.
+#[test]
+fn container_limits_bind_nothing() {
+    if !usable() {
+        return;
+    }
+    let limits: String = [
+        "max_containers",
+        "max_containers_per_user",
+        "max_container_metadata_bytes",
+        "max_connections_per_container",
+    ]
+    .iter()
+    .map(|l| limit(l, 0))
+    .collect();
+    case(
+        &limits,
+        &[
+            Step::RootConnect,
+            Step::RootSend(10, 1),
+            Step::RootOwn("org.test.C"),
+        ],
+        &["ok", "ok", "1"],
+    );
+}
+
 /// Messages are taken off a client's socket as they come and routed at once, so a
 /// small `max_incoming_bytes` does not keep a larger message from going through (in
 /// dbus-daemon neither).
