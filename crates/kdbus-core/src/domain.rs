@@ -117,6 +117,8 @@ pub struct Domain {
     pub(crate) clock: Box<dyn Clock>,
     /// What passed fds are (memfd payloads, sockets that may not travel).
     pub(crate) files: Box<dyn FdInspector>,
+    /// What a sending process is now, for metadata taken at send time.
+    pub(crate) proc_facts: Box<dyn crate::meta::ProcFacts>,
     /// Who pays for the fds messages carry (none: nobody is bound).
     pub(crate) fd_ledger: Option<Rc<dyn FdLedger>>,
     /// Metadata the domain attaches at all (kdbus's `attach_flags_mask` module
@@ -169,6 +171,12 @@ impl Domain {
     }
 
     /// Let the broker say what passed fds are (without it, memfd payloads are refused).
+    /// Let the broker read a sending process's name, program and arguments at each
+    /// send (for receivers that ask for them).
+    pub fn set_proc_facts(&mut self, p: Box<dyn crate::meta::ProcFacts>) {
+        self.proc_facts = p;
+    }
+
     pub fn set_fd_inspector(&mut self, files: Box<dyn FdInspector>) {
         self.files = files;
     }
@@ -243,6 +251,7 @@ impl Domain {
             staged: Staged::default(),
             stream_keys: Vec::new(),
             facts_reader: Box::new(crate::msgpolicy::NoFacts),
+            proc_facts: Box::new(crate::meta::NoProcFacts),
             denial: None,
         }
     }

@@ -19,7 +19,7 @@ use crate::files::{fd_check, memfd_check, FdSlip};
 use crate::ids::{ConnKey, FileSet, Files};
 use crate::matches::Broadcast;
 use crate::message::{message_memfds, SendRequest, SenderMeta};
-use crate::meta::Creds;
+use crate::meta::{Creds, PROC_NOW_ITEMS};
 use crate::reply::{ReplyFailure, Tracker};
 use crate::sink::Charge;
 use kdbus_abi::wire;
@@ -115,6 +115,8 @@ impl Domain {
         if dst.attach_recv & sender.attach_send & attach::NAMES != 0 {
             sender.names = bus_owned_names(bus, src_key);
         }
+        let want = dst.attach_recv & sender.attach_send & PROC_NOW_ITEMS;
+        proc_refresh(&*self.proc_facts, &mut sender, want);
         // A unicast signal reaches its destination only through a match (HEAD).
         if req.bloom.is_some() {
             let b = Broadcast {
@@ -311,6 +313,13 @@ impl Domain {
         if wants_names {
             sender.names = bus_owned_names(bus, src_key);
         }
+        let want = targets
+            .iter()
+            .filter_map(|t| self.conns.get(t))
+            .fold(0, |w, c| w | c.attach_recv)
+            & sender.attach_send
+            & PROC_NOW_ITEMS;
+        proc_refresh(&*self.proc_facts, &mut sender, want);
         self.seq += 1;
         let seq = self.seq;
         let mut overwhelmed = Vec::new();
@@ -452,4 +461,16 @@ fn send_writeback(cmd: &CmdSend, reply: Option<MsgInfo>) -> CmdSend {
     wb.return_flags = 0;
     wb.reply = reply.unwrap_or_default();
     wb
+}
+
+/// Read again what the sending process may have changed since it connected, if a
+/// receiver asks for it (`want`): one look at the process per message, not per
+/// receiver.
+fn proc_refresh(facts: &dyn crate::meta::ProcFacts, sender: &mut SenderMeta, want: u64) {
+    if want == 0 {
+        return;
+    }
+    if let Some(p) = facts.proc_now(&sender.peer, sender.creds.pid, want) {
+        sender.peer = p;
+    }
 }

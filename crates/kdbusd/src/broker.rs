@@ -169,6 +169,7 @@ impl Broker {
         let me = peer_from_creds(me_creds, &mut proc_strings);
         let mut domain = Domain::new(Box::new(SystemClock));
         domain.set_fd_inspector(Box::new(SystemFiles));
+        domain.set_proc_facts(Box::new(crate::peer::ProcNow::default()));
         domain.set_facts_reader(Box::new(kdbus_bridge::HeaderFacts));
         domain.set_fd_ledger(Rc::new(crate::admission::FdLedgerOf(fds.clone())));
         domain.set_user_limits(cfg.user_limits);

@@ -1,5 +1,7 @@
 //! What we learn about a client when it connects: kernel credentials of the socket and
-//! a few facts from `/proc`, read once (connect is not a hot path).
+//! a few facts from `/proc`, read once (connect is not a hot path); and, when a message
+//! is sent to a receiver that asks, what the sending process may have changed since
+//! (its name, its program, its arguments), read again ([`ProcNow`]).
 //!
 //! The strings from `/proc` (comm, exe, cmdline) are interned: a process with many
 //! connections, or many processes of one program, share one copy instead of holding
@@ -130,6 +132,55 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         cgroup,
         caps,
         audit,
+    }
+}
+
+/// Reads a sending process's `comm`, `exe` and `cmdline` from `/proc` when a message is
+/// sent (the core asks only for what a receiver wants). The pid comes with the message
+/// (`SCM_CREDENTIALS`); between the send and this read the process may have exited and
+/// its pid gone to another process. When the sender is the process that connected, its
+/// pidfd settles it: read first, then check that process is still there (until it is
+/// reaped its pid is nobody else's), else keep what was taken at connect. A forked
+/// child sending on its parent's connection has no pidfd here; for it the race remains
+/// (`docs/abi.md`).
+#[derive(Default)]
+pub struct ProcNow {
+    strings: std::cell::RefCell<ProcStrings>,
+}
+
+impl kdbus_core::meta::ProcFacts for ProcNow {
+    fn proc_now(&self, peer: &Peer, pid: u32, want: u64) -> Option<Peer> {
+        use kdbus_abi::attach;
+        if pid == 0 {
+            return None;
+        }
+        let proc = format!("/proc/{pid}");
+        let mut strings = self.strings.borrow_mut();
+        let mut p = peer.clone();
+        if want & (attach::PID_COMM | attach::TID_COMM) != 0 {
+            p.comm = std::fs::read_to_string(format!("{proc}/comm"))
+                .ok()
+                .map(|s| strings.str(s.trim_end()));
+        }
+        if want & attach::EXE != 0 {
+            p.exe = std::fs::read_link(format!("{proc}/exe"))
+                .ok()
+                .and_then(|e| e.to_str().map(|s| strings.str(s)));
+        }
+        if want & attach::CMDLINE != 0 {
+            p.cmdline = std::fs::read(format!("{proc}/cmdline")).ok().map(|mut v| {
+                v.truncate(4096);
+                strings.bytes(&v)
+            });
+        }
+        let same_process = pid == peer.creds.pid;
+        let pidfd = peer.pidfd.as_ref().and_then(|f| f.first());
+        if let (true, Some(fd)) = (same_process, pidfd) {
+            if !crate::sys::pidfd_alive(fd.as_fd()) {
+                return None;
+            }
+        }
+        Some(p)
     }
 }
 

@@ -362,3 +362,21 @@ pub fn syslog_line(priority: libc::c_int, line: &[u8]) {
     // string that lives across the call.
     unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) }
 }
+
+/// Whether the process behind `pidfd` has not been reaped (alive, or a zombie): while
+/// it has not, its pid cannot belong to another process.
+pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: pidfd_send_signal with signal 0 only checks that the process exists and
+    // may be signalled; it reads no memory of ours (a null info pointer is allowed).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    // EPERM: it exists, we may just not signal it.
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
