@@ -60,3 +60,105 @@ fn a_process_that_renames_itself_is_reported_with_its_new_name() {
     // later (and never another process's name).
     assert_eq!(after, "renamed-by-test");
 }
+
+const REUSE_ENV: &str = "KDBUS_PID_REUSE_CHILD";
+
+/// The first process of `a_recycled_pid_never_lends_another_identity`: named
+/// `first-process` before it connects, it sends one message when told (a line on
+/// stdin) and then waits to be killed.
+#[test]
+fn pid_reuse_child() {
+    let Ok(spec) = std::env::var(REUSE_ENV) else {
+        return;
+    };
+    let (bus, dst) = spec.split_once('|').expect("bus|id");
+    std::fs::write("/proc/self/comm", "first-process").expect("rename");
+    let c = ok(Connection::hello(bus, &test_hello()));
+    println!("connected");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("told to send");
+    let dst: u64 = dst.parse().expect("an id");
+    let _ = c.send(&Message::to(dst).cookie(1).payload(b"from the first"));
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+/// A sender that is gone before the broker reads its message, its pid already
+/// another process's: the message carries what was taken when the sender connected,
+/// never the other process's name. The broker is stopped while the first process
+/// sends and dies and the second is made to get its pid (`ns_last_pid`). Needs root;
+/// skipped where the next pid cannot be chosen.
+#[test]
+fn a_recycled_pid_never_lends_another_identity() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let b = Broker::start();
+    let rx = ok(Connection::hello(
+        &b.bus,
+        &test_hello().attach_recv(attach::PID_COMM),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let second = dir.path().join("second-process");
+    std::fs::copy("/bin/sleep", &second).expect("a copy of sleep");
+    let mut first = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "pid_reuse_child",
+            "--exact",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(REUSE_ENV, format!("{}|{}", b.bus.display(), rx.id()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the first process");
+    let first_pid = first.id();
+    let mut out = BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("connected") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the first process died"
+        );
+    }
+    // The broker stops; the first process sends, dies and is reaped.
+    let broker = rustix::process::Pid::from_raw(b.child.id() as i32).unwrap();
+    rustix::process::kill_process(broker, rustix::process::Signal::STOP).unwrap();
+    first.stdin.take().unwrap().write_all(b"send\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = first.kill();
+    let _ = first.wait();
+    // The second process gets the first one's pid (if this machine lets us choose).
+    let mut second_proc = None;
+    for _ in 0..20 {
+        if std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", first_pid - 1)).is_err() {
+            break;
+        }
+        let c = Command::new(&second)
+            .arg("30")
+            .spawn()
+            .expect("the second process");
+        if c.id() == first_pid {
+            second_proc = Some(c);
+            break;
+        }
+        let mut c = c;
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    rustix::process::kill_process(broker, rustix::process::Signal::CONT).unwrap();
+    let Some(mut second_proc) = second_proc else {
+        eprintln!("skipped: the next pid cannot be chosen here");
+        return;
+    };
+    let m = ok(rx.recv_timeout(Some(SOON)));
+    let comm = comm_of(&m);
+    drop(m);
+    let _ = second_proc.kill();
+    let _ = second_proc.wait();
+    assert_eq!(comm, "first-process");
+}
