@@ -307,7 +307,10 @@ pub(crate) fn conn_write_message(
     sender: &SenderMeta,
 ) -> Result<(u64, u64, FdSlots), Errno> {
     let mask = dst.attach_recv & sender.attach_send;
-    let key = (at.0, at.1, mask);
+    // The layout is shared by receivers that get the same items in the same
+    // namespaces.
+    let view = dst.peer.ns.clone();
+    let key = (at.0, at.1, mask, crate::meta::ns_keys(view.as_deref()));
     if staged.key != Some(key) {
         if staged.now_gen != at.0 {
             staged.now_gen = at.0;
@@ -322,6 +325,7 @@ pub(crate) fn conn_write_message(
             sender,
             now,
             gen_seq,
+            view.as_deref(),
         );
         staged.key = Some(key);
         staged.data_off = off;

@@ -120,7 +120,14 @@ impl Domain {
         if let Some(n) = make_name {
             ItemWriter::new(&mut self.scratch).push_str(item::MAKE_NAME, n);
         }
-        meta_write(&mut self.scratch, mask & !attach::TIMESTAMP, meta, now, 0);
+        meta_write(
+            &mut self.scratch,
+            mask & !attach::TIMESTAMP,
+            meta,
+            now,
+            0,
+            None,
+        );
         let conn = self.conns.get_mut(&key).ok_or(Errno::ECONNRESET)?;
         conn_write_owner_slice(conn, &self.scratch)
     }

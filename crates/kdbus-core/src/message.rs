@@ -13,7 +13,7 @@
 //! allocate; layout writes into a caller-provided scratch buffer.
 
 use crate::clock::Now;
-use crate::meta::{Creds, Peer};
+use crate::meta::{ns_keys, Creds, Namespaces, Peer, OVERFLOW_ID};
 use kdbus_abi::items::{item_space, ItemIter, ItemWriter};
 use kdbus_abi::{
     align8, attach, item, limits, msg_flags, payload, read_struct, send_flags, CmdSend, Errno,
@@ -360,8 +360,29 @@ pub fn meta_len(mask: u64, m: &SenderMeta) -> usize {
     n
 }
 
-/// Append the metadata items for `mask` (see [`meta_len`]).
-pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u64) {
+/// The metadata `mask` selects that a receiver in namespaces `view` (`None`: the
+/// broker's) may have: capabilities only within one user namespace.
+pub fn meta_mask_for(mask: u64, m: &SenderMeta, view: Option<&Namespaces>) -> u64 {
+    let (sender_user, _) = ns_keys(m.peer.ns.as_deref());
+    let (receiver_user, _) = ns_keys(view);
+    if sender_user != receiver_user {
+        mask & !attach::CAPS
+    } else {
+        mask
+    }
+}
+
+/// Append the metadata items for `mask` (see [`meta_len`]), translated for a receiver
+/// in namespaces `view` (`None`: the broker's).
+pub fn meta_write(
+    out: &mut Vec<u8>,
+    mask: u64,
+    m: &SenderMeta,
+    now: Now,
+    seq: u64,
+    view: Option<&Namespaces>,
+) {
+    let (user_key, pid_key) = ns_keys(view);
     let mut w = ItemWriter::new(out);
     if mask & attach::TIMESTAMP != 0 {
         let ts = Timestamp {
@@ -372,7 +393,12 @@ pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u
         w.push(item::TIMESTAMP, ts.as_bytes());
     }
     if mask & attach::CREDS != 0 {
-        let (u, g) = (m.creds.uid as u64, m.creds.gid as u64);
+        let (mut u, mut g) = (m.creds.uid, m.creds.gid);
+        if let (Some(v), true) = (view, user_key != 0) {
+            u = Namespaces::map_id(&v.uid_map, u);
+            g = Namespaces::map_id(&v.gid_map, g);
+        }
+        let (u, g) = (u as u64, g as u64);
         let c = kdbus_abi::Creds {
             uid: u,
             euid: u,
@@ -386,7 +412,7 @@ pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u
         w.push(item::CREDS, c.as_bytes());
     }
     if mask & attach::PIDS != 0 {
-        let p = Pids {
+        let mut p = Pids {
             pid: m.creds.pid as u64,
             tid: m.creds.pid as u64,
             // Known for the process that connected (a forked child sending on the
@@ -397,6 +423,20 @@ pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u
                 0
             },
         };
+        if pid_key != 0 {
+            // A receiver in another pid namespace sees the sender only if it is in
+            // that namespace too (as its own pids there), else pid 0.
+            let sender = m.peer.ns.as_deref();
+            let (_, sender_pid_key) = ns_keys(sender);
+            p = match sender.filter(|_| sender_pid_key == pid_key) {
+                Some(s) if m.creds.pid == m.peer.creds.pid => Pids {
+                    pid: s.own_pids.0 as u64,
+                    tid: s.own_pids.0 as u64,
+                    ppid: s.own_pids.1 as u64,
+                },
+                _ => Pids::default(),
+            };
+        }
         w.push(item::PIDS, p.as_bytes());
     }
     if mask & attach::NAMES != 0 {
@@ -409,7 +449,20 @@ pub fn meta_write(out: &mut Vec<u8>, mask: u64, m: &SenderMeta, now: Now, seq: u
     }
     if mask & attach::AUXGROUPS != 0 {
         if let Some(g) = &m.peer.groups {
-            w.push(item::AUXGROUPS, g);
+            match view.filter(|_| user_key != 0) {
+                None => w.push(item::AUXGROUPS, g),
+                Some(v) => {
+                    let mapped: Vec<u8> = g
+                        .chunks_exact(8)
+                        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+                        .flat_map(|id| {
+                            let id = u32::try_from(id).unwrap_or(OVERFLOW_ID);
+                            (Namespaces::map_id(&v.gid_map, id) as u64).to_ne_bytes()
+                        })
+                        .collect();
+                    w.push(item::AUXGROUPS, &mapped);
+                }
+            }
         }
     }
     // Taken when the connection was made, from its only thread as far as we know.
@@ -468,8 +521,10 @@ pub fn message_layout(
     m: &SenderMeta,
     now: Now,
     seq: u64,
+    view: Option<&Namespaces>,
 ) -> (u64, FdSlots) {
     out.clear();
+    let meta_mask = meta_mask_for(meta_mask, m, view);
     let header_len = MSG_HEADER_SIZE + req.out_items_len + meta_len(meta_mask, m);
     let mut hdr = req.msg;
     hdr.src_id = src_id;
@@ -518,7 +573,7 @@ pub fn message_layout(
             _ => w.push(it.type_, it.payload),
         }
     }
-    meta_write(out, meta_mask, m, now, seq);
+    meta_write(out, meta_mask, m, now, seq, view);
     debug_assert_eq!(out.len(), header_len);
     let mut slots = Vec::new();
     if let Some(at) = fds_at {
@@ -535,8 +590,8 @@ pub fn message_layout(
 /// carries the same timestamp.
 #[derive(Default)]
 pub(crate) struct Staged {
-    /// (send, sequence number, metadata mask) the layout is for.
-    pub(crate) key: Option<(u64, u64, u64)>,
+    /// (send, sequence number, metadata mask, receiver namespaces) the layout is for.
+    pub(crate) key: Option<(u64, u64, u64, (u64, u64))>,
     pub(crate) bytes: Vec<u8>,
     /// Where the payload starts, relative to the message.
     pub(crate) data_off: u64,

@@ -41,6 +41,54 @@ pub struct Peer {
     pub caps: Option<Arc<[u8]>>,
     /// Audit session id and login uid.
     pub audit: Option<(u32, u32)>,
+    /// Its user and pid namespaces, where they are not the broker's (`None`: the
+    /// broker's own; ids and pids need no translation).
+    pub ns: Option<Arc<Namespaces>>,
+}
+
+/// A process's user and pid namespaces, seen from the broker's. Metadata a receiver
+/// gets is translated into its namespaces (kdbus did it in the kernel): uids and gids
+/// through its user namespace's maps (an id without a mapping is the overflow id,
+/// 65534), pids into its pid namespace (a process it cannot see has pid 0), and
+/// capabilities only between processes of one user namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    /// The user namespace's inode, and whether it is the broker's.
+    pub user_ns: u64,
+    pub user_home: bool,
+    /// The pid namespace's inode, and whether it is the broker's.
+    pub pid_ns: u64,
+    pub pid_home: bool,
+    /// `/proc/PID/uid_map` and `gid_map` as the broker reads them: (first id inside,
+    /// first id in the broker's namespace, count).
+    pub uid_map: Vec<(u32, u32, u32)>,
+    pub gid_map: Vec<(u32, u32, u32)>,
+    /// Its pid and its parent's pid in its own pid namespace (0: the parent is not in
+    /// it).
+    pub own_pids: (u32, u32),
+}
+
+/// The id the overflow of a user namespace stands for (kdbus's `overflowuid`).
+pub const OVERFLOW_ID: u32 = 65534;
+
+impl Namespaces {
+    /// `id` of the broker's namespace as this namespace names it.
+    pub fn map_id(map: &[(u32, u32, u32)], id: u32) -> u32 {
+        map.iter()
+            .find(|(_, outside, count)| id >= *outside && id - outside < *count)
+            .map_or(OVERFLOW_ID, |(inside, outside, _)| inside + (id - outside))
+    }
+}
+
+/// Keys of a peer's user and pid namespaces (0: the broker's), which decide how
+/// metadata is translated for it.
+pub fn ns_keys(ns: Option<&Namespaces>) -> (u64, u64) {
+    ns.map_or((0, 0), |n| {
+        (
+            if n.user_home { 0 } else { n.user_ns },
+            if n.pid_home { 0 } else { n.pid_ns },
+        )
+    })
 }
 
 /// The process behind a message, as it is when the message is sent.

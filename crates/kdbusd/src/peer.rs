@@ -120,6 +120,7 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         let login: u32 = read("loginuid")?.trim().parse().ok()?;
         Some((session, login))
     })();
+    let ns = namespaces_of(&proc, &field, ppid);
     Peer {
         creds,
         privileged,
@@ -132,7 +133,82 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         cgroup,
         caps,
         audit,
+        ns,
     }
+}
+
+/// The inode of `/proc/<who>/ns/<kind>` (`user:[N]` -> N).
+fn ns_inode(who: &str, kind: &str) -> Option<u64> {
+    let l = std::fs::read_link(format!("{who}/ns/{kind}")).ok()?;
+    let s = l.to_str()?;
+    s.split_once('[')?.1.strip_suffix(']')?.parse().ok()
+}
+
+/// A uid or gid map as `/proc` shows it to the broker.
+fn id_map(path: &str) -> Vec<(u32, u32, u32)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(|x| x.parse::<u32>().ok());
+            Some((f.next()??, f.next()??, f.next()??))
+        })
+        .collect()
+}
+
+/// The last of a `/proc/PID/status` `NSpid:` line: the pid in its own namespace.
+fn own_ns_pid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+/// The namespaces of the process at `proc` (`/proc/PID`) where they are not the
+/// broker's: the inodes, its id maps, and its own pid and parent's pid in its pid
+/// namespace.
+fn namespaces_of<'a>(
+    proc: &str,
+    field: &impl Fn(&str) -> Option<&'a str>,
+    ppid: u32,
+) -> Option<Arc<kdbus_core::meta::Namespaces>> {
+    let (user, pid) = (ns_inode(proc, "user")?, ns_inode(proc, "pid")?);
+    let (home_user, home_pid) = (
+        ns_inode("/proc/self", "user"),
+        ns_inode("/proc/self", "pid"),
+    );
+    let (user_home, pid_home) = (Some(user) == home_user, Some(pid) == home_pid);
+    if user_home && pid_home {
+        return None;
+    }
+    let nspid = field("NSpid:").unwrap_or("");
+    let own = nspid
+        .split_whitespace()
+        .last()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // Its parent, in the same namespace, is named there; an init process's parent
+    // is outside it.
+    let parent_ns = ns_inode(&format!("/proc/{ppid}"), "pid");
+    let own_ppid = match parent_ns == Some(pid) {
+        true => std::fs::read_to_string(format!("/proc/{ppid}/status"))
+            .ok()
+            .and_then(|s| own_ns_pid(&s))
+            .unwrap_or(0),
+        false => 0,
+    };
+    Some(Arc::new(kdbus_core::meta::Namespaces {
+        user_ns: user,
+        user_home,
+        pid_ns: pid,
+        pid_home,
+        uid_map: id_map(&format!("{proc}/uid_map")),
+        gid_map: id_map(&format!("{proc}/gid_map")),
+        own_pids: (own, own_ppid),
+    }))
 }
 
 /// Reads a sending process's `comm`, `exe` and `cmdline` from `/proc` when a message is

@@ -162,3 +162,99 @@ fn a_recycled_pid_never_lends_another_identity() {
     let _ = second_proc.wait();
     assert_eq!(comm, "first-process");
 }
+
+const NS_ENV: &str = "KDBUS_NS_RECEIVER";
+
+/// The receiver of `ids_are_translated_for_a_receiver_in_other_namespaces`, run in a
+/// user namespace mapping its uid and gid 1000 to root, and a pid namespace of its own:
+/// prints its id, then what the metadata of the first message says.
+#[test]
+fn ns_receiver_child() {
+    let Ok(bus) = std::env::var(NS_ENV) else {
+        return;
+    };
+    let opts = test_hello().attach_recv(attach::CREDS | attach::PIDS | attach::CAPS);
+    let c = ok(Connection::hello(&bus, &opts));
+    println!("id={}", c.id());
+    let m = ok(c.recv_timeout(Some(std::time::Duration::from_secs(10))));
+    let creds: kdbus::abi::Creds = m
+        .item(item::CREDS)
+        .and_then(kdbus::abi::read_struct)
+        .unwrap_or_default();
+    let pids: kdbus::abi::Pids = m
+        .item(item::PIDS)
+        .and_then(kdbus::abi::read_struct)
+        .unwrap_or_default();
+    println!(
+        "seen uid={} euid={} gid={} pid={} ppid={} caps={}",
+        creds.uid,
+        creds.euid,
+        creds.gid,
+        pids.pid,
+        pids.ppid,
+        m.item(item::CAPS).is_some()
+    );
+}
+
+/// A receiver in another user and pid namespace gets the sender's ids as its user
+/// namespace names them (root is its uid 1000) and no pids of a process outside its
+/// pid namespace, and no capabilities from another user namespace. Needs root and
+/// `unshare`; skipped where namespaces cannot be made.
+#[test]
+fn ids_are_translated_for_a_receiver_in_other_namespaces() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let b = Broker::start();
+    let mut child = match Command::new("unshare")
+        .args([
+            "--user",
+            "--pid",
+            "--fork",
+            "--map-user=1000",
+            "--map-group=1000",
+        ])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "ns_receiver_child",
+            "--exact",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(NS_ENV, &b.bus)
+        .stdout(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skipped: no unshare ({e})");
+            return;
+        }
+    };
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    // (libtest's own "test ... " may start the line.)
+    let Some(id) = lines.by_ref().find_map(|l| {
+        l.split("id=")
+            .nth(1)
+            .and_then(|i| i.trim().parse::<u64>().ok())
+    }) else {
+        let _ = child.wait();
+        eprintln!("skipped: no user and pid namespaces here");
+        return;
+    };
+    let root = b.conn();
+    ok(root.send(&Message::to(id).cookie(1).payload(b"from root")));
+    let seen = lines
+        .find_map(|l| l.find("seen ").map(|i| l[i..].to_string()))
+        .unwrap_or_default();
+    let _ = child.wait();
+    assert_eq!(
+        seen,
+        "seen uid=1000 euid=1000 gid=1000 pid=0 ppid=0 caps=false"
+    );
+}
