@@ -320,7 +320,6 @@ pub(crate) fn conn_write_message(
         let (off, slots) = message_layout(
             &mut staged.bytes,
             req,
-            sender.id,
             mask,
             sender,
             now,

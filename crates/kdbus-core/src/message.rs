@@ -511,12 +511,12 @@ pub fn meta_write(
 /// Lay out a received message in `out` (header and items only) and return where its
 /// payload starts (the header length, 8-aligned; the slice is that plus
 /// `req.payload_len`) and where each fd's number sits (the `FDS` item's, then each
-/// `PAYLOAD_MEMFD`'s), both relative to the message. `meta_mask` selects metadata,
-/// `seq` is the message's number.
+/// `PAYLOAD_MEMFD`'s), both relative to the message. `meta_mask` selects metadata
+/// of sender `m` (whose id is the message's source), translated for a receiver in
+/// namespaces `view`; `seq` is the message's number.
 pub fn message_layout(
     out: &mut Vec<u8>,
     req: &SendRequest<'_>,
-    src_id: u64,
     meta_mask: u64,
     m: &SenderMeta,
     now: Now,
@@ -527,7 +527,7 @@ pub fn message_layout(
     let meta_mask = meta_mask_for(meta_mask, m, view);
     let header_len = MSG_HEADER_SIZE + req.out_items_len + meta_len(meta_mask, m);
     let mut hdr = req.msg;
-    hdr.src_id = src_id;
+    hdr.src_id = m.id;
     hdr.size = header_len as u64;
     out.extend_from_slice(hdr.as_bytes());
     let data_start = align8(header_len as u64);
