@@ -45,6 +45,7 @@ pub fn send_head(
     dst_name: Option<&str>,
     bloom: Option<(u64, &[u64])>,
     payload_sizes: impl Iterator<Item = usize> + Clone,
+    memfds: &[crate::Memfd],
     fds: impl ExactSizeIterator<Item = i32>,
 ) {
     use crate::items::item_space;
@@ -63,6 +64,7 @@ pub fn send_head(
     // Vectors point behind the message; compute where each one will land.
     let n_fds = fds.len();
     let items_len: usize = payload_sizes.clone().count() * 32
+        + memfds.len() * item_space(std::mem::size_of::<crate::Memfd>())
         + if n_fds == 0 { 0 } else { item_space(4 * n_fds) }
         + dst_name.map_or(0, |n| item_space(n.len() + 1))
         + bloom.map_or(0, |(_, w)| item_space(8 + 8 * w.len()));
@@ -86,6 +88,10 @@ pub fn send_head(
             };
             w.push(item::PAYLOAD_VEC, v.as_bytes());
             data_at += crate::align8(size as u64);
+        }
+        // Memfds follow the vectors (their fds travel after the FDS item's).
+        for m in memfds {
+            w.push(item::PAYLOAD_MEMFD, m.as_bytes());
         }
     }
     if n_fds > 0 {

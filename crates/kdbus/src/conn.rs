@@ -241,7 +241,7 @@ impl Connection {
     pub fn send(&self, msg: &Message<'_>) -> Result<()> {
         let e = self
             .link
-            .exchange(cmd::SEND, Body::Send(msg, 0), &msg.fds, |e, _, _| e)?;
+            .exchange(cmd::SEND, Body::Send(msg, 0), &msg.all_fds(), |e, _, _| e)?;
         if e != 0 {
             return Err(Error::Bus(Errno(e)));
         }
@@ -262,9 +262,11 @@ impl Connection {
     pub fn call(&self, msg: Message<'_>, timeout: Duration) -> Result<Received<'_>> {
         let msg = msg.expect_reply(crate::monotonic_ns() + timeout.as_nanos() as u64);
         let body = Body::Send(&msg, send_flags::SYNC_REPLY);
-        let (e, wb, fds) = self.link.exchange(cmd::SEND, body, &msg.fds, |e, b, fds| {
-            (e, read_struct::<CmdSend>(b), fds)
-        })?;
+        let (e, wb, fds) = self
+            .link
+            .exchange(cmd::SEND, body, &msg.all_fds(), |e, b, fds| {
+                (e, read_struct::<CmdSend>(b), fds)
+            })?;
         if e != 0 {
             return Err(Error::Bus(Errno(e)));
         }

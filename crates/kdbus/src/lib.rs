@@ -29,6 +29,7 @@ mod error;
 mod info;
 mod link;
 mod matches;
+mod memfd;
 mod message;
 mod received;
 mod sys;
@@ -44,6 +45,7 @@ pub use kdbus_dbus as dbus;
 /// sd-bus's bloom filter convention (from `kdbus-dbus`), for signals and matches.
 pub use kdbus_dbus::bloom;
 pub use matches::{MatchRule, ANY};
+pub use memfd::{memfd_sealed, MemfdView};
 pub use message::{payload_padding, Message, Payloads};
 pub use received::Received;
 

@@ -80,6 +80,8 @@ pub struct Message<'a> {
     pub payload_type: u64,
     pub payload: Payloads<'a>,
     pub fds: Vec<BorrowedFd<'a>>,
+    /// Sealed memfds carrying payload (never copied by the bus): (fd, start, size).
+    pub memfds: Vec<(BorrowedFd<'a>, u64, u64)>,
     /// A signal's bloom filter: (generation, words).
     pub bloom: Option<(u64, &'a [u64])>,
 }
@@ -98,6 +100,7 @@ impl<'a> Message<'a> {
             payload_type: payload::DBUS,
             payload: Payloads::new(),
             fds: Vec::new(),
+            memfds: Vec::new(),
             bloom: None,
         }
     }
@@ -163,6 +166,28 @@ impl<'a> Message<'a> {
         self
     }
 
+    /// Append `size` bytes of the sealed memfd `fd` from `start` as payload: the bus
+    /// passes the file, the receiver maps it ([`crate::Received::memfds`]). The memfd
+    /// must be sealed against writing, growing and shrinking ([`crate::memfd_sealed`]
+    /// makes one).
+    pub fn memfd(mut self, fd: BorrowedFd<'a>, start: u64, size: u64) -> Self {
+        self.memfds.push((fd, start, size));
+        self
+    }
+
+    /// The fds the request carries: the `FDS` item's, then one per memfd.
+    pub fn all_fds(&self) -> std::borrow::Cow<'_, [BorrowedFd<'a>]> {
+        if self.memfds.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.fds);
+        }
+        let all = self
+            .fds
+            .iter()
+            .copied()
+            .chain(self.memfds.iter().map(|m| m.0));
+        std::borrow::Cow::Owned(all.collect())
+    }
+
     pub fn fd(mut self, fd: BorrowedFd<'a>) -> Self {
         self.fds.push(fd);
         self
@@ -210,6 +235,16 @@ impl<'a> Message<'a> {
             self.dst_name,
             self.bloom,
             self.payload.iter().map(|p| p.len()),
+            &self
+                .memfds
+                .iter()
+                .map(|(fd, start, size)| kdbus_abi::Memfd {
+                    start: *start,
+                    size: *size,
+                    fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+                    pad: 0,
+                })
+                .collect::<Vec<_>>(),
             self.fds.iter().map(std::os::fd::AsRawFd::as_raw_fd),
         );
     }

@@ -119,6 +119,27 @@ impl<'c> Received<'c> {
     }
 
     /// All payload vectors concatenated.
+    /// The memfd payloads, in item order, each mapped read-only (the fds come after
+    /// those of the `FDS` item).
+    pub fn memfds(&self) -> std::io::Result<Vec<crate::MemfdView>> {
+        let n_fds = self.item(item::FDS).map_or(0, |f| f.len() / 4);
+        let mut out = Vec::new();
+        let items = self
+            .items()
+            .flatten()
+            .filter(|i| i.type_ == item::PAYLOAD_MEMFD);
+        for (i, it) in items.enumerate() {
+            let m: kdbus_abi::Memfd = kdbus_abi::read_struct(it.payload)
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+            let fd = self
+                .fds
+                .get(n_fds + i)
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+            out.push(crate::MemfdView::map(fd, m.start, m.size)?);
+        }
+        Ok(out)
+    }
+
     pub fn payload_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.payloads().map(<[u8]>::len).sum());
         for p in self.payloads() {

@@ -156,6 +156,7 @@ impl<'a> Message<'a> {
             None,
             bloom,
             sizes,
+            &[],
             (0..self.fds).map(|i| i as i32),
         );
         for p in &self.payload {
