@@ -36,14 +36,14 @@ pub fn domain_make(name: &str, flags: u64) -> Vec<u8> {
 /// first). Its length is a multiple of 8. The payload vectors (of `payload_sizes`)
 /// address their bytes by offset behind it, in order, each padded to 8 bytes: that is
 /// where the sender must put them. `fds` are the fd numbers of the `FDS` item (they
-/// travel beside the request; the broker reads only how many there are). The one SEND
-/// encoder, for the client library and for tests that drive the core directly.
+/// travel beside the request; the broker reads only how many there are), `memfds` the
+/// `PAYLOAD_MEMFD` items (their fds travel after those). The one SEND encoder, for the
+/// client library and for tests that drive the core directly.
 pub fn send_head(
     out: &mut Vec<u8>,
     send_flags: u64,
     msg: crate::Msg,
-    dst_name: Option<&str>,
-    bloom: Option<(u64, &[u64])>,
+    (dst_name, bloom): (Option<&str>, Option<(u64, &[u64])>),
     payload_sizes: impl Iterator<Item = usize> + Clone,
     memfds: &[crate::Memfd],
     fds: impl ExactSizeIterator<Item = i32>,

@@ -232,8 +232,7 @@ impl<'a> Message<'a> {
             out,
             send_flags,
             header,
-            self.dst_name,
-            self.bloom,
+            (self.dst_name, self.bloom),
             self.payload.iter().map(|p| p.len()),
             &self
                 .memfds
