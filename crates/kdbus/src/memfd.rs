@@ -45,8 +45,9 @@ impl MemfdView {
         let start = usize::try_from(start).map_err(|_| bad())?;
         let size = usize::try_from(size).map_err(|_| bad())?;
         let end = start.checked_add(size).ok_or_else(bad)?;
-        // An empty mapping is not a mapping: map a page and show nothing of it.
-        let map = PoolMap::map(fd, end.max(1))?;
+        // An empty mapping is not a mapping: map a page and show nothing of it. The
+        // pages are mapped at once: a payload is there to be read.
+        let map = PoolMap::map_populated(fd, end.max(1))?;
         Ok(MemfdView { map, start, size })
     }
 }

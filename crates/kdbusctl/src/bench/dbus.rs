@@ -400,7 +400,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// The first child of `pid` (dbus-broker-launch runs the broker as its child).
-fn child_of(pid: u32) -> Option<u32> {
+pub(crate) fn child_of(pid: u32) -> Option<u32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
     s.split_whitespace().next()?.parse().ok()
 }
@@ -499,7 +499,7 @@ fn private_dir(name: &str) -> BenchResult<PathBuf> {
 }
 
 /// Start a dbus-daemon-compatible program (`--config-file --nofork --print-address`).
-fn start_daemon_like(name: &str, program: &str) -> BenchResult<Started> {
+pub(crate) fn start_daemon_like(name: &str, program: &str) -> BenchResult<Started> {
     start_configured(name, program, "")
 }
 
@@ -559,7 +559,7 @@ fn journal_socket() -> JournalSocket {
 /// that and execs the launcher, keeping its pid). The launcher also wants the journal
 /// and a bus to reach systemd on: where there is no systemd we give it a journal
 /// socket nobody reads and a private kdbusd as that bus (it only watches it).
-fn start_dbus_broker(kdbusd: &str) -> BenchResult<Started> {
+pub(crate) fn start_dbus_broker(kdbusd: &str) -> BenchResult<Started> {
     let dir = private_dir("dbus-broker")?;
     let sock = dir.join("socket");
     let conf = config(&dir, &format!("unix:path={}", sock.display()), "")?;

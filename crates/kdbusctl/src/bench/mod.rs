@@ -12,6 +12,7 @@
 mod broadcast;
 mod dbus;
 mod names;
+mod payload;
 mod policy;
 
 use kdbus::{Connection, HelloOptions, Message};
@@ -50,6 +51,13 @@ pub struct BenchArgs {
     /// rules (about other names) than the other.
     #[arg(long, value_name = "N")]
     policy_rules: Option<usize>,
+    /// Measure calls of this many bytes (`1MiB`, `64KiB` or bytes) on the native path,
+    /// next to dbus-broker's and kdbusd's D-Bus call of the same size in the same run.
+    #[arg(long, value_name = "SIZE", value_parser = payload::size_parse)]
+    payload: Option<usize>,
+    /// With `--payload`: also pass the bytes as sealed memfds (zero-copy).
+    #[arg(long, requires = "payload")]
+    memfd: bool,
 }
 
 pub(crate) struct Stats {
@@ -113,6 +121,9 @@ pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error
             args.bcast.subscribers,
             args.json,
         );
+    }
+    if let Some(size) = args.payload {
+        return payload::run(bus, size, args.rounds, args.memfd, args.json);
     }
     if let Some(n) = args.policy_rules {
         return policy::run(n, args.rounds, args.size, args.json);
