@@ -11,6 +11,7 @@
 
 mod broadcast;
 mod dbus;
+mod metadata;
 mod names;
 mod payload;
 mod policy;
@@ -58,6 +59,9 @@ pub struct BenchArgs {
     /// With `--payload`: also pass the bytes as sealed memfds (zero-copy).
     #[arg(long, requires = "payload")]
     memfd: bool,
+    /// Measure what each metadata item costs per message (native round trips).
+    #[arg(long)]
+    metadata: bool,
 }
 
 pub(crate) struct Stats {
@@ -121,6 +125,9 @@ pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error
             args.bcast.subscribers,
             args.json,
         );
+    }
+    if args.metadata {
+        return metadata::run(bus, args.rounds, args.json);
     }
     if let Some(size) = args.payload {
         return payload::run(bus, size, args.rounds, args.memfd, args.json);
