@@ -393,21 +393,31 @@ pub fn meta_write(
         w.push(item::TIMESTAMP, ts.as_bytes());
     }
     if mask & attach::CREDS != 0 {
-        let (mut u, mut g) = (m.creds.uid, m.creds.gid);
+        // The four of each as the process had them at connect, while the datagram's
+        // real ids are still those (a process that changed its real ids is reported
+        // with them in all four).
+        let same = m.creds == m.peer.creds;
+        let (u, g) = (m.creds.uid, m.creds.gid);
+        let mut ids = m
+            .peer
+            .ids
+            .filter(|_| same)
+            .unwrap_or([u, u, u, u, g, g, g, g]);
         if let (Some(v), true) = (view, user_key != 0) {
-            u = Namespaces::map_id(&v.uid_map, u);
-            g = Namespaces::map_id(&v.gid_map, g);
+            for (i, id) in ids.iter_mut().enumerate() {
+                let map = if i < 4 { &v.uid_map } else { &v.gid_map };
+                *id = Namespaces::map_id(map, *id);
+            }
         }
-        let (u, g) = (u as u64, g as u64);
         let c = kdbus_abi::Creds {
-            uid: u,
-            euid: u,
-            suid: u,
-            fsuid: u,
-            gid: g,
-            egid: g,
-            sgid: g,
-            fsgid: g,
+            uid: ids[0] as u64,
+            euid: ids[1] as u64,
+            suid: ids[2] as u64,
+            fsuid: ids[3] as u64,
+            gid: ids[4] as u64,
+            egid: ids[5] as u64,
+            sgid: ids[6] as u64,
+            fsgid: ids[7] as u64,
         };
         w.push(item::CREDS, c.as_bytes());
     }

@@ -44,6 +44,9 @@ pub struct Peer {
     /// Its user and pid namespaces, where they are not the broker's (`None`: the
     /// broker's own; ids and pids need no translation).
     pub ns: Option<Arc<Namespaces>>,
+    /// Real, effective, saved and filesystem uids, then gids, as `/proc` showed them
+    /// when it connected (a datagram carries only the real ones).
+    pub ids: Option<[u32; 8]>,
 }
 
 /// A process's user and pid namespaces, seen from the broker's. Metadata a receiver

@@ -121,6 +121,17 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         Some((session, login))
     })();
     let ns = namespaces_of(&proc, &field, ppid);
+    let four = |name: &str| -> Option<Vec<u32>> {
+        let v: Vec<u32> = field(name)?
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        (v.len() == 4).then_some(v)
+    };
+    let ids = four("Uid:").zip(four("Gid:")).and_then(|(u, g)| {
+        let all: Vec<u32> = u.into_iter().chain(g).collect();
+        <[u32; 8]>::try_from(all).ok()
+    });
     Peer {
         creds,
         privileged,
@@ -134,6 +145,7 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         caps,
         audit,
         ns,
+        ids,
     }
 }
 

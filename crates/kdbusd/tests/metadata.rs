@@ -258,3 +258,58 @@ fn ids_are_translated_for_a_receiver_in_other_namespaces() {
         "seen uid=1000 euid=1000 gid=1000 pid=0 ppid=0 caps=false"
     );
 }
+
+const IDS_ENV: &str = "KDBUS_IDS_CHILD";
+
+/// The sender of `creds_carry_all_four_ids`: real and effective ids 1, saved ids 0.
+#[test]
+fn ids_child() {
+    let Ok(spec) = std::env::var(IDS_ENV) else {
+        return;
+    };
+    let (bus, dst) = spec.split_once('|').expect("bus|id");
+    // SAFETY: plain system calls on integers; glibc applies them to every thread.
+    let r = unsafe { (libc::setresgid(1, 1, 0), libc::setresuid(1, 1, 0)) };
+    assert_eq!(r, (0, 0), "setresuid");
+    let c = ok(Connection::hello(bus, &test_hello()));
+    let dst: u64 = dst.parse().expect("an id");
+    ok(c.send(&Message::to(dst).cookie(1).payload(b"ids")));
+}
+
+/// `CREDS` carries the real, effective, saved and filesystem ids as the process had
+/// them, not the real ones four times. Needs root.
+#[test]
+fn creds_carry_all_four_ids() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let b = Broker::start();
+    b.open_to_other_users();
+    let bus = b.make_bus("ids", kdbus::abi::make_flags::ACCESS_WORLD);
+    // Everyone may talk to the receiver's name (kdbus's TALK policy).
+    let holder = kdbus::HelloOptions::new()
+        .policy_holder("org.example.Ids")
+        .world_access(1);
+    let _holder = ok(Connection::hello(&bus.endpoint, &holder));
+    let rx = ok(Connection::hello(
+        &bus.endpoint,
+        &test_hello().attach_recv(attach::CREDS),
+    ));
+    ok(rx.acquire_name("org.example.Ids", 0));
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["ids_child", "--exact", "--test-threads=1"])
+        .env(IDS_ENV, format!("{}|{}", bus.endpoint.display(), rx.id()))
+        .status()
+        .expect("the child runs");
+    assert!(status.success());
+    let m = ok(rx.recv_timeout(Some(SOON)));
+    let c: kdbus::abi::Creds = m
+        .item(item::CREDS)
+        .and_then(kdbus::abi::read_struct)
+        .expect("CREDS");
+    assert_eq!(
+        [c.uid, c.euid, c.suid, c.fsuid, c.gid, c.egid, c.sgid, c.fsgid],
+        [1, 1, 0, 1, 1, 1, 0, 1]
+    );
+}
