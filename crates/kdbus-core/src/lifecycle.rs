@@ -13,7 +13,7 @@ use crate::ids::{BusKey, ConnKey};
 use crate::matches::Notification;
 use crate::matching::MatchCharge;
 use crate::memory::{PoolMemory, VecPool};
-use crate::meta::Peer;
+use crate::meta::{Faked, Peer};
 use crate::policy::policy_parse;
 use crate::pool::PoolAllocator;
 use crate::reply::ReplyFailure;
@@ -22,6 +22,7 @@ use kdbus_abi::items::{ItemIter, ItemWriter};
 use kdbus_abi::wire;
 use kdbus_abi::NotifyIdChange;
 use kdbus_abi::{attach, hello_flags, item, limits, read_cmd, CmdGeneric, CmdHello, Errno};
+use std::sync::Arc;
 use zerocopy::IntoBytes;
 
 impl Domain {
@@ -75,6 +76,7 @@ impl Domain {
         }
         let mut description = None;
         let mut name = None;
+        let mut faked: Option<Faked> = None;
         let items = &body[std::mem::size_of::<CmdHello>()..size as usize];
         for it in ItemIter::new(items) {
             let it = it?;
@@ -97,6 +99,23 @@ impl Domain {
                 }
                 item::CREDS | item::PIDS | item::SECLABEL if !peer.privileged => {
                     return Err(Errno::EPERM)
+                }
+                item::CREDS => {
+                    let c: kdbus_abi::Creds =
+                        kdbus_abi::read_struct(it.payload).ok_or(Errno::EINVAL)?;
+                    let ids = [
+                        c.uid, c.euid, c.suid, c.fsuid, c.gid, c.egid, c.sgid, c.fsgid,
+                    ];
+                    faked.get_or_insert_with(Faked::default).creds = Some(ids);
+                }
+                item::PIDS => {
+                    let p: kdbus_abi::Pids =
+                        kdbus_abi::read_struct(it.payload).ok_or(Errno::EINVAL)?;
+                    faked.get_or_insert_with(Faked::default).pids = Some([p.pid, p.tid, p.ppid]);
+                }
+                item::SECLABEL => {
+                    let s = it.as_str()?;
+                    faked.get_or_insert_with(Faked::default).seclabel = Some(s.into());
                 }
                 _ => {}
             }
@@ -143,7 +162,10 @@ impl Domain {
             flags: cmd.flags,
             attach_send,
             attach_recv,
-            peer: peer.clone(),
+            peer: Peer {
+                faked: faked.map(Arc::new),
+                ..peer.clone()
+            },
             description: description.map(Into::into),
             special_name: name.map(str::to_owned),
             endpoint,

@@ -348,6 +348,10 @@ pub fn meta_len(mask: u64, m: &SenderMeta) -> usize {
     if mask & attach::CAPS != 0 {
         n += m.peer.caps.as_ref().map_or(0, |c| item_space(c.len()));
     }
+    if mask & attach::SECLABEL != 0 {
+        let label = m.peer.faked.as_ref().and_then(|f| f.seclabel.as_ref());
+        n += label.map_or(0, |s| item_space(s.len() + 1));
+    }
     if mask & attach::AUDIT != 0 && m.peer.audit.is_some() {
         n += item_space(8);
     }
@@ -403,7 +407,14 @@ pub fn meta_write(
             .ids
             .filter(|_| same)
             .unwrap_or([u, u, u, u, g, g, g, g]);
-        if let (Some(v), true) = (view, user_key != 0) {
+        // A privileged proxy's word, as it gave it at HELLO (kdbus did not map it).
+        let faked = m.peer.faked.as_ref().and_then(|f| f.creds);
+        if let Some(f) = faked {
+            for (id, v) in ids.iter_mut().zip(f) {
+                *id = u32::try_from(v).unwrap_or(OVERFLOW_ID);
+            }
+        }
+        if let (Some(v), true, None) = (view, user_key != 0, faked) {
             for (i, id) in ids.iter_mut().enumerate() {
                 let map = if i < 4 { &v.uid_map } else { &v.gid_map };
                 *id = Namespaces::map_id(map, *id);
@@ -433,7 +444,9 @@ pub fn meta_write(
                 0
             },
         };
-        if pid_key != 0 {
+        if let Some([pid, tid, ppid]) = m.peer.faked.as_ref().and_then(|f| f.pids) {
+            p = Pids { pid, tid, ppid };
+        } else if pid_key != 0 {
             // A receiver in another pid namespace sees the sender only if it is in
             // that namespace too (as its own pids there), else pid 0.
             let sender = m.peer.ns.as_deref();
@@ -504,6 +517,12 @@ pub fn meta_write(
     if mask & attach::CAPS != 0 {
         if let Some(c) = &m.peer.caps {
             w.push(item::CAPS, c);
+        }
+    }
+    // Only a label a privileged proxy gave (LSM labels are not read).
+    if mask & attach::SECLABEL != 0 {
+        if let Some(s) = m.peer.faked.as_ref().and_then(|f| f.seclabel.as_ref()) {
+            w.push_str(item::SECLABEL, s);
         }
     }
     if mask & attach::AUDIT != 0 {

@@ -47,6 +47,21 @@ pub struct Peer {
     /// Real, effective, saved and filesystem uids, then gids, as `/proc` showed them
     /// when it connected (a datagram carries only the real ones).
     pub ids: Option<[u32; 8]>,
+    /// What a privileged caller said at HELLO its messages are to show instead of
+    /// its own (kdbus's faked metadata, for proxies that speak for others).
+    pub faked: Option<Arc<Faked>>,
+}
+
+/// Metadata a privileged connection gave at HELLO (`CREDS`, `PIDS`, `SECLABEL` items):
+/// its messages and its CONN_INFO carry these instead of what the kernel says.
+/// Accounting and policy still go by who it really is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Faked {
+    /// uid, euid, suid, fsuid, gid, egid, sgid, fsgid.
+    pub creds: Option<[u64; 8]>,
+    /// pid, tid, ppid.
+    pub pids: Option<[u64; 3]>,
+    pub seclabel: Option<Arc<str>>,
 }
 
 /// A process's user and pid namespaces, seen from the broker's. Metadata a receiver

@@ -146,6 +146,7 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         audit,
         ns,
         ids,
+        faked: None,
     }
 }
 

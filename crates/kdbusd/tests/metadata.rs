@@ -313,3 +313,65 @@ fn creds_carry_all_four_ids() {
         [1, 1, 0, 1, 1, 1, 0, 1]
     );
 }
+
+/// A privileged connection may give the metadata its messages are to carry at HELLO
+/// (kdbus's faked `CREDS`, `PIDS` and `SECLABEL`, for proxies): receivers get those,
+/// not what the kernel says of the proxy. Needs root.
+#[test]
+fn a_privileged_proxy_speaks_with_the_metadata_it_gave_at_hello() {
+    use kdbus::abi::{ItemWriter, Pids};
+    use zerocopy::IntoBytes;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let b = Broker::start();
+    let rx = ok(Connection::hello(
+        &b.bus,
+        &test_hello().attach_recv(attach::CREDS | attach::PIDS | attach::SECLABEL),
+    ));
+    let mut body = test_hello().encode();
+    let creds = kdbus::abi::Creds {
+        uid: 1000,
+        euid: 1001,
+        suid: 1002,
+        fsuid: 1003,
+        gid: 2000,
+        egid: 2001,
+        sgid: 2002,
+        fsgid: 2003,
+    };
+    let pids = Pids {
+        pid: 4242,
+        tid: 4243,
+        ppid: 1,
+    };
+    {
+        let mut w = ItemWriter::new(&mut body);
+        w.push(item::CREDS, creds.as_bytes());
+        w.push(item::PIDS, pids.as_bytes());
+        w.push_str(item::SECLABEL, "system_u:system_r:proxy_t");
+    }
+    let size = body.len() as u64;
+    body[..8].copy_from_slice(&size.to_ne_bytes());
+    let proxy = ok(Connection::hello_raw(&b.bus, &body));
+    ok(proxy.send(&Message::to(rx.id()).cookie(1).payload(b"on behalf")));
+    let m = ok(rx.recv_timeout(Some(SOON)));
+    let got: kdbus::abi::Creds = m
+        .item(item::CREDS)
+        .and_then(kdbus::abi::read_struct)
+        .expect("CREDS");
+    assert_eq!(got, creds);
+    let got: Pids = m
+        .item(item::PIDS)
+        .and_then(kdbus::abi::read_struct)
+        .expect("PIDS");
+    assert_eq!((got.pid, got.tid, got.ppid), (4242, 4243, 1));
+    let label = m
+        .item(item::SECLABEL)
+        .map(|l| String::from_utf8_lossy(l).into_owned());
+    assert_eq!(
+        label.as_deref().map(|l| l.trim_end_matches('\0')),
+        Some("system_u:system_r:proxy_t")
+    );
+}
