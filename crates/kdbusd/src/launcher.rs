@@ -206,7 +206,7 @@ fn launcher_spawn(
             format!("Failed to load the configuration: {e}"),
         )
     })?;
-    let service = crate::activation::services_load(&conf)
+    let service = crate::service_file::services_load(&conf)
         .into_iter()
         .find(|s| s.name == name)
         .ok_or_else(|| {

@@ -29,6 +29,7 @@ mod peer;
 mod pool_memfd;
 mod seqpacket;
 pub mod server;
+mod service_file;
 mod sys;
 pub mod syslog;
 

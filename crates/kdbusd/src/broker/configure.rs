@@ -78,7 +78,7 @@ impl Broker {
     fn activation_install(&mut self, bus: BusKey, c: &crate::config::BusConfig) {
         self.config_watch_set(c);
         self.activation.bus_type = c.bus_type.clone().unwrap_or_else(|| "session".into());
-        let services = crate::activation::of_config(c);
+        let services = crate::service_file::services_load(c);
         self.activation.timeout = c.limit("service_start_timeout").map(Duration::from_millis);
         self.activation.max_pending = c
             .limit("max_pending_service_starts")
