@@ -19,12 +19,11 @@
 //! backlog overflow is disconnected. Output is flushed once per iteration, so every
 //! record a connection got during one wakeup travels in one datagram.
 
-use crate::admission;
 use crate::clock::{machine_id, random_id128, SystemClock};
 use crate::dbus_socket::{DBusClients, Event};
 use crate::dispatch::{Dispatch, TOKEN_CONFIG_WATCH, TOKEN_PARAMS, TOKEN_SIGNAL};
-use crate::listener::{Accept, Listener, Listeners};
-use crate::peer::{peer_from_creds, peer_from_socket, ProcStrings};
+use crate::listener::Listeners;
+use crate::peer::{peer_from_creds, ProcStrings};
 use crate::pool_memfd::{pool_create, SystemFiles};
 use crate::seqpacket::{self, Handle, Read, Role, READ_BUDGET};
 use kdbus_abi::wire;
@@ -41,6 +40,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+mod accept;
 mod configure;
 use zerocopy::IntoBytes;
 
@@ -438,18 +438,6 @@ impl Broker {
         }
     }
 
-    /// The process is out of descriptors: stop accepting for a moment instead of
-    /// spinning on a listener that stays readable, and say so at most once a second.
-    fn accept_pause(&mut self) {
-        let now = self.domain.now().monotonic_ns;
-        self.accept_paused_until = Some(now + 100_000_000);
-        self.listeners.pause_all(&self.dispatch, true);
-        if now.saturating_sub(self.exhausted_logged) >= 1_000_000_000 {
-            self.exhausted_logged = now;
-            tracing::warn!("out of file descriptors: not accepting for 100 ms");
-        }
-    }
-
     /// How long the loop may sleep (ns): until the next reply or authentication
     /// deadline, and at least once a second.
     pub fn poll_timeout(&self) -> u64 {
@@ -476,79 +464,6 @@ impl Broker {
         .min()
         .unwrap_or(tick);
         deadline.saturating_sub(now)
-    }
-
-    fn accept_all(&mut self, ltoken: u64) {
-        let dbus = self.listeners.is_dbus(ltoken);
-        loop {
-            if dbus && self.dbus.full() {
-                self.listeners.dbus_pause(&self.dispatch, true);
-                return;
-            }
-            let (fd, which) = match self.listeners.accept(ltoken) {
-                Accept::Client(fd, which) => (fd, which),
-                Accept::Empty => return,
-                Accept::Exhausted => return self.accept_pause(),
-            };
-            // Connections (not control sockets) get a pidfd, for ProcessFD.
-            let pidfd = !matches!(which, Listener::Control);
-            let peer = match peer_from_socket(&fd, &mut self.proc_strings, pidfd) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!(%e, "no peer credentials, dropping");
-                    continue;
-                }
-            };
-            let uid = peer.creds.uid;
-            let cost = match which {
-                Listener::Control => admission::COST_CONTROL,
-                Listener::DBus(..) => admission::COST_DBUS,
-                Listener::Bus(_) | Listener::Endpoint(..) => admission::COST_ENDPOINT,
-            };
-            // Privileged callers (and the broker's own user) keep a reserve.
-            let privileged = peer.privileged || uid == self.me.creds.uid;
-            if !self.fds.borrow_mut().admit(uid, privileged, cost) {
-                tracing::debug!(uid, "a user holds its share of descriptors, closing");
-                continue;
-            }
-            if let Listener::DBus(..) = which {
-                if !self.dbus.may_accept(uid) {
-                    tracing::debug!(uid, "too many unauthenticated D-Bus connections, closing");
-                    self.fds.borrow_mut().release(uid, cost);
-                    continue;
-                }
-            }
-            let _ = rustix::net::sockopt::set_socket_passcred(&fd, true);
-            let _ = rustix::net::sockopt::set_socket_send_buffer_size(&fd, 1 << 20);
-            let token = self.dispatch.token();
-            let now = self.domain.now().monotonic_ns;
-            let waits = !matches!(which, Listener::DBus(..));
-            if waits && !self.waiting.start(token, uid, privileged, now) {
-                tracing::debug!(uid, "too many handles waiting to become something, closing");
-                self.fds.borrow_mut().release(uid, cost);
-                continue;
-            }
-            if self.dispatch.add(&fd, token).is_err() {
-                self.waiting.end(token);
-                self.fds.borrow_mut().release(uid, cost);
-                continue;
-            }
-            let role = match which {
-                Listener::Control => Role::Control,
-                Listener::Bus(b) => Role::Endpoint(b, None),
-                Listener::Endpoint(b, ep) => Role::Endpoint(b, Some(ep)),
-                Listener::DBus(b, ep) => {
-                    // The server guid is the bus id: addresses carry it as `guid=`, and
-                    // clients check that the server they reach is the one they meant.
-                    let guid = self.domain.bus(b).map_or([0; 16], |bus| bus.id128);
-                    let now = self.domain.now().monotonic_ns;
-                    self.dbus.accept(token, fd, peer, (b, ep), guid, now);
-                    continue;
-                }
-            };
-            self.handles
-                .insert(token, Box::new(Handle::new(fd, peer, role, cost)));
-        }
     }
 
     /// A client socket (native or D-Bus) is ready.
