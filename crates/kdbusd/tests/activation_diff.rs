@@ -27,10 +27,27 @@ fn activated_service() {
     if std::env::var("KDBUS_TEST_ACTIVATION").is_err() {
         return;
     }
-    let c = zconn(&address);
-    let it = zbus::blocking::MessageIterator::from(&c);
     let name = std::env::var("KDBUS_TEST_SERVICE_NAME");
-    diff::request_name(&c, name.as_deref().unwrap_or("org.kdbus.Activated"));
+    pong_service(&address, name.as_deref().unwrap_or("org.kdbus.Activated"));
+}
+
+/// Call `Ping` on `dest`: the answer's string, or the error's name and text.
+fn ping(c: &zbus::blocking::Connection, dest: &str) -> String {
+    match c.call_method(Some(dest), "/", Some("org.kdbus.A"), "Ping", &()) {
+        Ok(m) => m.body().deserialize::<String>().unwrap_or_default(),
+        Err(zbus::Error::MethodError(name, text, _)) => {
+            format!("{name}: {}", text.unwrap_or_default())
+        }
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+/// A service that owns `name` on the bus at `address` and answers `Ping` with "pong"
+/// until the bus goes.
+fn pong_service(address: &str, name: &str) {
+    let c = zconn(address);
+    let it = zbus::blocking::MessageIterator::from(&c);
+    diff::request_name(&c, name);
     for m in it.flatten() {
         if m.message_type() == MsgType::MethodCall && member(&m) == "Ping" {
             let _ = c.reply(&m.header(), &"pong");
@@ -125,14 +142,7 @@ fn a_call_to_an_activatable_name_starts_its_service() {
             .filter(|n| n.starts_with("org.kdbus."))
             .collect();
         names.sort();
-        let call =
-            |dest: &str| match c.call_method(Some(dest), "/", Some("org.kdbus.A"), "Ping", &()) {
-                Ok(m) => m.body().deserialize::<String>().unwrap_or_default(),
-                Err(zbus::Error::MethodError(name, text, _)) => {
-                    format!("{name}: {}", text.unwrap_or_default())
-                }
-                Err(e) => format!("failed: {e}"),
-            };
+        let call = |dest: &str| ping(&c, dest);
         vec![
             names.join(","),
             call("org.kdbus.Activated"),
@@ -176,16 +186,7 @@ fn too_many_services_starting_is_limits_exceeded() {
         "<servicedir>{}</servicedir><limit name=\"max_pending_service_starts\">1</limit>",
         services.path().display()
     );
-    let call = |address: &str, dest: &str| {
-        let c = zconn(address);
-        match c.call_method(Some(dest), "/", Some("org.kdbus.A"), "Ping", &()) {
-            Ok(_) => "ok".to_string(),
-            Err(zbus::Error::MethodError(name, text, _)) => {
-                format!("{name}: {}", text.unwrap_or_default())
-            }
-            Err(e) => format!("failed: {e}"),
-        }
-    };
+    let call = |address: &str, dest: &str| ping(&zconn(address), dest);
     both_with(
         &extra,
         |address| {
@@ -229,16 +230,7 @@ fn stand_in_systemd(address: &str) -> std::sync::mpsc::Receiver<String> {
             ));
             if unit == "kdbus-unit.service" {
                 let address = address.clone();
-                std::thread::spawn(move || {
-                    let s = zconn(&address);
-                    let it = zbus::blocking::MessageIterator::from(&s);
-                    diff::request_name(&s, "org.kdbus.Unit");
-                    for m in it.flatten() {
-                        if m.message_type() == MsgType::MethodCall && member(&m) == "Ping" {
-                            let _ = s.reply(&m.header(), &"pong");
-                        }
-                    }
-                });
+                std::thread::spawn(move || pong_service(&address, "org.kdbus.Unit"));
             } else {
                 let _ = c.emit_signal(
                     Some("org.freedesktop.DBus"),
@@ -279,16 +271,7 @@ fn systemd_activation_asks_systemd_and_takes_its_failures() {
         .expect("a service file");
     }
     let extra = format!("<servicedir>{}</servicedir>", services.path().display());
-    let call = |address: &str, dest: &str| {
-        let c = zconn(address);
-        match c.call_method(Some(dest), "/", Some("org.kdbus.A"), "Ping", &()) {
-            Ok(m) => m.body().deserialize::<String>().unwrap_or_default(),
-            Err(zbus::Error::MethodError(name, text, _)) => {
-                format!("{name}: {}", text.unwrap_or_default())
-            }
-            Err(e) => format!("failed: {e}"),
-        }
-    };
+    let call = |address: &str, dest: &str| ping(&zconn(address), dest);
     let script = |address: &str| {
         let a = address.to_string();
         let first = std::thread::spawn(move || call(&a, "org.kdbus.Unit"));
@@ -525,22 +508,7 @@ fn service_start_timeout_fails_what_waits() {
         "<servicedir>{}</servicedir><limit name=\"service_start_timeout\">400</limit>",
         services.path().display()
     );
-    let script = |address: &str| {
-        let c = zconn(address);
-        let r = c.call_method(
-            Some("org.kdbus.Sleepy"),
-            "/",
-            Some("org.kdbus.A"),
-            "Ping",
-            &(),
-        );
-        vec![match r {
-            Err(zbus::Error::MethodError(name, text, _)) => {
-                format!("{name}: {}", text.unwrap_or_default())
-            }
-            other => format!("unexpected: {other:?}"),
-        }]
-    };
+    let script = |address: &str| vec![ping(&zconn(address), "org.kdbus.Sleepy")];
     both_with(
         &extra,
         script,

@@ -27,6 +27,17 @@ fn metadata_child() {
     ok(c.send(&Message::to(dst).cookie(2).payload(b"after")));
 }
 
+/// Run this test binary's `test` as a sending process of its own, told the bus and
+/// the receiver's id through `env`; it must succeed.
+fn run_sender(test: &str, env: &str, bus: &std::path::Path, dst: u64) {
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--test-threads=1"])
+        .env(env, format!("{}|{dst}", bus.display()))
+        .status()
+        .expect("the child runs");
+    assert!(status.success(), "{test}");
+}
+
 fn comm_of(m: &kdbus::Received<'_>) -> String {
     let raw = m.item(item::PID_COMM).unwrap_or(&[]);
     String::from_utf8_lossy(raw)
@@ -41,12 +52,7 @@ fn a_process_that_renames_itself_is_reported_with_its_new_name() {
         &b.bus,
         &test_hello().attach_recv(attach::PID_COMM | attach::TID_COMM | attach::CMDLINE),
     ));
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args(["metadata_child", "--exact", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{}|{}", b.bus.display(), rx.id()))
-        .status()
-        .expect("the child runs");
-    assert!(status.success());
+    run_sender("metadata_child", CHILD_ENV, &b.bus, rx.id());
     let first = ok(rx.recv_timeout(Some(SOON)));
     assert_eq!(first.payload_bytes(), b"before");
     let before = comm_of(&first);
@@ -297,12 +303,7 @@ fn creds_carry_all_four_ids() {
         &test_hello().attach_recv(attach::CREDS),
     ));
     ok(rx.acquire_name("org.example.Ids", 0));
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args(["ids_child", "--exact", "--test-threads=1"])
-        .env(IDS_ENV, format!("{}|{}", bus.endpoint.display(), rx.id()))
-        .status()
-        .expect("the child runs");
-    assert!(status.success());
+    run_sender("ids_child", IDS_ENV, &bus.endpoint, rx.id());
     let m = ok(rx.recv_timeout(Some(SOON)));
     let c: kdbus::abi::Creds = m
         .item(item::CREDS)

@@ -127,20 +127,12 @@ fn a_system_bus_drops_to_its_user_and_starts_services_as_theirs() {
         ),
     )
     .unwrap();
-    let mut bus = Bus(Command::new(KDBUSD)
-        .arg(format!("--config-file={}", conf.display()))
-        .args(["--nofork", "--print-address"])
-        .env("KDBUS_TEST_SECRET", "1")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(d.join("kdbusd.log")).unwrap())
-        .spawn()
-        .expect("kdbusd"));
-    let mut address = String::new();
-    BufReader::new(bus.0.stdout.take().unwrap())
-        .read_line(&mut address)
-        .unwrap();
-    let address = address.trim().to_string();
-    assert!(!address.is_empty(), "kdbusd did not start");
+    let (bus, address) = Bus::start(
+        Command::new(KDBUSD)
+            .arg(format!("--config-file={}", conf.display()))
+            .env("KDBUS_TEST_SECRET", "1")
+            .stderr(std::fs::File::create(d.join("kdbusd.log")).unwrap()),
+    );
     let pid = bus.0.id();
 
     // The pid file, and the ids the broker serves with: the configured user's,
@@ -205,6 +197,24 @@ fn a_system_bus_drops_to_its_user_and_starts_services_as_theirs() {
 
 /// The bus, killed however the test ends.
 struct Bus(std::process::Child);
+
+impl Bus {
+    /// Start `cmd` in the foreground, printing its address: the bus and the address.
+    fn start(cmd: &mut Command) -> (Bus, String) {
+        let mut bus = Bus(cmd
+            .args(["--nofork", "--print-address"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("kdbusd"));
+        let mut address = String::new();
+        BufReader::new(bus.0.stdout.take().unwrap())
+            .read_line(&mut address)
+            .unwrap();
+        let address = address.trim().to_string();
+        assert!(!address.is_empty(), "kdbusd did not start");
+        (bus, address)
+    }
+}
 
 impl Drop for Bus {
     fn drop(&mut self) {
@@ -315,19 +325,13 @@ fn kdbusd_system_runs_as_the_installed_configurations_user() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let sock = dir.path().join("sock");
-    let mut bus = Bus(Command::new(KDBUSD)
-        .arg("--system")
-        .arg(format!("--address=unix:path={}", sock.display()))
-        .args(["--nofork", "--nopidfile", "--print-address"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kdbusd"));
-    let mut address = String::new();
-    BufReader::new(bus.0.stdout.take().unwrap())
-        .read_line(&mut address)
-        .unwrap();
-    assert!(!address.trim().is_empty(), "kdbusd --system did not start");
+    let (bus, address) = Bus::start(
+        Command::new(KDBUSD)
+            .arg("--system")
+            .arg(format!("--address=unix:path={}", sock.display()))
+            .arg("--nopidfile")
+            .stderr(Stdio::null()),
+    );
     assert_eq!(status_ids(bus.0.id(), "Uid:"), [uid; 4]);
     let own = Command::new("setpriv")
         .args([
