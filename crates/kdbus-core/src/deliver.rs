@@ -309,23 +309,15 @@ pub(crate) fn conn_write_message(
     let mask = dst.attach_recv & sender.attach_send;
     // The layout is shared by receivers that get the same items in the same
     // namespaces.
-    let view = dst.peer.ns.clone();
-    let key = (at.0, at.1, mask, crate::meta::ns_keys(view.as_deref()));
+    let view = dst.peer.ns.as_deref();
+    let key = (at.0, at.1, mask, crate::meta::ns_keys(view));
     if staged.key != Some(key) {
         if staged.now_gen != at.0 {
             staged.now_gen = at.0;
             staged.now = clock.now();
         }
         let (gen_seq, now) = (at.1, staged.now);
-        let (off, slots) = message_layout(
-            &mut staged.bytes,
-            req,
-            mask,
-            sender,
-            now,
-            gen_seq,
-            view.as_deref(),
-        );
+        let (off, slots) = message_layout(&mut staged.bytes, req, mask, sender, now, gen_seq, view);
         staged.key = Some(key);
         staged.data_off = off;
         staged.slots = slots;

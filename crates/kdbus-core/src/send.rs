@@ -306,20 +306,17 @@ impl Domain {
                     || self.msg_passes(src_key, t, f)
             });
         }
-        let wants_names = targets
-            .iter()
-            .filter_map(|t| self.conns.get(t))
-            .any(|c| c.attach_recv & sender.attach_send & attach::NAMES != 0);
-        if wants_names {
-            sender.names = bus_owned_names(bus, src_key);
-        }
+        // What any receiver asks for, of what the sender shows: its names, and what
+        // its process is now.
         let want = targets
             .iter()
             .filter_map(|t| self.conns.get(t))
             .fold(0, |w, c| w | c.attach_recv)
-            & sender.attach_send
-            & PROC_NOW_ITEMS;
-        proc_refresh(&*self.proc_facts, &mut sender, want);
+            & sender.attach_send;
+        if want & attach::NAMES != 0 {
+            sender.names = bus_owned_names(bus, src_key);
+        }
+        proc_refresh(&*self.proc_facts, &mut sender, want & PROC_NOW_ITEMS);
         self.seq += 1;
         let seq = self.seq;
         let mut overwhelmed = Vec::new();
