@@ -201,38 +201,38 @@ impl Bridge {
         why: &ActivationError,
     ) {
         use body::ErrName;
-        if let ActivationError::Systemd { error, text } = why {
-            route::error_named_to(dom, key, serial, error, text);
-            return;
-        }
+        let ours = |e: ErrName, text: String| (e.as_str(), text);
         let (e, text) = match why {
-            ActivationError::Exited(n) => (
+            ActivationError::Exited(n) => ours(
                 ErrName::SpawnChildExited,
                 format!("Process {name} exited with status {n}"),
             ),
-            ActivationError::Signaled(n) => (
+            ActivationError::Signaled(n) => ours(
                 ErrName::SpawnChildSignaled,
                 format!("Process {name} received signal {n}"),
             ),
-            ActivationError::ExecFailed(why) => (ErrName::SpawnExecFailed, why.clone()),
-            ActivationError::FileInvalid(why) => (ErrName::SpawnFileInvalid, why.clone()),
-            ActivationError::ServiceNotFound(why) => (ErrName::SpawnServiceNotFound, why.clone()),
-            ActivationError::FailedToSetup(why) => (ErrName::SpawnFailedToSetup, why.clone()),
-            ActivationError::Systemd { .. } => return,
-            ActivationError::TooMany(max) => (
+            ActivationError::ExecFailed(why) => ours(ErrName::SpawnExecFailed, why.clone()),
+            ActivationError::FileInvalid(why) => ours(ErrName::SpawnFileInvalid, why.clone()),
+            ActivationError::ServiceNotFound(why) => {
+                ours(ErrName::SpawnServiceNotFound, why.clone())
+            }
+            ActivationError::FailedToSetup(why) => ours(ErrName::SpawnFailedToSetup, why.clone()),
+            // systemd's own error, as it named it.
+            ActivationError::Systemd { error, text } => (error.as_str(), text.clone()),
+            ActivationError::TooMany(max) => ours(
                 ErrName::LimitsExceeded,
                 format!(
                     "The maximum number of pending activations has been reached, activation of {name} failed (max_pending_service_starts={max})"
                 ),
             ),
-            ActivationError::TimedOut(ms) => (
+            ActivationError::TimedOut(ms) => ours(
                 ErrName::TimedOut,
                 format!(
                     "Failed to activate service '{name}': timed out (service_start_timeout={ms}ms)"
                 ),
             ),
         };
-        route::error_to(dom, key, serial, e, &text);
+        route::error_named_to(dom, key, serial, e, &text);
     }
 
     /// Whether the bus was started with `--systemd-activation`.
