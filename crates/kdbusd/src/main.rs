@@ -99,7 +99,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or(args.log.clone());
-    logging_init(&args, filter);
+    // The configuration is read once: for where logs go, and for the bus.
+    let config = config_path_of(&args).map(|p| BusConfig::load(&p).map(|c| (p, c)));
+    let loaded = config.as_ref().and_then(|r| r.as_ref().ok()).map(|(_, c)| c);
+    logging_init(&args, filter, loaded);
     if let Some(config) = &args.activation_launcher {
         return match kdbusd::launcher_serve(config) {
             Ok(()) => ExitCode::SUCCESS,
@@ -109,7 +112,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(args) {
+    match run(args, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kdbusd: {e}");
@@ -121,12 +124,10 @@ fn main() -> ExitCode {
 /// Where logs go: standard error (coloured only on a terminal) unless
 /// `--syslog-only`, and the system log too with `--syslog`, `--syslog-only` or the
 /// configuration's `<syslog/>` (unless `--nosyslog`), as dbus-daemon decides.
-fn logging_init(args: &Args, filter: String) {
+fn logging_init(args: &Args, filter: String, config: Option<&BusConfig>) {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
-    let conf_says = config_path_of(args)
-        .and_then(|p| BusConfig::load(&p).ok())
-        .is_some_and(|c| c.syslog);
+    let conf_says = config.is_some_and(|c| c.syslog);
     let to_syslog = args.syslog || args.syslog_only || (conf_says && !args.nosyslog);
     let stderr = (!args.syslog_only).then(|| {
         tracing_subscriber::fmt::layer()
@@ -221,11 +222,18 @@ fn become_user(runtime_dirs: &[PathBuf], uid: u32, gid: u32) -> std::io::Result<
     Ok(())
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Serve as the command line says; `config` is the dbus-daemon configuration it
+/// names, as it loaded (or why not).
+fn run(
+    args: Args,
+    config: Option<Result<(PathBuf, BusConfig), kdbusd::config::ConfigError>>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let daemon_mode = args.session || args.system || args.config_file.is_some();
-    let config_path = config_path_of(&args);
     // Everything is checked before anything is bound.
-    let bus_config = config_path.as_deref().map(BusConfig::load).transpose()?;
+    let (config_path, bus_config) = match config.transpose()? {
+        Some((p, c)) => (Some(p), Some(c)),
+        None => (None, None),
+    };
     let run_as = run_as_of(bus_config.as_ref())?;
     // Bus names carry the uid of the user the broker serves as.
     let uid = run_as.map_or(rustix::process::getuid().as_raw(), |(u, _)| u);
