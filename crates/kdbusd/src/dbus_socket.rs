@@ -582,6 +582,14 @@ fn admits(c: &DBusClient, bus: &Bus<'_>) -> bool {
     let Some(b) = bus.domain.bus(c.bus) else {
         return false;
     };
+    let owner = c.uid == b.creator.creds.uid;
+    let mut gids = vec![c.peer.creds.gid];
+    if let Some(g) = &c.peer.groups {
+        gids.extend(g.chunks_exact(8).filter_map(|w| {
+            let id: u64 = kdbus_abi::read_struct(w)?;
+            u32::try_from(id).ok()
+        }));
+    }
     if let Some(ep) = c.endpoint {
         let Some(e) = b.endpoints.get(&ep) else {
             return false;
@@ -591,16 +599,8 @@ fn admits(c: &DBusClient, bus: &Bus<'_>) -> bool {
         let by_config = bus
             .admission
             .as_ref()
-            .is_none_or(|a| a.admits(c.uid, &[c.peer.creds.gid], c.uid == b.creator.creds.uid));
+            .is_none_or(|a| a.admits(c.uid, &gids, owner));
         return by_endpoint && by_config;
-    }
-    let owner = c.uid == b.creator.creds.uid;
-    let mut gids = vec![c.peer.creds.gid];
-    if let Some(g) = &c.peer.groups {
-        gids.extend(g.chunks_exact(8).filter_map(|w| {
-            let id: u64 = kdbus_abi::read_struct(w)?;
-            u32::try_from(id).ok()
-        }));
     }
     match &bus.admission {
         Some(a) => a.admits(c.uid, &gids, owner),
