@@ -189,10 +189,14 @@ fn namespaces_of<'a>(
     ppid: u32,
 ) -> Option<Arc<kdbus_core::meta::Namespaces>> {
     let (user, pid) = (ns_inode(proc, "user")?, ns_inode(proc, "pid")?);
-    let (home_user, home_pid) = (
-        ns_inode("/proc/self", "user"),
-        ns_inode("/proc/self", "pid"),
-    );
+    // The broker's own, which do not change while it runs.
+    static HOME: std::sync::OnceLock<(Option<u64>, Option<u64>)> = std::sync::OnceLock::new();
+    let &(home_user, home_pid) = HOME.get_or_init(|| {
+        (
+            ns_inode("/proc/self", "user"),
+            ns_inode("/proc/self", "pid"),
+        )
+    });
     let (user_home, pid_home) = (Some(user) == home_user, Some(pid) == home_pid);
     if user_home && pid_home {
         return None;
