@@ -101,7 +101,10 @@ fn main() -> ExitCode {
     let filter = std::env::var("RUST_LOG").unwrap_or(args.log.clone());
     // The configuration is read once: for where logs go, and for the bus.
     let config = config_path_of(&args).map(|p| BusConfig::load(&p).map(|c| (p, c)));
-    let loaded = config.as_ref().and_then(|r| r.as_ref().ok()).map(|(_, c)| c);
+    let loaded = config
+        .as_ref()
+        .and_then(|r| r.as_ref().ok())
+        .map(|(_, c)| c);
     logging_init(&args, filter, loaded);
     if let Some(config) = &args.activation_launcher {
         return match kdbusd::launcher_serve(config) {

@@ -376,3 +376,109 @@ fn a_privileged_proxy_speaks_with_the_metadata_it_gave_at_hello() {
         Some("system_u:system_r:proxy_t")
     );
 }
+
+const EXEC_ENV: &str = "KDBUS_EXEC_CHILD";
+const EXEC_FD_ENV: &str = "KDBUS_EXEC_FD";
+
+/// The sender of `a_process_that_execs_is_reported_with_its_new_program`: sends
+/// "before", then execs the program `KDBUS_EXEC_CHILD` names (a copy of this test
+/// binary elsewhere), keeping its connection's socket, whose new image sends "after"
+/// ([`exec_target`]).
+#[test]
+fn exec_child() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let Ok(spec) = std::env::var(EXEC_ENV) else {
+        return;
+    };
+    let mut parts = spec.split('|');
+    let (bus, dst, target) = (
+        parts.next().expect("bus"),
+        parts.next().expect("id"),
+        parts.next().expect("target"),
+    );
+    let c = ok(Connection::hello(bus, &test_hello()));
+    let dst: u64 = dst.parse().expect("an id");
+    ok(c.send(&Message::to(dst).cookie(1).payload(b"before")));
+    rustix::io::fcntl_setfd(c.as_fd(), rustix::io::FdFlags::empty()).expect("keep the socket");
+    let err = Command::new(target)
+        .args(["exec_target", "--exact", "--test-threads=1"])
+        .env_remove(EXEC_ENV)
+        .env(EXEC_FD_ENV, format!("{}|{dst}", c.as_fd().as_raw_fd()))
+        .exec();
+    panic!("exec: {err}");
+}
+
+/// The new image of [`exec_child`]: sends "after" on the socket it inherited, as a
+/// bare SEND request (its pool mapping did not survive the exec).
+#[test]
+fn exec_target() {
+    use kdbus::abi::wire::ReqHeader;
+    use std::os::fd::BorrowedFd;
+    use zerocopy::IntoBytes;
+    let Ok(spec) = std::env::var(EXEC_FD_ENV) else {
+        return;
+    };
+    let (fd, dst) = spec.split_once('|').expect("fd|id");
+    let (fd, dst): (i32, u64) = (fd.parse().unwrap(), dst.parse().unwrap());
+    // SAFETY: the socket our previous image kept open across exec for us; borrowed
+    // for the send only.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut body = Vec::new();
+    Message::to(dst)
+        .cookie(2)
+        .payload(b"after")
+        .encode_send(0, &mut body);
+    let header = ReqHeader {
+        cmd: kdbus::abi::cmd::SEND,
+        flags: 0,
+        req_id: 1,
+        body_len: body.len() as u64,
+    };
+    let mut datagram = header.as_bytes().to_vec();
+    datagram.extend_from_slice(&body);
+    datagram.resize(datagram.len().next_multiple_of(8), 0);
+    kdbus::transport::send_datagram(fd, &datagram, &[]).expect("send");
+    // The broker reads the request while this image is still there.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+}
+
+/// A process that execs another program between two messages on one connection is
+/// reported with the new program's `EXE` in the second.
+#[test]
+fn a_process_that_execs_is_reported_with_its_new_program() {
+    let b = Broker::start();
+    let rx = ok(Connection::hello(
+        &b.bus,
+        &test_hello().attach_recv(attach::EXE),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("exec-target");
+    std::fs::copy(std::env::current_exe().unwrap(), &target).expect("a copy");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["exec_child", "--exact", "--test-threads=1"])
+        .env(
+            EXEC_ENV,
+            format!("{}|{}|{}", b.bus.display(), rx.id(), target.display()),
+        )
+        .status()
+        .expect("the child runs");
+    assert!(status.success());
+    let exe_of = |m: &kdbus::Received<'_>| {
+        let raw = m.item(item::EXE).unwrap_or(&[]);
+        String::from_utf8_lossy(raw)
+            .trim_end_matches('\0')
+            .to_string()
+    };
+    let first = ok(rx.recv_timeout(Some(SOON)));
+    assert_eq!(first.payload_bytes(), b"before");
+    let before = exe_of(&first);
+    drop(first);
+    let second = ok(rx.recv_timeout(Some(SOON)));
+    assert_eq!(second.payload_bytes(), b"after");
+    assert_eq!(
+        before,
+        std::env::current_exe().unwrap().display().to_string()
+    );
+    assert_eq!(exe_of(&second), target.display().to_string());
+}
