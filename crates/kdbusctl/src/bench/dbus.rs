@@ -567,22 +567,20 @@ pub(crate) fn start_dbus_broker(kdbusd: &str) -> BenchResult<Started> {
     let parent = start_daemon_like("dbus-broker-parent", kdbusd)?;
     let lfd = std::os::unix::net::UnixListener::bind(&sock)?;
     let fd: OwnedFd = lfd.into();
+    // The listener comes in as stdin and becomes fd 3 (`LISTEN_FDS`): a shell
+    // redirects only single-digit fds, and ours may be past 9.
     let script = format!(
-        "exec 3<&{} && LISTEN_FDS=1 LISTEN_PID=$$ exec dbus-broker-launch --scope user --config-file {}",
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        "exec 3<&0 0</dev/null && LISTEN_FDS=1 LISTEN_PID=$$ exec dbus-broker-launch --scope user --config-file {}",
         conf.display()
     );
-    // The listener must survive exec: clear its close-on-exec flag.
-    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty())?;
     let child = Command::new("/bin/sh")
         .args(["-c", &script])
         .env("DBUS_SESSION_BUS_ADDRESS", &parent.address)
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(fd))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("dbus-broker-launch: {e}"))?;
-    drop(fd);
     let address = format!("unix:path={}", sock.display());
     for _ in 0..60 {
         if Client::connect(&address).is_ok() {

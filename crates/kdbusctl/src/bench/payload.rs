@@ -2,8 +2,10 @@
 //!
 //! A client calls an echo service with SIZE bytes and gets them back, on the native
 //! path with the bytes copied into the receivers' pools (payload vectors) and, with
-//! `--memfd`, passed as sealed memfds (the bus copies nothing: the client fills a new
-//! memfd per call, the service maps it, reads it and answers with the same file);
+//! `--memfd`, passed as sealed memfds (the bus copies nothing; the service maps the
+//! file, reads it and answers with the same one): a new memfd per call, filled by the
+//! client, and one filled once and sent with every call (data that already lives in
+//! a file);
 //! next to the same call through dbus-broker's and kdbusd's D-Bus sockets, started
 //! for the run. Both sides read every byte they receive (a checksum), so the numbers
 //! are for data that was looked at, not just moved. The workloads take turns, so
@@ -21,12 +23,16 @@ use std::time::{Duration, Instant};
 /// How the turns are split.
 const TURNS: usize = 10;
 
-/// A cheap read of every 8 bytes (what a receiver that looks at its data pays).
+/// A cheap read of every byte (what a receiver that looks at its data pays): words
+/// summed, then the tail.
 fn checksum(b: &[u8]) -> u64 {
-    b.chunks(8).fold(0u64, |s, c| {
-        let mut w = [0u8; 8];
-        w[..c.len()].copy_from_slice(c);
-        s.wrapping_add(u64::from_ne_bytes(w))
+    let words = b.chunks_exact(8);
+    let tail = words
+        .remainder()
+        .iter()
+        .fold(0u64, |s, x| s.wrapping_add(*x as u64));
+    words.fold(tail, |s, w| {
+        s.wrapping_add(u64::from_ne_bytes(w.try_into().unwrap_or([0; 8])))
     })
 }
 
@@ -68,26 +74,45 @@ fn serve(c: Connection) {
     }
 }
 
+/// How a native workload carries its bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Carry {
+    /// Payload vectors, copied into the receivers' pools.
+    Copied,
+    /// A new sealed memfd per call, filled by the client.
+    Memfd,
+    /// One sealed memfd, filled once and sent with every call (data that already
+    /// lives in a file, such as a blob handed to many).
+    MemfdKept,
+}
+
 /// One native workload: the client and its service.
 struct Native {
     client: Connection,
     server_id: u64,
-    memfd: bool,
+    carry: Carry,
+    kept: Option<rustix::fd::OwnedFd>,
     samples: Vec<Duration>,
     elapsed: Duration,
 }
 
 impl Native {
-    fn start(bus: &Path, memfd: bool, size: usize) -> BenchResult<Native> {
+    fn start(bus: &Path, carry: Carry, data: &[u8]) -> BenchResult<Native> {
+        let size = data.len();
         let pool = ((4 * size as u64) + (1 << 20)).next_power_of_two();
         let opts = HelloOptions::new().pool_size(pool);
         let server = Connection::hello(bus, &opts)?;
         let server_id = server.id();
         std::thread::spawn(move || serve(server));
+        let kept = match carry {
+            Carry::MemfdKept => Some(memfd_sealed(data)?),
+            _ => None,
+        };
         Ok(Native {
             client: Connection::hello(bus, &opts)?,
             server_id,
-            memfd,
+            carry,
+            kept,
             samples: Vec::new(),
             elapsed: Duration::ZERO,
         })
@@ -98,12 +123,18 @@ impl Native {
         for i in 0..n {
             let t0 = Instant::now();
             let msg = Message::to(self.server_id).cookie(i as u64 + 1);
-            let got = if self.memfd {
-                let fd = memfd_sealed(data)?;
-                let r = self.client.call(
-                    msg.memfd(fd.as_fd(), 0, data.len() as u64),
-                    Duration::from_secs(10),
-                )?;
+            let got = if self.carry != Carry::Copied {
+                let fresh;
+                let fd = match &self.kept {
+                    Some(fd) => fd.as_fd(),
+                    None => {
+                        fresh = memfd_sealed(data)?;
+                        fresh.as_fd()
+                    }
+                };
+                let r = self
+                    .client
+                    .call(msg.memfd(fd, 0, data.len() as u64), Duration::from_secs(10))?;
                 let views = r.memfds()?;
                 views
                     .iter()
@@ -167,13 +198,18 @@ pub fn run(bus: &Path, size: usize, rounds: usize, memfd: bool, as_json: bool) -
     let kdbusd = kdbusd.to_string_lossy().into_owned();
     let mut loads: Vec<(String, Workload)> = vec![(
         "native, copied".into(),
-        Workload::Native(Native::start(bus, false, size)?),
+        Workload::Native(Native::start(bus, Carry::Copied, &data)?),
     )];
     if memfd {
-        loads.push((
-            "native, memfd".into(),
-            Workload::Native(Native::start(bus, true, size)?),
-        ));
+        for (name, carry) in [
+            ("native, memfd per call", Carry::Memfd),
+            ("native, memfd kept", Carry::MemfdKept),
+        ] {
+            loads.push((
+                name.into(),
+                Workload::Native(Native::start(bus, carry, &data)?),
+            ));
+        }
     }
     for (name, start) in [
         (
