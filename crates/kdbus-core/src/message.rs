@@ -405,6 +405,8 @@ pub fn meta_write(
         let mut ids = m
             .peer
             .ids
+            .as_deref()
+            .copied()
             .filter(|_| same)
             .unwrap_or([u, u, u, u, g, g, g, g]);
         // A privileged proxy's word, as it gave it at HELLO (kdbus did not map it).

@@ -45,8 +45,10 @@ pub struct Peer {
     /// broker's own; ids and pids need no translation).
     pub ns: Option<Arc<Namespaces>>,
     /// Real, effective, saved and filesystem uids, then gids, as `/proc` showed them
-    /// when it connected (a datagram carries only the real ones).
-    pub ids: Option<[u32; 8]>,
+    /// when it connected (a datagram carries only the real ones); `None` when they
+    /// are the real ones four times, as for almost every process (boxed: a
+    /// connection's memory stays small).
+    pub ids: Option<Box<[u32; 8]>>,
     /// What a privileged caller said at HELLO its messages are to show instead of
     /// its own (kdbus's faked metadata, for proxies that speak for others).
     pub faked: Option<Arc<Faked>>,

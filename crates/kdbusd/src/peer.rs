@@ -130,7 +130,10 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
     };
     let ids = four("Uid:").zip(four("Gid:")).and_then(|(u, g)| {
         let all: Vec<u32> = u.into_iter().chain(g).collect();
-        <[u32; 8]>::try_from(all).ok()
+        let ids = <[u32; 8]>::try_from(all).ok()?;
+        // Kept only when they say more than the real ids would.
+        let plain = ids[..4].iter().all(|&x| x == ids[0]) && ids[4..].iter().all(|&x| x == ids[4]);
+        (!plain).then(|| Box::new(ids))
     });
     Peer {
         creds,
