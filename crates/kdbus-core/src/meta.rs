@@ -113,8 +113,8 @@ pub fn ns_keys(ns: Option<&Namespaces>) -> (u64, u64) {
 
 /// The process behind a message, as it is when the message is sent.
 pub trait ProcFacts {
-    /// `peer` with the items of `want` (`PID_COMM`, `TID_COMM`, `EXE`, `CMDLINE`) as
-    /// the sending process `pid` shows them now; `None`: keep what was taken when the
+    /// `peer` with the items of `want` (those of [`PROC_NOW_ITEMS`]) as the sending
+    /// process `pid` shows them now; `None`: keep what was taken when the
     /// connection was made (the reader has nothing newer, or could not be sure the
     /// process is still the one that sent).
     fn proc_now(&self, peer: &Peer, pid: u32, want: u64) -> Option<Peer>;
@@ -133,4 +133,7 @@ impl ProcFacts for NoProcFacts {
 pub const PROC_NOW_ITEMS: u64 = kdbus_abi::attach::PID_COMM
     | kdbus_abi::attach::TID_COMM
     | kdbus_abi::attach::EXE
-    | kdbus_abi::attach::CMDLINE;
+    | kdbus_abi::attach::CMDLINE
+    | kdbus_abi::attach::CGROUP
+    | kdbus_abi::attach::AUXGROUPS
+    | kdbus_abi::attach::CAPS;

@@ -102,14 +102,7 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
     let cap_eff = field("CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok());
     let privileged = creds.uid == 0 || cap_eff.is_some_and(|caps| caps & (1 << CAP_IPC_OWNER) != 0);
     let ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let groups = field("Groups:").map(|g| {
-        let v: Vec<u8> = g
-            .split_whitespace()
-            .filter_map(|x| x.parse::<u64>().ok())
-            .flat_map(u64::to_ne_bytes)
-            .collect();
-        interned.bytes(&v)
-    });
+    let groups = field("Groups:").map(|g| interned.bytes(&groups_item(g)));
     let cgroup = std::fs::read_to_string(format!("{proc}/cgroup"))
         .ok()
         .and_then(|c| proc_cgroup_path(&c).map(|p| interned.str(p)));
@@ -231,8 +224,8 @@ fn namespaces_of<'a>(
     }))
 }
 
-/// Reads a sending process's `comm`, `exe` and `cmdline` from `/proc` when a message is
-/// sent (the core asks only for what a receiver wants). The pid comes with the message
+/// Reads a sending process's `comm`, `exe`, `cmdline`, cgroup, groups and capabilities
+/// from `/proc` when a message is sent (the core asks only for what a receiver wants). The pid comes with the message
 /// (`SCM_CREDENTIALS`); between the send and this read the process may have exited and
 /// its pid gone to another process. When the sender is the process that connected, its
 /// pidfd settles it: read first, then check that process is still there (until it is
@@ -269,6 +262,26 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
                 strings.bytes(&v)
             });
         }
+        if want & attach::CGROUP != 0 {
+            p.cgroup = std::fs::read_to_string(format!("{proc}/cgroup"))
+                .ok()
+                .and_then(|c| proc_cgroup_path(&c).map(|p| strings.str(p)));
+        }
+        if want & (attach::AUXGROUPS | attach::CAPS) != 0 {
+            let status = std::fs::read_to_string(format!("{proc}/status")).unwrap_or_default();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+            };
+            if want & attach::AUXGROUPS != 0 {
+                p.groups = field("Groups:").map(|g| strings.bytes(&groups_item(g)));
+            }
+            if want & attach::CAPS != 0 {
+                p.caps = proc_caps(&field).map(|c| strings.bytes(&c));
+            }
+        }
         let same_process = pid == peer.creds.pid;
         let pidfd = peer.pidfd.as_ref().and_then(|f| f.first());
         if let (true, Some(fd)) = (same_process, pidfd) {
@@ -278,6 +291,14 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
         }
         Some(p)
     }
+}
+
+/// The `AUXGROUPS` payload (one u64 each) of a `/proc/PID/status` `Groups:` line.
+fn groups_item(line: &str) -> Vec<u8> {
+    line.split_whitespace()
+        .filter_map(|x| x.parse::<u64>().ok())
+        .flat_map(u64::to_ne_bytes)
+        .collect()
 }
 
 /// The unified hierarchy's path (`0::PATH`), else the first hierarchy's.
@@ -290,11 +311,15 @@ fn proc_cgroup_path(c: &str) -> Option<&str> {
 
 /// `struct kdbus_caps` from the four capability sets of `/proc/PID/status`.
 fn proc_caps<'a>(field: &impl Fn(&str) -> Option<&'a str>) -> Option<Vec<u8>> {
-    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    // The kernel's, which does not change while it runs.
+    static LAST_CAP: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let last_cap = (*LAST_CAP.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }))?;
     let valid = if last_cap >= 63 {
         !0u64
     } else {

@@ -482,3 +482,50 @@ fn a_process_that_execs_is_reported_with_its_new_program() {
     );
     assert_eq!(exe_of(&second), target.display().to_string());
 }
+
+const GROUPS_ENV: &str = "KDBUS_GROUPS_CHILD";
+
+/// The sender of `groups_changed_after_connecting_are_reported`: connects, takes the
+/// supplementary group 4242 alone, then sends.
+#[test]
+fn groups_child() {
+    let Ok(spec) = std::env::var(GROUPS_ENV) else {
+        return;
+    };
+    let (bus, dst) = spec.split_once('|').expect("bus|id");
+    let c = ok(Connection::hello(bus, &test_hello()));
+    let groups: [libc::gid_t; 1] = [4242];
+    // SAFETY: setgroups reads one gid from a live local array; glibc applies it to
+    // every thread.
+    assert_eq!(
+        unsafe { libc::setgroups(1, groups.as_ptr()) },
+        0,
+        "setgroups"
+    );
+    let dst: u64 = dst.parse().expect("an id");
+    ok(c.send(&Message::to(dst).cookie(1).payload(b"groups")));
+}
+
+/// `AUXGROUPS` are the sender's groups when it sends, not when it connected. Needs
+/// root (to change groups).
+#[test]
+fn groups_changed_after_connecting_are_reported() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let b = Broker::start();
+    let rx = ok(Connection::hello(
+        &b.bus,
+        &test_hello().attach_recv(attach::AUXGROUPS),
+    ));
+    run_sender("groups_child", GROUPS_ENV, &b.bus, rx.id());
+    let m = ok(rx.recv_timeout(Some(SOON)));
+    let groups: Vec<u64> = m
+        .item(item::AUXGROUPS)
+        .unwrap_or(&[])
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(groups, [4242]);
+}
