@@ -93,12 +93,7 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         interned.bytes(&v)
     });
     let status = std::fs::read_to_string(format!("{proc}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
+    let field = |name: &str| status_field(&status, name);
     let cap_eff = field("CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok());
     let privileged = creds.uid == 0 || cap_eff.is_some_and(|caps| caps & (1 << CAP_IPC_OWNER) != 0);
     let ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -165,15 +160,9 @@ fn id_map(path: &str) -> Vec<(u32, u32, u32)> {
         .collect()
 }
 
-/// The last of a `/proc/PID/status` `NSpid:` line: the pid in its own namespace.
-fn own_ns_pid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))?
-        .split_whitespace()
-        .last()?
-        .parse()
-        .ok()
+/// The last pid of a `/proc/PID/status` `NSpid:` value: the pid in its own namespace.
+fn own_ns_pid(nspid: &str) -> Option<u32> {
+    nspid.split_whitespace().last()?.parse().ok()
 }
 
 /// The namespaces of the process at `proc` (`/proc/PID`) where they are not the
@@ -197,19 +186,14 @@ fn namespaces_of<'a>(
     if user_home && pid_home {
         return None;
     }
-    let nspid = field("NSpid:").unwrap_or("");
-    let own = nspid
-        .split_whitespace()
-        .last()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let own = field("NSpid:").and_then(own_ns_pid).unwrap_or(0);
     // Its parent, in the same namespace, is named there; an init process's parent
     // is outside it.
     let parent_ns = ns_inode(&format!("/proc/{ppid}"), "pid");
     let own_ppid = match parent_ns == Some(pid) {
         true => std::fs::read_to_string(format!("/proc/{ppid}/status"))
             .ok()
-            .and_then(|s| own_ns_pid(&s))
+            .and_then(|s| status_field(&s, "NSpid:").and_then(own_ns_pid))
             .unwrap_or(0),
         false => 0,
     };
@@ -269,12 +253,7 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
         }
         if want & (attach::AUXGROUPS | attach::CAPS) != 0 {
             let status = std::fs::read_to_string(format!("{proc}/status")).unwrap_or_default();
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(str::trim)
-            };
+            let field = |name: &str| status_field(&status, name);
             if want & attach::AUXGROUPS != 0 {
                 p.groups = field("Groups:").map(|g| strings.bytes(&groups_item(g)));
             }
@@ -291,6 +270,14 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
         }
         Some(p)
     }
+}
+
+/// The value of a `/proc/PID/status` line `name` (`"Groups:"`, `"CapEff:"`, ...).
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
 }
 
 /// The `AUXGROUPS` payload (one u64 each) of a `/proc/PID/status` `Groups:` line.
