@@ -42,6 +42,19 @@ fn ping(c: &zbus::blocking::Connection, dest: &str) -> String {
     }
 }
 
+/// The activatable names of the tests (`org.kdbus.*`), sorted.
+fn kdbus_activatable(c: &zbus::blocking::Connection) -> Vec<String> {
+    let mut names: Vec<String> = driver(c, "ListActivatableNames", &())
+        .ok()
+        .and_then(|m| m.body().deserialize::<Vec<String>>().ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with("org.kdbus."))
+        .collect();
+    names.sort();
+    names
+}
+
 /// A service that owns `name` on the bus at `address` and answers `Ping` with "pong"
 /// until the bus goes.
 fn pong_service(address: &str, name: &str) {
@@ -134,14 +147,7 @@ fn a_call_to_an_activatable_name_starts_its_service() {
     let (_services, extra) = test_services();
     let script = |address: &str| {
         let c = zconn(address);
-        let mut names: Vec<String> = driver(&c, "ListActivatableNames", &())
-            .ok()
-            .and_then(|m| m.body().deserialize::<Vec<String>>().ok())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n.starts_with("org.kdbus."))
-            .collect();
-        names.sort();
+        let names = kdbus_activatable(&c);
         let call = |dest: &str| ping(&c, dest);
         vec![
             names.join(","),
@@ -334,12 +340,7 @@ fn activatable_services_changed_after_a_reload_and_a_new_service_file() {
                 )
             })
         };
-        let activatable = || {
-            driver(&c, "ListActivatableNames", &())
-                .ok()
-                .and_then(|m| m.body().deserialize::<Vec<String>>().ok())
-                .is_some_and(|v| v.iter().any(|n| n == "org.kdbus.New"))
-        };
+        let activatable = || kdbus_activatable(&c).iter().any(|n| n == "org.kdbus.New");
         let mut t = vec![reply_text(driver(&c, "ReloadConfig", &()))];
         t.push(changed());
         t.push(format!("new activatable before: {}", activatable()));
@@ -471,15 +472,7 @@ fn the_transient_service_directory_is_a_standard_one() {
     }
     let script = |address: &str| {
         let c = zconn(address);
-        let mut names: Vec<String> = driver(&c, "ListActivatableNames", &())
-            .ok()
-            .and_then(|m| m.body().deserialize::<Vec<String>>().ok())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n.starts_with("org.kdbus."))
-            .collect();
-        names.sort();
-        vec![names.join(",")]
+        vec![kdbus_activatable(&c).join(",")]
     };
     let runtime = runtime.path().to_str().unwrap();
     both_with_env(

@@ -14,17 +14,23 @@ const CHILD_ENV: &str = "KDBUS_METADATA_CHILD";
 /// sends "after".
 #[test]
 fn metadata_child() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
+    let Some((bus, dst)) = child_spec(CHILD_ENV) else {
         return;
     };
-    let (bus, dst) = spec.split_once('|').expect("bus|id");
-    let c = ok(Connection::hello(bus, &test_hello()));
-    let dst: u64 = dst.parse().expect("an id");
+    let c = ok(Connection::hello(&bus, &test_hello()));
     ok(c.send(&Message::to(dst).cookie(1).payload(b"before")));
     // The process's name (its main thread's, which /proc/self/comm is): what
     // PR_SET_NAME on the main thread sets.
     std::fs::write("/proc/self/comm", "renamed-by-test").expect("rename");
     ok(c.send(&Message::to(dst).cookie(2).payload(b"after")));
+}
+
+/// In a sending child: the bus and receiver id the parent gave in `env` (`None`:
+/// not run as a child; see [`run_sender`]).
+fn child_spec(env: &str) -> Option<(String, u64)> {
+    let spec = std::env::var(env).ok()?;
+    let (bus, dst) = spec.split_once('|').expect("bus|id");
+    Some((bus.to_string(), dst.parse().expect("an id")))
 }
 
 /// Run this test binary's `test` as a sending process of its own, told the bus and
@@ -74,16 +80,14 @@ const REUSE_ENV: &str = "KDBUS_PID_REUSE_CHILD";
 /// stdin) and then waits to be killed.
 #[test]
 fn pid_reuse_child() {
-    let Ok(spec) = std::env::var(REUSE_ENV) else {
+    let Some((bus, dst)) = child_spec(REUSE_ENV) else {
         return;
     };
-    let (bus, dst) = spec.split_once('|').expect("bus|id");
     std::fs::write("/proc/self/comm", "first-process").expect("rename");
-    let c = ok(Connection::hello(bus, &test_hello()));
+    let c = ok(Connection::hello(&bus, &test_hello()));
     println!("connected");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).expect("told to send");
-    let dst: u64 = dst.parse().expect("an id");
     let _ = c.send(&Message::to(dst).cookie(1).payload(b"from the first"));
     std::thread::sleep(std::time::Duration::from_secs(60));
 }
@@ -270,15 +274,13 @@ const IDS_ENV: &str = "KDBUS_IDS_CHILD";
 /// The sender of `creds_carry_all_four_ids`: real and effective ids 1, saved ids 0.
 #[test]
 fn ids_child() {
-    let Ok(spec) = std::env::var(IDS_ENV) else {
+    let Some((bus, dst)) = child_spec(IDS_ENV) else {
         return;
     };
-    let (bus, dst) = spec.split_once('|').expect("bus|id");
     // SAFETY: plain system calls on integers; glibc applies them to every thread.
     let r = unsafe { (libc::setresgid(1, 1, 0), libc::setresuid(1, 1, 0)) };
     assert_eq!(r, (0, 0), "setresuid");
-    let c = ok(Connection::hello(bus, &test_hello()));
-    let dst: u64 = dst.parse().expect("an id");
+    let c = ok(Connection::hello(&bus, &test_hello()));
     ok(c.send(&Message::to(dst).cookie(1).payload(b"ids")));
 }
 
@@ -397,8 +399,8 @@ fn exec_child() {
         parts.next().expect("id"),
         parts.next().expect("target"),
     );
-    let c = ok(Connection::hello(bus, &test_hello()));
     let dst: u64 = dst.parse().expect("an id");
+    let c = ok(Connection::hello(bus, &test_hello()));
     ok(c.send(&Message::to(dst).cookie(1).payload(b"before")));
     rustix::io::fcntl_setfd(c.as_fd(), rustix::io::FdFlags::empty()).expect("keep the socket");
     let err = Command::new(target)
@@ -489,11 +491,10 @@ const GROUPS_ENV: &str = "KDBUS_GROUPS_CHILD";
 /// supplementary group 4242 alone, then sends.
 #[test]
 fn groups_child() {
-    let Ok(spec) = std::env::var(GROUPS_ENV) else {
+    let Some((bus, dst)) = child_spec(GROUPS_ENV) else {
         return;
     };
-    let (bus, dst) = spec.split_once('|').expect("bus|id");
-    let c = ok(Connection::hello(bus, &test_hello()));
+    let c = ok(Connection::hello(&bus, &test_hello()));
     let groups: [libc::gid_t; 1] = [4242];
     // SAFETY: setgroups reads one gid from a live local array; glibc applies it to
     // every thread.
@@ -502,7 +503,6 @@ fn groups_child() {
         0,
         "setgroups"
     );
-    let dst: u64 = dst.parse().expect("an id");
     ok(c.send(&Message::to(dst).cookie(1).payload(b"groups")));
 }
 

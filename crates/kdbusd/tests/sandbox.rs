@@ -76,34 +76,8 @@ fn a_sandboxed_user_sees_and_calls_only_the_granted_name() {
     ok(granted.acquire_name(GRANTED, name_flags::ALLOW_REPLACEMENT));
     let hidden = conn();
     ok(hidden.acquire_name(HIDDEN, 0));
-    let grants = [Grant {
-        name: GRANTED.into(),
-        level: 1, // TALK
-    }];
-    let ep = ok(EndpointOwner::make(
-        &bus.endpoint,
-        &format!("{}-app", uid()),
-        make_flags::ACCESS_WORLD,
-        &grants,
-    ));
-    let mut child = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "sandbox_helper",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HELPER_ENV, &ep.path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("setpriv");
-    let mut lines = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| l.find("SANDBOX ").map(|i| l[i + 8..].to_owned()));
+    let ep = granted_endpoint(&bus.endpoint, "app");
+    let (mut child, mut lines) = as_nobody("sandbox_helper", HELPER_ENV, ep.path.as_os_str());
     // What it sees first; then answer its call, and wait until it listens.
     let mut said: Vec<String> = lines.by_ref().take(1).collect();
     assert_eq!(said.len(), 1, "the sandboxed client said nothing");
@@ -149,6 +123,44 @@ fn a_sandboxed_user_sees_and_calls_only_the_granted_name() {
             "heard=".to_string(),
         ]
     );
+}
+
+/// A custom endpoint `<uid>-<suffix>` of the bus at `bus`, open to everyone, whose
+/// policy grants TALK on `GRANTED` alone.
+fn granted_endpoint(bus: &std::path::Path, suffix: &str) -> EndpointOwner {
+    let grants = [Grant {
+        name: GRANTED.into(),
+        level: 1, // TALK
+    }];
+    ok(EndpointOwner::make(
+        bus,
+        &format!("{}-{suffix}", uid()),
+        make_flags::ACCESS_WORLD,
+        &grants,
+    ))
+}
+
+/// Run this binary's `test` as `nobody` (through `setpriv`), told `value` in `env`:
+/// the child, and what it says on its `SANDBOX` lines.
+fn as_nobody(
+    test: &str,
+    env: &str,
+    value: &std::ffi::OsStr,
+) -> (std::process::Child, impl Iterator<Item = String>) {
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(env, value)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| l.find("SANDBOX ").map(|i| l[i + 8..].to_owned()));
+    (child, lines)
 }
 
 fn bus_bloom(c: &Connection) -> abi::BloomParameter {
@@ -288,33 +300,10 @@ fn a_sandboxed_dbus_program_sees_and_calls_only_the_granted_name() {
     });
     let hidden = zconn();
     own(&hidden, HIDDEN);
-    let grants = [Grant {
-        name: GRANTED.into(),
-        level: 1, // TALK
-    }];
-    let ep = ok(EndpointOwner::make(
-        &bus.endpoint,
-        &format!("{}-dbusapp", uid()),
-        make_flags::ACCESS_WORLD,
-        &grants,
-    ));
-    let mut child = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "dbus_sandbox_helper",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(DBUS_HELPER_ENV, format!("{}.dbus", ep.path.display()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("setpriv");
-    let mut lines = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| l.find("SANDBOX ").map(|i| l[i + 8..].to_owned()));
+    let ep = granted_endpoint(&bus.endpoint, "dbusapp");
+    let dbus_socket = format!("{}.dbus", ep.path.display());
+    let (mut child, mut lines) =
+        as_nobody("dbus_sandbox_helper", DBUS_HELPER_ENV, dbus_socket.as_ref());
     let mut said = Vec::new();
     for l in lines.by_ref() {
         let ready = l == "ready";
