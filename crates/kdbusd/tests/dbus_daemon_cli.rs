@@ -36,8 +36,13 @@ fn write_config(dir: &Path, listen: &str) -> std::path::PathBuf {
 
 /// Start with `args` and read the first stdout line (the printed address).
 fn start(args: &[&str]) -> (Daemon, String) {
-    let mut child = Command::new(KDBUSD)
-        .args(args)
+    start_program(Command::new(KDBUSD).args(args))
+}
+
+/// Start `cmd` (kdbusd or dbus-daemon, told to print its address) and read the first
+/// stdout line.
+fn start_program(cmd: &mut Command) -> (Daemon, String) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -404,20 +409,12 @@ fn listen_addresses_as_dbus_daemon_takes_them() {
         let mut got = Vec::new();
         for program in ["dbus-daemon", KDBUSD] {
             let _ = std::fs::remove_file(dir.path().join("p"));
-            let mut child = Command::new(program)
-                .args(["--session", "--nofork", "--print-address"])
-                .arg(format!("--address={form}"))
-                .env("XDG_RUNTIME_DIR", &runtime)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("{program}: {e}"));
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            let daemon = Daemon(child);
-            let address = line.trim().to_string();
+            let (daemon, address) = start_program(
+                Command::new(program)
+                    .args(["--session", "--nofork", "--print-address"])
+                    .arg(format!("--address={form}"))
+                    .env("XDG_RUNTIME_DIR", &runtime),
+            );
             assert!(!get_id(&address).is_empty(), "{program} on {form}");
             got.push(shape(&address));
             drop(daemon);

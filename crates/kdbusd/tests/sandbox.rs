@@ -7,6 +7,8 @@
 //! Needs root (to make the endpoint and drop to `nobody`) and setpriv.
 
 mod common;
+#[path = "common/diff.rs"]
+mod diff;
 use common::*;
 use kdbus::abi::{self, list_flags, make_flags, name_flags};
 use kdbus::bloom::Bloom;
@@ -257,7 +259,7 @@ fn dbus_sandbox_helper() {
 /// not see; the granted service's signal is the positive control.
 #[test]
 fn a_sandboxed_dbus_program_sees_and_calls_only_the_granted_name() {
-    use zbus::blocking::{connection::Builder, Connection as ZConn, MessageIterator};
+    use zbus::blocking::MessageIterator;
     if !root_or_skip("to drop to nobody") {
         return;
     }
@@ -268,25 +270,11 @@ fn a_sandboxed_dbus_program_sees_and_calls_only_the_granted_name() {
         "unix:path={}",
         bus.endpoint.with_file_name("dbus").display()
     );
-    let zconn = || {
-        Builder::address(dbus.as_str())
-            .and_then(|b| b.method_timeout(Duration::from_secs(10)).build())
-            .expect("root connects")
-    };
-    let own = |c: &ZConn, name: &str| {
-        c.call_method(
-            Some("org.freedesktop.DBus"),
-            "/org/freedesktop/DBus",
-            Some("org.freedesktop.DBus"),
-            "RequestName",
-            &(name, 4u32),
-        )
-        .expect("RequestName");
-    };
+    let zconn = || diff::zconn(&dbus);
     // The granted service answers Ping; the hidden one is only there.
     let granted = zconn();
     let it = MessageIterator::from(&granted);
-    own(&granted, GRANTED);
+    diff::request_name(&granted, GRANTED);
     let g = granted.clone();
     std::thread::spawn(move || {
         for m in it.flatten() {
@@ -299,7 +287,7 @@ fn a_sandboxed_dbus_program_sees_and_calls_only_the_granted_name() {
         }
     });
     let hidden = zconn();
-    own(&hidden, HIDDEN);
+    diff::request_name(&hidden, HIDDEN);
     let ep = granted_endpoint(&bus.endpoint, "dbusapp");
     let dbus_socket = format!("{}.dbus", ep.path.display());
     let (mut child, mut lines) =
@@ -319,7 +307,7 @@ fn a_sandboxed_dbus_program_sees_and_calls_only_the_granted_name() {
         .expect("emit");
     let _ = hidden.call_method(Some(GRANTED), "/", Some("org.example.S"), "Ping", &());
     let other = zconn();
-    own(&other, "org.example.Other");
+    diff::request_name(&other, "org.example.Other");
     drop(other);
     hidden
         .call_method(
