@@ -83,6 +83,19 @@ pub(crate) fn stats(mut samples: Vec<Duration>, total: Duration) -> Stats {
     }
 }
 
+/// A cheap read of every byte (what a receiver that looks at its data pays): words
+/// summed, then the tail.
+pub(crate) fn checksum(b: &[u8]) -> u64 {
+    let words = b.chunks_exact(8);
+    let tail = words
+        .remainder()
+        .iter()
+        .fold(0u64, |s, x| s.wrapping_add(*x as u64));
+    words.fold(tail, |s, w| {
+        s.wrapping_add(u64::from_ne_bytes(w.try_into().unwrap_or([0; 8])))
+    })
+}
+
 pub(crate) type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Run `round` a tenth of `rounds` times to warm up, then `rounds` times timed.

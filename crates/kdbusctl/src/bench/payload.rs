@@ -13,7 +13,7 @@
 //! call.
 
 use super::dbus::{self, RoundTrips};
-use super::{stats, BenchResult, Stats};
+use super::{checksum, stats, BenchResult, Stats};
 use kdbus::{memfd_sealed, Connection, HelloOptions, Message};
 use serde_json::json;
 use std::os::fd::AsFd;
@@ -22,19 +22,6 @@ use std::time::{Duration, Instant};
 
 /// How the turns are split.
 const TURNS: usize = 10;
-
-/// A cheap read of every byte (what a receiver that looks at its data pays): words
-/// summed, then the tail.
-fn checksum(b: &[u8]) -> u64 {
-    let words = b.chunks_exact(8);
-    let tail = words
-        .remainder()
-        .iter()
-        .fold(0u64, |s, x| s.wrapping_add(*x as u64));
-    words.fold(tail, |s, w| {
-        s.wrapping_add(u64::from_ne_bytes(w.try_into().unwrap_or([0; 8])))
-    })
-}
 
 /// The native echo service: reads what came (vectors or memfds) and answers with it.
 fn serve(c: Connection) {
