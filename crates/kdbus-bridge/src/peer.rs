@@ -252,7 +252,9 @@ impl DBusPeer {
         if !self.quota.admits(charge, most, n_fds) {
             return Err(Errno::ENOBUFS);
         }
-        let buf = out.buf();
+        // Room for all of it at once: growing by doubling would copy a large
+        // message's start several times over, into fresh pages.
+        let buf = out.buf_for(most as usize);
         let at = buf.len();
         if h.sender == Some(sender) {
             buf.extend_from_slice(&msg[..h.total_len()]);

@@ -40,8 +40,10 @@ pub enum DBusFatal {
 /// The largest payload of a D-Bus peer's message: one of the protocol's maximum size
 /// after the bus rewrote its header (a sender field of a unique name).
 const DBUS_MAX_PAYLOAD: u64 = header::MAX_MESSAGE_SIZE as u64 + 1024;
-/// The largest message buffer kept for reuse; one for a larger message is freed after it.
-const SEND_KEEP_BYTES: usize = 1 << 20;
+/// The largest message buffer kept for reuse (one, for the whole bridge): enough for a
+/// stream of messages of a few MiB to reuse warm memory; one for a larger message is
+/// freed after it.
+const SEND_KEEP_BYTES: usize = 4 << 20;
 /// The FDS item as the bus writes it: the fds travel beside the message.
 static NO_FDS: [u8; kdbus_abi::limits::MSG_MAX_FDS * 4] =
     [0xff; kdbus_abi::limits::MSG_MAX_FDS * 4];

@@ -376,6 +376,12 @@ impl Domain {
         }
     }
 
+    /// A connection's output buffer that left it (to wait in the broker's backlog)
+    /// and is now written out: back to the outbox's spares.
+    pub fn output_give_back(&mut self, buf: Vec<u8>) {
+        self.outbox.give_back(buf);
+    }
+
     /// Run `f` on stream connection `key`'s peer with its output (`None` if it is not
     /// a stream receiver); copies it leaves for monitors reach them afterwards. The
     /// one way into a stream peer, for the core and for personalities alike.

@@ -55,6 +55,10 @@ pub struct Outbox {
     /// Orders the flush: connections are written in the order of their stamps.
     stamp: u64,
     spare: Vec<Vec<u8>>,
+    /// One buffer for a large message (over [`OUTBOX_SPARE_MAX_BYTES`]): a connection
+    /// about to get one takes it instead of growing a buffer page by page, and the
+    /// broker gives it back when its socket has taken it all.
+    large: Vec<u8>,
 }
 
 /// Spare buffers kept: enough for every connection a loop iteration typically writes
@@ -62,6 +66,9 @@ pub struct Outbox {
 const OUTBOX_SPARES: usize = 64;
 /// Buffers larger than this (after a burst) are freed rather than kept.
 const OUTBOX_SPARE_MAX_BYTES: usize = 64 * 1024;
+/// The largest buffer kept as the large spare: what one large message (up to a few
+/// MiB) needs, so that a stream of them reuses warm memory; larger ones are freed.
+const OUTBOX_LARGE_MAX_BYTES: usize = 4 << 20;
 
 impl Outbox {
     /// `o`'s output buffer, for appending (a spare if it has none), with `o` marked as
@@ -74,6 +81,36 @@ impl Outbox {
         }
         self.mark_dirty(o);
         &mut o.out
+    }
+
+    /// [`Outbox::buf`] for appending `want` bytes: with room for them, from the large
+    /// spare if `o` holds nothing and `want` is large.
+    pub fn buf_for<'c>(&mut self, o: &'c mut Output, want: usize) -> &'c mut Vec<u8> {
+        if o.out.is_empty()
+            && want > OUTBOX_SPARE_MAX_BYTES
+            && o.out.capacity() < want
+            && self.large.capacity() >= want
+        {
+            let small = std::mem::replace(&mut o.out, std::mem::take(&mut self.large));
+            self.give_back(small);
+        }
+        let b = self.buf(o);
+        b.reserve(want);
+        b
+    }
+
+    /// A buffer the broker is done with (written out after it left the connection's
+    /// output): kept as a spare if it is worth keeping.
+    pub fn give_back(&mut self, mut b: Vec<u8>) {
+        b.clear();
+        let cap = b.capacity();
+        if cap > OUTBOX_SPARE_MAX_BYTES {
+            if cap <= OUTBOX_LARGE_MAX_BYTES && cap > self.large.capacity() {
+                self.large = b;
+            }
+        } else if cap > 0 && self.spare.len() < OUTBOX_SPARES {
+            self.spare.push(b);
+        }
     }
 
     /// Note that `o` has output for the broker to flush (once per loop iteration).
@@ -92,9 +129,7 @@ impl Outbox {
             return;
         }
         let b = std::mem::take(&mut o.out);
-        if self.spare.len() < OUTBOX_SPARES && b.capacity() <= OUTBOX_SPARE_MAX_BYTES {
-            self.spare.push(b);
-        }
+        self.give_back(b);
     }
 
     /// Append one record to `o`.

@@ -128,6 +128,12 @@ impl StreamOut<'_> {
         self.outbox.buf(self.output)
     }
 
+    /// The output to append `want` bytes to, with room for them (a large message
+    /// takes the outbox's warm large buffer rather than growing one).
+    pub fn buf_for(&mut self, want: usize) -> &mut Vec<u8> {
+        self.outbox.buf_for(self.output, want)
+    }
+
     /// `files` go out with the byte at `at` of the output.
     pub fn attach_files(&mut self, at: usize, files: Files) {
         self.output.files.push((at, files));

@@ -120,12 +120,12 @@ impl Bloom {
     pub fn add_prefixes(&mut self, key: &str, value: &str, sep: char) {
         let mut rest = value;
         while let Some(i) = rest.rfind(sep) {
-            self.add_pair(key, &rest[..i + sep.len_utf8()]);
+            self.add_capped(key, &rest[..i + sep.len_utf8()]);
             if i == 0 {
                 break;
             }
             rest = &rest[..i];
-            self.add_pair(key, rest);
+            self.add_capped(key, rest);
         }
     }
 }
@@ -141,7 +141,17 @@ pub struct SignalSpec<'a> {
     pub args: &'a [Option<&'a str>],
 }
 
-/// The filter sd-bus attaches to a signal.
+/// The longest value worth a filter element. A D-Bus match rule is at most
+/// [`crate::rules::MAX_RULE_LEN`] bytes (dbus-daemon's limit, and ours), so no rule can
+/// ask for a longer path or argument, or a longer prefix of one: hashing it would only
+/// cost (milliseconds for a 1 MiB argument, and quadratic time for one full of
+/// separators, one hash per prefix) and fill the filter with bits nobody looks for.
+/// Longer values contribute their prefixes up to this length. (A native client's
+/// mask is its own computation: one that asks for a longer value than this misses
+/// signals from D-Bus senders; `docs/abi.md` says so.)
+pub const VALUE_MAX: usize = crate::rules::MAX_RULE_LEN;
+
+/// The filter sd-bus attaches to a signal (with values capped at [`VALUE_MAX`]).
 pub fn signal_filter(p: BloomParameter, s: &SignalSpec<'_>) -> Bloom {
     let mut b = Bloom::new(p);
     b.add_pair("message-type", "signal");
@@ -152,25 +162,45 @@ pub fn signal_filter(p: BloomParameter, s: &SignalSpec<'_>) -> Bloom {
         b.add_pair("member", m);
     }
     if let Some(path) = s.path {
-        b.add_pair("path", path);
-        b.add_pair("path-slash-prefix", path);
-        b.add_prefixes("path-slash-prefix", path, '/');
+        b.add_capped("path", path);
+        b.add_capped("path-slash-prefix", path);
+        b.add_prefixes("path-slash-prefix", capped(path), '/');
     }
     for (i, a) in s.args.iter().enumerate().take(64) {
         let Some(a) = a else {
             continue;
         };
         let key = format!("arg{i}");
-        b.add_pair(&key, a);
+        b.add_capped(&key, a);
         // The whole value too (beyond sd-bus, which leaves it out): `argNnamespace='a.b'`
         // takes an argument of exactly `a.b`, `argNpath='/a/b'` one of exactly `/a/b`.
         for (suffix, sep) in [("-dot-prefix", '.'), ("-slash-prefix", '/')] {
             let k = format!("{key}{suffix}");
-            b.add_pair(&k, a);
-            b.add_prefixes(&k, a, sep);
+            b.add_capped(&k, a);
+            b.add_prefixes(&k, capped(a), sep);
         }
     }
     b
+}
+
+/// `v` cut to where its prefixes of at most [`VALUE_MAX`] bytes end: its first
+/// `VALUE_MAX + 1` bytes (a prefix may end just before a separator at `VALUE_MAX`),
+/// at a character boundary.
+fn capped(v: &str) -> &str {
+    let mut end = v.len().min(VALUE_MAX + 1);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    &v[..end]
+}
+
+impl Bloom {
+    /// [`Bloom::add_pair`] for a value no longer than [`VALUE_MAX`].
+    fn add_capped(&mut self, key: &str, value: &str) {
+        if value.len() <= VALUE_MAX {
+            self.add_pair(key, value);
+        }
+    }
 }
 
 /// The parts of a D-Bus match rule that go into a bloom mask.
@@ -236,6 +266,38 @@ mod tests {
         let key: [u8; 16] = std::array::from_fn(|i| i as u8);
         let msg: Vec<u8> = (0..15).collect();
         assert_eq!(siphash24(&msg, &key), 0xa129ca6149be45e5);
+    }
+
+    /// A long argument full of separators (each a prefix) adds nothing past the
+    /// longest value a rule can name: its filter is the one of its first
+    /// `VALUE_MAX + 1` bytes, and a rule on a short prefix of it still passes.
+    #[test]
+    fn long_arguments_stop_at_what_a_rule_can_name() {
+        // Large enough not to saturate: the tail's extra prefixes would show.
+        let p = BloomParameter {
+            size: 4096,
+            n_hash: 1,
+        };
+        let long = "a.".repeat(4096);
+        let filter = |arg: &str| {
+            let args = [Some(arg)];
+            let spec = SignalSpec {
+                member: Some("M"),
+                args: &args,
+                ..Default::default()
+            };
+            signal_filter(p, &spec)
+        };
+        let of_long = filter(&long);
+        assert_eq!(of_long, filter(&long[..VALUE_MAX + 1]));
+        assert_ne!(of_long, filter(&long[..VALUE_MAX - 1]));
+        let rule = MatchSpec {
+            member: Some("M"),
+            arg_namespaces: &[(0, "a.a.a")],
+            ..Default::default()
+        };
+        let mask = match_mask(p, &rule).expect("a mask");
+        assert!(of_long.covers(&mask));
     }
 
     #[test]

@@ -27,9 +27,12 @@ pub(crate) struct Broken;
 
 /// Writes a client has not taken yet (its socket buffer was full).
 pub(crate) struct Backlog {
-    /// The writes, oldest first; the front one may be partly written (streams).
-    queue: VecDeque<(Vec<u8>, Vec<Files>)>,
-    /// Bytes in `queue`.
+    /// The writes, oldest first, each with how much of it was written already (a
+    /// stream takes part of a write): the front one may be partly written. An offset
+    /// rather than draining what went, which would move the rest of a large message
+    /// once per partial write.
+    queue: VecDeque<(Vec<u8>, usize, Vec<Files>)>,
+    /// Bytes in `queue` not written yet.
     bytes: usize,
     /// What may wait behind the write in progress before the client is given up on.
     bound: usize,
@@ -57,19 +60,36 @@ impl Backlog {
         fd: BorrowedFd<'_>,
         dispatch: &Dispatch,
         token: u64,
-        mut bytes: Vec<u8>,
+        bytes: Vec<u8>,
+        fds: Vec<Files>,
+        written: impl FnMut(usize),
+    ) -> Result<(), Broken> {
+        self.send_from(fd, dispatch, token, bytes, 0, fds, written)
+    }
+
+    /// [`Backlog::send`] of `bytes[at..]`: the start went already (and the fds, if
+    /// any, with it).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_from(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        dispatch: &Dispatch,
+        token: u64,
+        bytes: Vec<u8>,
+        mut at: usize,
         mut fds: Vec<Files>,
         mut written: impl FnMut(usize),
     ) -> Result<(), Broken> {
-        if self.queue.is_empty() {
-            match send_bytes(fd, &bytes, fds.iter()) {
-                Ok(n) if n >= bytes.len() => {
+        at = at.min(bytes.len());
+        if self.queue.is_empty() && at < bytes.len() {
+            match send_bytes(fd, &bytes[at..], fds.iter()) {
+                Ok(n) if at + n >= bytes.len() => {
                     written(n);
                     return Ok(());
                 }
                 Ok(n) => {
                     written(n);
-                    bytes.drain(..n);
+                    at += n;
                     fds.clear();
                 }
                 Err(SysErrno::AGAIN) => {}
@@ -81,13 +101,17 @@ impl Backlog {
                 }
             }
         }
-        self.bytes += bytes.len();
-        self.queue.push_back((bytes, fds));
+        if at >= bytes.len() {
+            return Ok(());
+        }
+        let left = bytes.len() - at;
+        self.bytes += left;
+        self.queue.push_back((bytes, at, fds));
         // What waits behind the chunk being written is bounded; the chunk itself may
         // be one large D-Bus message (up to the protocol's 128 MiB), no more. Other
         // peers cannot fill a D-Bus client's stream (their shares of it are bounded
         // in the core): what piles up beyond is the client's own doing.
-        let front = self.queue.front().map_or(0, |(b, _)| b.len());
+        let front = self.queue.front().map_or(0, |(b, at, _)| b.len() - at);
         let behind = self.bytes - front.min(kdbus_dbus::header::MAX_MESSAGE_SIZE);
         if behind > self.bound {
             tracing::info!(token, "client does not read its socket, disconnecting");
@@ -100,30 +124,37 @@ impl Backlog {
     }
 
     /// The socket is writable: write what waits, as far as it goes; `written` is told
-    /// the bytes the socket took.
+    /// the bytes the socket took. Returns the largest buffer written out in full, for
+    /// the caller to reuse.
     pub(crate) fn write(
         &mut self,
         fd: BorrowedFd<'_>,
         dispatch: &Dispatch,
         token: u64,
         mut written: impl FnMut(usize),
-    ) -> Result<(), Broken> {
-        while let Some((bytes, fds)) = self.queue.front_mut() {
-            match send_bytes(fd, bytes, fds.iter()) {
-                Ok(n) if n < bytes.len() => {
+    ) -> Result<Option<Vec<u8>>, Broken> {
+        let mut spent: Option<Vec<u8>> = None;
+        while let Some((bytes, at, fds)) = self.queue.front_mut() {
+            let rest = bytes.get(*at..).unwrap_or_default();
+            match send_bytes(fd, rest, fds.iter()) {
+                Ok(n) if n < rest.len() => {
                     // A stream took part of it: keep the rest, its fds are gone.
-                    bytes.drain(..n);
+                    *at += n;
                     fds.clear();
                     self.bytes -= n;
                     written(n);
-                    return Ok(());
+                    return Ok(spent);
                 }
                 Ok(n) => {
-                    self.bytes -= bytes.len();
-                    self.queue.pop_front();
+                    self.bytes -= rest.len();
+                    if let Some((b, _, _)) = self.queue.pop_front() {
+                        if spent.as_ref().is_none_or(|s| s.capacity() < b.capacity()) {
+                            spent = Some(b);
+                        }
+                    }
                     written(n);
                 }
-                Err(SysErrno::AGAIN) => return Ok(()),
+                Err(SysErrno::AGAIN) => return Ok(spent),
                 Err(e) => {
                     tracing::debug!(token, %e, "write failed, disconnecting");
                     return Err(Broken);
@@ -131,7 +162,7 @@ impl Backlog {
             }
         }
         dispatch.want_write(fd, token, false);
-        Ok(())
+        Ok(spent)
     }
 }
 

@@ -21,6 +21,7 @@
 use crate::backlog::{send_bytes, Backlog, Broken};
 use crate::config::Admission;
 use crate::dispatch::Dispatch;
+use crate::large_read::{large_len, Large, Spare};
 use kdbus_bridge::Bridge;
 use kdbus_core::{BusKey, ConnKey, Creds, Domain, Files, Peer};
 use kdbus_dbus::header::{self, MessageType};
@@ -84,6 +85,8 @@ struct DBusClient {
     sasl: Sasl,
     /// The start of a unit (SASL line, message) that has not fully arrived.
     partial: Vec<u8>,
+    /// Or a large message arriving into a buffer of its own.
+    large: Option<Large>,
     /// Fds received and not yet given to a message, in order.
     fds: VecDeque<OwnedFd>,
     /// The connection, once Hello made one. Bytes written to the client from then on
@@ -102,6 +105,11 @@ struct DBusClient {
 }
 
 impl DBusClient {
+    /// Bytes of unfinished input the client makes the broker hold.
+    fn held(&self) -> usize {
+        self.partial.len() + self.large.as_ref().map_or(0, Large::charge)
+    }
+
     /// Send bytes (with fds, which start a write of their own), or park them behind
     /// what waits.
     fn send(
@@ -112,13 +120,27 @@ impl DBusClient {
         bytes: Vec<u8>,
         fds: Vec<Files>,
     ) -> Result<(), Broken> {
+        self.send_from(domain, dispatch, token, bytes, 0, fds)
+    }
+
+    /// [`DBusClient::send`] of `bytes[at..]`, the start having gone already.
+    fn send_from(
+        &mut self,
+        domain: &mut Domain,
+        dispatch: &Dispatch,
+        token: u64,
+        bytes: Vec<u8>,
+        at: usize,
+        fds: Vec<Files>,
+    ) -> Result<(), Broken> {
         let key = self.key;
+        let written = |n| {
+            if let Some(key) = key {
+                domain.stream_written(key, n);
+            }
+        };
         self.backlog
-            .send(self.fd.as_fd(), dispatch, token, bytes, fds, |n| {
-                if let Some(key) = key {
-                    domain.stream_written(key, n);
-                }
-            })
+            .send_from(self.fd.as_fd(), dispatch, token, bytes, at, fds, written)
     }
 }
 
@@ -195,6 +217,8 @@ pub(crate) struct DBusClients {
     limits: DBusLimits,
     /// The process's descriptor books: a client's are given back when it goes.
     fds: Option<crate::admission::SharedFdBooks>,
+    /// The buffer lent to the next large message.
+    spare: Spare,
 }
 
 /// The D-Bus socket's limits (dbus-daemon's `<limit>`s of the same names).
@@ -286,6 +310,7 @@ impl DBusClients {
                 endpoint,
                 sasl: Sasl::new(uid, guid, true),
                 partial: Vec::new(),
+                large: None,
                 fds: VecDeque::new(),
                 key: None,
                 deadline,
@@ -315,7 +340,7 @@ impl DBusClients {
             f.borrow_mut().release(c.uid, crate::admission::COST_DBUS);
         }
         self.books.complete(token, c.deadline, c.uid);
-        self.books.partial_account(c.uid, c.partial.len(), 0);
+        self.books.partial_account(c.uid, c.held(), 0);
         if let Some(d) = c.fds_deadline {
             self.books.fd_deadlines.remove(&(d, token));
         }
@@ -381,6 +406,12 @@ impl DBusClients {
                 domain.stream_written(key, n);
             }
         });
+        // A large message's buffer, written out: the next one reuses it.
+        let r = r.map(|spent| {
+            if let Some(b) = spent {
+                domain.output_give_back(b);
+            }
+        });
         match r {
             Ok(()) => Event::Quiet,
             Err(Broken) => self.close(token, domain, dispatch),
@@ -417,16 +448,16 @@ impl DBusClients {
                     out.clear();
                     None
                 }
-                _ => {
-                    out.drain(..sent.unwrap_or(0));
-                    Some(std::mem::take(out))
-                }
+                // The rest waits with the offset it starts at: no bytes move.
+                _ => Some((std::mem::take(out), sent.unwrap_or(0))),
             };
             if let (Some(n), Some(key)) = (sent, c.key) {
                 domain.stream_written(key, n);
             }
-            if let Some(rest) = rest {
-                if c.send(domain, dispatch, token, rest, Vec::new()).is_err() {
+            if let Some((rest, at)) = rest {
+                if c.send_from(domain, dispatch, token, rest, at, Vec::new())
+                    .is_err()
+                {
                     return self.close(token, domain, dispatch);
                 }
             }
@@ -484,13 +515,20 @@ impl DBusClients {
         let mut total = 0;
         let mut event = Event::Quiet;
         while let Some(c) = self.clients.get_mut(&token) {
+            let c: &mut DBusClient = c;
             let mut creds = None;
             let mut space = [MaybeUninit::uninit();
                 rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE), ScmCredentials(1))];
             let mut anc = RecvAncillaryBuffer::new(&mut space);
+            // A large message is read into its own buffer, the rest into the loop's.
+            let into: &mut [u8] = match &mut c.large {
+                Some(l) => l.rest_mut(),
+                None => &mut rbuf[..],
+            };
+            let want = into.len();
             let r = rustix::net::recvmsg(
                 c.fd.as_fd(),
-                &mut [IoSliceMut::new(&mut rbuf[..])],
+                &mut [IoSliceMut::new(into)],
                 &mut anc,
                 RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
             );
@@ -513,12 +551,27 @@ impl DBusClients {
                 return self.close(token, bus.domain, bus.dispatch);
             }
             total += n;
-            let (uid, partial_before) = (c.uid, c.partial.len());
+            let (uid, held_before) = (c.uid, c.held());
             let hello_before = c.key;
-            let ok = if c.partial.is_empty() {
+            let ok = if let Some(mut l) = c.large.take() {
+                l.filled(n);
+                if l.is_complete() {
+                    // Exactly one message: the framing takes all of it.
+                    let (ok, _) = process(c, &mut self.books, &mut bus, token, l.bytes(), creds);
+                    l.finish(&mut self.spare);
+                    ok
+                } else {
+                    c.large = Some(l);
+                    true
+                }
+            } else if c.partial.is_empty() {
                 let (ok, used) = process(c, &mut self.books, &mut bus, token, &rbuf[..n], creds);
                 if ok && used < n {
-                    c.partial.extend_from_slice(&rbuf[used..n]);
+                    let rest = &rbuf[used..n];
+                    match large_len(rest).filter(|_| c.sasl.is_done()) {
+                        Some(len) => c.large = Some(Large::start(rest, len, &mut self.spare)),
+                        None => c.partial.extend_from_slice(rest),
+                    }
                 }
                 ok
             } else {
@@ -527,10 +580,17 @@ impl DBusClients {
                 let (ok, used) = process(c, &mut self.books, &mut bus, token, &partial, creds);
                 if ok && used < partial.len() {
                     partial.drain(..used);
-                    if partial.capacity() > PARTIAL_KEEP_BYTES
-                        && partial.capacity() > 2 * partial.len()
-                    {
-                        partial.shrink_to(2 * partial.len());
+                    match large_len(&partial).filter(|_| c.sasl.is_done()) {
+                        Some(len) => {
+                            c.large = Some(Large::start(&partial, len, &mut self.spare));
+                            partial = Vec::new();
+                        }
+                        None if partial.capacity() > PARTIAL_KEEP_BYTES
+                            && partial.capacity() > 2 * partial.len() =>
+                        {
+                            partial.shrink_to(2 * partial.len())
+                        }
+                        None => {}
                     }
                     c.partial = partial;
                 }
@@ -554,16 +614,14 @@ impl DBusClients {
                 }
                 _ => {}
             }
-            let partial_after = c.partial.len();
-            let within = self
-                .books
-                .partial_account(uid, partial_before, partial_after);
+            let held_after = c.held();
+            let within = self.books.partial_account(uid, held_before, held_after);
             if !ok || hoarding || !within {
                 return self.close(token, bus.domain, bus.dispatch);
             }
             // A short read emptied the socket (or stopped at fds): epoll is
             // level-triggered and reports what is left, so no read to see EAGAIN.
-            if n < rbuf.len() || total >= READ_BUDGET_BYTES {
+            if n < want || total >= READ_BUDGET_BYTES {
                 break;
             }
         }

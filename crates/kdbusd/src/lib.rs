@@ -21,6 +21,7 @@ pub mod config;
 mod config_watch;
 mod dbus_socket;
 mod dispatch;
+mod large_read;
 mod launcher;
 pub mod limits;
 mod listener;

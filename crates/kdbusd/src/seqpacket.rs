@@ -167,7 +167,10 @@ impl Handle {
 
     /// The socket is writable again: write the backlog.
     pub(crate) fn writable(&mut self, dispatch: &Dispatch, token: u64) -> Result<(), Broken> {
-        self.backlog.write(self.fd.as_fd(), dispatch, token, |_| {})
+        // Datagrams are built per write: no buffer here worth keeping.
+        self.backlog
+            .write(self.fd.as_fd(), dispatch, token, |_| {})
+            .map(drop)
     }
 
     /// Write a connection's records (`out`, with `fds` at their records' offsets) to the

@@ -104,6 +104,76 @@ fn a_message_many_reads_long_arrives_whole() {
     assert_eq!(&body[4..], &data[..]);
 }
 
+/// Messages of the sizes the broker reads into buffers of their own (64 KiB to 4 MiB,
+/// and just outside), back to back with small ones in one stream cut into uneven
+/// pieces: each arrives whole, in order, and what follows a large one is not lost
+/// (a large read must stop where its message ends).
+#[test]
+fn large_messages_back_to_back_arrive_whole_and_in_order() {
+    let b = Broker::start();
+    let (mut sender, _sr, _) = hello(&b);
+    let (_bs, mut br, b_name) = hello(&b);
+    let sizes = [
+        (64 << 10) - 100,
+        (64 << 10) + 1,
+        10,
+        100 << 10,
+        (3 << 20) + 7,
+        3,
+        1 << 20,
+        (4 << 20) - 64,
+        (4 << 20) + 64,
+        5,
+    ];
+    let mut stream = Vec::new();
+    let mut sent = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let data: Vec<u8> = (0..n).map(|j| (j * 13 + i * 101) as u8).collect();
+        let mut body = Vec::new();
+        {
+            let mut w = Writer::new(&mut body, Endian::Little);
+            let a = w.array_begin(1);
+            body_bytes(&mut w, &data);
+            w.array_end(a);
+        }
+        let serial = i as u32 + 2;
+        stream.extend(call(
+            serial,
+            &b_name,
+            "Part",
+            "ay",
+            &body,
+            FLAG_NO_REPLY_EXPECTED,
+        ));
+        sent.push((serial, data));
+    }
+    let writer = std::thread::spawn(move || {
+        let (mut off, mut step) = (0, 7);
+        while off < stream.len() {
+            let end = (off + step).min(stream.len());
+            sender.write_all(&stream[off..end]).unwrap();
+            off = end;
+            step = (step * 5 + 3) % 700_000 + 1;
+        }
+    });
+    for (serial, data) in &sent {
+        let got = loop {
+            let m = br.message();
+            if header::parse(&m).unwrap().sender != Some(DRIVER) {
+                break m;
+            }
+        };
+        let h = header::parse(&got).unwrap();
+        assert_eq!(h.serial, *serial);
+        assert_eq!(
+            &got[h.header_len + 4..h.total_len()],
+            &data[..],
+            "serial {serial}"
+        );
+    }
+    writer.join().unwrap();
+}
+
 fn body_bytes(w: &mut Writer<'_>, data: &[u8]) {
     for &b in data {
         w.u8(b);
