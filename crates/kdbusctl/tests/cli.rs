@@ -221,3 +221,39 @@ fn make_domain_as_root_and_as_nobody() {
     assert!(err.contains("EPERM"), "{err}");
     assert!(!b.dir.path().join("domain/nope").exists());
 }
+
+/// `--dbus-compare` measures every workload of the performance goals on kdbusd and
+/// dbus-daemon (and dbus-broker where it is installed), and judges each against its
+/// goal.
+#[test]
+fn dbus_compare_reports_every_goal() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+        .args(["bench", "--dbus-compare", "--rounds", "200", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let workloads = v["workloads"].as_array().expect("workloads");
+    let names: Vec<&str> = workloads
+        .iter()
+        .filter_map(|w| w["workload"].as_str())
+        .collect();
+    for want in [
+        "request/reply",
+        "pipelined (64 in flight)",
+        "broadcast",
+        "1 MiB call",
+        "connection setup",
+        "memory per connection",
+    ] {
+        assert!(names.contains(&want), "{want} in {names:?}");
+    }
+    for w in workloads {
+        for bus in ["kdbusd", "dbus-daemon"] {
+            assert!(w[bus].as_f64().is_some_and(|x| x > 0.0), "{bus} in {w}");
+        }
+        if w.get("dbus-broker").is_some_and(|x| x.as_f64().is_some()) {
+            assert!(w["met"].is_boolean(), "{w}");
+        }
+    }
+}

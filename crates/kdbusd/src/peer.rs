@@ -82,28 +82,23 @@ pub fn peer_from_socket(
 
 pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
     let proc = format!("/proc/{}", creds.pid);
-    let comm = std::fs::read_to_string(format!("{proc}/comm"))
-        .ok()
+    let comm = proc_text(&format!("{proc}/comm"))
         .map(|s| interned.str(s.trim_end()));
     let exe = std::fs::read_link(format!("{proc}/exe"))
         .ok()
         .and_then(|p| p.to_str().map(|s| interned.str(s)));
-    let cmdline = std::fs::read(format!("{proc}/cmdline")).ok().map(|mut v| {
-        v.truncate(4096);
-        interned.bytes(&v)
-    });
-    let status = std::fs::read_to_string(format!("{proc}/status")).unwrap_or_default();
+    let cmdline = proc_read(&format!("{proc}/cmdline"), CMDLINE_MAX).map(|v| interned.bytes(&v));
+    let status = proc_text(&format!("{proc}/status")).unwrap_or_default();
     let field = |name: &str| status_field(&status, name);
     let cap_eff = field("CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok());
     let privileged = creds.uid == 0 || cap_eff.is_some_and(|caps| caps & (1 << CAP_IPC_OWNER) != 0);
     let ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
     let groups = field("Groups:").map(|g| interned.bytes(&groups_item(g)));
-    let cgroup = std::fs::read_to_string(format!("{proc}/cgroup"))
-        .ok()
+    let cgroup = proc_text(&format!("{proc}/cgroup"))
         .and_then(|c| proc_cgroup_path(&c).map(|p| interned.str(p)));
     let caps = proc_caps(&field).map(|c| interned.bytes(&c));
     let audit = (|| {
-        let read = |f: &str| std::fs::read_to_string(format!("{proc}/{f}")).ok();
+        let read = |f: &str| proc_text(&format!("{proc}/{f}"));
         let session: u32 = read("sessionid")?.trim().parse().ok()?;
         let login: u32 = read("loginuid")?.trim().parse().ok()?;
         Some((session, login))
@@ -150,7 +145,7 @@ fn ns_inode(who: &str, kind: &str) -> Option<u64> {
 
 /// A uid or gid map as `/proc` shows it to the broker.
 fn id_map(path: &str) -> Vec<(u32, u32, u32)> {
-    std::fs::read_to_string(path)
+    proc_text(path)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
@@ -191,8 +186,7 @@ fn namespaces_of<'a>(
     // is outside it.
     let parent_ns = ns_inode(&format!("/proc/{ppid}"), "pid");
     let own_ppid = match parent_ns == Some(pid) {
-        true => std::fs::read_to_string(format!("/proc/{ppid}/status"))
-            .ok()
+        true => proc_text(&format!("/proc/{ppid}/status"))
             .and_then(|s| status_field(&s, "NSpid:").and_then(own_ns_pid))
             .unwrap_or(0),
         false => 0,
@@ -231,8 +225,7 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
         let mut strings = self.strings.borrow_mut();
         let mut p = peer.clone();
         if want & (attach::PID_COMM | attach::TID_COMM) != 0 {
-            p.comm = std::fs::read_to_string(format!("{proc}/comm"))
-                .ok()
+            p.comm = proc_text(&format!("{proc}/comm"))
                 .map(|s| strings.str(s.trim_end()));
         }
         if want & attach::EXE != 0 {
@@ -241,18 +234,14 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
                 .and_then(|e| e.to_str().map(|s| strings.str(s)));
         }
         if want & attach::CMDLINE != 0 {
-            p.cmdline = std::fs::read(format!("{proc}/cmdline")).ok().map(|mut v| {
-                v.truncate(4096);
-                strings.bytes(&v)
-            });
+            p.cmdline = proc_read(&format!("{proc}/cmdline"), CMDLINE_MAX).map(|v| strings.bytes(&v));
         }
         if want & attach::CGROUP != 0 {
-            p.cgroup = std::fs::read_to_string(format!("{proc}/cgroup"))
-                .ok()
+            p.cgroup = proc_text(&format!("{proc}/cgroup"))
                 .and_then(|c| proc_cgroup_path(&c).map(|p| strings.str(p)));
         }
         if want & (attach::AUXGROUPS | attach::CAPS) != 0 {
-            let status = std::fs::read_to_string(format!("{proc}/status")).unwrap_or_default();
+            let status = proc_text(&format!("{proc}/status")).unwrap_or_default();
             let field = |name: &str| status_field(&status, name);
             if want & attach::AUXGROUPS != 0 {
                 p.groups = field("Groups:").map(|g| strings.bytes(&groups_item(g)));
@@ -270,6 +259,40 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
         }
         Some(p)
     }
+}
+
+/// The most of a command line kept (the rest is cut off).
+const CMDLINE_MAX: usize = 4096;
+/// The most read of any other `/proc` file (a status is about 1.5 KiB).
+const PROC_FILE_MAX: usize = 64 * 1024;
+
+/// A `/proc` file's contents, up to `max` bytes: usually one `read` (a short read is
+/// the end: `/proc` fills what it is asked for), where `std::fs::read` stats the file
+/// (which says 0 bytes) and reads in growing steps. Every connection costs a few of
+/// these.
+fn proc_read(path: &str, max: usize) -> Option<Vec<u8>> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < max {
+        let want = (max - out.len()).min(buf.len());
+        let n = match rustix::io::read(&fd, &mut buf[..want]) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return None,
+        };
+        out.extend_from_slice(&buf[..n]);
+        if n < want {
+            break;
+        }
+    }
+    Some(out)
+}
+
+/// [`proc_read`] of a text file.
+fn proc_text(path: &str) -> Option<String> {
+    String::from_utf8(proc_read(path, PROC_FILE_MAX)?).ok()
 }
 
 /// The value of a `/proc/PID/status` line `name` (`"Groups:"`, `"CapEff:"`, ...).

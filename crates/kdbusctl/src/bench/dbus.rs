@@ -127,6 +127,27 @@ impl Client {
         self.send(MessageType::MethodCall, &f, body, 0)
     }
 
+    /// Wait for messages without a time limit (a service idle while other brokers
+    /// take their turns).
+    pub fn wait_forever(&self) -> BenchResult<()> {
+        rustix::net::sockopt::set_socket_timeout(
+            &self.fd,
+            rustix::net::sockopt::Timeout::Recv,
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Call a driver method taking a string and a `u32` (`RequestName`).
+    pub fn driver_su(&mut self, member: &str, arg: &str, n: u32) -> BenchResult<Vec<u8>> {
+        let mut body = Vec::new();
+        let mut w = Writer::new(&mut body, Endian::Little);
+        w.string(arg);
+        w.u32(n);
+        let serial = self.call_driver(member, "su", &body)?;
+        self.wait_reply(serial)
+    }
+
     /// Call a driver method taking one string.
     pub fn driver_s(&mut self, member: &str, arg: &str) -> BenchResult<Vec<u8>> {
         let mut body = Vec::new();
@@ -177,7 +198,7 @@ fn write_all(fd: &OwnedFd, mut b: &[u8]) -> BenchResult<()> {
 }
 
 /// The echo service: answers every call with its body.
-fn echo_service(mut c: Client) {
+pub(crate) fn echo_service(mut c: Client) {
     while let Ok(m) = c.read() {
         let Ok(h) = header::parse(&m) else { return };
         if h.msg_type != MessageType::MethodCall {
@@ -228,11 +249,7 @@ impl RoundTrips {
     pub(crate) fn start(address: &str, payload: usize, pid: Option<u32>) -> BenchResult<Self> {
         let svc = Client::connect(address)?;
         // The service waits while other brokers take their turns.
-        rustix::net::sockopt::set_socket_timeout(
-            &svc.fd,
-            rustix::net::sockopt::Timeout::Recv,
-            None,
-        )?;
+        svc.wait_forever()?;
         let service = svc.unique.clone();
         let echo = std::thread::spawn(move || echo_service(svc));
         let mut body = Vec::new();
@@ -315,7 +332,7 @@ pub fn measure(
 }
 
 /// Broadcasts delivered per second: one emitter, `subscribers` matching receivers.
-fn broadcast(address: &str, rounds: usize, payload: usize, subscribers: usize) -> BenchResult<f64> {
+pub(crate) fn broadcast(address: &str, rounds: usize, payload: usize, subscribers: usize) -> BenchResult<f64> {
     let mut body = Vec::new();
     Writer::new(&mut body, Endian::Little).string(&"x".repeat(payload));
     // Broadcast fan-out.
@@ -370,7 +387,7 @@ fn broadcast(address: &str, rounds: usize, payload: usize, subscribers: usize) -
 const MEM_WARMUP: usize = 100;
 const MEM_CONNS: usize = 1000;
 
-fn memory_per_conn(address: &str, pid: u32) -> Option<f64> {
+pub(crate) fn memory_per_conn(address: &str, pid: u32) -> Option<f64> {
     let open = |n: usize| -> Vec<Client> {
         (0..n)
             .filter_map(|_| Client::connect(address).ok())
@@ -530,9 +547,6 @@ pub(crate) fn start_configured(name: &str, program: &str, extra: &str) -> BenchR
     })
 }
 
-/// Turns in which `--dbus-compare` splits each broker's round trips.
-const COMPARE_TURNS: usize = 20;
-
 /// The journal socket dbus-broker's launcher logs to; created (and removed on drop)
 /// only where there is none, as in a container without systemd.
 struct JournalSocket(Option<(std::os::unix::net::UnixDatagram, PathBuf)>);
@@ -599,85 +613,3 @@ pub(crate) fn start_dbus_broker(kdbusd: &str) -> BenchResult<Started> {
     Err("dbus-broker did not answer".into())
 }
 
-pub fn run_compare(
-    rounds: usize,
-    payload: usize,
-    subscribers: usize,
-    as_json: bool,
-) -> BenchResult<()> {
-    let kdbusd = std::env::current_exe()?.with_file_name("kdbusd");
-    let kdbusd = kdbusd.to_string_lossy().into_owned();
-    let starters: [(&str, &dyn Fn() -> BenchResult<Started>); 3] = [
-        ("kdbusd", &|| start_daemon_like("kdbusd", &kdbusd)),
-        ("dbus-broker", &|| start_dbus_broker(&kdbusd)),
-        ("dbus-daemon", &|| {
-            start_daemon_like("dbus-daemon", "dbus-daemon")
-        }),
-    ];
-    // All three run at once (idle while another is measured), so that the round
-    // trips can be interleaved: this machine's speed drifts over seconds, and
-    // measuring one broker after the other would compare the drift.
-    let mut buses = Vec::new();
-    for (name, start) in starters {
-        match start() {
-            Ok(s) => {
-                // The process that holds the connections: the bus's own pid, or for
-                // dbus-broker (whose launcher answers) the launcher's child.
-                let pid = if name == "dbus-broker" {
-                    child_of(s.child.id())
-                } else {
-                    bus_pid(&s.address)
-                };
-                let pid = pid.or(Some(s.child.id()));
-                buses.push((name, s, pid));
-            }
-            Err(e) => eprintln!("{name}: not measured ({e})"),
-        }
-    }
-    let memory: Vec<Option<f64>> = buses
-        .iter()
-        .map(|(_, s, pid)| pid.and_then(|pid| memory_per_conn(&s.address, pid)))
-        .collect();
-    let mut rts = Vec::new();
-    for (name, s, pid) in &buses {
-        let mut rt =
-            RoundTrips::start(&s.address, payload, *pid).map_err(|e| format!("{name}: {e}"))?;
-        rt.run(rounds / 10 + 1, false)?;
-        rts.push(rt);
-    }
-    // Each turn starts with the next broker, so none always follows the same one.
-    let per_turn = rounds.div_ceil(COMPARE_TURNS);
-    let n = rts.len();
-    for turn in 0..COMPARE_TURNS {
-        for i in 0..n {
-            rts[(turn + i) % n].run(per_turn, true)?;
-        }
-    }
-    let mut results = Vec::new();
-    for (((name, s, _), rt), kib_per_conn) in buses.iter().zip(rts).zip(memory) {
-        let (rtt, cpu_us_per_rt) = rt.finish();
-        let broadcast_per_s = broadcast(&s.address, rounds, payload, subscribers)?;
-        results.push((
-            *name,
-            DBusOutcome {
-                rtt,
-                broadcast_per_s,
-                kib_per_conn,
-                cpu_us_per_rt,
-            },
-        ));
-    }
-    if as_json {
-        let v: Vec<_> = results.iter().map(|(n, o)| outcome_json(n, o)).collect();
-        println!("{}", serde_json::Value::Array(v));
-    } else {
-        println!(
-            "{rounds} round trips of {payload} bytes (interleaved in {COMPARE_TURNS} turns); \
-             broadcast to {subscribers} subscribers"
-        );
-        for (n, o) in &results {
-            print_row(n, o);
-        }
-    }
-    Ok(())
-}

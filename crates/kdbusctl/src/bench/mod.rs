@@ -5,11 +5,13 @@
 //! caller) against the socketpair's two.
 //!
 //! The other workloads live in submodules (`--names`: [`names`], `--broadcast`:
-//! [`broadcast`], `--dbus`/`--dbus-compare`: [`dbus`], `--policy-rules`: [`policy`]); this module holds what they
+//! [`broadcast`], `--dbus`: [`dbus`], `--dbus-compare`: [`compare`], `--policy-rules`:
+//! [`policy`], `--payload`: [`payload`], `--metadata`: [`metadata`]); this module holds what they
 //! share (timing, statistics) and dispatches on the arguments, so they all depend on
 //! it and never on each other.
 
 mod broadcast;
+mod compare;
 mod dbus;
 mod metadata;
 mod names;
@@ -149,7 +151,7 @@ pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error
         return policy::run(n, args.rounds, args.size, args.json);
     }
     if args.dbus_compare {
-        return dbus::run_compare(args.rounds, args.size, args.bcast.subscribers, args.json);
+        return compare::run(args.rounds, args.size, args.bcast.subscribers, args.json);
     }
     if args.broadcast {
         return broadcast::run(bus, &args.bcast, args.json);
