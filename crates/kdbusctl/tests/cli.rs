@@ -257,3 +257,29 @@ fn dbus_compare_reports_every_goal() {
         }
     }
 }
+
+/// `--idle-connections` fills the bus with idle connections and names between two
+/// measurements of the empty bus, and says how many it held.
+#[test]
+fn bench_idle_reports_the_loaded_and_the_empty_bus() {
+    let b = Broker::start();
+    let v = b.ctl_json(&[
+        "bench",
+        "--rounds",
+        "200",
+        "--idle-connections",
+        "50",
+        "--idle-names",
+        "600",
+        "--json",
+    ]);
+    assert_eq!(v["idle_connections"].as_u64(), Some(50), "{v}");
+    assert_eq!(v["names"].as_u64(), Some(600), "{v}");
+    for k in [
+        "round_trips_per_s_empty",
+        "round_trips_per_s_loaded",
+        "ratio",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {v}");
+    }
+}

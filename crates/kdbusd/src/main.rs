@@ -170,14 +170,33 @@ fn user_limits(args: &Args) -> kdbus_core::UserLimits {
     }
 }
 
+/// Descriptors a privileged broker raises its limit to (dbus-daemon's figure as root):
+/// a native connection costs three (socket, pidfd, pool), and a system bus of ten
+/// thousand connections must not run out.
+const PRIVILEGED_FD_LIMIT: u64 = 65536;
+
 /// Every connection costs the broker a descriptor or two (its socket, the peer's
 /// pidfd): take the hard limit, as dbus-daemon and dbus-broker do, rather than the
-/// customary soft 1024.
+/// customary soft 1024; and where privileged, raise the hard limit to
+/// [`PRIVILEGED_FD_LIMIT`] first, as dbus-daemon does as root.
 fn raise_fd_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut l = getrlimit(Resource::Nofile);
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let l = getrlimit(Resource::Nofile);
+    let hard = l.maximum.unwrap_or(u64::MAX);
+    if hard < PRIVILEGED_FD_LIMIT {
+        let more = Rlimit {
+            current: Some(PRIVILEGED_FD_LIMIT),
+            maximum: Some(PRIVILEGED_FD_LIMIT),
+        };
+        if setrlimit(Resource::Nofile, more).is_ok() {
+            return;
+        }
+    }
     if l.current < l.maximum {
-        l.current = l.maximum;
+        let l = Rlimit {
+            current: l.maximum,
+            ..l
+        };
         if let Err(e) = setrlimit(Resource::Nofile, l) {
             tracing::debug!(%e, "could not raise the descriptor limit");
         }

@@ -6,13 +6,15 @@
 //!
 //! The other workloads live in submodules (`--names`: [`names`], `--broadcast`:
 //! [`broadcast`], `--dbus`: [`dbus`], `--dbus-compare`: [`compare`], `--policy-rules`:
-//! [`policy`], `--payload`: [`payload`], `--metadata`: [`metadata`]); this module holds what they
+//! [`policy`], `--payload`: [`payload`], `--metadata`: [`metadata`],
+//! `--idle-connections`: [`idle`]); this module holds what they
 //! share (timing, statistics) and dispatches on the arguments, so they all depend on
 //! it and never on each other.
 
 mod broadcast;
 mod compare;
 mod dbus;
+mod idle;
 mod metadata;
 mod names;
 mod payload;
@@ -64,6 +66,13 @@ pub struct BenchArgs {
     /// Measure what each metadata item costs per message (native round trips).
     #[arg(long)]
     metadata: bool,
+    /// Measure native round trips with this many idle connections on the bus, next
+    /// to the empty bus (with `--idle-names`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    idle_connections: usize,
+    /// With `--idle-connections`: this many names owned on the bus too.
+    #[arg(long, value_name = "M", default_value_t = 0)]
+    idle_names: usize,
 }
 
 pub(crate) struct Stats {
@@ -119,14 +128,30 @@ pub(crate) fn time_rounds(
     Ok(stats(samples, start.elapsed()))
 }
 
-/// The benchmarks open many sockets (1100 for the memory measurement): take the hard
-/// descriptor limit rather than a customary soft 1024.
+/// The benchmarks open many sockets (1100 for the memory measurement, tens of
+/// thousands with `--idle-connections`): take the hard descriptor limit rather than a
+/// customary soft 1024, raised first where we may (as root).
 fn raise_fd_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut l = getrlimit(Resource::Nofile);
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    const WANT: u64 = 65536;
+    let l = getrlimit(Resource::Nofile);
+    if l.maximum.is_some_and(|m| m < WANT) {
+        let more = Rlimit {
+            current: Some(WANT),
+            maximum: Some(WANT),
+        };
+        if setrlimit(Resource::Nofile, more).is_ok() {
+            return;
+        }
+    }
     if l.current < l.maximum {
-        l.current = l.maximum;
-        let _ = setrlimit(Resource::Nofile, l);
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: l.maximum,
+                ..l
+            },
+        );
     }
 }
 
@@ -143,6 +168,10 @@ pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error
     }
     if args.metadata {
         return metadata::run(bus, args.rounds, args.json);
+    }
+    if args.idle_connections > 0 || args.idle_names > 0 {
+        let (conns, names) = (args.idle_connections, args.idle_names);
+        return idle::run(bus, args.rounds, conns, names, args.json);
     }
     if let Some(size) = args.payload {
         return payload::run(bus, size, args.rounds, args.memfd, args.json);
