@@ -20,7 +20,9 @@
 use crate::structs::read_struct;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-/// Request flag: do not answer this request (errors are counted and logged, not sent).
+/// Request flag: do not answer this request. A SEND that fails is reported with a
+/// [`REC_SEND_FAILED`] record carrying the request's id (clients put the message's
+/// cookie there); other requests' failures are logged, not sent.
 pub const REQ_NO_REPLY: u32 = 1 << 0;
 
 /// Record kind: the answer to a request.
@@ -34,6 +36,11 @@ pub const REC_RETRACT: u16 = 3;
 /// notifications); body: the `u64` running total. Sent once per flush when it changed,
 /// so the client learns of a loss even if no message follows.
 pub const REC_DROPPED: u16 = 4;
+
+/// Record kind: a SEND sent with [`REQ_NO_REPLY`] failed; `req_id` is the request's
+/// id, `error` the errno, no body. Success is not reported: a message that needs no
+/// answer costs no datagram back.
+pub const REC_SEND_FAILED: u16 = 5;
 
 /// Largest datagram the broker accepts: a full command, a message with the largest
 /// inline payload kdbus allows, and slack for framing.
@@ -156,6 +163,8 @@ pub enum Record<'a> {
     Retract(u64),
     /// The running total of lost messages.
     Dropped(u64),
+    /// A SEND that asked for no answer failed (request id, positive errno).
+    SendFailed { req_id: u64, error: i32 },
     /// A kind this side does not know (or a body too short for its kind): skipped.
     Unknown,
 }
@@ -175,6 +184,10 @@ pub fn records(data: &[u8]) -> impl Iterator<Item = (Record<'_>, usize)> {
                 REC_MSG => read_struct(body).map_or(Record::Unknown, Record::Msg),
                 REC_RETRACT => read_struct(body).map_or(Record::Unknown, Record::Retract),
                 REC_DROPPED => read_struct(body).map_or(Record::Unknown, Record::Dropped),
+                REC_SEND_FAILED => Record::SendFailed {
+                    req_id: h.req_id,
+                    error: h.error,
+                },
                 _ => Record::Unknown,
             };
             (r, h.n_fds as usize)

@@ -238,6 +238,14 @@ impl Domain {
         if req.flags & wire::REQ_NO_REPLY != 0 {
             if let Err(e) = result {
                 tracing::debug!(conn = key, cmd = cmd::name(req.cmd), %e, "unanswered request failed");
+                // A message that went nowhere is not lost silently: its sender hears.
+                if req.cmd == cmd::SEND {
+                    if let Some(conn) = self.conns.get_mut(&key) {
+                        let o = &mut conn.output;
+                        self.outbox
+                            .push_record(o, wire::REC_SEND_FAILED, 0, e.0, req.req_id, &[]);
+                    }
+                }
             }
             return;
         }

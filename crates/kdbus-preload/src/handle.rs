@@ -644,7 +644,8 @@ fn dispatch(g: &mut State, data: &[u8], fds: Vec<OwnedFd>) {
             }
             Record::Retract(offset) => g.queue.retain(|a| a.ev.offset != offset),
             Record::Dropped(total) => g.dropped_total = g.dropped_total.max(total),
-            Record::Unknown => {}
+            // The shim's SENDs all wait for their answer (the ioctl returns it).
+            Record::SendFailed { .. } | Record::Unknown => {}
         }
     }
 }

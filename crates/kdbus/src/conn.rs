@@ -248,6 +248,31 @@ impl Connection {
         Ok(())
     }
 
+    /// Send a message without waiting for the broker: one `sendmsg`, and no datagram
+    /// back when it is delivered (the cheap way to emit a signal or answer a call). If
+    /// the broker cannot deliver it, the failure comes later, filed under the message's
+    /// cookie as the connection reads its socket: see
+    /// [`Connection::take_send_failures`].
+    pub fn post(&self, msg: &Message<'_>) -> Result<()> {
+        self.link.submit_as(
+            cmd::SEND,
+            Body::Send(msg, 0),
+            &msg.all_fds(),
+            Some(msg.cookie),
+        )?;
+        Ok(())
+    }
+
+    /// Posted messages the broker could not deliver since the last call, oldest first:
+    /// `(cookie, errno)`. Reads what the socket has first. At most 1024 are kept; older
+    /// ones are dropped and counted in the second value.
+    pub fn take_send_failures(&self) -> Result<(Vec<(u64, Errno)>, u64)> {
+        self.link.poll_socket()?;
+        let mut g = self.link.lock();
+        let lost = std::mem::take(&mut g.send_failures_lost);
+        Ok((g.send_failures.drain(..).collect(), lost))
+    }
+
     /// Send a SEND request with a hand-made body (tests of the error paths).
     pub fn send_raw(&self, body: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Vec<u8>> {
         let (e, b, _) = self.request(cmd::SEND, body, fds)?;

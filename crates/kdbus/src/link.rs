@@ -40,6 +40,9 @@ const MAX_PIECES: usize = 32;
 /// Padding comes from here.
 static ZEROS: [u8; 8] = [0; 8];
 
+/// Failures of posted messages kept until the owner looks.
+pub(crate) const MAX_SEND_FAILURES: usize = 1024;
+
 /// Answer bodies kept for reuse (one per thread waiting at the same time is plenty).
 const SPARE_BODIES: usize = 4;
 
@@ -57,6 +60,10 @@ pub(crate) struct State {
     dead: Option<Errno>,
     /// Broadcasts lost for lack of pool space, as of the last message taken.
     pub(crate) dropped_msgs: u64,
+    /// Posted messages the broker could not deliver: (cookie, errno), oldest first,
+    /// at most [`MAX_SEND_FAILURES`] (older ones counted in `send_failures_lost`).
+    pub(crate) send_failures: VecDeque<(u64, Errno)>,
+    pub(crate) send_failures_lost: u64,
     /// NAME_RELEASEs in flight. The broker may take back messages announced to us
     /// (those addressed to the name, when it falls back to its activator); until it
     /// has answered, we hand out nothing, so nothing is received twice.
@@ -170,6 +177,18 @@ impl Link {
 
     /// Send a request, the pending notices in front of it; returns its id.
     pub(crate) fn submit(&self, c: u32, body: Body<'_, '_>, fds: &[BorrowedFd<'_>]) -> Result<u64> {
+        self.submit_as(c, body, fds, None)
+    }
+
+    /// [`Link::submit`]; with `posted`, as a request the broker does not answer, with
+    /// that id (a SEND's cookie: what its failure record names).
+    pub(crate) fn submit_as(
+        &self,
+        c: u32,
+        body: Body<'_, '_>,
+        fds: &[BorrowedFd<'_>],
+        posted: Option<u64>,
+    ) -> Result<u64> {
         let mut guard = self.lock_out();
         let o = &mut *guard;
         // Encode what is not the caller's payload into the kept buffer.
@@ -200,14 +219,23 @@ impl Link {
             if let Some(e) = g.dead {
                 return Err(Error::Bus(e));
             }
-            let id = g.next_req;
-            g.next_req += 1;
+            let id = match posted {
+                Some(cookie) => cookie,
+                None => {
+                    g.next_req += 1;
+                    g.next_req - 1
+                }
+            };
             std::mem::swap(&mut g.notices, &mut o.notices);
             id
         };
         let header = ReqHeader {
             cmd: c,
-            flags: 0,
+            flags: if posted.is_some() {
+                wire::REQ_NO_REPLY
+            } else {
+                0
+            },
             req_id: id,
             body_len: body_len(&o.head, tail, padded) as u64,
         };
@@ -407,6 +435,13 @@ fn dispatch(g: &mut State, data: &[u8], fds: Vec<OwnedFd>) {
             }
             Record::Msg(ev) => g.queue.push_back(Announced { ev, fds: mine }),
             Record::Retract(offset) => g.queue.retain(|a| a.ev.offset != offset),
+            Record::SendFailed { req_id, error } => {
+                if g.send_failures.len() >= MAX_SEND_FAILURES {
+                    g.send_failures.pop_front();
+                    g.send_failures_lost += 1;
+                }
+                g.send_failures.push_back((req_id, Errno(error)));
+            }
             Record::Dropped(_) | Record::Unknown => {}
         }
     }

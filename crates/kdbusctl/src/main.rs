@@ -578,7 +578,9 @@ fn serve(cli: &Cli) -> Res {
     serve_loop(&c)
 }
 
-/// The echo service: every message that expects a reply gets its payload back.
+/// The echo service: every message that expects a reply gets its payload back,
+/// posted (no answer from the broker; a reply whose caller went away is dropped, and
+/// its failure record is kept by the library, at most 1024 of them).
 pub fn serve_loop(c: &Connection) -> Res {
     let mut buf = Vec::new();
     loop {
@@ -594,7 +596,7 @@ pub fn serve_loop(c: &Connection) -> Res {
         }
         drop(m);
         if expects {
-            if let Err(e) = c.send(&Message::to(src).reply_to(cookie).payload(&buf)) {
+            if let Err(e) = c.post(&Message::to(src).reply_to(cookie).payload(&buf)) {
                 eprintln!("kdbusctl serve: reply to {src}: {e}");
             }
         }

@@ -231,7 +231,11 @@ fn dbus_compare_reports_every_goal() {
         .args(["bench", "--dbus-compare", "--rounds", "200", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let workloads = v["workloads"].as_array().expect("workloads");
     let names: Vec<&str> = workloads

@@ -128,7 +128,7 @@ impl Dispatch {
 
     /// Make sure the timer fires no later than `timeout_ns` from now.
     fn arm(&self, timeout_ns: u64) -> Result<(), SysErrno> {
-        use rustix::time::{timerfd_settime, Itimerspec, Timespec, TimerfdTimerFlags};
+        use rustix::time::{timerfd_settime, Itimerspec, TimerfdTimerFlags, Timespec};
         let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
         let now = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
         let at = now.saturating_add(timeout_ns);

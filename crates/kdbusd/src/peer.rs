@@ -82,8 +82,7 @@ pub fn peer_from_socket(
 
 pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
     let proc = format!("/proc/{}", creds.pid);
-    let comm = proc_text(&format!("{proc}/comm"))
-        .map(|s| interned.str(s.trim_end()));
+    let comm = proc_text(&format!("{proc}/comm")).map(|s| interned.str(s.trim_end()));
     let exe = std::fs::read_link(format!("{proc}/exe"))
         .ok()
         .and_then(|p| p.to_str().map(|s| interned.str(s)));
@@ -225,8 +224,7 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
         let mut strings = self.strings.borrow_mut();
         let mut p = peer.clone();
         if want & (attach::PID_COMM | attach::TID_COMM) != 0 {
-            p.comm = proc_text(&format!("{proc}/comm"))
-                .map(|s| strings.str(s.trim_end()));
+            p.comm = proc_text(&format!("{proc}/comm")).map(|s| strings.str(s.trim_end()));
         }
         if want & attach::EXE != 0 {
             p.exe = std::fs::read_link(format!("{proc}/exe"))
@@ -234,7 +232,8 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
                 .and_then(|e| e.to_str().map(|s| strings.str(s)));
         }
         if want & attach::CMDLINE != 0 {
-            p.cmdline = proc_read(&format!("{proc}/cmdline"), CMDLINE_MAX).map(|v| strings.bytes(&v));
+            p.cmdline =
+                proc_read(&format!("{proc}/cmdline"), CMDLINE_MAX).map(|v| strings.bytes(&v));
         }
         if want & attach::CGROUP != 0 {
             p.cgroup = proc_text(&format!("{proc}/cgroup"))

@@ -972,3 +972,69 @@ fn send_no_auto_start_to_activator() {
     // Without the flag the message waits at the activator.
     ok(c.send(&Message::to_name("foo.bar.act").cookie(1)));
 }
+
+// A posted message (REQ_NO_REPLY) arrives like a sent one and costs no datagram back;
+// one that cannot be delivered comes back as a REC_SEND_FAILED record named by the
+// request id (the library puts the cookie there).
+#[test]
+fn posted_sends_answer_only_failures() {
+    let b = Broker::start();
+    let (raw, _) = raw_conn(&b);
+    let dst = b.conn();
+    let ok_msg = RawSend::new(abi::Msg {
+        dst_id: dst.id(),
+        cookie: 7,
+        payload_type: abi::payload::DBUS,
+        ..Default::default()
+    })
+    .vec(b"posted");
+    raw.send_bytes(&RawSocket::frame(
+        cmd::SEND,
+        wire::REQ_NO_REPLY,
+        7,
+        &ok_msg.encode(),
+    ));
+    let m = ok(dst.recv_timeout(Some(SOON)));
+    assert_eq!(m.payload_bytes(), b"posted");
+    let bad = RawSend::new(abi::Msg {
+        dst_id: 0x7fff_0000,
+        cookie: 42,
+        payload_type: abi::payload::DBUS,
+        ..Default::default()
+    })
+    .vec(b"nowhere");
+    raw.send_bytes(&RawSocket::frame(
+        cmd::SEND,
+        wire::REQ_NO_REPLY,
+        42,
+        &bad.encode(),
+    ));
+    // The first datagram back is the failure: nothing came for the delivered one.
+    let recs = raw.read_records(SOON).expect("a record");
+    let kinds: Vec<(u16, u64, i32)> = recs
+        .iter()
+        .map(|(h, _, _)| (h.kind, h.req_id, h.error))
+        .collect();
+    assert_eq!(kinds, vec![(wire::REC_SEND_FAILED, 42, Errno::ENXIO.0)]);
+}
+
+// The library's post: no waiting, and the failure named by the message's cookie.
+#[test]
+fn post_reports_failures_by_cookie() {
+    let b = Broker::start();
+    let env = b.conn();
+    let dst = b.conn();
+    ok(env.post(&Message::to(dst.id()).cookie(5).payload(b"a")));
+    ok(env.post(&Message::to(0x7fff_0000).cookie(6).payload(b"b")));
+    assert_eq!(ok(dst.recv_timeout(Some(SOON))).cookie(), 5);
+    let deadline = std::time::Instant::now() + SOON;
+    let failures = loop {
+        let (f, lost) = ok(env.take_send_failures());
+        assert_eq!(lost, 0);
+        if !f.is_empty() || std::time::Instant::now() > deadline {
+            break f;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert_eq!(failures, vec![(6, Errno::ENXIO)]);
+}

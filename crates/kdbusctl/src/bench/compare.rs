@@ -17,15 +17,19 @@
 //! - broadcast: one emitter, `--subscribers` subscribers with a matching rule;
 //! - 1 MiB call: request/reply with a 1 MiB string, MiB/s;
 //! - connection setup: connect, authenticate, Hello and RequestName, connections/s;
-//! - memory: the broker's resident growth per idle connection (measured first).
+//! - memory: the broker's resident growth per idle connection (measured first);
+//! - and kdbusd's native path: a separate kdbusd on a private runtime directory, the
+//!   same echo calls as kdbus messages, for its CPU time per round trip (the goal: less
+//!   than half of dbus-broker's per D-Bus call).
 //!
 //! Each line says whether kdbusd meets its goal against dbus-broker in this run.
 
 use super::dbus::{
-    self, bus_pid, child_of, echo_service, memory_per_conn, start_daemon_like, Client,
-    RoundTrips, Started,
+    self, bus_pid, child_of, echo_service, memory_per_conn, start_daemon_like, Client, RoundTrips,
+    Started,
 };
 use super::{BenchResult, Stats};
+use kdbus::{Connection, HelloOptions, Message};
 use kdbus_dbus::header::{Fields, MessageType};
 use kdbus_dbus::marshal::{Endian, Writer};
 use serde_json::json;
@@ -116,6 +120,92 @@ fn setup(address: &str, n: usize, turn: usize, took: &mut Duration) -> BenchResu
     *took += start.elapsed();
     drop(clients);
     Ok(())
+}
+
+/// kdbusd serving its native socket, for the native workload.
+struct NativeBroker {
+    child: std::process::Child,
+    _dir: tempdir::Dir,
+    client: Connection,
+    server_id: u64,
+    pid: u32,
+    calls: usize,
+    cpu_ns: u64,
+}
+
+mod tempdir {
+    /// A private directory, removed on drop.
+    pub(super) struct Dir(pub(super) std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl NativeBroker {
+    fn start(kdbusd: &str) -> BenchResult<NativeBroker> {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!("kdbusctl-native-{}", std::process::id()));
+        let mut child = std::process::Command::new(kdbusd)
+            .arg("--runtime-dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut line = String::new();
+        let out = child.stdout.take().ok_or("no stdout")?;
+        std::io::BufReader::new(out).read_line(&mut line)?;
+        let bus = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("bus="))
+            .ok_or_else(|| format!("kdbusd said {line:?}"))?
+            .to_string();
+        let bus = std::path::Path::new(&bus);
+        let server = Connection::hello(bus, &HelloOptions::new().description("bench-echo"))?;
+        let server_id = server.id();
+        std::thread::spawn(move || {
+            let _ = crate::serve_loop(&server);
+        });
+        let pid = child.id();
+        Ok(NativeBroker {
+            client: Connection::hello(bus, &HelloOptions::new().description("bench-client"))?,
+            child,
+            _dir: tempdir::Dir(dir),
+            server_id,
+            pid,
+            calls: 0,
+            cpu_ns: 0,
+        })
+    }
+
+    fn run(&mut self, n: usize, timed: bool) -> BenchResult<()> {
+        let payload = [0x5au8; 64];
+        let before = dbus::cpu_ns(self.pid);
+        for i in 0..n {
+            let m = Message::to(self.server_id)
+                .cookie(i as u64 + 1)
+                .payload(&payload);
+            self.client.call(m, Duration::from_secs(10))?;
+        }
+        if timed {
+            let after = dbus::cpu_ns(self.pid);
+            self.cpu_ns += after.zip(before).map_or(0, |(a, b)| a.saturating_sub(b));
+            self.calls += n;
+        }
+        Ok(())
+    }
+
+    fn cpu_us_per_call(&self) -> Option<f64> {
+        (self.calls > 0 && self.cpu_ns > 0).then(|| self.cpu_ns as f64 / 1e3 / self.calls as f64)
+    }
+}
+
+impl Drop for NativeBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Everything measured on one broker.
@@ -215,6 +305,16 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
             broadcasts: Vec::new(),
         });
     }
+    let mut native = match NativeBroker::start(&kdbusd) {
+        Ok(mut nb) => {
+            nb.run(per_turn / 10 + 1, false)?;
+            Some(nb)
+        }
+        Err(e) => {
+            eprintln!("kdbusd (native): not measured ({e})");
+            None
+        }
+    };
     let n = brokers.len();
     for turn in 0..TURNS {
         for i in 0..n {
@@ -225,7 +325,12 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
             setup(&b.started.address, SETUP_PER_TURN, turn, &mut b.setup)?;
             b.setups += SETUP_PER_TURN;
         }
+        if let Some(nb) = native.as_mut() {
+            nb.run(per_turn, true)?;
+        }
     }
+    let native_cpu = native.as_ref().and_then(NativeBroker::cpu_us_per_call);
+    drop(native);
     for turn in 0..BROADCAST_TURNS {
         for i in 0..n {
             let b = &mut brokers[(turn + i) % n];
@@ -295,6 +400,14 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
         }
         rr_stats.push((rr, cpu));
     }
+    // kdbusd's native round trip against dbus-broker's D-Bus call: broker CPU each.
+    let broker_cpu = names
+        .iter()
+        .position(|n| *n == "dbus-broker")
+        .and_then(|i| rr_stats.get(i))
+        .and_then(|(_, c)| *c);
+    let native_ratio = native_cpu.zip(broker_cpu).map(|(k, b)| k / b);
+    let native_met = native_ratio.map(|r| r < 0.5);
     if as_json {
         let workloads: Vec<_> = lines
             .iter()
@@ -328,6 +441,9 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
         println!(
             "{}",
             json!({ "workloads": workloads, "request_reply": latency,
+                    "native_broker_cpu_us_per_round_trip": native_cpu.map(|c| (c * 10.0).round() / 10.0),
+                    "native_cpu_ratio_vs_dbus_broker": native_ratio.map(|r| (r * 100.0).round() / 100.0),
+                    "native_cpu_goal_met": native_met,
                     "rounds": rounds, "payload_bytes": payload, "subscribers": subscribers })
         );
         return Ok(());
@@ -363,6 +479,19 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
         );
         println!(" {ratio:>14}  {goal}");
     }
+    println!(
+        "{:<36} {:>12} {:>12} {:>12} {:>14}  <0.50 {}",
+        "native round trip, broker CPU (us)",
+        native_cpu.map_or("?".into(), |c| format!("{c:.1}")),
+        broker_cpu.map_or("?".into(), |c| format!("({c:.1})")),
+        "",
+        native_ratio.map_or("?".into(), |r| format!("{r:.2}")),
+        match native_met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "?",
+        }
+    );
     for (n, (s, cpu)) in names.iter().zip(&rr_stats) {
         println!(
             "{n:<12} request/reply p50 {:>7.1} us  p99 {:>7.1} us  broker CPU {} us/call",

@@ -332,7 +332,12 @@ pub fn measure(
 }
 
 /// Broadcasts delivered per second: one emitter, `subscribers` matching receivers.
-pub(crate) fn broadcast(address: &str, rounds: usize, payload: usize, subscribers: usize) -> BenchResult<f64> {
+pub(crate) fn broadcast(
+    address: &str,
+    rounds: usize,
+    payload: usize,
+    subscribers: usize,
+) -> BenchResult<f64> {
     let mut body = Vec::new();
     Writer::new(&mut body, Endian::Little).string(&"x".repeat(payload));
     // Broadcast fan-out.
@@ -402,7 +407,7 @@ pub(crate) fn memory_per_conn(address: &str, pid: u32) -> Option<f64> {
 
 /// CPU time a process has run, in nanoseconds: the sum over its threads of the
 /// scheduler's account (`schedstat`; `stat` counts in 10 ms ticks).
-fn cpu_ns(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ns(pid: u32) -> Option<u64> {
     let mut total = 0;
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let s = std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
@@ -612,4 +617,3 @@ pub(crate) fn start_dbus_broker(kdbusd: &str) -> BenchResult<Started> {
     }
     Err("dbus-broker did not answer".into())
 }
-

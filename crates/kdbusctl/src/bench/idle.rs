@@ -22,7 +22,9 @@ struct Load {
 fn load(bus: &Path, conns: usize, names: usize) -> BenchResult<Load> {
     let per_conn = kdbus::abi::limits::CONN_MAX_NAMES;
     let mut held = Vec::with_capacity(conns);
-    let opts = HelloOptions::new().pool_size(4096).description("bench-idle");
+    let opts = HelloOptions::new()
+        .pool_size(4096)
+        .description("bench-idle");
     let mut named = 0;
     while held.len() < conns || named < names {
         let c = Connection::hello(bus, &opts).map_err(|e| {
@@ -52,7 +54,9 @@ fn round_trips(bus: &Path, rounds: usize) -> BenchResult<f64> {
     let payload = [0x5au8; 64];
     let s = time_rounds(rounds, |i| {
         client.call(
-            Message::to(server_id).cookie(i as u64 + 1).payload(&payload),
+            Message::to(server_id)
+                .cookie(i as u64 + 1)
+                .payload(&payload),
             Duration::from_secs(10),
         )?;
         Ok(())
