@@ -2,127 +2,15 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use cli::{Cli, Cmd};
 use kdbus::{abi, Connection, Control, HelloOptions, Message};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-
-#[derive(Parser, Debug)]
-#[command(version, about = "Inspect and use kdbus buses served by kdbusd")]
-struct Cli {
-    /// Bus endpoint (default: $KDBUS_BUS or <runtime>/<uid>-user/bus).
-    #[arg(long, global = true, value_name = "PATH")]
-    bus: Option<PathBuf>,
-    /// kdbusd runtime directory (default: /run/kdbus for root, else $XDG_RUNTIME_DIR/kdbus).
-    #[arg(long, global = true, value_name = "DIR")]
-    runtime_dir: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// The bus: its id, bloom parameters, creator, connection count.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Connections on the bus.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Make a bus (`<uid>-` is prepended when missing); it lives until interrupted.
-    MakeBus {
-        name: String,
-        /// Let every user connect (default: only you).
-        #[arg(long)]
-        world: bool,
-    },
-    /// Make a domain below this one (root only): a separate tree with its own
-    /// `control`, in `<runtime dir>/domain/NAME/`. Prints its directory; it lives until
-    /// interrupted.
-    MakeDomain {
-        name: String,
-        /// Let every user use its control socket (default: only root).
-        #[arg(long)]
-        world: bool,
-    },
-    /// Make a custom endpoint of the bus (`<uid>-` is prepended when missing): a socket
-    /// through which only the granted names exist. Prints its path, then the D-Bus
-    /// address of its D-Bus socket; it lives until interrupted.
-    MakeEndpoint {
-        name: String,
-        /// Let every user connect (default: only you).
-        #[arg(long)]
-        world: bool,
-        /// Names (or `a.b.*`) everyone on it may see.
-        #[arg(long, value_name = "NAME")]
-        see: Vec<String>,
-        /// Names everyone on it may see and call.
-        #[arg(long, value_name = "NAME")]
-        talk: Vec<String>,
-        /// Names everyone on it may see, call and own.
-        #[arg(long, value_name = "NAME")]
-        own: Vec<String>,
-    },
-    /// Answer every call with its own payload (an echo service); prints its id.
-    Serve,
-    /// Well-known names: owner, queue, activator.
-    Names {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Own NAME and answer calls to it (an echo) until interrupted.
-    Acquire {
-        name: String,
-        /// Wait in the queue if the name is taken.
-        #[arg(long)]
-        queue: bool,
-        /// Take the name over if its owner allows replacement.
-        #[arg(long)]
-        replace: bool,
-        /// Let others take the name over.
-        #[arg(long)]
-        allow_replacement: bool,
-    },
-    /// Hold NAME as an activator (privileged) and report what queues for it.
-    Activator { name: String },
-    /// Call DEST (a unique id or a well-known name) with DATA and print the answer.
-    Call {
-        dest: String,
-        data: String,
-        #[arg(long, default_value_t = 5000)]
-        timeout_ms: u64,
-    },
-    /// Broadcast a signal; its bloom filter is built from the interface, member, path
-    /// and arguments the way sd-bus builds it.
-    Emit {
-        #[arg(long)]
-        interface: Option<String>,
-        #[arg(long)]
-        member: Option<String>,
-        #[arg(long)]
-        path: Option<String>,
-        /// Leading string arguments (repeat for arg0, arg1, ...).
-        #[arg(long = "arg")]
-        args: Vec<String>,
-        /// Payload bytes.
-        #[arg(default_value = "")]
-        data: String,
-    },
-    /// Watch the bus as a monitor (privileged): every unicast, every broadcast and
-    /// notification, one line each.
-    Monitor {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Round trips per second through the broker, next to a raw socketpair.
-    Bench(bench::BenchArgs),
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -287,3 +287,12 @@ fn bench_idle_reports_the_loaded_and_the_empty_bus() {
         assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {v}");
     }
 }
+
+/// The build renders the man pages from the command line's definition.
+#[test]
+fn the_build_renders_man_pages() {
+    let page = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/kdbusctl.1")).unwrap();
+    assert!(page.contains(".TH kdbusctl 1"), "{page}");
+    let bench = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/kdbusctl-bench.1")).unwrap();
+    assert!(bench.contains("dbus\\-compare"), "{bench}");
+}

@@ -14,87 +14,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (speaks D-Bus like D-Bus Message Bus Daemon 1.14)"
-);
-
-#[derive(Parser, Debug)]
-#[command(version = VERSION, about = "The kdbus broker: buses, connections and receive pools over unix sockets")]
-struct Args {
-    /// Directory for the control socket and the bus directories: one domain. Given
-    /// more than once, one domain each, fully separate (the buses are made in each;
-    /// a configuration's D-Bus addresses belong to the first).
-    #[arg(long, value_name = "DIR")]
-    runtime_dir: Vec<PathBuf>,
-    /// Serve this bus for the broker's lifetime (`<uid>-` is prepended when missing).
-    /// Without any --bus, the default bus `<uid>-user` is served.
-    #[arg(long = "bus", value_name = "NAME")]
-    buses: Vec<String>,
-    /// Receive-pool memory all the pools of one unprivileged user may touch, in bytes,
-    /// per domain.
-    #[arg(long, value_name = "BYTES")]
-    user_pool_bytes: Option<u64>,
-    /// Match rules all the connections of one unprivileged user may hold, per domain.
-    #[arg(long, value_name = "N")]
-    user_matches: Option<usize>,
-    /// Bytes of match rules all the connections of one unprivileged user may hold,
-    /// per domain.
-    #[arg(long, value_name = "BYTES")]
-    user_match_bytes: Option<usize>,
-    /// Log level filter (also read from RUST_LOG).
-    #[arg(long, default_value = "info")]
-    log: String,
-
-    // ---- dbus-daemon's command line
-    /// Use the standard session bus configuration.
-    #[arg(long)]
-    session: bool,
-    /// Use the standard system bus configuration.
-    #[arg(long)]
-    system: bool,
-    /// Use this dbus-daemon configuration file.
-    #[arg(long, value_name = "FILE")]
-    config_file: Option<PathBuf>,
-    /// Listen on this D-Bus address instead of the configured ones.
-    #[arg(long, value_name = "ADDR")]
-    address: Option<String>,
-    /// Stay in the foreground (the default).
-    #[arg(long)]
-    nofork: bool,
-    /// Go to the background once listening.
-    #[arg(long, conflicts_with = "nofork")]
-    fork: bool,
-    /// Print the address clients should use, to stdout or to FD.
-    #[arg(long, value_name = "FD", num_args = 0..=1, default_missing_value = "1")]
-    print_address: Option<i32>,
-    /// Print the broker's pid, to stdout or to FD.
-    #[arg(long, value_name = "FD", num_args = 0..=1, default_missing_value = "1")]
-    print_pid: Option<i32>,
-    /// Do not write the configured pid file.
-    #[arg(long)]
-    nopidfile: bool,
-    /// Internal: run as a system bus's activation launcher for this configuration
-    /// file, serving the broker on stdin (see launcher.rs).
-    #[arg(long, hide = true, value_name = "FILE")]
-    activation_launcher: Option<PathBuf>,
-    /// Internal: the pipe to report readiness on (used by --fork).
-    #[arg(long, hide = true, value_name = "FD")]
-    ready_fd: Option<i32>,
-    /// Activation through systemd: services with `SystemdService=` are started by
-    /// asking systemd (the `ActivationRequest` signal).
-    #[arg(long)]
-    systemd_activation: bool,
-    /// Log to the system log too.
-    #[arg(long)]
-    syslog: bool,
-    /// Do not log to the system log, whatever the configuration says.
-    #[arg(long, conflicts_with_all = ["syslog", "syslog_only"])]
-    nosyslog: bool,
-    /// Log to the system log only.
-    #[arg(long)]
-    syslog_only: bool,
-}
+mod cli;
+use cli::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -126,13 +47,19 @@ fn main() -> ExitCode {
 
 /// Where logs go: standard error (coloured only on a terminal) unless
 /// `--syslog-only`, and the system log too with `--syslog`, `--syslog-only` or the
-/// configuration's `<syslog/>` (unless `--nosyslog`), as dbus-daemon decides.
+/// configuration's `<syslog/>` (unless `--nosyslog`), as dbus-daemon decides. Under
+/// systemd, whose `JOURNAL_STREAM` names our standard error, what would go there goes
+/// to the journal instead, as structured entries with their levels.
 fn logging_init(args: &Args, filter: String, config: Option<&BusConfig>) {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     let conf_says = config.is_some_and(|c| c.syslog);
     let to_syslog = args.syslog || args.syslog_only || (conf_says && !args.nosyslog);
-    let stderr = (!args.syslog_only).then(|| {
+    let journal = (!args.syslog_only && stderr_is_journal())
+        .then(|| tracing_journald::layer().ok())
+        .flatten()
+        .map(|l| l.with_syslog_identifier("kdbusd".into()));
+    let stderr = (!args.syslog_only && journal.is_none()).then(|| {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
@@ -146,8 +73,25 @@ fn logging_init(args: &Args, filter: String, config: Option<&BusConfig>) {
     tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::new(filter))
         .with(stderr)
+        .with(journal)
         .with(syslog)
         .init();
+}
+
+/// Whether standard error is the journal's stream: `JOURNAL_STREAM` (`DEV:INODE`, set
+/// by systemd) names the very file our fd 2 is (a child that inherited the variable
+/// but not the stream must not log to the journal behind its caller's back).
+fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(st) = rustix::fs::fstat(std::io::stderr()) else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
 /// The dbus-daemon configuration file the command line names, if any.

@@ -357,3 +357,84 @@ fn kdbusd_system_runs_as_the_installed_configurations_user() {
         "nobody owning a name: {err}"
     );
 }
+
+/// Stands in for the journal when `KDBUS_TEST_JOURNAL` names a file: receives on
+/// `/run/systemd/journal/socket` what is sent there, into that file.
+#[test]
+fn journal_listener() {
+    let Ok(out) = std::env::var("KDBUS_TEST_JOURNAL") else {
+        return;
+    };
+    let sock = std::os::unix::net::UnixDatagram::bind("/run/systemd/journal/socket")
+        .expect("bind the journal socket");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.extend_from_slice(&buf[..n]);
+        got.push(b'\n');
+        std::fs::write(&out, &got).unwrap();
+    }
+}
+
+/// Under systemd (`JOURNAL_STREAM` names our standard error) logs go to the journal
+/// as entries with a priority and our identifier, and nothing to standard error.
+/// Run in a mount namespace with a stand-in journal. Skipped without root or where
+/// namespaces cannot be made.
+#[test]
+fn logs_go_to_the_journal_when_stderr_is_its_stream() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let d = dir.path();
+    let conf = d.join("bus.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "<busconfig><type>session</type><listen>unix:path={}</listen><auth>EXTERNAL</auth></busconfig>",
+            d.join("sock").display()
+        ),
+    )
+    .unwrap();
+    let (got, stderr) = (d.join("journal"), d.join("stderr"));
+    let script = format!(
+        "mount -t tmpfs none /run && mkdir -p /run/systemd/journal || exit 77\n\
+         KDBUS_TEST_JOURNAL={got} {test} journal_listener --exact --test-threads=1 >/dev/null 2>&1 &\n\
+         sleep 0.5\n\
+         : > {stderr}\n\
+         JOURNAL_STREAM=$(stat -c %d:%i {stderr}) timeout 1 {kdbusd} --config-file={conf} --nofork --print-address >/dev/null 2>>{stderr}\n\
+         wait\n",
+        got = got.display(),
+        stderr = stderr.display(),
+        test = std::env::current_exe().unwrap().display(),
+        kdbusd = KDBUSD,
+        conf = conf.display(),
+    );
+    let status = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .status();
+    match status.map(|s| s.code()) {
+        Ok(Some(0)) | Ok(Some(124)) => {}
+        other => {
+            eprintln!("skipped: no mount namespace here ({other:?})");
+            return;
+        }
+    }
+    let journal = String::from_utf8_lossy(&std::fs::read(&got).unwrap_or_default()).into_owned();
+    // Fields are `NAME=value` or, binary-safe, `NAME\n<le64 length>value`.
+    assert!(
+        journal.contains("SYSLOG_IDENTIFIER")
+            && journal.contains("kdbusd")
+            && journal.contains("PRIORITY"),
+        "the journal got: {journal}"
+    );
+    assert!(
+        journal.contains("listening as dbus-daemon"),
+        "the journal got: {journal}"
+    );
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(err.is_empty(), "standard error got: {err}");
+}

@@ -16,18 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct BroadcastArgs {
-    /// Matching subscribers (and as many non-matching ones).
-    #[arg(long, default_value_t = 10)]
-    pub subscribers: usize,
-    /// Extra match rules that never match, spread over extra connections.
-    #[arg(long, default_value_t = 0)]
-    pub rules: usize,
-    /// Broadcasts to send.
-    #[arg(long, default_value_t = 20000)]
-    pub count: usize,
-}
+pub use crate::cli::BroadcastArgs;
 
 struct Outcome {
     delivered_per_s: f64,

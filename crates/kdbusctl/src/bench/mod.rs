@@ -20,60 +20,12 @@ mod names;
 mod payload;
 mod policy;
 
+pub use crate::cli::BenchArgs;
 use kdbus::{Connection, HelloOptions, Message};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {
-    /// Round trips to time (after a warm-up of a tenth as many).
-    #[arg(long, default_value_t = 20000)]
-    rounds: usize,
-    /// Payload bytes per message.
-    #[arg(long, default_value_t = 64)]
-    size: usize,
-    #[arg(long)]
-    json: bool,
-    /// Measure NAME_ACQUIRE + NAME_RELEASE with 10 and with `--names-max` names on the bus.
-    #[arg(long)]
-    names: bool,
-    #[arg(long, default_value_t = 100_000)]
-    names_max: usize,
-    /// Measure broadcast fan-out instead (see --subscribers, --rules, --count).
-    #[arg(long)]
-    broadcast: bool,
-    #[command(flatten)]
-    bcast: broadcast::BroadcastArgs,
-    /// Measure round trips and broadcast fan-out through this D-Bus address instead.
-    #[arg(long, value_name = "ADDRESS")]
-    dbus: Option<String>,
-    /// Start kdbusd, dbus-broker and dbus-daemon on private sockets and measure all three.
-    #[arg(long)]
-    dbus_compare: bool,
-    /// Measure D-Bus round trips on two kdbusd buses, one with this many more policy
-    /// rules (about other names) than the other.
-    #[arg(long, value_name = "N")]
-    policy_rules: Option<usize>,
-    /// Measure calls of this many bytes (`1MiB`, `64KiB` or bytes) on the native path,
-    /// next to dbus-broker's and kdbusd's D-Bus call of the same size in the same run.
-    #[arg(long, value_name = "SIZE", value_parser = payload::size_parse)]
-    payload: Option<usize>,
-    /// With `--payload`: also pass the bytes as sealed memfds (zero-copy).
-    #[arg(long, requires = "payload")]
-    memfd: bool,
-    /// Measure what each metadata item costs per message (native round trips).
-    #[arg(long)]
-    metadata: bool,
-    /// Measure native round trips with this many idle connections on the bus, next
-    /// to the empty bus (with `--idle-names`).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    idle_connections: usize,
-    /// With `--idle-connections`: this many names owned on the bus too.
-    #[arg(long, value_name = "M", default_value_t = 0)]
-    idle_names: usize,
-}
 
 pub(crate) struct Stats {
     pub per_s: f64,

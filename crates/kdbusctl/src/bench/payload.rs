@@ -161,22 +161,6 @@ enum Workload {
     DBus(RoundTrips, dbus::Started),
 }
 
-/// Parse a size: bytes, or with `KiB`/`MiB`.
-pub fn size_parse(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let (n, mul) = if let Some(n) = s.strip_suffix("MiB") {
-        (n, 1 << 20)
-    } else if let Some(n) = s.strip_suffix("KiB") {
-        (n, 1 << 10)
-    } else {
-        (s, 1)
-    };
-    n.trim()
-        .parse::<usize>()
-        .map(|n| n * mul)
-        .map_err(|e| format!("{s}: {e}"))
-}
-
 pub fn run(bus: &Path, size: usize, rounds: usize, memfd: bool, as_json: bool) -> BenchResult<()> {
     // Enough calls to move 256 MiB (at least 100), unless fewer were asked for.
     let rounds = rounds.min(((256usize << 20) / size.max(1)).max(100));
