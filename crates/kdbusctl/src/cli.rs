@@ -118,6 +118,24 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What the bus holds, per connection and per user, refreshed every second: receive
+    /// pools (size, use, queue, losses) and D-Bus streams (bytes waiting, the quota,
+    /// what each sending user holds in it), match rules and names. Read through the
+    /// bus's `org.freedesktop.DBus.Debug.Stats`.
+    Top {
+        /// The D-Bus address to ask (default: the D-Bus socket beside --bus).
+        #[arg(long, value_name = "ADDRESS")]
+        address: Option<String>,
+        /// Print once and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print JSON (one object per refresh).
+        #[arg(long)]
+        json: bool,
+        /// Milliseconds between refreshes.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
     /// Round trips per second through the broker, next to a raw socketpair.
     Bench(BenchArgs),
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod top;
 
 use clap::Parser;
 use cli::{Cli, Cmd};
@@ -151,6 +152,19 @@ fn run(cli: Cli) -> Res {
         }
         Cmd::Monitor { json } => monitor(&cli, *json),
         Cmd::Bench(args) => bench::run(&bus_path(&cli), args),
+        Cmd::Top {
+            address,
+            once,
+            json,
+            interval_ms,
+        } => {
+            let address = address.clone().unwrap_or_else(|| {
+                let bus = bus_path(&cli);
+                let dir = bus.parent().map(|d| d.join("dbus")).unwrap_or_default();
+                format!("unix:path={}", dir.display())
+            });
+            top::run(&address, *once, *json, Duration::from_millis(*interval_ms))
+        }
     }
 }
 

@@ -296,3 +296,177 @@ fn the_build_renders_man_pages() {
     let bench = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/kdbusctl-bench.1")).unwrap();
     assert!(bench.contains("dbus\\-compare"), "{bench}");
 }
+
+mod top {
+    //! `kdbusctl top` against a bus where a sender floods a receiver that does not read.
+
+    use kdbus_dbus::header::{self, Fields, MessageType, FLAG_NO_REPLY_EXPECTED};
+    use kdbus_dbus::marshal::{Endian, Reader, Writer};
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::process::{Command, Stdio};
+
+    fn message(serial: u32, dest: &str, member: &str, body: &[u8], flags: u8) -> Vec<u8> {
+        let driver = dest == "org.freedesktop.DBus";
+        let f = Fields {
+            path: Some(if driver {
+                "/org/freedesktop/DBus"
+            } else {
+                "/x"
+            }),
+            interface: Some(if driver {
+                "org.freedesktop.DBus"
+            } else {
+                "org.x"
+            }),
+            member: Some(member),
+            destination: Some(dest),
+            signature: if body.is_empty() { "" } else { "s" },
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        header::write_fields(
+            &mut out,
+            Endian::Little,
+            MessageType::MethodCall,
+            flags,
+            body.len() as u32,
+            serial,
+            &f,
+        );
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Authenticate and say Hello; the unique name.
+    fn hello(path: &str) -> (UnixStream, String) {
+        let mut s = UnixStream::connect(path).unwrap();
+        let uid: String = rustix::process::getuid()
+            .as_raw()
+            .to_string()
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        s.write_all(format!("\0AUTH EXTERNAL {uid}\r\nBEGIN\r\n").as_bytes())
+            .unwrap();
+        s.write_all(&message(1, "org.freedesktop.DBus", "Hello", &[], 0))
+            .unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            s.read_exact(&mut b).unwrap();
+            line.push(b[0]);
+        }
+        let mut head = vec![0u8; 16];
+        s.read_exact(&mut head).unwrap();
+        let len = header::message_len(&head).unwrap().unwrap();
+        head.resize(len, 0);
+        s.read_exact(&mut head[16..]).unwrap();
+        let h = header::parse(&head).unwrap();
+        let name = Reader::new(&head[h.header_len..], h.endian)
+            .string()
+            .unwrap()
+            .to_string();
+        (s, name)
+    }
+
+    /// The stream quota set to 1 MiB; a sender that floods a receiver which never
+    /// reads fills its share, and `top` shows that share in the receiver's row (and
+    /// the sending user's total), next to the quota.
+    #[test]
+    fn top_shows_a_flooding_senders_share_of_a_slow_receiver() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("sock");
+        let conf = dir.path().join("bus.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "<busconfig><type>session</type><listen>unix:path={}</listen><auth>EXTERNAL</auth>\
+                 <policy context=\"default\"><allow send_destination=\"*\" eavesdrop=\"true\"/>\
+                 <allow eavesdrop=\"true\"/><allow own=\"*\"/></policy>\
+                 <limit name=\"max_outgoing_bytes\">1048576</limit></busconfig>",
+                sock.display()
+            ),
+        )
+        .unwrap();
+        let kdbusd =
+            std::path::PathBuf::from(env!("CARGO_BIN_EXE_kdbusctl")).with_file_name("kdbusd");
+        let mut broker = Command::new(kdbusd)
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", "--print-address"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut address = String::new();
+        BufReader::new(broker.stdout.take().unwrap())
+            .read_line(&mut address)
+            .unwrap();
+        let path = sock.to_str().unwrap();
+        let (_slow, slow_name) = hello(path);
+        let (mut flooder, _) = hello(path);
+        // The flooder reads what comes back (errors once the share is full) so that
+        // only the receiver is slow.
+        let mut reader = flooder.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut b = vec![0u8; 65536];
+            while reader.read(&mut b).is_ok_and(|n| n > 0) {}
+        });
+        let mut body = Vec::new();
+        Writer::new(&mut body, Endian::Little).string(&"x".repeat(60_000));
+        // More than the receiver's socket buffer takes (the broker sets 1 MiB, which
+        // the kernel doubles), then more than the quota.
+        for serial in 2..120u32 {
+            flooder
+                .write_all(&message(
+                    serial,
+                    &slow_name,
+                    "Fill",
+                    &body,
+                    FLAG_NO_REPLY_EXPECTED,
+                ))
+                .unwrap();
+        }
+        // A driver call after them: when it is answered, they have all been routed.
+        flooder
+            .write_all(&message(99, "org.freedesktop.DBus", "GetId", &[], 0))
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let out = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+            .args(["top", "--once", "--json", "--address", address.trim()])
+            .output()
+            .unwrap();
+        let _ = broker.kill();
+        let _ = broker.wait();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = v["connections"].as_array().expect("connections");
+        let slow = rows
+            .iter()
+            .find(|r| r["name"] == slow_name.as_str())
+            .unwrap_or_else(|| panic!("{slow_name} in {v}"));
+        assert_eq!(slow["QuotaBytes"].as_u64(), Some(1 << 20), "{slow}");
+        let me = u64::from(rustix::process::getuid().as_raw());
+        let share = slow["OutgoingBySender"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["uid"].as_u64() == Some(me)))
+            .and_then(|s| s["bytes"].as_u64())
+            .unwrap_or(0);
+        // Alone, a user may fill about half of a receiver's stream: it is full.
+        assert!(
+            ((1 << 20) / 3..=(1 << 20) / 2 + 65536).contains(&share),
+            "share {share} of {slow}"
+        );
+        assert_eq!(slow["OutgoingBytes"].as_u64(), Some(share), "{slow}");
+        let users = v["senders"].as_array().expect("senders");
+        assert!(
+            users.iter().any(|u| u["uid"].as_u64() == Some(me)
+                && u["bytes_held_in_receivers"].as_u64() >= Some(share)),
+            "{v}"
+        );
+    }
+}
