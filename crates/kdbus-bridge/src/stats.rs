@@ -3,7 +3,8 @@
 //! dbus-daemon's three methods with its keys, plus the numbers people chasing a
 //! `LimitsExceeded` ask dbus-broker for: per connection its receive pool (size, bytes
 //! in use, memory touched, queued and dropped messages) or its stream (what each
-//! sending user holds in it, and its bounds), and what its user holds in all.
+//! sending user holds in it, and its bounds), what its user holds in all, and how many
+//! messages were refused to their senders for want of room in it.
 //!
 //! What differs from dbus-daemon, and why:
 //! - `Incoming*` are 0: a message is routed as soon as it is read, so the bus never
@@ -169,9 +170,9 @@ pub(crate) fn get_connection_stats(
     let peaks = b.stats.peaks.get(&bus).copied().unwrap_or_default();
     let rules = conn_match_rules(dom, bus, key);
     let names = conn_bus_names(dom, bus, key);
-    let (id, uid) = dom
+    let (id, uid, refused) = dom
         .conn(key)
-        .map(|c| (c.id, c.peer.creds.uid))
+        .map(|c| (c.id, c.peer.creds.uid, c.refused))
         .ok_or_else(none)?;
     let mut body = Body::new();
     let mut d = Asv::new(&mut body);
@@ -187,6 +188,8 @@ pub(crate) fn get_connection_stats(
     for k in ["PeakIncomingBytes", "PeakIncomingFDs"] {
         d.u32(k, 0);
     }
+    // Ours: messages refused to their senders for want of room in this connection.
+    d.u64("RefusedMessages", refused);
     let stream = dom
         .with_stream(key, |s, _| {
             peer_mut(s).map(|p| {

@@ -81,6 +81,9 @@ pub struct Conn {
     /// Answers this connection waits for: (replier, cookie).
     pub awaited: HashSet<(ConnKey, u64)>,
     pub dropped_msgs: u64,
+    /// Unicast messages refused to their senders for want of room here (its pool, or
+    /// the sender's share of it or of its stream): what made them hear ENOBUFS.
+    pub refused: u64,
     /// `dropped_msgs` as last told to the client (a `REC_DROPPED` record).
     pub dropped_told: u64,
     /// What the broker has to write to the client.
@@ -136,6 +139,7 @@ impl Conn {
             owed: HashMap::new(),
             awaited: HashSet::new(),
             dropped_msgs: 0,
+            refused: 0,
             dropped_told: 0,
             output: Output::new(spec.key),
             special_name: spec.special_name,

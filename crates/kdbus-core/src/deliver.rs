@@ -47,7 +47,14 @@ impl Domain {
         };
         // Eavesdroppers get the fds too (dbus-daemon's); a shared set, not a copy.
         let shared = files.clone();
-        self.deliver_at(dst_key, req, sender, files, route)?;
+        let r = self.deliver_at(dst_key, req, sender, files, route);
+        if r == Err(Errno::ENOBUFS) {
+            // For `Debug.Stats` and `kdbusctl top`: why senders hear LimitsExceeded.
+            if let Some(c) = self.conns.get_mut(&dst_key) {
+                c.refused += 1;
+            }
+        }
+        r?;
         self.seq = seq;
         self.monitors_copy(dst_key, req, sender, name_id, seq, shared.as_ref());
         Ok(())

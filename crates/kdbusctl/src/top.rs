@@ -4,8 +4,9 @@
 //! what that sender's user may hold in it. This shows, per connection, what it holds
 //! and for whom: a native connection's receive pool (size, bytes in use, memory
 //! touched, queued and lost messages), a D-Bus connection's stream (bytes and fds
-//! waiting, its quota, and what each sending user holds in it), its match rules and
-//! names, and per user what its connections hold in all. Everything comes from the
+//! waiting, its quota, and what each sending user holds in it), how many messages were
+//! refused to their senders for want of room in it, its match rules and names, and per
+//! user what its connections hold in all. Everything comes from the
 //! bus's `org.freedesktop.DBus.Debug.Stats` (`GetStats`, and `GetConnectionStats` for
 //! each unique name), so it works against any address that has it.
 
@@ -88,6 +89,7 @@ fn row_json(r: &Row) -> Value {
         "UserOutgoingBytes",
         "MatchRules",
         "BusNames",
+        "RefusedMessages",
     ] {
         if let Some(v) = num(s, k) {
             o[k] = json!(v);
@@ -117,8 +119,8 @@ fn print_table(bus: &HashMap<String, OwnedValue>, rows: &[Row]) {
         g("BusNames")
     );
     println!(
-        "{:<10} {:<6} {:>15} {:>7} {:>7} {:>7} {:>5}  BY SENDING USER",
-        "NAME", "KIND", "HELD/BOUND", "QUEUED", "LOST", "MATCHES", "NAMES"
+        "{:<10} {:<6} {:>15} {:>7} {:>7} {:>8} {:>7} {:>5}  BY SENDING USER",
+        "NAME", "KIND", "HELD/BOUND", "QUEUED", "LOST", "REFUSED", "MATCHES", "NAMES"
     );
     for r in rows {
         let s = &r.stats;
@@ -140,12 +142,13 @@ fn print_table(bus: &HashMap<String, OwnedValue>, rows: &[Row]) {
             .map(|(uid, (bytes, fds))| format!("uid {uid}: {} {fds} fds", kib(bytes)))
             .collect();
         println!(
-            "{:<10} {:<6} {:>15} {:>7} {:>7} {:>7} {:>5}  {}",
+            "{:<10} {:<6} {:>15} {:>7} {:>7} {:>8} {:>7} {:>5}  {}",
             r.name,
             kind,
             held,
             queued,
             lost,
+            n("RefusedMessages"),
             n("MatchRules"),
             n("BusNames"),
             senders.join(", ")

@@ -462,6 +462,8 @@ mod top {
             "share {share} of {slow}"
         );
         assert_eq!(slow["OutgoingBytes"].as_u64(), Some(share), "{slow}");
+        // What did not fit was refused, and counted.
+        assert!(slow["RefusedMessages"].as_u64() > Some(0), "{slow}");
         let users = v["senders"].as_array().expect("senders");
         assert!(
             users.iter().any(|u| u["uid"].as_u64() == Some(me)
