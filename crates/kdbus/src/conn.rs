@@ -33,10 +33,19 @@ use zerocopy::IntoBytes;
 /// Options of HELLO.
 #[derive(Clone, Debug)]
 pub struct HelloOptions {
+    /// HELLO flags (`kdbus_abi::hello_flags`); by default only ACCEPT_FD, so the
+    /// connection may receive fds.
     pub flags: u64,
+    /// Metadata kinds (`kdbus_abi::attach` bits) the bus may attach to messages this
+    /// connection sends; all kinds by default.
     pub attach_flags_send: u64,
+    /// Metadata kinds (`kdbus_abi::attach` bits) this connection wants attached to the
+    /// messages it receives; none by default.
     pub attach_flags_recv: u64,
+    /// Size of the receive pool, in bytes; [`crate::DEFAULT_POOL_SIZE`] (16 MiB) by default.
     pub pool_size: u64,
+    /// A free-form description of the connection that others see in CONN_INFO and LIST;
+    /// `None` sends none.
     pub description: Option<String>,
     /// The name of an activator or policy holder.
     pub name: Option<String>,
@@ -60,25 +69,32 @@ impl Default for HelloOptions {
 }
 
 impl HelloOptions {
+    /// The default options: fds accepted, all metadata offered to receivers, none
+    /// requested, a 16 MiB pool.
     pub fn new() -> Self {
         Self::default()
     }
+    /// Replace the HELLO flags with `f` (`kdbus_abi::hello_flags`).
     pub fn flags(mut self, f: u64) -> Self {
         self.flags = f;
         self
     }
+    /// Set the metadata kinds (`kdbus_abi::attach` bits) wanted on received messages.
     pub fn attach_recv(mut self, f: u64) -> Self {
         self.attach_flags_recv = f;
         self
     }
+    /// Set the metadata kinds (`kdbus_abi::attach` bits) the bus may attach to sent messages.
     pub fn attach_send(mut self, f: u64) -> Self {
         self.attach_flags_send = f;
         self
     }
+    /// Set the receive pool size, in bytes.
     pub fn pool_size(mut self, s: u64) -> Self {
         self.pool_size = s;
         self
     }
+    /// Set the connection's description.
     pub fn description(mut self, d: &str) -> Self {
         self.description = Some(d.to_owned());
         self
@@ -189,15 +205,20 @@ impl Connection {
         Ok(conn)
     }
 
+    /// The unique id the bus gave this connection at HELLO.
     pub fn id(&self) -> u64 {
         self.id
     }
+    /// The bus's flags, as HELLO reported them.
     pub fn bus_flags(&self) -> u64 {
         self.bus_flags
     }
+    /// The bus's 128-bit id, as HELLO reported it.
     pub fn bus_id128(&self) -> [u8; 16] {
         self.id128
     }
+    /// The bus's bloom filter parameters (size and hash count), which signal filters and
+    /// match masks must follow; all zero if HELLO carried none.
     pub fn bloom(&self) -> BloomParameter {
         self.bloom
     }

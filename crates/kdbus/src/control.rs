@@ -23,6 +23,7 @@ pub struct Control {
 /// A bus we made; the bus lives as long as this value.
 pub struct BusOwner {
     _t: Transport,
+    /// The bus's name, as given to [`Control::make_bus`].
     pub name: String,
     /// Path of the bus's default endpoint.
     pub endpoint: PathBuf,
@@ -101,7 +102,9 @@ pub struct EndpointOwner {
 /// seen (0), talked to (1) or owned (2) by everyone.
 #[derive(Clone, Debug)]
 pub struct Grant {
+    /// The name the rule covers, or a prefix wildcard such as `a.b.*`.
     pub name: String,
+    /// What everyone may do with the name: see (0), talk to (1) or own (2).
     pub level: u64,
 }
 

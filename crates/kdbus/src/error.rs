@@ -2,6 +2,8 @@
 
 use kdbus_abi::Errno;
 
+/// Why a library call failed: the bus refused, the socket failed, or the broker's
+/// answer made no sense. [`Error::errno`] maps each to an errno.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The bus refused the command; the errno says why (kdbus's contract).
@@ -38,4 +40,5 @@ impl From<rustix::io::Errno> for Error {
     }
 }
 
+/// The library's result type; the error defaults to [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -13,13 +13,26 @@ use kdbus_abi::{item, read_struct, Info};
 /// What the broker told us about a connection (CONN_INFO, LIST).
 #[derive(Clone, Debug, Default)]
 pub struct ConnInfo {
+    /// The connection's unique id (the bus id, for BUS_CREATOR_INFO).
     pub id: u64,
+    /// The connection's HELLO flags (the bus flags, for BUS_CREATOR_INFO).
     pub flags: u64,
+    /// The connection's description; `None` if it has none or it was not asked for.
     pub description: Option<String>,
+    /// The real user id from the CREDS metadata; `None` if that was not asked for or
+    /// not supplied.
     pub uid: Option<u64>,
+    /// The real group id from the CREDS metadata; `None` if that was not asked for or
+    /// not supplied.
     pub gid: Option<u64>,
+    /// The process id from the PIDS metadata; `None` if that was not asked for or not
+    /// supplied.
     pub pid: Option<u64>,
+    /// The process's command name (PID_COMM metadata); `None` if not asked for or not
+    /// supplied.
     pub comm: Option<String>,
+    /// Path of the process's executable (EXE metadata); `None` if not asked for or not
+    /// supplied.
     pub exe: Option<String>,
     /// Names owned (CONN_INFO with NAMES), or the one name of a LIST record, with flags.
     pub names: Vec<(String, u64)>,

@@ -23,6 +23,8 @@
 //! pool), `info` (connection records) and `message` (encoding); `transport` (the
 //! datagram syscalls) sits below all of them.
 
+#![warn(missing_docs)]
+
 mod conn;
 mod control;
 mod error;

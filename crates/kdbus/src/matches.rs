@@ -15,6 +15,7 @@ pub struct MatchRule {
 pub const ANY: u64 = MATCH_ID_ANY;
 
 impl MatchRule {
+    /// An empty entry, which takes every broadcast and notification until rules are added.
     pub fn new() -> Self {
         Self::default()
     }

@@ -27,10 +27,12 @@ pub struct Payloads<'a> {
 }
 
 impl<'a> Payloads<'a> {
+    /// An empty list.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Append a slice; it stays borrowed, not copied.
     pub fn push(&mut self, data: &'a [u8]) {
         if self.spilled.is_empty() && self.len < INLINE_PAYLOADS {
             self.inline[self.len] = data;
@@ -67,18 +69,33 @@ pub fn payload_padding(len: usize) -> usize {
     kdbus_abi::align8_usize(len) - len
 }
 
+/// A message to send. It borrows its payload, fds and bloom filter from the caller;
+/// start with [`Message::to`], [`Message::to_name`] or [`Message::broadcast`] and
+/// add to it with the builder methods.
 #[derive(Clone, Debug)]
 pub struct Message<'a> {
+    /// Destination: a unique connection id, `kdbus_abi::DST_ID_NAME` (with `dst_name`) or
+    /// `kdbus_abi::DST_ID_BROADCAST`.
     pub dst_id: u64,
+    /// The well-known name the message goes to when `dst_id` is `DST_ID_NAME`; `None`
+    /// otherwise.
     pub dst_name: Option<&'a str>,
+    /// Message flags (`kdbus_abi::msg_flags`), such as EXPECT_REPLY or SIGNAL.
     pub flags: u64,
+    /// Queue priority: lower values are more urgent; 0 by default.
     pub priority: i64,
+    /// The sender's number for this message, which replies and send-failure reports
+    /// refer to; must be non-zero when a reply is expected.
     pub cookie: u64,
     /// Absolute CLOCK_MONOTONIC deadline (with EXPECT_REPLY).
     pub timeout_ns: u64,
+    /// The cookie of the message this one answers; 0 if it is not a reply.
     pub cookie_reply: u64,
+    /// Payload type (`kdbus_abi::payload`); D-Bus marshalling by default.
     pub payload_type: u64,
+    /// The payload vectors, copied into the receiver's pool in order.
     pub payload: Payloads<'a>,
+    /// File descriptors passed with the message (its FDS item).
     pub fds: Vec<BorrowedFd<'a>>,
     /// Sealed memfds carrying payload (never copied by the bus): (fd, start, size).
     pub memfds: Vec<(BorrowedFd<'a>, u64, u64)>,
@@ -132,11 +149,13 @@ impl<'a> Message<'a> {
         m
     }
 
+    /// Set the message's cookie.
     pub fn cookie(mut self, cookie: u64) -> Self {
         self.cookie = cookie;
         self
     }
 
+    /// Set the queue priority (lower is more urgent).
     pub fn priority(mut self, p: i64) -> Self {
         self.priority = p;
         self
@@ -155,6 +174,7 @@ impl<'a> Message<'a> {
         self
     }
 
+    /// Add `flags` (`kdbus_abi::msg_flags`) to those already set.
     pub fn flags(mut self, flags: u64) -> Self {
         self.flags |= flags;
         self
@@ -188,11 +208,13 @@ impl<'a> Message<'a> {
         std::borrow::Cow::Owned(all.collect())
     }
 
+    /// Pass the file descriptor `fd` with the message.
     pub fn fd(mut self, fd: BorrowedFd<'a>) -> Self {
         self.fds.push(fd);
         self
     }
 
+    /// Set the payload type (`kdbus_abi::payload`).
     pub fn payload_type(mut self, t: u64) -> Self {
         self.payload_type = t;
         self

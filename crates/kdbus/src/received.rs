@@ -45,27 +45,38 @@ impl<'c> Received<'c> {
         }
     }
 
+    /// The message header (`kdbus_msg`) as the broker wrote it.
     pub fn header(&self) -> &Msg {
         &self.header
     }
+    /// Where the message's slice starts in the pool, in bytes; the value
+    /// [`crate::Connection::free`] takes.
     pub fn offset(&self) -> u64 {
         self.offset
     }
+    /// The sender's unique id; 0 (`kdbus_abi::SRC_ID_KERNEL`) for messages the bus
+    /// itself generates.
     pub fn src_id(&self) -> u64 {
         self.header.src_id
     }
+    /// The destination id from the message header.
     pub fn dst_id(&self) -> u64 {
         self.header.dst_id
     }
+    /// The sender's cookie for this message.
     pub fn cookie(&self) -> u64 {
         self.header.cookie
     }
+    /// The cookie of the message this one replies to (the header's
+    /// `timeout_or_cookie_reply`, so only meaningful for replies and bus notifications).
     pub fn cookie_reply(&self) -> u64 {
         self.header.timeout_or_cookie_reply
     }
+    /// The message's priority (lower is more urgent).
     pub fn priority(&self) -> i64 {
         self.header.priority
     }
+    /// Whether the sender waits for a reply (EXPECT_REPLY is set).
     pub fn expects_reply(&self) -> bool {
         self.header.flags & kdbus_abi::msg_flags::EXPECT_REPLY != 0
     }
@@ -118,7 +129,6 @@ impl<'c> Received<'c> {
         self.payloads().collect()
     }
 
-    /// All payload vectors concatenated.
     /// The memfd payloads, in item order, each mapped read-only (the fds come after
     /// those of the `FDS` item).
     pub fn memfds(&self) -> std::io::Result<Vec<crate::MemfdView>> {
@@ -140,6 +150,7 @@ impl<'c> Received<'c> {
         Ok(out)
     }
 
+    /// All payload vectors concatenated into one new buffer.
     pub fn payload_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.payloads().map(<[u8]>::len).sum());
         for p in self.payloads() {

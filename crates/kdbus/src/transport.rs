@@ -9,7 +9,7 @@
 //! copying it into one buffer first. `SOCK_SEQPACKET` keeps the gathered pieces one
 //! record, so the broker sees exactly the bytes a single buffer would have held.
 //!
-//! [`Transport`] is the plain use of that: a socket on which one request is answered
+//! `Transport` is the plain use of that: a socket on which one request is answered
 //! before the next is sent (control handles, bus owners, the HELLO handshake).
 
 use crate::error::{Error, Result};
@@ -33,10 +33,12 @@ pub struct Answer {
     pub error: i32,
     /// The command structure as the broker wrote it back.
     pub body: Vec<u8>,
+    /// The fds that came with the answer (HELLO's pool memfd, for one).
     pub fds: Vec<OwnedFd>,
 }
 
 impl Answer {
+    /// An answer with errno `error` (0 for success), a copy of `body`, and `fds`.
     pub fn new(error: i32, body: &[u8], fds: Vec<OwnedFd>) -> Answer {
         Answer {
             error,
@@ -48,7 +50,9 @@ impl Answer {
 
 /// A message announced in the pool, with the fds that travelled with it.
 pub struct Announced {
+    /// The announcement: where the message sits in the pool, its size and priority.
     pub ev: kdbus_abi::wire::MsgEvent,
+    /// The fds that travelled with the message.
     pub fds: Vec<OwnedFd>,
 }
 
