@@ -141,15 +141,16 @@ pub struct SignalSpec<'a> {
     pub args: &'a [Option<&'a str>],
 }
 
-/// The longest value worth a filter element. A D-Bus match rule is at most
-/// [`crate::rules::MAX_RULE_LEN`] bytes (dbus-daemon's limit, and ours), so no rule can
+/// The longest value worth a filter element. A D-Bus match rule is at most 1024
+/// bytes (dbus-daemon's limit, and ours: `rules::MAX_RULE_LEN`, which checks that it
+/// is no longer than this), so no rule can
 /// ask for a longer path or argument, or a longer prefix of one: hashing it would only
 /// cost (milliseconds for a 1 MiB argument, and quadratic time for one full of
 /// separators, one hash per prefix) and fill the filter with bits nobody looks for.
 /// Longer values contribute their prefixes up to this length. (A native client's
 /// mask is its own computation: one that asks for a longer value than this misses
 /// signals from D-Bus senders; `docs/abi.md` says so.)
-pub const VALUE_MAX: usize = crate::rules::MAX_RULE_LEN;
+pub const VALUE_MAX: usize = 1024;
 
 /// The filter sd-bus attaches to a signal (with values capped at [`VALUE_MAX`]).
 pub fn signal_filter(p: BloomParameter, s: &SignalSpec<'_>) -> Bloom {

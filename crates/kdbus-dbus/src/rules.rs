@@ -12,6 +12,8 @@ use thiserror::Error;
 
 /// Longest rule dbus-daemon accepts.
 pub const MAX_RULE_LEN: usize = 1024;
+// No rule may name a value longer than a signal's filter holds (bloom::VALUE_MAX).
+const _: () = assert!(MAX_RULE_LEN <= crate::bloom::VALUE_MAX);
 /// Highest argument index a rule may test.
 pub const MAX_ARG: usize = 63;
 
