@@ -15,24 +15,40 @@ pub const FLAG_NEGOTIATE: u64 = 1 << 63;
 
 /// Command codes: kdbus's ioctl numbers (the `nr` byte).
 pub mod cmd {
+    /// On a control handle: create a bus named by a MAKE_NAME item, owned by the caller.
     pub const BUS_MAKE: u32 = 0x00;
     /// 64d871b's DOMAIN_MAKE (HEAD made a domain per kdbusfs mount instead): on a
     /// control handle, a new domain below this one, as long as the handle lives.
     pub const DOMAIN_MAKE: u32 = 0x01;
+    /// On a bus: create a custom endpoint, which has its own (deny-all by default) policy.
     pub const ENDPOINT_MAKE: u32 = 0x10;
+    /// On an endpoint owner's handle: replace the custom endpoint's policy.
     pub const ENDPOINT_UPDATE: u32 = 0x11;
+    /// Turn an endpoint handle into a bus connection; returns its id and receive pool.
     pub const HELLO: u32 = 0x80;
+    /// Change a connection's attach flags, or a policy holder's policy entries.
     pub const UPDATE: u32 = 0x81;
+    /// Leave the bus; fails with EBUSY while messages are still queued.
     pub const BYEBYE: u32 = 0x82;
+    /// Release a slice of the caller's pool that a RECV, LIST or info command returned.
     pub const FREE: u32 = 0x83;
+    /// Write a connection's id, flags and metadata into the caller's pool.
     pub const CONN_INFO: u32 = 0x84;
+    /// Write the bus's id, flags and its creator's metadata into the caller's pool.
     pub const BUS_CREATOR_INFO: u32 = 0x85;
+    /// Write the bus's connections and/or names into the caller's pool.
     pub const LIST: u32 = 0x86;
+    /// Send a message (`kdbus_cmd_send`), optionally waiting for its reply.
     pub const SEND: u32 = 0x90;
+    /// Take (or peek at, or drop) a message from the connection's queue.
     pub const RECV: u32 = 0x91;
+    /// Acquire a well-known name, or queue up for it.
     pub const NAME_ACQUIRE: u32 = 0xa0;
+    /// Release a well-known name, or leave its queue.
     pub const NAME_RELEASE: u32 = 0xa1;
+    /// Add a match entry choosing which broadcasts and notifications to receive.
     pub const MATCH_ADD: u32 = 0xb0;
+    /// Remove every match entry with the given cookie.
     pub const MATCH_REMOVE: u32 = 0xb1;
     /// Ours: "this handle is being closed": the broker does what closing a kdbus
     /// handle did (a connection leaves the bus, a bus owner's bus goes away) and
@@ -84,47 +100,88 @@ pub fn cmd_allowed_flags(c: u32) -> u64 {
 
 /// Item types (`enum kdbus_item_type`).
 pub mod item {
+    /// Lists item types to ask which of them the bus supports (not implemented here).
     pub const NEGOTIATE: u64 = 1;
+    /// Payload bytes as `{size, address}`, the address being an offset into the request
+    /// body (0: zero padding).
     pub const PAYLOAD_VEC: u64 = 2;
+    /// A received payload vector: `{size, offset}`, the offset counted from the message's
+    /// start in the pool.
     pub const PAYLOAD_OFF: u64 = 3;
+    /// Payload in a sealed memfd: `{start, size, fd}` names the byte range to pass.
     pub const PAYLOAD_MEMFD: u64 = 4;
+    /// File descriptors passed with a message, one `i32` number each.
     pub const FDS: u64 = 5;
+    /// A file descriptor that, once readable, cancels a synchronous SEND with ECANCELED.
     pub const CANCEL_FD: u64 = 6;
+    /// A bus's bloom filter size (bytes) and number of hash functions.
     pub const BLOOM_PARAMETER: u64 = 7;
+    /// A signal's bloom filter: a `u64` generation followed by the filter words.
     pub const BLOOM_FILTER: u64 = 8;
+    /// A match rule's bloom mask, one bus-sized mask per generation.
     pub const BLOOM_MASK: u64 = 9;
+    /// The well-known name a message is addressed to (NUL-terminated).
     pub const DST_NAME: u64 = 10;
+    /// The name of the bus, endpoint or domain a make command creates (NUL-terminated).
     pub const MAKE_NAME: u64 = 11;
+    /// A `u64` mask of the metadata a connection lets the bus attach to what it sends.
     pub const ATTACH_FLAGS_SEND: u64 = 12;
+    /// A `u64` mask of the metadata a connection wants attached to what it receives.
     pub const ATTACH_FLAGS_RECV: u64 = 13;
+    /// A `u64` connection id (in match rules: the sender's id, or `MATCH_ID_ANY`).
     pub const ID: u64 = 14;
+    /// A well-known name (name commands, match rules, policy entries).
     pub const NAME: u64 = 15;
 
+    /// First metadata item type: attach flag bit `n` selects item `ATTACH_BASE + n`.
     pub const ATTACH_BASE: u64 = 0x1000;
+    /// Metadata: the message's sequence number and its monotonic and realtime send times (ns).
     pub const TIMESTAMP: u64 = 0x1000;
+    /// Metadata: the sender's real, effective, saved and filesystem uids and gids.
     pub const CREDS: u64 = 0x1001;
+    /// Metadata: the sender's process id, thread id and parent process id.
     pub const PIDS: u64 = 0x1002;
+    /// Metadata: the sender's supplementary group ids, one `u64` each.
     pub const AUXGROUPS: u64 = 0x1003;
+    /// Metadata: a well-known name the sender owns, with its name flags.
     pub const OWNED_NAME: u64 = 0x1004;
+    /// Metadata: the `comm` of the sending thread.
     pub const TID_COMM: u64 = 0x1005;
+    /// Metadata: the `comm` of the sending process.
     pub const PID_COMM: u64 = 0x1006;
+    /// Metadata: the path of the sender's executable.
     pub const EXE: u64 = 0x1007;
+    /// Metadata: the sender's command line, arguments separated by NULs.
     pub const CMDLINE: u64 = 0x1008;
+    /// Metadata: the sender's cgroup path.
     pub const CGROUP: u64 = 0x1009;
+    /// Metadata: the sender's capability sets.
     pub const CAPS: u64 = 0x100a;
+    /// Metadata: the sender's LSM security label.
     pub const SECLABEL: u64 = 0x100b;
+    /// Metadata: the sender's audit session id and login uid.
     pub const AUDIT: u64 = 0x100c;
+    /// The human-readable description a connection gave itself (a sysname).
     pub const CONN_DESCRIPTION: u64 = 0x100d;
 
+    /// A policy rule `{type, access, id}` for the NAME item before it.
     pub const POLICY_ACCESS: u64 = 0x2000;
 
+    /// First type of the items in notifications the bus itself sends.
     pub const KERNEL_BASE: u64 = 0x8000;
+    /// Notification: a well-known name got its first owner.
     pub const NAME_ADD: u64 = 0x8000;
+    /// Notification: a well-known name lost its last owner.
     pub const NAME_REMOVE: u64 = 0x8001;
+    /// Notification: a well-known name passed from one owner to another.
     pub const NAME_CHANGE: u64 = 0x8002;
+    /// Notification: a connection joined the bus.
     pub const ID_ADD: u64 = 0x8003;
+    /// Notification: a connection left the bus.
     pub const ID_REMOVE: u64 = 0x8004;
+    /// Notification: the reply to a message sent with EXPECT_REPLY did not come in time.
     pub const REPLY_TIMEOUT: u64 = 0x8005;
+    /// Notification: the peer that was to reply left or dropped the request.
     pub const REPLY_DEAD: u64 = 0x8006;
 }
 
@@ -140,115 +197,181 @@ pub mod attach {
         Ok(flags)
     }
 
+    /// Attach the TIMESTAMP item.
     pub const TIMESTAMP: u64 = 1 << 0;
+    /// Attach the CREDS item.
     pub const CREDS: u64 = 1 << 1;
+    /// Attach the PIDS item.
     pub const PIDS: u64 = 1 << 2;
+    /// Attach the AUXGROUPS item.
     pub const AUXGROUPS: u64 = 1 << 3;
+    /// Attach an OWNED_NAME item for each name the sender owns.
     pub const NAMES: u64 = 1 << 4;
+    /// Attach the TID_COMM item.
     pub const TID_COMM: u64 = 1 << 5;
+    /// Attach the PID_COMM item.
     pub const PID_COMM: u64 = 1 << 6;
+    /// Attach the EXE item.
     pub const EXE: u64 = 1 << 7;
+    /// Attach the CMDLINE item.
     pub const CMDLINE: u64 = 1 << 8;
+    /// Attach the CGROUP item.
     pub const CGROUP: u64 = 1 << 9;
+    /// Attach the CAPS item.
     pub const CAPS: u64 = 1 << 10;
+    /// Attach the SECLABEL item.
     pub const SECLABEL: u64 = 1 << 11;
+    /// Attach the AUDIT item.
     pub const AUDIT: u64 = 1 << 12;
+    /// Attach the CONN_DESCRIPTION item.
     pub const CONN_DESCRIPTION: u64 = 1 << 13;
+    /// Every attach flag this ABI knows.
     pub const ALL: u64 = (1 << 14) - 1;
+    /// All bits set: accepted as a shorthand for [`ALL`].
     pub const ANY: u64 = !0;
 }
 
 /// `kdbus_msg.flags`.
 pub mod msg_flags {
+    /// The sender expects a reply; needs a non-zero cookie and `timeout_ns`.
     pub const EXPECT_REPLY: u64 = 1 << 0;
+    /// Do not deliver to an activator, so no service gets started for it.
     pub const NO_AUTO_START: u64 = 1 << 1;
+    /// The message is a signal: it may be broadcast and cannot expect or be a reply.
     pub const SIGNAL: u64 = 1 << 2;
+    /// Every message flag.
     pub const ALL: u64 = EXPECT_REPLY | NO_AUTO_START | SIGNAL;
 }
 
 /// `kdbus_msg.payload_type`.
 pub mod payload {
+    /// Payload type of notifications the bus itself sends.
     pub const KERNEL: u64 = 0;
+    /// Payload type of a D-Bus message ("DBusDBus" in ASCII).
     pub const DBUS: u64 = 0x4442757344427573;
 }
 
 /// `kdbus_cmd_send.flags`.
 pub mod send_flags {
+    /// Block the SEND until the reply arrives, and return where it sits in `reply`.
     pub const SYNC_REPLY: u64 = 1 << 0;
+    /// Every SEND flag.
     pub const ALL: u64 = SYNC_REPLY;
 }
 
 /// `kdbus_cmd_recv.flags` and return flags.
 pub mod recv_flags {
+    /// Return the next message without taking it off the queue.
     pub const PEEK: u64 = 1 << 0;
+    /// Take the next message off the queue and discard it.
     pub const DROP: u64 = 1 << 1;
+    /// Pick the oldest message of the highest priority (lowest value), if it is at most `priority`.
     pub const USE_PRIORITY: u64 = 1 << 2;
     /// Our extension: take the message announced at `msg.offset` (see `wire::REC_MSG`)
     /// instead of letting the broker pick one. The client library uses it so that
     /// receiving never waits for the broker.
     pub const CLAIM: u64 = 1 << 8;
+    /// Every RECV flag.
     pub const ALL: u64 = PEEK | DROP | USE_PRIORITY | CLAIM;
+    /// Return flag: some of the message's fds could not be installed (they read -1).
     pub const RETURN_INCOMPLETE_FDS: u64 = 1 << 0;
+    /// Return flag: messages were lost; `dropped_msgs` says how many.
     pub const RETURN_DROPPED_MSGS: u64 = 1 << 1;
 }
 
 /// `kdbus_cmd_hello.flags` (also the connection flags reported by CONN_INFO).
 pub mod hello_flags {
+    /// The connection accepts messages that carry file descriptors.
     pub const ACCEPT_FD: u64 = 1 << 0;
+    /// The connection holds one name for a service that is not running yet (privileged).
     pub const ACTIVATOR: u64 = 1 << 1;
+    /// The connection only uploads policy for names and receives nothing (privileged).
     pub const POLICY_HOLDER: u64 = 1 << 2;
+    /// The connection receives a copy of all bus traffic and cannot send (privileged).
     pub const MONITOR: u64 = 1 << 3;
+    /// Every HELLO flag.
     pub const ALL: u64 = ACCEPT_FD | ACTIVATOR | POLICY_HOLDER | MONITOR;
 }
 
 /// `kdbus_cmd_list.flags`.
 pub mod list_flags {
+    /// List every connection by its unique id.
     pub const UNIQUE: u64 = 1 << 0;
+    /// List the well-known names and their owners.
     pub const NAMES: u64 = 1 << 1;
+    /// List the names held by activators.
     pub const ACTIVATORS: u64 = 1 << 2;
+    /// List the connections waiting in name queues.
     pub const QUEUED: u64 = 1 << 3;
+    /// Every LIST flag.
     pub const ALL: u64 = UNIQUE | NAMES | ACTIVATORS | QUEUED;
 }
 
 /// `kdbus_cmd_match.flags`.
 pub mod match_flags {
+    /// Remove the entries with the same cookie before adding this one, atomically.
     pub const REPLACE: u64 = 1 << 0;
+    /// Every MATCH_ADD flag.
     pub const ALL: u64 = REPLACE;
 }
 
 /// Flags of BUS_MAKE / ENDPOINT_MAKE.
 pub mod make_flags {
+    /// Let the creator's group use the new node (mode 0660).
     pub const ACCESS_GROUP: u64 = 1 << 0;
+    /// Let everyone use the new node (mode 0666).
     pub const ACCESS_WORLD: u64 = 1 << 1;
+    /// Every make flag.
     pub const ALL: u64 = ACCESS_GROUP | ACCESS_WORLD;
 }
 
 /// Name flags.
 pub mod name_flags {
+    /// Take the name from its owner if that owner allowed replacement.
     pub const REPLACE_EXISTING: u64 = 1 << 0;
+    /// Let another connection take this name with REPLACE_EXISTING.
     pub const ALLOW_REPLACEMENT: u64 = 1 << 1;
+    /// If the name is taken, wait in its queue for it.
     pub const QUEUE: u64 = 1 << 2;
+    /// Returned: the caller was queued for the name, not made its owner.
     pub const IN_QUEUE: u64 = 1 << 3;
+    /// The name is held by an activator connection.
     pub const ACTIVATOR: u64 = 1 << 4;
 }
 
 /// Limits (kdbus HEAD `limits.h`).
 pub mod limits {
+    /// Largest message header plus items, in bytes (payload data not counted).
     pub const MSG_MAX_SIZE: u64 = 8192;
+    /// Most items a message may carry.
     pub const MSG_MAX_ITEMS: usize = 128;
+    /// Most PAYLOAD_MEMFD items a message may carry.
     pub const MSG_MAX_MEMFD_ITEMS: usize = 16;
+    /// Most file descriptors a message's FDS item may hold.
     pub const MSG_MAX_FDS: usize = 253;
+    /// Largest command structure with its items, in bytes.
     pub const CMD_MAX_SIZE: u64 = 32 * 1024;
+    /// Most file descriptors one sending user may have queued for a connection.
     pub const CONN_MAX_FDS_PER_USER: u32 = 16;
+    /// Largest total size of a message's PAYLOAD_VEC data, in bytes.
     pub const MSG_MAX_PAYLOAD_VEC_SIZE: u64 = 2 * 1024 * 1024;
+    /// Largest bloom filter a bus may use, in bytes.
     pub const BUS_BLOOM_MAX_SIZE: u64 = 4096;
+    /// Longest well-known name, in bytes.
     pub const NAME_MAX_LEN: usize = 255;
+    /// Longest bus, endpoint, domain or connection description name, in bytes.
     pub const SYSNAME_MAX_LEN: usize = 63;
+    /// Most match entries a connection may have.
     pub const MATCH_MAX: usize = 256;
+    /// Most messages one sending user may have queued for a connection.
     pub const CONN_MAX_MSGS: usize = 256;
+    /// Most well-known names a connection may own.
     pub const CONN_MAX_NAMES: usize = 256;
+    /// Most replies a connection may be waiting for at once.
     pub const CONN_MAX_REQUESTS_PENDING: usize = 128;
+    /// Most connections one user may have on a bus.
     pub const USER_MAX_CONN: usize = 1024;
+    /// Most buses one user may create.
     pub const USER_MAX_BUSES: usize = 16;
     /// Page size the pool size must be a multiple of.
     pub const PAGE_SIZE: u64 = 4096;

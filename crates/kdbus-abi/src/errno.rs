@@ -14,7 +14,10 @@ pub struct Errno(pub i32);
 macro_rules! errnos {
     ($($name:ident),* $(,)?) => {
         impl Errno {
-            $(pub const $name: Errno = Errno(libc::$name);)*
+            $(
+                /// The Linux errno of this name.
+                pub const $name: Errno = Errno(libc::$name);
+            )*
 
             /// The symbolic name, e.g. `"EINVAL"`.
             pub fn name(self) -> &'static str {
@@ -82,6 +85,7 @@ errnos!(
 );
 
 impl Errno {
+    /// The errno as a number.
     pub fn raw(self) -> i32 {
         self.0
     }

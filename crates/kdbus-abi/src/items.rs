@@ -13,6 +13,7 @@ use zerocopy::IntoBytes;
 /// One item, borrowed from the buffer it arrived in.
 #[derive(Clone, Copy, Debug)]
 pub struct Item<'a> {
+    /// The item type (see [`crate::item`]).
     pub type_: u64,
     /// The payload, without the header and without trailing padding.
     pub payload: &'a [u8],
@@ -143,10 +144,12 @@ pub fn validate_all(buf: &[u8]) -> Result<usize, Errno> {
 
 /// Appends items to a byte buffer. Used to build commands (client) and pool records (broker).
 pub struct ItemWriter<'a> {
+    /// The buffer items are appended to.
     pub buf: &'a mut Vec<u8>,
 }
 
 impl<'a> ItemWriter<'a> {
+    /// A writer appending to `buf`.
     pub fn new(buf: &'a mut Vec<u8>) -> Self {
         ItemWriter { buf }
     }
@@ -166,14 +169,17 @@ impl<'a> ItemWriter<'a> {
         self.buf.resize(padded, 0);
     }
 
+    /// Append an item with the payload `payload`.
     pub fn push(&mut self, type_: u64, payload: &[u8]) {
         self.push_parts(type_, &[payload]);
     }
 
+    /// Append an item whose payload is the `u64` `v`.
     pub fn push_u64(&mut self, type_: u64, v: u64) {
         self.push(type_, &v.to_ne_bytes());
     }
 
+    /// Append an item whose payload is `s` with a terminating NUL.
     pub fn push_str(&mut self, type_: u64, s: &str) {
         self.push_parts(type_, &[s.as_bytes(), &[0]]);
     }

@@ -8,6 +8,7 @@
 //! Nothing here does I/O, and parsing never allocates: the broker parses commands in
 //! place, in the buffer it read them into.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod consts;
 pub mod encode;

@@ -46,29 +46,38 @@ pub const REC_SEND_FAILED: u16 = 5;
 /// inline payload kdbus allows, and slack for framing.
 pub const MAX_REQUEST_DATAGRAM: usize = 2 * 1024 * 1024 + 64 * 1024;
 
+/// Header of a request a client sends to the broker.
 #[repr(C)]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
 )]
 pub struct ReqHeader {
+    /// The command: kdbus's ioctl number (see [`crate::cmd`]).
     pub cmd: u32,
+    /// Request flags, e.g. [`REQ_NO_REPLY`].
     pub flags: u32,
+    /// Id the client chose for this request, repeated in the answer.
     pub req_id: u64,
+    /// Length of the body in bytes, padding excluded.
     pub body_len: u64,
 }
 
+/// Header of a record the broker sends to a client.
 #[repr(C)]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
 )]
 pub struct RecHeader {
+    /// The kind of record (`REC_*`).
     pub kind: u16,
     /// How many of the datagram's `SCM_RIGHTS` fds belong to this record (records take
     /// them in order).
     pub n_fds: u16,
     /// Positive errno, 0 on success.
     pub error: i32,
+    /// Id of the request the record is about (for REC_REPLY and REC_SEND_FAILED).
     pub req_id: u64,
+    /// Length of the body in bytes, padding excluded.
     pub body_len: u64,
 }
 
@@ -78,8 +87,11 @@ pub struct RecHeader {
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
 )]
 pub struct MsgEvent {
+    /// Offset of the message in the receiver's pool, in bytes.
     pub offset: u64,
+    /// Size of the message in bytes, header and items.
     pub msg_size: u64,
+    /// Priority of the message; lower values are more urgent.
     pub priority: i64,
     /// Domain-wide sequence number of the message.
     pub seq: u64,
@@ -87,7 +99,9 @@ pub struct MsgEvent {
     pub dropped_msgs: u64,
 }
 
+/// Size of a [`ReqHeader`] in bytes.
 pub const REQ_HEADER_SIZE: usize = std::mem::size_of::<ReqHeader>();
+/// Size of a [`RecHeader`] in bytes.
 pub const REC_HEADER_SIZE: usize = std::mem::size_of::<RecHeader>();
 
 /// Split a datagram into `(header, body)` frames. Generic over the header type so the
@@ -97,7 +111,9 @@ pub struct Frames<'a, H> {
     _h: std::marker::PhantomData<H>,
 }
 
+/// A frame header that says how long its body is.
 pub trait FrameHeader: FromBytes + Copy {
+    /// Length of the frame's body in bytes, padding excluded.
     fn body_len(&self) -> u64;
 }
 impl FrameHeader for ReqHeader {
@@ -112,6 +128,7 @@ impl FrameHeader for RecHeader {
 }
 
 impl<'a, H: FrameHeader> Frames<'a, H> {
+    /// Walk the frames of the datagram `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
         Frames {
             buf,
@@ -153,8 +170,11 @@ impl<'a, H: FrameHeader> Iterator for Frames<'a, H> {
 pub enum Record<'a> {
     /// The answer to request `req_id`: positive errno (0: success) and the write-back.
     Reply {
+        /// Id of the request answered.
         req_id: u64,
+        /// Positive errno, 0 on success.
         error: i32,
+        /// The command structure as the broker wrote it back.
         body: &'a [u8],
     },
     /// A message queued in the pool.
@@ -164,7 +184,12 @@ pub enum Record<'a> {
     /// The running total of lost messages.
     Dropped(u64),
     /// A SEND that asked for no answer failed (request id, positive errno).
-    SendFailed { req_id: u64, error: i32 },
+    SendFailed {
+        /// Id of the failed request (clients use the message's cookie).
+        req_id: u64,
+        /// Positive errno the SEND failed with.
+        error: i32,
+    },
     /// A kind this side does not know (or a body too short for its kind): skipped.
     Unknown,
 }

@@ -12,7 +12,9 @@ use kdbus::{Connection, HelloOptions, Message};
 pub const NAME: &str = "org.kdbus.Example";
 
 fn main() -> kdbus::Result<()> {
-    let bus = std::env::args().nth(1).map_or_else(kdbus::default_bus_path, Into::into);
+    let bus = std::env::args()
+        .nth(1)
+        .map_or_else(kdbus::default_bus_path, Into::into);
     let c = Connection::hello(&bus, &HelloOptions::new().description("example-service"))?;
     c.acquire_name(NAME, 0)?;
     println!("{NAME} is connection {} on {}", c.id(), bus.display());
@@ -23,6 +25,10 @@ fn main() -> kdbus::Result<()> {
         }
         let answer = m.payload_bytes().to_ascii_uppercase();
         // A reply waits for nothing: posted, it costs one sendmsg.
-        c.post(&Message::to(m.src_id()).reply_to(m.cookie()).payload(&answer))?;
+        c.post(
+            &Message::to(m.src_id())
+                .reply_to(m.cookie())
+                .payload(&answer),
+        )?;
     }
 }

@@ -5,11 +5,13 @@
 //!     cargo run -p kdbus --example subscriber -- [BUS]
 
 use kdbus::bloom::{match_mask, signal_filter, MatchSpec, SignalSpec};
-use kdbus::{Connection, HelloOptions, Message, MatchRule};
+use kdbus::{Connection, HelloOptions, MatchRule, Message};
 use std::time::Duration;
 
 fn main() -> kdbus::Result<()> {
-    let bus = std::env::args().nth(1).map_or_else(kdbus::default_bus_path, Into::into);
+    let bus = std::env::args()
+        .nth(1)
+        .map_or_else(kdbus::default_bus_path, Into::into);
     let sub = Connection::hello(&bus, &HelloOptions::new().description("example-subscriber"))?;
     let spec = MatchSpec {
         interface: Some("org.kdbus.Example"),
@@ -32,7 +34,11 @@ fn main() -> kdbus::Result<()> {
             args: &[],
         },
     );
-    emitter.send(&Message::broadcast(&filter).cookie(1).payload(b"something changed"))?;
+    emitter.send(
+        &Message::broadcast(&filter)
+            .cookie(1)
+            .payload(b"something changed"),
+    )?;
 
     let m = sub.recv_timeout(Some(Duration::from_secs(5)))?;
     println!(

@@ -166,6 +166,8 @@ pub struct Connection {
     bus_flags: u64,
     id128: [u8; 16],
     bloom: BloomParameter,
+    /// The last D-Bus serial this connection used (typed D-Bus messages).
+    dbus_serial: std::sync::atomic::AtomicU32,
 }
 
 impl Connection {
@@ -198,6 +200,7 @@ impl Connection {
             id: h.id,
             bus_flags: h.bus_flags,
             id128: h.id128,
+            dbus_serial: std::sync::atomic::AtomicU32::new(0),
             bloom,
         };
         // HELLO's items slice (the bloom parameters) is ours to free.
@@ -230,6 +233,20 @@ impl Connection {
     /// call [`Connection::recv`] until it says EAGAIN.
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.link.fd()
+    }
+
+    /// A D-Bus serial not used before on this connection (never 0).
+    pub(crate) fn next_dbus_serial(&self) -> u32 {
+        use std::sync::atomic::Ordering;
+        loop {
+            let s = self
+                .dbus_serial
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
+            if s != 0 {
+                return s;
+            }
+        }
     }
 
     /// Send pending notices now (they otherwise ride along with the next datagram).

@@ -15,6 +15,10 @@ pub enum Error {
     /// The broker sent something we cannot make sense of.
     #[error("kdbus protocol: {0}")]
     Protocol(&'static str),
+    /// A typed D-Bus body could not be written or read (not D-Bus, another signature,
+    /// malformed), or the call was answered with a D-Bus error (its name and text).
+    #[error("D-Bus body: {0}")]
+    Body(String),
 }
 
 impl Error {
@@ -24,6 +28,7 @@ impl Error {
             Error::Bus(e) => *e,
             Error::Io(e) => Errno(e.raw_os_error().unwrap_or(libc::EIO)),
             Error::Protocol(_) => Errno::EPROTO,
+            Error::Body(_) => Errno::EBADMSG,
         }
     }
 }

@@ -36,6 +36,7 @@ mod message;
 mod received;
 mod sys;
 pub mod transport;
+mod typed;
 
 pub use conn::{Connection, HelloOptions};
 pub use control::{BusOwner, Control, DomainOwner, EndpointOwner, Grant};
@@ -50,6 +51,9 @@ pub use matches::{MatchRule, ANY};
 pub use memfd::{memfd_sealed, MemfdView};
 pub use message::{payload_padding, Message, Payloads};
 pub use received::Received;
+pub use typed::DBusMethod;
+/// `zvariant`, whose `Type` and serde types make typed D-Bus bodies.
+pub use zvariant;
 
 /// Default pool size, as sd-bus and the kdbus selftests use.
 pub const DEFAULT_POOL_SIZE: u64 = 16 * 1024 * 1024;
