@@ -337,6 +337,45 @@ impl Connection {
         self.received(wb.reply.offset, wb.reply.msg_size, fds, true)
     }
 
+    /// Start a synchronous call without waiting: the request id its answer will carry
+    /// (for the async API, which awaits the socket between [`Connection::call_poll`]s).
+    pub(crate) fn call_submit(&self, msg: &Message<'_>, timeout: Duration) -> Result<u64> {
+        let deadline = crate::monotonic_ns() + timeout.as_nanos() as u64;
+        let msg = msg.clone().expect_reply(deadline);
+        let body = Body::Send(&msg, send_flags::SYNC_REPLY);
+        self.link.submit(cmd::SEND, body, &msg.all_fds())
+    }
+
+    /// Start a SEND without waiting (async API): its request id.
+    pub(crate) fn send_submit(&self, msg: &Message<'_>) -> Result<u64> {
+        self.link
+            .submit(cmd::SEND, Body::Send(msg, 0), &msg.all_fds())
+    }
+
+    /// Read what the socket has, without blocking; the answer to request `id` if it
+    /// came.
+    pub(crate) fn answer_poll(&self, id: u64) -> Result<Option<crate::transport::Answer>> {
+        self.link.poll_socket()?;
+        let mut g = self.link.lock();
+        if let Some(e) = g.dead {
+            return Err(Error::Bus(e));
+        }
+        Ok(g.answers.remove(&id))
+    }
+
+    /// The reply to the call of request `id`, if it came (see [`Connection::call_submit`]).
+    pub(crate) fn call_poll(&self, id: u64) -> Result<Option<Received<'_>>> {
+        let Some(a) = self.answer_poll(id)? else {
+            return Ok(None);
+        };
+        if a.error != 0 {
+            return Err(Error::Bus(Errno(a.error)));
+        }
+        let wb: CmdSend = read_struct(&a.body).ok_or(Error::Protocol("short SEND answer"))?;
+        self.received(wb.reply.offset, wb.reply.msg_size, a.fds, true)
+            .map(Some)
+    }
+
     fn received(
         &self,
         offset: u64,

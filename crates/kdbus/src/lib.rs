@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod asynchronous;
 mod conn;
 mod control;
 mod error;
@@ -38,6 +39,11 @@ mod sys;
 pub mod transport;
 mod typed;
 
+#[cfg(feature = "async-io")]
+pub use asynchronous::AsyncIo;
+#[cfg(feature = "tokio")]
+pub use asynchronous::Tokio;
+pub use asynchronous::{AsyncConnection, Readiness};
 pub use conn::{Connection, HelloOptions};
 pub use control::{BusOwner, Control, DomainOwner, EndpointOwner, Grant};
 pub use error::{Error, Result};

@@ -50,14 +50,14 @@ const SPARE_BODIES: usize = 4;
 #[derive(Default)]
 pub(crate) struct State {
     next_req: u64,
-    answers: HashMap<u64, Answer>,
+    pub(crate) answers: HashMap<u64, Answer>,
     /// Messages announced and not yet taken.
     pub(crate) queue: VecDeque<Announced>,
     /// Someone is blocked reading the socket; others wait on the condvar.
     reading: bool,
     /// Requests that want no answer (claims, frees), sent with the next datagram.
     notices: Vec<u8>,
-    dead: Option<Errno>,
+    pub(crate) dead: Option<Errno>,
     /// Broadcasts lost for lack of pool space, as of the last message taken.
     pub(crate) dropped_msgs: u64,
     /// Posted messages the broker could not deliver: (cookie, errno), oldest first,

@@ -71,3 +71,15 @@ impl Drop for PoolMap {
         let _ = unsafe { rustix::mm::munmap(self.ptr as *mut _, self.len) };
     }
 }
+
+/// Register `fd` with tokio's reactor for readability (the async API's `Tokio`).
+#[cfg(feature = "tokio")]
+pub(crate) fn tokio_register(
+    fd: rustix::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<rustix::fd::OwnedFd>> {
+    // SAFETY: an `OwnedFd` is a valid open descriptor, and the `AsyncFd` owns it from
+    // here on: nobody else can close it or make its number name another file while
+    // it is registered, and its `as_raw_fd` always returns that one number.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
+}

@@ -1,0 +1,124 @@
+//! The async API: a [`Connection`] whose waits are awaits, for tokio (feature
+//! `tokio`) and for async-io / smol (feature `async-io`).
+//!
+//! Nothing here blocks a thread: requests are written at once (a datagram), and what
+//! would wait for the broker instead awaits the socket becoming readable, then reads
+//! what it has without blocking and looks again. The socket is the connection's own,
+//! registered with the runtime's reactor through a duplicate of its descriptor, so the
+//! blocking API of the same connection stays usable beside it.
+//!
+//! [`AsyncConnection::recv`] waits for the next message, [`AsyncConnection::call`] for
+//! a reply, [`AsyncConnection::send`] for the broker's acceptance;
+//! [`Connection::post`] never waits and needs no async form.
+
+use crate::{Connection, Errno, Error, Message, Received, Result};
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+/// How to await the socket becoming readable: one implementation per runtime.
+pub trait Readiness {
+    /// Register the socket (a duplicate of the connection's descriptor).
+    fn register(fd: OwnedFd) -> std::io::Result<Self>
+    where
+        Self: Sized;
+    /// Resolves when the socket may have something to read.
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>>;
+}
+
+/// A connection with async waits; `R` is the runtime's [`Readiness`] ([`Tokio`],
+/// [`AsyncIo`]). Derefs to the [`Connection`] for everything that does not wait.
+pub struct AsyncConnection<R: Readiness> {
+    conn: Connection,
+    ready: R,
+}
+
+impl<R: Readiness> AsyncConnection<R> {
+    /// Wrap `conn`, registering its socket with the runtime (call this inside it).
+    pub fn new(conn: Connection) -> Result<Self> {
+        let fd = conn.as_fd().try_clone_to_owned()?;
+        Ok(AsyncConnection {
+            ready: R::register(fd)?,
+            conn,
+        })
+    }
+
+    /// The next message from the queue, awaiting one if there is none.
+    pub async fn recv(&self) -> Result<Received<'_>> {
+        loop {
+            match self.conn.recv() {
+                Err(Error::Bus(Errno::EAGAIN)) => self.ready.readable().await?,
+                r => return r,
+            }
+        }
+    }
+
+    /// A call: send `msg` expecting a reply within `timeout`, and await the reply.
+    pub async fn call(&self, msg: Message<'_>, timeout: Duration) -> Result<Received<'_>> {
+        let id = self.conn.call_submit(&msg, timeout)?;
+        loop {
+            if let Some(r) = self.conn.call_poll(id)? {
+                return Ok(r);
+            }
+            self.ready.readable().await?;
+        }
+    }
+
+    /// Send `msg` and await the broker's acceptance (its errno on refusal).
+    pub async fn send(&self, msg: &Message<'_>) -> Result<()> {
+        let id = self.conn.send_submit(msg)?;
+        loop {
+            if let Some(a) = self.conn.answer_poll(id)? {
+                return match a.error {
+                    0 => Ok(()),
+                    e => Err(Error::Bus(Errno(e))),
+                };
+            }
+            self.ready.readable().await?;
+        }
+    }
+
+    /// The blocking connection underneath.
+    pub fn get_ref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl<R: Readiness> std::ops::Deref for AsyncConnection<R> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// tokio's reactor (`AsyncFd`).
+#[cfg(feature = "tokio")]
+pub struct Tokio(tokio::io::unix::AsyncFd<OwnedFd>);
+
+#[cfg(feature = "tokio")]
+impl Readiness for Tokio {
+    fn register(fd: OwnedFd) -> std::io::Result<Self> {
+        crate::sys::tokio_register(fd).map(Tokio)
+    }
+    async fn readable(&self) -> std::io::Result<()> {
+        // The caller reads with its own syscalls until EAGAIN: what was ready is
+        // consumed, so the readiness is cleared for the next wait.
+        let mut guard = self.0.readable().await?;
+        guard.clear_ready();
+        Ok(())
+    }
+}
+
+/// async-io's reactor (smol, async-std, zbus's default).
+#[cfg(feature = "async-io")]
+pub struct AsyncIo(async_io::Async<OwnedFd>);
+
+#[cfg(feature = "async-io")]
+impl Readiness for AsyncIo {
+    fn register(fd: OwnedFd) -> std::io::Result<Self> {
+        async_io::Async::new(fd).map(AsyncIo)
+    }
+    async fn readable(&self) -> std::io::Result<()> {
+        self.0.readable().await
+    }
+}
