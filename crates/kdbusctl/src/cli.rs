@@ -88,8 +88,38 @@ pub enum Cmd {
     },
     /// Hold NAME as an activator (privileged) and report what queues for it.
     Activator { name: String },
-    /// Call DEST (a unique id or a well-known name) with DATA and print the answer.
+    /// Call a D-Bus method, busctl-style: `call DEST PATH IFACE METHOD [SIGNATURE
+    /// [ARGS...]]` (arrays as a count then elements, variants as a signature then the
+    /// value); prints the reply as busctl does. Through the native bus, or the D-Bus
+    /// socket at --address.
     Call {
+        dest: String,
+        path: String,
+        interface: String,
+        method: String,
+        /// The arguments' signature, then the arguments.
+        #[arg(allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// The D-Bus address to call through (default: the native bus).
+        #[arg(long, value_name = "ADDRESS")]
+        address: Option<String>,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// Read a D-Bus property (org.freedesktop.DBus.Properties.Get), printed as busctl
+    /// prints it.
+    GetProperty {
+        dest: String,
+        path: String,
+        interface: String,
+        property: String,
+        /// The D-Bus address to ask through (default: the native bus).
+        #[arg(long, value_name = "ADDRESS")]
+        address: Option<String>,
+    },
+    /// Call DEST (a unique id or a well-known name) with DATA as a raw kdbus payload
+    /// and print the answer's payload (an echo service's, say).
+    CallRaw {
         dest: String,
         data: String,
         #[arg(long, default_value_t = 5000)]

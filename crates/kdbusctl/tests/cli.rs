@@ -105,7 +105,7 @@ fn list_shows_a_serving_connection_and_call_reaches_it() {
     assert_eq!(row["unique_name"], format!(":1.{id}"));
     assert!(row["pid"].as_u64().unwrap() > 0);
 
-    let out = b.ctl(&["call", &id, "hello there"]);
+    let out = b.ctl(&["call-raw", &id, "hello there"]);
     assert!(
         out.status.success(),
         "{}",
@@ -113,7 +113,7 @@ fn list_shows_a_serving_connection_and_call_reaches_it() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello there");
 
-    let out = b.ctl(&["call", "999", "x"]);
+    let out = b.ctl(&["call-raw", "999", "x"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ENXIO"));
     let _ = serve.kill();

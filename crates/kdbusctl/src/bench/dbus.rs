@@ -174,6 +174,16 @@ impl Client {
         }
     }
 
+    /// Read until the reply or error to `serial` (other messages are dropped).
+    pub fn wait_reply_or_error(&mut self, serial: u32) -> BenchResult<Vec<u8>> {
+        loop {
+            let m = self.read()?;
+            if header::parse(&m)?.reply_serial == Some(serial) {
+                return Ok(m);
+            }
+        }
+    }
+
     /// Read until the reply to `serial` (other messages are dropped).
     pub fn wait_reply(&mut self, serial: u32) -> BenchResult<Vec<u8>> {
         loop {

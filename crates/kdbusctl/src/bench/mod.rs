@@ -13,7 +13,7 @@
 
 mod broadcast;
 mod compare;
-mod dbus;
+pub(crate) mod dbus;
 mod idle;
 mod metadata;
 mod names;

@@ -1,0 +1,152 @@
+//! `kdbusctl call` and `get-property` against busctl, on a GLib service served by
+//! kdbusd: the same words out for the same call, through the bus's D-Bus socket and
+//! through its native one. Skipped without busctl or python3-gi (both installed by
+//! `.ci/run`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SERVICE: &str = "org.kdbus.Glib";
+const PATH: &str = "/org/kdbus/Glib";
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn have(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "{args:?}: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn kdbusctl(args: &[&str]) -> String {
+    run(env!("CARGO_BIN_EXE_kdbusctl"), args)
+}
+
+#[test]
+fn call_and_get_property_say_what_busctl_says() {
+    if !have("busctl", &["--version"]) || !have("/usr/bin/python3", &["-c", "import gi"]) {
+        eprintln!("skipped: needs busctl and python3-gi");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kdbusd = PathBuf::from(env!("CARGO_BIN_EXE_kdbusctl")).with_file_name("kdbusd");
+    let mut broker = Command::new(kdbusd)
+        .arg("--runtime-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(broker.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _broker = Kill(broker);
+    let word = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("{k} in {line}"))
+            .to_string()
+    };
+    let (bus, address) = (word("bus="), word("dbus="));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/glib_service.py");
+    let _service = Kill(
+        Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(&address)
+            .spawn()
+            .unwrap(),
+    );
+    let busctl_address = format!("--address={address}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("busctl")
+            .args([
+                &busctl_address,
+                "call",
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+            ])
+            .args(["org.freedesktop.DBus", "NameHasOwner", "s", SERVICE])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == "b true" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the GLib service did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let calls: &[&[&str]] = &[
+        &["Echo", "s", "hello \"there\"\tand a tab"],
+        &["Add", "ii", "2", "-40"],
+        &["Tags"],
+    ];
+    for c in calls {
+        // (After `--`, busctl takes "-40" for an argument, not an option.)
+        let mut b = vec![
+            busctl_address.as_str(),
+            "--",
+            "call",
+            SERVICE,
+            PATH,
+            SERVICE,
+        ];
+        b.extend_from_slice(c);
+        let want = run("busctl", &b);
+        let mut d = vec!["call", "--address", &address, SERVICE, PATH, SERVICE];
+        d.extend_from_slice(c);
+        assert_eq!(kdbusctl(&d), want, "through the D-Bus socket: {c:?}");
+        let mut n = vec!["--bus", &bus, "call", SERVICE, PATH, SERVICE];
+        n.extend_from_slice(c);
+        assert_eq!(kdbusctl(&n), want, "through the native socket: {c:?}");
+    }
+    for prop in ["Name", "Count", "Flags"] {
+        let want = run(
+            "busctl",
+            &[
+                &busctl_address,
+                "get-property",
+                SERVICE,
+                PATH,
+                SERVICE,
+                prop,
+            ],
+        );
+        let d = [
+            "get-property",
+            "--address",
+            &address,
+            SERVICE,
+            PATH,
+            SERVICE,
+            prop,
+        ];
+        assert_eq!(kdbusctl(&d), want, "through the D-Bus socket: {prop}");
+        let n = ["--bus", &bus, "get-property", SERVICE, PATH, SERVICE, prop];
+        assert_eq!(kdbusctl(&n), want, "through the native socket: {prop}");
+    }
+}
