@@ -220,6 +220,7 @@ pub fn format_body(sig: &str, body: &[u8], endian: Endian) -> Res<String> {
 }
 
 /// Where a call goes: the D-Bus socket at an address, or the native bus.
+#[derive(Clone, Copy)]
 pub enum Via<'a> {
     DBus(&'a str),
     Native(&'a Connection),
@@ -281,6 +282,237 @@ pub fn call(via: Via<'_>, c: &Call<'_>, timeout: Duration) -> Res<(String, Vec<u
         return Err(format!("{}: {text}", h.error_name.unwrap_or("error")).into());
     }
     Ok((h.signature.to_string(), body, h.endian))
+}
+
+/// One object's introspection XML (org.freedesktop.DBus.Introspectable.Introspect).
+pub fn introspect_xml(via: Via<'_>, dest: &str, path: &str) -> Res<String> {
+    let c = Call {
+        dest,
+        path,
+        iface: "org.freedesktop.DBus.Introspectable",
+        method: "Introspect",
+        sig: "",
+        body: Vec::new(),
+    };
+    let (sig, body, endian) = call(via, &c, Duration::from_secs(5))?;
+    if sig != "s" {
+        return Err(format!("Introspect answered '{sig}'").into());
+    }
+    Ok(Reader::new(&body, endian).string()?.to_string())
+}
+
+/// Introspection XML, which starts with a DOCTYPE.
+fn parse_xml(xml: &str) -> Res<roxmltree::Document<'_>> {
+    let opt = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    Ok(roxmltree::Document::parse_with_options(xml, opt)?)
+}
+
+/// The object paths below `path` (its children's absolute paths), from its XML.
+fn children(xml: &str, path: &str) -> Res<Vec<String>> {
+    let doc = parse_xml(xml)?;
+    let mut out: Vec<String> = doc
+        .root_element()
+        .children()
+        .filter(|n| n.has_tag_name("node"))
+        .filter_map(|n| n.attribute("name"))
+        .map(|name| match path {
+            "/" => format!("/{name}"),
+            p => format!("{p}/{name}"),
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Every object path of `dest`, from `/` down (busctl tree's), depth first, each with
+/// the path whose introspection named it (a child may be several levels down, as the
+/// bus driver's `/org/freedesktop/DBus` is below `/`).
+pub fn tree(list: &dyn Fn(&str) -> Res<String>) -> Res<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![("/".to_string(), String::new())];
+    while let Some((p, parent)) = stack.pop() {
+        let xml = list(&p)?;
+        let kids = children(&xml, &p)?;
+        stack.extend(kids.into_iter().rev().map(|k| (k, p.clone())));
+        out.push((p, parent));
+        if out.len() > 100_000 {
+            return Err("more than 100000 objects".into());
+        }
+    }
+    Ok(out)
+}
+
+/// busctl tree's drawing of what [`tree`] found (`/` itself is not drawn).
+pub fn tree_drawing(paths: &[(String, String)]) -> String {
+    fn draw(node: &str, paths: &[(String, String)], prefix: &str, out: &mut Vec<String>) {
+        let kids: Vec<&String> = paths
+            .iter()
+            .filter(|(_, parent)| parent == node)
+            .map(|(p, _)| p)
+            .collect();
+        for (i, k) in kids.iter().enumerate() {
+            let last = i + 1 == kids.len();
+            out.push(format!("{prefix}{}{k}", if last { "└─" } else { "├─" }));
+            let deeper = format!("{prefix}{}", if last { "  " } else { "│ " });
+            draw(k, paths, &deeper, out);
+        }
+    }
+    let mut out = Vec::new();
+    draw("/", paths, "", &mut out);
+    out.join("\n")
+}
+
+/// A property's value as busctl introspect shows it: the values without the signature.
+fn value_text(r: &mut Reader<'_>) -> Res<(String, String)> {
+    let sig = r.signature()?.to_string();
+    let mut out = Vec::new();
+    read_value(r, &sig, &mut out)?;
+    Ok((sig, out.join(" ")))
+}
+
+/// `Properties.GetAll(interface)`: its body and byte order.
+pub type GetAll<'a> = dyn Fn(&str) -> Res<(Vec<u8>, Endian)> + 'a;
+
+/// busctl introspect's table for one object: interfaces, then their methods,
+/// properties (with values from `GetAll`) and signals.
+pub fn introspect_table(xml: &str, get_all: &GetAll<'_>) -> Res<String> {
+    let doc = parse_xml(xml)?;
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    let mut ifaces: Vec<roxmltree::Node<'_, '_>> = doc
+        .root_element()
+        .children()
+        .filter(|n| n.has_tag_name("interface"))
+        .collect();
+    ifaces.sort_by_key(|n| n.attribute("name").unwrap_or(""));
+    let dash = || "-".to_string();
+    for i in ifaces {
+        let iname = i.attribute("name").unwrap_or("");
+        rows.push([
+            iname.to_string(),
+            "interface".into(),
+            dash(),
+            dash(),
+            dash(),
+        ]);
+        let values: std::collections::HashMap<String, String> =
+            if i.children().any(|m| m.has_tag_name("property")) {
+                let (body, endian) = get_all(iname)?;
+                let mut r = Reader::new(&body, endian);
+                let end = r.array_begin(8)?;
+                let mut map = std::collections::HashMap::new();
+                while r.pos() < end {
+                    r.align(8)?;
+                    let k = r.string()?.to_string();
+                    let (_, v) = value_text(&mut r)?;
+                    map.insert(k, v);
+                }
+                map
+            } else {
+                Default::default()
+            };
+        let mut members: Vec<[String; 5]> = Vec::new();
+        for m in i.children().filter(|n| n.is_element()) {
+            let name = format!(".{}", m.attribute("name").unwrap_or(""));
+            let args = |dir: &str| -> String {
+                m.children()
+                    .filter(|a| a.has_tag_name("arg"))
+                    .filter(|a| {
+                        a.attribute("direction")
+                            .unwrap_or(if m.has_tag_name("signal") {
+                                "out"
+                            } else {
+                                "in"
+                            })
+                            == dir
+                    })
+                    .filter_map(|a| a.attribute("type"))
+                    .collect()
+            };
+            let annotation = |k: &str| {
+                m.children()
+                    .filter(|a| a.has_tag_name("annotation"))
+                    .find(|a| a.attribute("name") == Some(k))
+                    .and_then(|a| a.attribute("value"))
+            };
+            let or_dash = |s: String| if s.is_empty() { dash() } else { s };
+            match m.tag_name().name() {
+                "method" => {
+                    let mut flags = Vec::new();
+                    if annotation("org.freedesktop.DBus.Deprecated") == Some("true") {
+                        flags.push("deprecated");
+                    }
+                    if annotation("org.freedesktop.DBus.Method.NoReply") == Some("true") {
+                        flags.push("no-reply");
+                    }
+                    let f = if flags.is_empty() {
+                        dash()
+                    } else {
+                        flags.join(" ")
+                    };
+                    members.push([
+                        name,
+                        "method".into(),
+                        or_dash(args("in")),
+                        or_dash(args("out")),
+                        f,
+                    ]);
+                }
+                "signal" => {
+                    members.push([name, "signal".into(), or_dash(args("out")), dash(), dash()])
+                }
+                "property" => {
+                    let pname = m.attribute("name").unwrap_or("");
+                    let mut flags = Vec::new();
+                    match annotation("org.freedesktop.DBus.Property.EmitsChangedSignal") {
+                        Some("const") => flags.push("const"),
+                        Some("invalidates") => flags.push("emits-invalidation"),
+                        Some("false") => {}
+                        _ => flags.push("emits-change"),
+                    }
+                    if m.attribute("access").is_some_and(|a| a.contains("write")) {
+                        flags.push("writable");
+                    }
+                    let value = values.get(pname).cloned().unwrap_or_else(dash);
+                    let ty = m.attribute("type").unwrap_or("").to_string();
+                    members.push([name, "property".into(), ty, value, flags.join(" ")]);
+                }
+                _ => {}
+            }
+        }
+        members.sort_by(|a, b| (&a[1], &a[0]).cmp(&(&b[1], &b[0])));
+        rows.extend(members);
+    }
+    let header = [
+        "NAME".to_string(),
+        "TYPE".into(),
+        "SIGNATURE".into(),
+        "RESULT/VALUE".into(),
+        "FLAGS".into(),
+    ];
+    let all: Vec<&[String; 5]> = std::iter::once(&header).chain(rows.iter()).collect();
+    let width = |c: usize| all.iter().map(|r| r[c].chars().count()).max().unwrap_or(0);
+    let w = [width(0), width(1), width(2), width(3)];
+    let lines: Vec<String> = all
+        .iter()
+        .map(|r| {
+            format!(
+                "{:<w0$} {:<w1$} {:<w2$} {:<w3$} {}",
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                w0 = w[0],
+                w1 = w[1],
+                w2 = w[2],
+                w3 = w[3]
+            )
+        })
+        .collect();
+    Ok(lines.join("\n"))
 }
 
 #[cfg(test)]

@@ -117,6 +117,25 @@ pub enum Cmd {
         #[arg(long, value_name = "ADDRESS")]
         address: Option<String>,
     },
+    /// The objects of a D-Bus service, as busctl tree draws them (`--list`: one path a
+    /// line).
+    Tree {
+        dest: String,
+        #[arg(long)]
+        list: bool,
+        /// The D-Bus address to ask through (default: the native bus).
+        #[arg(long, value_name = "ADDRESS")]
+        address: Option<String>,
+    },
+    /// An object's interfaces, methods, properties (with their values) and signals, as
+    /// busctl introspect shows them.
+    Introspect {
+        dest: String,
+        path: String,
+        /// The D-Bus address to ask through (default: the native bus).
+        #[arg(long, value_name = "ADDRESS")]
+        address: Option<String>,
+    },
     /// Call DEST (a unique id or a well-known name) with DATA as a raw kdbus payload
     /// and print the answer's payload (an echo service's, say).
     CallRaw {

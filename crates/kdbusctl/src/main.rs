@@ -89,6 +89,17 @@ fn dbus_via(
     }
 }
 
+/// Run `f` with a way to the bus: the D-Bus socket at `address`, or the native bus.
+fn with_via(cli: &Cli, address: Option<&str>, f: impl FnOnce(busctl::Via<'_>) -> Res) -> Res {
+    match address {
+        Some(a) => f(busctl::Via::DBus(a)),
+        None => {
+            let c = connect(cli)?;
+            f(busctl::Via::Native(&c))
+        }
+    }
+}
+
 /// A D-Bus call, its reply printed as busctl prints it (nothing for an empty one).
 fn dbus_call_print(
     cli: &Cli,
@@ -196,6 +207,42 @@ fn run(cli: Cli) -> Res {
             println!("{}", printed.strip_prefix("v ").unwrap_or(&printed));
             Ok(())
         }
+        Cmd::Tree {
+            dest,
+            list,
+            address,
+        } => with_via(&cli, address.as_deref(), |via| {
+            let paths = busctl::tree(&|p| busctl::introspect_xml(via, dest, p))?;
+            if *list {
+                for (p, _) in &paths {
+                    println!("{p}");
+                }
+            } else {
+                println!("{}", busctl::tree_drawing(&paths));
+            }
+            Ok(())
+        }),
+        Cmd::Introspect {
+            dest,
+            path,
+            address,
+        } => with_via(&cli, address.as_deref(), |via| {
+            let xml = busctl::introspect_xml(via, dest, path)?;
+            let get_all = |iface: &str| {
+                let c = busctl::Call {
+                    dest,
+                    path,
+                    iface: "org.freedesktop.DBus.Properties",
+                    method: "GetAll",
+                    sig: "s",
+                    body: busctl::marshal("s", &[iface.to_string()])?,
+                };
+                let (_, body, endian) = busctl::call(via, &c, Duration::from_secs(5))?;
+                Ok((body, endian))
+            };
+            println!("{}", busctl::introspect_table(&xml, &get_all)?);
+            Ok(())
+        }),
         Cmd::CallRaw {
             dest,
             data,

@@ -1,4 +1,5 @@
-//! `kdbusctl call` and `get-property` against busctl, on a GLib service served by
+//! `kdbusctl call`, `get-property`, `tree` and `introspect` against busctl, on a GLib
+//! service served by
 //! kdbusd: the same words out for the same call, through the bus's D-Bus socket and
 //! through its native one. Skipped without busctl or python3-gi (both installed by
 //! `.ci/run`).
@@ -44,7 +45,7 @@ fn kdbusctl(args: &[&str]) -> String {
 }
 
 #[test]
-fn call_and_get_property_say_what_busctl_says() {
+fn call_get_property_tree_and_introspect_say_what_busctl_says() {
     if !have("busctl", &["--version"]) || !have("/usr/bin/python3", &["-c", "import gi"]) {
         eprintln!("skipped: needs busctl and python3-gi");
         return;
@@ -123,6 +124,24 @@ fn call_and_get_property_say_what_busctl_says() {
         let mut n = vec!["--bus", &bus, "call", SERVICE, PATH, SERVICE];
         n.extend_from_slice(c);
         assert_eq!(kdbusctl(&n), want, "through the native socket: {c:?}");
+    }
+    let views: &[&[&str]] = &[
+        &["tree", SERVICE],
+        &["tree", "--list", SERVICE],
+        &["introspect", SERVICE, PATH],
+    ];
+    for v in views {
+        let mut b = vec![busctl_address.as_str()];
+        b.extend_from_slice(v);
+        let want = run("busctl", &b);
+        // Ours takes its options after the verb.
+        let (verb, rest) = v.split_first().unwrap();
+        let mut d = vec![*verb, "--address", &address];
+        d.extend_from_slice(rest);
+        assert_eq!(kdbusctl(&d), want, "through the D-Bus socket: {v:?}");
+        let mut n = vec!["--bus", &bus, *verb];
+        n.extend_from_slice(rest);
+        assert_eq!(kdbusctl(&n), want, "through the native socket: {v:?}");
     }
     for prop in ["Name", "Count", "Flags"] {
         let want = run(
