@@ -515,6 +515,183 @@ pub fn introspect_table(xml: &str, get_all: &GetAll<'_>) -> Res<String> {
     Ok(lines.join("\n"))
 }
 
+/// One value of complete type `t` as busctl's JSON has it: numbers and strings as
+/// such, arrays as arrays, dicts as objects, structs as arrays, variants as
+/// `{"type": SIG, "data": VALUE}`.
+fn json_value(r: &mut Reader<'_>, t: &str) -> Res<serde_json::Value> {
+    use serde_json::json;
+    let b = t.as_bytes();
+    Ok(match b[0] {
+        b'y' => json!(r.u8()?),
+        b'b' => json!(r.bool()?),
+        b'n' => json!(r.u16()? as i16),
+        b'q' => json!(r.u16()?),
+        b'i' => json!(r.u32()? as i32),
+        b'u' | b'h' => json!(r.u32()?),
+        b'x' => json!(r.u64()? as i64),
+        b't' => json!(r.u64()?),
+        b'd' => json!(f64::from_bits(r.u64()?)),
+        b's' => json!(r.string()?),
+        b'o' => json!(r.object_path()?),
+        b'g' => json!(r.signature()?),
+        b'v' => {
+            let inner = r.signature()?.to_string();
+            json!({ "type": inner, "data": json_value(r, &inner)? })
+        }
+        b'a' if b.get(1) == Some(&b'{') => {
+            let entry = complete_types(&t[2..t.len() - 1])?;
+            let end = r.array_begin(8)?;
+            let mut m = serde_json::Map::new();
+            while r.pos() < end {
+                r.align(8)?;
+                let k = match json_value(r, entry[0])? {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                m.insert(k, json_value(r, entry[1])?);
+            }
+            serde_json::Value::Object(m)
+        }
+        b'a' => {
+            let elem = &t[1..];
+            let end = r.array_begin(align_of(elem.as_bytes()[0]))?;
+            let mut v = Vec::new();
+            while r.pos() < end {
+                v.push(json_value(r, elem)?);
+            }
+            serde_json::Value::Array(v)
+        }
+        b'(' => {
+            r.align(8)?;
+            let mut v = Vec::new();
+            for f in complete_types(&t[1..t.len() - 1])? {
+                v.push(json_value(r, f)?);
+            }
+            serde_json::Value::Array(v)
+        }
+        _ => return Err(format!("cannot read {t}").into()),
+    })
+}
+
+/// A whole D-Bus message as busctl monitor's JSON has it (`--json=short`).
+pub fn message_json(msg: &[u8]) -> Res<serde_json::Value> {
+    let h = header::parse(msg)?;
+    let kind = match h.msg_type {
+        MessageType::MethodCall => "method_call",
+        MessageType::MethodReturn => "method_return",
+        MessageType::Error => "error",
+        MessageType::Signal => "signal",
+    };
+    let mut o = serde_json::json!({
+        "type": kind,
+        "endian": if h.endian == Endian::Little { "l" } else { "B" },
+        "flags": h.flags,
+        "version": 1,
+        "cookie": h.serial,
+    });
+    let fields = [
+        ("reply_cookie", h.reply_serial.map(serde_json::Value::from)),
+        ("sender", h.sender.map(serde_json::Value::from)),
+        ("destination", h.destination.map(serde_json::Value::from)),
+        ("path", h.path.map(serde_json::Value::from)),
+        ("interface", h.interface.map(serde_json::Value::from)),
+        ("member", h.member.map(serde_json::Value::from)),
+        ("error_name", h.error_name.map(serde_json::Value::from)),
+    ];
+    for (k, v) in fields {
+        if let Some(v) = v {
+            o[k] = v;
+        }
+    }
+    let body = msg.get(h.header_len..h.total_len()).unwrap_or(&[]);
+    let mut r = Reader::new(body, h.endian);
+    let mut data = Vec::new();
+    for t in complete_types(h.signature)? {
+        data.push(json_value(&mut r, t)?);
+    }
+    o["payload"] = serde_json::json!({ "type": h.signature, "data": data });
+    Ok(o)
+}
+
+/// A whole D-Bus message on one line: type, sender, destination, path, interface and
+/// member, then the body as busctl prints bodies.
+pub fn message_line(msg: &[u8]) -> Res<String> {
+    let h = header::parse(msg)?;
+    let body = msg.get(h.header_len..h.total_len()).unwrap_or(&[]);
+    let kind = match h.msg_type {
+        MessageType::MethodCall => "call",
+        MessageType::MethodReturn => "return",
+        MessageType::Error => "error",
+        MessageType::Signal => "signal",
+    };
+    let member = match (h.interface, h.member) {
+        (Some(i), Some(m)) => format!("{i}.{m}"),
+        (None, Some(m)) => m.to_string(),
+        _ => h.error_name.unwrap_or("").to_string(),
+    };
+    let reply = h
+        .reply_serial
+        .map_or(String::new(), |r| format!(" reply to {r}"));
+    let values = if h.signature.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", format_body(h.signature, body, h.endian)?)
+    };
+    Ok(format!(
+        "{kind:<6} #{} {} -> {} {} {member}{reply}{values}",
+        h.serial,
+        h.sender.unwrap_or("-"),
+        h.destination.unwrap_or("*"),
+        h.path.unwrap_or("-"),
+    ))
+}
+
+/// Watch the bus through its D-Bus socket (BecomeMonitor with `rules`; none: all),
+/// printing each message as a line or as busctl's JSON.
+pub fn monitor_dbus(address: &str, rules: &[String], as_json: bool) -> Res<()> {
+    use std::io::Write;
+    let mut c = Client::connect(address)?;
+    c.wait_forever()?;
+    let mut body = Vec::new();
+    {
+        let mut w = Writer::new(&mut body, Endian::Little);
+        let a = w.array_begin(4);
+        for r in rules {
+            w.string(r);
+        }
+        w.array_end(a);
+        w.u32(0);
+    }
+    let f = Fields {
+        path: Some("/org/freedesktop/DBus"),
+        interface: Some("org.freedesktop.DBus.Monitoring"),
+        member: Some("BecomeMonitor"),
+        destination: Some("org.freedesktop.DBus"),
+        signature: "asu",
+        ..Default::default()
+    };
+    let serial = c.send(MessageType::MethodCall, &f, &body, 0)?;
+    let answer = c.wait_reply_or_error(serial)?;
+    if header::parse(&answer)?.msg_type == MessageType::Error {
+        return Err("the bus refused BecomeMonitor".into());
+    }
+    let mut out = std::io::stdout().lock();
+    loop {
+        let m = c.read()?;
+        // What the bus says to the monitor itself (NameLost of its unique name).
+        if header::parse(&m)?.destination == Some(c.unique.as_str()) {
+            continue;
+        }
+        let line = if as_json {
+            message_json(&m)?.to_string()
+        } else {
+            message_line(&m)?
+        };
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,11 +161,18 @@ pub enum Cmd {
         data: String,
     },
     /// Watch the bus as a monitor (privileged): every unicast, every broadcast and
-    /// notification, one line each.
+    /// notification, one line each; D-Bus messages decoded (type, sender, destination,
+    /// path, member, body as busctl prints it).
     Monitor {
-        /// Print JSON.
+        /// Print JSON: D-Bus messages as busctl monitor --json=short prints them.
         #[arg(long)]
         json: bool,
+        /// Only D-Bus messages that match this rule (repeat for more: any of them).
+        #[arg(long = "match", value_name = "RULE")]
+        matches: Vec<String>,
+        /// Watch through this D-Bus address (BecomeMonitor) instead of the native bus.
+        #[arg(long, value_name = "ADDRESS")]
+        address: Option<String>,
     },
     /// What the bus holds, per connection and per user, refreshed every second: receive
     /// pools (size, use, queue, losses) and D-Bus streams (bytes waiting, the quota,

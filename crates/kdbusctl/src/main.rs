@@ -283,7 +283,14 @@ fn run(cli: Cli) -> Res {
             )?;
             Ok(())
         }
-        Cmd::Monitor { json } => monitor(&cli, *json),
+        Cmd::Monitor {
+            json,
+            matches,
+            address,
+        } => match address {
+            Some(a) => busctl::monitor_dbus(a, matches, *json),
+            None => monitor(&cli, *json, matches),
+        },
         Cmd::Bench(args) => bench::run(&bus_path(&cli), args),
         Cmd::Top {
             address,
@@ -510,15 +517,18 @@ fn message_kind(m: &kdbus::Received<'_>) -> &'static str {
     }
 }
 
-fn monitor(cli: &Cli, as_json: bool) -> Res {
+fn monitor(cli: &Cli, as_json: bool, rules: &[String]) -> Res {
+    let rules: Vec<kdbus::dbus::rules::Rule> = rules
+        .iter()
+        .map(|r| kdbus::dbus::rules::Rule::parse(r).map_err(|e| format!("{r}: {e}")))
+        .collect::<Result<_, _>>()?;
     let path = bus_path(cli);
     let opts = HelloOptions::new()
         .monitor()
         .attach_recv(abi::attach::TIMESTAMP)
         .description("kdbusctl-monitor");
     let c = Connection::hello(&path, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
-    // An entry without rules takes every broadcast and every notification.
-    c.add_match(1, &kdbus::MatchRule::new(), false)?;
+    // A monitor sees everything without matches (kdbus refuses it any: EOPNOTSUPP).
     let mut out = std::io::stdout().lock();
     loop {
         let m = c.recv_timeout(None)?;
@@ -528,6 +538,30 @@ fn monitor(cli: &Cli, as_json: bool) -> Res {
             .map_or(0, |t| t.seqnum);
         let payload = m.payload_bytes();
         let kind = message_kind(&m);
+        // A D-Bus message: decoded, and judged by the rules (which see only what the
+        // message says: a rule on a sender's well-known name cannot match here).
+        let dbus = (m.header().payload_type == abi::payload::DBUS)
+            .then(|| kdbus::dbus::header::parse(&payload).ok())
+            .flatten();
+        if let Some(h) = &dbus {
+            let body = payload.get(h.header_len..h.total_len()).unwrap_or(&[]);
+            let sender = h.sender.unwrap_or("");
+            if !rules.is_empty() && !rules.iter().any(|r| r.matches(h, sender, &|_| false, body)) {
+                continue;
+            }
+            let line = if as_json {
+                busctl::message_json(&payload)?.to_string()
+            } else {
+                format!("{seq:>8} {}", busctl::message_line(&payload)?)
+            };
+            use std::io::Write;
+            writeln!(out, "{line}")?;
+            out.flush()?;
+            continue;
+        }
+        if !rules.is_empty() {
+            continue;
+        }
         let line = if as_json {
             json!({"seq": seq, "kind": kind, "src": m.src_id(), "dst": m.dst_id(), "cookie": m.cookie(),
                    "cookie_reply": if m.expects_reply() { 0 } else { m.cookie_reply() },

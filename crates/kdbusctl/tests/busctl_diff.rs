@@ -1,5 +1,5 @@
-//! `kdbusctl call`, `get-property`, `tree` and `introspect` against busctl, on a GLib
-//! service served by
+//! `kdbusctl call`, `get-property`, `tree`, `introspect` and `monitor --match` against
+//! busctl, on a GLib service served by
 //! kdbusd: the same words out for the same call, through the bus's D-Bus socket and
 //! through its native one. Skipped without busctl or python3-gi (both installed by
 //! `.ci/run`).
@@ -168,4 +168,77 @@ fn call_get_property_tree_and_introspect_say_what_busctl_says() {
         let n = ["--bus", &bus, "get-property", SERVICE, PATH, SERVICE, prop];
         assert_eq!(kdbusctl(&n), want, "through the native socket: {prop}");
     }
+
+    // Monitors with a match rule see the same messages, said the same way (busctl's
+    // JSON, less its timestamps).
+    let rule = format!("type='method_call',interface='{SERVICE}',member='Echo'");
+    let watch = |program: &str, args: &[&str]| {
+        Kill(
+            Command::new(program)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let match_arg = format!("--match={rule}");
+    let mut monitors = vec![
+        watch(
+            "busctl",
+            &[&busctl_address, "monitor", "--json=short", &match_arg],
+        ),
+        watch(
+            env!("CARGO_BIN_EXE_kdbusctl"),
+            &["monitor", "--json", "--address", &address, "--match", &rule],
+        ),
+        watch(
+            env!("CARGO_BIN_EXE_kdbusctl"),
+            &["--bus", &bus, "monitor", "--json", "--match", &rule],
+        ),
+    ];
+    std::thread::sleep(Duration::from_millis(1000));
+    for (m, a) in [("Echo", "one"), ("Add", "-"), ("Echo", "two")] {
+        let mut args = vec![
+            busctl_address.as_str(),
+            "--",
+            "call",
+            SERVICE,
+            PATH,
+            SERVICE,
+            m,
+        ];
+        if m == "Echo" {
+            args.extend(["s", a]);
+        } else {
+            args.extend(["ii", "1", "2"]);
+        }
+        run("busctl", &args);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let seen: Vec<Vec<serde_json::Value>> = monitors
+        .iter_mut()
+        .map(|k| {
+            let _ = k.0.kill();
+            let mut text = String::new();
+            use std::io::Read;
+            k.0.stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut text)
+                .unwrap();
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .map(|mut v| {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("timestamp-realtime");
+                    }
+                    v
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(seen[0].len(), 2, "busctl saw {:?}", seen[0]);
+    assert_eq!(seen[1], seen[0], "through the D-Bus socket");
+    assert_eq!(seen[2], seen[0], "through the native socket");
 }
