@@ -183,7 +183,7 @@ fn call_get_property_tree_and_introspect_say_what_busctl_says() {
         )
     };
     let match_arg = format!("--match={rule}");
-    let mut monitors = vec![
+    let mut monitors = [
         watch(
             "busctl",
             &[&busctl_address, "monitor", "--json=short", &match_arg],
