@@ -66,6 +66,7 @@ impl Bloom {
         }
     }
 
+    /// The filter's bits as 64-bit words.
     pub fn words(&self) -> &[u64] {
         &self.words
     }
@@ -133,8 +134,11 @@ impl Bloom {
 /// What a D-Bus signal is, for its filter and for match masks.
 #[derive(Clone, Debug, Default)]
 pub struct SignalSpec<'a> {
+    /// The signal's interface.
     pub interface: Option<&'a str>,
+    /// The signal's member (name).
     pub member: Option<&'a str>,
+    /// The path of the object that emits the signal.
     pub path: Option<&'a str>,
     /// The arguments by position: string-like ones (strings, object paths) with their
     /// value, others `None` (they keep their position but add nothing).
@@ -207,10 +211,15 @@ impl Bloom {
 /// The parts of a D-Bus match rule that go into a bloom mask.
 #[derive(Clone, Debug, Default)]
 pub struct MatchSpec<'a> {
+    /// `type=`: the message type's name (`signal`, ...).
     pub message_type: Option<&'a str>,
+    /// `interface=`: the interface name.
     pub interface: Option<&'a str>,
+    /// `member=`: the member name.
     pub member: Option<&'a str>,
+    /// `path=`: the object path, exactly.
     pub path: Option<&'a str>,
+    /// `path_namespace=`: the object path or a path below it.
     pub path_namespace: Option<&'a str>,
     /// `argN=value`.
     pub args: &'a [(u8, &'a str)],

@@ -15,31 +15,50 @@ pub const MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
 /// Fixed part of the header.
 pub const FIXED_SIZE: usize = 16;
 
+/// Flag bit: the sender expects no reply (method calls).
 pub const FLAG_NO_REPLY_EXPECTED: u8 = 0x1;
+/// Flag bit: the bus must not start a service to receive this message.
 pub const FLAG_NO_AUTO_START: u8 = 0x2;
+/// Flag bit: the caller is prepared to wait for interactive authorization.
 pub const FLAG_ALLOW_INTERACTIVE_AUTHORIZATION: u8 = 0x4;
 
+/// Codes of the header fields, as they appear in the header's field array.
 pub mod field {
+    /// `PATH` (object path, `o`): the object a call is to or a signal is from.
     pub const PATH: u8 = 1;
+    /// `INTERFACE` (string, `s`): the interface of the member.
     pub const INTERFACE: u8 = 2;
+    /// `MEMBER` (string, `s`): the method or signal name.
     pub const MEMBER: u8 = 3;
+    /// `ERROR_NAME` (string, `s`): the name of the error an error reply carries.
     pub const ERROR_NAME: u8 = 4;
+    /// `REPLY_SERIAL` (`u`): the serial of the message this one replies to.
     pub const REPLY_SERIAL: u8 = 5;
+    /// `DESTINATION` (string, `s`): the bus name the message is addressed to.
     pub const DESTINATION: u8 = 6;
+    /// `SENDER` (string, `s`): the unique name of the sender, set by the bus.
     pub const SENDER: u8 = 7;
+    /// `SIGNATURE` (signature, `g`): the type signature of the body.
     pub const SIGNATURE: u8 = 8;
+    /// `UNIX_FDS` (`u`): how many unix fds accompany the message.
     pub const UNIX_FDS: u8 = 9;
 }
 
+/// The message type, the second byte of the fixed header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageType {
+    /// A method call (type 1).
     MethodCall = 1,
+    /// A method's reply (type 2).
     MethodReturn = 2,
+    /// An error reply (type 3).
     Error = 3,
+    /// A signal (type 4).
     Signal = 4,
 }
 
 impl MessageType {
+    /// The type's name as match rules write it (`method_call`, `signal`, ...).
     pub fn name(self) -> &'static str {
         match self {
             MessageType::MethodCall => "method_call",
@@ -50,27 +69,38 @@ impl MessageType {
     }
 }
 
+/// Why a message header was refused by [`parse`] or [`message_len`].
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 pub enum HeaderError {
+    /// The first byte is neither `l` nor `B`.
     #[error("bad byte-order mark")]
     Endianness,
+    /// The protocol version byte is not 1.
     #[error("unsupported protocol version")]
     Version,
+    /// The message type byte is 0 (invalid).
     #[error("message type 0")]
     Type,
     /// A type this bus does not know: the specification says to ignore the message.
     #[error("unknown message type")]
     UnknownType,
+    /// The serial is 0.
     #[error("serial 0")]
     Serial,
+    /// The whole message (or its field array) is longer than the specification allows.
     #[error("message larger than 128 MiB")]
     TooLarge,
+    /// A known header field (its code given) has the wrong type or an invalid value.
     #[error("header field {0} has the wrong type or an invalid value")]
     Field(u8),
+    /// A header field (its code given) appears more than once.
     #[error("header field {0} appears twice")]
     Duplicate(u8),
+    /// A header field (its code given) that this message type requires is absent, or a body
+    /// comes without a non-empty signature.
     #[error("required header field {0} missing")]
     Missing(u8),
+    /// The header could not be demarshalled.
     #[error("malformed header: {0}")]
     Marshal(#[from] MarshalError),
 }
@@ -78,28 +108,44 @@ pub enum HeaderError {
 /// A parsed, validated header, borrowing from the message buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header<'a> {
+    /// Byte order of the message.
     pub endian: Endian,
+    /// Message type.
     pub msg_type: MessageType,
+    /// Flag bits (`FLAG_*`).
     pub flags: u8,
+    /// Length of the body in bytes.
     pub body_len: u32,
+    /// The sender's serial for this message (never 0).
     pub serial: u32,
+    /// The `PATH` field.
     pub path: Option<&'a str>,
+    /// The `INTERFACE` field.
     pub interface: Option<&'a str>,
+    /// The `MEMBER` field.
     pub member: Option<&'a str>,
+    /// The `ERROR_NAME` field.
     pub error_name: Option<&'a str>,
+    /// The `REPLY_SERIAL` field.
     pub reply_serial: Option<u32>,
+    /// The `DESTINATION` field.
     pub destination: Option<&'a str>,
+    /// The `SENDER` field, as the message carried it.
     pub sender: Option<&'a str>,
+    /// The `SIGNATURE` field; empty if absent.
     pub signature: &'a str,
+    /// The `UNIX_FDS` field; 0 if absent.
     pub unix_fds: u32,
     /// Header length including the padding before the body.
     pub header_len: usize,
 }
 
 impl Header<'_> {
+    /// Length of the whole message: header, padding and body.
     pub fn total_len(&self) -> usize {
         self.header_len + self.body_len as usize
     }
+    /// Whether the [`FLAG_NO_REPLY_EXPECTED`] flag is set.
     pub fn no_reply_expected(&self) -> bool {
         self.flags & FLAG_NO_REPLY_EXPECTED != 0
     }
@@ -314,14 +360,23 @@ pub fn write(out: &mut Vec<u8>, h: &Header<'_>, sender: Option<&str>) {
 /// Header fields of a message to write.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Fields<'a> {
+    /// The `PATH` field.
     pub path: Option<&'a str>,
+    /// The `INTERFACE` field.
     pub interface: Option<&'a str>,
+    /// The `MEMBER` field.
     pub member: Option<&'a str>,
+    /// The `ERROR_NAME` field.
     pub error_name: Option<&'a str>,
+    /// The `REPLY_SERIAL` field.
     pub reply_serial: Option<u32>,
+    /// The `DESTINATION` field.
     pub destination: Option<&'a str>,
+    /// The `SENDER` field.
     pub sender: Option<&'a str>,
+    /// The `SIGNATURE` field; left out when empty.
     pub signature: &'a str,
+    /// The `UNIX_FDS` field; left out when 0.
     pub unix_fds: u32,
 }
 

@@ -5,6 +5,7 @@
 //! Like dbus-broker's `src/dbus`, nothing here does I/O: the broker feeds bytes in and
 //! writes what comes out. Payloads of messages between peers are never demarshalled;
 //! only headers, calls to the bus itself and match-rule arguments are.
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod bloom;

@@ -8,13 +8,17 @@
 
 use thiserror::Error;
 
+/// Byte order of a message, given by its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endian {
+    /// Little-endian (`l`).
     Little,
+    /// Big-endian (`B`).
     Big,
 }
 
 impl Endian {
+    /// The byte order a message's first byte names, if it names one.
     pub fn from_byte(b: u8) -> Option<Endian> {
         match b {
             b'l' => Some(Endian::Little),
@@ -22,6 +26,7 @@ impl Endian {
             _ => None,
         }
     }
+    /// The first byte of a message in this byte order (`l` or `B`).
     pub fn byte(self) -> u8 {
         match self {
             Endian::Little => b'l',
@@ -30,30 +35,42 @@ impl Endian {
     }
 }
 
+/// Why a value could not be read.
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 pub enum MarshalError {
+    /// A value runs past the end of the buffer.
     #[error("message truncated")]
     Truncated,
+    /// Alignment padding holds a non-zero byte.
     #[error("non-zero padding")]
     BadPadding,
+    /// A boolean is neither 0 nor 1.
     #[error("boolean other than 0 or 1")]
     BadBool,
+    /// A string is not UTF-8, lacks its terminating NUL or contains a NUL.
     #[error("string not UTF-8, not NUL-terminated, or with an embedded NUL")]
     BadString,
+    /// A signature is invalid, or not a single complete type where one is needed.
     #[error("invalid signature")]
     BadSignature,
+    /// An object path is invalid.
     #[error("invalid object path")]
     BadPath,
+    /// An array is longer than [`MAX_ARRAY_LEN`] or its elements do not fill it exactly.
     #[error("array longer than 64 MiB or not a whole number of elements")]
     BadArray,
+    /// Containers (arrays, structs, variants) are nested too deeply.
     #[error("containers nested too deeply")]
     TooDeep,
+    /// A unix fd (`h`) index is not below the message's fd count.
     #[error("unix fd index beyond the message's fds")]
     BadFd,
+    /// The body has bytes left after the values of its signature.
     #[error("bytes after the last value of the signature")]
     Trailing,
 }
 
+/// A result whose error is a [`MarshalError`].
 pub type Result<T> = std::result::Result<T, MarshalError>;
 
 /// Largest array the specification allows.
@@ -99,10 +116,12 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The current position, counted from the message's first byte.
     pub fn pos(&self) -> usize {
         self.pos
     }
 
+    /// Whether the position has reached the end of the buffer.
     pub fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
     }
@@ -123,10 +142,12 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// Read a byte (no alignment).
     pub fn u8(&mut self) -> Result<u8> {
         Ok(self.take(1)?[0])
     }
 
+    /// Read a `u16` in the message's byte order, after padding to 2.
     pub fn u16(&mut self) -> Result<u16> {
         self.align(2)?;
         let b: [u8; 2] = self
@@ -139,6 +160,7 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// Read a `u32` in the message's byte order, after padding to 4.
     pub fn u32(&mut self) -> Result<u32> {
         self.align(4)?;
         let b: [u8; 4] = self
@@ -151,6 +173,7 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// Read a `u64` in the message's byte order, after padding to 8.
     pub fn u64(&mut self) -> Result<u64> {
         self.align(8)?;
         let b: [u8; 8] = self
@@ -163,6 +186,7 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// Read a boolean: a `u32` (aligned to 4) that must be 0 or 1.
     pub fn bool(&mut self) -> Result<bool> {
         match self.u32()? {
             0 => Ok(false),
@@ -179,11 +203,13 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(bytes).map_err(|_| MarshalError::BadString)
     }
 
+    /// Read a string: a `u32` length (aligned to 4), the UTF-8 bytes and a NUL.
     pub fn string(&mut self) -> Result<&'a str> {
         let len = self.u32()? as usize;
         self.text(len)
     }
 
+    /// Read an object path: a string that must be a valid path.
     pub fn object_path(&mut self) -> Result<&'a str> {
         let s = self.string()?;
         if !crate::names::is_object_path(s) {
@@ -192,6 +218,8 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// Read a signature: a one-byte length (no alignment), the bytes and a NUL; it must be
+    /// valid.
     pub fn signature(&mut self) -> Result<&'a str> {
         let len = self.u8()? as usize;
         let s = self.text(len)?;
@@ -328,7 +356,9 @@ pub fn single_type(sig: &[u8]) -> Result<&[u8]> {
 /// Appends values to a buffer. Alignment is relative to where the writer started (the
 /// start of the message), so messages can be appended to a stream buffer.
 pub struct Writer<'a> {
+    /// The buffer being appended to.
     pub buf: &'a mut Vec<u8>,
+    /// The byte order values are written in.
     pub endian: Endian,
     base: usize,
 }
@@ -345,16 +375,19 @@ impl<'a> Writer<'a> {
         Writer { buf, endian, base }
     }
 
+    /// Pad with zero bytes to a multiple of `n` from the message's start.
     pub fn align(&mut self, n: usize) {
         let rel = self.buf.len() - self.base;
         let len = self.base + rel.div_ceil(n) * n;
         self.buf.resize(len, 0);
     }
 
+    /// Write a byte (no alignment).
     pub fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }
 
+    /// Write a `u32` in the writer's byte order, after padding to 4.
     pub fn u32(&mut self, v: u32) {
         self.align(4);
         let b = match self.endian {
@@ -364,6 +397,7 @@ impl<'a> Writer<'a> {
         self.buf.extend_from_slice(&b);
     }
 
+    /// Write a `u64` in the writer's byte order, after padding to 8.
     pub fn u64(&mut self, v: u64) {
         self.align(8);
         let b = match self.endian {
@@ -373,16 +407,19 @@ impl<'a> Writer<'a> {
         self.buf.extend_from_slice(&b);
     }
 
+    /// Write a boolean as a `u32` 0 or 1, after padding to 4.
     pub fn bool(&mut self, v: bool) {
         self.u32(v as u32);
     }
 
+    /// Write a string: a `u32` length (padded to 4), the bytes and a NUL.
     pub fn string(&mut self, s: &str) {
         self.u32(s.len() as u32);
         self.buf.extend_from_slice(s.as_bytes());
         self.buf.push(0);
     }
 
+    /// Write a signature: a one-byte length (no alignment), the bytes and a NUL.
     pub fn signature(&mut self, s: &str) {
         self.u8(s.len() as u8);
         self.buf.extend_from_slice(s.as_bytes());
@@ -398,6 +435,8 @@ impl<'a> Writer<'a> {
         (len_at, self.buf.len())
     }
 
+    /// Finish an array begun with [`Writer::array_begin`]: fill in its length, the bytes
+    /// written after the element padding.
     pub fn array_end(&mut self, (len_at, start): (usize, usize)) {
         let len = (self.buf.len() - start) as u32;
         let b = match self.endian {
@@ -416,6 +455,7 @@ impl<'a> Writer<'a> {
         }
     }
 
+    /// Write a variant holding a `u32`: signature `u`, then the value aligned to 4.
     pub fn variant_u32(&mut self, v: u32) {
         self.signature("u");
         self.u32(v);

@@ -28,6 +28,7 @@ pub fn is_bus_name(s: &str) -> bool {
     elements >= 2
 }
 
+/// Unique names: a valid bus name starting with `:`.
 pub fn is_unique_name(s: &str) -> bool {
     s.starts_with(':') && is_bus_name(s)
 }
@@ -47,6 +48,7 @@ pub fn is_interface(s: &str) -> bool {
     elements >= 2
 }
 
+/// Error names: the same syntax as interface names.
 pub fn is_error_name(s: &str) -> bool {
     is_interface(s)
 }
@@ -186,6 +188,7 @@ pub struct UniqueName {
 }
 
 impl UniqueName {
+    /// The unique name `:1.<id>` for connection `id`.
     pub fn from_id(id: u64) -> Self {
         let mut digits = [0u8; 20];
         let mut n = 0;
@@ -221,6 +224,7 @@ impl UniqueName {
         digits.parse().ok()
     }
 
+    /// The name as a string.
     pub fn as_str(&self) -> &str {
         // Only ASCII is ever written into `buf`.
         std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()

@@ -37,17 +37,26 @@ pub enum ArgTest {
     Namespace(String),
 }
 
+/// A parsed match rule: each key that is set must match for a message to match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
+    /// `type=`: the message type.
     pub msg_type: Option<MessageType>,
+    /// `sender=`: the sender's unique name, or a well-known name it owns.
     pub sender: Option<String>,
+    /// `interface=`: the `INTERFACE` header field.
     pub interface: Option<String>,
+    /// `member=`: the `MEMBER` header field.
     pub member: Option<String>,
+    /// `path=`: the `PATH` header field, exactly.
     pub path: Option<String>,
+    /// `path_namespace=`: the `PATH` is this path or below it.
     pub path_namespace: Option<String>,
+    /// `destination=`: the `DESTINATION` header field.
     pub destination: Option<String>,
     /// (argument index, test), ordered by index.
     pub args: Vec<(u8, ArgTest)>,
+    /// `eavesdrop='true'`: the rule also asks for messages addressed to other connections.
     pub eavesdrop: bool,
 }
 

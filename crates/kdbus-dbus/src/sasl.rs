@@ -13,12 +13,16 @@ pub const MAX_LINE: usize = 8192;
 /// Failed exchanges (ERROR, REJECTED) before we give up on a client.
 pub const MAX_FAILURES: u32 = 8;
 
+/// Why authentication ends with the client being dropped.
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 pub enum SaslError {
+    /// The first byte the client sent was not NUL.
     #[error("the client did not start with a NUL byte")]
     NoNulByte,
+    /// A line is longer than [`MAX_LINE`] bytes.
     #[error("line longer than {MAX_LINE} bytes")]
     LineTooLong,
+    /// The client failed more than [`MAX_FAILURES`] exchanges.
     #[error("too many failed authentication attempts")]
     TooManyFailures,
 }
@@ -70,10 +74,12 @@ impl Sasl {
         }
     }
 
+    /// Whether the client and server agreed (`NEGOTIATE_UNIX_FD`) to pass unix fds.
     pub fn fds_agreed(&self) -> bool {
         self.fds_agreed
     }
 
+    /// Whether `BEGIN` was received and the client is authenticated.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }

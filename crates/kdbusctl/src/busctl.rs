@@ -692,6 +692,86 @@ pub fn monitor_dbus(address: &str, rules: &[String], as_json: bool) -> Res<()> {
     }
 }
 
+/// Wait on the D-Bus socket at `address` for the signal `interface.member` from
+/// `path`, and print its body as busctl prints bodies.
+pub fn wait(
+    address: &str,
+    path: &str,
+    interface: &str,
+    member: &str,
+    timeout: Option<Duration>,
+) -> Res<()> {
+    let mut c = Client::connect(address)?;
+    let rule = format!("type='signal',path='{path}',interface='{interface}',member='{member}'");
+    c.driver_s("AddMatch", &rule)?;
+    if timeout.is_none() {
+        c.wait_forever()?;
+    }
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            return Err("timed out".into());
+        }
+        let m = c.read()?;
+        let h = header::parse(&m)?;
+        if h.msg_type == MessageType::Signal
+            && h.path == Some(path)
+            && h.interface == Some(interface)
+            && h.member == Some(member)
+        {
+            let body = &m[h.header_len..h.total_len()];
+            println!("{}", format_body(h.signature, body, h.endian)?);
+            return Ok(());
+        }
+    }
+}
+
+/// `NAME`'s owner and what the bus knows of it (GetNameOwner and
+/// GetConnectionCredentials), as `Key=value` lines or JSON.
+pub fn status(address: &str, name: &str, as_json: bool) -> Res<()> {
+    let mut c = Client::connect(address)?;
+    let reply = c.driver_s("GetNameOwner", name)?;
+    let h = header::parse(&reply)?;
+    let owner = Reader::new(&reply[h.header_len..], h.endian)
+        .string()?
+        .to_string();
+    let reply = c.driver_s("GetConnectionCredentials", name)?;
+    let h = header::parse(&reply)?;
+    let mut r = Reader::new(&reply[h.header_len..h.total_len()], h.endian);
+    let creds = json_value(&mut r, "a{sv}")?;
+    let data = |k: &str| creds.get(k).and_then(|v| v.get("data")).cloned();
+    let mut o = serde_json::json!({ "Name": name, "UniqueName": owner });
+    for (ours, theirs) in [
+        ("PID", "ProcessID"),
+        ("UID", "UnixUserID"),
+        ("GIDs", "UnixGroupIDs"),
+        ("SecurityLabel", "LinuxSecurityLabel"),
+    ] {
+        if let Some(v) = data(theirs) {
+            o[ours] = v;
+        }
+    }
+    if as_json {
+        println!("{o}");
+        return Ok(());
+    }
+    for k in ["Name", "UniqueName", "PID", "UID", "GIDs"] {
+        if let Some(v) = o.get(k) {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                other => other.to_string(),
+            };
+            println!("{k}={text}");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

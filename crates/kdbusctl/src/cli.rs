@@ -13,18 +13,20 @@ pub struct Cli {
     /// kdbusd runtime directory (default: /run/kdbus for root, else $XDG_RUNTIME_DIR/kdbus).
     #[arg(long, global = true, value_name = "DIR")]
     pub runtime_dir: Option<PathBuf>,
+    /// D-Bus commands go to the session bus ($DBUS_SESSION_BUS_ADDRESS, else
+    /// $XDG_RUNTIME_DIR/bus) unless they name an --address.
+    #[arg(long, global = true, conflicts_with = "system")]
+    pub user: bool,
+    /// D-Bus commands go to the system bus ($DBUS_SYSTEM_BUS_ADDRESS, else
+    /// /run/dbus/system_bus_socket) unless they name an --address.
+    #[arg(long, global = true)]
+    pub system: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// The bus: its id, bloom parameters, creator, connection count.
-    Status {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
     /// Connections on the bus.
     List {
         /// Print JSON.
@@ -124,6 +126,30 @@ pub enum Cmd {
         #[arg(long)]
         list: bool,
         /// The D-Bus address to ask through (default: the native bus).
+        #[arg(long, value_name = "ADDRESS")]
+        address: Option<String>,
+    },
+    /// Wait for a signal (PATH INTERFACE MEMBER) and print its body as busctl does.
+    Wait {
+        path: String,
+        interface: String,
+        signal: String,
+        /// The D-Bus address to listen on (default: the D-Bus socket beside --bus).
+        #[arg(long, value_name = "ADDRESS")]
+        address: Option<String>,
+        /// Give up after this many milliseconds (default: wait forever).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// Who owns NAME: its unique name and the credentials the bus has for it.
+    Status {
+        /// A well-known or unique name; without one, the bus itself (its id, bloom
+        /// parameters, creator, connection count).
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The D-Bus address to ask through (default: the D-Bus socket beside --bus).
         #[arg(long, value_name = "ADDRESS")]
         address: Option<String>,
     },

@@ -89,6 +89,33 @@ fn dbus_via(
     }
 }
 
+/// The D-Bus address a D-Bus command goes to: the one it names, else the session or
+/// system bus's with `--user` / `--system`, else none (the native bus).
+fn resolve_address(cli: &Cli, explicit: Option<&str>) -> Option<String> {
+    if let Some(a) = explicit {
+        return Some(a.to_string());
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if cli.user {
+        return env("DBUS_SESSION_BUS_ADDRESS")
+            .or_else(|| env("XDG_RUNTIME_DIR").map(|d| format!("unix:path={d}/bus")));
+    }
+    if cli.system {
+        return Some(
+            env("DBUS_SYSTEM_BUS_ADDRESS")
+                .unwrap_or_else(|| "unix:path=/run/dbus/system_bus_socket".to_string()),
+        );
+    }
+    None
+}
+
+/// The D-Bus socket beside the native bus (`<bus dir>/dbus`).
+fn beside(cli: &Cli) -> String {
+    let bus = bus_path(cli);
+    let dir = bus.parent().map(|d| d.join("dbus")).unwrap_or_default();
+    format!("unix:path={}", dir.display())
+}
+
 /// Run `f` with a way to the bus: the D-Bus socket at `address`, or the native bus.
 fn with_via(cli: &Cli, address: Option<&str>, f: impl FnOnce(busctl::Via<'_>) -> Res) -> Res {
     match address {
@@ -120,7 +147,28 @@ fn hex(b: &[u8]) -> String {
 
 fn run(cli: Cli) -> Res {
     match &cli.cmd {
-        Cmd::Status { json } => status(&cli, *json),
+        Cmd::Status {
+            name: None, json, ..
+        } => status(&cli, *json),
+        Cmd::Status {
+            name: Some(name),
+            json,
+            address,
+        } => {
+            let a = resolve_address(&cli, address.as_deref()).unwrap_or_else(|| beside(&cli));
+            busctl::status(&a, name, *json)
+        }
+        Cmd::Wait {
+            path,
+            interface,
+            signal,
+            address,
+            timeout_ms,
+        } => {
+            let a = resolve_address(&cli, address.as_deref()).unwrap_or_else(|| beside(&cli));
+            let timeout = timeout_ms.map(Duration::from_millis);
+            busctl::wait(&a, path, interface, signal, timeout)
+        }
         Cmd::List { json } => list(&cli, *json),
         Cmd::MakeBus { name, world } => make_bus(&cli, name, *world),
         Cmd::MakeDomain { name, world } => make_domain(&cli, name, *world),
@@ -174,9 +222,10 @@ fn run(cli: Cli) -> Res {
                 sig,
                 body,
             };
+            let a = resolve_address(&cli, address.as_deref());
             dbus_call_print(
                 &cli,
-                address.as_deref(),
+                a.as_deref(),
                 &call,
                 Duration::from_millis(*timeout_ms),
             )
@@ -197,8 +246,8 @@ fn run(cli: Cli) -> Res {
                 sig: "ss",
                 body: busctl::marshal("ss", &args)?,
             };
-            let (sig, body, endian) =
-                dbus_via(&cli, address.as_deref(), &call, Duration::from_secs(5))?;
+            let a = resolve_address(&cli, address.as_deref());
+            let (sig, body, endian) = dbus_via(&cli, a.as_deref(), &call, Duration::from_secs(5))?;
             if sig != "v" {
                 return Err(format!("Get answered '{sig}', not a variant").into());
             }
@@ -211,38 +260,46 @@ fn run(cli: Cli) -> Res {
             dest,
             list,
             address,
-        } => with_via(&cli, address.as_deref(), |via| {
-            let paths = busctl::tree(&|p| busctl::introspect_xml(via, dest, p))?;
-            if *list {
-                for (p, _) in &paths {
-                    println!("{p}");
+        } => with_via(
+            &cli,
+            resolve_address(&cli, address.as_deref()).as_deref(),
+            |via| {
+                let paths = busctl::tree(&|p| busctl::introspect_xml(via, dest, p))?;
+                if *list {
+                    for (p, _) in &paths {
+                        println!("{p}");
+                    }
+                } else {
+                    println!("{}", busctl::tree_drawing(&paths));
                 }
-            } else {
-                println!("{}", busctl::tree_drawing(&paths));
-            }
-            Ok(())
-        }),
+                Ok(())
+            },
+        ),
         Cmd::Introspect {
             dest,
             path,
             address,
-        } => with_via(&cli, address.as_deref(), |via| {
-            let xml = busctl::introspect_xml(via, dest, path)?;
-            let get_all = |iface: &str| {
-                let c = busctl::Call {
-                    dest,
-                    path,
-                    iface: "org.freedesktop.DBus.Properties",
-                    method: "GetAll",
-                    sig: "s",
-                    body: busctl::marshal("s", &[iface.to_string()])?,
+        } => with_via(
+            &cli,
+            resolve_address(&cli, address.as_deref()).as_deref(),
+            |via| {
+                let xml = busctl::introspect_xml(via, dest, path)?;
+                let get_all = |iface: &str| {
+                    let c = busctl::Call {
+                        dest,
+                        path,
+                        iface: "org.freedesktop.DBus.Properties",
+                        method: "GetAll",
+                        sig: "s",
+                        body: busctl::marshal("s", &[iface.to_string()])?,
+                    };
+                    let (_, body, endian) = busctl::call(via, &c, Duration::from_secs(5))?;
+                    Ok((body, endian))
                 };
-                let (_, body, endian) = busctl::call(via, &c, Duration::from_secs(5))?;
-                Ok((body, endian))
-            };
-            println!("{}", busctl::introspect_table(&xml, &get_all)?);
-            Ok(())
-        }),
+                println!("{}", busctl::introspect_table(&xml, &get_all)?);
+                Ok(())
+            },
+        ),
         Cmd::CallRaw {
             dest,
             data,
@@ -287,8 +344,8 @@ fn run(cli: Cli) -> Res {
             json,
             matches,
             address,
-        } => match address {
-            Some(a) => busctl::monitor_dbus(a, matches, *json),
+        } => match resolve_address(&cli, address.as_deref()) {
+            Some(a) => busctl::monitor_dbus(&a, matches, *json),
             None => monitor(&cli, *json, matches),
         },
         Cmd::Bench(args) => bench::run(&bus_path(&cli), args),
@@ -298,11 +355,7 @@ fn run(cli: Cli) -> Res {
             json,
             interval_ms,
         } => {
-            let address = address.clone().unwrap_or_else(|| {
-                let bus = bus_path(&cli);
-                let dir = bus.parent().map(|d| d.join("dbus")).unwrap_or_default();
-                format!("unix:path={}", dir.display())
-            });
+            let address = resolve_address(&cli, address.as_deref()).unwrap_or_else(|| beside(&cli));
             top::run(&address, *once, *json, Duration::from_millis(*interval_ms))
         }
     }

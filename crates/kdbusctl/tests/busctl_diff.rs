@@ -1,5 +1,5 @@
 //! `kdbusctl call`, `get-property`, `tree`, `introspect` and `monitor --match` against
-//! busctl, on a GLib service served by
+//! busctl (and `status`, `wait` and `--user` beside them), on a GLib service served by
 //! kdbusd: the same words out for the same call, through the bus's D-Bus socket and
 //! through its native one. Skipped without busctl or python3-gi (both installed by
 //! `.ci/run`).
@@ -72,13 +72,13 @@ fn call_get_property_tree_and_introspect_say_what_busctl_says() {
     };
     let (bus, address) = (word("bus="), word("dbus="));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/glib_service.py");
-    let _service = Kill(
-        Command::new("/usr/bin/python3")
-            .arg(&script)
-            .arg(&address)
-            .spawn()
-            .unwrap(),
-    );
+    let service = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&address)
+        .spawn()
+        .unwrap();
+    let service_pid = service.id();
+    let _service = Kill(service);
     let busctl_address = format!("--address={address}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -241,4 +241,70 @@ fn call_get_property_tree_and_introspect_say_what_busctl_says() {
     assert_eq!(seen[0].len(), 2, "busctl saw {:?}", seen[0]);
     assert_eq!(seen[1], seen[0], "through the D-Bus socket");
     assert_eq!(seen[2], seen[0], "through the native socket");
+
+    // --user takes the session bus from the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+        .env("DBUS_SESSION_BUS_ADDRESS", &address)
+        .args([
+            "--user", "call", SERVICE, PATH, SERVICE, "Add", "ii", "3", "4",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "i 7");
+    // status: the owner and its credentials (the GLib service is our child).
+    let v: serde_json::Value =
+        serde_json::from_str(&kdbusctl(&["--bus", &bus, "status", SERVICE, "--json"])).unwrap();
+    assert!(
+        v["UniqueName"]
+            .as_str()
+            .is_some_and(|u| u.starts_with(":1.")),
+        "{v}"
+    );
+    assert_eq!(v["PID"].as_u64(), Some(u64::from(service_pid)), "{v}");
+    // wait: the first matching signal's body, as busctl prints bodies.
+    let waiter = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+        .args([
+            "--bus",
+            &bus,
+            "wait",
+            "/a/b",
+            "org.x.Y",
+            "Sig",
+            "--timeout-ms",
+            "10000",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    run(
+        "busctl",
+        &[
+            &busctl_address,
+            "emit",
+            "/a/b",
+            "org.x.Y",
+            "Other",
+            "s",
+            "no",
+        ],
+    );
+    run(
+        "busctl",
+        &[
+            &busctl_address,
+            "emit",
+            "/a/b",
+            "org.x.Y",
+            "Sig",
+            "su",
+            "hello",
+            "5",
+        ],
+    );
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "su \"hello\" 5"
+    );
 }
