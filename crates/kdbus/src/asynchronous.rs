@@ -26,8 +26,9 @@ pub trait Readiness {
     fn readable(&self) -> impl Future<Output = std::io::Result<()>>;
 }
 
-/// A connection with async waits; `R` is the runtime's [`Readiness`] ([`Tokio`],
-/// [`AsyncIo`]). Derefs to the [`Connection`] for everything that does not wait.
+/// A connection with async waits; `R` is the runtime's [`Readiness`] (`Tokio` with
+/// feature `tokio`, `AsyncIo` with feature `async-io`). Derefs to the [`Connection`]
+/// for everything that does not wait.
 pub struct AsyncConnection<R: Readiness> {
     conn: Connection,
     ready: R,
