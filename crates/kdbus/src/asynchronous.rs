@@ -10,6 +10,15 @@
 //! [`AsyncConnection::recv`] waits for the next message, [`AsyncConnection::call`] for
 //! a reply, [`AsyncConnection::send`] for the broker's acceptance;
 //! [`Connection::post`] never waits and needs no async form.
+//!
+//! Two limits, for now:
+//! - A `call` or `send` future dropped before its answer came (a timeout around it,
+//!   a `select!` that took another branch) leaves the answer filed when it comes, and
+//!   a call's reply keeps its pool slice until the connection closes. Prefer the
+//!   call's own `timeout`, which the broker enforces and answers.
+//! - Use a connection from async code or from blocking code, not both at once: a
+//!   blocking thread that reads the socket files answers without waking the async
+//!   tasks that wait for them (they wake at the next datagram).
 
 use crate::{Connection, Errno, Error, Message, Received, Result};
 use std::future::Future;

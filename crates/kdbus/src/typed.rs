@@ -7,6 +7,10 @@
 //! That is what D-Bus peers on the bus's D-Bus socket send and receive, so a native
 //! client that speaks this way talks to them and to other native clients alike.
 //!
+//! The kdbus cookie of a typed call is its D-Bus serial, counted per connection from 1:
+//! on a connection that also makes untyped calls, give those cookies that cannot
+//! collide (replies are matched by cookie).
+//!
 //! A body type is any `Serialize + Type` value: a tuple for several arguments (the
 //! body's signature is the tuple's without its parentheses, as the protocol has it),
 //! `()` for none. Received bodies are checked against the type asked for: a body whose

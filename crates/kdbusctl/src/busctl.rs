@@ -56,6 +56,16 @@ fn type_end(b: &[u8], i: usize) -> Res<usize> {
     }
 }
 
+/// A signature the protocol allows (at most 255 bytes, nesting bounded, no empty
+/// structs, dict entries only in arrays): anything else is refused before use.
+fn valid_signature(sig: &str) -> Res<()> {
+    if sig.is_empty() || kdbus::dbus::names::is_signature(sig) {
+        Ok(())
+    } else {
+        Err(format!("not a valid D-Bus signature: {sig}").into())
+    }
+}
+
 fn align_of(t: u8) -> usize {
     match t {
         b'y' | b'g' | b'v' => 1,
@@ -92,10 +102,15 @@ fn write_value<'a>(
             })
         }
         b'n' | b'q' => {
-            let v: i32 = num(next(words, "16-bit number")?)?;
+            let word = next(words, "16-bit number")?;
+            let v: u16 = if b[0] == b'n' {
+                num::<i16>(word)? as u16
+            } else {
+                num::<u16>(word)?
+            };
             w.align(2);
             // Two bytes, little endian (we write little-endian messages).
-            for byte in (v as u16).to_le_bytes() {
+            for byte in v.to_le_bytes() {
                 w.u8(byte);
             }
         }
@@ -105,9 +120,14 @@ fn write_value<'a>(
         b't' => w.u64(num(next(words, "uint64")?)?),
         b'd' => w.u64(num::<f64>(next(words, "double")?)?.to_bits()),
         b's' | b'o' => w.string(next(words, "string")?),
-        b'g' => w.signature(next(words, "signature")?),
+        b'g' => {
+            let g = next(words, "signature")?;
+            valid_signature(g)?;
+            w.signature(g)
+        }
         b'v' => {
             let inner = next(words, "variant signature")?;
+            valid_signature(inner)?;
             if complete_types(inner)?.len() != 1 {
                 return Err(format!("a variant holds one complete type, not {inner}").into());
             }
@@ -136,6 +156,7 @@ fn write_value<'a>(
 
 /// The body for `sig` from busctl-style `args`.
 pub fn marshal(sig: &str, args: &[String]) -> Res<Vec<u8>> {
+    valid_signature(sig)?;
     let mut body = Vec::new();
     let mut w = Writer::new(&mut body, Endian::Little);
     let mut words = args.iter().map(String::as_str);
@@ -210,7 +231,10 @@ fn read_value(r: &mut Reader<'_>, t: &str, out: &mut Vec<String>) -> Res<()> {
 }
 
 /// A body of signature `sig` as busctl prints it: the signature, then the values.
+/// The body is checked against its signature first (nesting bounded, lengths within
+/// the body), as it may come from anyone.
 pub fn format_body(sig: &str, body: &[u8], endian: Endian) -> Res<String> {
+    kdbus::dbus::marshal::body_validate(body, endian, sig, u32::MAX)?;
     let mut r = Reader::new(body, endian);
     let mut out = vec![sig.to_string()];
     for t in complete_types(sig)? {
@@ -273,7 +297,10 @@ pub fn call(via: Via<'_>, c: &Call<'_>, timeout: Duration) -> Res<(String, Vec<u
         }
     };
     let h = header::parse(&reply)?;
-    let body = reply[h.header_len..h.total_len()].to_vec();
+    let body = reply
+        .get(h.header_len..h.total_len())
+        .ok_or("a reply shorter than its header says")?
+        .to_vec();
     if h.msg_type == MessageType::Error {
         let text = Reader::new(&body, h.endian)
             .string()
@@ -604,6 +631,7 @@ pub fn message_json(msg: &[u8]) -> Res<serde_json::Value> {
         }
     }
     let body = msg.get(h.header_len..h.total_len()).unwrap_or(&[]);
+    kdbus::dbus::marshal::body_validate(body, h.endian, h.signature, u32::MAX)?;
     let mut r = Reader::new(body, h.endian);
     let mut data = Vec::new();
     for t in complete_types(h.signature)? {
@@ -683,9 +711,11 @@ pub fn monitor_dbus(address: &str, rules: &[String], as_json: bool) -> Res<()> {
             continue;
         }
         let line = if as_json {
-            message_json(&m)?.to_string()
+            message_json(&m)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() }).to_string())
         } else {
-            message_line(&m)?
+            message_line(&m).unwrap_or_else(|e| format!("undecodable: {e}"))
         };
         writeln!(out, "{line}")?;
         out.flush()?;
@@ -811,5 +841,10 @@ mod tests {
         assert!(marshal("s", &a(&["a", "b"])).is_err());
         assert!(marshal("a{s", &a(&["0"])).is_err());
         assert!(marshal("v", &a(&["ss", "a", "b"])).is_err());
+        assert!(marshal("()", &a(&[])).is_err());
+        assert!(marshal(&"a".repeat(300), &a(&["0"])).is_err());
+        assert!(marshal("q", &a(&["70000"])).is_err());
+        assert!(marshal("n", &a(&["-40000"])).is_err());
+        assert!(marshal("g", &a(&["(("])).is_err());
     }
 }

@@ -602,10 +602,18 @@ fn monitor(cli: &Cli, as_json: bool, rules: &[String]) -> Res {
             if !rules.is_empty() && !rules.iter().any(|r| r.matches(h, sender, &|_| false, body)) {
                 continue;
             }
+            // A message that does not decode (its body not what its signature says)
+            // is reported as such; the monitor goes on.
             let line = if as_json {
-                busctl::message_json(&payload)?.to_string()
+                busctl::message_json(&payload)
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|e| {
+                        json!({ "seq": seq, "undecodable": e.to_string() }).to_string()
+                    })
             } else {
-                format!("{seq:>8} {}", busctl::message_line(&payload)?)
+                let text =
+                    busctl::message_line(&payload).unwrap_or_else(|e| format!("undecodable: {e}"));
+                format!("{seq:>8} {text}")
             };
             use std::io::Write;
             writeln!(out, "{line}")?;
