@@ -25,13 +25,11 @@
 //! Each line says whether kdbusd meets its goal against dbus-broker in this run.
 
 use super::dbus::{
-    self, bus_pid, child_of, echo_service, memory_per_conn, start_daemon_like, Client, RoundTrips,
-    Started,
+    self, bus_pid, child_of, memory_per_conn, start_daemon_like, Client, RoundTrips, Started,
 };
 use super::{BenchResult, Stats};
 use kdbus::{Connection, HelloOptions, Message};
-use kdbus_dbus::header::{Fields, MessageType};
-use kdbus_dbus::marshal::{Endian, Writer};
+use kdbus_dbus::header::MessageType;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -57,16 +55,11 @@ struct Pipelined {
 
 impl Pipelined {
     fn start(address: &str, payload: usize) -> BenchResult<Pipelined> {
-        let svc = Client::connect(address)?;
-        svc.wait_forever()?;
-        let service = svc.unique.clone();
-        std::thread::spawn(move || echo_service(svc));
-        let mut body = Vec::new();
-        Writer::new(&mut body, Endian::Little).string(&"x".repeat(payload));
+        let echo = dbus::Echo::start(address, payload)?;
         Ok(Pipelined {
-            client: Client::connect(address)?,
-            service,
-            body,
+            client: echo.client,
+            service: echo.service,
+            body: echo.body,
             calls: 0,
             elapsed: Duration::ZERO,
         })
@@ -74,14 +67,7 @@ impl Pipelined {
 
     /// `n` calls, at most [`WINDOW`] unanswered at any time.
     fn run(&mut self, n: usize, timed: bool) -> BenchResult<()> {
-        let f = Fields {
-            path: Some("/org/kdbus/Bench"),
-            interface: Some("org.kdbus.Bench"),
-            member: Some("Echo"),
-            destination: Some(&self.service),
-            signature: "s",
-            ..Default::default()
-        };
+        let f = dbus::echo_call(&self.service);
         let start = Instant::now();
         let (mut sent, mut answered) = (0, 0);
         while answered < n {

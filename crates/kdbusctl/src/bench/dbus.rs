@@ -208,7 +208,7 @@ fn write_all(fd: &OwnedFd, mut b: &[u8]) -> BenchResult<()> {
 }
 
 /// The echo service: answers every call with its body.
-pub(crate) fn echo_service(mut c: Client) {
+fn echo_service(mut c: Client) {
     while let Ok(m) = c.read() {
         let Ok(h) = header::parse(&m) else { return };
         if h.msg_type != MessageType::MethodCall {
@@ -243,6 +243,45 @@ pub struct DBusOutcome {
     pub cpu_us_per_rt: Option<f64>,
 }
 
+/// An echo service answering in a thread, and a client to call it with `body` (a
+/// string of the workload's size): what the call workloads start from.
+pub(crate) struct Echo {
+    pub(crate) client: Client,
+    pub(crate) service: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) thread: std::thread::JoinHandle<()>,
+}
+
+impl Echo {
+    pub(crate) fn start(address: &str, payload: usize) -> BenchResult<Echo> {
+        let svc = Client::connect(address)?;
+        // The service waits while other brokers take their turns.
+        svc.wait_forever()?;
+        let service = svc.unique.clone();
+        let thread = std::thread::spawn(move || echo_service(svc));
+        let mut body = Vec::new();
+        Writer::new(&mut body, Endian::Little).string(&"x".repeat(payload));
+        Ok(Echo {
+            client: Client::connect(address)?,
+            service,
+            body,
+            thread,
+        })
+    }
+}
+
+/// The header of a call to the echo service `service`.
+pub(crate) fn echo_call(service: &str) -> Fields<'_> {
+    Fields {
+        path: Some("/org/kdbus/Bench"),
+        interface: Some("org.kdbus.Bench"),
+        member: Some("Echo"),
+        destination: Some(service),
+        signature: "s",
+        ..Default::default()
+    }
+}
+
 /// The request/reply workload on one bus: a client calling an echo service.
 pub(crate) struct RoundTrips {
     client: Client,
@@ -257,18 +296,12 @@ pub(crate) struct RoundTrips {
 
 impl RoundTrips {
     pub(crate) fn start(address: &str, payload: usize, pid: Option<u32>) -> BenchResult<Self> {
-        let svc = Client::connect(address)?;
-        // The service waits while other brokers take their turns.
-        svc.wait_forever()?;
-        let service = svc.unique.clone();
-        let echo = std::thread::spawn(move || echo_service(svc));
-        let mut body = Vec::new();
-        Writer::new(&mut body, Endian::Little).string(&"x".repeat(payload));
+        let echo = Echo::start(address, payload)?;
         Ok(RoundTrips {
-            client: Client::connect(address)?,
-            service,
-            body,
-            _echo: echo,
+            client: echo.client,
+            service: echo.service,
+            body: echo.body,
+            _echo: echo.thread,
             pid,
             samples: Vec::new(),
             elapsed: Duration::ZERO,
@@ -278,14 +311,7 @@ impl RoundTrips {
 
     /// `n` round trips; timed (and the broker's CPU counted) if `timed`.
     pub(crate) fn run(&mut self, n: usize, timed: bool) -> BenchResult<()> {
-        let f = Fields {
-            path: Some("/org/kdbus/Bench"),
-            interface: Some("org.kdbus.Bench"),
-            member: Some("Echo"),
-            destination: Some(&self.service),
-            signature: "s",
-            ..Default::default()
-        };
+        let f = echo_call(&self.service);
         let cpu_before = self.pid.and_then(cpu_ns);
         let start = Instant::now();
         for _ in 0..n {
