@@ -297,78 +297,18 @@ fn the_build_renders_man_pages() {
     assert!(bench.contains("dbus\\-compare"), "{bench}");
 }
 
+// The raw D-Bus client of kdbusd's tests: SASL, Hello, calls on a bare stream.
+#[path = "../../kdbusd/tests/common/dbus_raw.rs"]
+mod dbus_raw;
+
 mod top {
     //! `kdbusctl top` against a bus where a sender floods a receiver that does not read.
 
-    use kdbus_dbus::header::{self, Fields, MessageType, FLAG_NO_REPLY_EXPECTED};
-    use kdbus_dbus::marshal::{Endian, Reader, Writer};
+    use super::dbus_raw::{self, call, hello_at};
+    use kdbus_dbus::header::FLAG_NO_REPLY_EXPECTED;
+    use kdbus_dbus::marshal::{Endian, Writer};
     use std::io::{BufRead, BufReader, Read, Write};
-    use std::os::unix::net::UnixStream;
     use std::process::{Command, Stdio};
-
-    fn message(serial: u32, dest: &str, member: &str, body: &[u8], flags: u8) -> Vec<u8> {
-        let driver = dest == "org.freedesktop.DBus";
-        let f = Fields {
-            path: Some(if driver {
-                "/org/freedesktop/DBus"
-            } else {
-                "/x"
-            }),
-            interface: Some(if driver {
-                "org.freedesktop.DBus"
-            } else {
-                "org.x"
-            }),
-            member: Some(member),
-            destination: Some(dest),
-            signature: if body.is_empty() { "" } else { "s" },
-            ..Default::default()
-        };
-        let mut out = Vec::new();
-        header::write_fields(
-            &mut out,
-            Endian::Little,
-            MessageType::MethodCall,
-            flags,
-            body.len() as u32,
-            serial,
-            &f,
-        );
-        out.extend_from_slice(body);
-        out
-    }
-
-    /// Authenticate and say Hello; the unique name.
-    fn hello(path: &str) -> (UnixStream, String) {
-        let mut s = UnixStream::connect(path).unwrap();
-        let uid: String = rustix::process::getuid()
-            .as_raw()
-            .to_string()
-            .bytes()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        s.write_all(format!("\0AUTH EXTERNAL {uid}\r\nBEGIN\r\n").as_bytes())
-            .unwrap();
-        s.write_all(&message(1, "org.freedesktop.DBus", "Hello", &[], 0))
-            .unwrap();
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        while !line.ends_with(b"\r\n") {
-            s.read_exact(&mut b).unwrap();
-            line.push(b[0]);
-        }
-        let mut head = vec![0u8; 16];
-        s.read_exact(&mut head).unwrap();
-        let len = header::message_len(&head).unwrap().unwrap();
-        head.resize(len, 0);
-        s.read_exact(&mut head[16..]).unwrap();
-        let h = header::parse(&head).unwrap();
-        let name = Reader::new(&head[h.header_len..], h.endian)
-            .string()
-            .unwrap()
-            .to_string();
-        (s, name)
-    }
 
     /// The stream quota set to 1 MiB; a sender that floods a receiver which never
     /// reads fills its share, and `top` shows that share in the receiver's row (and
@@ -402,9 +342,8 @@ mod top {
         BufReader::new(broker.stdout.take().unwrap())
             .read_line(&mut address)
             .unwrap();
-        let path = sock.to_str().unwrap();
-        let (_slow, slow_name) = hello(path);
-        let (mut flooder, _) = hello(path);
+        let (_slow, _slow_reading, slow_name) = hello_at(&sock);
+        let (mut flooder, _, _) = hello_at(&sock);
         // The flooder reads what comes back (errors once the share is full) so that
         // only the receiver is slow.
         let mut reader = flooder.try_clone().unwrap();
@@ -418,10 +357,11 @@ mod top {
         // the kernel doubles), then more than the quota.
         for serial in 2..120u32 {
             flooder
-                .write_all(&message(
+                .write_all(&call(
                     serial,
                     &slow_name,
                     "Fill",
+                    "s",
                     &body,
                     FLAG_NO_REPLY_EXPECTED,
                 ))
@@ -429,7 +369,7 @@ mod top {
         }
         // A driver call after them: when it is answered, they have all been routed.
         flooder
-            .write_all(&message(99, "org.freedesktop.DBus", "GetId", &[], 0))
+            .write_all(&call(99, dbus_raw::DRIVER, "GetId", "", &[], 0))
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
         let out = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
