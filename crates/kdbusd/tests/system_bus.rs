@@ -250,6 +250,22 @@ fn syslog_listener() {
     }
 }
 
+/// Run `script` with `sh` in a mount namespace of its own; false (and a note) where
+/// none can be made or the script said so (exit 77). A broker stopped by `timeout`
+/// (124) counts as run.
+fn in_mount_namespace(script: &str) -> bool {
+    let status = Command::new("unshare")
+        .args(["-m", "sh", "-c", script])
+        .status();
+    match status.map(|s| s.code()) {
+        Ok(Some(0)) | Ok(Some(124)) => true,
+        other => {
+            eprintln!("skipped: no mount namespace here ({other:?})");
+            false
+        }
+    }
+}
+
 /// `<syslog/>` (the system bus configuration has it): the bus logs to the system
 /// log. Run in a mount namespace of its own, with a `/dev` where this test binary is
 /// the system log. Skipped without root or where namespaces cannot be made.
@@ -282,15 +298,8 @@ fn a_bus_configured_with_syslog_logs_there() {
         kdbusd = KDBUSD,
         conf = conf.display(),
     );
-    let status = Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .status();
-    match status.map(|s| s.code()) {
-        Ok(Some(0)) | Ok(Some(124)) => {}
-        other => {
-            eprintln!("skipped: no mount namespace here ({other:?})");
-            return;
-        }
+    if !in_mount_namespace(&script) {
+        return;
     }
     let log = std::fs::read_to_string(&got).unwrap_or_default();
     assert!(
@@ -413,15 +422,8 @@ fn logs_go_to_the_journal_when_stderr_is_its_stream() {
         kdbusd = KDBUSD,
         conf = conf.display(),
     );
-    let status = Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .status();
-    match status.map(|s| s.code()) {
-        Ok(Some(0)) | Ok(Some(124)) => {}
-        other => {
-            eprintln!("skipped: no mount namespace here ({other:?})");
-            return;
-        }
+    if !in_mount_namespace(&script) {
+        return;
     }
     let journal = String::from_utf8_lossy(&std::fs::read(&got).unwrap_or_default()).into_owned();
     // Fields are `NAME=value` or, binary-safe, `NAME\n<le64 length>value`.
