@@ -272,6 +272,7 @@ pub fn call(via: Via<'_>, c: &Call<'_>, timeout: Duration) -> Res<(String, Vec<u
     let reply = match via {
         Via::DBus(address) => {
             let mut client = Client::connect(address)?;
+            client.read_timeout(timeout)?;
             let serial = client.send(MessageType::MethodCall, &fields, &c.body, 0)?;
             client.wait_reply_or_error(serial)?
         }
@@ -739,10 +740,19 @@ pub fn wait(
     }
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     loop {
-        if deadline.is_some_and(|d| std::time::Instant::now() > d) {
-            return Err("timed out".into());
+        if let Some(d) = deadline {
+            // Each read waits no longer than what is left.
+            match d.checked_duration_since(std::time::Instant::now()) {
+                Some(left) if !left.is_zero() => c.read_timeout(left)?,
+                _ => return Err("timed out".into()),
+            }
         }
-        let m = c.read()?;
+        let m = c.read().map_err(|e| -> Box<dyn std::error::Error> {
+            match e.downcast_ref::<rustix::io::Errno>() {
+                Some(&rustix::io::Errno::AGAIN) => "timed out".into(),
+                _ => e,
+            }
+        })?;
         let h = header::parse(&m)?;
         if h.msg_type == MessageType::Signal
             && h.path == Some(path)

@@ -307,4 +307,22 @@ fn call_get_property_tree_and_introspect_say_what_busctl_says() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "su \"hello\" 5"
     );
+    // A wait with nothing to wait for gives up when told.
+    let t0 = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+        .args([
+            "--bus",
+            &bus,
+            "wait",
+            "/a/b",
+            "org.x.Y",
+            "Never",
+            "--timeout-ms",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 }

@@ -138,6 +138,13 @@ impl Client {
         Ok(())
     }
 
+    /// Wait at most `t` for each read from now on.
+    pub fn read_timeout(&self, t: Duration) -> BenchResult<()> {
+        let t = Some(t.max(Duration::from_millis(1)));
+        rustix::net::sockopt::set_socket_timeout(&self.fd, rustix::net::sockopt::Timeout::Recv, t)?;
+        Ok(())
+    }
+
     /// Call a driver method taking a string and a `u32` (`RequestName`).
     pub fn driver_su(&mut self, member: &str, arg: &str, n: u32) -> BenchResult<Vec<u8>> {
         let mut body = Vec::new();
