@@ -92,9 +92,29 @@ fn an_ordinary_burst_is_delivered_whole() {
                 .all(|n| n.load(Ordering::Relaxed) == want_signals)
     });
     let got: Vec<usize> = signals.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+    // On failure, whether the missing calls were refused to their senders (which
+    // hear LimitsExceeded) or lost: the receiver's count of refusals.
+    let refused = (!done)
+        .then(|| {
+            let z = zconn(&b);
+            let stats = "org.freedesktop.DBus.Debug.Stats";
+            let m = z
+                .call_method(
+                    Some(DRIVER),
+                    DRIVER_PATH,
+                    Some(stats),
+                    "GetConnectionStats",
+                    &(dest.as_str(),),
+                )
+                .ok()?;
+            let s: std::collections::HashMap<String, zbus::zvariant::OwnedValue> =
+                m.body().deserialize().ok()?;
+            u64::try_from(s.get("RefusedMessages")?).ok()
+        })
+        .flatten();
     assert!(
         done,
-        "calls {} of {want_calls}, signals {got:?} of {want_signals} each",
+        "calls {} of {want_calls}, signals {got:?} of {want_signals} each; the receiver refused {refused:?}",
         calls.load(Ordering::Relaxed)
     );
     eprintln!(
