@@ -4,8 +4,8 @@
 //! through its native one. Skipped without busctl or python3-gi (both installed by
 //! `.ci/run`).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+mod common;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,18 +51,10 @@ fn call_get_property_tree_and_introspect_say_what_busctl_says() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let kdbusd = PathBuf::from(env!("CARGO_BIN_EXE_kdbusctl")).with_file_name("kdbusd");
-    let mut broker = Command::new(kdbusd)
-        .arg("--runtime-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(broker.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (broker, line) = common::start_kdbusd(&[
+        std::ffi::OsStr::new("--runtime-dir"),
+        dir.path().as_os_str(),
+    ]);
     let _broker = Kill(broker);
     let word = |k: &str| {
         line.split_whitespace()

@@ -1,5 +1,7 @@
 //! kdbusctl against a real broker.
 
+mod common;
+use common::start_kdbusd;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -9,30 +11,13 @@ struct Broker {
     dir: tempfile::TempDir,
 }
 
-/// kdbusd is built next to kdbusctl by `cargo test --workspace`.
-fn kdbusd_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_kdbusctl")).with_file_name("kdbusd");
-    assert!(
-        p.exists(),
-        "{} missing: build the workspace (cargo build -p kdbusd)",
-        p.display()
-    );
-    p
-}
-
 impl Broker {
     fn start() -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(kdbusd_bin())
-            .arg("--runtime-dir")
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (child, line) = start_kdbusd(&[
+            std::ffi::OsStr::new("--runtime-dir"),
+            dir.path().as_os_str(),
+        ]);
         assert!(line.starts_with("kdbusd ready:"));
         Broker { child, dir }
     }
@@ -307,8 +292,8 @@ mod top {
     use super::dbus_raw::{self, call, hello_at};
     use kdbus_dbus::header::FLAG_NO_REPLY_EXPECTED;
     use kdbus_dbus::marshal::{Endian, Writer};
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::process::{Command, Stdio};
+    use std::io::{Read, Write};
+    use std::process::Command;
 
     /// The stream quota set to 1 MiB; a sender that floods a receiver which never
     /// reads fills its share, and `top` shows that share in the receiver's row (and
@@ -329,19 +314,9 @@ mod top {
             ),
         )
         .unwrap();
-        let kdbusd =
-            std::path::PathBuf::from(env!("CARGO_BIN_EXE_kdbusctl")).with_file_name("kdbusd");
-        let mut broker = Command::new(kdbusd)
-            .arg(format!("--config-file={}", conf.display()))
-            .args(["--nofork", "--print-address"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut address = String::new();
-        BufReader::new(broker.stdout.take().unwrap())
-            .read_line(&mut address)
-            .unwrap();
+        let config = format!("--config-file={}", conf.display());
+        let (mut broker, address) =
+            super::common::start_kdbusd(&[config.as_str(), "--nofork", "--print-address"]);
         let (_slow, _slow_reading, slow_name) = hello_at(&sock);
         let (mut flooder, _, _) = hello_at(&sock);
         // The flooder reads what comes back (errors once the share is full) so that
