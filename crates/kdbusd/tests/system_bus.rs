@@ -235,19 +235,40 @@ fn kdbusd_users_exist() -> bool {
 /// line per datagram, to the file `KDBUS_TEST_SYSLOG` names, for three seconds.
 #[test]
 fn syslog_listener() {
-    let Ok(out) = std::env::var("KDBUS_TEST_SYSLOG") else {
+    record_datagrams("/dev/log", "KDBUS_TEST_SYSLOG");
+}
+
+/// Where the file `env` names exists: bind a datagram socket at `path` (in the
+/// test's own mount namespace) and append what arrives there to that file, a
+/// newline after each datagram, until three seconds pass without one.
+fn record_datagrams(path: &str, env: &str) {
+    let Ok(out) = std::env::var(env) else {
         return;
     };
-    let sock = std::os::unix::net::UnixDatagram::bind("/dev/log").expect("bind /dev/log");
+    let sock = std::os::unix::net::UnixDatagram::bind(path).expect("bind the stand-in socket");
     sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))
         .unwrap();
-    let mut got = String::new();
-    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
     while let Ok(n) = sock.recv(&mut buf) {
-        got.push_str(&String::from_utf8_lossy(&buf[..n]));
-        got.push('\n');
+        got.extend_from_slice(&buf[..n]);
+        got.push(b'\n');
         std::fs::write(&out, &got).unwrap();
     }
+}
+
+/// A bus configuration in `d` (`bus.conf`, listening on `d/sock`) with `more` in it.
+fn bus_conf(d: &std::path::Path, more: &str) -> std::path::PathBuf {
+    let conf = d.join("bus.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "<busconfig>{more}<listen>unix:path={}</listen><auth>EXTERNAL</auth></busconfig>",
+            d.join("sock").display()
+        ),
+    )
+    .unwrap();
+    conf
 }
 
 /// Run `script` with `sh` in a mount namespace of its own; false (and a note) where
@@ -277,15 +298,7 @@ fn a_bus_configured_with_syslog_logs_there() {
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let d = dir.path();
-    let conf = d.join("bus.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "<busconfig><type>system</type><syslog/><listen>unix:path={}</listen><auth>EXTERNAL</auth></busconfig>",
-            d.join("sock").display()
-        ),
-    )
-    .unwrap();
+    let conf = bus_conf(d, "<type>system</type><syslog/>");
     let got = d.join("syslog");
     let script = format!(
         "mount -t tmpfs none /dev && mknod -m 666 /dev/null c 1 3 || exit 77\n\
@@ -301,7 +314,7 @@ fn a_bus_configured_with_syslog_logs_there() {
     if !in_mount_namespace(&script) {
         return;
     }
-    let log = std::fs::read_to_string(&got).unwrap_or_default();
+    let log = String::from_utf8_lossy(&std::fs::read(&got).unwrap_or_default()).into_owned();
     assert!(
         log.lines()
             .any(|l| l.contains("kdbusd[") && l.contains("listening as dbus-daemon")),
@@ -371,20 +384,7 @@ fn kdbusd_system_runs_as_the_installed_configurations_user() {
 /// `/run/systemd/journal/socket` what is sent there, into that file.
 #[test]
 fn journal_listener() {
-    let Ok(out) = std::env::var("KDBUS_TEST_JOURNAL") else {
-        return;
-    };
-    let sock = std::os::unix::net::UnixDatagram::bind("/run/systemd/journal/socket")
-        .expect("bind the journal socket");
-    sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))
-        .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
-    while let Ok(n) = sock.recv(&mut buf) {
-        got.extend_from_slice(&buf[..n]);
-        got.push(b'\n');
-        std::fs::write(&out, &got).unwrap();
-    }
+    record_datagrams("/run/systemd/journal/socket", "KDBUS_TEST_JOURNAL");
 }
 
 /// Under systemd (`JOURNAL_STREAM` names our standard error) logs go to the journal
@@ -399,15 +399,7 @@ fn logs_go_to_the_journal_when_stderr_is_its_stream() {
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let d = dir.path();
-    let conf = d.join("bus.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "<busconfig><type>session</type><listen>unix:path={}</listen><auth>EXTERNAL</auth></busconfig>",
-            d.join("sock").display()
-        ),
-    )
-    .unwrap();
+    let conf = bus_conf(d, "<type>session</type>");
     let (got, stderr) = (d.join("journal"), d.join("stderr"));
     let script = format!(
         "mount -t tmpfs none /run && mkdir -p /run/systemd/journal || exit 77\n\
