@@ -269,31 +269,12 @@ fn call_get_property_tree_and_introspect_say_what_busctl_says() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(700));
-    run(
-        "busctl",
-        &[
-            &busctl_address,
-            "emit",
-            "/a/b",
-            "org.x.Y",
-            "Other",
-            "s",
-            "no",
-        ],
-    );
-    run(
-        "busctl",
-        &[
-            &busctl_address,
-            "emit",
-            "/a/b",
-            "org.x.Y",
-            "Sig",
-            "su",
-            "hello",
-            "5",
-        ],
-    );
+    // A signal of another member first: wait takes only the one it names.
+    for (member, args) in [("Other", &["s", "no"][..]), ("Sig", &["su", "hello", "5"])] {
+        let mut emit = vec![busctl_address.as_str(), "emit", "/a/b", "org.x.Y", member];
+        emit.extend_from_slice(args);
+        run("busctl", &emit);
+    }
     let out = waiter.wait_with_output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),

@@ -2,9 +2,8 @@
 
 mod common;
 use common::start_kdbusd;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 struct Broker {
     child: Child,
@@ -33,17 +32,9 @@ impl Broker {
 
     /// Start `kdbusctl ARGS` in the background and read its first line of output.
     fn spawn_ctl(&self, args: &[&str]) -> (Child, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
-            .arg("--runtime-dir")
-            .arg(self.dir.path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kdbusctl"));
+        cmd.arg("--runtime-dir").arg(self.dir.path()).args(args);
+        let (child, line) = common::first_line(cmd);
         (child, line.trim().to_string())
     }
 

@@ -21,12 +21,15 @@ pub fn kdbusd_bin() -> PathBuf {
 /// Start kdbusd with `args` and wait for its first line (the ready line, or the
 /// address with `--print-address`): the child and that line.
 pub fn start_kdbusd<S: AsRef<OsStr>>(args: &[S]) -> (Child, String) {
-    let mut child = Command::new(kdbusd_bin())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(kdbusd_bin());
+    cmd.args(args).stderr(Stdio::null());
+    first_line(cmd)
+}
+
+/// Start `cmd` with its stdout piped and wait for the first line it prints: the child
+/// and that line.
+pub fn first_line(mut cmd: Command) -> (Child, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
