@@ -62,49 +62,55 @@ fn message(t: MessageType, serial: u32, fields: &Fields<'_>, body: &[u8], flags:
 }
 
 impl Received<'_> {
-    /// The D-Bus message this kdbus message carries, as one buffer.
-    fn dbus_bytes(&self) -> Result<Vec<u8>> {
+    /// Run `f` on the D-Bus message this kdbus message carries: in place in the pool
+    /// when it is one payload vector (what every sender writes), else joined.
+    fn with_dbus<T>(&self, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
         if self.header().payload_type != kdbus_abi::payload::DBUS {
             return Err(Error::Body("not a D-Bus message".into()));
         }
-        Ok(self.payload_bytes())
+        let mut parts = self.payloads();
+        match (parts.next(), parts.next()) {
+            (Some(only), None) => f(only),
+            _ => f(&self.payload_bytes()),
+        }
     }
 
     /// The D-Bus member (method or signal name) of the message, if it has one.
     pub fn dbus_member(&self) -> Result<Option<String>> {
-        let bytes = self.dbus_bytes()?;
-        let h = header::parse(&bytes).map_err(body_error)?;
-        Ok(h.member.map(str::to_string))
+        self.with_dbus(|bytes| {
+            let h = header::parse(bytes).map_err(body_error)?;
+            Ok(h.member.map(str::to_string))
+        })
     }
 
     /// The message's D-Bus body as a `T`, checked against `T`'s signature (a tuple
     /// for several arguments).
     pub fn dbus_body<T: DeserializeOwned + Type>(&self) -> Result<T> {
-        let bytes = self.dbus_bytes()?;
-        let h = header::parse(&bytes).map_err(body_error)?;
-        let want = T::SIGNATURE.to_string_no_parens();
-        if h.signature != want {
-            return Err(Error::Body(format!(
-                "the body is '{}', not '{want}'",
-                h.signature
-            )));
-        }
-        let body = bytes
-            .get(h.header_len..h.total_len())
-            .ok_or_else(|| Error::Body("a body shorter than its header says".into()))?;
-        let endian = match h.endian {
-            kdbus_dbus::marshal::Endian::Little => zvariant::LE,
-            kdbus_dbus::marshal::Endian::Big => zvariant::BE,
-        };
-        let data = Data::new(body, Context::new_dbus(endian, 0));
-        let (value, _) = data.deserialize::<T>().map_err(body_error)?;
-        Ok(value)
+        self.with_dbus(|bytes| {
+            let h = header::parse(bytes).map_err(body_error)?;
+            let want = T::SIGNATURE.to_string_no_parens();
+            if h.signature != want {
+                return Err(Error::Body(format!(
+                    "the body is '{}', not '{want}'",
+                    h.signature
+                )));
+            }
+            let body = bytes
+                .get(h.header_len..h.total_len())
+                .ok_or_else(|| Error::Body("a body shorter than its header says".into()))?;
+            let endian = match h.endian {
+                kdbus_dbus::marshal::Endian::Little => zvariant::LE,
+                kdbus_dbus::marshal::Endian::Big => zvariant::BE,
+            };
+            let data = Data::new(body, Context::new_dbus(endian, 0));
+            let (value, _) = data.deserialize::<T>().map_err(body_error)?;
+            Ok(value)
+        })
     }
 
     /// The D-Bus serial of the message (what a reply names).
     pub fn dbus_serial(&self) -> Result<u32> {
-        let bytes = self.dbus_bytes()?;
-        Ok(header::parse(&bytes).map_err(body_error)?.serial)
+        self.with_dbus(|bytes| Ok(header::parse(bytes).map_err(body_error)?.serial))
     }
 }
 
@@ -139,17 +145,17 @@ impl Connection {
             None => Message::to_name(destination),
         };
         let reply = self.call(to.cookie(u64::from(serial)).payload(&bytes), timeout)?;
-        let raw = reply.dbus_bytes()?;
-        let h = header::parse(&raw).map_err(body_error)?;
-        if h.msg_type == MessageType::Error {
+        let error_name = reply.with_dbus(|b| {
+            let h = header::parse(b).map_err(body_error)?;
+            Ok((h.msg_type == MessageType::Error)
+                .then(|| h.error_name.unwrap_or("error").to_string()))
+        })?;
+        if let Some(name) = error_name {
             let text = reply
                 .dbus_body::<(String,)>()
                 .map(|t| t.0)
                 .unwrap_or_default();
-            return Err(Error::Body(format!(
-                "{}: {text}",
-                h.error_name.unwrap_or("error")
-            )));
+            return Err(Error::Body(format!("{name}: {text}")));
         }
         reply.dbus_body()
     }
