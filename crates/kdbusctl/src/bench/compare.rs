@@ -110,8 +110,8 @@ fn setup(address: &str, n: usize, turn: usize, took: &mut Duration) -> BenchResu
 
 /// kdbusd serving its native socket, for the native workload.
 struct NativeBroker {
-    child: std::process::Child,
-    _dir: tempdir::Dir,
+    /// The broker, killed and its directory removed on drop.
+    _started: Started,
     client: Connection,
     server_id: u64,
     pid: u32,
@@ -119,20 +119,10 @@ struct NativeBroker {
     cpu_ns: u64,
 }
 
-mod tempdir {
-    /// A private directory, removed on drop.
-    pub(super) struct Dir(pub(super) std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 impl NativeBroker {
     fn start(kdbusd: &str) -> BenchResult<NativeBroker> {
         use std::io::BufRead;
-        let dir = std::env::temp_dir().join(format!("kdbusctl-native-{}", std::process::id()));
+        let dir = dbus::private_dir("kdbusd-native")?;
         let mut child = std::process::Command::new(kdbusd)
             .arg("--runtime-dir")
             .arg(&dir)
@@ -154,10 +144,11 @@ impl NativeBroker {
             let _ = crate::serve_loop(&server);
         });
         let pid = child.id();
+        let client = Connection::hello(bus, &HelloOptions::new().description("bench-client"))?;
+        let address = bus.display().to_string();
         Ok(NativeBroker {
-            client: Connection::hello(bus, &HelloOptions::new().description("bench-client"))?,
-            child,
-            _dir: tempdir::Dir(dir),
+            client,
+            _started: Started::new(child, address, dir),
             server_id,
             pid,
             calls: 0,
@@ -184,13 +175,6 @@ impl NativeBroker {
 
     fn cpu_us_per_call(&self) -> Option<f64> {
         (self.calls > 0 && self.cpu_ns > 0).then(|| self.cpu_ns as f64 / 1e3 / self.calls as f64)
-    }
-}
-
-impl Drop for NativeBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

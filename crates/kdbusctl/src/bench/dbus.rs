@@ -531,6 +531,18 @@ pub(crate) struct Started {
     _keep: Vec<Box<dyn std::any::Any>>,
 }
 
+impl Started {
+    /// A broker started here, at `address`, with its private `dir`.
+    pub(crate) fn new(child: Child, address: String, dir: PathBuf) -> Started {
+        Started {
+            child,
+            address,
+            _dir: dir,
+            _keep: Vec::new(),
+        }
+    }
+}
+
 impl Drop for Started {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -559,7 +571,7 @@ fn config(dir: &Path, listen: &str, extra: &str) -> BenchResult<PathBuf> {
     Ok(p)
 }
 
-fn private_dir(name: &str) -> BenchResult<PathBuf> {
+pub(crate) fn private_dir(name: &str) -> BenchResult<PathBuf> {
     let d = std::env::temp_dir().join(format!("kdbusctl-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
