@@ -70,6 +70,8 @@ pub struct Config {
     /// The uid and gid the broker will serve as once its sockets are bound (a system
     /// bus's `<user>`): the buses' owner and its own peer are that user, not root.
     pub run_as: Option<(u32, u32)>,
+    /// The longest the loop polls before it sleeps, in ns (`--busy-poll-us`).
+    pub busy_poll_ns: u64,
 }
 
 /// The broker: the domain, and the sockets through which clients reach it.
@@ -155,7 +157,7 @@ impl Broker {
     ) -> std::io::Result<(Broker, Ready)> {
         crate::sys::ignore_sigpipe();
         std::fs::create_dir_all(&cfg.runtime_dir)?;
-        let dispatch = Dispatch::new()?;
+        let dispatch = Dispatch::new(cfg.busy_poll_ns)?;
         let (uid, gid) = cfg.run_as.unwrap_or((
             rustix::process::getuid().as_raw(),
             rustix::process::getgid().as_raw(),

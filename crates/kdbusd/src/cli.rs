@@ -32,6 +32,11 @@ pub struct Args {
     /// per domain.
     #[arg(long, value_name = "BYTES")]
     pub user_match_bytes: Option<usize>,
+    /// Before sleeping, keep looking for work for up to this many microseconds, as
+    /// long as recent sleeps were that short (0: sleep at once). Spares the cost of
+    /// waking a sleeping CPU on a busy bus, most of all in virtual machines.
+    #[arg(long, value_name = "US", default_value_t = 100)]
+    pub busy_poll_us: u64,
     /// Log level filter (also read from RUST_LOG).
     #[arg(long, default_value = "info")]
     pub log: String,

@@ -252,6 +252,7 @@ fn run(
         user_limits: user_limits(&args),
         systemd_activation: args.systemd_activation,
         run_as,
+        busy_poll_ns: args.busy_poll_us.saturating_mul(1000),
     };
     if daemon_mode && fork && args.ready_fd.is_none() {
         // Run a fresh copy of ourselves in a new session and wait until it serves. (A
@@ -277,6 +278,7 @@ fn run(
             user_limits: cfg.user_limits,
             systemd_activation: false,
             run_as,
+            busy_poll_ns: cfg.busy_poll_ns,
         });
     }
     let (mut server, readies) = Server::new(configs)?;

@@ -39,6 +39,8 @@ pub struct Server {
     /// most every few seconds).
     trimmed: std::time::Instant,
     next_id: u64,
+    /// `--busy-poll-us`, in ns, for the domains made later.
+    busy_poll_ns: u64,
 }
 
 /// How often an idle server gives the heap's free memory back.
@@ -53,7 +55,8 @@ impl Server {
     pub fn new(configs: Vec<Config>) -> std::io::Result<(Server, Vec<Ready>)> {
         let signals = crate::sys::signals_fd()?;
         let fds = crate::admission::FdBooks::for_process();
-        let dispatch = Dispatch::new()?;
+        let busy_poll_ns = configs.first().map_or(0, |c| c.busy_poll_ns);
+        let dispatch = Dispatch::new(busy_poll_ns)?;
         dispatch.add(&signals, TOKEN_SIGNAL)?;
         let mut s = Server {
             dispatch,
@@ -62,6 +65,7 @@ impl Server {
             domains: BTreeMap::new(),
             next_id: FIRST_DOMAIN,
             trimmed: std::time::Instant::now(),
+            busy_poll_ns,
         };
         let mut ready = Vec::new();
         for cfg in configs {
@@ -195,6 +199,7 @@ impl Server {
             user_limits,
             systemd_activation: false,
             run_as: None,
+            busy_poll_ns: self.busy_poll_ns,
         };
         let mode = if flags & make_flags::ACCESS_WORLD != 0 {
             0o666
