@@ -639,6 +639,9 @@ fn add_match(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Body,
             p.rules.push((rule, cookie));
         }
     });
+    // Any rule may take the driver's NameOwnerChanged: the core tells this peer of
+    // name changes from now on (and skips the peers without rules).
+    dom.conn_set_listener(key, true);
     if eavesdrop {
         dom.conn_set_eavesdropper(key, true);
     }
@@ -663,10 +666,12 @@ fn remove_match(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Bo
                     )
                 })?;
             let cookie = p.rules.remove(i).1;
-            Ok((cookie, p.rules.iter().any(|(r, _)| r.eavesdrop)))
+            let eavesdrops = p.rules.iter().any(|(r, _)| r.eavesdrop);
+            Ok((cookie, eavesdrops, !p.rules.is_empty()))
         })
         .ok_or_else(|| err(ErrName::Failed, "gone"))??;
-    let (removed, still_eavesdrops) = removed;
+    let (removed, still_eavesdrops, still_listens) = removed;
+    dom.conn_set_listener(key, still_listens);
     if rule.eavesdrop && !still_eavesdrops {
         dom.conn_set_eavesdropper(key, false);
     }
@@ -703,6 +708,7 @@ fn become_monitor(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<
     });
     dom.conn_become_monitor(key);
     dom.conn_set_eavesdropper(key, false);
+    dom.conn_set_listener(key, true);
     dom.with_stream(key, |s, _| {
         if let Some(p) = peer_mut(s) {
             p.rules.clear();

@@ -213,3 +213,65 @@ fn a_monitor_sees_name_acquired_before_name_owner_changed() {
         "monitor saw {seen:?}"
     );
 }
+
+const ADD_MATCH: (&str, &str, &str) = ("org.freedesktop.DBus", "AddMatch", "s");
+const REMOVE_MATCH: (&str, &str, &str) = ("org.freedesktop.DBus", "RemoveMatch", "s");
+
+/// Only peers with a match rule (and monitors) are told of name changes: the core
+/// visits them alone, so a connect costs nothing per peer that never listens. The
+/// set follows the rules: the last one removed takes the peer out, a new one puts it
+/// back.
+#[test]
+fn name_changes_visit_only_the_peers_with_rules() {
+    let (mut d, bus, mut bridge) = bus();
+    let root = peer(1, true);
+    let creds = root.creds;
+    let quiet = bridge.hello(&mut d, bus, None, &root, true, 1).unwrap();
+    let listener = bridge.hello(&mut d, bus, None, &root, true, 1).unwrap();
+    let rule = "type='signal',member='NameOwnerChanged'";
+    call(
+        &mut d,
+        &mut bridge,
+        listener,
+        creds,
+        ADD_MATCH,
+        &[rule],
+        None,
+    );
+    read(&mut d, listener);
+    let listeners = |d: &Domain| d.bus(bus).unwrap().stream_listeners.clone();
+    assert_eq!(
+        listeners(&d).into_iter().collect::<Vec<_>>(),
+        vec![listener]
+    );
+    let heard = |d: &mut Domain, bridge: &mut Bridge, name: &str| {
+        let owner = bridge.hello(d, bus, None, &root, true, 1).unwrap();
+        call(d, bridge, owner, creds, REQUEST_NAME, &[name], Some(0));
+        read(d, listener)
+            .iter()
+            .any(|(w, a)| w == "NameOwnerChanged" && a == name)
+    };
+    assert!(heard(&mut d, &mut bridge, "org.example.A"));
+    call(
+        &mut d,
+        &mut bridge,
+        listener,
+        creds,
+        REMOVE_MATCH,
+        &[rule],
+        None,
+    );
+    assert!(listeners(&d).is_empty());
+    assert!(!heard(&mut d, &mut bridge, "org.example.B"));
+    call(
+        &mut d,
+        &mut bridge,
+        listener,
+        creds,
+        ADD_MATCH,
+        &[rule],
+        None,
+    );
+    assert!(heard(&mut d, &mut bridge, "org.example.C"));
+    assert!(!listeners(&d).contains(&quiet));
+}

@@ -43,9 +43,12 @@ pub struct Bus {
     pub monitors: Vec<ConnKey>,
     /// D-Bus peers with eavesdropping rules: every unicast is offered to them.
     pub eavesdroppers: Vec<ConnKey>,
-    /// Stream receivers (D-Bus clients): the ones told of name and connection changes
-    /// through their protocol, so a change costs O(streams), not O(connections).
-    pub streams: std::collections::BTreeSet<ConnKey>,
+    /// The stream receivers (D-Bus clients) told of name and connection changes
+    /// through their protocol: those that asked to be (`conn_set_listener`; a D-Bus
+    /// client once it has a match rule or is a monitor). A change costs O(listeners),
+    /// not O(connections): connecting is not quadratic in the clients that never
+    /// listen.
+    pub stream_listeners: std::collections::BTreeSet<ConnKey>,
     /// The configuration's message policy (`msgpolicy`), if it was given one.
     pub msg_policy: Option<crate::msgpolicy::MsgPolicy>,
     /// Per-connection and per-user bounds (kdbus's, or a configuration's).

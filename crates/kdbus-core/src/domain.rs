@@ -292,7 +292,7 @@ impl Domain {
             matches: MatchDb::new(),
             monitors: Vec::new(),
             eavesdroppers: Vec::new(),
-            streams: Default::default(),
+            stream_listeners: Default::default(),
             msg_policy: None,
             limits: Default::default(),
         };

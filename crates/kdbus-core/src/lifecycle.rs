@@ -286,7 +286,7 @@ impl Domain {
             b.matches.remove_conn(key);
             b.monitors.retain(|m| *m != key);
             b.eavesdroppers.retain(|m| *m != key);
-            b.streams.remove(&key);
+            b.stream_listeners.remove(&key);
         }
         if let Some(u) = self.users.get_mut(&uid) {
             u.conns = u.conns.saturating_sub(1);
@@ -331,9 +331,6 @@ impl Domain {
         }
         self.user_conn_check(bus_key, peer)?;
         let (key, id) = self.conn_register(bus_key, peer.creds.uid)?;
-        if let Some(bus) = self.buses.get_mut(&bus_key) {
-            bus.streams.insert(key);
-        }
         let spec = ConnSpec {
             key,
             id,
@@ -415,6 +412,23 @@ impl Domain {
                 bus.eavesdroppers.swap_remove(i);
             }
             _ => {}
+        }
+    }
+
+    /// Tell stream connection `key` of name and connection changes (`true`) or no
+    /// longer: its protocol decides whether it may want them.
+    pub fn conn_set_listener(&mut self, key: ConnKey, on: bool) {
+        let Some(bus) = self
+            .conns
+            .get(&key)
+            .and_then(|c| self.buses.get_mut(&c.bus))
+        else {
+            return;
+        };
+        if on {
+            bus.stream_listeners.insert(key);
+        } else {
+            bus.stream_listeners.remove(&key);
         }
     }
 

@@ -110,7 +110,7 @@ impl Domain {
         self.streams_each(bus_key, sees, |s, out| s.conn_changed(out, id, joined));
     }
 
-    /// Run `f` on every stream peer of the bus that `visible` admits, in key order.
+    /// Run `f` on every stream listener of the bus that `visible` admits, in key order.
     fn streams_each(
         &mut self,
         bus_key: BusKey,
@@ -120,14 +120,14 @@ impl Domain {
         let Some(bus) = self.buses.get(&bus_key) else {
             return;
         };
-        if bus.streams.is_empty() {
+        if bus.stream_listeners.is_empty() {
             return;
         }
         let mut keys = std::mem::take(&mut self.stream_keys);
         keys.clear();
         let conns = &self.conns;
         keys.extend(
-            bus.streams
+            bus.stream_listeners
                 .iter()
                 .copied()
                 .filter(|k| conns.get(k).is_some_and(|c| visible(bus, c))),
