@@ -607,6 +607,20 @@ pub(crate) fn start_configured(name: &str, program: &str, extra: &str) -> BenchR
     })
 }
 
+/// A process to kill when this is dropped.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self
+            .0
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 /// The journal socket dbus-broker's launcher logs to; created (and removed on drop)
 /// only where there is none, as in a container without systemd.
 struct JournalSocket(Option<(std::os::unix::net::UnixDatagram, PathBuf)>);
@@ -622,7 +636,15 @@ impl Drop for JournalSocket {
 fn journal_socket() -> JournalSocket {
     let p = PathBuf::from("/run/systemd/journal/socket");
     if p.exists() {
-        return JournalSocket(None);
+        // One nobody listens on (left by a killed run) makes the launcher fail.
+        let probe = std::os::unix::net::UnixDatagram::unbound();
+        let stale = probe.is_ok_and(|s| {
+            s.connect(&p).err().map(|e| e.kind()) == Some(std::io::ErrorKind::ConnectionRefused)
+        });
+        if !stale {
+            return JournalSocket(None);
+        }
+        let _ = std::fs::remove_file(&p);
     }
     let made = std::fs::create_dir_all("/run/systemd/journal")
         .ok()
@@ -660,7 +682,11 @@ pub(crate) fn start_dbus_broker(kdbusd: &str) -> BenchResult<Started> {
     let address = format!("unix:path={}", sock.display());
     for _ in 0..60 {
         if Client::connect(&address).is_ok() {
-            let keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(parent), Box::new(journal)];
+            // Killing the launcher does not always take the broker with it: it is
+            // killed on its own.
+            let broker = KillOnDrop(child_of(child.id()));
+            let keep: Vec<Box<dyn std::any::Any>> =
+                vec![Box::new(parent), Box::new(journal), Box::new(broker)];
             return Ok(Started {
                 child,
                 address,
