@@ -101,10 +101,18 @@ pub enum ActivationError {
     /// Its `User=` does not exist (or could not be become).
     FailedToSetup(String),
     /// systemd could not start its unit: systemd's error name and text.
-    Systemd { error: String, text: String },
+    Systemd {
+        /// The D-Bus error name systemd gave, passed on to the caller as it is.
+        error: String,
+        /// systemd's error message.
+        text: String,
+    },
 }
 
 impl Bridge {
+    /// A bridge whose driver reports `machine_id` (32 hex digits, as in
+    /// `/etc/machine-id`) for `GetMachineId`; everything else starts at its default
+    /// (reply timeout [`REPLY_TIMEOUT_NS`], default stream limits, no systemd activation).
     pub fn new(machine_id: &str) -> Bridge {
         Bridge {
             machine_id: machine_id.to_string(),

@@ -133,6 +133,8 @@ impl DBusPeer {
         }
     }
 
+    /// A peer whose stream may hold the default [`StreamLimits`] from other peers;
+    /// `fds_ok`: the client negotiated fd passing.
     pub fn new(fds_ok: bool) -> Self {
         Self::with_limits(fds_ok, StreamLimits::default())
     }

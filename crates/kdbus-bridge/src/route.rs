@@ -25,14 +25,21 @@ use zerocopy::IntoBytes;
 /// Why a D-Bus client must be disconnected.
 #[derive(Debug, thiserror::Error)]
 pub enum DBusFatal {
+    /// The message's header is not valid D-Bus.
     #[error("invalid message: {0}")]
     Header(#[from] HeaderError),
+    /// The client's first message was not the driver's `Hello`.
     #[error("first message was not Hello")]
     NoHello,
+    /// The fds that came with the message are not as many as its `UNIX_FDS` field says.
     #[error("unix fds do not match the header")]
     Fds,
+    /// The body does not match its signature; checked once, so nobody downstream (a
+    /// libdbus receiver, the driver) gets a malformed one.
     #[error("body does not match its signature: {0}")]
     Body(#[from] kdbus_dbus::marshal::MarshalError),
+    /// A monitor sent a message: monitors only watch, and one that sends goes, as with
+    /// dbus-daemon.
     #[error("a monitor sent a message")]
     MonitorSent,
 }

@@ -123,7 +123,10 @@ struct Usage {
 /// `max_outgoing_bytes` and `max_outgoing_unix_fds`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamLimits {
+    /// Bytes of other peers' messages the stream may hold unwritten
+    /// (`max_outgoing_bytes`).
     pub bytes: u64,
+    /// Sender-charged fds it may hold unwritten (`max_outgoing_unix_fds`).
     pub fds: u32,
 }
 
@@ -136,6 +139,9 @@ impl Default for StreamLimits {
     }
 }
 
+/// The books of one D-Bus peer's stream: what it holds unwritten, charged to which
+/// sending user, against its [`StreamLimits`] and its user's [`UserBooks`] (see the
+/// module docs).
 #[derive(Debug, Default)]
 pub struct StreamQuota {
     /// Its bounds.

@@ -28,8 +28,11 @@ const ACTIVATOR: &str = "org.freedesktop.systemd1.Activator";
 /// An `ActivationFailure` systemd sent: unit, error name, error text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SystemdFailure {
+    /// The unit that failed to start, as named in the `ActivationRequest`.
     pub unit: String,
+    /// systemd's D-Bus error name, which the callers waiting for the unit get.
     pub error: String,
+    /// systemd's error message, passed on with the error name.
     pub text: String,
 }
 

@@ -14,21 +14,34 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// One bus of the domain, with everything that lives on it: its connections, names,
+/// policy, endpoints and matches.
 pub struct Bus {
+    /// The bus's id in the domain (a counter, never reused), shown by BUS_CREATOR_INFO.
     pub id: u64,
+    /// `<uid>-<name>`, unique in the domain; the bus's directory name.
     pub name: String,
+    /// BUS_MAKE's flags, kept verbatim: HELLO returns them as `bus_flags`, and
+    /// BUS_CREATOR_INFO as its `flags`.
     pub flags: u64,
+    /// Bloom filter size in bytes and hash count, returned at HELLO; a signal whose
+    /// filter has another size is refused (EDOM).
     pub bloom: BloomParameter,
+    /// The bus's random UUID (v4), returned at HELLO.
     pub id128: [u8; 16],
     /// Metadata every connection must agree to send (BUS_MAKE's `ATTACH_FLAGS_RECV`).
     pub attach_flags_req: u64,
     /// Metadata of the creator that BUS_CREATOR_INFO may show (BUS_MAKE's
     /// `ATTACH_FLAGS_SEND`).
     pub attach_flags_owner: u64,
+    /// Who made the bus, as seen then: its uid makes the bus's privileged user, and
+    /// BUS_CREATOR_INFO shows this metadata.
     pub creator: Peer,
     /// Unique id -> connection.
     pub conns: BTreeMap<u64, ConnKey>,
+    /// The unique id the next connection gets (from 1; ids are never reused).
     pub next_conn_id: u64,
+    /// Well-known names: owners and queues.
     pub names: NameRegistry,
     /// Who may see, talk to and own which names: entries of policy holders and
     /// activators.
@@ -36,6 +49,7 @@ pub struct Bus {
     /// Custom endpoints, by id: their connections see, talk to and own only what their
     /// own policy also allows.
     pub endpoints: HashMap<u64, Endpoint>,
+    /// The id the next custom endpoint gets (from 1).
     pub next_endpoint: u64,
     /// Every match entry of every connection on the bus.
     pub matches: MatchDb,
@@ -128,6 +142,8 @@ pub struct Endpoint {
     pub uid: u32,
     /// Access flags (`make_flags`): who may connect through it.
     pub flags: u64,
+    /// Who may see, talk to and own which names through this endpoint; deny-all until
+    /// ENDPOINT_MAKE or ENDPOINT_UPDATE uploads entries.
     pub policy: PolicyDb,
 }
 
@@ -168,10 +184,15 @@ impl Bus {
 
 /// What BUS_MAKE asked for, validated.
 pub struct BusSpec {
+    /// The bus's full name, `<uid>-<name>` (checked against the caller's uid).
     pub name: String,
+    /// The make flags, access bits included (kept as [`Bus::flags`]).
     pub flags: u64,
+    /// The `BLOOM_PARAMETER` item, validated by [`bus_validate_bloom`].
     pub bloom: BloomParameter,
+    /// `ATTACH_FLAGS_RECV`: see [`Bus::attach_flags_req`] (0 without the item).
     pub attach_flags_req: u64,
+    /// `ATTACH_FLAGS_SEND`: see [`Bus::attach_flags_owner`] (0 without the item).
     pub attach_flags_owner: u64,
 }
 

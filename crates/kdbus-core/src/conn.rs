@@ -17,8 +17,10 @@ use kdbus_abi::hello_flags;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// Whether a connection is still on its bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnState {
+    /// HELLO'd and on the bus: it may send, receive and own names.
     Active,
     /// After BYEBYE or bus teardown: every command fails with ECONNRESET.
     Disconnected,
@@ -27,17 +29,24 @@ pub enum ConnState {
 /// A message sitting in a connection's queue.
 #[derive(Clone, Debug)]
 pub struct Queued {
+    /// Where the message's slice starts in the pool: what RECV hands out, and the key of
+    /// `Conn::queued_at`.
     pub offset: u64,
+    /// Bytes of the laid-out message (RECV's `msg_size`), as charged to `user`'s quota.
     pub size: u64,
     /// Sender's connection (for REPLY_DEAD when dropped), `None` for bus messages.
     pub src: Option<ConnKey>,
+    /// The message's cookie: which tracker to resolve if it goes unanswered.
     pub cookie: u64,
+    /// Sent with EXPECT_REPLY: dropping it unread owes the sender a REPLY_DEAD.
     pub expect_reply: bool,
     /// Quota charged to this user for this message.
     pub user: u32,
+    /// The fds that go with the message (its `FDS` item's, then memfds).
     pub files: Option<Files>,
     /// The registry id of the name the message was sent to (0: sent to an id).
     pub name_id: u64,
+    /// The sender's priority: lower is more urgent (see `RecvQueue`).
     pub priority: i64,
     /// Where each fd's number sits in the slice, for a claim that names the
     /// receiver's fd numbers.
@@ -47,6 +56,7 @@ pub struct Queued {
 }
 
 impl Queued {
+    /// Number of fds travelling with the message, memfds included.
     pub fn n_fds(&self) -> u32 {
         self.files.as_ref().map_or(0, |f| f.len() as u32)
     }
@@ -59,20 +69,27 @@ pub struct Conn {
     pub key: ConnKey,
     /// Its unique id on its bus (`:1.<id>` in D-Bus).
     pub id: u64,
+    /// The bus it is on.
     pub bus: BusKey,
     /// HELLO flags (ACCEPT_FD, ACTIVATOR, POLICY_HOLDER, MONITOR).
     pub flags: u64,
     /// Metadata it agreed to send, and wants to receive.
     pub attach_send: u64,
+    /// See `attach_send`: what it asked to be told about the senders of what it receives.
     pub attach_recv: u64,
     /// Who connected, as the kernel said when it did.
     pub peer: Peer,
+    /// CONN_DESCRIPTION given at HELLO, a human-readable label shown in metadata.
     pub description: Option<Arc<str>>,
+    /// Active until BYEBYE, close or bus teardown; never back.
     pub state: ConnState,
     /// The receive pool: slices, the per-user quota on them, the memory.
     pub pool: PoolAllocator,
+    /// What each sending user has queued here, against its share of the pool.
     pub quota: PoolQuota,
+    /// The pool's bytes, where messages and command results are written.
     pub mem: Box<dyn PoolMemory>,
+    /// Messages in the pool not yet received, with their sequence numbers and priorities.
     pub queue: RecvQueue<Queued>,
     /// Offset of a queued message's slice -> its sequence number (for CLAIM).
     pub queued_at: HashMap<u64, u64>,
@@ -80,6 +97,8 @@ pub struct Conn {
     pub owed: HashMap<TrackerKey, Tracker>,
     /// Answers this connection waits for: (replier, cookie).
     pub awaited: HashSet<(ConnKey, u64)>,
+    /// Messages lost for want of room since the connection was made (RECV's
+    /// `dropped_msgs`).
     pub dropped_msgs: u64,
     /// Unicast messages refused to their senders for want of room here (its pool, or
     /// the sender's share of it or of its stream): what made them hear ENOBUFS.
@@ -101,15 +120,25 @@ pub struct Conn {
 
 /// What a new connection is.
 pub struct ConnSpec {
+    /// The connection's key in the domain.
     pub key: ConnKey,
+    /// Its unique id on the bus.
     pub id: u64,
+    /// The bus it joins.
     pub bus: BusKey,
+    /// HELLO flags, checked.
     pub flags: u64,
+    /// Metadata it agrees to send (sanitized; covers what the bus requires).
     pub attach_send: u64,
+    /// Metadata it wants with what it receives (sanitized).
     pub attach_recv: u64,
+    /// Who connected, with any metadata a privileged caller faked at HELLO.
     pub peer: Peer,
+    /// CONN_DESCRIPTION, if given.
     pub description: Option<Arc<str>>,
+    /// The name an activator or policy holder speaks for.
     pub special_name: Option<String>,
+    /// The custom endpoint it comes through (`None`: the bus's default one).
     pub endpoint: Option<u64>,
 }
 
@@ -149,11 +178,14 @@ impl Conn {
         }
     }
 
+    /// Neither activator, policy holder nor monitor: may send, own names and BYEBYE
+    /// (spec CON13), and be addressed by its id.
     pub fn is_ordinary(&self) -> bool {
         self.flags & (hello_flags::ACTIVATOR | hello_flags::POLICY_HOLDER | hello_flags::MONITOR)
             == 0
     }
 
+    /// Still on its bus ([`ConnState::Active`]).
     pub fn is_active(&self) -> bool {
         self.state == ConnState::Active
     }

@@ -56,10 +56,17 @@ pub const POOL_MAX_SIZE: u64 = 1 << 30;
 
 /// One command as the broker read it.
 pub struct Request<'a> {
+    /// The command: kdbus's ioctl number (`kdbus_abi::cmd`).
     pub cmd: u32,
+    /// Request flags (`wire::REQ_*`), not the command's own flags.
     pub flags: u32,
+    /// The id the client chose, repeated in the answer.
     pub req_id: u64,
+    /// The command struct with its items; what kdbus pointed to by address follows, at
+    /// offsets into the body.
     pub body: &'a [u8],
+    /// The datagram's `SCM_CREDENTIALS`: who sends now, which may differ from who
+    /// connected.
     pub creds: Creds,
 }
 
@@ -112,6 +119,8 @@ pub(crate) struct UserUsage {
     pub(crate) pool: Option<Rc<PoolBudget>>,
 }
 
+/// All the state of one domain (see the module docs); the broker owns one and feeds it
+/// every command, in order.
 pub struct Domain {
     /// Where time comes from (the broker's clock, or a manual one in tests).
     pub(crate) clock: Box<dyn Clock>,
@@ -177,6 +186,7 @@ impl Domain {
         self.proc_facts = p;
     }
 
+    /// Let the broker say what passed fds are (without it, memfd payloads are refused).
     pub fn set_fd_inspector(&mut self, files: Box<dyn FdInspector>) {
         self.files = files;
     }
@@ -192,6 +202,7 @@ impl Domain {
         self.user_limits = l;
     }
 
+    /// What one unprivileged user may hold in all, as last set.
     pub fn user_limits(&self) -> UserLimits {
         self.user_limits
     }
@@ -223,6 +234,9 @@ impl Domain {
             .map_or(0, |b| b.touched())
     }
 
+    /// An empty domain reading time from `clock`. Until the broker sets them, fds are not
+    /// inspected, nobody is charged for them, metadata is what was taken at connect, and
+    /// everything is attached that a receiver asks for.
     pub fn new(clock: Box<dyn Clock>) -> Self {
         Domain {
             clock,
@@ -313,10 +327,12 @@ impl Domain {
         }
     }
 
+    /// The bus behind `key`, if it still exists.
     pub fn bus(&self, key: BusKey) -> Option<&Bus> {
         self.buses.get(&key)
     }
 
+    /// The bus named `name` (`<uid>-<name>`) in this domain.
     pub fn bus_by_name(&self, name: &str) -> Option<BusKey> {
         self.bus_names.get(name).copied()
     }
@@ -326,10 +342,12 @@ impl Domain {
         std::mem::take(&mut self.closed)
     }
 
+    /// The connection behind `key`, if it is still in the domain.
     pub fn conn(&self, key: ConnKey) -> Option<&Conn> {
         self.conns.get(&key).map(|c| &**c)
     }
 
+    /// The domain's clock, read now.
     pub fn now(&self) -> Now {
         self.clock.now()
     }

@@ -57,15 +57,20 @@ impl Drop for FdSlip {
 pub enum FdKind {
     /// A memfd (shmem file) with these `F_SEAL_*` seals and this size.
     Memfd {
+        /// The `F_SEAL_*` bits set on it.
         seals: u32,
+        /// The file's size in bytes, which a payload range must lie within.
         size: u64,
     },
     /// A unix domain socket (not an `O_PATH` fd of one): could carry fds itself.
     UnixSocket,
+    /// Anything else: may travel in an `FDS` item, never as a payload.
     Other,
 }
 
+/// Tells the core what a passed fd is (`fcntl`/`fstat` in the broker).
 pub trait FdInspector {
+    /// What `fd` is (`Other` when it cannot tell).
     fn inspect(&self, fd: BorrowedFd<'_>) -> FdKind;
 }
 
@@ -80,8 +85,11 @@ impl FdInspector for NoInspector {
 
 /// `F_SEAL_*` values (`fcntl.h`).
 pub const SEAL_SEAL: u32 = 0x1;
+/// The file may not shrink.
 pub const SEAL_SHRINK: u32 = 0x2;
+/// The file may not grow.
 pub const SEAL_GROW: u32 = 0x4;
+/// The file's contents may not change.
 pub const SEAL_WRITE: u32 = 0x8;
 
 /// May a file of `kind` carry `size` bytes from `start` as a payload? kdbus HEAD's

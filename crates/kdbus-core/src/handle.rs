@@ -26,39 +26,68 @@ use zerocopy::{FromBytes, IntoBytes};
 // would cost an allocation per message.
 #[allow(clippy::large_enum_variant)]
 pub enum Command<'a> {
+    /// SEND: the message parsed and checked on its own (fds counted, `src_id` this
+    /// connection's); routing is left to the bus.
     Send(SendRequest<'a>),
     /// RECV, with the items of a claim (the fd numbers of the receiver).
     Recv {
+        /// The fixed struct: flags (PEEK, DROP, USE_PRIORITY, CLAIM) and the priority
+        /// threshold.
         cmd: CmdRecv,
+        /// The items after the fixed struct: at most an `FDS` item, for a CLAIM.
         claim: &'a [u8],
     },
+    /// FREE of the pool slice at `offset`.
     Free(CmdFree),
+    /// BYEBYE: leave the bus, if nothing is queued.
     Byebye(CmdGeneric),
+    /// CONN_INFO about one connection, by id or by name.
     ConnInfo {
+        /// The fixed struct: the metadata asked for (`attach_flags`) and `id` (0: by
+        /// name).
         cmd: CmdInfo,
+        /// Whom it asks about.
         target: Target<'a>,
     },
+    /// BUS_CREATOR_INFO: the metadata of whoever made the bus.
     BusCreatorInfo(CmdInfo),
     /// UPDATE: new attach masks (not yet sanitized), if given; the items again if
     /// they carry policy (NAME, POLICY_ACCESS: a policy holder's new entries).
     Update {
+        /// The fixed struct, written back as it came.
         cmd: CmdGeneric,
+        /// `ATTACH_FLAGS_SEND`: what this connection agrees to send about itself.
         send: Option<u64>,
+        /// `ATTACH_FLAGS_RECV`: what it wants attached to what it receives.
         recv: Option<u64>,
+        /// All the items, when any of them is NAME or POLICY_ACCESS.
         policy: Option<&'a [u8]>,
     },
+    /// LIST of the bus's connections and names (which ones: the command's flags).
     List(CmdList),
+    /// MATCH_ADD: one match entry (its rules) under a cookie.
     MatchAdd {
+        /// The fixed struct: the entry's cookie, and REPLACE among the flags.
         cmd: CmdMatch,
+        /// The entry's items, unparsed (the match database parses them).
         rules: &'a [u8],
     },
+    /// MATCH_REMOVE of every entry with the struct's cookie.
     MatchRemove(CmdMatch),
+    /// NAME_ACQUIRE of a well-known name.
     NameAcquire {
+        /// The fixed struct: its flags are the name flags (REPLACE_EXISTING,
+        /// ALLOW_REPLACEMENT, QUEUE).
         cmd: CmdGeneric,
+        /// The name, validated as a well-known name.
         name: &'a str,
     },
+    /// NAME_RELEASE of a well-known name.
     NameRelease {
+        /// The fixed struct, written back as it came.
         cmd: CmdGeneric,
+        /// The name as given, not validated: an invalid one is simply owned by nobody
+        /// (ESRCH).
         name: &'a str,
     },
 }
@@ -66,6 +95,7 @@ pub enum Command<'a> {
 /// Whom CONN_INFO asks about.
 #[derive(Clone, Copy, Debug)]
 pub enum Target<'a> {
+    /// A unique connection id.
     Id(u64),
     /// A well-known name (validated).
     Name(&'a str),
@@ -330,10 +360,13 @@ impl Domain {
 /// into a connection by HELLO.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HandleKind {
+    /// A domain's control socket, before BUS_MAKE or DOMAIN_MAKE.
     Control,
+    /// Made a bus; the bus lives as long as the handle.
     BusOwner,
     /// An endpoint's socket before HELLO (`custom`: a custom endpoint's).
     Endpoint {
+        /// A custom endpoint's socket rather than the bus's default one.
         custom: bool,
     },
     /// Made a custom endpoint; the endpoint lives as long as the handle.
@@ -349,10 +382,15 @@ pub enum HandleKind {
 pub enum HandleAction {
     /// A connection's command, for [`Domain::conn_request`].
     Conn,
+    /// BUS_MAKE on a control handle ([`Domain::bus_make`]).
     BusMake,
+    /// DOMAIN_MAKE on a control handle: a child domain (see `bus::domain_parse_make`).
     DomainMake,
+    /// HELLO on an endpoint handle: it becomes a connection.
     Hello,
+    /// ENDPOINT_MAKE on the bus's default endpoint: a custom endpoint.
     EndpointMake,
+    /// ENDPOINT_UPDATE by the endpoint's owner: its policy is replaced.
     EndpointUpdate,
     /// The owner closes its handle: the bus goes now.
     RemoveBus,

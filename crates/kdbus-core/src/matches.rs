@@ -28,19 +28,55 @@ use kdbus_abi::{item, names, read_struct, Errno, NotifyIdChange, MATCH_ID_ANY};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// An entry's id inside a [`MatchDb`], never reused; clients name entries by cookie
+/// instead.
 pub type EntryId = u64;
 
 /// A bus notification, as the match rules see it.
 #[derive(Clone, Copy, Debug)]
 pub enum Notification<'a> {
-    IdAdd { id: u64 },
-    IdRemove { id: u64 },
-    NameAdd { old: u64, new: u64, name: &'a str },
-    NameRemove { old: u64, new: u64, name: &'a str },
-    NameChange { old: u64, new: u64, name: &'a str },
+    /// ID_ADD: a connection joined the bus.
+    IdAdd {
+        /// Its unique id.
+        id: u64,
+    },
+    /// ID_REMOVE: a connection left the bus.
+    IdRemove {
+        /// Its unique id.
+        id: u64,
+    },
+    /// NAME_ADD: a name came into existence.
+    NameAdd {
+        /// Always 0: nobody owned it.
+        old: u64,
+        /// The unique id of its first owner.
+        new: u64,
+        /// The well-known name.
+        name: &'a str,
+    },
+    /// NAME_REMOVE: a name is gone.
+    NameRemove {
+        /// The unique id of its last owner.
+        old: u64,
+        /// Always 0: nobody owns it.
+        new: u64,
+        /// The well-known name.
+        name: &'a str,
+    },
+    /// NAME_CHANGE: a name moved from one owner to another.
+    NameChange {
+        /// The unique id of the previous owner.
+        old: u64,
+        /// The unique id of the owner from now on.
+        new: u64,
+        /// The well-known name.
+        name: &'a str,
+    },
 }
 
 impl Notification<'_> {
+    /// The kdbus item type of the notification (`ID_ADD`, ..., `NAME_CHANGE`), which a
+    /// notification rule names.
     pub fn item_type(&self) -> u64 {
         match self {
             Notification::IdAdd { .. } => item::ID_ADD,
@@ -54,9 +90,12 @@ impl Notification<'_> {
 
 /// A user broadcast (or unicast signal), as the match rules see it.
 pub struct Broadcast<'a> {
+    /// The sender's unique id, for ID rules.
     pub sender_id: u64,
     /// Names the sender owns.
     pub sender_names: &'a [Arc<str>],
+    /// The filter's generation: a rule with several masks uses mask number
+    /// `min(generation, masks - 1)`.
     pub bloom_generation: u64,
     /// The filter, as 64-bit words.
     pub bloom: &'a [u64],
@@ -299,10 +338,12 @@ impl Default for MatchDb {
 }
 
 impl MatchDb {
+    /// No entries; kdbus's limit of entries per connection.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Entries `conn` has (the same count as [`MatchDb::conn_count`]).
     pub fn conn_entries(&self, conn: ConnKey) -> usize {
         self.by_conn.get(&conn).map_or(0, |v| v.len())
     }

@@ -4,9 +4,11 @@
 //! writes inside slices it allocated, so implementations may assume in-bounds writes, but
 //! must not trust that blindly (they clamp).
 
+/// The bytes behind one connection's receive pool.
 pub trait PoolMemory {
     /// Copy `data` to `offset`. Out-of-range parts are dropped.
     fn write(&mut self, offset: u64, data: &[u8]);
+    /// The pool's size in bytes, as the client asked for it at HELLO.
     fn size(&self) -> u64;
     /// Read back (for tests and debugging); `None` if out of range.
     fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>>;
@@ -16,6 +18,7 @@ pub trait PoolMemory {
 pub struct VecPool(pub Vec<u8>);
 
 impl VecPool {
+    /// A zeroed pool of `size` bytes.
     pub fn new(size: u64) -> Self {
         VecPool(vec![0; size as usize])
     }

@@ -22,6 +22,7 @@ use kdbus_abi::{
 use std::sync::Arc;
 use zerocopy::IntoBytes;
 
+/// Bytes of the fixed `kdbus_msg` header; its items start at this offset.
 pub const MSG_HEADER_SIZE: usize = std::mem::size_of::<Msg>();
 
 /// The FDS item as written to the pool: all -1, since fd numbers only exist in the
@@ -31,7 +32,10 @@ static NO_FDS: [u8; limits::MSG_MAX_FDS * 4] = [0xff; limits::MSG_MAX_FDS * 4];
 /// A validated SEND.
 #[derive(Debug)]
 pub struct SendRequest<'a> {
+    /// The send command (SYNC_REPLY among its flags); all defaults for a message a
+    /// personality built.
     pub cmd: CmdSend,
+    /// The message header, checked (`size` covers header and items only).
     pub msg: Msg,
     /// The message's items, verbatim.
     pub items: &'a [u8],
@@ -45,7 +49,10 @@ pub struct SendRequest<'a> {
     pub n_fds: usize,
     /// `PAYLOAD_MEMFD` items; their fds follow the `FDS` item's in the request.
     pub n_memfds: usize,
+    /// The `DST_NAME` item: the well-known name the message is sent to (validated).
     pub dst_name: Option<&'a str>,
+    /// The `BLOOM_FILTER` payload (generation, then the filter's words); present exactly
+    /// when the message is a signal.
     pub bloom: Option<&'a [u8]>,
     /// The D-Bus header facts, when the personality that built the message read them
     /// already (`None`: read them from the payload if the bus has a message policy).
@@ -53,9 +60,11 @@ pub struct SendRequest<'a> {
 }
 
 impl SendRequest<'_> {
+    /// Sent with EXPECT_REPLY: the receiver owes an answer before the timeout.
     pub fn expects_reply(&self) -> bool {
         self.msg.flags & msg_flags::EXPECT_REPLY != 0
     }
+    /// A synchronous call: the SEND is answered with the reply (SYNC_REPLY).
     pub fn is_sync(&self) -> bool {
         self.cmd.flags & send_flags::SYNC_REPLY != 0
     }
@@ -293,12 +302,19 @@ fn message_check_header(msg: &Msg, cmd: &CmdSend, sender_id: u64) -> Result<(), 
 /// What a receiver may learn about a sender, gathered once per send.
 #[derive(Clone, Debug, Default)]
 pub struct SenderMeta {
+    /// The sender's unique id, the message's `src_id` (0 for a bus's creator).
     pub id: u64,
     /// The sender's connection (`None`: the bus itself, or a bus's creator).
     pub key: Option<crate::ids::ConnKey>,
+    /// Credentials of the sending datagram: who sends now.
     pub creds: Creds,
+    /// What was learnt when the sender connected, refreshed where the broker reads the
+    /// process again ([`crate::meta::ProcFacts`]).
     pub peer: Peer,
+    /// The sender's CONN_DESCRIPTION, if it gave one at HELLO.
     pub description: Option<Arc<str>>,
+    /// Metadata the sender agreed to send (its `ATTACH_FLAGS_SEND`, within the domain's
+    /// mask): a receiver gets what it asked for of this, no more.
     pub attach_send: u64,
     /// Names the sender owns, with their flags; filled only when a receiver asks.
     pub names: Vec<(Arc<str>, u64)>,

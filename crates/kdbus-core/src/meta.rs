@@ -12,18 +12,26 @@ use std::sync::Arc;
 /// Credentials of one datagram.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Creds {
+    /// The sending process, in the broker's pid namespace.
     pub pid: u32,
+    /// Real uid, in the broker's user namespace: what policy and quotas go by.
     pub uid: u32,
+    /// Real gid, in the broker's user namespace.
     pub gid: u32,
 }
 
 /// A connecting process, as seen at connect time.
 #[derive(Clone, Debug, Default)]
 pub struct Peer {
+    /// `SO_PEERCRED` at connect: whose connection it is (per-user counts, the bus's
+    /// privileged user, CONN_INFO).
     pub creds: Creds,
     /// Holds CAP_IPC_OWNER (or is root): may create special connections, skips user limits.
     pub privileged: bool,
+    /// `/proc/PID/comm`, sent as both PID_COMM and TID_COMM (the connecting thread is the
+    /// only one known).
     pub comm: Option<Arc<str>>,
+    /// Path of the executable (`/proc/PID/exe`), for EXE items.
     pub exe: Option<Arc<str>>,
     /// NUL-separated argv, as `/proc/PID/cmdline` has it.
     pub cmdline: Option<Arc<[u8]>>,
@@ -63,6 +71,8 @@ pub struct Faked {
     pub creds: Option<[u64; 8]>,
     /// pid, tid, ppid.
     pub pids: Option<[u64; 3]>,
+    /// The security label for SECLABEL items; the only label the bus ever reports (LSM
+    /// labels are not read).
     pub seclabel: Option<Arc<str>>,
 }
 
@@ -75,13 +85,16 @@ pub struct Faked {
 pub struct Namespaces {
     /// The user namespace's inode, and whether it is the broker's.
     pub user_ns: u64,
+    /// The user namespace is the broker's: uids and gids pass untranslated.
     pub user_home: bool,
     /// The pid namespace's inode, and whether it is the broker's.
     pub pid_ns: u64,
+    /// The pid namespace is the broker's: pids pass untranslated.
     pub pid_home: bool,
     /// `/proc/PID/uid_map` and `gid_map` as the broker reads them: (first id inside,
     /// first id in the broker's namespace, count).
     pub uid_map: Vec<(u32, u32, u32)>,
+    /// The same for gids.
     pub gid_map: Vec<(u32, u32, u32)>,
     /// Its pid and its parent's pid in its own pid namespace (0: the parent is not in
     /// it).

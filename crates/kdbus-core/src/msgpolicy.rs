@@ -39,8 +39,11 @@ use std::sync::Arc;
 
 /// D-Bus message types, as the header has them (0: any, or not known).
 pub const METHOD_CALL: u8 = 1;
+/// A reply to a method call.
 pub const METHOD_RETURN: u8 = 2;
+/// An error reply.
 pub const ERROR: u8 = 3;
+/// A signal; one without a destination is a broadcast.
 pub const SIGNAL: u8 = 4;
 
 /// The D-Bus header fields of one message, as far as the broker could read them.
@@ -48,21 +51,30 @@ pub const SIGNAL: u8 = 4;
 pub struct Facts<'a> {
     /// The header could be read. When not, every field below is unknown.
     pub known: bool,
+    /// [`METHOD_CALL`], [`METHOD_RETURN`], [`ERROR`] or [`SIGNAL`].
     pub msg_type: u8,
+    /// The PATH field, if the header has one.
     pub path: Option<&'a str>,
+    /// The INTERFACE field; without it, only deny rules on an interface match.
     pub interface: Option<&'a str>,
+    /// The MEMBER field, if the header has one.
     pub member: Option<&'a str>,
+    /// The ERROR_NAME field, if the header has one.
     pub error: Option<&'a str>,
     /// The destination as sent (a unique or well-known name).
     pub destination: Option<&'a str>,
     /// The message answers another one (it has a reply serial).
     pub is_reply: bool,
+    /// Fds the message carries (for a SEND, counted from its `FDS` item, whatever the
+    /// header claims).
     pub fds: u32,
 }
 
 /// Reads the facts of a message from its first payload bytes (the bridge's D-Bus
 /// header parser).
 pub trait FactsReader: Send {
+    /// The facts of the message whose payload starts with `payload`; `known: false` if
+    /// it is not a readable D-Bus header.
     fn read<'a>(&self, payload: &'a [u8]) -> Facts<'a>;
 }
 
@@ -78,8 +90,11 @@ impl FactsReader for NoFacts {
 /// What a rule permits or forbids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Act {
+    /// `send_*` rules: checked for the sender, against each receiver.
     Send,
+    /// `receive_*` rules: checked for each receiver, against the sender.
     Receive,
+    /// `own` and `own_prefix` rules: checked at NAME_ACQUIRE.
     Own,
 }
 
@@ -89,6 +104,7 @@ pub enum Act {
 pub enum NameCrit {
     /// A unique name (`:1.<id>`).
     Unique(u64),
+    /// A well-known name, matched if the party owns it or waits for it.
     Name(Arc<str>),
     /// The name or any name below it (`a.b` covers `a.b` and `a.b.c`, not `a.bc`).
     Prefix(Arc<str>),
@@ -97,22 +113,33 @@ pub enum NameCrit {
 /// One `<allow>` or `<deny>` rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
+    /// `<allow>` (true) or `<deny>`.
     pub allow: bool,
+    /// Which checks the rule takes part in.
     pub act: Act,
     /// 0: any type.
     pub msg_type: u8,
+    /// The object path, exactly (`send_path`, `receive_path`).
     pub path: Option<Arc<str>>,
+    /// The interface, exactly.
     pub interface: Option<Arc<str>>,
+    /// The member, exactly.
     pub member: Option<Arc<str>>,
+    /// The error name, exactly.
     pub error: Option<Arc<str>>,
+    /// The other party (`send_destination`, `receive_sender`), or the name to own.
     pub name: Option<NameCrit>,
     /// For replies: an allow rule with it set applies to requested replies only; a
     /// deny rule without it applies to unrequested replies only.
     pub requested_reply: bool,
+    /// `eavesdrop="true"`: an allow rule then also lets a connection receive messages
+    /// addressed to others; a deny rule is then about those only.
     pub eavesdrop: bool,
     /// `Some(true)`: broadcasts only, `Some(false)`: everything but broadcasts.
     pub broadcast: Option<bool>,
+    /// Fewest fds a message must carry for the rule to match.
     pub min_fds: u32,
+    /// Most fds a message may carry for the rule to match (`u32::MAX`: no bound).
     pub max_fds: u32,
     /// A send rule whose messages are let through but logged as ones that would be
     /// refused (dbus-daemon's `log="true"`, for policies being tightened).
@@ -164,9 +191,14 @@ impl Rule {
 /// Whose rules they are (the `<policy>` context).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Context {
+    /// `context="default"`: applies to everyone, judged first (anything later
+    /// overrides it).
     Default,
+    /// `context="mandatory"`: applies to everyone, judged last, so it overrides all.
     Mandatory,
+    /// `user="..."`: connections of this uid.
     User(u32),
+    /// `group="..."`: connections whose primary or supplementary groups include this gid.
     Group(u32),
     /// `at_console="true"` (never applies) or `"false"` (always applies).
     Console(bool),
@@ -185,6 +217,7 @@ pub struct MsgPolicy {
 }
 
 impl MsgPolicy {
+    /// A policy without rules: every check it makes denies.
     pub fn new() -> Self {
         Self::default()
     }
@@ -212,6 +245,7 @@ impl MsgPolicy {
             + ids.map(Vec::len).sum::<usize>()
     }
 
+    /// Whether it has no rules at all.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -323,9 +357,13 @@ impl Index {
 /// The other party of a check: a connection (by the names it holds), or the bus
 /// driver, known only by the name in the message.
 pub enum Party<'a> {
+    /// A connection, judged by its unique id and the names it owns or waits for.
     Conn {
+        /// Its key, under which `names` knows what it holds.
         key: ConnKey,
+        /// Its unique id, for [`NameCrit::Unique`] rules.
         id: u64,
+        /// Its bus's name registry.
         names: &'a NameRegistry,
     },
     /// The bus itself: the destination (send) or sender (receive) as written.
@@ -364,8 +402,11 @@ impl Party<'_> {
 /// A denial: which act, and how many rules matched (for the error text).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Denial {
+    /// The act that was refused.
     pub act: Act,
+    /// How many rules matched, allow and deny (dbus-daemon's "N matched rules").
     pub matched: u32,
+    /// The message was a reply the receiver had asked for.
     pub requested_reply: bool,
 }
 

@@ -29,15 +29,21 @@ use std::sync::Arc;
 pub const ACQUIRE_FLAGS: u64 =
     name_flags::REPLACE_EXISTING | name_flags::ALLOW_REPLACEMENT | name_flags::QUEUE;
 
+/// One well-known name that exists: it has an owner (an activator counts) and perhaps
+/// waiters.
 #[derive(Clone, Debug)]
 pub struct NameEntry {
+    /// The name itself (validated before it got here).
     pub name: Arc<str>,
     /// Unique per name's life, so messages addressed to "this name" can find their way
     /// back to the activator (kdbus's `name_id`).
     pub name_id: u64,
+    /// Who owns it now: the service, or its activator while no service holds it.
     pub owner: ConnKey,
     /// The owner's acquire flags (ACTIVATOR when the activator holds it).
     pub flags: u64,
+    /// The activator standing behind the name, whether or not it holds it now; the name
+    /// falls back to it when the last owner leaves.
     pub activator: Option<ConnKey>,
     /// Waiters, first come first served: (connection, their acquire flags).
     pub queue: VecDeque<(ConnKey, u64)>,
@@ -46,28 +52,47 @@ pub struct NameEntry {
 /// What a registry change means for the rest of the bus.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NameEvent {
+    /// NAME_ADD: a name came into existence.
     Add {
+        /// The new name.
         name: Arc<str>,
+        /// Its first owner.
         owner: ConnKey,
+        /// The owner's acquire flags (ACTIVATOR for an activator).
         flags: u64,
     },
+    /// NAME_REMOVE: a name is gone, nobody waited and no activator stands behind it.
     Remove {
+        /// The name that is gone.
         name: Arc<str>,
+        /// Its last owner.
         owner: ConnKey,
+        /// The last owner's flags.
         flags: u64,
     },
+    /// NAME_CHANGE: a name moved from one owner to another, with no instant between.
     Change {
+        /// The name that changed owner.
         name: Arc<str>,
+        /// The previous owner.
         old: ConnKey,
+        /// The previous owner's flags.
         old_flags: u64,
+        /// The owner from now on.
         new: ConnKey,
+        /// The new owner's acquire flags (ACTIVATOR when the name goes back to its
+        /// activator).
         new_flags: u64,
     },
     /// Move queued messages from `from` to `to`: all of them (`name_id` None, an
     /// activator's queue going to the service) or those sent to that name.
     Move {
+        /// Whose queue the messages leave.
         from: ConnKey,
+        /// Who gets them: the name's new owner.
         to: ConnKey,
+        /// Only messages sent to this life of the name ([`NameEntry::name_id`]); `None`:
+        /// all of them.
         name_id: Option<u64>,
     },
 }
@@ -89,10 +114,13 @@ impl ConnNames {
 /// Where a replaced owner that asked to queue waits (see `acquire_requeue`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Requeue {
+    /// At the end of the queue (kdbus).
     Tail,
+    /// At the front: next in line when the new owner lets go (dbus-daemon).
     Head,
 }
 
+/// The well-known names of one bus.
 #[derive(Debug)]
 pub struct NameRegistry {
     /// Names one connection may own (E2BIG beyond).
@@ -114,18 +142,22 @@ impl Default for NameRegistry {
 }
 
 impl NameRegistry {
+    /// An empty registry, with kdbus's limit of names per connection.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The entry of `name`, if the name exists.
     pub fn lookup(&self, name: &str) -> Option<&NameEntry> {
         self.names.get(name)
     }
 
+    /// Number of names that exist.
     pub fn len(&self) -> usize {
         self.names.len()
     }
 
+    /// Whether no name exists.
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }

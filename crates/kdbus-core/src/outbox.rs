@@ -40,6 +40,7 @@ pub struct Output {
 }
 
 impl Output {
+    /// An empty output for connection `key`, holding no buffer yet.
     pub fn new(key: ConnKey) -> Output {
         Output {
             key,

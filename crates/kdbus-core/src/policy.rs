@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 /// Access levels (kdbus `KDBUS_POLICY_*`): each includes the ones below it.
 pub const SEE: u8 = 0;
+/// May send to the name's owner (and see the name).
 pub const TALK: u8 = 1;
+/// May acquire the name (and talk to and see it).
 pub const OWN: u8 = 2;
 
 /// Rule kinds (kdbus `KDBUS_POLICY_ACCESS_*`).
@@ -38,14 +40,20 @@ const POLICY_MAX_SIZE: usize = 32 * 1024;
 /// Whom a rule grants its level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Who {
+    /// The user with this uid.
     User(u32),
+    /// Members of the group with this gid, primary or supplementary.
     Group(u32),
+    /// Everyone.
     World,
 }
 
+/// One grant of an entry (a `POLICY_ACCESS` item).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rule {
+    /// Whom it applies to.
     pub who: Who,
+    /// [`SEE`], [`TALK`] or [`OWN`].
     pub level: u8,
 }
 
@@ -54,14 +62,18 @@ pub struct Rule {
 pub struct EntrySpec {
     /// The name; for a wildcard, without its `.*`.
     pub name: Arc<str>,
+    /// `name.*`: stands for every name with exactly one more element than `name`.
     pub wildcard: bool,
+    /// The grants; the highest level among those that apply to an asker wins.
     pub rules: Vec<Rule>,
 }
 
 /// Who asks: the credentials a check is made for.
 #[derive(Clone, Copy, Debug)]
 pub struct Asker<'a> {
+    /// Matched against [`Who::User`].
     pub uid: u32,
+    /// The primary group, matched against [`Who::Group`] along with `groups`.
     pub gid: u32,
     /// Supplementary groups as kdbus's `AUXGROUPS` payload: one u64 each.
     pub groups: &'a [u8],
@@ -93,10 +105,12 @@ pub struct PolicyDb {
 }
 
 impl PolicyDb {
+    /// An empty database: it grants nothing.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Whether no entry exists at all (exact or wildcard).
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.wildcard.is_empty()
     }

@@ -70,14 +70,21 @@ const SLICE_ALIGN: u64 = 8;
 /// Errors of the slice allocator.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 pub enum PoolError {
+    /// No free slice is large enough (ENOBUFS).
     #[error("no free slice large enough")]
     NoSpace,
+    /// One message would take more than half of the free space, while it would fit
+    /// (EXFULL, kdbus's guard against a single message filling the pool).
     #[error("slice larger than half the free space")]
     TooLarge,
+    /// No busy slice starts at that offset (ENXIO).
     #[error("no slice at that offset")]
     UnknownSlice,
+    /// FREE of a slice the broker still owns, e.g. a PEEKed message (EINVAL).
     #[error("slice not yet handed to the owner")]
     NotPublic,
+    /// The allocation would raise the pool's high-water mark past what its user's
+    /// [`PoolBudget`] has left (ENOBUFS, like a full pool).
     #[error("the pool's user has touched all the pool memory it may")]
     UserLimit,
 }
@@ -123,6 +130,7 @@ pub struct PoolBudget {
 }
 
 impl PoolBudget {
+    /// A budget of `cap` bytes of touched pool memory, to share between one user's pools.
     pub fn new(cap: u64) -> Rc<PoolBudget> {
         Rc::new(PoolBudget {
             cap,
@@ -429,8 +437,11 @@ pub const CONN_MAX_FDS_PER_USER: u32 = 16;
 /// Errors of the per-user quota.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaError {
+    /// Over the user's share of the queue half of the pool, or over [`CONN_MAX_MSGS`]
+    /// (ENOBUFS).
     #[error("sender exceeded its share of the receiver's pool or queue")]
     NoBufs,
+    /// Over [`CONN_MAX_FDS_PER_USER`] queued descriptors (EMFILE).
     #[error("sender exceeded its file-descriptor quota on the receiver")]
     TooManyFds,
 }
@@ -484,6 +495,7 @@ pub struct PoolQuota {
 }
 
 impl PoolQuota {
+    /// No user charged yet.
     pub fn new() -> Self {
         Self::default()
     }

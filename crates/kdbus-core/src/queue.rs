@@ -45,6 +45,7 @@ impl<T> Default for RecvQueue<T> {
 }
 
 impl<T> RecvQueue<T> {
+    /// An empty queue.
     pub fn new() -> Self {
         RecvQueue {
             next: 0,
@@ -54,10 +55,12 @@ impl<T> RecvQueue<T> {
         }
     }
 
+    /// Number of queued entries.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether nothing is queued (BYEBYE succeeds only then: EBUSY otherwise).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

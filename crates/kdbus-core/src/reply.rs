@@ -12,6 +12,7 @@ use crate::ids::ConnKey;
 /// Key of a tracker inside its receiver: (requester connection, cookie).
 pub type TrackerKey = (ConnKey, u64);
 
+/// An answer a receiver owes, kept in its `owed` map under a [`TrackerKey`].
 #[derive(Clone, Copy, Debug)]
 pub struct Tracker {
     /// Absolute CLOCK_MONOTONIC deadline.
@@ -23,7 +24,10 @@ pub struct Tracker {
 /// How a tracker ended without a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplyFailure {
+    /// The deadline passed: REPLY_TIMEOUT, or ETIMEDOUT for a synchronous sender.
     Timeout,
+    /// The receiver went away or dropped the message unanswered: REPLY_DEAD, or EPIPE for
+    /// a synchronous sender.
     Dead,
     /// The reply itself could not be delivered (a synchronous caller learns this
     /// errno; kdbus reported ECOMM as EREMOTEIO).

@@ -41,10 +41,13 @@ pub enum Charge {
 
 /// One message for one stream receiver.
 pub struct Delivery<'a> {
+    /// The message as the sender sent it, already validated.
     pub req: &'a SendRequest<'a>,
     /// The sender's unique id.
     pub sender_id: u64,
+    /// Whose share the message counts against on this stream.
     pub charge: Charge,
+    /// The fds the message carries, shared with any eavesdroppers' copies.
     pub files: Option<Files>,
     /// For rules on the sender's well-known names.
     pub(crate) names: &'a NameRegistry,
@@ -119,6 +122,7 @@ impl StreamOut<'_> {
         self.rules
     }
 
+    /// Whether the receiver is a monitor: it sees copies of everything, asks for nothing.
     pub fn is_monitor(&self) -> bool {
         self.flags & kdbus_abi::hello_flags::MONITOR != 0
     }
@@ -183,5 +187,6 @@ pub trait StreamPeer: Any {
     fn observe(&mut self, to: &mut StreamOut<'_>, msgs: &[u8], files: &[(usize, Files)]);
     /// The broker wrote `n` bytes of the stream.
     fn written(&mut self, n: usize);
+    /// For the personality to get its own peer type back (downcast).
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
