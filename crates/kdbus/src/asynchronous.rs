@@ -88,6 +88,12 @@ impl<R: Readiness> AsyncConnection<R> {
         }
     }
 
+    /// Await the socket becoming readable, for callers that poll the connection
+    /// themselves (`recv`, [`Connection::take_send_failures`]) until `EAGAIN`.
+    pub async fn readable(&self) -> Result<()> {
+        Ok(self.ready.readable().await?)
+    }
+
     /// The blocking connection underneath.
     pub fn get_ref(&self) -> &Connection {
         &self.conn

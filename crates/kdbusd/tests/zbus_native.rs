@@ -1,0 +1,172 @@
+//! zbus over the native transport (`kdbus-zbus`): a zbus service and a zbus client,
+//! both on kdbus connections, talk as they would on a D-Bus socket; and each talks
+//! with zbus peers on the broker's D-Bus socket. What the driver would have said (an
+//! unknown name, a name appearing, the service's signals) reaches them too.
+
+mod common;
+use common::*;
+use futures_util::StreamExt;
+use std::time::Duration;
+use zbus::{interface, object_server::SignalEmitter, proxy};
+
+struct Echo;
+
+#[interface(name = "org.kdbus.ZbusTest")]
+impl Echo {
+    fn echo(&self, text: String) -> String {
+        text
+    }
+
+    async fn ring(
+        &self,
+        #[zbus(signal_emitter)] e: SignalEmitter<'_>,
+        n: u32,
+    ) -> zbus::fdo::Result<()> {
+        Self::rang(&e, n).await?;
+        Ok(())
+    }
+
+    #[zbus(signal)]
+    async fn rang(e: &SignalEmitter<'_>, n: u32) -> zbus::Result<()>;
+}
+
+#[proxy(interface = "org.kdbus.ZbusTest", default_path = "/org/kdbus/ZbusTest")]
+trait EchoClient {
+    fn echo(&self, text: &str) -> zbus::Result<String>;
+    fn ring(&self, n: u32) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn rang(&self, n: u32) -> zbus::Result<()>;
+}
+
+async fn serve(conn: zbus::connection::Builder<'_>, name: &str) -> zbus::Connection {
+    conn.serve_at("/org/kdbus/ZbusTest", Echo)
+        .expect("serve_at")
+        .name(name)
+        .expect("name")
+        .build()
+        .await
+        .expect("the service connects")
+}
+
+async fn dbus(b: &Broker) -> zbus::connection::Builder<'static> {
+    zbus::connection::Builder::address(b.dbus_address().as_str()).expect("address")
+}
+
+/// With a deadline, so that a lost message fails the test instead of hanging it.
+fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+    zbus::block_on(async {
+        let timeout = async {
+            async_io::Timer::after(Duration::from_secs(20)).await;
+            panic!("timed out");
+        };
+        futures_util::pin_mut!(f);
+        futures_util::pin_mut!(timeout);
+        match futures_util::future::select(f, timeout).await {
+            futures_util::future::Either::Left((v, _)) => v,
+            futures_util::future::Either::Right(_) => unreachable!(),
+        }
+    })
+}
+
+#[test]
+fn a_zbus_service_answers_a_zbus_client_over_the_native_transport() {
+    let b = Broker::start();
+    run(async {
+        let _svc = serve(
+            kdbus_zbus::builder(&b.bus).expect("hello"),
+            "org.kdbus.ZbusTest",
+        )
+        .await;
+        let conn = kdbus_zbus::connect(&b.bus)
+            .await
+            .expect("the client connects");
+        let me = conn.unique_name().map(|n| n.to_string());
+        assert!(
+            me.as_deref().is_some_and(|n| n.starts_with(":1.")),
+            "{me:?}"
+        );
+        let p = EchoClientProxy::builder(&conn)
+            .destination("org.kdbus.ZbusTest")
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(p.echo("over kdbus").await.unwrap(), "over kdbus");
+        // 64 KiB, in the receive pool both ways.
+        let big = "x".repeat(64 << 10);
+        assert_eq!(p.echo(&big).await.unwrap(), big);
+        // The service's broadcast reaches a subscriber through its bloom match.
+        let mut rang = p.receive_rang().await.unwrap();
+        p.ring(7).await.unwrap();
+        let s = rang.next().await.expect("the signal");
+        assert_eq!(s.args().unwrap().n, 7);
+        // Nobody owns this name: the error a D-Bus bus gives, not a hang.
+        let nobody = EchoClientProxy::builder(&conn)
+            .destination("org.kdbus.Nobody")
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        match nobody.echo("?").await {
+            Err(zbus::Error::MethodError(name, _, _)) => {
+                assert_eq!(name.as_str(), "org.freedesktop.DBus.Error.ServiceUnknown")
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn native_and_dbus_socket_zbus_peers_talk_both_ways() {
+    let b = Broker::start();
+    run(async {
+        let _native_svc = serve(
+            kdbus_zbus::builder(&b.bus).expect("hello"),
+            "org.kdbus.ZbusNative",
+        )
+        .await;
+        let _dbus_svc = serve(dbus(&b).await, "org.kdbus.ZbusDBus").await;
+        let native = kdbus_zbus::connect(&b.bus).await.expect("native client");
+        let dbus_client = dbus(&b).await.build().await.expect("D-Bus client");
+        for (conn, dest) in [
+            (&native, "org.kdbus.ZbusDBus"),
+            (&dbus_client, "org.kdbus.ZbusNative"),
+        ] {
+            let p = EchoClientProxy::builder(conn)
+                .destination(dest)
+                .unwrap()
+                .build()
+                .await
+                .unwrap();
+            assert_eq!(p.echo(dest).await.unwrap(), dest, "calling {dest}");
+        }
+    });
+}
+
+#[test]
+fn a_native_zbus_client_hears_a_name_appear() {
+    let b = Broker::start();
+    run(async {
+        let conn = kdbus_zbus::connect(&b.bus).await.expect("client");
+        let driver = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+        let mut changes = driver.receive_name_owner_changed().await.unwrap();
+        assert!(!driver
+            .name_has_owner("org.kdbus.ZbusLate".try_into().unwrap())
+            .await
+            .unwrap());
+        let _svc = serve(dbus(&b).await, "org.kdbus.ZbusLate").await;
+        loop {
+            let c = changes.next().await.expect("NameOwnerChanged");
+            let a = c.args().unwrap();
+            if a.name().as_str() == "org.kdbus.ZbusLate" {
+                assert!(a.new_owner().is_some());
+                break;
+            }
+        }
+        let owner = driver
+            .get_name_owner("org.kdbus.ZbusLate".try_into().unwrap())
+            .await
+            .unwrap();
+        assert!(owner.as_str().starts_with(":1."));
+    });
+}
