@@ -222,6 +222,15 @@ pub enum Cmd {
     Bench(BenchArgs),
 }
 
+/// Which client library runs the D-Bus workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientLib {
+    /// The bench's own minimal client.
+    Own,
+    /// systemd's sd-bus (compiled at run time: needs cc and libsystemd-dev).
+    SdBus,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Round trips to time (after a warm-up of a tenth as many).
@@ -249,6 +258,13 @@ pub struct BenchArgs {
     /// Start kdbusd, dbus-broker and dbus-daemon on private sockets and measure all three.
     #[arg(long)]
     pub dbus_compare: bool,
+    /// Measure zbus calls over kdbusd's native socket (kdbus-zbus) against zbus over
+    /// its D-Bus socket, in the same run.
+    #[arg(long)]
+    pub zbus: bool,
+    /// With `--dbus-compare`: the D-Bus client library that runs the workloads.
+    #[arg(long, value_enum, default_value = "own", requires = "dbus_compare")]
+    pub client: ClientLib,
     /// Measure D-Bus round trips on two kdbusd buses, one with this many more policy
     /// rules (about other names) than the other.
     #[arg(long, value_name = "N")]

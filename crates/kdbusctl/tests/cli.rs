@@ -200,11 +200,28 @@ fn make_domain_as_root_and_as_nobody() {
 
 /// `--dbus-compare` measures every workload of the performance goals on kdbusd and
 /// dbus-daemon (and dbus-broker where it is installed), and judges each against its
-/// goal.
+/// goal: with the bench's own client, and with sd-bus.
 #[test]
 fn dbus_compare_reports_every_goal() {
+    dbus_compare_with("own");
+}
+
+#[test]
+fn dbus_compare_reports_every_goal_with_sd_bus() {
+    dbus_compare_with("sd-bus");
+}
+
+fn dbus_compare_with(client: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
-        .args(["bench", "--dbus-compare", "--rounds", "200", "--json"])
+        .args([
+            "bench",
+            "--dbus-compare",
+            "--client",
+            client,
+            "--rounds",
+            "200",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -236,6 +253,28 @@ fn dbus_compare_reports_every_goal() {
             assert!(w["met"].is_boolean(), "{w}");
         }
     }
+}
+
+/// `--zbus` runs the same zbus service and client over the native socket and over the
+/// D-Bus socket.
+#[test]
+fn bench_zbus_measures_both_transports() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+        .args(["bench", "--zbus", "--rounds", "200", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sides = v["zbus"].as_array().expect("zbus");
+    assert_eq!(sides.len(), 2, "{v}");
+    for s in sides {
+        assert!(s["calls_per_s"].as_f64().is_some_and(|x| x > 0.0), "{s}");
+    }
+    assert!(v["native_over_dbus"].as_f64().is_some(), "{v}");
 }
 
 /// `--idle-connections` fills the bus with idle connections and names between two

@@ -10,7 +10,8 @@
 //! number is its total over all turns (rates) or the median of its turns (broadcast,
 //! which is measured whole per turn).
 //!
-//! Workloads, all through a D-Bus socket with the bench's own minimal client:
+//! Workloads, all through a D-Bus socket, with the bench's own minimal client or (with
+//! `--client sd-bus`) with systemd's sd-bus (`sdbus`), behind one [`Workloads`] trait:
 //! - request/reply: one call at a time to an echo service, 64-byte (`--size`) body;
 //!   also the broker's CPU time per call;
 //! - pipelined: [`WINDOW`] calls in flight, a new one sent as each reply comes;
@@ -27,7 +28,8 @@
 use super::dbus::{
     self, bus_pid, child_of, memory_per_conn, start_daemon_like, Client, RoundTrips, Started,
 };
-use super::{BenchResult, Stats};
+use super::{sdbus, BenchResult};
+use crate::cli::ClientLib;
 use kdbus::{Connection, HelloOptions, Message};
 use kdbus_dbus::header::MessageType;
 use serde_json::json;
@@ -121,34 +123,18 @@ struct NativeBroker {
 
 impl NativeBroker {
     fn start(kdbusd: &str) -> BenchResult<NativeBroker> {
-        use std::io::BufRead;
-        let dir = dbus::private_dir("kdbusd-native")?;
-        let mut child = std::process::Command::new(kdbusd)
-            .arg("--runtime-dir")
-            .arg(&dir)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        let mut line = String::new();
-        let out = child.stdout.take().ok_or("no stdout")?;
-        std::io::BufReader::new(out).read_line(&mut line)?;
-        let bus = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("bus="))
-            .ok_or_else(|| format!("kdbusd said {line:?}"))?
-            .to_string();
-        let bus = std::path::Path::new(&bus);
+        let (started, bus) = dbus::start_native(kdbusd, "kdbusd-native")?;
+        let bus = bus.as_path();
         let server = Connection::hello(bus, &HelloOptions::new().description("bench-echo"))?;
         let server_id = server.id();
         std::thread::spawn(move || {
             let _ = crate::serve_loop(&server);
         });
-        let pid = child.id();
+        let pid = started.child.id();
         let client = Connection::hello(bus, &HelloOptions::new().description("bench-client"))?;
-        let address = bus.display().to_string();
         Ok(NativeBroker {
             client,
-            _started: Started::new(child, address, dir),
+            _started: started,
             server_id,
             pid,
             calls: 0,
@@ -181,14 +167,163 @@ impl NativeBroker {
 /// Everything measured on one broker.
 struct Broker {
     name: &'static str,
-    started: Started,
+    /// The broker, killed when the run ends.
+    _started: Started,
     kib_per_conn: Option<f64>,
+    work: Box<dyn Workloads>,
+    broadcasts: Vec<f64>,
+}
+
+/// One client library's workloads on one broker, with their running totals: the
+/// untimed calls warm up, the timed ones count.
+trait Workloads {
+    /// Calls one at a time (timed: with the broker's CPU time).
+    fn request_reply(&mut self, n: usize, timed: bool) -> BenchResult<()>;
+    /// Calls with [`WINDOW`] in flight.
+    fn pipelined(&mut self, n: usize, timed: bool) -> BenchResult<()>;
+    /// Calls of [`LARGE`] bytes, one at a time.
+    fn large(&mut self, n: usize, timed: bool) -> BenchResult<()>;
+    /// `n` connections set up (turn `turn` names them apart).
+    fn setup(&mut self, n: usize, turn: usize) -> BenchResult<()>;
+    /// One fan-out to `subscribers`: signals delivered per second.
+    fn broadcast(&mut self, rounds: usize, subscribers: usize) -> BenchResult<f64>;
+    fn totals(self: Box<Self>) -> Totals;
+}
+
+/// What a broker's timed turns added up to.
+struct Totals {
+    rr_per_s: f64,
+    /// A call's p50 and p99 in us, where the client times each call.
+    rr_latency: Option<(f64, f64)>,
+    cpu_us_per_call: Option<f64>,
+    piped_per_s: f64,
+    large_per_s: f64,
+    setup_per_s: f64,
+}
+
+/// Signals each broadcast turn emits, from `--rounds`.
+fn broadcast_count(rounds: usize) -> usize {
+    (rounds / 4).max(100)
+}
+
+/// The bench's own client (`dbus::Client`): one blocking connection per role.
+struct OwnClient {
+    address: String,
+    payload: usize,
     rr: RoundTrips,
     piped: Pipelined,
     large: RoundTrips,
     setup: Duration,
     setups: usize,
-    broadcasts: Vec<f64>,
+}
+
+impl OwnClient {
+    fn start(address: &str, payload: usize, pid: Option<u32>) -> BenchResult<OwnClient> {
+        Ok(OwnClient {
+            address: address.to_string(),
+            payload,
+            rr: RoundTrips::start(address, payload, pid)?,
+            piped: Pipelined::start(address, payload)?,
+            large: RoundTrips::start(address, LARGE, None)?,
+            setup: Duration::ZERO,
+            setups: 0,
+        })
+    }
+}
+
+impl Workloads for OwnClient {
+    fn request_reply(&mut self, n: usize, timed: bool) -> BenchResult<()> {
+        self.rr.run(n, timed)
+    }
+    fn pipelined(&mut self, n: usize, timed: bool) -> BenchResult<()> {
+        self.piped.run(n, timed)
+    }
+    fn large(&mut self, n: usize, timed: bool) -> BenchResult<()> {
+        self.large.run(n, timed)
+    }
+    fn setup(&mut self, n: usize, turn: usize) -> BenchResult<()> {
+        self.setups += n;
+        setup(&self.address, n, turn, &mut self.setup)
+    }
+    fn broadcast(&mut self, rounds: usize, subscribers: usize) -> BenchResult<f64> {
+        debug_assert_eq!(broadcast_count(rounds), (rounds / 4).max(100));
+        dbus::broadcast(&self.address, rounds, self.payload, subscribers)
+    }
+    fn totals(self: Box<Self>) -> Totals {
+        let me = *self;
+        let (rr, cpu) = me.rr.finish();
+        let (large, _) = me.large.finish();
+        Totals {
+            rr_per_s: rr.per_s,
+            rr_latency: Some((rr.p50_us, rr.p99_us)),
+            cpu_us_per_call: cpu,
+            piped_per_s: me.piped.per_s(),
+            large_per_s: large.per_s,
+            setup_per_s: me.setups as f64 / me.setup.as_secs_f64().max(1e-9),
+        }
+    }
+}
+
+/// sd-bus, through its C client process: each command's time and count, summed.
+struct SdBusClient {
+    sd: sdbus::SdBus,
+    pid: Option<u32>,
+    cpu_ns: u64,
+    /// Time and count of request/reply, pipelined, large, setup.
+    sums: [(Duration, u64); 4],
+}
+
+impl SdBusClient {
+    fn run(&mut self, which: usize, cmd: String, timed: bool) -> BenchResult<()> {
+        let before = self.pid.and_then(dbus::cpu_ns);
+        let (took, n) = self.sd.command(&cmd)?;
+        if timed {
+            self.sums[which].0 += took;
+            self.sums[which].1 += n;
+            if which == 0 {
+                let after = self.pid.and_then(dbus::cpu_ns);
+                self.cpu_ns += after.zip(before).map_or(0, |(a, b)| a.saturating_sub(b));
+            }
+        }
+        Ok(())
+    }
+
+    fn per_s(&self, which: usize) -> f64 {
+        let (took, n) = self.sums[which];
+        n as f64 / took.as_secs_f64().max(1e-9)
+    }
+}
+
+impl Workloads for SdBusClient {
+    fn request_reply(&mut self, n: usize, timed: bool) -> BenchResult<()> {
+        self.run(0, format!("rr {n}"), timed)
+    }
+    fn pipelined(&mut self, n: usize, timed: bool) -> BenchResult<()> {
+        self.run(1, format!("pipe {n}"), timed)
+    }
+    fn large(&mut self, n: usize, timed: bool) -> BenchResult<()> {
+        self.run(2, format!("large {n}"), timed)
+    }
+    fn setup(&mut self, n: usize, turn: usize) -> BenchResult<()> {
+        self.run(3, format!("setup {n} {turn}"), true)
+    }
+    fn broadcast(&mut self, rounds: usize, subscribers: usize) -> BenchResult<f64> {
+        let cmd = format!("broadcast {} {subscribers}", broadcast_count(rounds));
+        let (took, delivered) = self.sd.command(&cmd)?;
+        Ok(delivered as f64 / took.as_secs_f64().max(1e-9))
+    }
+    fn totals(self: Box<Self>) -> Totals {
+        let calls = self.sums[0].1;
+        Totals {
+            rr_per_s: self.per_s(0),
+            rr_latency: None,
+            cpu_us_per_call: (self.pid.is_some() && calls > 0)
+                .then(|| self.cpu_ns as f64 / 1e3 / calls as f64),
+            piped_per_s: self.per_s(1),
+            large_per_s: self.per_s(2),
+            setup_per_s: self.per_s(3),
+        }
+    }
 }
 
 /// One line of the result: a workload's number on each broker, and its goal.
@@ -225,7 +360,13 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     v.get(v.len() / 2).copied()
 }
 
-pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> BenchResult<()> {
+pub fn run(
+    rounds: usize,
+    payload: usize,
+    subscribers: usize,
+    client: ClientLib,
+    as_json: bool,
+) -> BenchResult<()> {
     let kdbusd = std::env::current_exe()?.with_file_name("kdbusd");
     let kdbusd = kdbusd.to_string_lossy().into_owned();
     let starters: [(&'static str, &dyn Fn() -> BenchResult<Started>); 3] = [
@@ -235,6 +376,10 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
             start_daemon_like("dbus-daemon", "dbus-daemon")
         }),
     ];
+    let sd_bin = match client {
+        ClientLib::Own => None,
+        ClientLib::SdBus => Some(sdbus::build(&dbus::private_dir("sdbus")?)?),
+    };
     let per_turn = rounds.div_ceil(TURNS).max(1);
     let large_per_turn = (per_turn / 100).max(2);
     let mut brokers = Vec::new();
@@ -257,21 +402,23 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
         // Memory first, on a fresh broker.
         let kib_per_conn = pid.and_then(|pid| memory_per_conn(&started.address, pid));
         let at = |e: Box<dyn std::error::Error>| format!("{name}: {e}");
-        let mut rr = RoundTrips::start(&started.address, payload, pid).map_err(at)?;
-        let mut piped = Pipelined::start(&started.address, payload).map_err(at)?;
-        let mut large = RoundTrips::start(&started.address, LARGE, None).map_err(at)?;
-        rr.run(per_turn / 10 + 1, false)?;
-        piped.run(per_turn, false)?;
-        large.run(2, false)?;
+        let mut work: Box<dyn Workloads> = match &sd_bin {
+            None => Box::new(OwnClient::start(&started.address, payload, pid).map_err(at)?),
+            Some(bin) => Box::new(SdBusClient {
+                sd: sdbus::SdBus::start(bin, &started.address, payload).map_err(at)?,
+                pid,
+                cpu_ns: 0,
+                sums: [(Duration::ZERO, 0); 4],
+            }),
+        };
+        work.request_reply(per_turn / 10 + 1, false)?;
+        work.pipelined(per_turn, false)?;
+        work.large(2, false)?;
         brokers.push(Broker {
             name,
-            started,
+            _started: started,
             kib_per_conn,
-            rr,
-            piped,
-            large,
-            setup: Duration::ZERO,
-            setups: 0,
+            work,
             broadcasts: Vec::new(),
         });
     }
@@ -289,11 +436,10 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
     for turn in 0..TURNS {
         for i in 0..n {
             let b = &mut brokers[(turn + i) % n];
-            b.rr.run(per_turn, true)?;
-            b.piped.run(per_turn, true)?;
-            b.large.run(large_per_turn, true)?;
-            setup(&b.started.address, SETUP_PER_TURN, turn, &mut b.setup)?;
-            b.setups += SETUP_PER_TURN;
+            b.work.request_reply(per_turn, true)?;
+            b.work.pipelined(per_turn, true)?;
+            b.work.large(large_per_turn, true)?;
+            b.work.setup(SETUP_PER_TURN, turn)?;
         }
         if let Some(nb) = native.as_mut() {
             nb.run(per_turn, true)?;
@@ -304,12 +450,12 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
     for turn in 0..BROADCAST_TURNS {
         for i in 0..n {
             let b = &mut brokers[(turn + i) % n];
-            let r = dbus::broadcast(&b.started.address, rounds, payload, subscribers)?;
+            let r = b.work.broadcast(rounds, subscribers)?;
             b.broadcasts.push(r);
         }
     }
     let names: Vec<&str> = brokers.iter().map(|b| b.name).collect();
-    let mut rr_stats: Vec<(Stats, Option<f64>)> = Vec::new();
+    let mut rr_stats: Vec<(Option<(f64, f64)>, Option<f64>)> = Vec::new();
     let mut lines = vec![
         Line {
             name: "request/reply",
@@ -355,20 +501,19 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
         },
     ];
     for b in brokers {
-        let (rr, cpu) = b.rr.finish();
-        let (large, _) = b.large.finish();
+        let t = b.work.totals();
         let values = [
-            Some(rr.per_s),
-            Some(b.piped.per_s()),
+            Some(t.rr_per_s),
+            Some(t.piped_per_s),
             median(b.broadcasts),
-            Some(large.per_s * LARGE as f64 / (1 << 20) as f64),
-            Some(b.setups as f64 / b.setup.as_secs_f64().max(1e-9)),
+            Some(t.large_per_s * LARGE as f64 / (1 << 20) as f64),
+            Some(t.setup_per_s),
             b.kib_per_conn,
         ];
         for (l, v) in lines.iter_mut().zip(values) {
             l.values.push(v);
         }
-        rr_stats.push((rr, cpu));
+        rr_stats.push((t.rr_latency, t.cpu_us_per_call));
     }
     // kdbusd's native round trip against dbus-broker's D-Bus call: broker CPU each.
     let broker_cpu = names
@@ -399,11 +544,11 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
         let latency: Vec<_> = names
             .iter()
             .zip(&rr_stats)
-            .map(|(n, (s, cpu))| {
+            .map(|(n, (lat, cpu))| {
                 json!({
                     "bus": n,
-                    "p50_us": (s.p50_us * 10.0).round() / 10.0,
-                    "p99_us": (s.p99_us * 10.0).round() / 10.0,
+                    "p50_us": lat.map(|l| (l.0 * 10.0).round() / 10.0),
+                    "p99_us": lat.map(|l| (l.1 * 10.0).round() / 10.0),
                     "broker_cpu_us_per_call": cpu.map(|c| (c * 10.0).round() / 10.0),
                 })
             })
@@ -414,14 +559,19 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
                     "native_broker_cpu_us_per_round_trip": native_cpu.map(|c| (c * 10.0).round() / 10.0),
                     "native_cpu_ratio_vs_dbus_broker": native_ratio.map(|r| (r * 100.0).round() / 100.0),
                     "native_cpu_goal_met": native_met,
+                    "client": format!("{client:?}"),
                     "rounds": rounds, "payload_bytes": payload, "subscribers": subscribers })
         );
         return Ok(());
     }
     println!(
         "{rounds} calls of {payload} bytes per broker in {TURNS} turns (pipelined: {WINDOW} in \
-         flight), {subscribers} subscribers, 1 MiB calls, {} connections set up",
-        TURNS * SETUP_PER_TURN
+         flight), {subscribers} subscribers, 1 MiB calls, {} connections set up; client: {}",
+        TURNS * SETUP_PER_TURN,
+        match client {
+            ClientLib::Own => "the bench's own",
+            ClientLib::SdBus => "sd-bus",
+        }
     );
     print!("{:<36}", "workload");
     for n in &names {
@@ -462,11 +612,12 @@ pub fn run(rounds: usize, payload: usize, subscribers: usize, as_json: bool) -> 
             None => "?",
         }
     );
-    for (n, (s, cpu)) in names.iter().zip(&rr_stats) {
+    for (n, (lat, cpu)) in names.iter().zip(&rr_stats) {
+        let lat = lat.map_or("p50       ? us  p99       ? us".into(), |(p50, p99)| {
+            format!("p50 {p50:>7.1} us  p99 {p99:>7.1} us")
+        });
         println!(
-            "{n:<12} request/reply p50 {:>7.1} us  p99 {:>7.1} us  broker CPU {} us/call",
-            s.p50_us,
-            s.p99_us,
+            "{n:<12} request/reply {lat}  broker CPU {} us/call",
             cpu.map_or("?".into(), |c| format!("{c:.1}"))
         );
     }

@@ -577,6 +577,26 @@ pub(crate) fn private_dir(name: &str) -> BenchResult<PathBuf> {
     Ok(d)
 }
 
+/// kdbusd on a private runtime directory (`name` tells it apart): the broker, and the
+/// path of its default bus's native endpoint (its D-Bus socket, `dbus`, is beside it).
+pub(crate) fn start_native(kdbusd: &str, name: &str) -> BenchResult<(Started, PathBuf)> {
+    let dir = private_dir(name)?;
+    let mut child = Command::new(kdbusd)
+        .arg("--runtime-dir")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+    let bus = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bus="))
+        .ok_or_else(|| format!("kdbusd said {line:?}"))?
+        .to_string();
+    Ok((Started::new(child, bus.clone(), dir), PathBuf::from(bus)))
+}
+
 /// Start a dbus-daemon-compatible program (`--config-file --nofork --print-address`).
 pub(crate) fn start_daemon_like(name: &str, program: &str) -> BenchResult<Started> {
     start_configured(name, program, "")

@@ -6,8 +6,8 @@
 //!
 //! The other workloads live in submodules (`--names`: [`names`], `--broadcast`:
 //! [`broadcast`], `--dbus`: [`dbus`], `--dbus-compare`: [`compare`], `--policy-rules`:
-//! [`policy`], `--payload`: [`payload`], `--metadata`: [`metadata`],
-//! `--idle-connections`: [`idle`]); this module holds what they
+//! [`policy`], `--payload`: [`payload`], `--client sd-bus`: [`sdbus`], `--metadata`: [`metadata`],
+//! `--idle-connections`: [`idle`], `--zbus`: [`zbus`]); this module holds what they
 //! share (timing, statistics) and dispatches on the arguments, so they all depend on
 //! it and never on each other.
 
@@ -19,6 +19,8 @@ mod metadata;
 mod names;
 mod payload;
 mod policy;
+mod sdbus;
+mod zbus;
 
 pub use crate::cli::BenchArgs;
 use kdbus::{Connection, HelloOptions, Message};
@@ -131,8 +133,17 @@ pub fn run(bus: &Path, args: &BenchArgs) -> Result<(), Box<dyn std::error::Error
     if let Some(n) = args.policy_rules {
         return policy::run(n, args.rounds, args.size, args.json);
     }
+    if args.zbus {
+        return zbus::run(args.rounds, args.size, args.json);
+    }
     if args.dbus_compare {
-        return compare::run(args.rounds, args.size, args.bcast.subscribers, args.json);
+        return compare::run(
+            args.rounds,
+            args.size,
+            args.bcast.subscribers,
+            args.client,
+            args.json,
+        );
     }
     if args.broadcast {
         return broadcast::run(bus, &args.bcast, args.json);
