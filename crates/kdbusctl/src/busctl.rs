@@ -679,6 +679,28 @@ pub fn message_line(msg: &[u8]) -> Res<String> {
 /// printing each message as a line or as busctl's JSON.
 pub fn monitor_dbus(address: &str, rules: &[String], as_json: bool) -> Res<()> {
     use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    monitor_each(address, rules, |m| {
+        let line = if as_json {
+            message_json(m)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() }).to_string())
+        } else {
+            message_line(m).unwrap_or_else(|e| format!("undecodable: {e}"))
+        };
+        writeln!(out, "{line}")?;
+        Ok(out.flush()?)
+    })
+}
+
+/// Become a monitor on the D-Bus socket at `address` (BecomeMonitor with `rules`;
+/// none: all) and hand `f` every message the bus shows it, until `f` or the socket
+/// fails.
+pub fn monitor_each(
+    address: &str,
+    rules: &[String],
+    mut f: impl FnMut(&[u8]) -> Res<()>,
+) -> Res<()> {
     let mut c = Client::connect(address)?;
     c.wait_forever()?;
     let mut body = Vec::new();
@@ -691,7 +713,7 @@ pub fn monitor_dbus(address: &str, rules: &[String], as_json: bool) -> Res<()> {
         w.array_end(a);
         w.u32(0);
     }
-    let f = Fields {
+    let fields = Fields {
         path: Some("/org/freedesktop/DBus"),
         interface: Some("org.freedesktop.DBus.Monitoring"),
         member: Some("BecomeMonitor"),
@@ -699,28 +721,49 @@ pub fn monitor_dbus(address: &str, rules: &[String], as_json: bool) -> Res<()> {
         signature: "asu",
         ..Default::default()
     };
-    let serial = c.send(MessageType::MethodCall, &f, &body, 0)?;
+    let serial = c.send(MessageType::MethodCall, &fields, &body, 0)?;
     let answer = c.wait_reply_or_error(serial)?;
     if header::parse(&answer)?.msg_type == MessageType::Error {
         return Err("the bus refused BecomeMonitor".into());
     }
-    let mut out = std::io::stdout().lock();
     loop {
         let m = c.read()?;
         // What the bus says to the monitor itself (NameLost of its unique name).
         if header::parse(&m)?.destination == Some(c.unique.as_str()) {
             continue;
         }
-        let line = if as_json {
-            message_json(&m)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() }).to_string())
-        } else {
-            message_line(&m).unwrap_or_else(|e| format!("undecodable: {e}"))
-        };
-        writeln!(out, "{line}")?;
-        out.flush()?;
+        f(&m)?;
     }
+}
+
+/// Broadcast the signal `f` with `body`: through the D-Bus socket, or on the native
+/// bus as a kdbus broadcast carrying the D-Bus message and its bloom filter.
+pub fn emit(via: Via<'_>, f: &Fields<'_>, body: &[u8]) -> Res<()> {
+    match via {
+        Via::DBus(address) => {
+            let mut client = Client::connect(address)?;
+            client.send(MessageType::Signal, f, body, header::FLAG_NO_REPLY_EXPECTED)?;
+            // A round trip to the bus, so that the signal is out before we close.
+            client.driver_s("GetNameOwner", "org.freedesktop.DBus")?;
+        }
+        Via::Native(conn) => {
+            let mut msg = Vec::new();
+            header::write_fields(
+                &mut msg,
+                Endian::Little,
+                MessageType::Signal,
+                header::FLAG_NO_REPLY_EXPECTED,
+                body.len() as u32,
+                1,
+                f,
+            );
+            msg.extend_from_slice(body);
+            let h = header::parse(&msg)?;
+            let filter = kdbus::dbus::rules::signal_bloom(conn.bloom(), &h, body);
+            conn.send(&Message::broadcast(&filter).cookie(1).payload(&msg))?;
+        }
+    }
+    Ok(())
 }
 
 /// Wait on the D-Bus socket at `address` for the signal `interface.member` from

@@ -170,9 +170,23 @@ pub enum Cmd {
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
     },
-    /// Broadcast a signal; its bloom filter is built from the interface, member, path
-    /// and arguments the way sd-bus builds it.
+    /// Broadcast a D-Bus signal, with busctl's syntax: `emit PATH INTERFACE MEMBER
+    /// [SIGNATURE ARGS...]`. Through the native bus (its bloom filter built from the
+    /// header and string arguments), or the D-Bus socket at --address.
     Emit {
+        path: String,
+        interface: String,
+        member: String,
+        /// The arguments' signature, then the arguments.
+        #[arg(allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// The D-Bus address to emit through (default: the native bus).
+        #[arg(long, value_name = "ADDRESS")]
+        address: Option<String>,
+    },
+    /// Broadcast a raw kdbus signal; its bloom filter is built from the interface,
+    /// member, path and arguments the way sd-bus builds it.
+    EmitRaw {
         #[arg(long)]
         interface: Option<String>,
         #[arg(long)]
@@ -185,6 +199,30 @@ pub enum Cmd {
         /// Payload bytes.
         #[arg(default_value = "")]
         data: String,
+    },
+    /// Write a D-Bus property (org.freedesktop.DBus.Properties.Set), with busctl's
+    /// syntax: `set-property DEST PATH INTERFACE PROPERTY SIGNATURE ARGS...`.
+    SetProperty {
+        dest: String,
+        path: String,
+        interface: String,
+        property: String,
+        /// The value's signature, then the value.
+        #[arg(allow_hyphen_values = true, required = true)]
+        value: Vec<String>,
+        /// The D-Bus address to write through (default: the native bus).
+        #[arg(long, value_name = "ADDRESS")]
+        address: Option<String>,
+    },
+    /// Record every message on the bus as pcapng (link type D-Bus, as `busctl capture`
+    /// writes it) to stdout, for Wireshark; until interrupted.
+    Capture {
+        /// The D-Bus address to watch through (default: the D-Bus socket beside --bus).
+        #[arg(long, value_name = "ADDRESS")]
+        address: Option<String>,
+        /// Only messages that match this rule (repeat for more: any of them).
+        #[arg(long = "match", value_name = "RULE")]
+        matches: Vec<String>,
     },
     /// Watch the bus as a monitor (privileged): every unicast, every broadcast and
     /// notification, one line each; D-Bus messages decoded (type, sender, destination,

@@ -4,6 +4,7 @@
 mod bench;
 mod busctl;
 mod cli;
+mod pcapng;
 mod top;
 
 use clap::Parser;
@@ -15,9 +16,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
+                == Some(std::io::ErrorKind::BrokenPipe) =>
+        {
+            // The reader went away: see quiet_broken_pipe.
+            ExitCode::from(141)
+        }
         Err(e) => {
             eprintln!("kdbusctl: {e}");
             ExitCode::FAILURE
@@ -26,6 +35,26 @@ fn main() -> ExitCode {
 }
 
 type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+/// A reader that goes away (`kdbusctl monitor | head`) ends us as SIGPIPE ends C tools
+/// (status 141), not with a panic. Rust ignores SIGPIPE, so `println!` panics on the
+/// closed pipe instead; restoring the signal would take unsafe code, which this crate
+/// does without, so that one panic is turned into the exit.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.starts_with("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
 
 fn bus_path(cli: &Cli) -> PathBuf {
     if let Some(b) = &cli.bus {
@@ -318,6 +347,56 @@ fn run(cli: Cli) -> Res {
             Ok(())
         }
         Cmd::Emit {
+            path,
+            interface,
+            member,
+            args,
+            address,
+        } => {
+            let (sig, rest) = match args.split_first() {
+                Some((sig, rest)) => (sig.as_str(), rest),
+                None => ("", &[][..]),
+            };
+            let body = busctl::marshal(sig, rest)?;
+            let f = kdbus::dbus::header::Fields {
+                path: Some(path),
+                interface: Some(interface),
+                member: Some(member),
+                signature: sig,
+                ..Default::default()
+            };
+            let a = resolve_address(&cli, address.as_deref());
+            with_via(&cli, a.as_deref(), |via| busctl::emit(via, &f, &body))
+        }
+        Cmd::SetProperty {
+            dest,
+            path,
+            interface,
+            property,
+            value,
+            address,
+        } => {
+            let mut args = vec![interface.clone(), property.clone()];
+            args.extend(value.iter().cloned());
+            let call = busctl::Call {
+                dest,
+                path,
+                iface: "org.freedesktop.DBus.Properties",
+                method: "Set",
+                sig: "ssv",
+                body: busctl::marshal("ssv", &args)?,
+            };
+            let a = resolve_address(&cli, address.as_deref());
+            dbus_via(&cli, a.as_deref(), &call, Duration::from_secs(5))?;
+            Ok(())
+        }
+        Cmd::Capture { address, matches } => {
+            let address = resolve_address(&cli, address.as_deref()).unwrap_or_else(|| beside(&cli));
+            let mut out = std::io::stdout().lock();
+            let mut cap = pcapng::Writer::start(&mut out)?;
+            busctl::monitor_each(&address, matches, |m| Ok(cap.packet(m)?))
+        }
+        Cmd::EmitRaw {
             interface,
             member,
             path,

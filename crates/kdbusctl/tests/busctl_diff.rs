@@ -44,55 +44,82 @@ fn kdbusctl(args: &[&str]) -> String {
     run(env!("CARGO_BIN_EXE_kdbusctl"), args)
 }
 
+/// kdbusd with the GLib service on it, up and named.
+struct Glib {
+    _service: Kill,
+    _broker: Kill,
+    _dir: tempfile::TempDir,
+    /// The native endpoint and the D-Bus address of the bus.
+    bus: String,
+    address: String,
+    service_pid: u32,
+}
+
+impl Glib {
+    /// `None` (the test skips) without busctl or python3-gi.
+    fn start() -> Option<Glib> {
+        if !have("busctl", &["--version"]) || !have("/usr/bin/python3", &["-c", "import gi"]) {
+            eprintln!("skipped: needs busctl and python3-gi");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, line) = common::start_kdbusd(&[
+            std::ffi::OsStr::new("--runtime-dir"),
+            dir.path().as_os_str(),
+        ]);
+        let broker = Kill(broker);
+        let word = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("{k} in {line}"))
+                .to_string()
+        };
+        let (bus, address) = (word("bus="), word("dbus="));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/glib_service.py");
+        let service = Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(&address)
+            .spawn()
+            .unwrap();
+        let service_pid = service.id();
+        let service = Kill(service);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new("busctl")
+                .args([
+                    &format!("--address={address}"),
+                    "call",
+                    "org.freedesktop.DBus",
+                    "/org/freedesktop/DBus",
+                ])
+                .args(["org.freedesktop.DBus", "NameHasOwner", "s", SERVICE])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).trim() == "b true" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the GLib service did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(Glib {
+            _service: service,
+            _broker: broker,
+            _dir: dir,
+            bus,
+            address,
+            service_pid,
+        })
+    }
+}
+
 #[test]
 fn call_get_property_tree_and_introspect_say_what_busctl_says() {
-    if !have("busctl", &["--version"]) || !have("/usr/bin/python3", &["-c", "import gi"]) {
-        eprintln!("skipped: needs busctl and python3-gi");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (broker, line) = common::start_kdbusd(&[
-        std::ffi::OsStr::new("--runtime-dir"),
-        dir.path().as_os_str(),
-    ]);
-    let _broker = Kill(broker);
-    let word = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("{k} in {line}"))
-            .to_string()
-    };
-    let (bus, address) = (word("bus="), word("dbus="));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/glib_service.py");
-    let service = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .arg(&address)
-        .spawn()
-        .unwrap();
-    let service_pid = service.id();
-    let _service = Kill(service);
+    let Some(g) = Glib::start() else { return };
+    let (bus, address, service_pid) = (g.bus.clone(), g.address.clone(), g.service_pid);
     let busctl_address = format!("--address={address}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = Command::new("busctl")
-            .args([
-                &busctl_address,
-                "call",
-                "org.freedesktop.DBus",
-                "/org/freedesktop/DBus",
-            ])
-            .args(["org.freedesktop.DBus", "NameHasOwner", "s", SERVICE])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&out.stdout).trim() == "b true" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the GLib service did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let calls: &[&[&str]] = &[
         &["Echo", "s", "hello \"there\"\tand a tab"],
         &["Add", "ii", "2", "-40"],
@@ -298,4 +325,187 @@ fn call_get_property_tree_and_introspect_say_what_busctl_says() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}
+
+/// `set-property` writes what busctl reads back, and the other way round; `emit`
+/// sends what `busctl emit` sends (the same body seen by the same waiter), through
+/// both sockets; `capture` records the same messages busctl's capture records, in
+/// the same pcapng link type.
+#[test]
+fn set_property_emit_and_capture_say_what_busctl_says() {
+    let Some(g) = Glib::start() else { return };
+    let (bus, address) = (g.bus.as_str(), g.address.as_str());
+    let busctl_address = format!("--address={address}");
+    let get = || {
+        run(
+            "busctl",
+            &[
+                &busctl_address,
+                "get-property",
+                SERVICE,
+                PATH,
+                SERVICE,
+                "Label",
+            ],
+        )
+    };
+    let set_d = [
+        "set-property",
+        "--address",
+        address,
+        SERVICE,
+        PATH,
+        SERVICE,
+        "Label",
+    ];
+    kdbusctl(&[&set_d[..], &["s", "via the D-Bus socket"]].concat());
+    assert_eq!(get(), "s \"via the D-Bus socket\"");
+    let set_n = [
+        "--bus",
+        bus,
+        "set-property",
+        SERVICE,
+        PATH,
+        SERVICE,
+        "Label",
+    ];
+    kdbusctl(&[&set_n[..], &["s", "via the native socket"]].concat());
+    assert_eq!(get(), "s \"via the native socket\"");
+    run(
+        "busctl",
+        &[
+            &busctl_address,
+            "set-property",
+            SERVICE,
+            PATH,
+            SERVICE,
+            "Label",
+            "s",
+            "by busctl",
+        ],
+    );
+    let read = [
+        "--bus",
+        bus,
+        "get-property",
+        SERVICE,
+        PATH,
+        SERVICE,
+        "Label",
+    ];
+    assert_eq!(kdbusctl(&read), "s \"by busctl\"");
+
+    // Captures, by both tools, of everything below.
+    let cap_dir = tempfile::tempdir().unwrap();
+    let capture = |program: &str, args: &[&str], file: &str| {
+        let out = std::fs::File::create(cap_dir.path().join(file)).unwrap();
+        Kill(
+            Command::new(program)
+                .args(args)
+                .stdout(out)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let captures = [
+        capture("busctl", &[&busctl_address, "capture"], "busctl.pcapng"),
+        capture(
+            env!("CARGO_BIN_EXE_kdbusctl"),
+            &["capture", "--address", address],
+            "kdbusctl.pcapng",
+        ),
+    ];
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // The same signal from three emitters, each seen by a waiter as busctl prints it.
+    let args = ["su", "emitted \"here\"", "7"];
+    let emitters: [Vec<&str>; 3] = [
+        vec!["busctl", &busctl_address, "emit", "/a/b", "org.x.Y", "Sig"],
+        vec![
+            env!("CARGO_BIN_EXE_kdbusctl"),
+            "emit",
+            "--address",
+            address,
+            "/a/b",
+            "org.x.Y",
+            "Sig",
+        ],
+        vec![
+            env!("CARGO_BIN_EXE_kdbusctl"),
+            "--bus",
+            bus,
+            "emit",
+            "/a/b",
+            "org.x.Y",
+            "Sig",
+        ],
+    ];
+    for e in &emitters {
+        let waiter = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+            .args([
+                "--bus",
+                bus,
+                "wait",
+                "/a/b",
+                "org.x.Y",
+                "Sig",
+                "--timeout-ms",
+                "10000",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        run(e[0], &[&e[1..], &args[..]].concat());
+        let out = waiter.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "su \"emitted \\\"here\\\"\" 7",
+            "emitted by {e:?}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(captures);
+
+    // What each capture holds: the signals and calls above, in order (the bus's own
+    // traffic with the tools aside).
+    let seen = |file: &str| -> Vec<String> {
+        let bytes = std::fs::read(cap_dir.path().join(file)).unwrap();
+        let (linktype, packets) = read_pcapng(&bytes);
+        assert_eq!(linktype, 231, "{file}: link type D-Bus");
+        packets
+            .iter()
+            .filter_map(|p| {
+                let h = kdbus_dbus::header::parse(p).ok()?;
+                let member = h.member?;
+                (member == "Sig" || h.interface == Some(SERVICE))
+                    .then(|| format!("{:?} {} {}", h.msg_type, h.path.unwrap_or(""), member))
+            })
+            .collect()
+    };
+    let (theirs, ours) = (seen("busctl.pcapng"), seen("kdbusctl.pcapng"));
+    assert_eq!(
+        theirs.iter().filter(|s| s.ends_with(" Sig")).count(),
+        3,
+        "{theirs:?}"
+    );
+    assert_eq!(ours, theirs);
+}
+
+/// The link type and packets of a pcapng file written on this machine.
+fn read_pcapng(file: &[u8]) -> (u32, Vec<Vec<u8>>) {
+    let word = |at: usize| u32::from_ne_bytes(file[at..at + 4].try_into().unwrap());
+    assert_eq!(word(0), 0x0A0D_0D0A, "a section header first");
+    let (mut linktype, mut packets, mut at) = (0, Vec::new(), 0);
+    while at + 12 <= file.len() {
+        let (kind, len) = (word(at), word(at + 4) as usize);
+        match kind {
+            1 => linktype = word(at + 8) & 0xffff,
+            6 => packets.push(file[at + 28..at + 28 + word(at + 20) as usize].to_vec()),
+            _ => {}
+        }
+        at += len;
+    }
+    (linktype, packets)
 }

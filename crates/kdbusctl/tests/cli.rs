@@ -57,6 +57,38 @@ impl Drop for Broker {
     }
 }
 
+/// A reader that goes away ends kdbusctl as SIGPIPE ends C tools: status 141, nothing
+/// on stderr, no panic.
+#[test]
+fn a_closed_pipe_ends_kdbusctl_quietly() {
+    use std::io::{BufRead, BufReader};
+    let b = Broker::start();
+    let mut monitor = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+        .arg("--runtime-dir")
+        .arg(b.dir.path())
+        .arg("monitor")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(monitor.stdout.take().unwrap());
+    // The first line (something joined), then the reader is gone.
+    let _ = b.ctl(&["status"]);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    drop(out);
+    for _ in 0..20 {
+        let _ = b.ctl(&["emit", "/a", "org.x.Y", "Z", "s", "more"]);
+        if monitor.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let done = monitor.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(141));
+    assert_eq!(String::from_utf8_lossy(&done.stderr), "");
+}
+
 #[test]
 fn status_json() {
     let b = Broker::start();

@@ -13,6 +13,7 @@ XML = """
     <property name="Name" type="s" access="read"/>
     <property name="Count" type="u" access="read"/>
     <property name="Flags" type="as" access="read"/>
+    <property name="Label" type="s" access="readwrite"/>
   </interface>
 </node>
 """
@@ -26,13 +27,20 @@ def call(conn, sender, path, iface, method, params, invocation):
     elif method == "Tags":
         invocation.return_value(GLib.Variant("(asa{sv})", (["a", "b c"], {"k": GLib.Variant("u", 7)})))
 
+label = GLib.Variant("s", "unset")
+
 def get(conn, sender, path, iface, prop):
     return {"Name": GLib.Variant("s", "glib \"quoted\""), "Count": GLib.Variant("u", 42),
-            "Flags": GLib.Variant("as", ["x", "y"])}[prop]
+            "Flags": GLib.Variant("as", ["x", "y"]), "Label": label}[prop]
+
+def set_(conn, sender, path, iface, prop, value):
+    global label
+    label = value
+    return True
 
 flags = Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION
 conn = Gio.DBusConnection.new_for_address_sync(sys.argv[1], flags, None, None)
 node = Gio.DBusNodeInfo.new_for_xml(XML)
-conn.register_object("/org/kdbus/Glib", node.interfaces[0], call, get, None)
+conn.register_object("/org/kdbus/Glib", node.interfaces[0], call, get, set_)
 Gio.bus_own_name_on_connection(conn, "org.kdbus.Glib", Gio.BusNameOwnerFlags.NONE, None, None)
 GLib.MainLoop().run()
