@@ -11,11 +11,11 @@
 //! a reply, [`AsyncConnection::send`] for the broker's acceptance;
 //! [`Connection::post`] never waits and needs no async form.
 //!
-//! Two limits, for now:
-//! - A `call` or `send` future dropped before its answer came (a timeout around it,
-//!   a `select!` that took another branch) leaves the answer filed when it comes, and
-//!   a call's reply keeps its pool slice until the connection closes. Prefer the
-//!   call's own `timeout`, which the broker enforces and answers.
+//! A `call` or `send` future may be dropped before its answer came (a timeout around
+//! it, a `select!` that took another branch): the answer is dropped when it comes, and
+//! a call's reply slice goes back to the pool.
+//!
+//! One limit, for now:
 //! - Use a connection from async code or from blocking code, not both at once: a
 //!   blocking thread that reads the socket files answers without waking the async
 //!   tasks that wait for them (they wake at the next datagram).
@@ -24,6 +24,34 @@ use crate::{Connection, Errno, Error, Message, Received, Result};
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
+
+/// A request whose answer an async caller awaits: if the caller goes away first, the
+/// connection is told to drop the answer (and free a call's reply) when it comes.
+struct Pending<'c> {
+    conn: &'c Connection,
+    id: u64,
+    call: bool,
+    done: bool,
+}
+
+impl<'c> Pending<'c> {
+    fn new(conn: &'c Connection, id: u64, call: bool) -> Self {
+        Pending {
+            conn,
+            id,
+            call,
+            done: false,
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.abandon(self.id, self.call);
+        }
+    }
+}
 
 /// How to await the socket becoming readable: one implementation per runtime.
 pub trait Readiness {
@@ -65,9 +93,15 @@ impl<R: Readiness> AsyncConnection<R> {
 
     /// A call: send `msg` expecting a reply within `timeout`, and await the reply.
     pub async fn call(&self, msg: Message<'_>, timeout: Duration) -> Result<Received<'_>> {
-        let id = self.conn.call_submit(&msg, timeout)?;
+        let mut pending = Pending::new(&self.conn, self.conn.call_submit(&msg, timeout)?, true);
         loop {
-            if let Some(r) = self.conn.call_poll(id)? {
+            // (An error is an answer too: it came, nothing is left to drop.)
+            let r = self
+                .conn
+                .call_poll(pending.id)
+                .inspect_err(|_| pending.done = true)?;
+            if let Some(r) = r {
+                pending.done = true;
                 return Ok(r);
             }
             self.ready.readable().await?;
@@ -76,9 +110,14 @@ impl<R: Readiness> AsyncConnection<R> {
 
     /// Send `msg` and await the broker's acceptance (its errno on refusal).
     pub async fn send(&self, msg: &Message<'_>) -> Result<()> {
-        let id = self.conn.send_submit(msg)?;
+        let mut pending = Pending::new(&self.conn, self.conn.send_submit(msg)?, false);
         loop {
-            if let Some(a) = self.conn.answer_poll(id)? {
+            let a = self
+                .conn
+                .answer_poll(pending.id)
+                .inspect_err(|_| pending.done = true)?;
+            if let Some(a) = a {
+                pending.done = true;
                 return match a.error {
                     0 => Ok(()),
                     e => Err(Error::Bus(Errno(e))),

@@ -346,6 +346,11 @@ impl Connection {
         self.link.submit(cmd::SEND, body, &msg.all_fds())
     }
 
+    /// The waiter for request `id` went away (a dropped future, async API).
+    pub(crate) fn abandon(&self, id: u64, call: bool) {
+        self.link.abandon(id, call);
+    }
+
     /// Start a SEND without waiting (async API): its request id.
     pub(crate) fn send_submit(&self, msg: &Message<'_>) -> Result<u64> {
         self.link

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::message::{payload_padding, Message};
 use crate::transport::{recv_datagram, send_datagram_vectored, Announced, Answer, MAX_IN_DATAGRAM};
 use kdbus_abi::wire::{self, Record, ReqHeader};
-use kdbus_abi::{cmd, recv_flags, CmdFree, CmdRecv, Errno};
+use kdbus_abi::{cmd, read_struct, recv_flags, CmdFree, CmdRecv, CmdSend, Errno};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
@@ -72,6 +72,28 @@ pub(crate) struct State {
     rbuf: Vec<u8>,
     /// Answer-body buffers to reuse.
     spare_bodies: Vec<Vec<u8>>,
+    /// Requests whose waiter went away (a dropped future): their answers are dropped
+    /// when they come, and a call's reply slice freed (`true`: the request is a call).
+    abandoned: HashMap<u64, bool>,
+}
+
+/// Free the reply slice a call's answer names, if it names one (the answer of a call
+/// nobody waits for any more).
+fn free_reply(notices: &mut Vec<u8>, a: &Answer) {
+    let Some(wb) = (a.error == 0)
+        .then(|| read_struct::<CmdSend>(&a.body))
+        .flatten()
+    else {
+        return;
+    };
+    if wb.reply.msg_size > 0 {
+        let c = CmdFree {
+            size: std::mem::size_of::<CmdFree>() as u64,
+            offset: wb.reply.offset,
+            ..Default::default()
+        };
+        wire::push_notice(notices, cmd::FREE, c.as_bytes());
+    }
 }
 
 impl State {
@@ -145,6 +167,22 @@ impl Link {
     }
 
     /// Free a slice with the next datagram we write anyway.
+    /// Nobody waits for the answer to request `id` any more (`call`: it is a call,
+    /// whose reply slice must go back to the pool): drop it when it comes, or now.
+    pub(crate) fn abandon(&self, id: u64, call: bool) {
+        let mut g = self.lock();
+        match g.answers.remove(&id) {
+            Some(a) => {
+                if call {
+                    free_reply(&mut g.notices, &a);
+                }
+            }
+            None => {
+                g.abandoned.insert(id, call);
+            }
+        }
+    }
+
     pub(crate) fn free_later(&self, offset: u64) {
         let c = CmdFree {
             size: std::mem::size_of::<CmdFree>() as u64,
@@ -431,7 +469,17 @@ fn dispatch(g: &mut State, data: &[u8], fds: Vec<OwnedFd>) {
                     body: kept,
                     fds: mine,
                 };
-                g.answers.insert(req_id, a);
+                match g.abandoned.remove(&req_id) {
+                    Some(call) => {
+                        if call {
+                            free_reply(&mut g.notices, &a);
+                        }
+                        g.spare_bodies.push(a.body);
+                    }
+                    None => {
+                        g.answers.insert(req_id, a);
+                    }
+                }
             }
             Record::Msg(ev) => g.queue.push_back(Announced { ev, fds: mine }),
             Record::Retract(offset) => g.queue.retain(|a| a.ev.offset != offset),

@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use kdbus::{AsyncConnection, AsyncIo, Message, Readiness, Tokio};
+use std::future::Future;
 use std::time::Duration;
 
 /// Serve `n` calls (echo, upper-cased) and answer a client's `n` calls, all on one
@@ -77,4 +78,66 @@ fn tokio_awaits_calls_and_replies_on_one_thread() {
 fn async_io_awaits_calls_and_replies_on_one_thread() {
     let b = Broker::start();
     async_io::block_on(echo_both_ways::<AsyncIo>(&b, 50));
+}
+
+/// A call future dropped before its reply came (a timeout around it, a `select!`
+/// that went the other way) gives the reply's pool slice back when the reply comes: in
+/// a 64 KiB pool, 40 abandoned calls with 16 KiB replies leave room for a real one.
+#[test]
+fn dropped_call_futures_leave_nothing_in_the_pool() {
+    let b = Broker::start();
+    async_io::block_on(async {
+        let small = kdbus::Connection::hello(&b.bus, &test_hello().pool_size(64 << 10)).unwrap();
+        let client = AsyncConnection::<AsyncIo>::new(small).unwrap();
+        let service = AsyncConnection::<AsyncIo>::new(b.conn()).unwrap();
+        let reply = vec![0x5a; 16 << 10];
+        for i in 0..40u64 {
+            let call = client.call(
+                Message::to(service.id()).cookie(i + 1).payload(b"?"),
+                Duration::from_secs(5),
+            );
+            // Polled once (the call is sent), then dropped before its reply.
+            let mut call = Box::pin(call);
+            let waker = std::task::Waker::noop();
+            let pending = call
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker));
+            assert!(pending.is_pending());
+            drop(call);
+            let m = service.recv().await.expect("the call");
+            service
+                .post(&Message::to(m.src_id()).reply_to(m.cookie()).payload(&reply))
+                .expect("the reply");
+        }
+        // A real call: it fits only if every abandoned reply went back.
+        let answer = join_call(&client, &service, &reply).await;
+        assert_eq!(answer, reply.len());
+    });
+}
+
+/// A call that the service answers with `reply`: the reply's length.
+async fn join_call(
+    client: &AsyncConnection<AsyncIo>,
+    service: &AsyncConnection<AsyncIo>,
+    reply: &[u8],
+) -> usize {
+    let mut got = 0;
+    let call = async {
+        let r = client
+            .call(
+                Message::to(service.id()).cookie(1000).payload(b"!"),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("the last call's reply");
+        got = r.payload_bytes().len();
+    };
+    let serve = async {
+        let m = service.recv().await.expect("the last call");
+        service
+            .post(&Message::to(m.src_id()).reply_to(m.cookie()).payload(reply))
+            .expect("the last reply");
+    };
+    join(call, serve).await;
+    got
 }
