@@ -226,8 +226,6 @@ impl Conn {
         Some(f(stream, &mut to))
     }
 
-    /// A message for this connection was lost for lack of room; its client hears of it
-    /// with the next flush.
     /// Drop every queued message: their slices go back to the pool, their charges
     /// with them.
     pub(crate) fn queue_drop(&mut self) {
@@ -240,6 +238,8 @@ impl Conn {
         self.quota = PoolQuota::new();
     }
 
+    /// A message for this connection was lost for lack of room; its client hears of it
+    /// with the next flush.
     pub(crate) fn lose(&mut self, outbox: &mut Outbox) {
         self.dropped_msgs += 1;
         if self.stream.is_none() {

@@ -179,7 +179,6 @@ impl Domain {
         self.attach_mask = mask;
     }
 
-    /// Let the broker say what passed fds are (without it, memfd payloads are refused).
     /// Let the broker read a sending process's name, program and arguments at each
     /// send (for receivers that ask for them).
     pub fn set_proc_facts(&mut self, p: Box<dyn crate::meta::ProcFacts>) {

@@ -652,7 +652,8 @@ pub(crate) struct Staged {
 /// its fds travel: one `u32` slot each.
 pub type FdSlots = Box<[u32]>;
 
-/// Iterate over the payload vectors of a request: `(size, data)` for non-NULL vectors.
+/// The data of each payload vector of a request that has data (NULL vectors, padding
+/// only, are left out).
 pub fn message_payload<'a>(req: &'a SendRequest<'a>) -> impl Iterator<Item = &'a [u8]> + 'a {
     ItemIter::new(req.items)
         .flatten()

@@ -115,7 +115,6 @@ impl StreamOut<'_> {
         self.id
     }
 
-    /// The receiver became a monitor: it sees copies of everything, asks for nothing.
     /// The receiver's compiled message policy, if its bus has one: messages the
     /// personality writes itself (a D-Bus driver's) are judged by it too.
     pub fn rules(&self) -> Option<&crate::msgpolicy::ConnRules> {
