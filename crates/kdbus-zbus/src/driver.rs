@@ -24,6 +24,9 @@ use kdbus::{Errno, MatchRule, ANY};
 pub(crate) const DRIVER: &str = "org.freedesktop.DBus";
 pub(crate) const DRIVER_PATH: &str = "/org/freedesktop/DBus";
 
+/// The payload type of the message that only wakes our reader.
+const WAKE: u64 = u64::from_le_bytes(*b"zbuswake");
+
 /// A method's answer: (signature, body) or (error name, text).
 type Answer = Result<(&'static str, Vec<u8>), (&'static str, String)>;
 
@@ -60,6 +63,10 @@ pub(crate) fn call(shared: &Shared, h: &Header<'_>, body: &[u8]) -> zbus::Result
         )),
     };
     if h.no_reply_expected() {
+        // Still wake the reader: the command may have filed messages for it (see
+        // `socket`). A message of a payload type of our own, which it skips.
+        let wake = kdbus::Message::to(shared.id()).payload_type(WAKE);
+        shared.conn.post(&wake).map_err(crate::socket::io_error)?;
         return Ok(());
     }
     let msg = match answer {

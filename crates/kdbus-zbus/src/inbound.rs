@@ -74,7 +74,9 @@ fn notification(shared: &Shared, r: &Received<'_>, local: &mut VecDeque<Vec<u8>>
     match t {
         item::REPLY_TIMEOUT | item::REPLY_DEAD => {
             let cookie = r.cookie_reply();
-            if let Some(dest) = shared.state().calls.remove(&cookie) {
+            // (The lock is let go first: the error takes a serial under it.)
+            let call = shared.state().calls.remove(&cookie);
+            if let Some(dest) = call {
                 let errno = if t == item::REPLY_DEAD {
                     Errno::ECONNRESET
                 } else {
@@ -144,7 +146,9 @@ fn notification(shared: &Shared, r: &Received<'_>, local: &mut VecDeque<Vec<u8>>
 /// A posted message with `cookie` could not be delivered: if it was one of our calls,
 /// its caller gets the error instead of a reply.
 pub(crate) fn send_failed(shared: &Shared, cookie: u64, e: Errno, local: &mut VecDeque<Vec<u8>>) {
-    if let Some(dest) = shared.state().calls.remove(&cookie) {
+    // (The lock is let go first: the error takes a serial under it.)
+    let call = shared.state().calls.remove(&cookie);
+    if let Some(dest) = call {
         local.push_back(send_error(shared, cookie as u32, &dest, e));
     }
 }

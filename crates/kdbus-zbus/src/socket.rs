@@ -231,8 +231,9 @@ impl Reader {
                     }
                 }
                 Err(kdbus::Error::Bus(Errno::EAGAIN)) => {
-                    let (failed, _lost) =
-                        self.shared.conn.take_send_failures().map_err(io_error)?;
+                    // `recv` just read the socket dry: what it filed, without reading
+                    // again (that could file a message the wait below would sleep on).
+                    let (failed, _lost) = self.shared.conn.take_filed_send_failures();
                     for (cookie, errno) in failed {
                         inbound::send_failed(&self.shared, cookie, errno, &mut self.local);
                     }

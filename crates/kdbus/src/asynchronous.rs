@@ -15,10 +15,11 @@
 //! it, a `select!` that took another branch): the answer is dropped when it comes, and
 //! a call's reply slice goes back to the pool.
 //!
-//! One limit, for now:
-//! - Use a connection from async code or from blocking code, not both at once: a
-//!   blocking thread that reads the socket files answers without waking the async
-//!   tasks that wait for them (they wake at the next datagram).
+//! One limit, for now: whoever reads the socket files what it finds (answers, queued
+//! messages) for the others without waking them; they wake at the next datagram. So
+//! let one task at a time wait on a connection, and do not mix it with blocking calls
+//! on other threads; or, after such a call, make sure a datagram follows (a message
+//! to the connection itself does: `kdbus-zbus` sends one after each driver command).
 
 use crate::{Connection, Errno, Error, Message, Received, Result};
 use std::future::Future;

@@ -306,9 +306,17 @@ impl Connection {
     /// ones are dropped and counted in the second value.
     pub fn take_send_failures(&self) -> Result<(Vec<(u64, Errno)>, u64)> {
         self.link.poll_socket()?;
+        Ok(self.take_filed_send_failures())
+    }
+
+    /// [`Connection::take_send_failures`] without reading the socket: only what earlier
+    /// reads filed. For an event loop that has just read the socket dry (`recv` said
+    /// `EAGAIN`) and will wait for it next: reading it again here could file a message
+    /// that the wait would then sleep on.
+    pub fn take_filed_send_failures(&self) -> (Vec<(u64, Errno)>, u64) {
         let mut g = self.link.lock();
         let lost = std::mem::take(&mut g.send_failures_lost);
-        Ok((g.send_failures.drain(..).collect(), lost))
+        (g.send_failures.drain(..).collect(), lost)
     }
 
     /// Send a SEND request with a hand-made body (tests of the error paths).

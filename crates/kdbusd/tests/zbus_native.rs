@@ -116,6 +116,31 @@ fn a_zbus_service_answers_a_zbus_client_over_the_native_transport() {
     });
 }
 
+/// Many calls in a row, each a wait for the socket: a wakeup lost between reading the
+/// socket and waiting on it would hang one of them (the bench found one in 60,000).
+#[test]
+fn a_thousand_native_zbus_calls_each_get_their_reply() {
+    let b = Broker::start();
+    run(async {
+        let _svc = serve(
+            kdbus_zbus::builder(&b.bus).expect("hello"),
+            "org.kdbus.ZbusMany",
+        )
+        .await;
+        let conn = kdbus_zbus::connect(&b.bus).await.expect("client");
+        let p = EchoClientProxy::builder(&conn)
+            .destination("org.kdbus.ZbusMany")
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        for i in 0..1000 {
+            let text = format!("call {i}");
+            assert_eq!(p.echo(&text).await.unwrap(), text);
+        }
+    });
+}
+
 #[test]
 fn native_and_dbus_socket_zbus_peers_talk_both_ways() {
     let b = Broker::start();
