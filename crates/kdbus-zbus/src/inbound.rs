@@ -36,20 +36,33 @@ pub(crate) fn translate(
         return Ok(None);
     }
     let bytes = r.payload_bytes();
-    let Ok(h) = header::parse(&bytes) else {
+    // Exactly one message: zbus frames by the header's lengths, so bytes past the body
+    // would be read as a message of their own, with a sender nobody checked.
+    let Some(h) = header::parse(&bytes)
+        .ok()
+        .filter(|h| h.total_len() == bytes.len())
+    else {
         tracing::debug!(src = r.src_id(), "dropped a malformed D-Bus message");
         return Ok(None);
     };
-    if matches!(h.msg_type, MessageType::MethodReturn | MessageType::Error) {
-        if let Some(rs) = h.reply_serial {
-            shared.state().calls.remove(&u64::from(rs));
-        }
-    }
-    let fds = std::mem::take(&mut r.fds);
     let src = r.src_id();
     if src == shared.id() {
-        return Ok(Some((bytes, fds)));
+        return Ok(Some((bytes, std::mem::take(&mut r.fds))));
     }
+    if matches!(h.msg_type, MessageType::MethodReturn | MessageType::Error) {
+        // A reply only as the bus delivered it, to the call it tracked: zbus matches
+        // replies by serial alone, so an ordinary message shaped like one would pass.
+        let Some(rs) = h
+            .reply_serial
+            .map(u64::from)
+            .filter(|rs| *rs == r.cookie_reply())
+        else {
+            tracing::debug!(src, "dropped a reply the bus did not deliver as one");
+            return Ok(None);
+        };
+        shared.state().calls.remove(&rs);
+    }
+    let fds = std::mem::take(&mut r.fds);
     let sender = UniqueName::from_id(src);
     if h.sender == Some(sender.as_str()) {
         return Ok(Some((bytes, fds)));

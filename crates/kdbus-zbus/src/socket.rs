@@ -218,30 +218,45 @@ impl std::fmt::Debug for Reader {
 }
 
 impl Reader {
+    /// Turn the filed failures of our posted calls into their error replies.
+    fn failures(&mut self) {
+        let (failed, lost) = self.shared.conn.take_filed_send_failures();
+        for (cookie, errno) in failed {
+            inbound::send_failed(&self.shared, cookie, errno, &mut self.local);
+        }
+        if lost > 0 {
+            // Their calls wait until the bus's reply timeout says NoReply.
+            tracing::warn!(lost, "failures of posted messages were dropped unread");
+        }
+    }
+
     /// The next D-Bus message for zbus, and its fds.
     async fn next(&mut self) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         loop {
             if let Some(m) = self.local.pop_front() {
                 return Ok((m, Vec::new()));
             }
-            match self.shared.conn.get_ref().recv() {
+            self.failures();
+            if !self.local.is_empty() {
+                continue;
+            }
+            let dry = match self.shared.conn.get_ref().recv() {
                 Ok(r) => {
                     if let Some(m) = inbound::translate(&self.shared, r, &mut self.local)? {
                         return Ok(m);
                     }
+                    false
                 }
-                Err(kdbus::Error::Bus(Errno::EAGAIN)) => {
-                    // `recv` just read the socket dry: what it filed, without reading
-                    // again (that could file a message the wait below would sleep on).
-                    let (failed, _lost) = self.shared.conn.take_filed_send_failures();
-                    for (cookie, errno) in failed {
-                        inbound::send_failed(&self.shared, cookie, errno, &mut self.local);
-                    }
-                    if self.local.is_empty() {
-                        self.shared.conn.readable().await.map_err(io_error)?;
-                    }
-                }
+                Err(kdbus::Error::Bus(Errno::EAGAIN)) => true,
                 Err(e) => return Err(io_error(e)),
+            };
+            if dry {
+                // `recv` just read the socket dry: what it filed, without reading
+                // again (that could file a message the wait below would sleep on).
+                self.failures();
+                if self.local.is_empty() {
+                    self.shared.conn.readable().await.map_err(io_error)?;
+                }
             }
         }
     }
@@ -360,7 +375,10 @@ fn outbound(
         // Only the driver is called without a destination, and it is not here.
         None => return driver::call(shared, h, &bytes[h.header_len..]),
     };
-    if h.msg_type == MessageType::Signal {
+    // A broadcast carries its bloom filter; a signal with a destination is a plain
+    // unicast (kdbus would hand a unicast signal only to a matching receiver, D-Bus
+    // always delivers it).
+    if h.msg_type == MessageType::Signal && h.destination.is_none() {
         bloom = kdbus::dbus::rules::signal_bloom(shared.conn.bloom(), h, &bytes[h.header_len..]);
         m = m.signal(&bloom);
     }

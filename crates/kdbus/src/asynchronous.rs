@@ -172,7 +172,10 @@ pub struct AsyncIo(async_io::Async<OwnedFd>);
 #[cfg(feature = "async-io")]
 impl Readiness for AsyncIo {
     fn register(fd: OwnedFd) -> std::io::Result<Self> {
-        async_io::Async::new(fd).map(AsyncIo)
+        // Not `Async::new`, which sets O_NONBLOCK on the file, and so on the blocking
+        // connection that shares it: its sends would fail with EAGAIN on a full socket.
+        // Every read of ours says MSG_DONTWAIT; only readiness comes from here.
+        async_io::Async::new_nonblocking(fd).map(AsyncIo)
     }
     async fn readable(&self) -> std::io::Result<()> {
         self.0.readable().await

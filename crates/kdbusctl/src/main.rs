@@ -20,11 +20,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e)
-            if e.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
-                == Some(std::io::ErrorKind::BrokenPipe) =>
-        {
-            // The reader went away: see quiet_broken_pipe.
+        Err(e) if is_broken_pipe(&*e) && stdout_closed() => {
+            // Our reader went away: see quiet_broken_pipe. (A broken pipe to a bus is an
+            // error like any other.)
             ExitCode::from(141)
         }
         Err(e) => {
@@ -35,6 +33,23 @@ fn main() -> ExitCode {
 }
 
 type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Whether nobody reads our stdout any more (a pipe whose reader closed it).
+fn stdout_closed() -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let out = std::io::stdout();
+    let mut fds = [PollFd::new(&out, PollFlags::OUT)];
+    let now = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    poll(&mut fds, Some(&now)).is_ok() && fds[0].revents().contains(PollFlags::ERR)
+}
 
 /// A reader that goes away (`kdbusctl monitor | head`) ends us as SIGPIPE ends C tools
 /// (status 141), not with a panic. Rust ignores SIGPIPE, so `println!` panics on the

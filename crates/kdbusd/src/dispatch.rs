@@ -167,7 +167,7 @@ impl Dispatch {
     fn poll_adapt(&self, idle_ns: u64) {
         let poll = self.poll.get();
         let next = if idle_ns <= self.poll_max {
-            (poll * 2).max(POLL_START_NS).min(self.poll_max)
+            poll.saturating_mul(2).max(POLL_START_NS).min(self.poll_max)
         } else if poll / 2 < POLL_START_NS.min(self.poll_max) {
             0
         } else {

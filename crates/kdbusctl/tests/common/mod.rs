@@ -31,8 +31,10 @@ pub fn start_kdbusd<S: AsRef<OsStr>>(args: &[S]) -> (Child, String) {
 pub fn first_line(mut cmd: Command) -> (Child, String) {
     let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    // The rest is drained, not dropped: a closed pipe would end a child that prints
+    // more (kdbusctl exits on EPIPE as C tools do on SIGPIPE).
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     (child, line)
 }
