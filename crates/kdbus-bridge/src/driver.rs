@@ -343,22 +343,9 @@ fn request_name(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Bo
             format!("Connection \"{me}\" is not allowed to own the service \"{DRIVER}\"because it is reserved for D-Bus' use only"),
         ));
     }
-    // D-Bus flags: 1 allow replacement, 2 replace existing, 4 do not queue.
-    let mut kflags = 0;
-    if flags & 1 != 0 {
-        kflags |= name_flags::ALLOW_REPLACEMENT;
-    }
-    if flags & 2 != 0 {
-        kflags |= name_flags::REPLACE_EXISTING;
-    }
-    if flags & 4 == 0 {
-        kflags |= name_flags::QUEUE;
-    }
-    let code = match dom.name_acquire(c.key, name, kflags) {
-        Ok(rf) if rf & name_flags::IN_QUEUE != 0 => 2,
-        Ok(_) => 1,
-        Err(Errno::EALREADY) => 4,
-        Err(Errno::EEXIST) => 3,
+    let kflags = kdbus_dbus::names::request_name_flags(flags);
+    let acquired = dom.name_acquire(c.key, name, kflags);
+    let code = match acquired {
         Err(Errno::EPERM) if dom.take_denial().is_some() => {
             let who = UniqueName::from_id(dom.conn(c.key).map_or(0, |k| k.id));
             return Err(err(
@@ -382,7 +369,13 @@ fn request_name(_: &mut Bridge, dom: &mut Domain, c: &mut Call<'_>) -> Result<Bo
                 format!("Connection \"{who}\" is not allowed to own more services (increase limits in configuration file if required; max_names_per_connection={max})"),
             ));
         }
-        Err(e) => return Err(err(ErrName::Failed, format!("Cannot acquire {name}: {e}"))),
+        r => match kdbus_dbus::names::request_name_reply(r) {
+            Some(code) => code,
+            None => {
+                let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+                return Err(err(ErrName::Failed, format!("Cannot acquire {name}: {e}")));
+            }
+        },
     };
     Ok(Body::new().u(code))
 }

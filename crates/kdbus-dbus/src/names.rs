@@ -285,3 +285,32 @@ mod unique_name_tests {
         }
     }
 }
+
+/// The kdbus NAME_ACQUIRE flags for D-Bus `RequestName` flags (1 allow replacement, 2
+/// replace existing, 4 do not queue: kdbus queues only when asked).
+pub fn request_name_flags(dbus_flags: u32) -> u64 {
+    use kdbus_abi::name_flags;
+    let mut k = 0;
+    if dbus_flags & 1 != 0 {
+        k |= name_flags::ALLOW_REPLACEMENT;
+    }
+    if dbus_flags & 2 != 0 {
+        k |= name_flags::REPLACE_EXISTING;
+    }
+    if dbus_flags & 4 == 0 {
+        k |= name_flags::QUEUE;
+    }
+    k
+}
+
+/// `RequestName`'s reply code for NAME_ACQUIRE's outcome (1 primary owner, 2 in queue,
+/// 3 exists, 4 already owner); `None` for an error that is no reply code.
+pub fn request_name_reply(r: Result<u64, kdbus_abi::Errno>) -> Option<u32> {
+    match r {
+        Ok(f) if f & kdbus_abi::name_flags::IN_QUEUE != 0 => Some(2),
+        Ok(_) => Some(1),
+        Err(kdbus_abi::Errno::EEXIST) => Some(3),
+        Err(kdbus_abi::Errno::EALREADY) => Some(4),
+        Err(_) => None,
+    }
+}

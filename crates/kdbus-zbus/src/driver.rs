@@ -12,8 +12,7 @@
 //! signals (`sender='org.freedesktop.DBus'`) subscribes, once, to every name and
 //! connection change on the bus, which `inbound` turns into those signals.
 
-use crate::socket::Shared;
-use kdbus::abi::name_flags;
+use crate::shared::Shared;
 use kdbus::dbus::header::{self, Fields, Header, MessageType};
 use kdbus::dbus::marshal::{Endian, Reader, Writer};
 use kdbus::dbus::names::UniqueName;
@@ -66,7 +65,7 @@ pub(crate) fn call(shared: &Shared, h: &Header<'_>, body: &[u8]) -> zbus::Result
         // Still wake the reader: the command may have filed messages for it (see
         // `socket`). A message of a payload type of our own, which it skips.
         let wake = kdbus::Message::to(shared.id()).payload_type(WAKE);
-        shared.conn.post(&wake).map_err(crate::socket::io_error)?;
+        shared.conn.post(&wake).map_err(crate::shared::io_error)?;
         return Ok(());
     }
     let msg = match answer {
@@ -136,34 +135,23 @@ fn hello(shared: &Shared, _: &mut Reader<'_>) -> Answer {
 fn request_name(shared: &Shared, r: &mut Reader<'_>) -> Answer {
     let name = string(r)?;
     let flags = r.u32().map_err(invalid_args)?;
-    // D-Bus flags: 1 allow replacement, 2 replace existing, 4 do not queue.
-    let mut kflags = 0;
-    if flags & 1 != 0 {
-        kflags |= name_flags::ALLOW_REPLACEMENT;
-    }
-    if flags & 2 != 0 {
-        kflags |= name_flags::REPLACE_EXISTING;
-    }
-    if flags & 4 == 0 {
-        kflags |= name_flags::QUEUE;
-    }
-    let code = match shared.conn.acquire_name(name, kflags) {
-        Ok(f) if f & name_flags::IN_QUEUE != 0 => 2,
-        Ok(_) => 1,
-        Err(e) => match e.errno() {
-            Errno::EEXIST => 3,
-            Errno::EALREADY => 4,
-            Errno::EPERM | Errno::EACCES => {
-                return Err((
-                    "org.freedesktop.DBus.Error.AccessDenied",
-                    format!(
-                        "Connection \"{}\" is not allowed to own the service \"{name}\"",
-                        shared.unique
-                    ),
-                ))
-            }
-            e => return Err(invalid_args(format!("Cannot acquire \"{name}\": {e}"))),
-        },
+    let kflags = kdbus::dbus::names::request_name_flags(flags);
+    let acquired = shared
+        .conn
+        .acquire_name(name, kflags)
+        .map_err(|e| e.errno());
+    let code = match (kdbus::dbus::names::request_name_reply(acquired), acquired) {
+        (Some(code), _) => code,
+        (None, Err(Errno::EPERM | Errno::EACCES)) => {
+            return Err((
+                "org.freedesktop.DBus.Error.AccessDenied",
+                format!(
+                    "Connection \"{}\" is not allowed to own the service \"{name}\"",
+                    shared.unique
+                ),
+            ))
+        }
+        (None, e) => return Err(invalid_args(format!("Cannot acquire \"{name}\": {e:?}"))),
     };
     Ok(("u", one(|w| w.u32(code))))
 }

@@ -11,7 +11,7 @@
 //! posted call the bus could not deliver becomes the error reply the caller waits for.
 
 use crate::driver::{self, DRIVER, DRIVER_PATH};
-use crate::socket::Shared;
+use crate::shared::Shared;
 use kdbus::abi::item;
 use kdbus::dbus::header::{self, MessageType};
 use kdbus::dbus::marshal::{Endian, Writer};

@@ -39,6 +39,7 @@
 
 mod driver;
 mod inbound;
+mod shared;
 mod socket;
 
 pub use socket::KdbusSocket;
