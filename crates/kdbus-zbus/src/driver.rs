@@ -29,8 +29,11 @@ const WAKE: u64 = u64::from_le_bytes(*b"zbuswake");
 /// A method's answer: (signature, body) or (error name, text).
 type Answer = Result<(&'static str, Vec<u8>), (&'static str, String)>;
 
+/// A method's handler: the call's body to read, the answer.
+type Handler = fn(&Shared, &mut Reader<'_>) -> Answer;
+
 /// The driver's methods: (interface, member, handler).
-const METHODS: &[(&str, &str, fn(&Shared, &mut Reader<'_>) -> Answer)] = &[
+const METHODS: &[(&str, &str, Handler)] = &[
     (DRIVER, "Hello", hello),
     (DRIVER, "RequestName", request_name),
     (DRIVER, "ReleaseName", release_name),

@@ -455,7 +455,10 @@ pub fn run(
         }
     }
     let names: Vec<&str> = brokers.iter().map(|b| b.name).collect();
-    let mut rr_stats: Vec<(Option<(f64, f64)>, Option<f64>)> = Vec::new();
+    // Per broker: request/reply's (p50, p99) if the client timed each call, and the
+    // broker's CPU per call.
+    type RrStats = (Option<(f64, f64)>, Option<f64>);
+    let mut rr_stats: Vec<RrStats> = Vec::new();
     let mut lines = vec![
         Line {
             name: "request/reply",
