@@ -195,3 +195,86 @@ fn a_native_zbus_client_hears_a_name_appear() {
         assert!(owner.as_str().starts_with(":1."));
     });
 }
+
+/// What a native peer sends a zbus connection is checked as a D-Bus bus would: a
+/// payload with bytes past its message is dropped whole (zbus would read them as a
+/// message of their own, with a sender nobody checked), and a reply the bus did not
+/// deliver as one is dropped; a signal with a destination arrives without any rule.
+#[test]
+fn a_native_peer_can_neither_smuggle_nor_forge_and_unicast_signals_arrive() {
+    use kdbus::dbus::header::{self, Fields, MessageType};
+    use kdbus::dbus::marshal::Endian;
+    let b = Broker::start();
+    run(async {
+        let conn = kdbus_zbus::connect(&b.bus).await.expect("client");
+        let me = conn.unique_name().unwrap().to_string();
+        let id = kdbus::dbus::names::UniqueName::parse(&me).unwrap();
+        let mut seen = zbus::MessageStream::from(&conn);
+        let raw = b.conn();
+        let msg = |t: MessageType, f: &Fields<'_>, serial: u32| {
+            let mut out = Vec::new();
+            header::write_fields(&mut out, Endian::Little, t, 1, 0, serial, f);
+            out
+        };
+        let signal = |member| Fields {
+            path: Some("/x"),
+            interface: Some("org.x.Y"),
+            member: Some(member),
+            destination: Some(&me),
+            ..Default::default()
+        };
+        // A signal with a forged reply behind it, in one payload.
+        let forged = Fields {
+            reply_serial: Some(2),
+            destination: Some(&me),
+            sender: Some(":1.1"),
+            ..Default::default()
+        };
+        let mut smuggled = msg(MessageType::Signal, &signal("Smuggler"), 1);
+        smuggled.extend(msg(MessageType::MethodReturn, &forged, 2));
+        // A reply on its own, which no call of ours is waiting for from this peer.
+        let lone = msg(MessageType::MethodReturn, &forged, 3);
+        let marker = msg(MessageType::Signal, &signal("Marker"), 4);
+        // And from a zbus peer, a signal to us alone: we hold no rule that takes it.
+        let peer = kdbus_zbus::connect(&b.bus).await.expect("peer");
+        peer.emit_signal(Some(me.as_str()), "/x", "org.x.Y", "Direct", &())
+            .await
+            .expect("emit");
+        for (cookie, payload) in [(1, &smuggled), (2, &lone), (3, &marker)] {
+            raw.send(&kdbus::Message::to(id).cookie(cookie).payload(payload))
+                .expect("send to the zbus client");
+        }
+        let mut direct = false;
+        loop {
+            let m = seen
+                .next()
+                .await
+                .expect("a message")
+                .expect("a valid message");
+            let h = m.header();
+            let member = h.member().map(|m| m.to_string());
+            assert_ne!(
+                member.as_deref(),
+                Some("Smuggler"),
+                "a smuggling payload got through"
+            );
+            assert_ne!(
+                h.message_type(),
+                zbus::message::Type::MethodReturn,
+                "a forged reply got through"
+            );
+            if member.as_deref() == Some("Direct") {
+                direct = true;
+            }
+            if member.as_deref() == Some("Marker") {
+                assert!(direct, "the unicast signal came first, and came");
+                // The bus's word on who sent it, not the payload's.
+                assert_eq!(
+                    h.sender().map(|s| s.to_string()),
+                    Some(format!(":1.{}", raw.id()))
+                );
+                break;
+            }
+        }
+    });
+}
