@@ -230,7 +230,11 @@ fn run(
         (Some(d), _) => d.clone(),
         // As dbus-daemon, keep native sockets private to this instance, so that any
         // number of them (tests, GTestDBus) can run beside a real kdbusd.
-        (None, true) => std::env::temp_dir().join(format!("kdbusd-{}", std::process::id())),
+        (None, true) => {
+            let tmp = std::env::temp_dir();
+            sweep_private_dirs(&tmp);
+            tmp.join(format!("kdbusd-{}", std::process::id()))
+        }
         (None, false) => default_runtime_dir(),
     };
     if buses.is_empty() {
@@ -387,5 +391,32 @@ fn background_copy() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     } else {
         Err("the background broker did not start".into())
+    }
+}
+
+/// Remove the private runtime directories (`kdbusd-<pid>` in `tmp`) that brokers of
+/// ours left behind: those of processes that are gone, owned by us. A broker killed
+/// outright (tests do that) cannot remove its own; without this they pile up in /tmp
+/// by hundreds per test run. A live pid, even reused by another program, keeps its
+/// directory.
+fn sweep_private_dirs(tmp: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let me = rustix::process::geteuid().as_raw();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("kdbusd-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if ours && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }

@@ -422,3 +422,36 @@ fn listen_addresses_as_dbus_daemon_takes_them() {
         assert_eq!(got[1], got[0], "{form}: kdbusd (left), dbus-daemon (right)");
     }
 }
+
+/// A broker in dbus-daemon mode keeps its native sockets in a private `kdbusd-<pid>`
+/// directory under the temporary directory; it removes those that brokers killed
+/// outright left behind (their pid is gone), and nobody else's.
+#[test]
+fn stale_private_directories_are_swept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gone = {
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let stale = tmp.path().join(format!("kdbusd-{gone}"));
+    std::fs::create_dir_all(stale.join("0-session")).unwrap();
+    let live = tmp.path().join(format!("kdbusd-{}", std::process::id()));
+    std::fs::create_dir_all(&live).unwrap();
+    let other = tmp.path().join("kdbusd-notapid");
+    std::fs::create_dir_all(&other).unwrap();
+    let conf = write_config(
+        tmp.path(),
+        &format!("unix:path={}/sock", tmp.path().display()),
+    );
+    let (_daemon, _address) = start_program(
+        Command::new(env!("CARGO_BIN_EXE_kdbusd"))
+            .env("TMPDIR", tmp.path())
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", "--print-address"]),
+    );
+    assert!(!stale.exists(), "a dead broker's directory is swept");
+    assert!(live.exists(), "a live process's directory is kept");
+    assert!(other.exists(), "what is not ours by name is kept");
+}
