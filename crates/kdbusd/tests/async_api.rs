@@ -109,6 +109,11 @@ fn dropped_call_futures_leave_nothing_in_the_pool() {
                 .post(&Message::to(m.src_id()).reply_to(m.cookie()).payload(&reply))
                 .expect("the reply");
         }
+        // The frees of abandoned replies ride on the client's next datagram, once it
+        // has read their answers: a command's round trip reads everything before its
+        // own answer (the broker answers in order), and the flush sends the frees.
+        client.get_ref().info(client.id(), 0).expect("a round trip");
+        client.get_ref().flush().expect("the frees go out");
         // A real call: it fits only if every abandoned reply went back.
         let answer = join_call(&client, &service, &reply).await;
         assert_eq!(answer, reply.len());
