@@ -229,15 +229,10 @@ fn name_changes_visit_only_the_peers_with_rules() {
     let quiet = bridge.hello(&mut d, bus, None, &root, true, 1).unwrap();
     let listener = bridge.hello(&mut d, bus, None, &root, true, 1).unwrap();
     let rule = "type='signal',member='NameOwnerChanged'";
-    call(
-        &mut d,
-        &mut bridge,
-        listener,
-        creds,
-        ADD_MATCH,
-        &[rule],
-        None,
-    );
+    let rule_call = |d: &mut Domain, bridge: &mut Bridge, method| {
+        call(d, bridge, listener, creds, method, &[rule], None);
+    };
+    rule_call(&mut d, &mut bridge, ADD_MATCH);
     read(&mut d, listener);
     let listeners = |d: &Domain| d.bus(bus).unwrap().stream_listeners.clone();
     assert_eq!(
@@ -252,26 +247,10 @@ fn name_changes_visit_only_the_peers_with_rules() {
             .any(|(w, a)| w == "NameOwnerChanged" && a == name)
     };
     assert!(heard(&mut d, &mut bridge, "org.example.A"));
-    call(
-        &mut d,
-        &mut bridge,
-        listener,
-        creds,
-        REMOVE_MATCH,
-        &[rule],
-        None,
-    );
+    rule_call(&mut d, &mut bridge, REMOVE_MATCH);
     assert!(listeners(&d).is_empty());
     assert!(!heard(&mut d, &mut bridge, "org.example.B"));
-    call(
-        &mut d,
-        &mut bridge,
-        listener,
-        creds,
-        ADD_MATCH,
-        &[rule],
-        None,
-    );
+    rule_call(&mut d, &mut bridge, ADD_MATCH);
     assert!(heard(&mut d, &mut bridge, "org.example.C"));
     assert!(!listeners(&d).contains(&quiet));
 }

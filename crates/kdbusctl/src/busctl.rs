@@ -154,6 +154,14 @@ fn write_value<'a>(
     Ok(())
 }
 
+/// busctl's trailing words, `[SIGNATURE ARGS...]`: the signature and the body.
+pub fn marshal_words(words: &[String]) -> Res<(&str, Vec<u8>)> {
+    match words.split_first() {
+        Some((sig, rest)) => Ok((sig.as_str(), marshal(sig, rest)?)),
+        None => Ok(("", Vec::new())),
+    }
+}
+
 /// The body for `sig` from busctl-style `args`.
 pub fn marshal(sig: &str, args: &[String]) -> Res<Vec<u8>> {
     valid_signature(sig)?;

@@ -253,11 +253,7 @@ fn run(cli: Cli) -> Res {
             address,
             timeout_ms,
         } => {
-            let (sig, rest) = match args.split_first() {
-                Some((sig, rest)) => (sig.as_str(), rest),
-                None => ("", &[][..]),
-            };
-            let body = busctl::marshal(sig, rest)?;
+            let (sig, body) = busctl::marshal_words(args)?;
             let call = busctl::Call {
                 dest,
                 path,
@@ -368,11 +364,7 @@ fn run(cli: Cli) -> Res {
             args,
             address,
         } => {
-            let (sig, rest) = match args.split_first() {
-                Some((sig, rest)) => (sig.as_str(), rest),
-                None => ("", &[][..]),
-            };
-            let body = busctl::marshal(sig, rest)?;
+            let (sig, body) = busctl::marshal_words(args)?;
             let f = kdbus::dbus::header::Fields {
                 path: Some(path),
                 interface: Some(interface),

@@ -40,6 +40,24 @@ fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
     text
 }
 
+/// `kdbusctl wait` for signal `org.x.Y.Sig` on `/a/b`, printing its body when it comes.
+fn wait_for_sig(bus: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
+        .args([
+            "--bus",
+            bus,
+            "wait",
+            "/a/b",
+            "org.x.Y",
+            "Sig",
+            "--timeout-ms",
+            "10000",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn kdbusctl(args: &[&str]) -> String {
     run(env!("CARGO_BIN_EXE_kdbusctl"), args)
 }
@@ -281,20 +299,7 @@ fn call_get_property_tree_and_introspect_say_what_busctl_says() {
     );
     assert_eq!(v["PID"].as_u64(), Some(u64::from(service_pid)), "{v}");
     // wait: the first matching signal's body, as busctl prints bodies.
-    let waiter = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
-        .args([
-            "--bus",
-            &bus,
-            "wait",
-            "/a/b",
-            "org.x.Y",
-            "Sig",
-            "--timeout-ms",
-            "10000",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let waiter = wait_for_sig(&bus);
     std::thread::sleep(Duration::from_millis(700));
     // A signal of another member first: wait takes only the one it names.
     for (member, args) in [("Other", &["s", "no"][..]), ("Sig", &["su", "hello", "5"])] {
@@ -442,20 +447,7 @@ fn set_property_emit_and_capture_say_what_busctl_says() {
         ],
     ];
     for e in &emitters {
-        let waiter = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
-            .args([
-                "--bus",
-                bus,
-                "wait",
-                "/a/b",
-                "org.x.Y",
-                "Sig",
-                "--timeout-ms",
-                "10000",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let waiter = wait_for_sig(bus);
         std::thread::sleep(Duration::from_millis(500));
         run(e[0], &[&e[1..], &args[..]].concat());
         let out = waiter.wait_with_output().unwrap();

@@ -244,24 +244,15 @@ fn dbus_compare_reports_every_goal_with_sd_bus() {
 }
 
 fn dbus_compare_with(client: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
-        .args([
-            "bench",
-            "--dbus-compare",
-            "--client",
-            client,
-            "--rounds",
-            "200",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&[
+        "bench",
+        "--dbus-compare",
+        "--client",
+        client,
+        "--rounds",
+        "200",
+        "--json",
+    ]);
     let workloads = v["workloads"].as_array().expect("workloads");
     let names: Vec<&str> = workloads
         .iter()
@@ -287,20 +278,25 @@ fn dbus_compare_with(client: &str) {
     }
 }
 
-/// `--zbus` runs the same zbus service and client over the native socket and over the
-/// D-Bus socket.
-#[test]
-fn bench_zbus_measures_both_transports() {
+/// `kdbusctl ARGS` (no broker of ours), which must succeed: its JSON output.
+fn json_of(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_kdbusctl"))
-        .args(["bench", "--zbus", "--rounds", "200", "--json"])
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `--zbus` runs the same zbus service and client over the native socket and over the
+/// D-Bus socket.
+#[test]
+fn bench_zbus_measures_both_transports() {
+    let v = json_of(&["bench", "--zbus", "--rounds", "200", "--json"]);
     let sides = v["zbus"].as_array().expect("zbus");
     assert_eq!(sides.len(), 2, "{v}");
     for s in sides {

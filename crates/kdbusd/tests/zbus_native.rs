@@ -38,6 +38,16 @@ trait EchoClient {
     fn rang(&self, n: u32) -> zbus::Result<()>;
 }
 
+/// A proxy for the test interface of `dest` on `conn`.
+async fn proxy<'c>(conn: &'c zbus::Connection, dest: &'c str) -> EchoClientProxy<'c> {
+    EchoClientProxy::builder(conn)
+        .destination(dest)
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+}
+
 async fn serve(conn: zbus::connection::Builder<'_>, name: &str) -> zbus::Connection {
     conn.serve_at("/org/kdbus/ZbusTest", Echo)
         .expect("serve_at")
@@ -85,12 +95,7 @@ fn a_zbus_service_answers_a_zbus_client_over_the_native_transport() {
             me.as_deref().is_some_and(|n| n.starts_with(":1.")),
             "{me:?}"
         );
-        let p = EchoClientProxy::builder(&conn)
-            .destination("org.kdbus.ZbusTest")
-            .unwrap()
-            .build()
-            .await
-            .unwrap();
+        let p = proxy(&conn, "org.kdbus.ZbusTest").await;
         assert_eq!(p.echo("over kdbus").await.unwrap(), "over kdbus");
         // 64 KiB, in the receive pool both ways.
         let big = "x".repeat(64 << 10);
@@ -101,12 +106,7 @@ fn a_zbus_service_answers_a_zbus_client_over_the_native_transport() {
         let s = rang.next().await.expect("the signal");
         assert_eq!(s.args().unwrap().n, 7);
         // Nobody owns this name: the error a D-Bus bus gives, not a hang.
-        let nobody = EchoClientProxy::builder(&conn)
-            .destination("org.kdbus.Nobody")
-            .unwrap()
-            .build()
-            .await
-            .unwrap();
+        let nobody = proxy(&conn, "org.kdbus.Nobody").await;
         match nobody.echo("?").await {
             Err(zbus::Error::MethodError(name, _, _)) => {
                 assert_eq!(name.as_str(), "org.freedesktop.DBus.Error.ServiceUnknown")
@@ -128,12 +128,7 @@ fn a_thousand_native_zbus_calls_each_get_their_reply() {
         )
         .await;
         let conn = kdbus_zbus::connect(&b.bus).await.expect("client");
-        let p = EchoClientProxy::builder(&conn)
-            .destination("org.kdbus.ZbusMany")
-            .unwrap()
-            .build()
-            .await
-            .unwrap();
+        let p = proxy(&conn, "org.kdbus.ZbusMany").await;
         for i in 0..1000 {
             let text = format!("call {i}");
             assert_eq!(p.echo(&text).await.unwrap(), text);
@@ -157,12 +152,7 @@ fn native_and_dbus_socket_zbus_peers_talk_both_ways() {
             (&native, "org.kdbus.ZbusDBus"),
             (&dbus_client, "org.kdbus.ZbusNative"),
         ] {
-            let p = EchoClientProxy::builder(conn)
-                .destination(dest)
-                .unwrap()
-                .build()
-                .await
-                .unwrap();
+            let p = proxy(conn, dest).await;
             assert_eq!(p.echo(dest).await.unwrap(), dest, "calling {dest}");
         }
     });
