@@ -2,7 +2,9 @@
 //! calls of 20 KB to one receiver that reads all the time, and two senders broadcast
 //! 2,000 signals of 20 KB each to three subscribers. Every call and every signal
 //! arrives (with an 8 MiB quota per receiver, 82-89% of the calls and 74-78% of the
-//! signals were dropped, silently; dbus-daemon delivered all).
+//! signals were dropped, silently; dbus-daemon delivered all). The receiver's stream
+//! peaks at about 55 MB on an idle machine, more on a busy one: a lone sending user's
+//! share of a stream (half of 128 MiB until the bound was raised) refused some in CI.
 
 mod common;
 #[path = "common/zbus_peer.rs"]
@@ -12,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zbus::blocking::MessageIterator;
-use zbus::message::{Flags, Message as ZMsg, Type as MsgType};
+use zbus::message::{Flags, Message as ZMsg};
 use zbus_peer::*;
 
 const CALLERS: usize = 4;
@@ -85,41 +87,48 @@ fn an_ordinary_burst_is_delivered_whole() {
     let want_calls = CALLERS * EACH;
     let want_signals = EMITTERS * EACH;
     let t0 = Instant::now();
+    let z = zconn(&b);
+    let stat = |key: &str| receiver_stat(&z, &dest, key);
+    // Until everything arrived, or what did not arrive was refused to its senders
+    // (who heard LimitsExceeded): no need to wait out the deadline for messages
+    // that will never come.
     let done = wait_until(Duration::from_secs(120), || {
-        calls.load(Ordering::Relaxed) == want_calls
-            && signals
-                .iter()
-                .all(|n| n.load(Ordering::Relaxed) == want_signals)
+        let calls = calls.load(Ordering::Relaxed);
+        let signals_done = signals
+            .iter()
+            .all(|n| n.load(Ordering::Relaxed) == want_signals);
+        signals_done
+            && (calls == want_calls
+                || (calls as u64 + stat("RefusedMessages").unwrap_or(0)) >= want_calls as u64)
     });
     let got: Vec<usize> = signals.iter().map(|n| n.load(Ordering::Relaxed)).collect();
-    // On failure, whether the missing calls were refused to their senders (which
-    // hear LimitsExceeded) or lost: the receiver's count of refusals.
-    let refused = (!done)
-        .then(|| {
-            let z = zconn(&b);
-            let stats = "org.freedesktop.DBus.Debug.Stats";
-            let m = z
-                .call_method(
-                    Some(DRIVER),
-                    DRIVER_PATH,
-                    Some(stats),
-                    "GetConnectionStats",
-                    &(dest.as_str(),),
-                )
-                .ok()?;
-            let s: std::collections::HashMap<String, zbus::zvariant::OwnedValue> =
-                m.body().deserialize().ok()?;
-            u64::try_from(s.get("RefusedMessages")?).ok()
-        })
-        .flatten();
-    assert!(
-        done,
-        "calls {} of {want_calls}, signals {got:?} of {want_signals} each; the receiver refused {refused:?}",
-        calls.load(Ordering::Relaxed)
-    );
+    let calls = calls.load(Ordering::Relaxed);
+    let (refused, peak) = (stat("RefusedMessages"), stat("PeakOutgoingBytes"));
     eprintln!(
-        "all delivered, the last {:?} after the senders finished",
+        "after {:?}: calls {calls}, signals {got:?}; the receiver refused {refused:?}, \
+         and its stream held at most {peak:?} bytes",
         t0.elapsed()
     );
-    let _ = MsgType::Signal;
+    assert!(
+        done && calls == want_calls,
+        "calls {calls} of {want_calls}, signals {got:?} of {want_signals} each; \
+         the receiver refused {refused:?}, its stream peaked at {peak:?} bytes"
+    );
+}
+
+/// One number from the receiver's `GetConnectionStats`.
+fn receiver_stat(z: &zbus::blocking::Connection, dest: &str, key: &str) -> Option<u64> {
+    let m = z
+        .call_method(
+            Some(DRIVER),
+            DRIVER_PATH,
+            Some("org.freedesktop.DBus.Debug.Stats"),
+            "GetConnectionStats",
+            &(dest,),
+        )
+        .ok()?;
+    let s: std::collections::HashMap<String, zbus::zvariant::OwnedValue> =
+        m.body().deserialize().ok()?;
+    let v = s.get(key)?;
+    u64::try_from(v).ok().or_else(|| u32::try_from(v).ok().map(u64::from))
 }

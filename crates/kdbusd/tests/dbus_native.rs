@@ -690,7 +690,7 @@ fn connection_stats_show_pools_and_stream_quotas() {
     assert_eq!(num(&n, "QueuedMessages"), 0);
     let me = unique(&z);
     let d = stats(&me);
-    assert_eq!(num(&d, "QuotaBytes"), 128 << 20);
+    assert_eq!(num(&d, "QuotaBytes"), 256 << 20);
     assert_eq!(num(&d, "QuotaFDs"), 256);
     assert!(d.contains_key("OutgoingBySender"));
 }

@@ -393,14 +393,14 @@ fn flood_a_slow_receiver(flags: u8) {
     let b = Broker::start();
     let (mut victim, mut victim_r, victim_name) = hello(&b);
     let (mut flood, mut flood_r, _) = hello(&b);
-    // 320 calls of 256 KiB (80 MiB, more than one sending user's share of a stream's
-    // 128 MiB) to a receiver that reads nothing meanwhile.
+    // 640 calls of 256 KiB (160 MiB, more than one sending user's share of a stream's
+    // 256 MiB) to a receiver that reads nothing meanwhile.
     let mut body = Vec::new();
     {
         let mut w = Writer::new(&mut body, Endian::Little);
         w.string(&"x".repeat(256 * 1024));
     }
-    let n = 320;
+    let n = 640;
     let writer = {
         let calls: Vec<u8> = (0..n)
             .flat_map(|i| call(10 + i, &victim_name, "Fill", "s", &body, flags))
