@@ -87,7 +87,8 @@ pub(crate) fn policy_who(dom: &Domain, key: Option<ConnKey>) -> String {
     let Some(c) = key.and_then(|k| dom.conn(k)) else {
         return "bus".into();
     };
-    let cmdline = c.peer.cmdline.as_deref().unwrap_or(&[]);
+    let cmdline = key.and_then(|k| dom.conn_cmdline(k));
+    let cmdline = cmdline.as_deref().unwrap_or(&[]);
     let comm: String = String::from_utf8_lossy(cmdline)
         .replace('\0', " ")
         .trim_end()

@@ -185,6 +185,18 @@ impl Domain {
         self.proc_facts = p;
     }
 
+    /// The command line a connection's process had when it connected, or, if that was
+    /// deferred ([`crate::Peer::deferred`]), has now: for log lines that name a peer.
+    pub fn conn_cmdline(&self, key: ConnKey) -> Option<Arc<[u8]>> {
+        let c = self.conns.get(&key)?;
+        if !c.peer.deferred {
+            return c.peer.cmdline.clone();
+        }
+        self.proc_facts
+            .proc_now(&c.peer, c.peer.creds.pid, kdbus_abi::attach::CMDLINE)?
+            .cmdline
+    }
+
     /// Let the broker say what passed fds are (without it, memfd payloads are refused).
     pub fn set_fd_inspector(&mut self, files: Box<dyn FdInspector>) {
         self.files = files;

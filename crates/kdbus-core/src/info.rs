@@ -42,6 +42,12 @@ impl Domain {
                 k
             }
         };
+        // Facts a D-Bus client did not read at connect, if asked for.
+        if let Some(t) = self.conns.get_mut(&target_key) {
+            if t.peer.deferred && cmd.attach_flags & crate::meta::DEFERRED_ITEMS != 0 {
+                self.proc_facts.fill_deferred(&mut t.peer);
+            }
+        }
         let t = self.conns.get(&target_key).ok_or(Errno::ENXIO)?;
         let meta = SenderMeta {
             id: t.id,

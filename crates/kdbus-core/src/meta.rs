@@ -6,6 +6,16 @@
 //! arguments) is read again when a message is sent, for the receivers that ask for it,
 //! through [`ProcFacts`], which the broker implements (`/proc`, checked with the
 //! sender's pidfd) and the core's tests and fuzzers do without.
+//!
+//! A D-Bus client's facts from `/proc` (comm, exe, cmdline, cgroup, audit ids, the
+//! four ids of each kind, parent, capabilities, namespaces) are not read when it
+//! connects: few D-Bus connections are ever asked for them, and reading them was
+//! most of the broker's work per connection set up. Such a `Peer` is marked
+//! [`Peer::deferred`], and the core has [`ProcFacts::fill_deferred`] read them the
+//! first time a receiver or a CONN_INFO wants any item that shows them
+//! ([`DEFERRED_ITEMS`]). What decides anything is still taken at connect: the
+//! credentials and groups from the socket, the privilege from the process's
+//! capabilities.
 
 use std::sync::Arc;
 
@@ -60,6 +70,10 @@ pub struct Peer {
     /// What a privileged caller said at HELLO its messages are to show instead of
     /// its own (kdbus's faked metadata, for proxies that speak for others).
     pub faked: Option<Arc<Faked>>,
+    /// What `/proc` says was not read at connect (all but `creds`, `privileged`,
+    /// `groups` and `pidfd`): it is read when first wanted (see the module docs).
+    /// Never set for native connections.
+    pub deferred: bool,
 }
 
 /// Metadata a privileged connection gave at HELLO (`CREDS`, `PIDS`, `SECLABEL` items):
@@ -131,7 +145,25 @@ pub trait ProcFacts {
     /// connection was made (the reader has nothing newer, or could not be sure the
     /// process is still the one that sent).
     fn proc_now(&self, peer: &Peer, pid: u32, want: u64) -> Option<Peer>;
+
+    /// Read the facts a [`Peer::deferred`] peer did not read at connect (those of
+    /// [`DEFERRED_ITEMS`]) and clear the mark. A process that is gone leaves them
+    /// absent. The default reads nothing.
+    fn fill_deferred(&self, peer: &mut Peer) {
+        peer.deferred = false;
+    }
 }
+
+/// The items whose facts a D-Bus client's [`Peer`] may not have read at connect.
+pub const DEFERRED_ITEMS: u64 = kdbus_abi::attach::CREDS
+    | kdbus_abi::attach::PIDS
+    | kdbus_abi::attach::CAPS
+    | kdbus_abi::attach::PID_COMM
+    | kdbus_abi::attach::TID_COMM
+    | kdbus_abi::attach::EXE
+    | kdbus_abi::attach::CMDLINE
+    | kdbus_abi::attach::CGROUP
+    | kdbus_abi::attach::AUDIT;
 
 /// Reads nothing: metadata stays as it was taken at connect.
 pub struct NoProcFacts;

@@ -115,8 +115,10 @@ impl Domain {
         if dst.attach_recv & sender.attach_send & attach::NAMES != 0 {
             sender.names = bus_owned_names(bus, src_key);
         }
-        let want = dst.attach_recv & sender.attach_send & PROC_NOW_ITEMS;
-        proc_refresh(&*self.proc_facts, &mut sender, want);
+        let want = dst.attach_recv & sender.attach_send;
+        deferred_fill(&*self.proc_facts, &mut self.conns, &mut sender, want);
+        proc_refresh(&*self.proc_facts, &mut sender, want & PROC_NOW_ITEMS);
+        let dst = self.conns.get(&dst_key).ok_or(Errno::ENXIO)?;
         // A unicast signal reaches its destination only through a match (HEAD).
         if req.bloom.is_some() {
             let b = Broadcast {
@@ -316,6 +318,7 @@ impl Domain {
         if want & attach::NAMES != 0 {
             sender.names = bus_owned_names(bus, src_key);
         }
+        deferred_fill(&*self.proc_facts, &mut self.conns, &mut sender, want);
         proc_refresh(&*self.proc_facts, &mut sender, want & PROC_NOW_ITEMS);
         self.seq += 1;
         let seq = self.seq;
@@ -458,6 +461,24 @@ fn send_writeback(cmd: &CmdSend, reply: Option<MsgInfo>) -> CmdSend {
     wb.return_flags = 0;
     wb.reply = reply.unwrap_or_default();
     wb
+}
+
+/// A sender whose connect-time facts were deferred (a D-Bus client) has them read
+/// the first time a receiver wants one, and keeps them on its connection.
+fn deferred_fill(
+    facts: &dyn crate::meta::ProcFacts,
+    conns: &mut HashMap<ConnKey, Box<Conn>>,
+    sender: &mut SenderMeta,
+    want: u64,
+) {
+    if !sender.peer.deferred || want & crate::meta::DEFERRED_ITEMS == 0 {
+        return;
+    }
+    let Some(c) = sender.key.and_then(|k| conns.get_mut(&k)) else {
+        return;
+    };
+    facts.fill_deferred(&mut c.peer);
+    sender.peer = c.peer.clone();
 }
 
 /// Read again what the sending process may have changed since it connected, if a

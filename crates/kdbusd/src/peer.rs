@@ -1,5 +1,6 @@
 //! What we learn about a client when it connects: kernel credentials of the socket and
-//! a few facts from `/proc`, read once (connect is not a hot path); and, when a message
+//! a few facts from `/proc`, read once (for a D-Bus client, when first wanted:
+//! [`Peer::deferred`]); and, when a message
 //! is sent to a receiver that asks, what the sending process may have changed since
 //! (its name, its program, its arguments), read again ([`ProcNow`]).
 //!
@@ -62,10 +63,14 @@ impl ProcStrings {
 }
 
 /// `pidfd`: also take a pidfd of the process (for connections that may be asked for one).
+/// `defer`: read from `/proc` only when first wanted ([`Peer::deferred`]; D-Bus
+/// clients, which are seldom asked for such metadata): what decides anything comes
+/// from the socket (`SO_PEERGROUPS`) and one `capget`.
 pub fn peer_from_socket(
     fd: impl AsFd,
     interned: &mut ProcStrings,
     pidfd: bool,
+    defer: bool,
 ) -> std::io::Result<Peer> {
     let cred = rustix::net::sockopt::socket_peercred(fd.as_fd())?;
     let creds = Creds {
@@ -73,36 +78,55 @@ pub fn peer_from_socket(
         uid: cred.uid.as_raw(),
         gid: cred.gid.as_raw(),
     };
-    let mut peer = peer_from_creds(creds, interned);
+    let mut peer = match defer {
+        true => Peer {
+            creds,
+            privileged: creds.uid == 0
+                || rustix::thread::capabilities(Some(cred.pid)).is_ok_and(|c| {
+                    c.effective
+                        .contains(rustix::thread::CapabilitySet::IPC_OWNER)
+                }),
+            groups: crate::sys::peer_groups(fd.as_fd()).map(|g| {
+                let item: Vec<u8> = g.iter().flat_map(|&x| u64::from(x).to_ne_bytes()).collect();
+                interned.bytes(&item)
+            }),
+            deferred: true,
+            ..Peer::default()
+        },
+        false => peer_from_creds(creds, interned),
+    };
     if pidfd {
         peer.pidfd = crate::sys::peer_pidfd(fd.as_fd()).map(|f| FileSet::shared(vec![f]));
     }
     Ok(peer)
 }
 
+/// Everything `/proc` says about the process `creds.pid` that the broker keeps.
 pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
-    let proc = format!("/proc/{}", creds.pid);
-    let comm = proc_text(&format!("{proc}/comm")).map(|s| interned.str(s.trim_end()));
-    let exe = std::fs::read_link(format!("{proc}/exe"))
-        .ok()
-        .and_then(|p| p.to_str().map(|s| interned.str(s)));
-    let cmdline = proc_read(&format!("{proc}/cmdline"), CMDLINE_MAX).map(|v| interned.bytes(&v));
+    let mut peer = Peer {
+        creds,
+        ..Peer::default()
+    };
+    let cap_eff = read_status_facts(&mut peer, interned, true);
+    peer.privileged =
+        creds.uid == 0 || cap_eff.is_some_and(|caps| caps & (1 << CAP_IPC_OWNER) != 0);
+    read_other_facts(&mut peer, interned);
+    peer
+}
+
+/// What `status` and the namespace links say: parent, capabilities, the four ids of
+/// each kind, namespaces, and the groups if `groups`. Returns the effective
+/// capabilities.
+fn read_status_facts(peer: &mut Peer, interned: &mut ProcStrings, groups: bool) -> Option<u64> {
+    let proc = format!("/proc/{}", peer.creds.pid);
     let status = proc_text(&format!("{proc}/status")).unwrap_or_default();
     let field = |name: &str| status_field(&status, name);
-    let cap_eff = field("CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok());
-    let privileged = creds.uid == 0 || cap_eff.is_some_and(|caps| caps & (1 << CAP_IPC_OWNER) != 0);
-    let ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let groups = field("Groups:").map(|g| interned.bytes(&groups_item(g)));
-    let cgroup = proc_text(&format!("{proc}/cgroup"))
-        .and_then(|c| proc_cgroup_path(&c).map(|p| interned.str(p)));
-    let caps = proc_caps(&field).map(|c| interned.bytes(&c));
-    let audit = (|| {
-        let read = |f: &str| proc_text(&format!("{proc}/{f}"));
-        let session: u32 = read("sessionid")?.trim().parse().ok()?;
-        let login: u32 = read("loginuid")?.trim().parse().ok()?;
-        Some((session, login))
-    })();
-    let ns = namespaces_of(&proc, &field, ppid);
+    peer.ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if groups {
+        peer.groups = field("Groups:").map(|g| interned.bytes(&groups_item(g)));
+    }
+    peer.caps = proc_caps(&field).map(|c| interned.bytes(&c));
+    peer.ns = namespaces_of(&proc, &field, peer.ppid);
     let four = |name: &str| -> Option<Vec<u32>> {
         let v: Vec<u32> = field(name)?
             .split_whitespace()
@@ -110,29 +134,32 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
             .collect();
         (v.len() == 4).then_some(v)
     };
-    let ids = four("Uid:").zip(four("Gid:")).and_then(|(u, g)| {
+    peer.ids = four("Uid:").zip(four("Gid:")).and_then(|(u, g)| {
         let all: Vec<u32> = u.into_iter().chain(g).collect();
         let ids = <[u32; 8]>::try_from(all).ok()?;
         // Kept only when they say more than the real ids would.
         let plain = ids[..4].iter().all(|&x| x == ids[0]) && ids[4..].iter().all(|&x| x == ids[4]);
         (!plain).then(|| Box::new(ids))
     });
-    Peer {
-        creds,
-        privileged,
-        comm,
-        exe,
-        cmdline,
-        pidfd: None,
-        ppid,
-        groups,
-        cgroup,
-        caps,
-        audit,
-        ns,
-        ids,
-        faked: None,
-    }
+    field("CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok())
+}
+
+/// comm, exe, cmdline, cgroup, audit ids: five files and a link.
+fn read_other_facts(peer: &mut Peer, interned: &mut ProcStrings) {
+    let proc = format!("/proc/{}", peer.creds.pid);
+    peer.comm = proc_text(&format!("{proc}/comm")).map(|s| interned.str(s.trim_end()));
+    peer.exe = std::fs::read_link(format!("{proc}/exe"))
+        .ok()
+        .and_then(|p| p.to_str().map(|s| interned.str(s)));
+    peer.cmdline = proc_read(&format!("{proc}/cmdline"), CMDLINE_MAX).map(|v| interned.bytes(&v));
+    peer.cgroup = proc_text(&format!("{proc}/cgroup"))
+        .and_then(|c| proc_cgroup_path(&c).map(|p| interned.str(p)));
+    peer.audit = (|| {
+        let read = |f: &str| proc_text(&format!("{proc}/{f}"));
+        let session: u32 = read("sessionid")?.trim().parse().ok()?;
+        let login: u32 = read("loginuid")?.trim().parse().ok()?;
+        Some((session, login))
+    })();
 }
 
 /// The inode of `/proc/<who>/ns/<kind>` (`user:[N]` -> N).
@@ -257,6 +284,28 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
             }
         }
         Some(p)
+    }
+
+    /// Read late, the facts must still be those of the process that connected: its
+    /// pidfd says whether it is (where the kernel gave one); if it is gone, they stay
+    /// absent.
+    /// (Its groups and privilege were taken at connect and stay.)
+    fn fill_deferred(&self, peer: &mut Peer) {
+        let strings = &mut self.strings.borrow_mut();
+        read_status_facts(peer, strings, false);
+        read_other_facts(peer, strings);
+        peer.deferred = false;
+        let pidfd = peer.pidfd.as_ref().and_then(|f| f.first());
+        if pidfd.is_some_and(|fd| !crate::sys::pidfd_alive(fd.as_fd())) {
+            let (groups, privileged, pidfd) = (peer.groups.take(), peer.privileged, peer.pidfd.take());
+            *peer = Peer {
+                creds: peer.creds,
+                privileged,
+                groups,
+                pidfd,
+                ..Peer::default()
+            };
+        }
     }
 }
 

@@ -39,7 +39,9 @@ impl Broker {
             };
             // Connections (not control sockets) get a pidfd, for ProcessFD.
             let pidfd = !matches!(which, Listener::Control);
-            let peer = match peer_from_socket(&fd, &mut self.proc_strings, pidfd) {
+            // A D-Bus client's metadata-only facts are read when first wanted.
+            let defer = matches!(which, Listener::DBus(..));
+            let peer = match peer_from_socket(&fd, &mut self.proc_strings, pidfd, defer) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(%e, "no peer credentials, dropping");
