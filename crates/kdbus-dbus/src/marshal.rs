@@ -221,12 +221,18 @@ impl<'a> Reader<'a> {
     /// Read a signature: a one-byte length (no alignment), the bytes and a NUL; it must be
     /// valid.
     pub fn signature(&mut self) -> Result<&'a str> {
-        let len = self.u8()? as usize;
-        let s = self.text(len)?;
+        let s = self.signature_text()?;
         if !crate::names::is_signature(s) {
             return Err(MarshalError::BadSignature);
         }
         Ok(s)
+    }
+
+    /// Read a signature's text without checking its grammar (for bytes this process
+    /// validated before).
+    pub(crate) fn signature_text(&mut self) -> Result<&'a str> {
+        let len = self.u8()? as usize;
+        self.text(len)
     }
 
     /// Start an array of elements aligned to `elem_align`: returns the end position.
