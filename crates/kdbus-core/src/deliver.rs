@@ -15,7 +15,7 @@ use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::conn::{Conn, Queued};
 use crate::domain::{Domain, KERNEL_USER};
-use crate::ids::{ConnKey, Files};
+use crate::ids::{ConnKey, Files, KeyMap};
 use crate::message::{
     message_layout, message_layout_kernel, message_payload, FdSlots, SendRequest, SenderMeta,
     Staged,
@@ -24,7 +24,6 @@ use crate::outbox::Outbox;
 use crate::sink::{Charge, Delivery};
 use kdbus_abi::wire::{self, MsgEvent};
 use kdbus_abi::{item, Errno, DST_ID_BROADCAST};
-use std::collections::HashMap;
 use zerocopy::IntoBytes;
 
 impl Domain {
@@ -276,7 +275,7 @@ pub(crate) enum Slot {
 /// The bus's native monitors (they see every broadcast and notification).
 pub(crate) fn bus_native_monitors<'a>(
     bus: &'a Bus,
-    conns: &'a HashMap<ConnKey, Box<Conn>>,
+    conns: &'a KeyMap<ConnKey, Box<Conn>>,
 ) -> impl Iterator<Item = ConnKey> + 'a {
     bus.monitors
         .iter()

@@ -42,7 +42,7 @@ use crate::pool::PoolBudget;
 use crate::sink::{Echo, StreamOut, StreamPeer};
 use kdbus_abi::wire;
 use kdbus_abi::{attach, limits, CmdSend, Errno};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use zerocopy::IntoBytes;
@@ -137,7 +137,7 @@ pub struct Domain {
     pub(crate) bus_names: HashMap<String, BusKey>,
     /// Boxed: the table then holds pointers, and growing it does not double the
     /// memory of every connection.
-    pub(crate) conns: HashMap<ConnKey, Box<Conn>>,
+    pub(crate) conns: crate::ids::KeyMap<ConnKey, Box<Conn>>,
     /// (deadline, replier, requester, cookie) of every tracker, earliest first.
     pub(crate) deadlines: BTreeSet<(u64, ConnKey, ConnKey, u64)>,
     /// Connections and buses per uid (the per-user limits).
@@ -154,7 +154,7 @@ pub struct Domain {
     pub(crate) scratch: Vec<u8>,
     /// Reused per broadcast: receivers seen, receivers found, the filter as words,
     /// the sender's names.
-    pub(crate) seen: HashSet<ConnKey>,
+    pub(crate) seen: crate::ids::KeySet<ConnKey>,
     pub(crate) targets: Vec<ConnKey>,
     pub(crate) bloom_words: Vec<u64>,
     pub(crate) bloom_generation: u64,
@@ -256,7 +256,7 @@ impl Domain {
             attach_mask: attach::ALL,
             buses: HashMap::new(),
             bus_names: HashMap::new(),
-            conns: HashMap::new(),
+            conns: Default::default(),
             deadlines: BTreeSet::new(),
             users: HashMap::new(),
             user_limits: UserLimits::default(),
@@ -266,7 +266,7 @@ impl Domain {
             outbox: Outbox::default(),
             closed: Vec::new(),
             scratch: Vec::with_capacity(4096),
-            seen: HashSet::new(),
+            seen: Default::default(),
             targets: Vec::new(),
             bloom_words: Vec::new(),
             bloom_generation: 0,

@@ -12,6 +12,45 @@ use std::rc::Rc;
 
 /// A connection in the domain (not its bus-visible id, which is per bus).
 pub type ConnKey = u64;
+
+/// Hashes the keys the core hands out itself (connection keys, match entry ids) with
+/// one multiplication instead of SipHash: a broadcast looks up every receiver and
+/// every candidate match entry, and SipHash was a sixth of the broker's work on that
+/// path. No client chooses these keys, so there is no flooding one bucket to fear;
+/// anything keyed by what a client sends (names, rules) keeps the standard hasher.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for integer keys; kept correct for anything else.
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: the product spreads consecutive keys over the high
+        // bits, which hashbrown uses for its control bytes; the rotation brings
+        // them down to the low bits that pick the bucket.
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(26);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// A map keyed by [`ConnKey`] or another key the core hands out.
+pub type KeyMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
+/// A set of [`ConnKey`]s or other keys the core hands out.
+pub type KeySet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<KeyHasher>>;
 /// A bus in the domain.
 pub type BusKey = u64;
 

@@ -22,10 +22,10 @@
 //! S, under each of N, under each bit set in F, and the short list: not every rule on the
 //! bus. Bloom masks are compared a 64-bit word at a time.
 
-use crate::ids::ConnKey;
+use crate::ids::{ConnKey, KeyMap, KeySet};
 use kdbus_abi::items::ItemIter;
 use kdbus_abi::{item, names, read_struct, Errno, NotifyIdChange, MATCH_ID_ANY};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// An entry's id inside a [`MatchDb`], never reused; clients name entries by cookie
@@ -310,14 +310,17 @@ fn slot_for(rules: &[Rule]) -> Slot {
 /// All match entries of one bus.
 #[derive(Debug)]
 pub struct MatchDb {
-    entries: HashMap<EntryId, Entry>,
-    by_slot: HashMap<Slot, HashSet<EntryId>>,
+    entries: KeyMap<EntryId, Entry>,
+    by_slot: HashMap<Slot, KeySet<EntryId>>,
+    /// The bloom bits that have a `Slot::Bit` entry, one bit each: a signal sets
+    /// dozens of bits and most have no entry, so they are skipped without a lookup.
+    bits_used: Vec<u64>,
     /// Entries without rules: they take notifications as well as broadcasts.
-    empty: HashSet<EntryId>,
+    empty: KeySet<EntryId>,
     /// Entries per connection: (cookie, id), for removal and the per-connection limit.
-    by_conn: HashMap<ConnKey, Vec<(u64, EntryId)>>,
+    by_conn: KeyMap<ConnKey, Vec<(u64, EntryId)>>,
     /// Bytes of rules per connection (what the per-user byte quota counts).
-    bytes_by_conn: HashMap<ConnKey, usize>,
+    bytes_by_conn: KeyMap<ConnKey, usize>,
     next_id: EntryId,
     /// Entries one connection may have (EMFILE beyond).
     pub max_per_conn: usize,
@@ -326,11 +329,12 @@ pub struct MatchDb {
 impl Default for MatchDb {
     fn default() -> Self {
         MatchDb {
-            entries: HashMap::new(),
+            entries: KeyMap::default(),
             by_slot: HashMap::new(),
-            empty: HashSet::new(),
-            by_conn: HashMap::new(),
-            bytes_by_conn: HashMap::new(),
+            bits_used: Vec::new(),
+            empty: KeySet::default(),
+            by_conn: KeyMap::default(),
+            bytes_by_conn: KeyMap::default(),
             next_id: EntryId::default(),
             max_per_conn: kdbus_abi::limits::MATCH_MAX,
         }
@@ -378,6 +382,12 @@ impl MatchDb {
         let slot = slot_for(&rules);
         if rules.is_empty() {
             self.empty.insert(id);
+        }
+        if let Slot::Bit(b) = slot {
+            if self.bits_used.len() <= b / 64 {
+                self.bits_used.resize(b / 64 + 1, 0);
+            }
+            self.bits_used[b / 64] |= 1 << (b % 64);
         }
         self.by_slot.entry(slot.clone()).or_default().insert(id);
         self.by_conn.entry(conn).or_default().push((cookie, id));
@@ -448,6 +458,11 @@ impl MatchDb {
             set.remove(&id);
             if set.is_empty() {
                 self.by_slot.remove(&e.slot);
+                if let Slot::Bit(b) = e.slot {
+                    if let Some(w) = self.bits_used.get_mut(b / 64) {
+                        *w &= !(1 << (b % 64));
+                    }
+                }
             }
         }
     }
@@ -457,11 +472,11 @@ impl MatchDb {
     pub fn for_each_broadcast_receiver(
         &self,
         b: &Broadcast<'_>,
-        seen: &mut HashSet<ConnKey>,
+        seen: &mut KeySet<ConnKey>,
         mut f: impl FnMut(ConnKey),
     ) {
         seen.clear();
-        let mut visit = |ids: Option<&HashSet<EntryId>>| {
+        let mut visit = |ids: Option<&KeySet<EntryId>>| {
             for id in ids.into_iter().flatten() {
                 let Some(e) = self.entries.get(id) else {
                     continue;
@@ -477,7 +492,7 @@ impl MatchDb {
             visit(self.by_slot.get(&Slot::Name(n.clone())));
         }
         for (w, word) in b.bloom.iter().enumerate() {
-            let mut bits = *word;
+            let mut bits = *word & self.bits_used.get(w).copied().unwrap_or(0);
             while bits != 0 {
                 let bit = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
@@ -501,7 +516,7 @@ impl MatchDb {
     pub fn for_each_notification_receiver(
         &self,
         n: &Notification<'_>,
-        seen: &mut HashSet<ConnKey>,
+        seen: &mut KeySet<ConnKey>,
         mut f: impl FnMut(ConnKey),
     ) {
         seen.clear();
@@ -539,7 +554,7 @@ mod tests {
     fn bloom_rule_is_filter_covers_mask() {
         let mut db = MatchDb::new();
         db.add(1, 1, false, &mask_item(&[0b101]), 8).unwrap();
-        let mut seen = HashSet::new();
+        let mut seen = KeySet::default();
         let mut got = Vec::new();
         for f in [0b101u64, 0b111, 0b100, 0] {
             let b = Broadcast {
@@ -557,8 +572,8 @@ mod tests {
     fn generations_pick_the_mask() {
         let mut db = MatchDb::new();
         db.add(1, 1, false, &mask_item(&[0b1, 0b10]), 8).unwrap();
-        let mut seen = HashSet::new();
-        let hit = |db: &MatchDb, g: u64, f: u64, seen: &mut HashSet<ConnKey>| {
+        let mut seen = KeySet::default();
+        let hit = |db: &MatchDb, g: u64, f: u64, seen: &mut KeySet<ConnKey>| {
             let mut n = 0;
             let b = Broadcast {
                 sender_id: 9,
@@ -599,5 +614,55 @@ mod tests {
         );
         db.remove_conn(2);
         assert!(db.entries.is_empty() && db.by_slot.is_empty() && db.empty.is_empty());
+    }
+
+    proptest::proptest! {
+        /// The index (slots, the used-bits map) finds exactly the connections a look
+        /// at every entry finds, while entries come and go.
+        #[test]
+        fn the_index_finds_what_a_full_scan_finds(
+            ops in proptest::collection::vec(
+                (0u64..6, 0u64..4, proptest::bool::ANY, 0u64..128, 0u64..128), 1..60),
+            signals in proptest::collection::vec((0u64..128, 0u64..128), 1..8),
+        ) {
+            let mut db = MatchDb::new();
+            // A mask of one or two bits over two words; removal half the time.
+            for (conn, cookie, remove, a, b) in ops {
+                if remove {
+                    let _ = db.remove(conn, cookie);
+                    continue;
+                }
+                let mut words = [0u64; 2];
+                for bit in [a, b] {
+                    words[(bit / 64) as usize] |= 1 << (bit % 64);
+                }
+                let _ = db.add(conn, cookie, false, &mask_item(&words), 16);
+            }
+            let mut seen = KeySet::default();
+            for (a, b) in signals {
+                let mut words = [0u64; 2];
+                for bit in [a, b, (a * 7 + 3) % 128] {
+                    words[(bit / 64) as usize] |= 1 << (bit % 64);
+                }
+                let bc = Broadcast {
+                    sender_id: 9,
+                    sender_names: &[],
+                    bloom_generation: 0,
+                    bloom: &words,
+                };
+                let mut got = Vec::new();
+                db.for_each_broadcast_receiver(&bc, &mut seen, |c| got.push(c));
+                got.sort_unstable();
+                let mut want: Vec<ConnKey> = db
+                    .entries
+                    .values()
+                    .filter(|e| e.matches_broadcast(&bc))
+                    .map(|e| e.conn)
+                    .collect();
+                want.sort_unstable();
+                want.dedup();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::conn::Conn;
 use crate::deliver::{bus_native_monitors, conn_write_message, Route, Slot};
 use crate::domain::{bus_owned_names, Domain, SendOutcome};
 use crate::files::{fd_check, memfd_check, FdSlip};
-use crate::ids::{ConnKey, FileSet, Files};
+use crate::ids::{ConnKey, FileSet, Files, KeyMap};
 use crate::matches::Broadcast;
 use crate::message::{message_memfds, SendRequest, SenderMeta};
 use crate::meta::{Creds, PROC_NOW_ITEMS};
@@ -25,7 +25,6 @@ use crate::sink::Charge;
 use kdbus_abi::wire;
 use kdbus_abi::DST_ID_BROADCAST;
 use kdbus_abi::{attach, hello_flags, limits, name_flags, CmdSend, Errno, MsgInfo};
-use std::collections::HashMap;
 use std::os::fd::AsFd;
 use zerocopy::IntoBytes;
 
@@ -428,7 +427,7 @@ fn bus_talks(bus: &Bus, dst: &Conn, src: &Conn, src_key: ConnKey) -> bool {
 /// Where a SEND goes: (connection, registry id of the name it was sent to, or 0).
 fn bus_resolve_destination(
     bus: &Bus,
-    conns: &HashMap<ConnKey, Box<Conn>>,
+    conns: &KeyMap<ConnKey, Box<Conn>>,
     req: &SendRequest<'_>,
 ) -> Result<(ConnKey, u64), Errno> {
     let dst_id = req.msg.dst_id;
@@ -467,7 +466,7 @@ fn send_writeback(cmd: &CmdSend, reply: Option<MsgInfo>) -> CmdSend {
 /// the first time a receiver wants one, and keeps them on its connection.
 fn deferred_fill(
     facts: &dyn crate::meta::ProcFacts,
-    conns: &mut HashMap<ConnKey, Box<Conn>>,
+    conns: &mut KeyMap<ConnKey, Box<Conn>>,
     sender: &mut SenderMeta,
     want: u64,
 ) {
