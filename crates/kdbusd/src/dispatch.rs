@@ -31,6 +31,12 @@
 //! with `kdbusctl bench --dbus-compare`, against no poll in the same session: request
 //! and reply went from 0.92x dbus-broker's rate to 1.31-1.75x, with no more broker
 //! CPU per call (a wakeup costs the woken more CPU than the poll does).
+//!
+//! The poll yields the CPU between looks: the kernel's poll runs only on an idle
+//! CPU, ours must not take one from the clients it waits for. With sd-bus's client
+//! and service both busy on two cores (64 calls in flight), a poll that spun took
+//! 14.5-15.7 us of broker CPU per call against 8.2-9.9 us with the yield, and the
+//! calls went 10-20% faster; with nothing else to run, the yield returns at once.
 
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::fd::{AsFd, OwnedFd};
@@ -154,6 +160,7 @@ impl Dispatch {
                 if start.elapsed().as_nanos() as u64 >= self.poll.get() {
                     break;
                 }
+                rustix::thread::sched_yield();
             }
         }
         epoll::wait(&self.epoll, rustix::buffer::spare_capacity(events), None)?;
