@@ -78,6 +78,13 @@ pub fn peer_from_socket(
         uid: cred.uid.as_raw(),
         gid: cred.gid.as_raw(),
     };
+    // Taken first: while the process it names has not been reaped, its pid is
+    // nobody else's, so what was read by pid below was read of the process that
+    // connected if it is still there afterwards.
+    let pidfd = match pidfd {
+        true => crate::sys::peer_pidfd(fd.as_fd()),
+        false => Ok(None),
+    };
     let mut peer = match defer {
         true => Peer {
             creds,
@@ -95,9 +102,22 @@ pub fn peer_from_socket(
         },
         false => peer_from_creds(creds, interned),
     };
-    if pidfd {
-        peer.pidfd = crate::sys::peer_pidfd(fd.as_fd()).map(|f| FileSet::shared(vec![f]));
+    let gone = match &pidfd {
+        Ok(f) => f.as_ref().is_some_and(|f| !crate::sys::pidfd_alive(f.as_fd())),
+        Err(()) => true,
+    };
+    if gone {
+        // Gone already: its pid may have gone to another process by the time we
+        // looked, so nothing read by pid is kept, privilege least of all.
+        tracing::debug!(pid = creds.pid, "a client gone before it was accepted");
+        peer = Peer {
+            creds,
+            privileged: creds.uid == 0,
+            groups: peer.groups.filter(|_| defer),
+            ..Peer::default()
+        };
     }
+    peer.pidfd = pidfd.ok().flatten().map(|f| FileSet::shared(vec![f]));
     Ok(peer)
 }
 

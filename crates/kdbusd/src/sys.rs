@@ -212,8 +212,10 @@ pub fn peer_groups(sock: BorrowedFd<'_>) -> Option<Vec<u32>> {
 }
 
 /// A pidfd of the process at the other end of `sock`, as the kernel recorded it at
-/// connect; `None` where the kernel has no `SO_PEERPIDFD`.
-pub fn peer_pidfd(sock: BorrowedFd<'_>) -> Option<OwnedFd> {
+/// connect: `Ok(None)` where the kernel has no `SO_PEERPIDFD`, `Err(())` when that
+/// process has been reaped already (its pid may be another's by now).
+#[allow(clippy::result_unit_err)]
+pub fn peer_pidfd(sock: BorrowedFd<'_>) -> Result<Option<OwnedFd>, ()> {
     let mut fd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into the local `fd`, and `len`
@@ -227,12 +229,18 @@ pub fn peer_pidfd(sock: BorrowedFd<'_>) -> Option<OwnedFd> {
             &mut len,
         )
     };
-    if r != 0 || fd < 0 || len as usize != std::mem::size_of::<libc::c_int>() {
-        return None;
+    if r != 0 {
+        // EINVAL: the peer's pid has no process any more; anything else (ENOPROTOOPT
+        // before Linux 6.5): no pidfd to be had.
+        let gone = io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL);
+        return if gone { Err(()) } else { Ok(None) };
+    }
+    if fd < 0 || len as usize != std::mem::size_of::<libc::c_int>() {
+        return Ok(None);
     }
     // SAFETY: on success the kernel installed a new descriptor (close-on-exec)
     // that nothing else owns.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Whether SIGINT or SIGTERM is pending (blocked, not yet read). A safety net for
