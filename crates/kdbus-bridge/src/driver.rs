@@ -540,11 +540,17 @@ fn get_connection_credentials(
 ) -> Result<Body, DErr> {
     let name = c.s()?;
     let (creds, pidfd) = creds_of(dom, c.key, name, "credentials")?;
-    // ProcessFD only for callers that agreed to receive fds (dbus-daemon).
+    // ProcessFD only for callers that agreed to receive fds (dbus-daemon). A
+    // connection's pidfd is taken from its socket when first asked for.
     let caller_takes_fds = dom
         .with_stream(c.key, |s, _| peer_mut(s).is_some_and(|p| p.fds_ok))
         .unwrap_or(false);
-    let pidfd = pidfd.filter(|f| caller_takes_fds && f.len() == 1);
+    let pidfd = match (caller_takes_fds, name) {
+        (false, _) => None,
+        (true, DRIVER) => pidfd,
+        (true, _) => crate::owners::conn_key_of(dom, c.key, name).and_then(|k| dom.conn_pidfd(k)),
+    };
+    let pidfd = pidfd.filter(|f| f.len() == 1);
     let mut b = Body::new();
     b.sig.push_str("a{sv}");
     let mut w = b.w();

@@ -42,10 +42,21 @@ impl Domain {
                 k
             }
         };
-        // Facts a D-Bus client did not read at connect, if asked for.
+        // Facts a D-Bus client did not read at connect, if asked for (checked with
+        // its pidfd, taken now if need be; if its user may hold no more, read but
+        // not kept).
         if let Some(t) = self.conns.get_mut(&target_key) {
             if t.peer.deferred && cmd.attach_flags & crate::meta::DEFERRED_ITEMS != 0 {
+                let ledger = self.fd_ledger.as_ref();
+                let pidfd = crate::meta::peer_pidfd(&*self.proc_facts, ledger, &mut t.peer);
+                let kept = t.peer.pidfd.is_some();
+                if !kept {
+                    t.peer.pidfd = pidfd;
+                }
                 self.proc_facts.fill_deferred(&mut t.peer);
+                if !kept {
+                    t.peer.pidfd = None;
+                }
             }
         }
         let t = self.conns.get(&target_key).ok_or(Errno::ENXIO)?;

@@ -46,8 +46,16 @@ pub struct Peer {
     /// NUL-separated argv, as `/proc/PID/cmdline` has it.
     pub cmdline: Option<Arc<[u8]>>,
     /// A pidfd of the process that connected (`SO_PEERPIDFD`), where the kernel gives
-    /// one: D-Bus `GetConnectionCredentials` hands out copies as `ProcessFD`.
+    /// one: D-Bus `GetConnectionCredentials` hands out copies as `ProcessFD`, and a
+    /// late look at `/proc` checks with it that the process is still the one that
+    /// connected. Taken when first needed ([`ProcFacts::pidfd`], from `socket`) and
+    /// charged to the connection's user: an idle connection costs the broker its
+    /// socket alone.
     pub pidfd: Option<crate::ids::Files>,
+    /// The broker's socket of the connection, to take its pidfd from when first
+    /// needed. Weak: the broker's handle owns the socket, and a peer copied into a
+    /// queued message must not keep it open.
+    pub socket: Option<std::rc::Weak<std::os::fd::OwnedFd>>,
     /// The parent of the process that connected, as it was then (0: unknown).
     pub ppid: u32,
     /// Supplementary groups, as kdbus's `AUXGROUPS` payload (one u64 each).
@@ -152,6 +160,37 @@ pub trait ProcFacts {
     fn fill_deferred(&self, peer: &mut Peer) {
         peer.deferred = false;
     }
+
+    /// A pidfd of the process that connected `peer`'s socket, as the kernel
+    /// recorded it at connect; `None` if there is none to be had. The default has
+    /// none.
+    fn pidfd(&self, _peer: &Peer) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
+}
+
+/// Make sure `peer` has its pidfd, if one is to be had: taken from its socket and
+/// charged to its user in `ledger`. Returns it; when the user may hold no more
+/// descriptors it is returned for this one use and not kept.
+pub(crate) fn peer_pidfd(
+    facts: &dyn ProcFacts,
+    ledger: Option<&std::rc::Rc<dyn crate::files::FdLedger>>,
+    peer: &mut Peer,
+) -> Option<crate::ids::Files> {
+    if let Some(f) = &peer.pidfd {
+        return Some(f.clone());
+    }
+    peer.socket.as_ref()?;
+    let mut files = crate::ids::FileSet::shared(vec![facts.pidfd(peer)?]);
+    let kept = match ledger {
+        None => true,
+        Some(l) => crate::files::FdSlip::take(l, peer.creds.uid, peer.privileged, 1)
+            .is_some_and(|slip| crate::ids::FileSet::charge(&mut files, slip)),
+    };
+    if kept {
+        peer.pidfd = Some(files.clone());
+    }
+    Some(files)
 }
 
 /// The items whose facts a D-Bus client's [`Peer`] may not have read at connect.

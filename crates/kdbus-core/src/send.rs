@@ -115,7 +115,13 @@ impl Domain {
             sender.names = bus_owned_names(bus, src_key);
         }
         let want = dst.attach_recv & sender.attach_send;
-        deferred_fill(&*self.proc_facts, &mut self.conns, &mut sender, want);
+        deferred_fill(
+            &*self.proc_facts,
+            self.fd_ledger.as_ref(),
+            &mut self.conns,
+            &mut sender,
+            want,
+        );
         proc_refresh(&*self.proc_facts, &mut sender, want & PROC_NOW_ITEMS);
         let dst = self.conns.get(&dst_key).ok_or(Errno::ENXIO)?;
         // A unicast signal reaches its destination only through a match (HEAD).
@@ -317,7 +323,13 @@ impl Domain {
         if want & attach::NAMES != 0 {
             sender.names = bus_owned_names(bus, src_key);
         }
-        deferred_fill(&*self.proc_facts, &mut self.conns, &mut sender, want);
+        deferred_fill(
+            &*self.proc_facts,
+            self.fd_ledger.as_ref(),
+            &mut self.conns,
+            &mut sender,
+            want,
+        );
         proc_refresh(&*self.proc_facts, &mut sender, want & PROC_NOW_ITEMS);
         self.seq += 1;
         let seq = self.seq;
@@ -462,22 +474,40 @@ fn send_writeback(cmd: &CmdSend, reply: Option<MsgInfo>) -> CmdSend {
     wb
 }
 
-/// A sender whose connect-time facts were deferred (a D-Bus client) has them read
-/// the first time a receiver wants one, and keeps them on its connection.
+/// Before `/proc` is read for a receiver that wants what it shows, the sender's
+/// pidfd is taken (the reads are checked with it), and a sender whose connect-time
+/// facts were deferred (a D-Bus client) has them read; both are kept on its
+/// connection for the next message.
 fn deferred_fill(
     facts: &dyn crate::meta::ProcFacts,
+    ledger: Option<&std::rc::Rc<dyn crate::files::FdLedger>>,
     conns: &mut KeyMap<ConnKey, Box<Conn>>,
     sender: &mut SenderMeta,
     want: u64,
 ) {
-    if !sender.peer.deferred || want & crate::meta::DEFERRED_ITEMS == 0 {
+    let reads = want & (PROC_NOW_ITEMS | crate::meta::DEFERRED_ITEMS) != 0;
+    if !reads || (!sender.peer.deferred && sender.peer.pidfd.is_some()) {
         return;
     }
     let Some(c) = sender.key.and_then(|k| conns.get_mut(&k)) else {
         return;
     };
-    facts.fill_deferred(&mut c.peer);
+    // Not kept if its user may hold no more descriptors: then for this message only.
+    let pidfd = crate::meta::peer_pidfd(facts, ledger, &mut c.peer);
+    let kept = c.peer.pidfd.is_some();
+    if c.peer.deferred && want & crate::meta::DEFERRED_ITEMS != 0 {
+        if !kept {
+            c.peer.pidfd = pidfd.clone();
+        }
+        facts.fill_deferred(&mut c.peer);
+        if !kept {
+            c.peer.pidfd = None;
+        }
+    }
     sender.peer = c.peer.clone();
+    if !kept {
+        sender.peer.pidfd = pidfd;
+    }
 }
 
 /// Read again what the sending process may have changed since it connected, if a

@@ -1,8 +1,10 @@
 //! Who may make the broker hold descriptors, how many, and for how long before they
 //! become a connection.
 //!
-//! Every client costs the broker descriptors: a socket, a pidfd of the process
-//! behind it, a pool memfd once it says HELLO. The process has a fixed number
+//! Every client costs the broker descriptors: its socket, and a pidfd of the
+//! process behind it once one is needed (charged then, through the core's
+//! `FdLedger`; a pool memfd is handed to the client and not kept). The process has
+//! a fixed number
 //! (`RLIMIT_NOFILE`), and a user who takes them all makes the broker refuse
 //! everyone, root included. So descriptors are books like any other resource
 //! (dbus-broker's `util/user.c`):
@@ -35,11 +37,11 @@ pub const MAX_WAITING_PER_USER: usize = 64;
 /// How long a native handle may wait to become something.
 pub const WAITING_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 
-/// Descriptors a client costs: its socket and the pidfd behind it, and for a native
-/// endpoint handle its pool too.
+/// Descriptors a client costs when it connects: its socket (its pidfd is charged
+/// when first taken, the pool memfd goes to the client).
 pub const COST_CONTROL: usize = 1;
-pub const COST_ENDPOINT: usize = 3;
-pub const COST_DBUS: usize = 2;
+pub const COST_ENDPOINT: usize = 1;
+pub const COST_DBUS: usize = 1;
 
 /// The process's descriptors, per user.
 #[derive(Debug)]

@@ -73,8 +73,9 @@ pub(crate) enum Event {
 
 /// A client of a bus's D-Bus socket.
 struct DBusClient {
-    /// The accepted stream socket.
-    fd: OwnedFd,
+    /// The accepted stream socket (shared weakly with its peer's metadata, which
+    /// takes the pidfd from it when first needed: `Peer::socket`).
+    fd: std::rc::Rc<OwnedFd>,
     /// Who connected it (credentials and `/proc` facts at connect).
     peer: Peer,
     /// The bus whose D-Bus socket it connected to.
@@ -301,6 +302,9 @@ impl DBusClients {
     ) {
         let uid = peer.creds.uid;
         let deadline = now + self.limits.auth_timeout_ns;
+        let fd = std::rc::Rc::new(fd);
+        let mut peer = peer;
+        peer.socket = Some(std::rc::Rc::downgrade(&fd));
         self.clients.insert(
             token,
             Box::new(DBusClient {

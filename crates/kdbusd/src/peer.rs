@@ -8,7 +8,6 @@
 //! connections, or many processes of one program, share one copy instead of holding
 //! one per connection.
 
-use kdbus_core::FileSet;
 use kdbus_core::{Creds, Peer};
 use rustix::fd::AsFd;
 use std::collections::HashSet;
@@ -103,7 +102,9 @@ pub fn peer_from_socket(
         false => peer_from_creds(creds, interned),
     };
     let gone = match &pidfd {
-        Ok(f) => f.as_ref().is_some_and(|f| !crate::sys::pidfd_alive(f.as_fd())),
+        Ok(f) => f
+            .as_ref()
+            .is_some_and(|f| !crate::sys::pidfd_alive(f.as_fd())),
         Err(()) => true,
     };
     if gone {
@@ -117,7 +118,9 @@ pub fn peer_from_socket(
             ..Peer::default()
         };
     }
-    peer.pidfd = pidfd.ok().flatten().map(|f| FileSet::shared(vec![f]));
+    // Not kept: an idle connection costs the broker its socket alone. The pidfd is
+    // taken again from the socket when first needed (`ProcNow::pidfd`).
+    drop(pidfd);
     Ok(peer)
 }
 
@@ -309,6 +312,12 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
     /// Read late, the facts must still be those of the process that connected: its
     /// pidfd says whether it is (where the kernel gave one); if it is gone, they stay
     /// absent.
+    /// From the connection's socket, where it is still open.
+    fn pidfd(&self, peer: &Peer) -> Option<rustix::fd::OwnedFd> {
+        let socket = peer.socket.as_ref()?.upgrade()?;
+        crate::sys::peer_pidfd(socket.as_fd()).ok().flatten()
+    }
+
     /// (Its groups and privilege were taken at connect and stay.)
     fn fill_deferred(&self, peer: &mut Peer) {
         let strings = &mut self.strings.borrow_mut();
@@ -317,12 +326,12 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
         peer.deferred = false;
         let pidfd = peer.pidfd.as_ref().and_then(|f| f.first());
         if pidfd.is_some_and(|fd| !crate::sys::pidfd_alive(fd.as_fd())) {
-            let (groups, privileged, pidfd) = (peer.groups.take(), peer.privileged, peer.pidfd.take());
             *peer = Peer {
                 creds: peer.creds,
-                privileged,
-                groups,
-                pidfd,
+                privileged: peer.privileged,
+                groups: peer.groups.take(),
+                pidfd: peer.pidfd.take(),
+                socket: peer.socket.take(),
                 ..Peer::default()
             };
         }

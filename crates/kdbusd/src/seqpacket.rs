@@ -67,8 +67,9 @@ impl Role {
 
 /// A native client's socket.
 pub(crate) struct Handle {
-    /// The accepted SEQPACKET socket.
-    pub(crate) fd: OwnedFd,
+    /// The accepted SEQPACKET socket (shared weakly with its peer's metadata, which
+    /// takes the pidfd from it when first needed: `Peer::socket`).
+    pub(crate) fd: std::rc::Rc<OwnedFd>,
     /// Who connected it (credentials and `/proc` facts at connect).
     pub(crate) peer: Peer,
     /// What the handle has become.
@@ -101,7 +102,9 @@ pub(crate) enum Read {
 }
 
 impl Handle {
-    pub(crate) fn new(fd: OwnedFd, peer: Peer, role: Role, cost: usize) -> Handle {
+    pub(crate) fn new(fd: OwnedFd, mut peer: Peer, role: Role, cost: usize) -> Handle {
+        let fd = std::rc::Rc::new(fd);
+        peer.socket = Some(std::rc::Rc::downgrade(&fd));
         Handle {
             fd,
             peer,

@@ -130,5 +130,7 @@ fn receiver_stat(z: &zbus::blocking::Connection, dest: &str, key: &str) -> Optio
     let s: std::collections::HashMap<String, zbus::zvariant::OwnedValue> =
         m.body().deserialize().ok()?;
     let v = s.get(key)?;
-    u64::try_from(v).ok().or_else(|| u32::try_from(v).ok().map(u64::from))
+    u64::try_from(v)
+        .ok()
+        .or_else(|| u32::try_from(v).ok().map(u64::from))
 }

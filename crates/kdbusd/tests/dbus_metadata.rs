@@ -29,10 +29,14 @@ fn own_facts() -> Vec<(u64, Vec<u8>)> {
     v.push((item::PID_COMM, nul(comm.trim_end())));
     let exe = std::fs::read_link("/proc/self/exe").expect("exe");
     v.push((item::EXE, nul(exe.to_str().expect("a UTF-8 path"))));
-    v.push((item::CMDLINE, std::fs::read("/proc/self/cmdline").expect("cmdline")));
-    if let Some(path) = text("cgroup")
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
-    {
+    v.push((
+        item::CMDLINE,
+        std::fs::read("/proc/self/cmdline").expect("cmdline"),
+    ));
+    if let Some(path) = text("cgroup").and_then(|c| {
+        c.lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+    }) {
         v.push((item::CGROUP, nul(&path)));
     }
     v

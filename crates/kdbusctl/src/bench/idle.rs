@@ -29,8 +29,8 @@ fn load(bus: &Path, conns: usize, names: usize) -> BenchResult<Load> {
     while held.len() < conns || named < names {
         let c = Connection::hello(bus, &opts).map_err(|e| {
             format!(
-                "connection {} refused ({e}): a native connection costs the broker three \
-                 descriptors, so its RLIMIT_NOFILE bounds how many may idle",
+                "connection {} refused ({e}): an idle connection costs the broker a \
+                 descriptor (and this process one), so RLIMIT_NOFILE bounds how many may idle",
                 held.len() + 1
             )
         })?;

@@ -546,3 +546,25 @@ pub fn connect_and_call(service: &Connection, endpoint: &Path) -> Duration {
     assert_eq!(ok(reply).payload_bytes(), b"pong");
     took
 }
+
+/// Whether this kernel gives pidfds of socket peers (`SO_PEERPIDFD`, Linux 6.5).
+pub fn kernel_has_peer_pidfd() -> bool {
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the local `fd`.
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&a),
+            libc::SOL_SOCKET,
+            77, // SO_PEERPIDFD
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 && fd >= 0 {
+        // SAFETY: the kernel just gave us this descriptor.
+        unsafe { libc::close(fd) };
+    }
+    r == 0
+}
