@@ -329,6 +329,9 @@ fn bench_idle_reports_the_loaded_and_the_empty_bus() {
     ] {
         assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {v}");
     }
+    // Measured side by side with a private empty broker, turn by turn.
+    let pairs = v["pair_ratios"].as_array().map_or(0, Vec::len);
+    assert_eq!(pairs, 8, "{v}");
 }
 
 /// The build renders the man pages from the command line's definition.

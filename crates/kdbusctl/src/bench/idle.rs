@@ -1,12 +1,14 @@
 //! `kdbusctl bench --idle-connections N --idle-names M`: is a round trip's cost flat
 //! in what does not take part?
 //!
-//! Native round trips on an empty bus, then with N idle connections and M names
-//! (held by as few of those connections as the per-connection limit allows) on the
-//! same bus, then on the empty bus again: A-B-A, so that the machine's drift over the
-//! run lands on both sides of the comparison (the empty rate is the mean of the two A
-//! phases). A broker whose per-message work touches a table of all connections or
-//! names shows it here as a ratio below 1.
+//! N idle connections and M names (held by as few of those connections as the
+//! per-connection limit allows) are loaded onto the bus; the empty bus is a private
+//! kdbusd of this build, started for the run. Round trips between a client and an
+//! echo service then alternate between the two, [`PAIRS`] times (each pair in the
+//! other order than the last), and the result is the median of the pairs' ratios:
+//! on a machine whose speed drifts by tens of percent between seconds, only
+//! measurements taken side by side compare. A broker whose per-message work touches a
+//! table of all connections or names shows it as a ratio below 1.
 
 use super::{time_rounds, BenchResult};
 use kdbus::{Connection, HelloOptions, Message};
@@ -43,26 +45,55 @@ fn load(bus: &Path, conns: usize, names: usize) -> BenchResult<Load> {
     Ok(Load { conns: held })
 }
 
-/// Round trips per second between a client and an echo service on `bus`.
-fn round_trips(bus: &Path, rounds: usize) -> BenchResult<f64> {
-    let server = Connection::hello(bus, &HelloOptions::new().description("bench-idle-echo"))?;
-    let client = Connection::hello(bus, &HelloOptions::new().description("bench-idle-client"))?;
-    let server_id = server.id();
-    std::thread::spawn(move || {
-        let _ = crate::serve_loop(&server);
-    });
-    let payload = [0x5au8; 64];
-    let s = time_rounds(rounds, |i| {
-        client.call(
-            Message::to(server_id)
-                .cookie(i as u64 + 1)
-                .payload(&payload),
-            Duration::from_secs(10),
-        )?;
-        Ok(())
-    })?;
-    client.byebye().ok();
-    Ok(s.per_s)
+/// Turns on each bus, alternating.
+const PAIRS: usize = 8;
+
+/// A client and an echo service on one bus, for the whole run.
+struct Pair {
+    client: Connection,
+    server_id: u64,
+    cookie: u64,
+}
+
+impl Pair {
+    fn start(bus: &Path) -> BenchResult<Pair> {
+        let server = Connection::hello(bus, &HelloOptions::new().description("bench-idle-echo"))?;
+        let client = Connection::hello(bus, &HelloOptions::new().description("bench-idle-client"))?;
+        let server_id = server.id();
+        std::thread::spawn(move || {
+            let _ = crate::serve_loop(&server);
+        });
+        Ok(Pair {
+            client,
+            server_id,
+            cookie: 0,
+        })
+    }
+
+    /// Round trips per second over `rounds` calls.
+    fn rate(&mut self, rounds: usize) -> BenchResult<f64> {
+        let payload = [0x5au8; 64];
+        let (client, server_id, cookie) = (&self.client, self.server_id, &mut self.cookie);
+        let s = time_rounds(rounds, |_| {
+            *cookie += 1;
+            client.call(
+                Message::to(server_id).cookie(*cookie).payload(&payload),
+                Duration::from_secs(10),
+            )?;
+            Ok(())
+        })?;
+        Ok(s.per_s)
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 pub fn run(
@@ -72,38 +103,55 @@ pub fn run(
     names: usize,
     as_json: bool,
 ) -> BenchResult<()> {
-    let half = (rounds / 2).max(100);
-    let empty_before = round_trips(bus, half)?;
+    let kdbusd = std::env::current_exe()?.with_file_name("kdbusd");
+    let kdbusd = kdbusd.to_str().ok_or("a kdbusd path that is not UTF-8")?;
+    let (_empty_broker, empty_bus) = super::dbus::start_native(kdbusd, "kdbusd-empty")?;
+    let mut empty = Pair::start(&empty_bus)?;
+    let mut loaded = Pair::start(bus)?;
     let t0 = Instant::now();
     let l = load(bus, conns, names)?;
     let load_s = t0.elapsed().as_secs_f64();
-    let loaded = round_trips(bus, rounds)?;
+    let turn = (rounds / PAIRS).max(50);
+    let (mut e, mut f) = (Vec::new(), Vec::new());
+    for i in 0..PAIRS {
+        if i % 2 == 0 {
+            e.push(empty.rate(turn)?);
+            f.push(loaded.rate(turn)?);
+        } else {
+            f.push(loaded.rate(turn)?);
+            e.push(empty.rate(turn)?);
+        }
+    }
     let held = l.conns.len();
     drop(l);
-    // Let the broker finish taking the idle connections down before measuring.
-    std::thread::sleep(Duration::from_millis(500));
-    let empty_after = round_trips(bus, half)?;
-    let empty = (empty_before + empty_after) / 2.0;
-    let ratio = loaded / empty;
+    let ratios: Vec<f64> = f.iter().zip(&e).map(|(l, e)| l / e.max(1e-9)).collect();
+    let ratio = median(&ratios);
+    let (empty_rate, loaded_rate) = (median(&e), median(&f));
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
     if as_json {
         println!(
             "{}",
             json!({
                 "idle_connections": held,
                 "names": names,
-                "round_trips_per_s_empty": empty.round(),
-                "round_trips_per_s_empty_before": empty_before.round(),
-                "round_trips_per_s_empty_after": empty_after.round(),
-                "round_trips_per_s_loaded": loaded.round(),
-                "ratio": (ratio * 1000.0).round() / 1000.0,
+                "round_trips_per_s_empty": empty_rate.round(),
+                "round_trips_per_s_loaded": loaded_rate.round(),
+                "ratio": round3(ratio),
+                "pair_ratios": ratios.iter().map(|&r| round3(r)).collect::<Vec<_>>(),
                 "load_seconds": (load_s * 10.0).round() / 10.0,
             })
         );
     } else {
-        println!("native round trips of 64 bytes ({rounds} loaded, {half} before and after)");
-        println!("empty bus:          {empty:>10.0} /s   ({empty_before:.0} before, {empty_after:.0} after)");
-        println!("{held} idle connections, {names} names: {loaded:>10.0} /s");
-        println!("ratio loaded/empty: {ratio:.3}   (loading took {load_s:.1} s)");
+        println!(
+            "native round trips of 64 bytes, {PAIRS} turns of {turn} on each bus, alternating"
+        );
+        println!("empty bus (a private kdbusd): {empty_rate:>10.0} /s (median)");
+        println!("{held} idle connections, {names} names: {loaded_rate:>10.0} /s (median)");
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "ratio loaded/empty: {ratio:.3} (median of {})   (loading took {load_s:.1} s)",
+            each.join(" ")
+        );
     }
     Ok(())
 }
