@@ -198,11 +198,16 @@ impl Domain {
     }
 
     /// The pidfd of a connection's process (D-Bus `ProcessFD`), taken from its socket
-    /// when first asked for and kept, charged to its user (if the user may hold no
-    /// more descriptors, handed out without being kept); `None` if there is none.
+    /// when first asked for and kept, charged to its user; `None` if there is none,
+    /// or the user may hold no more descriptors.
     pub fn conn_pidfd(&mut self, key: ConnKey) -> Option<Files> {
         let c = self.conns.get_mut(&key)?;
-        crate::meta::peer_pidfd(&*self.proc_facts, self.fd_ledger.as_ref(), &mut c.peer)
+        crate::meta::peer_pidfd(
+            &*self.proc_facts,
+            self.fd_ledger.as_ref(),
+            &mut c.peer,
+            false,
+        )
     }
 
     /// Let the broker say what passed fds are (without it, memfd payloads are refused).

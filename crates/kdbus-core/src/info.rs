@@ -48,7 +48,7 @@ impl Domain {
         if let Some(t) = self.conns.get_mut(&target_key) {
             if t.peer.deferred && cmd.attach_flags & crate::meta::DEFERRED_ITEMS != 0 {
                 let ledger = self.fd_ledger.as_ref();
-                let pidfd = crate::meta::peer_pidfd(&*self.proc_facts, ledger, &mut t.peer);
+                let pidfd = crate::meta::peer_pidfd(&*self.proc_facts, ledger, &mut t.peer, true);
                 let kept = t.peer.pidfd.is_some();
                 if !kept {
                     t.peer.pidfd = pidfd;

@@ -7,15 +7,16 @@
 //! through [`ProcFacts`], which the broker implements (`/proc`, checked with the
 //! sender's pidfd) and the core's tests and fuzzers do without.
 //!
-//! A D-Bus client's facts from `/proc` (comm, exe, cmdline, cgroup, audit ids, the
-//! four ids of each kind, parent, capabilities, namespaces) are not read when it
-//! connects: few D-Bus connections are ever asked for them, and reading them was
-//! most of the broker's work per connection set up. Such a `Peer` is marked
-//! [`Peer::deferred`], and the core has [`ProcFacts::fill_deferred`] read them the
-//! first time a receiver or a CONN_INFO wants any item that shows them
-//! ([`DEFERRED_ITEMS`]). What decides anything is still taken at connect: the
-//! credentials and groups from the socket, the privilege from the process's
-//! capabilities.
+//! A D-Bus client's facts from `/proc` that only metadata shows and that no one can
+//! trust anyway (comm, cmdline, cgroup, audit ids; a process sets its comm and
+//! cmdline itself) are not read when it connects: few D-Bus connections are ever
+//! asked for them, and they were most of what reading a process cost per connection
+//! set up. Such a `Peer` is marked [`Peer::deferred`], and the core has
+//! [`ProcFacts::fill_deferred`] read them the first time a receiver or a CONN_INFO
+//! wants one ([`DEFERRED_ITEMS`]), of the process that connected and checked with
+//! its pidfd. Whatever decides something or says who the process is (ids,
+//! capabilities, groups, namespaces, its program) is read at connect: an exec of a
+//! setuid program later must not lend the connection its identity.
 
 use std::sync::Arc;
 
@@ -78,9 +79,8 @@ pub struct Peer {
     /// What a privileged caller said at HELLO its messages are to show instead of
     /// its own (kdbus's faked metadata, for proxies that speak for others).
     pub faked: Option<Arc<Faked>>,
-    /// What `/proc` says was not read at connect (all but `creds`, `privileged`,
-    /// `groups` and `pidfd`): it is read when first wanted (see the module docs).
-    /// Never set for native connections.
+    /// comm, cmdline, cgroup and audit ids were not read at connect: they are read
+    /// when first wanted (see the module docs). Never set for native connections.
     pub deferred: bool,
 }
 
@@ -171,11 +171,14 @@ pub trait ProcFacts {
 
 /// Make sure `peer` has its pidfd, if one is to be had: taken from its socket and
 /// charged to its user in `ledger`. Returns it; when the user may hold no more
-/// descriptors it is returned for this one use and not kept.
+/// descriptors it is not kept, and returned only if `once` (the caller lets go of it
+/// before the broker turns to anything else: a check, not a ProcessFD that waits in
+/// someone's output uncharged).
 pub(crate) fn peer_pidfd(
     facts: &dyn ProcFacts,
     ledger: Option<&std::rc::Rc<dyn crate::files::FdLedger>>,
     peer: &mut Peer,
+    once: bool,
 ) -> Option<crate::ids::Files> {
     if let Some(f) = &peer.pidfd {
         return Some(f.clone());
@@ -190,16 +193,12 @@ pub(crate) fn peer_pidfd(
     if kept {
         peer.pidfd = Some(files.clone());
     }
-    Some(files)
+    (kept || once).then_some(files)
 }
 
 /// The items whose facts a D-Bus client's [`Peer`] may not have read at connect.
-pub const DEFERRED_ITEMS: u64 = kdbus_abi::attach::CREDS
-    | kdbus_abi::attach::PIDS
-    | kdbus_abi::attach::CAPS
-    | kdbus_abi::attach::PID_COMM
+pub const DEFERRED_ITEMS: u64 = kdbus_abi::attach::PID_COMM
     | kdbus_abi::attach::TID_COMM
-    | kdbus_abi::attach::EXE
     | kdbus_abi::attach::CMDLINE
     | kdbus_abi::attach::CGROUP
     | kdbus_abi::attach::AUDIT;

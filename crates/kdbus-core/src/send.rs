@@ -115,14 +115,8 @@ impl Domain {
             sender.names = bus_owned_names(bus, src_key);
         }
         let want = dst.attach_recv & sender.attach_send;
-        deferred_fill(
-            &*self.proc_facts,
-            self.fd_ledger.as_ref(),
-            &mut self.conns,
-            &mut sender,
-            want,
-        );
-        proc_refresh(&*self.proc_facts, &mut sender, want & PROC_NOW_ITEMS);
+        let (proc, ledger) = (&*self.proc_facts, self.fd_ledger.as_ref());
+        sender_facts(proc, ledger, &mut self.conns, &mut sender, want);
         let dst = self.conns.get(&dst_key).ok_or(Errno::ENXIO)?;
         // A unicast signal reaches its destination only through a match (HEAD).
         if req.bloom.is_some() {
@@ -323,14 +317,8 @@ impl Domain {
         if want & attach::NAMES != 0 {
             sender.names = bus_owned_names(bus, src_key);
         }
-        deferred_fill(
-            &*self.proc_facts,
-            self.fd_ledger.as_ref(),
-            &mut self.conns,
-            &mut sender,
-            want,
-        );
-        proc_refresh(&*self.proc_facts, &mut sender, want & PROC_NOW_ITEMS);
+        let (proc, ledger) = (&*self.proc_facts, self.fd_ledger.as_ref());
+        sender_facts(proc, ledger, &mut self.conns, &mut sender, want);
         self.seq += 1;
         let seq = self.seq;
         let mut overwhelmed = Vec::new();
@@ -474,10 +462,22 @@ fn send_writeback(cmd: &CmdSend, reply: Option<MsgInfo>) -> CmdSend {
     wb
 }
 
-/// Before `/proc` is read for a receiver that wants what it shows, the sender's
-/// pidfd is taken (the reads are checked with it), and a sender whose connect-time
-/// facts were deferred (a D-Bus client) has them read; both are kept on its
-/// connection for the next message.
+/// What the sender's process shows, for receivers that `want` it: its pidfd is
+/// taken first (the reads are checked with it), a sender whose connect-time facts
+/// were deferred (a D-Bus client) has them read, both kept on its connection for the
+/// next message; then what it may have changed since is read again.
+fn sender_facts(
+    facts: &dyn crate::meta::ProcFacts,
+    ledger: Option<&std::rc::Rc<dyn crate::files::FdLedger>>,
+    conns: &mut KeyMap<ConnKey, Box<Conn>>,
+    sender: &mut SenderMeta,
+    want: u64,
+) {
+    deferred_fill(facts, ledger, conns, sender, want);
+    proc_refresh(facts, sender, want & PROC_NOW_ITEMS);
+}
+
+/// The pidfd and the deferred facts of [`sender_facts`].
 fn deferred_fill(
     facts: &dyn crate::meta::ProcFacts,
     ledger: Option<&std::rc::Rc<dyn crate::files::FdLedger>>,
@@ -493,7 +493,7 @@ fn deferred_fill(
         return;
     };
     // Not kept if its user may hold no more descriptors: then for this message only.
-    let pidfd = crate::meta::peer_pidfd(facts, ledger, &mut c.peer);
+    let pidfd = crate::meta::peer_pidfd(facts, ledger, &mut c.peer, true);
     let kept = c.peer.pidfd.is_some();
     if c.peer.deferred && want & crate::meta::DEFERRED_ITEMS != 0 {
         if !kept {

@@ -61,14 +61,15 @@ impl ProcStrings {
     }
 }
 
-/// `pidfd`: also take a pidfd of the process (for connections that may be asked for one).
-/// `defer`: read from `/proc` only when first wanted ([`Peer::deferred`]; D-Bus
-/// clients, which are seldom asked for such metadata): what decides anything comes
-/// from the socket (`SO_PEERGROUPS`) and one `capget`.
+/// Who connected `fd`. `defer`: leave the facts only metadata shows and no one can
+/// trust anyway (comm, cmdline, cgroup, audit ids: a process sets the first two
+/// itself) to be read when first wanted ([`Peer::deferred`]; D-Bus clients, seldom
+/// asked for them), which needs a pidfd to vouch for the late read; everything that
+/// decides something or says who the process is (ids, capabilities, groups,
+/// namespaces, program) is read now.
 pub fn peer_from_socket(
     fd: impl AsFd,
     interned: &mut ProcStrings,
-    pidfd: bool,
     defer: bool,
 ) -> std::io::Result<Peer> {
     let cred = rustix::net::sockopt::socket_peercred(fd.as_fd())?;
@@ -80,27 +81,20 @@ pub fn peer_from_socket(
     // Taken first: while the process it names has not been reaped, its pid is
     // nobody else's, so what was read by pid below was read of the process that
     // connected if it is still there afterwards.
-    let pidfd = match pidfd {
-        true => crate::sys::peer_pidfd(fd.as_fd()),
-        false => Ok(None),
+    let pidfd = crate::sys::peer_pidfd(fd.as_fd());
+    let defer = defer && matches!(pidfd, Ok(Some(_)));
+    let mut peer = Peer {
+        creds,
+        ..Peer::default()
     };
-    let mut peer = match defer {
-        true => Peer {
-            creds,
-            privileged: creds.uid == 0
-                || rustix::thread::capabilities(Some(cred.pid)).is_ok_and(|c| {
-                    c.effective
-                        .contains(rustix::thread::CapabilitySet::IPC_OWNER)
-                }),
-            groups: crate::sys::peer_groups(fd.as_fd()).map(|g| {
-                let item: Vec<u8> = g.iter().flat_map(|&x| u64::from(x).to_ne_bytes()).collect();
-                interned.bytes(&item)
-            }),
-            deferred: true,
-            ..Peer::default()
-        },
-        false => peer_from_creds(creds, interned),
-    };
+    let cap_eff = read_status_facts(&mut peer, interned);
+    peer.privileged =
+        creds.uid == 0 || cap_eff.is_some_and(|caps| caps & (1 << CAP_IPC_OWNER) != 0);
+    read_exe(&mut peer, interned);
+    match defer {
+        true => peer.deferred = true,
+        false => read_other_facts(&mut peer, creds.pid, interned),
+    }
     let gone = match &pidfd {
         Ok(f) => f
             .as_ref()
@@ -114,7 +108,6 @@ pub fn peer_from_socket(
         peer = Peer {
             creds,
             privileged: creds.uid == 0,
-            groups: peer.groups.filter(|_| defer),
             ..Peer::default()
         };
     }
@@ -130,24 +123,22 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
         creds,
         ..Peer::default()
     };
-    let cap_eff = read_status_facts(&mut peer, interned, true);
+    let cap_eff = read_status_facts(&mut peer, interned);
     peer.privileged =
         creds.uid == 0 || cap_eff.is_some_and(|caps| caps & (1 << CAP_IPC_OWNER) != 0);
-    read_other_facts(&mut peer, interned);
+    read_exe(&mut peer, interned);
+    read_other_facts(&mut peer, creds.pid, interned);
     peer
 }
 
-/// What `status` and the namespace links say: parent, capabilities, the four ids of
-/// each kind, namespaces, and the groups if `groups`. Returns the effective
-/// capabilities.
-fn read_status_facts(peer: &mut Peer, interned: &mut ProcStrings, groups: bool) -> Option<u64> {
+/// What `status` and the namespace links say: parent, groups, capabilities, the four
+/// ids of each kind, namespaces. Returns the effective capabilities.
+fn read_status_facts(peer: &mut Peer, interned: &mut ProcStrings) -> Option<u64> {
     let proc = format!("/proc/{}", peer.creds.pid);
     let status = proc_text(&format!("{proc}/status")).unwrap_or_default();
     let field = |name: &str| status_field(&status, name);
     peer.ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
-    if groups {
-        peer.groups = field("Groups:").map(|g| interned.bytes(&groups_item(g)));
-    }
+    peer.groups = field("Groups:").map(|g| interned.bytes(&groups_item(g)));
     peer.caps = proc_caps(&field).map(|c| interned.bytes(&c));
     peer.ns = namespaces_of(&proc, &field, peer.ppid);
     let four = |name: &str| -> Option<Vec<u32>> {
@@ -167,13 +158,17 @@ fn read_status_facts(peer: &mut Peer, interned: &mut ProcStrings, groups: bool) 
     field("CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok())
 }
 
-/// comm, exe, cmdline, cgroup, audit ids: five files and a link.
-fn read_other_facts(peer: &mut Peer, interned: &mut ProcStrings) {
-    let proc = format!("/proc/{}", peer.creds.pid);
-    peer.comm = proc_text(&format!("{proc}/comm")).map(|s| interned.str(s.trim_end()));
-    peer.exe = std::fs::read_link(format!("{proc}/exe"))
+/// The program (`exe`): read at connect, as an exec later would change it.
+fn read_exe(peer: &mut Peer, interned: &mut ProcStrings) {
+    peer.exe = std::fs::read_link(format!("/proc/{}/exe", peer.creds.pid))
         .ok()
         .and_then(|p| p.to_str().map(|s| interned.str(s)));
+}
+
+/// comm, cmdline, cgroup, audit ids of process `pid`: five files.
+fn read_other_facts(peer: &mut Peer, pid: u32, interned: &mut ProcStrings) {
+    let proc = format!("/proc/{pid}");
+    peer.comm = proc_text(&format!("{proc}/comm")).map(|s| interned.str(s.trim_end()));
     peer.cmdline = proc_read(&format!("{proc}/cmdline"), CMDLINE_MAX).map(|v| interned.bytes(&v));
     peer.cgroup = proc_text(&format!("{proc}/cgroup"))
         .and_then(|c| proc_cgroup_path(&c).map(|p| interned.str(p)));
@@ -299,41 +294,72 @@ impl kdbus_core::meta::ProcFacts for ProcNow {
                 p.caps = proc_caps(&field).map(|c| strings.bytes(&c));
             }
         }
-        let same_process = pid == peer.creds.pid;
-        let pidfd = peer.pidfd.as_ref().and_then(|f| f.first());
-        if let (true, Some(fd)) = (same_process, pidfd) {
-            if !crate::sys::pidfd_alive(fd.as_fd()) {
-                return None;
-            }
+        if pid == peer.creds.pid && !self.still_there(peer, pid) {
+            return None;
         }
         Some(p)
     }
 
-    /// Read late, the facts must still be those of the process that connected: its
-    /// pidfd says whether it is (where the kernel gave one); if it is gone, they stay
-    /// absent.
     /// From the connection's socket, where it is still open.
     fn pidfd(&self, peer: &Peer) -> Option<rustix::fd::OwnedFd> {
         let socket = peer.socket.as_ref()?.upgrade()?;
         crate::sys::peer_pidfd(socket.as_fd()).ok().flatten()
     }
 
-    /// (Its groups and privilege were taken at connect and stay.)
+    /// Read late, the facts must be those of the process that connected: read by
+    /// the pid its socket names, and kept only if its pidfd says it is still there
+    /// afterwards; if it is gone, or nothing can vouch, they stay absent.
     fn fill_deferred(&self, peer: &mut Peer) {
-        let strings = &mut self.strings.borrow_mut();
-        read_status_facts(peer, strings, false);
-        read_other_facts(peer, strings);
         peer.deferred = false;
-        let pidfd = peer.pidfd.as_ref().and_then(|f| f.first());
-        if pidfd.is_some_and(|fd| !crate::sys::pidfd_alive(fd.as_fd())) {
-            *peer = Peer {
-                creds: peer.creds,
-                privileged: peer.privileged,
-                groups: peer.groups.take(),
-                pidfd: peer.pidfd.take(),
-                socket: peer.socket.take(),
-                ..Peer::default()
-            };
+        let Some(pid) = self.connector(peer) else {
+            return;
+        };
+        let mut late = Peer::default();
+        read_other_facts(&mut late, pid, &mut self.strings.borrow_mut());
+        if self.still_there(peer, pid) {
+            peer.comm = late.comm;
+            peer.cmdline = late.cmdline;
+            peer.cgroup = late.cgroup;
+            peer.audit = late.audit;
+        }
+    }
+}
+
+impl ProcNow {
+    /// The pid of the process that connected `peer`'s socket (the kernel's record;
+    /// a client's Hello may come from another process), while the socket is open.
+    fn connector(&self, peer: &Peer) -> Option<u32> {
+        let socket = peer.socket.as_ref()?.upgrade()?;
+        let cred = rustix::net::sockopt::socket_peercred(socket.as_fd()).ok()?;
+        Some(cred.pid.as_raw_nonzero().get() as u32)
+    }
+
+    /// Whether what was just read of `pid` was read of the process that connected
+    /// `peer`: its pidfd (taken from the socket, so of the connecting process) must
+    /// name `pid` and still be there. A peer with no socket (the bus's creator) or a
+    /// kernel without pidfds of socket peers cannot be checked: true, as before
+    /// pidfds. A Hello from another process than the one that connected leaves
+    /// the pidfd unable to vouch for it: true as well, like a forked child sending
+    /// on its parent's connection (`docs/abi.md`).
+    fn still_there(&self, peer: &Peer, pid: u32) -> bool {
+        let Some(socket) = peer.socket.as_ref() else {
+            return true;
+        };
+        let Some(socket) = socket.upgrade() else {
+            return false;
+        };
+        let connector = rustix::net::sockopt::socket_peercred(socket.as_fd())
+            .map(|c| c.pid.as_raw_nonzero().get() as u32);
+        if connector.ok() != Some(pid) {
+            return true;
+        }
+        if let Some(fd) = peer.pidfd.as_ref().and_then(|f| f.first()) {
+            return crate::sys::pidfd_alive(fd.as_fd());
+        }
+        match crate::sys::peer_pidfd(socket.as_fd()) {
+            Ok(Some(fd)) => crate::sys::pidfd_alive(fd.as_fd()),
+            Ok(None) => true,
+            Err(()) => false,
         }
     }
 }

@@ -174,43 +174,6 @@ const SO_PEERPIDFD: libc::c_int = 77;
 #[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
 const SO_PEERPIDFD: libc::c_int = 0x56;
 
-/// `SO_PEERGROUPS` (Linux 4.13).
-#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
-const SO_PEERGROUPS: libc::c_int = 59;
-#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
-const SO_PEERGROUPS: libc::c_int = 0x3d;
-
-/// The supplementary groups of the process at the other end of `sock`, as the kernel
-/// recorded them at connect; `None` where it cannot say.
-pub fn peer_groups(sock: BorrowedFd<'_>) -> Option<Vec<u32>> {
-    // Most processes have a few groups; the kernel says how many when they do not fit.
-    let mut groups: Vec<libc::gid_t> = vec![0; 32];
-    for _ in 0..2 {
-        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `groups`, whose size
-        // `len` is.
-        let r = unsafe {
-            libc::getsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        let n = len as usize / std::mem::size_of::<libc::gid_t>();
-        if r == 0 {
-            groups.truncate(n);
-            return Some(groups);
-        }
-        if io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || n <= groups.len() {
-            return None;
-        }
-        groups.resize(n, 0);
-    }
-    None
-}
-
 /// A pidfd of the process at the other end of `sock`, as the kernel recorded it at
 /// connect: `Ok(None)` where the kernel has no `SO_PEERPIDFD`, `Err(())` when that
 /// process has been reaped already (its pid may be another's by now).

@@ -5,6 +5,8 @@
 //! sends.
 
 mod common;
+#[path = "common/dbus_raw.rs"]
+mod dbus_raw;
 #[path = "common/zbus_peer.rs"]
 mod zbus_peer;
 use common::*;
@@ -114,6 +116,50 @@ fn a_dbus_clients_message_carries_its_process_facts() {
     check_process_items(&items);
     let audit = items.iter().any(|i| i.0 == item::AUDIT);
     assert_eq!(audit, audit_readable(), "AUDIT item");
+}
+
+/// The connection's Hello comes from another process than the one that connected
+/// (a child writing on its parent's socket): the late facts are still those of the
+/// process that connected, never of the one whose credentials the Hello carried,
+/// whose pid the connection's pidfd cannot vouch for.
+#[test]
+fn a_hello_from_another_process_does_not_lend_it_the_connections_facts() {
+    let b = Broker::start();
+    let s = std::os::unix::net::UnixStream::connect(b.dbus_path()).expect("connect");
+    s.set_read_timeout(Some(SOON)).unwrap();
+    let mut bytes = dbus_raw::auth();
+    bytes.extend(dbus_raw::call(1, dbus_raw::DRIVER, "Hello", "", &[], 0));
+    // A child writes the SASL lines and the Hello on our socket (its stdin), then
+    // waits, alive, with a command line of its own.
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os,sys,time; os.write(0, bytes.fromhex(sys.argv[1])); time.sleep(30)",
+        ])
+        .arg(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            s.try_clone().unwrap(),
+        )))
+        .spawn()
+        .expect("python3");
+    let mut r = dbus_raw::Reading::new(s.try_clone().unwrap());
+    assert!(r.line().starts_with("OK "));
+    let id = id_of(&dbus_raw::first_string(&r.reply()));
+    let native = b.conn();
+    let info = native.info(id, attach::CMDLINE).expect("CONN_INFO");
+    let _ = child.kill();
+    let _ = child.wait();
+    let ours = std::fs::read("/proc/self/cmdline").unwrap();
+    let seen = info
+        .items
+        .iter()
+        .find(|i| i.0 == item::CMDLINE)
+        .map(|i| &i.1);
+    assert!(
+        seen.is_none_or(|c| c.starts_with(&ours)),
+        "{:?}",
+        seen.map(|c| String::from_utf8_lossy(c).into_owned())
+    );
 }
 
 /// The native id behind a unique name `:1.N`.

@@ -37,11 +37,9 @@ impl Broker {
                 Accept::Empty => return,
                 Accept::Exhausted => return self.accept_pause(),
             };
-            // Connections (not control sockets) get a pidfd, for ProcessFD.
-            let pidfd = !matches!(which, Listener::Control);
             // A D-Bus client's metadata-only facts are read when first wanted.
             let defer = matches!(which, Listener::DBus(..));
-            let peer = match peer_from_socket(&fd, &mut self.proc_strings, pidfd, defer) {
+            let peer = match peer_from_socket(&fd, &mut self.proc_strings, defer) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(%e, "no peer credentials, dropping");
