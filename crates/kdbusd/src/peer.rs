@@ -136,7 +136,12 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
 fn read_status_facts(peer: &mut Peer, interned: &mut ProcStrings) -> Option<u64> {
     let proc = format!("/proc/{}", peer.creds.pid);
     let status = proc_text(&format!("{proc}/status")).unwrap_or_default();
-    let field = |name: &str| status_field(&status, name);
+    // One pass over its fifty-odd lines, not one per field asked for.
+    let fields: Vec<(&str, &str)> = status.lines().filter_map(|l| l.split_once(':')).collect();
+    let field = |name: &str| {
+        let key = name.strip_suffix(':').unwrap_or(name);
+        fields.iter().find(|f| f.0 == key).map(|f| f.1.trim())
+    };
     peer.ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
     peer.groups = field("Groups:").map(|g| interned.bytes(&groups_item(g)));
     peer.caps = proc_caps(&field).map(|c| interned.bytes(&c));
@@ -212,15 +217,29 @@ fn namespaces_of<'a>(
     field: &impl Fn(&str) -> Option<&'a str>,
     ppid: u32,
 ) -> Option<Arc<kdbus_core::meta::Namespaces>> {
-    let (user, pid) = (ns_inode(proc, "user")?, ns_inode(proc, "pid")?);
-    // The broker's own, which do not change while it runs.
-    static HOME: std::sync::OnceLock<(Option<u64>, Option<u64>)> = std::sync::OnceLock::new();
-    let &(home_user, home_pid) = HOME.get_or_init(|| {
+    // The broker's own, which do not change while it runs; and whether `/proc` is
+    // of its pid namespace (its own NSpid has one entry).
+    static HOME: std::sync::OnceLock<(Option<u64>, Option<u64>, bool)> = std::sync::OnceLock::new();
+    let &(home_user, home_pid, proc_is_home) = HOME.get_or_init(|| {
+        let nspid = proc_text("/proc/self/status")
+            .and_then(|s| status_field(&s, "NSpid:").map(|v| v.split_whitespace().count()));
         (
             ns_inode("/proc/self", "user"),
             ns_inode("/proc/self", "pid"),
+            nspid == Some(1),
         )
     });
+    let user = ns_inode(proc, "user")?;
+    // One NSpid entry: the process is in the pid namespace `/proc` shows, ours; no
+    // need to look at its link (most clients: one readlink less per connection).
+    let pid = match (proc_is_home, home_pid) {
+        (true, Some(home))
+            if field("NSpid:").is_some_and(|v| v.split_whitespace().count() == 1) =>
+        {
+            home
+        }
+        _ => ns_inode(proc, "pid")?,
+    };
     let (user_home, pid_home) = (Some(user) == home_user, Some(pid) == home_pid);
     if user_home && pid_home {
         return None;
