@@ -114,7 +114,11 @@ impl Domain {
         if dst.attach_recv & sender.attach_send & attach::NAMES != 0 {
             sender.names = bus_owned_names(bus, src_key);
         }
-        let want = dst.attach_recv & sender.attach_send;
+        // Monitors get a copy with the same metadata: what they ask for is read too.
+        let monitors_want = bus_native_monitors(bus, &self.conns)
+            .filter_map(|m| self.conns.get(&m))
+            .fold(0, |w, c| w | c.attach_recv);
+        let want = (dst.attach_recv | monitors_want) & sender.attach_send;
         let (proc, ledger) = (&*self.proc_facts, self.fd_ledger.as_ref());
         sender_facts(proc, ledger, &mut self.conns, &mut sender, want);
         let dst = self.conns.get(&dst_key).ok_or(Errno::ENXIO)?;

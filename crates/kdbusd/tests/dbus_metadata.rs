@@ -162,6 +162,44 @@ fn a_hello_from_another_process_does_not_lend_it_the_connections_facts() {
     );
 }
 
+/// A monitor asking for what the receiver does not gets it all the same: the late
+/// facts are read for whoever takes a copy.
+#[test]
+fn a_monitor_gets_a_dbus_senders_late_facts() {
+    let b = Broker::start();
+    let native = kdbus::Connection::hello(&b.bus, &kdbus::HelloOptions::new().attach_recv(0))
+        .expect("a receiver that wants no metadata");
+    let monitor = kdbus::Connection::hello(
+        &b.bus,
+        &kdbus::HelloOptions::new()
+            .monitor()
+            .attach_recv(attach::PID_COMM | attach::CMDLINE),
+    )
+    .expect("a monitor");
+    let z = zconn(&b);
+    let m = zbus::message::Message::method_call("/org/kdbus/Facts", "Show")
+        .and_then(|m| m.destination(format!(":1.{}", native.id())))
+        .map(|m| m.with_flags(zbus::message::Flags::NoReplyExpected))
+        .and_then(|m| m?.build(&()))
+        .expect("a call");
+    z.send(&m).expect("send");
+    native.recv_timeout(Some(SOON)).expect("the call arrives");
+    let ours = std::fs::read("/proc/self/cmdline").unwrap();
+    let mut seen = None;
+    wait_until(SOON, || {
+        let Ok(copy) = monitor.recv_timeout(Some(SOON)) else {
+            return true;
+        };
+        if copy.src_id() != id_of(&unique(&z)) {
+            return false;
+        }
+        seen = copy.item(item::CMDLINE).map(<[u8]>::to_vec);
+        true
+    });
+    let seen = seen.expect("the monitor's copy carries CMDLINE");
+    assert!(seen.starts_with(&ours));
+}
+
 /// The native id behind a unique name `:1.N`.
 fn id_of(unique: &str) -> u64 {
     unique
