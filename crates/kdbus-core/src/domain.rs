@@ -202,12 +202,7 @@ impl Domain {
     /// or the user may hold no more descriptors.
     pub fn conn_pidfd(&mut self, key: ConnKey) -> Option<Files> {
         let c = self.conns.get_mut(&key)?;
-        crate::meta::peer_pidfd(
-            &*self.proc_facts,
-            self.fd_ledger.as_ref(),
-            &mut c.peer,
-            false,
-        )
+        crate::meta::peer_pidfd(&*self.proc_facts, self.fd_ledger.as_ref(), &mut c.peer)
     }
 
     /// Let the broker say what passed fds are (without it, memfd payloads are refused).

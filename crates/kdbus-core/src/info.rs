@@ -43,20 +43,12 @@ impl Domain {
             }
         };
         // Facts a D-Bus client did not read at connect, if asked for (checked with
-        // its pidfd, taken now if need be; if its user may hold no more, read but
-        // not kept).
+        // its pidfd, kept from now on where its user may hold one more).
         if let Some(t) = self.conns.get_mut(&target_key) {
             if t.peer.deferred && cmd.attach_flags & crate::meta::DEFERRED_ITEMS != 0 {
                 let ledger = self.fd_ledger.as_ref();
-                let pidfd = crate::meta::peer_pidfd(&*self.proc_facts, ledger, &mut t.peer, true);
-                let kept = t.peer.pidfd.is_some();
-                if !kept {
-                    t.peer.pidfd = pidfd;
-                }
+                crate::meta::peer_pidfd(&*self.proc_facts, ledger, &mut t.peer);
                 self.proc_facts.fill_deferred(&mut t.peer);
-                if !kept {
-                    t.peer.pidfd = None;
-                }
             }
         }
         let t = self.conns.get(&target_key).ok_or(Errno::ENXIO)?;

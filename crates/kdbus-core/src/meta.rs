@@ -169,16 +169,14 @@ pub trait ProcFacts {
     }
 }
 
-/// Make sure `peer` has its pidfd, if one is to be had: taken from its socket and
-/// charged to its user in `ledger`. Returns it; when the user may hold no more
-/// descriptors it is not kept, and returned only if `once` (the caller lets go of it
-/// before the broker turns to anything else: a check, not a ProcessFD that waits in
-/// someone's output uncharged).
+/// Make sure `peer` keeps its pidfd, if one is to be had: taken from its socket and
+/// charged to its user in `ledger`. Returns it; `None` also when the user may hold no
+/// more descriptors (a check then takes one from the socket for the moment:
+/// [`ProcFacts`]).
 pub(crate) fn peer_pidfd(
     facts: &dyn ProcFacts,
     ledger: Option<&std::rc::Rc<dyn crate::files::FdLedger>>,
     peer: &mut Peer,
-    once: bool,
 ) -> Option<crate::ids::Files> {
     if let Some(f) = &peer.pidfd {
         return Some(f.clone());
@@ -190,10 +188,10 @@ pub(crate) fn peer_pidfd(
         Some(l) => crate::files::FdSlip::take(l, peer.creds.uid, peer.privileged, 1)
             .is_some_and(|slip| crate::ids::FileSet::charge(&mut files, slip)),
     };
-    if kept {
+    kept.then(|| {
         peer.pidfd = Some(files.clone());
-    }
-    (kept || once).then_some(files)
+        files
+    })
 }
 
 /// The items whose facts a D-Bus client's [`Peer`] may not have read at connect.

@@ -481,7 +481,8 @@ fn sender_facts(
     proc_refresh(facts, sender, want & PROC_NOW_ITEMS);
 }
 
-/// The pidfd and the deferred facts of [`sender_facts`].
+/// The pidfd and the deferred facts of [`sender_facts`]. (A user who may hold no
+/// more descriptors does without a kept pidfd: each check takes one for the moment.)
 fn deferred_fill(
     facts: &dyn crate::meta::ProcFacts,
     ledger: Option<&std::rc::Rc<dyn crate::files::FdLedger>>,
@@ -496,22 +497,11 @@ fn deferred_fill(
     let Some(c) = sender.key.and_then(|k| conns.get_mut(&k)) else {
         return;
     };
-    // Not kept if its user may hold no more descriptors: then for this message only.
-    let pidfd = crate::meta::peer_pidfd(facts, ledger, &mut c.peer, true);
-    let kept = c.peer.pidfd.is_some();
+    crate::meta::peer_pidfd(facts, ledger, &mut c.peer);
     if c.peer.deferred && want & crate::meta::DEFERRED_ITEMS != 0 {
-        if !kept {
-            c.peer.pidfd = pidfd.clone();
-        }
         facts.fill_deferred(&mut c.peer);
-        if !kept {
-            c.peer.pidfd = None;
-        }
     }
     sender.peer = c.peer.clone();
-    if !kept {
-        sender.peer.pidfd = pidfd;
-    }
 }
 
 /// Read again what the sending process may have changed since it connected, if a
