@@ -177,7 +177,7 @@ pub fn parse<'a>(msg: &'a [u8]) -> Result<Header<'a>, HeaderError> {
 }
 
 /// Parse a header this process has validated already (with [`parse`], then written
-/// with [`write`]): the framing, the field types and UTF-8 are still checked, the
+/// with [`write()`]): the framing, the field types and UTF-8 are still checked, the
 /// grammar of names, paths and signatures is not. The bus reads each message it
 /// forwards once more per receiver; skipping what cannot have changed halves that.
 /// On bytes nobody validated it is still memory-safe, but may pass a bad name.
