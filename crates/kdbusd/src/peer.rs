@@ -83,18 +83,7 @@ pub fn peer_from_socket(
     // connected if it is still there afterwards.
     let pidfd = crate::sys::peer_pidfd(fd.as_fd());
     let defer = defer && matches!(pidfd, Ok(Some(_)));
-    let mut peer = Peer {
-        creds,
-        ..Peer::default()
-    };
-    let cap_eff = read_status_facts(&mut peer, interned);
-    peer.privileged =
-        creds.uid == 0 || cap_eff.is_some_and(|caps| caps & (1 << CAP_IPC_OWNER) != 0);
-    read_exe(&mut peer, interned);
-    match defer {
-        true => peer.deferred = true,
-        false => read_other_facts(&mut peer, creds.pid, interned),
-    }
+    let mut peer = peer_read(creds, interned, defer);
     let gone = match &pidfd {
         Ok(f) => f
             .as_ref()
@@ -119,6 +108,12 @@ pub fn peer_from_socket(
 
 /// Everything `/proc` says about the process `creds.pid` that the broker keeps.
 pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
+    peer_read(creds, interned, false)
+}
+
+/// What `/proc` says about `creds.pid`; with `defer`, all but comm, cmdline, cgroup
+/// and audit ids ([`Peer::deferred`]).
+fn peer_read(creds: Creds, interned: &mut ProcStrings, defer: bool) -> Peer {
     let mut peer = Peer {
         creds,
         ..Peer::default()
@@ -127,7 +122,10 @@ pub fn peer_from_creds(creds: Creds, interned: &mut ProcStrings) -> Peer {
     peer.privileged =
         creds.uid == 0 || cap_eff.is_some_and(|caps| caps & (1 << CAP_IPC_OWNER) != 0);
     read_exe(&mut peer, interned);
-    read_other_facts(&mut peer, creds.pid, interned);
+    match defer {
+        true => peer.deferred = true,
+        false => read_other_facts(&mut peer, creds.pid, interned),
+    }
     peer
 }
 
