@@ -467,9 +467,11 @@ fn send_writeback(cmd: &CmdSend, reply: Option<MsgInfo>) -> CmdSend {
 }
 
 /// What the sender's process shows, for receivers that `want` it: its pidfd is
-/// taken first (the reads are checked with it), a sender whose connect-time facts
-/// were deferred (a D-Bus client) has them read, both kept on its connection for the
-/// next message; then what it may have changed since is read again.
+/// taken first (the reads are checked with it; a user who may hold no more
+/// descriptors does without a kept one, and each check takes one for the moment), a
+/// sender whose connect-time facts were deferred (a D-Bus client) has them read, both
+/// kept on its connection for the next message; then what it may have changed since
+/// is read again.
 fn sender_facts(
     facts: &dyn crate::meta::ProcFacts,
     ledger: Option<&std::rc::Rc<dyn crate::files::FdLedger>>,
@@ -477,31 +479,18 @@ fn sender_facts(
     sender: &mut SenderMeta,
     want: u64,
 ) {
-    deferred_fill(facts, ledger, conns, sender, want);
-    proc_refresh(facts, sender, want & PROC_NOW_ITEMS);
-}
-
-/// The pidfd and the deferred facts of [`sender_facts`]. (A user who may hold no
-/// more descriptors does without a kept pidfd: each check takes one for the moment.)
-fn deferred_fill(
-    facts: &dyn crate::meta::ProcFacts,
-    ledger: Option<&std::rc::Rc<dyn crate::files::FdLedger>>,
-    conns: &mut KeyMap<ConnKey, Box<Conn>>,
-    sender: &mut SenderMeta,
-    want: u64,
-) {
     let reads = want & (PROC_NOW_ITEMS | crate::meta::DEFERRED_ITEMS) != 0;
-    if !reads || (!sender.peer.deferred && sender.peer.pidfd.is_some()) {
-        return;
+    let settled = !sender.peer.deferred && sender.peer.pidfd.is_some();
+    if let Some(c) = sender.key.and_then(|k| conns.get_mut(&k)) {
+        if reads && !settled {
+            crate::meta::peer_pidfd(facts, ledger, &mut c.peer);
+            if c.peer.deferred && want & crate::meta::DEFERRED_ITEMS != 0 {
+                facts.fill_deferred(&mut c.peer);
+            }
+            sender.peer = c.peer.clone();
+        }
     }
-    let Some(c) = sender.key.and_then(|k| conns.get_mut(&k)) else {
-        return;
-    };
-    crate::meta::peer_pidfd(facts, ledger, &mut c.peer);
-    if c.peer.deferred && want & crate::meta::DEFERRED_ITEMS != 0 {
-        facts.fill_deferred(&mut c.peer);
-    }
-    sender.peer = c.peer.clone();
+    proc_refresh(facts, sender, want & PROC_NOW_ITEMS);
 }
 
 /// Read again what the sending process may have changed since it connected, if a
